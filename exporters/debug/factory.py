@@ -1,0 +1,43 @@
+"""The debug exporter: logs a one-line summary per batch, or every span with verbosity detailed."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
+from agent_sre.pipeline.config import ConfigModel
+
+
+class DebugExporterConfig(ConfigModel):
+    verbosity: Literal["basic", "normal", "detailed"] = "basic"
+
+
+class DebugExporter(Exporter):
+    config: DebugExporterConfig
+
+    def export(self, batch: pa.Table) -> ExportResult:
+        errors = pc.sum(pc.equal(batch.column("status_code"), "error")).as_py() or 0
+        agents = pc.count_distinct(batch.column("agent_id")).as_py()
+        self.logger.info("TracesExporter: %d spans, %d errors, %d agents, %d traces", batch.num_rows, errors,
+                         agents, pc.count_distinct(batch.column("trace_id")).as_py())
+        if self.config.verbosity == "detailed":
+            for row in batch.to_pylist():
+                self.logger.info("span %s", json.dumps(row, default=str, separators=(",", ":")))
+        elif self.config.verbosity == "normal":
+            for row in batch.select(["trace_id", "span_id", "name", "span_role", "agent_id", "model",
+                                     "status_code", "duration_ns"]).to_pylist():
+                self.logger.info("span %s", " ".join(f"{k}={v}" for k, v in row.items()))
+        return SUCCESS
+
+
+factory = Factory(
+    type="debug",
+    kind=Kind.EXPORTER,
+    config_model=DebugExporterConfig,
+    create=DebugExporter,
+    description="Logs a summary line per batch (basic), one line per span (normal) or every span in full (detailed).",
+)

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from agent_sre.pipeline.config import ConfigModel, Duration
+
+
+class ParquetConfig(ConfigModel):
+    """Hourly Parquet files written for each completed hour (any engine can read them)."""
+
+    directory: str = "./agent-sre-data/parquet"
+    interval: Duration = Field(default="1h", gt=0)
+
+
+class DuckDBExporterConfig(ConfigModel):
+    path: str = "./agent-sre-data/spans.duckdb"
+    # Spans whose start is older than this are deleted; 0 keeps everything.
+    retention: Duration = Field(default="7d", ge=0)
+    retention_check_interval: Duration = Field(default="1h", gt=0)
+    # DuckDB's own limits; the pipeline's RSS budget depends on them.
+    memory_limit: str = Field(default="256MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+    threads: int = Field(default=2, ge=1, le=64)
+    parquet: ParquetConfig | None = None

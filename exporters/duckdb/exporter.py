@@ -1,0 +1,97 @@
+"""The duckdb exporter: the first durable point of the pipeline.
+
+``export`` returns after the batch is committed, so a receiver acknowledges only
+committed spans.  Retention and hourly Parquet export run on a timer thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
+from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
+from agent_sre.pipeline.store import SpanStore
+
+_NS_PER_HOUR = 3600 * 1_000_000_000
+
+
+class DuckDBExporter(Exporter):
+    config: DuckDBExporterConfig
+
+    def __init__(self, settings, config: DuckDBExporterConfig):
+        super().__init__(settings, config)
+        self.store: SpanStore | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._parquet_done_until_ns = 0
+
+    def _start(self, host) -> None:
+        extra = ()
+        if self.config.parquet is not None:
+            pq = Path(self.config.parquet.directory).absolute()
+            pq.mkdir(parents=True, exist_ok=True)
+            extra = (str(pq),)
+        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads, extra)
+        self._stop.clear()
+        self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
+        self._timer.start()
+
+    def describe(self) -> list[str]:
+        return [f"spans stored in DuckDB at {Path(self.config.path).absolute()}"]
+
+    def export(self, batch: pa.Table) -> ExportResult:
+        store = self.store
+        if store is None:
+            return ExportResult(ExportStatus.RETRYABLE, "duckdb exporter is not started")
+        try:
+            store.append(batch)
+        except duckdb.Error as exc:
+            self.logger.error("insert of %d spans failed: %s", batch.num_rows, exc)
+            return ExportResult(ExportStatus.RETRYABLE, f"span store write failed: {exc}")
+        return SUCCESS
+
+    def _housekeeping(self) -> None:
+        interval = self.config.retention_check_interval
+        if self.config.parquet is not None:
+            interval = min(interval, self.config.parquet.interval)
+        while not self._stop.wait(interval if interval > 0 else 3600):
+            self.run_housekeeping()
+
+    def run_housekeeping(self, now_ns: int | None = None) -> None:
+        store = self.store
+        if store is None:
+            return
+        now_ns = now_ns if now_ns is not None else time.time_ns()
+        try:
+            if self.config.retention > 0:
+                deleted = store.delete_older_than(self.config.retention / 86400, now_ns)
+                if deleted:
+                    self.logger.info("retention: deleted %d spans older than %gs", deleted, self.config.retention)
+            if self.config.parquet is not None:
+                self._export_completed_hours(store, now_ns)
+        except duckdb.Error as exc:
+            self.logger.error("housekeeping failed: %s", exc)
+
+    def _export_completed_hours(self, store: SpanStore, now_ns: int) -> None:
+        assert self.config.parquet is not None
+        hour_start = now_ns - now_ns % _NS_PER_HOUR
+        since = self._parquet_done_until_ns or hour_start - _NS_PER_HOUR
+        if since >= hour_start:
+            return
+        files = store.export_parquet(self.config.parquet.directory, since, hour_start)
+        self._parquet_done_until_ns = hour_start
+        self.logger.info("parquet: exported hours up to %d into %s (%d files)", hour_start,
+                         self.config.parquet.directory, len(files))
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=10)
+        if self.store is not None:
+            self.store.close()
+            self.store = None

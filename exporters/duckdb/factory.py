@@ -1,0 +1,12 @@
+from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
+from agent_sre.exporters.duckdb.exporter import DuckDBExporter
+from agent_sre.pipeline.component import Factory, Kind
+
+factory = Factory(
+    type="duckdb",
+    kind=Kind.EXPORTER,
+    config_model=DuckDBExporterConfig,
+    create=DuckDBExporter,
+    description="Stores canonical spans in an embedded DuckDB file (the first durable point), "
+                "with retention and hourly Parquet export.",
+)

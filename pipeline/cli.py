@@ -1,0 +1,244 @@
+"""The ``agent-sre`` command line.
+
+    agent-sre run [--config FILE]            run the pipeline (embedded default without --config)
+    agent-sre validate --config FILE         report every config problem with its YAML path
+    agent-sre components                     list the component types
+    agent-sre query "SQL" [--config FILE]    read-only SQL: through the running pipeline's API, or the file
+    agent-sre export-parquet [--out DIR]     hourly Parquet files of the stored spans
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agent_sre.pipeline.config import PipelineConfig, load_config
+from agent_sre.pipeline.errors import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _setup_logging(level: str = "info") -> None:
+    lvl = {"warn": "WARNING"}.get(level.lower(), level.upper())
+    logging.basicConfig(level=lvl, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: str | None) -> PipelineConfig:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"agent-sre: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    for warning in cfg.warnings:
+        print(f"agent-sre: warning: {warning}", file=sys.stderr)
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent_sre.pipeline.service import Service
+
+    cfg = _load(args.config)
+    assert cfg.service is not None
+    _setup_logging(cfg.service.telemetry.logs.level)
+    service = Service(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        service.start()
+    except Exception as exc:  # noqa: BLE001 - a start failure is reported, not a traceback
+        logging.getLogger("agent_sre").debug("start failed", exc_info=True)
+        print(f"agent-sre: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"agent-sre running ({cfg.source}); Ctrl-C to stop", flush=True)
+    for line in service.describe():
+        print(f"  {line}", flush=True)
+    stop.wait()
+    print("agent-sre: shutting down (draining batches)", file=sys.stderr, flush=True)
+    service.shutdown()
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    assert cfg.service is not None
+    print(f"{cfg.source}: valid ({len(cfg.service.pipelines)} pipeline(s), "
+          f"{sum(len(cfg.section(k)) for k in _kinds())} component(s))")
+    return 0
+
+
+def _kinds():
+    from agent_sre.pipeline.component import Kind
+
+    return (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER, Kind.EXTENSION)
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    from agent_sre.pipeline.registry import registry
+
+    for kind in _kinds():
+        print(f"{kind.section}:")
+        for factory in registry.all():
+            if factory.kind is kind:
+                signals = f" [{', '.join(factory.signals)}]" if factory.signals else ""
+                print(f"  {factory.type:<16}{signals} {factory.description}")
+    return 0
+
+
+def _admin_endpoint(cfg: PipelineConfig) -> str | None:
+    for cc in cfg.extensions.values():
+        if cc.factory.type == "admin":
+            return cc.settings.endpoint  # type: ignore[attr-defined]
+    return None
+
+
+def _store_path(cfg: PipelineConfig) -> str | None:
+    for cc in cfg.exporters.values():
+        if cc.factory.type == "duckdb":
+            return cc.settings.path  # type: ignore[attr-defined]
+    return None
+
+
+def _post_json(url: str, payload: dict, timeout: float) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from agent_sre.pipeline.store import QueryError, open_read_only, run_query
+
+    cfg = _load(args.config)
+    endpoint = args.endpoint or _admin_endpoint(cfg)
+    if endpoint and not args.db:
+        url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        try:
+            status, body = _post_json(f"{url}/v1/query", {"sql": args.sql, "max_rows": args.max_rows}, 60)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            status, body = 0, {}  # no pipeline running: read the file
+        if status:
+            if status != 200:
+                print(f"agent-sre: query failed ({status}): {body.get('error', body)}", file=sys.stderr)
+                return EXIT_RUNTIME
+            _print_result(body, args.format)
+            return 0
+    path = args.db or _store_path(cfg)
+    if not path:
+        print("agent-sre: no duckdb exporter in the config and no --db given", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        con = open_read_only(path)
+    except FileNotFoundError as exc:
+        print(f"agent-sre: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as exc:  # noqa: BLE001 - e.g. the file is locked by a pipeline we could not reach
+        print(f"agent-sre: cannot open {path} read-only: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        result = run_query(con, args.sql, args.max_rows, 60)
+    except QueryError as exc:
+        print(f"agent-sre: query failed: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        con.close()
+    _print_result(json.loads(json.dumps(result.to_json(), default=str)), args.format)
+    return 0
+
+
+def _print_result(body: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(body, indent=2, default=str))
+        return
+    columns = body["columns"]
+    rows = [["NULL" if v is None else str(v) for v in row] for row in body["rows"]]
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+        return
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print(line)
+    for r in rows:
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+    more = " (truncated)" if body.get("truncated") else ""
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
+
+
+def cmd_export_parquet(args: argparse.Namespace) -> int:
+    from agent_sre.pipeline.store import export_parquet, open_read_only
+
+    cfg = _load(args.config)
+    path = args.db or _store_path(cfg)
+    if not path:
+        print("agent-sre: no duckdb exporter in the config and no --db given", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.out or Path(path).parent / "parquet")
+    since = int(args.since_hours_ago * 3600 * 1e9) if args.since_hours_ago else None
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        con = open_read_only(path, (str(out.absolute()),))
+    except Exception as exc:  # noqa: BLE001
+        print(f"agent-sre: cannot open {path} read-only ({exc}); stop the pipeline first, or configure "
+              "exporters::duckdb::parquet to have the running pipeline write hourly files", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        files = export_parquet(con, None, out, time.time_ns() - since if since else None, None)
+    finally:
+        con.close()
+    print(f"wrote {len(files)} Parquet file(s) under {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agent-sre", description="SRE for AI agents: OTLP in, DuckDB out.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the pipeline")
+    r.add_argument("--config", help="pipeline YAML (default: the embedded default)")
+    r.set_defaults(fn=cmd_run)
+    v = sub.add_parser("validate", help="validate a pipeline YAML")
+    v.add_argument("--config", help="pipeline YAML (default: the embedded default)")
+    v.set_defaults(fn=cmd_validate)
+    c = sub.add_parser("components", help="list component types")
+    c.set_defaults(fn=cmd_components)
+    q = sub.add_parser("query", help="read-only SQL over the span store")
+    q.add_argument("sql")
+    q.add_argument("--config", help="pipeline YAML to find the API endpoint and store (default: embedded)")
+    q.add_argument("--endpoint", help="admin API host:port (default: from the config)")
+    q.add_argument("--db", help="read this DuckDB file directly (pipeline stopped)")
+    q.add_argument("--max-rows", type=int, default=1000)
+    q.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    q.set_defaults(fn=cmd_query)
+    e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
+    e.add_argument("--config")
+    e.add_argument("--db")
+    e.add_argument("--out", help="directory (default: parquet/ next to the store)")
+    e.add_argument("--since-hours-ago", type=float, default=0)
+    e.set_defaults(fn=cmd_export_parquet)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

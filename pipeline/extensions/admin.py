@@ -1,0 +1,87 @@
+"""admin: the query API over the running pipeline's span store.
+
+    POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
+    GET  /v1/status  components and store
+
+SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
+no access to files outside the store (see pipeline/store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from pydantic import Field
+
+from agent_sre.pipeline.component import Extension, Factory, Kind
+from agent_sre.pipeline.config import ConfigModel, Duration, HostPort, parse_duration
+from agent_sre.pipeline.httpserver import BodyTooLarge, read_body
+from agent_sre.pipeline.store import QueryError
+
+
+class AdminConfig(ConfigModel):
+    endpoint: HostPort = "127.0.0.1:13133"
+    # Which duckdb exporter's store to serve; empty: the only one configured.
+    storage: str = ""
+    max_rows: int = Field(default=10_000, gt=0)
+    query_timeout: Duration = Field(default="30s", gt=0)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+class AdminApi(Extension):
+    config: AdminConfig
+    ROUTES = ("/v1/query", "/v1/status")
+
+    def _start(self, host) -> None:
+        self._host = host
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-query")
+        host.http.add_route(self.config.endpoint, "POST", "/v1/query", self._query)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/status", self._status)
+
+    def _store(self):
+        found = self._host.find("exporters", id_=self.config.storage or None, type_="duckdb")
+        if not found or found[0].store is None:
+            raise QueryError("no running duckdb exporter to query" +
+                             (f" named {self.config.storage!r}" if self.config.storage else ""), 503)
+        return found[0].store
+
+    async def _query(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await read_body(request, 1 << 20) or b"{}")
+            if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
+                raise QueryError('body must be a JSON object with "sql": "<statement>"')
+            max_rows = min(int(body.get("max_rows", self.config.max_rows)), self.config.max_rows)
+            timeout = min(parse_duration(body.get("timeout", self.config.query_timeout)), self.config.query_timeout)
+            store = self._store()
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._pool, store.query, body["sql"], max_rows, timeout)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except BodyTooLarge as exc:
+            return web.json_response({"error": str(exc)}, status=413)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        return web.json_response(result.to_json(), dumps=lambda o: json.dumps(o, default=_json_default))
+
+    async def _status(self, request: web.Request) -> web.Response:
+        comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
+        return web.json_response({"ready": self._host.ready, "components": comps})
+
+    def describe(self) -> list[str]:
+        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status)"]
+
+    def _shutdown(self) -> None:
+        self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))
+        self._pool.shutdown(wait=False)
+
+
+factory = Factory(type="admin", kind=Kind.EXTENSION, config_model=AdminConfig, create=AdminApi, signals=(),
+                  description="Read-only, time- and row-limited SQL over the running span store.")

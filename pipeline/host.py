@@ -1,0 +1,34 @@
+"""What a running component can reach: shared HTTP endpoints, self-telemetry and its peers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agent_sre.pipeline.httpserver import HttpServers
+from agent_sre.pipeline.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from agent_sre.pipeline.component import Component, ComponentID
+
+
+@dataclass
+class Host:
+    telemetry: Telemetry
+    http: HttpServers = field(default_factory=HttpServers)
+    components: dict[str, Component] = field(default_factory=dict)  # "exporters::duckdb" -> component
+    ready: bool = False
+
+    def find(self, section: str, id_: ComponentID | str | None = None, type_: str | None = None) -> list:
+        """Components of one section, by id or by type."""
+        out = []
+        for key, comp in self.components.items():
+            sec, _, cid = key.partition("::")
+            if sec != section:
+                continue
+            if id_ is not None and cid != str(id_):
+                continue
+            if type_ is not None and comp.id.type != type_:
+                continue
+            out.append(comp)
+        return out

@@ -1,0 +1,156 @@
+"""HTTP endpoints shared by components on one asyncio loop.
+
+Several components may serve on one endpoint (health check and admin API both
+on 127.0.0.1:13133), so routes are registered per endpoint and one aiohttp
+server answers for all of them.  Unknown paths get 404; a known path with the
+wrong method gets 405 with an ``Allow`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+class LoopThread:
+    """An asyncio event loop in a daemon thread; coroutines are submitted from any thread."""
+
+    def __init__(self, name: str = "agent-sre-http"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Awaitable[Any]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def run(self, coro: Awaitable[Any], timeout: float | None = 30) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+
+class Endpoint:
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.routes: dict[str, dict[str, Handler]] = {}
+        self.runner: web.AppRunner | None = None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        methods = self.routes.get(request.path)
+        if methods is None:
+            return web.json_response({"error": f"no route for {request.path}"}, status=404)
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            return web.json_response(
+                {"error": f"method {request.method} not allowed for {request.path} (allowed: {allow})"},
+                status=405, headers={"Allow": allow})
+        return await handler(request)
+
+
+class HttpServers:
+    """All HTTP endpoints of one service."""
+
+    def __init__(self) -> None:
+        self._loop: LoopThread | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> LoopThread:
+        if self._loop is None:
+            self._loop = LoopThread()
+        return self._loop
+
+    def add_route(self, endpoint: str, method: str, path: str, handler: Handler, reuse_port: bool = False) -> None:
+        """Register a route and make sure the endpoint is listening (binds on first use)."""
+        with self._lock:
+            ep = self._endpoints.get(endpoint)
+            if ep is None:
+                ep = Endpoint(endpoint)
+                self.loop.run(self._listen(ep, reuse_port))
+                self._endpoints[endpoint] = ep
+            methods = ep.routes.setdefault(path, {})
+            if method in methods:
+                raise ValueError(f"{method} {path} is already served on {endpoint}")
+            methods[method] = handler
+
+    def remove_routes(self, endpoint: str, paths: list[str]) -> None:
+        with self._lock:
+            ep = self._endpoints.get(endpoint)
+            if ep is None:
+                return
+            for path in paths:
+                ep.routes.pop(path, None)
+            if not ep.routes:
+                del self._endpoints[endpoint]
+                if ep.runner is not None:
+                    self.loop.run(ep.runner.cleanup())
+
+    async def _listen(self, ep: Endpoint, reuse_port: bool) -> None:
+        # Handlers read bodies with read_body(), which enforces their own limits.
+        app = web.Application(client_max_size=1 << 40)
+        app.router.add_route("*", "/{tail:.*}", ep.dispatch)
+        # Bodies are read raw: components decide which encodings they take and bound the inflated size.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        await runner.setup()
+        host, port = split_endpoint(ep.endpoint)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {ep.endpoint}: {exc.strerror or exc}") from exc
+        ep.runner = runner
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for ep in list(self._endpoints.values()):
+                if ep.runner is not None:
+                    try:
+                        self.loop.run(ep.runner.cleanup(), timeout=10)
+                    except Exception:  # noqa: BLE001 - shutting down regardless
+                        pass
+            self._endpoints.clear()
+            if self._loop is not None:
+                self._loop.stop()
+                self._loop = None
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read a request body, refusing early (by Content-Length) or while streaming past ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,171 @@
+"""The service: builds the pipeline graph from a validated config and runs its lifecycle.
+
+    receiver ─▶ fan-out over pipelines ─▶ processor ─▶ … ─▶ batch (group commit) ─▶ … ─▶ exporter fan-out
+
+Exporters are shared by the pipelines that name them; processors are created
+per pipeline (as in the collector).  Start order: extensions, exporters,
+processors, receivers; shutdown is the reverse, so every stage drains into a
+still-running next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+from aiohttp import web
+
+from agent_sre.pipeline.component import (
+    Component,
+    Consumer,
+    Exporter,
+    ExportStatus,
+    Kind,
+    Processor,
+    Receiver,
+    Settings,
+)
+from agent_sre.pipeline.config import PipelineConfig
+from agent_sre.pipeline.errors import PermanentError, RefusedError
+from agent_sre.pipeline.host import Host
+from agent_sre.pipeline.telemetry import Telemetry
+
+log = logging.getLogger("agent_sre.service")
+
+
+class ExporterFanout:
+    """Hands a batch to every exporter of a pipeline; the batch is taken when all succeeded."""
+
+    def __init__(self, exporters: list[Exporter], telemetry: Telemetry):
+        self.exporters = exporters
+        self.telemetry = telemetry
+
+    def consume(self, batch: pa.Table) -> None:
+        failures = []
+        t = self.telemetry
+        for exp in self.exporters:
+            name = str(exp.id)
+            started = time.perf_counter()
+            try:
+                result = exp.export(batch)
+            except Exception as exc:  # noqa: BLE001 - exporters return failures; a raise is a bug, not a crash
+                exp.logger.exception("export raised")
+                result = None
+                failures.append((exp, ExportStatus.RETRYABLE, f"{name}: {exc}", 1.0))
+            t.exporter_latency.labels(name).observe(time.perf_counter() - started)
+            if result is not None and result.ok:
+                t.exporter_sent.labels(name).inc(batch.num_rows)
+            else:
+                t.exporter_failed.labels(name).inc(batch.num_rows)
+                if result is not None:
+                    failures.append((exp, result.status, f"{name}: {result.message}", result.retry_after or 1.0))
+        if not failures:
+            return
+        message = "; ".join(f[2] for f in failures)
+        if all(f[1] is ExportStatus.PERMANENT for f in failures):
+            raise PermanentError(message)
+        raise RefusedError(message, max(f[3] for f in failures))
+
+
+class Fanout:
+    def __init__(self, consumers: list[Consumer]):
+        self.consumers = consumers
+
+    def consume(self, batch: pa.Table) -> None:
+        for c in self.consumers:
+            c.consume(batch)
+
+
+class Service:
+    def __init__(self, config: PipelineConfig, telemetry: Telemetry | None = None):
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.host = Host(self.telemetry)
+        self.extensions: list[Component] = []
+        self.exporters: dict[str, Exporter] = {}
+        self.processors: list[Processor] = []
+        self.receivers: list[Receiver] = []
+        self._started = False
+        self._build()
+
+    def _settings(self, kind: Kind, cc) -> Settings:
+        return Settings(cc.id, kind, self.telemetry)
+
+    def _build(self) -> None:
+        cfg = self.config
+        assert cfg.service is not None
+        for name in cfg.service.extensions:
+            cc = cfg.extensions[name]
+            ext = cc.factory.create(self._settings(Kind.EXTENSION, cc), cc.settings)
+            self.extensions.append(ext)
+            self.host.components[f"extensions::{name}"] = ext
+        heads: dict[str, list[Consumer]] = {}
+        for pid, spec in cfg.service.pipelines.items():
+            exporters = []
+            for name in spec.exporters:
+                if name not in self.exporters:
+                    cc = cfg.exporters[name]
+                    self.exporters[name] = cc.factory.create(self._settings(Kind.EXPORTER, cc), cc.settings)
+                    self.host.components[f"exporters::{name}"] = self.exporters[name]
+                exporters.append(self.exporters[name])
+            consumer: Consumer = ExporterFanout(exporters, self.telemetry)
+            for name in reversed(spec.processors):
+                cc = cfg.processors[name]
+                proc = cc.factory.create(self._settings(Kind.PROCESSOR, cc), cc.settings)
+                self.processors.insert(0, proc)
+                self.host.components[f"processors::{name}@{pid}"] = proc
+                consumer = proc.bind(consumer)
+            for name in spec.receivers:
+                heads.setdefault(name, []).append(consumer)
+        for name, consumers in heads.items():
+            cc = cfg.receivers[name]
+            head = consumers[0] if len(consumers) == 1 else Fanout(consumers)
+            rec = cc.factory.create(self._settings(Kind.RECEIVER, cc), cc.settings, head)
+            self.receivers.append(rec)
+            self.host.components[f"receivers::{name}"] = rec
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            self._start_metrics_endpoint()
+            for comp in [*self.extensions, *self.exporters.values(), *self.processors, *self.receivers]:
+                comp.start(self.host)
+        except Exception:
+            self.shutdown()
+            raise
+        self.host.ready = True
+
+    def _start_metrics_endpoint(self) -> None:
+        assert self.config.service is not None
+        address = self.config.service.telemetry.metrics.address
+        if not address:
+            return
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=self.telemetry.exposition(),
+                                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+        self.host.http.add_route(address, "GET", "/metrics", metrics)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for comp in [*self.receivers, *self.exporters.values(), *self.extensions]:
+            lines.extend(comp.describe())
+        assert self.config.service is not None
+        address = self.config.service.telemetry.metrics.address
+        if address:
+            lines.append(f"pipeline metrics on http://{address}/metrics")
+        return lines
+
+    def shutdown(self) -> None:
+        self.host.ready = False
+        for comp in [*self.receivers, *self.processors, *self.exporters.values(), *reversed(self.extensions)]:
+            try:
+                comp.shutdown()
+            except Exception:  # noqa: BLE001 - keep shutting the rest down
+                log.exception("shutdown of %s failed", comp.id)
+        self.host.http.shutdown()
+        self._started = False

@@ -1,0 +1,58 @@
+"""The pipeline's own metrics, named like the OpenTelemetry Collector's.
+
+One registry per running service, so tests can run several services in one
+process.  Components get the metric objects through ``Settings.telemetry``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+_SIZE_BUCKETS = (1, 8, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.receiver_accepted = Counter(
+            "agent_sre_receiver_accepted_spans", "Spans a receiver accepted and the pipeline committed.",
+            ["receiver", "transport"], registry=r)
+        self.receiver_refused = Counter(
+            "agent_sre_receiver_refused_spans", "Spans a receiver could not push into the pipeline "
+            "(refused, invalid or failed), by reason.", ["receiver", "transport", "reason"], registry=r)
+        self.receiver_requests = Counter(
+            "agent_sre_receiver_requests", "Export requests by outcome (OTLP status).",
+            ["receiver", "transport", "outcome"], registry=r)
+        self.exporter_sent = Counter(
+            "agent_sre_exporter_sent_spans", "Spans an exporter sent (or stored) successfully.",
+            ["exporter"], registry=r)
+        self.exporter_failed = Counter(
+            "agent_sre_exporter_send_failed_spans", "Spans an exporter failed to send.",
+            ["exporter"], registry=r)
+        self.exporter_latency = Histogram(
+            "agent_sre_exporter_export_latency_seconds", "Time one export call took.",
+            ["exporter"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.processor_refused = Counter(
+            "agent_sre_processor_refused_spans", "Spans a processor refused (e.g. memory limiter).",
+            ["processor"], registry=r)
+        self.batch_size = Histogram(
+            "agent_sre_processor_batch_batch_send_size", "Spans per batch sent on.",
+            ["processor"], buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_latency = Histogram(
+            "agent_sre_processor_batch_latency_seconds",
+            "Time from a request entering the batch to its batch being committed downstream.",
+            ["processor"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_queue = Gauge(
+            "agent_sre_processor_batch_pending_spans", "Spans waiting in the batch.",
+            ["processor"], registry=r)
+        self.memory_limit_refusing = Gauge(
+            "agent_sre_processor_memory_limiter_refusing", "1 while the memory limiter refuses data.",
+            ["processor"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,98 @@
+"""memory_limiter: refuse data with the retryable OTLP answer instead of growing without bound.
+
+Like the collector's: the process's resident memory is sampled every
+``check_interval``; at or above the soft limit (``limit_mib - spike_limit_mib``)
+every batch is refused with ``RefusedError`` until usage drops below it again.
+Receivers answer a refusal with HTTP 503 + Retry-After / gRPC UNAVAILABLE with
+RetryInfo, so well-behaved clients back off and retry: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.errors import RefusedError
+
+_MIB = 1 << 20
+
+
+class MemoryLimiterConfig(ConfigModel):
+    check_interval: Duration = Field(default="1s", gt=0)
+    limit_mib: int = Field(default=1024, gt=0)
+    # Headroom for a burst between two checks; defaults to 20 % of limit_mib.
+    spike_limit_mib: int | None = Field(default=None, ge=0)
+    retry_after: Duration = Field(default="1s", gt=0)
+
+    @model_validator(mode="after")
+    def _spike_below_limit(self) -> MemoryLimiterConfig:
+        if self.spike_limit_mib is not None and self.spike_limit_mib >= self.limit_mib:
+            raise ValueError(f"spike_limit_mib ({self.spike_limit_mib}) must be less than limit_mib ({self.limit_mib})")
+        return self
+
+    @property
+    def soft_limit_bytes(self) -> int:
+        spike = self.spike_limit_mib if self.spike_limit_mib is not None else self.limit_mib // 5
+        return (self.limit_mib - spike) * _MIB
+
+
+class MemoryLimiter(Processor):
+    config: MemoryLimiterConfig
+
+    def __init__(self, settings, config: MemoryLimiterConfig):
+        super().__init__(settings, config)
+        self._process = psutil.Process()
+        self._refusing = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
+        self._refused = settings.telemetry.processor_refused.labels(str(settings.id))
+
+    @property
+    def refusing(self) -> bool:
+        return self._refusing
+
+    def check(self) -> None:
+        rss = self._process.memory_info().rss
+        refusing = rss >= self.config.soft_limit_bytes
+        if refusing != self._refusing:
+            self.logger.warning("memory usage %d MiB %s the soft limit of %d MiB: %s data", rss // _MIB,
+                                "is above" if refusing else "is back below", self.config.soft_limit_bytes // _MIB,
+                                "refusing" if refusing else "accepting")
+        self._refusing = refusing
+        self._gauge.set(1 if refusing else 0)
+
+    def _start(self, host) -> None:
+        self.check()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-check", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.check_interval):
+            self.check()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def process(self, batch: pa.Table) -> pa.Table | None:
+        if self._refusing:
+            self._refused.inc(batch.num_rows)
+            raise RefusedError("data refused due to high memory usage (memory_limiter)", self.config.retry_after)
+        return batch
+
+
+factory = Factory(
+    type="memory_limiter",
+    kind=Kind.PROCESSOR,
+    config_model=MemoryLimiterConfig,
+    create=MemoryLimiter,
+    description="Refuses data with the retryable OTLP answer while process memory is above its soft limit.",
+)

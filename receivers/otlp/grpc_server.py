@@ -1,0 +1,66 @@
+"""OTLP/gRPC: opentelemetry.proto.collector.trace.v1.TraceService/Export.
+
+The request arrives as raw bytes (no deserializer in gRPC) so that undecodable
+payloads are answered INVALID_ARGUMENT rather than gRPC's INTERNAL.  gzip is
+handled by gRPC itself; messages over ``max_recv_msg_size_mib`` get gRPC's
+RESOURCE_EXHAUSTED before we see them.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from agent_sre.receivers.otlp.config import GrpcConfig
+from agent_sre.receivers.otlp.ingest import ExportFailed, Outcome, TraceIngest
+
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+def _status(outcome: Outcome, message: str, retry_after: float) -> grpc.Status:
+    if outcome is Outcome.INVALID:
+        return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message))
+    detail = any_pb2.Any()
+    seconds = max(1, math.ceil(retry_after))
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail]))
+
+
+class GrpcTraceServer:
+    def __init__(self, config: GrpcConfig, ingest: TraceIngest, reuse_port: bool = False):
+        self.config = config
+        self.ingest = ingest
+        options = [
+            ("grpc.max_receive_message_length", config.max_recv_bytes),
+            ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+        self._pool = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="otlp-grpc")
+        self.server = grpc.server(self._pool, options=options)
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._export, request_deserializer=None,
+            response_serializer=ExportTraceServiceResponse.SerializeToString)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        self.port = self.server.add_insecure_port(config.endpoint)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.endpoint} (address in use or not available)")
+
+    def _export(self, body: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        try:
+            return self.ingest.export_protobuf(body, "grpc")
+        except ExportFailed as exc:
+            context.abort_with_status(_status(exc.outcome, exc.message, exc.retry_after))
+            raise  # not reached: abort raises
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.server.stop(grace).wait(grace + 1)
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,96 @@
+"""OTLP/HTTP: POST /v1/traces with application/x-protobuf or application/json.
+
+Answers in the request's encoding.  Errors carry a google.rpc.Status body:
+400 undecodable, 413 oversize (before or after gzip), 415 unknown content type
+or encoding, 405 wrong method (by the shared router), 503 + Retry-After when
+the pipeline refuses (memory limiter, full queue, store failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+
+from agent_sre.pipeline.httpserver import BodyTooLarge, HttpServers, read_body
+from agent_sre.pipeline.otlp_json import encode_message
+from agent_sre.receivers.otlp.config import HttpConfig
+from agent_sre.receivers.otlp.ingest import ExportFailed, Outcome, TraceIngest
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+def _encode(message: Message, content_type: str) -> bytes:
+    return encode_message(message) if content_type == JSON else message.SerializeToString()
+
+
+def _status_response(http_status: int, code: int, message: str, content_type: str,
+                     headers: dict[str, str] | None = None) -> web.Response:
+    body = _encode(status_pb2.Status(code=code, message=message), content_type)
+    return web.Response(status=http_status, body=body, content_type=content_type, headers=headers)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}[encoding]
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise BodyTooLarge(limit)
+    if not d.eof:
+        raise zlib.error("truncated compressed body")
+    return out
+
+
+class HttpTraceServer:
+    def __init__(self, config: HttpConfig, ingest: TraceIngest, http: HttpServers, reuse_port: bool = False):
+        self.config = config
+        self.ingest = ingest
+        self.http = http
+        self.reuse_port = reuse_port
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="otlp-http")
+
+    def start(self) -> None:
+        self.http.add_route(self.config.endpoint, "POST", self.config.traces_url_path, self.handle,
+                            reuse_port=self.reuse_port)
+
+    def stop(self) -> None:
+        self.http.remove_routes(self.config.endpoint, [self.config.traces_url_path])
+        self._pool.shutdown(wait=False)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        content_type = request.content_type.lower()
+        reply_type = content_type if content_type in (PROTOBUF, JSON) else JSON
+        if content_type not in (PROTOBUF, JSON):
+            return _status_response(415, code_pb2.INVALID_ARGUMENT,
+                                    f"unsupported content type {content_type!r} (use {PROTOBUF} or {JSON})", JSON)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "deflate"):
+            return _status_response(415, code_pb2.INVALID_ARGUMENT,
+                                    f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)", reply_type)
+        limit = self.config.max_request_body_size
+        try:
+            body = await read_body(request, limit)
+            if encoding in ("gzip", "deflate"):
+                # The limit applies to the inflated size too: a small gzip bomb is refused.
+                body = _decompress(body, encoding, limit)
+        except BodyTooLarge as exc:
+            return _status_response(413, code_pb2.RESOURCE_EXHAUSTED, str(exc), reply_type)
+        except zlib.error as exc:
+            return _status_response(400, code_pb2.INVALID_ARGUMENT, f"cannot decompress {encoding} body: {exc}",
+                                    reply_type)
+        export = self.ingest.export_json if content_type == JSON else self.ingest.export_protobuf
+        loop = asyncio.get_running_loop()
+        try:
+            response = await loop.run_in_executor(self._pool, export, body, "http")
+        except ExportFailed as exc:
+            if exc.outcome is Outcome.INVALID:
+                return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.message, reply_type)
+            retry = str(max(1, math.ceil(exc.retry_after)))
+            return _status_response(503, code_pb2.UNAVAILABLE, exc.message, reply_type, {"Retry-After": retry})
+        return web.Response(status=200, body=_encode(response, reply_type), content_type=reply_type)

@@ -1,0 +1,61 @@
+"""The otlp receiver: OTLP/gRPC and OTLP/HTTP servers feeding one pipeline consumer."""
+
+from __future__ import annotations
+
+from agent_sre.pipeline.component import Receiver
+from agent_sre.receivers.otlp.config import OtlpReceiverConfig
+from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
+from agent_sre.receivers.otlp.http_server import HttpTraceServer
+from agent_sre.receivers.otlp.ingest import TelemetryStats, TraceIngest
+
+
+class OtlpReceiver(Receiver):
+    config: OtlpReceiverConfig
+
+    def __init__(self, settings, config: OtlpReceiverConfig, next_consumer):
+        super().__init__(settings, config, next_consumer)
+        self.ingest = TraceIngest(str(settings.id), next_consumer, TelemetryStats(settings.telemetry), self.logger)
+        self._grpc: GrpcTraceServer | None = None
+        self._http: HttpTraceServer | None = None
+        self._workers = None
+
+    def _start(self, host) -> None:
+        if self.config.workers:
+            from agent_sre.receivers.otlp.workers import WorkerPool
+
+            self._workers = WorkerPool(self, host)
+            self._workers.start()
+            return
+        protocols = self.config.protocols
+        try:
+            if protocols.grpc is not None:
+                self._grpc = GrpcTraceServer(protocols.grpc, self.ingest)
+                self._grpc.start()
+            if protocols.http is not None:
+                self._http = HttpTraceServer(protocols.http, self.ingest, host.http)
+                self._http.start()
+        except Exception:
+            self._shutdown()
+            raise
+
+    def describe(self) -> list[str]:
+        p = self.config.protocols
+        lines = []
+        if p.grpc is not None:
+            lines.append(f"OTLP/gRPC on {p.grpc.endpoint}")
+        if p.http is not None:
+            lines.append(f"OTLP/HTTP on http://{p.http.endpoint}{p.http.traces_url_path} (protobuf, JSON)")
+        if self.config.workers:
+            lines.append(f"  ({self.config.workers} receiver worker processes)")
+        return lines
+
+    def _shutdown(self) -> None:
+        if self._workers is not None:
+            self._workers.stop()
+            self._workers = None
+        if self._grpc is not None:
+            self._grpc.stop()
+            self._grpc = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None

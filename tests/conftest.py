@@ -1,0 +1,175 @@
+"""Shared fixtures: free ports, a running pipeline (in this process or as `agent-sre run`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from agent_sre.pipeline.config import parse_config
+from agent_sre.pipeline.service import Service
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Ports:
+    grpc: int
+    http: int
+    admin: int
+    metrics: int
+
+    @classmethod
+    def allocate(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+
+def pipeline_yaml(ports: Ports, data_dir: Path, *, workers: int = 0, processors: str = "memory_limiter, agent_semconv, batch",
+                  exporters: str = "duckdb", extra: str = "", limit_mib: int = 4096, grpc_mib: float = 4,
+                  http_body: int = 20 << 20, batch_timeout: str = "5ms") -> str:
+    """The default config's shape, on free ports and a temporary store."""
+    return f"""
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{ports.grpc}
+        max_recv_msg_size_mib: {grpc_mib}
+      http:
+        endpoint: 127.0.0.1:{ports.http}
+        max_request_body_size: {http_body}
+    workers: {workers}
+processors:
+  memory_limiter:
+    check_interval: 100ms
+    limit_mib: {limit_mib}
+    spike_limit_mib: 1
+  agent_semconv: {{}}
+  batch:
+    send_batch_size: 8192
+    timeout: {batch_timeout}
+exporters:
+  duckdb:
+    path: {data_dir}/spans.duckdb
+  debug:
+    verbosity: basic
+{extra}
+extensions:
+  health_check:
+    endpoint: 127.0.0.1:{ports.admin}
+  admin:
+    endpoint: 127.0.0.1:{ports.admin}
+service:
+  extensions: [health_check, admin]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [{processors}]
+      exporters: [{exporters}]
+  telemetry:
+    metrics:
+      address: 127.0.0.1:{ports.metrics}
+"""
+
+
+@dataclass
+class RunningPipeline:
+    service: Service
+    ports: Ports
+    data_dir: Path
+
+    @property
+    def store(self):
+        return self.service.exporters["duckdb"].store
+
+    def sql(self, query: str, params: list | None = None) -> list[tuple]:
+        cur = self.store._con.cursor()
+        try:
+            return cur.execute(query, params or []).fetchall()
+        finally:
+            cur.close()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.metrics}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+@pytest.fixture
+def start_pipeline(tmp_path):
+    """Start a Service in this process from pipeline_yaml(**kwargs); shut down after the test."""
+    services: list[Service] = []
+
+    def start(**kwargs) -> RunningPipeline:
+        ports = Ports.allocate()
+        cfg = parse_config(pipeline_yaml(ports, tmp_path, **kwargs), "test")
+        service = Service(cfg)
+        service.start()
+        services.append(service)
+        return RunningPipeline(service, ports, tmp_path)
+
+    yield start
+    for s in services:
+        s.shutdown()
+
+
+@pytest.fixture
+def pipeline(start_pipeline) -> RunningPipeline:
+    return start_pipeline()
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+        time.sleep(0.1)
+
+
+@dataclass
+class PipelineProcess:
+    proc: subprocess.Popen
+    ports: Ports
+    data_dir: Path
+    config: Path
+
+    def count_spans(self) -> int:
+        con = duckdb.connect(str(self.data_dir / "spans.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM spans").fetchone()[0]
+        finally:
+            con.close()
+
+
+def spawn_pipeline(config_text: str, ports: Ports, data_dir: Path, log_path: Path) -> PipelineProcess:
+    """Run `agent-sre run --config` as a separate process and wait for its health check."""
+    config = data_dir / "pipeline.yaml"
+    config.write_text(config_text)
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sre.pipeline.cli", "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, env={**os.environ})
+    try:
+        wait_http(f"http://127.0.0.1:{ports.admin}/", timeout=60)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(f"pipeline did not start; log:\n{log_path.read_text()}") from None
+    return PipelineProcess(proc, ports, data_dir, config)

@@ -1,0 +1,168 @@
+"""OTLP/HTTP answers, per the OTLP specification, sent with a plain HTTP client."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from tests.otlp_builders import request
+
+
+def post(port: int, body: bytes, content_type: str = "application/x-protobuf", encoding: str | None = None,
+         method: str = "POST", path: str = "/v1/traces"):
+    headers = {"Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body if method == "POST" else None,
+                                 headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def count(p) -> int:
+    return p.sql("SELECT count(*) FROM spans")[0][0]
+
+
+def test_protobuf_export_is_committed_and_answered_in_protobuf(pipeline):
+    status, headers, body = post(pipeline.ports.http, request(5).SerializeToString())
+    assert status == 200
+    assert headers["Content-Type"] == "application/x-protobuf"
+    resp = ExportTraceServiceResponse.FromString(body)
+    assert not resp.HasField("partial_success")
+    assert count(pipeline) == 5  # the OK came after the commit
+
+
+def test_gzip_body_is_accepted(pipeline):
+    status, _, _ = post(pipeline.ports.http, gzip.compress(request(4).SerializeToString()), encoding="gzip")
+    assert status == 200
+    assert count(pipeline) == 4
+
+
+def test_json_request_is_answered_in_json(pipeline):
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "j",
+        "kind": 3, "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": 1700000000100000000,
+        "attributes": [{"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}}],
+        "unknownField": {"ignored": True}}]}]}]}).encode()
+    status, headers, resp = post(pipeline.ports.http, body, "application/json")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(resp) == {}
+    row = pipeline.sql("SELECT trace_id, span_id, kind, duration_ns, model FROM spans")
+    assert row == [("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "client", 100_000_000, "gpt-4o")]
+
+
+def test_partial_success_rejects_only_the_bad_spans(pipeline):
+    status, _, body = post(pipeline.ports.http, request(3, bad_trace_ids=2).SerializeToString())
+    assert status == 200
+    resp = ExportTraceServiceResponse.FromString(body)
+    assert resp.partial_success.rejected_spans == 2
+    assert "trace_id must be 16 bytes, got 15" in resp.partial_success.error_message
+    assert count(pipeline) == 3
+
+
+def test_partial_success_in_json(pipeline):
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "ok"},
+        {"traceId": "5b8efff798038103", "spanId": "eee19b7ec3c1b175", "name": "short-trace-id"}]}]}]}).encode()
+    status, _, resp = post(pipeline.ports.http, body, "application/json")
+    assert status == 200
+    answer = json.loads(resp)
+    assert answer["partialSuccess"]["rejectedSpans"] in ("1", 1)
+    assert "short-trace-id" in answer["partialSuccess"]["errorMessage"]
+    assert count(pipeline) == 1
+
+
+def test_malformed_protobuf_is_400_with_a_status_body_and_the_pipeline_keeps_running(pipeline):
+    post(pipeline.ports.http, request(2).SerializeToString())
+    status, headers, body = post(pipeline.ports.http, b"\xff\xff\xff\xff not protobuf")
+    assert status == 400
+    st = status_pb2.Status.FromString(body)
+    assert st.code == 3  # INVALID_ARGUMENT
+    assert "cannot decode protobuf" in st.message
+    assert post(pipeline.ports.http, request(1).SerializeToString())[0] == 200
+    assert count(pipeline) == 3
+
+
+def test_malformed_json_is_400_with_a_json_status(pipeline):
+    status, headers, body = post(pipeline.ports.http, b"{not json", "application/json")
+    assert status == 400
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["code"] == 3
+    assert "OTLP/JSON" in json.loads(body)["message"]
+
+
+def test_invalid_gzip_is_400(pipeline):
+    status, _, body = post(pipeline.ports.http, b"\x1f\x8b garbage", encoding="gzip")
+    assert status == 400
+    assert "cannot decompress gzip" in status_pb2.Status.FromString(body).message
+
+
+def test_oversize_body_is_413(start_pipeline):
+    p = start_pipeline(http_body=4096)
+    status, _, body = post(p.ports.http, request(100).SerializeToString())
+    assert status == 413
+    assert status_pb2.Status.FromString(body).code == 8  # RESOURCE_EXHAUSTED
+    assert post(p.ports.http, request(1).SerializeToString())[0] == 200
+
+
+def test_gzip_bomb_over_the_limit_after_decompression_is_413(start_pipeline):
+    p = start_pipeline(http_body=4096)
+    bomb = gzip.compress(b"\x00" * 1_000_000)
+    assert len(bomb) < 4096
+    status, _, _ = post(p.ports.http, bomb, encoding="gzip")
+    assert status == 413
+
+
+def test_unknown_content_type_is_415(pipeline):
+    status, _, body = post(pipeline.ports.http, b"hello", "text/plain")
+    assert status == 415
+    assert "unsupported content type" in json.loads(body)["message"]
+
+
+def test_unknown_content_encoding_is_415(pipeline):
+    status, _, _ = post(pipeline.ports.http, b"x", encoding="br")
+    assert status == 415
+
+
+def test_wrong_method_is_405_with_allow(pipeline):
+    status, headers, _ = post(pipeline.ports.http, b"", method="GET")
+    assert status == 405
+    assert headers["Allow"] == "POST"
+
+
+def test_unknown_path_is_404(pipeline):
+    assert post(pipeline.ports.http, b"", path="/v1/nothing")[0] == 404
+
+
+def test_memory_limiter_refusal_is_503_with_retry_after(start_pipeline):
+    p = start_pipeline(limit_mib=2)  # soft limit 1 MiB: always above it
+    status, headers, body = post(p.ports.http, request(3).SerializeToString())
+    assert status == 503
+    assert headers["Retry-After"] == "1"
+    assert status_pb2.Status.FromString(body).code == 14  # UNAVAILABLE
+    assert count(p) == 0
+    assert 'agent_sre_receiver_refused_spans_total{reason="refused",receiver="otlp",transport="http"} 3.0' in p.metrics()
+
+
+@pytest.mark.parametrize("verbosity", ["basic", "normal", "detailed"])
+def test_debug_exporter_logs_every_batch(start_pipeline, caplog, verbosity):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="agent_sre")
+    p = start_pipeline(exporters="duckdb, debug")
+    p.service.exporters["debug"].config.verbosity = verbosity
+    post(p.ports.http, request(2).SerializeToString())
+    summary = [r for r in caplog.records if r.name == "agent_sre.exporter.debug" and "TracesExporter" in r.message]
+    assert summary and "2 spans" in summary[0].getMessage()
+    per_span = [r for r in caplog.records if r.name == "agent_sre.exporter.debug" and r.message.startswith("span ")]
+    assert len(per_span) == (0 if verbosity == "basic" else 2)
