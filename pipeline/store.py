@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -44,9 +45,16 @@ class QueryResult:
     elapsed_ms: float
 
     def to_json(self) -> dict:
+        """JSON-ready: integral decimals (sum() of BIGINT) as ints, other decimals as floats."""
         return {"columns": self.columns, "types": self.types, "rows": self.rows,
                 "row_count": len(self.rows), "truncated": self.truncated,
                 "elapsed_ms": round(self.elapsed_ms, 3)}
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
 
 
 def check_read_only(sql: str) -> None:
@@ -69,8 +77,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s
     started = time.perf_counter()
     timer.start()
     try:
-        rel = con.execute(sql)
-        reader = rel.fetch_record_batch(min(max_rows + 1, 100_000))
+        reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
         batches: list[pa.RecordBatch] = []
         rows = 0
         for batch in reader:
@@ -92,7 +99,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s
     return QueryResult(
         columns=table.column_names,
         types=[str(t) for t in table.schema.types],
-        rows=[list(r.values()) for r in table.to_pylist()],
+        rows=[[_plain(v) for v in r.values()] for r in table.to_pylist()],
         truncated=truncated,
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )

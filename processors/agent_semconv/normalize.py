@@ -34,6 +34,7 @@ __all__ = ["ColumnRow", "Conventions", "RoleRule", "load_conventions", "normaliz
 SHIPPED_CONVENTIONS = Path(__file__).with_name("conventions.yaml")
 _MAPPABLE_COLUMNS = [c for c in AGENT_COLUMNS if c != "span_role"]  # span_role comes from `roles`
 _COLUMN_ID = {name: i for i, name in enumerate(AGENT_COLUMNS)}
+_MAPPABLE = [(name, _COLUMN_ID[name], SPAN_SCHEMA.field(name).type) for name in _MAPPABLE_COLUMNS]
 _EXCEPTION_EVENT = pa.scalar("exception")
 _EXCEPTION_TYPE = pa.scalar("exception.type")
 _NO_VALUE = np.iinfo(np.int64).max
@@ -359,8 +360,20 @@ def _map_entries(maps: pa.Array) -> _Entries:
 
 def _key_ids(entries: _Entries, plan: _Plan) -> np.ndarray:
     """Each entry's key id in the plan, -1 for keys the table does not mention."""
-    found = pc.index_in(entries.keys, value_set=plan.keys)
-    return pc.fill_null(found, _NOT_FOUND).to_numpy().astype(np.int64)
+    return _positions(pc.index_in(entries.keys, value_set=plan.keys))
+
+
+def _positions(found: pa.Array) -> np.ndarray:
+    """index_in's answer as int64 with -1 for "not in the set".
+
+    Read from the buffers: pc.fill_null is several times slower on these sizes.
+    """
+    values = np.frombuffer(found.buffers()[1], dtype=np.int32, count=found.offset + len(found))
+    positions = values[found.offset:].astype(np.int64)
+    if found.null_count:
+        valid = np.unpackbits(np.frombuffer(found.buffers()[0], dtype=np.uint8), bitorder="little")
+        positions[valid[found.offset:found.offset + len(found)] == 0] = -1
+    return positions
 
 
 # --- span_role ---------------------------------------------------------------------
@@ -373,8 +386,8 @@ def _matched_pairs(span: _Entries, key_ids: np.ndarray, plan: _Plan) -> tuple[np
     if not len(sel):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Only the few entries of rule keys get here, so lowercasing them is cheap.
-    lowered = pc.utf8_lower(span.values.take(pa.array(sel)))
-    value = pc.fill_null(pc.index_in(lowered, value_set=plan.pair_values), _NOT_FOUND).to_numpy()
+    lowered = pc.utf8_lower(pc.take(span.values, pa.array(sel)))
+    value = _positions(pc.index_in(lowered, value_set=plan.pair_values))
     pair = plan.pair_of[slot[sel], value]
     hit = pair >= 0
     return span.owner[sel[hit]], pair[hit]
@@ -455,8 +468,16 @@ def _take(values: pa.Array, winners: np.ndarray) -> pa.Array | None:
 
 
 # --- lenient casts: a value that does not parse is null, never an error ------------------
+#
+# Fast path: Arrow's own cast, when every value in the column parses (the usual
+# batch).  Slow path, for a batch with junk: keep only the values that match a
+# grammar Arrow is known to parse, so each value gets the same answer either way.
+# Integers: decimal (sign, surrounding spaces and a ".0" tail allowed, as JSON
+# encoders send doubles) or Arrow's 0x hex.  Floats: decimal or exponent form;
+# nan and inf are dropped.  Flags: true/false/1/0 in any case.
 
-_INTEGER = r"^[+-]?\d{1,18}$"  # 18 digits always fit in int64
+_INTEGER = r"^(-?\d{1,18}|0[xX][0-9a-fA-F]{1,16})$"  # 18 decimal digits always fit in int64
+_INTEGER_NOISE = r"^\+|\.0*$"
 _DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # Scalars built once: converting a Python value per call costs more than the kernels
 # (pyarrow retries an optional import on each conversion).
@@ -465,33 +486,34 @@ _NULL_BOOL = pa.scalar(None, pa.bool_())
 _NULL_FLOAT = pa.scalar(None, pa.float64())  # every float agent column is float64
 _TRUE, _FALSE = pa.scalar(True), pa.scalar(False)
 _TRUE_TEXT, _FALSE_TEXT = pa.array(["true", "1"]), pa.array(["false", "0"])
-_EMPTY, _PAIR_SEPARATOR = pa.scalar(""), pa.scalar("\x00")
+_EMPTY = pa.scalar("")
 _ERROR, _AGENT_TASK = pa.scalar("error"), pa.scalar("agent_task")
-_NOT_FOUND = pa.scalar(-1, pa.int32())
 _ONE_NULL_STRING = pa.nulls(1, pa.string())
 
 
 def _cast(strings: pa.Array, to: pa.DataType) -> pa.Array:
+    """Attribute strings to the column type ``to``, leniently."""
     if pa.types.is_string(to):
         return strings
-    if pa.types.is_boolean(to):
-        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(strings))
-        truth = pc.if_else(pc.is_in(lowered, _TRUE_TEXT), _TRUE, _NULL_BOOL)
-        return pc.if_else(pc.is_in(lowered, _FALSE_TEXT), _FALSE, truth)
     try:
-        number = pc.cast(strings, to)  # the common case: every value is a clean number
+        cast = pc.cast(strings, to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        number = pc.cast(_numbers_only(strings, to), to)
-    if pa.types.is_floating(to):  # "nan", "inf" and overflowing exponents are not measurements
-        return pc.if_else(pc.is_finite(number), number, _NULL_FLOAT)
-    return number
+        cast = _flags_only(strings) if pa.types.is_boolean(to) else pc.cast(_numbers_only(strings, to), to)
+    if pa.types.is_floating(to):  # nan, inf and overflowing exponents are not measurements
+        return pc.if_else(pc.is_finite(cast), cast, _NULL_FLOAT)
+    return cast
+
+
+def _flags_only(strings: pa.Array) -> pa.Array:
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(strings))
+    truth = pc.if_else(pc.is_in(lowered, _TRUE_TEXT), _TRUE, _NULL_BOOL)
+    return pc.if_else(pc.is_in(lowered, _FALSE_TEXT), _FALSE, truth)
 
 
 def _numbers_only(strings: pa.Array, to: pa.DataType) -> pa.Array:
-    """The values that parse as ``to``; the others null.  Slow path, for batches with junk."""
     trimmed = pc.utf8_trim_whitespace(strings)
     if pa.types.is_integer(to):
-        trimmed = pc.replace_substring_regex(trimmed, r"\.0*$", "")  # "12.0" from JSON doubles
+        trimmed = pc.replace_substring_regex(trimmed, _INTEGER_NOISE, "")
     pattern = _INTEGER if pa.types.is_integer(to) else _DECIMAL
     return pc.if_else(pc.match_substring_regex(trimmed, pattern), trimmed, _NULL_STRING)
 
@@ -499,9 +521,9 @@ def _numbers_only(strings: pa.Array, to: pa.DataType) -> pa.Array:
 # --- fallbacks that are not attribute lookups ---------------------------------------------
 
 
-def _derived_task_success(table: pa.Table, roles: _AnyArray) -> _AnyArray:
+def _derived_task_success(status_code: pa.ChunkedArray, roles: _AnyArray) -> _AnyArray:
     """Task spans without a success attribute succeeded unless their status is error."""
-    ok = pc.not_equal(pc.fill_null(_single_array(table.column("status_code")), _EMPTY), _ERROR)
+    ok = pc.not_equal(pc.fill_null(_single_array(status_code), _EMPTY), _ERROR)
     return pc.if_else(pc.equal(roles, _AGENT_TASK), ok, _NULL_BOOL)
 
 
@@ -514,7 +536,7 @@ def _exception_types(events: pa.Array, n: int) -> pa.Array | None:
     if not len(exc):
         return None
     span_of_event = pc.list_parent_indices(events).to_numpy()[exc].astype(np.int64)
-    attrs = _map_entries(pc.struct_field(flat, "attributes").take(pa.array(exc)))
+    attrs = _map_entries(pc.take(pc.struct_field(flat, "attributes"), pa.array(exc)))
     is_type = pc.fill_null(pc.equal(attrs.keys, _EXCEPTION_TYPE), _FALSE).to_numpy(zero_copy_only=False)
     hit = np.flatnonzero(is_type & attrs.usable)
     last = np.full(n, -1, dtype=np.int64)
@@ -532,16 +554,16 @@ def normalize(table: pa.Table, conventions: Conventions) -> pa.Table:
     Attribute maps and all other columns are passed through untouched.
     """
     plan, n = conventions._plan, table.num_rows
-    span = _map_entries(_single_array(table.column("attributes")))
-    resource = _map_entries(_single_array(table.column("resource_attributes")))
+    given = dict(zip(table.column_names, table.columns, strict=True))  # one call; by-name lookups cost more
+    span = _map_entries(_single_array(given["attributes"]))
+    resource = _map_entries(_single_array(given["resource_attributes"]))
     span_keys, resource_keys = _key_ids(span, plan), _key_ids(resource, plan)
     pair_span, pair_id = _matched_pairs(span, span_keys, plan)
-    roles = _keep_existing(table.column("span_role"),
-                           _derive_roles(n, span, span_keys, pair_span, pair_id, plan))
+    roles = _keep_existing(given["span_role"], _derive_roles(n, span, span_keys, pair_span, pair_id, plan))
     holds = _condition_matrix(n, pair_span, pair_id, plan)
     found = [_candidates(span, span_keys, plan, holds, 0, 0),
              _candidates(resource, resource_keys, plan, holds, plan.resource_rank_offset, len(span.keys))]
-    # Losers and absent values point at one null appended after the entries.
+    # Absent values point at one null appended after the entries.
     null_slot = len(span.keys) + len(resource.keys)
     winners = _winners(n, found, null_slot)
     has_value = (winners != null_slot).any(axis=1)
@@ -549,24 +571,20 @@ def normalize(table: pa.Table, conventions: Conventions) -> pa.Table:
     values = pa.concat_arrays([span.values, resource.values, _ONE_NULL_STRING])
     taken = pc.take(values, pa.array(winners.ravel()))
 
-    filled = {"span_role": roles}
-    for name in _MAPPABLE_COLUMNS:
-        column = _COLUMN_ID[name]
-        derived = None
-        if has_value[column]:
-            derived = _cast(taken.slice(column * n, n), SPAN_SCHEMA.field(name).type)
-        filled[name] = _keep_existing(table.column(name), _with_fallback(name, derived, table, roles))
-    return pa.Table.from_arrays(
-        [filled[f.name] if f.name in filled else table.column(f.name) for f in SPAN_SCHEMA], schema=SPAN_SCHEMA
-    )
+    filled = dict(given, span_role=roles)
+    for name, column, to in _MAPPABLE:
+        derived = _cast(taken.slice(column * n, n), to) if has_value[column] else None
+        filled[name] = _keep_existing(given[name], _with_fallback(name, derived, given, roles, n))
+    return pa.Table.from_arrays([filled[name] for name in SPAN_SCHEMA.names], schema=SPAN_SCHEMA)
 
 
-def _with_fallback(name: str, derived: _AnyArray | None, table: pa.Table, roles: _AnyArray) -> _AnyArray | None:
+def _with_fallback(name: str, derived: _AnyArray | None, given: dict[str, pa.ChunkedArray],
+                   roles: _AnyArray, n: int) -> _AnyArray | None:
     """Columns with a rule for spans whose attributes do not say: task_success, error_type."""
     if name == "task_success":
-        fallback: _AnyArray | None = _derived_task_success(table, roles)
+        fallback: _AnyArray | None = _derived_task_success(given["status_code"], roles)
     elif name == "error_type":
-        fallback = _exception_types(_single_array(table.column("events")), table.num_rows)
+        fallback = _exception_types(_single_array(given["events"]), n)
     else:
         return derived
     if derived is None or fallback is None:
