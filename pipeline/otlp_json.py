@@ -301,17 +301,15 @@ def _repeated(item: Decoder) -> Decoder:
     def decode(value: Any, depth: int) -> list[Any]:
         if type(value) is not list:
             raise _FieldError(f"expected an array, got {_describe(value)}")
-        try:
-            return [item(v, depth) for v in value]
-        except _FieldError:
-            # Only on the error path: find the index to report.
-            for index, v in enumerate(value):
-                try:
-                    item(v, depth)
-                except _FieldError as exc:
-                    exc.path.append(index)
-                    raise exc from None
-            raise
+        out = []
+        append = out.append
+        for index, v in enumerate(value):
+            try:
+                append(item(v, depth))
+            except _FieldError as exc:
+                exc.path.append(index)
+                raise
+        return out
 
     return decode
 

@@ -152,6 +152,13 @@ class PipelineProcess:
     data_dir: Path
     config: Path
 
+    def span_names(self) -> set[str]:
+        con = duckdb.connect(str(self.data_dir / "spans.duckdb"), read_only=True)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM spans").fetchall()}
+        finally:
+            con.close()
+
     def count_spans(self) -> int:
         con = duckdb.connect(str(self.data_dir / "spans.duckdb"), read_only=True)
         try:

@@ -1,0 +1,226 @@
+"""Ingest benchmark: OTLP in -> DuckDB committed, on the embedded default config.
+
+Starts `agent-sre run` (no --config: the embedded default, ports and data dir moved
+by environment variables) in its own process, then drives it from separate client
+processes with pre-serialised ExportTraceServiceRequests of 512 agent spans
+(~12 attributes each), for a bounded time per phase:
+
+  1. gRPC, as fast as the pipeline takes it
+  2. HTTP/protobuf, as fast as the pipeline takes it
+  3. gRPC paced at half the rate of phase 1, for export-call latency
+
+and prints, per phase: accepted spans/s (acknowledged to clients), committed
+spans/s (counted in DuckDB through the query API), p50/p99 export-call latency,
+and the peak RSS of the pipeline (main process, and with its receiver workers).
+
+    .venv/bin/python bench/ingest.py [--seconds 20] [--clients 2] [--threads 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.agent_spans import make_request  # noqa: E402
+
+SPANS_PER_REQUEST = 512
+METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thread: float, seed: int,
+            out: mp.Queue) -> None:
+    """One client process: `threads` senders, each with its own connection, until the deadline."""
+    bodies = [make_request(SPANS_PER_REQUEST, seed=seed * 100 + i, base_ns=time.time_ns()).SerializeToString()
+              for i in range(8)]
+    latencies: list[float] = []
+    acked = [0]
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def sender(k: int) -> None:
+        local: list[float] = []
+        ok = err = 0
+        if protocol == "grpc":
+            import grpc
+
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+
+            def send(body: bytes) -> bool:
+                try:
+                    call(body, timeout=30)
+                    return True
+                except grpc.RpcError:
+                    return False
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+            def send(body: bytes) -> bool:
+                conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status == 200
+        interval = 1.0 / rate_per_thread if rate_per_thread else 0.0
+        next_at = time.monotonic() + (k * interval / threads if interval else 0)
+        i = k
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if interval:
+                if now < next_at:
+                    time.sleep(next_at - now)
+                next_at += interval
+            started = time.perf_counter()
+            good = send(bodies[i % len(bodies)])
+            local.append(time.perf_counter() - started)
+            i += 1
+            if good:
+                ok += 1
+            else:
+                err += 1
+        with lock:
+            latencies.extend(local)
+            acked[0] += ok * SPANS_PER_REQUEST
+            errors[0] += err
+
+    workers = [threading.Thread(target=sender, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put({"acked": acked[0], "errors": errors[0], "latencies": latencies})
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak_main = 0
+        self.peak_total = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                main = self.proc.memory_info().rss
+                total = main + sum(c.memory_info().rss for c in self.proc.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.peak_main = max(self.peak_main, main)
+            self.peak_total = max(self.peak_total, total)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def count_spans(admin: int) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/query", method="POST",
+                                 data=json.dumps({"sql": "SELECT count(*) FROM spans"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["rows"][0][0]
+
+
+def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds: float, clients: int,
+              threads: int, rate: float = 0.0) -> dict:
+    before = count_spans(admin)
+    sampler = RssSampler(pid)
+    sampler.start()
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    per_thread = rate / SPANS_PER_REQUEST / (clients * threads) if rate else 0.0
+    procs = [ctx.Process(target=_client, args=(protocol, port, seconds, threads, per_thread, c, out))
+             for c in range(clients)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=seconds + 120) for _ in procs]
+    elapsed = time.monotonic() - started
+    for p in procs:
+        p.join()
+    sampler.stop()
+    committed = count_spans(admin) - before
+    lat = sorted(x for r in results for x in r["latencies"])
+    acked = sum(r["acked"] for r in results)
+    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
+    row = {"phase": name, "accepted_spans_per_s": acked / seconds, "committed_spans_per_s": committed / seconds,
+           "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
+           "errors": sum(r["errors"] for r in results), "peak_rss_main_mib": sampler.peak_main / 2**20,
+           "peak_rss_total_mib": sampler.peak_total / 2**20, "wall_s": elapsed}
+    print(f"{name:<28} accepted {row['accepted_spans_per_s']:>9,.0f} spans/s | committed "
+          f"{row['committed_spans_per_s']:>9,.0f} spans/s | export p50 {row['p50_ms']:6.1f} ms p99 "
+          f"{row['p99_ms']:6.1f} ms | {row['requests']} calls, {row['errors']} errors | peak RSS "
+          f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB with workers", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--threads", type=int, default=4, help="concurrent senders per client process")
+    ap.add_argument("--workers", help="override receiver workers (AGENT_SRE_RECEIVER_WORKERS)")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    grpc_port, http_port, admin, metrics = free_port(), free_port(), free_port(), free_port()
+    data = tempfile.mkdtemp(prefix="agent-sre-bench-")
+    env = {**os.environ, "AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+           "AGENT_SRE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{admin}",
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{metrics}", "AGENT_SRE_DATA": data}
+    if args.workers is not None:
+        env["AGENT_SRE_RECEIVER_WORKERS"] = args.workers
+    log = open(Path(data) / "pipeline.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "agent_sre.pipeline.cli", "run"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(f"pipeline did not start; see {log.name}") from None
+                time.sleep(0.2)
+        print(f"pipeline pid {server.pid} on the embedded default config "
+              f"(workers={env.get('AGENT_SRE_RECEIVER_WORKERS', 'default')}), data in {data}; "
+              f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
+              f"{SPANS_PER_REQUEST} spans/request, {os.cpu_count()} cores", flush=True)
+        rows = [run_phase("gRPC, max rate", "grpc", grpc_port, admin, server.pid, args.seconds, args.clients,
+                          args.threads)]
+        rows.append(run_phase("HTTP/protobuf, max rate", "http", http_port, admin, server.pid, args.seconds,
+                              args.clients, args.threads))
+        half = rows[0]["committed_spans_per_s"] / 2
+        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", grpc_port, admin, server.pid, args.seconds,
+                              args.clients, args.threads, rate=half))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
