@@ -174,10 +174,10 @@ def _print_result(body: dict, fmt: str) -> None:
         return
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     line = "+".join("-" * (w + 2) for w in widths)
-    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)))
     print(line)
     for r in rows:
-        print(" | ".join(v.ljust(w) for v, w in zip(r, widths)))
+        print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)))
     more = " (truncated)" if body.get("truncated") else ""
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
 

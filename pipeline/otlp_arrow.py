@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,16 @@ def _any_to_json(value: AnyValue) -> object:
         return {kv.key: _any_to_json(kv.value) for kv in value.kvlist_value.values}
     if which == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
+    if which == "double_value":
+        return _double_text(value.double_value) if not math.isfinite(value.double_value) else value.double_value
     return getattr(value, which)
+
+
+def _double_text(v: float) -> str:
+    """Non-finite doubles as OTLP/JSON spells them, at top level and inside arrays alike."""
+    if math.isnan(v):
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
 
 
 def value_to_str(value: AnyValue) -> str | None:
@@ -83,11 +93,13 @@ def value_to_str(value: AnyValue) -> str | None:
         return v
     if t is bool:
         return "true" if v else "false"
-    if t is int or t is float:
+    if t is int:
         return repr(v)
+    if t is float:
+        return repr(v) if math.isfinite(v) else _double_text(v)
     if t is bytes:
         return base64.b64encode(v).decode("ascii")
-    return json.dumps(_any_to_json(value), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(_any_to_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def attributes_to_dict(kvs) -> dict[str, str | None]:
@@ -148,13 +160,14 @@ def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
 
 def _events_array(per_span: list) -> pa.Array:
     offsets = [0]
-    times: list[int] = []
+    times: list[int | None] = []
     names: list[str] = []
     attrs: list[dict] = []
     dropped: list[int] = []
     for events in per_span:
         for ev in events:
-            times.append(min(ev.time_unix_nano, _INT64_MAX))
+            t = ev.time_unix_nano
+            times.append(t if t <= _INT64_MAX else None)  # unrepresentable: NULL, not a wrong time
             names.append(ev.name)
             attrs.append(attributes_to_dict(ev.attributes))
             dropped.append(ev.dropped_attributes_count)
@@ -254,7 +267,7 @@ def request_to_table(request: ExportTraceServiceRequest) -> Conversion:
                     continue
                 tids.append(tid)
                 sids.append(sid)
-                if parent:
+                if parent and parent != _ZERO_SPAN:  # an all-zero parent id means "no parent", as in the collector
                     parents.append(parent)
                     has_parent.append(True)
                 else:
@@ -342,7 +355,7 @@ def request_to_table(request: ExportTraceServiceRequest) -> Conversion:
     if bad_time.any():
         count = int(bad_time.sum())
         rejected += count
-        reasons.append(f"{count} span(s) with a start or end time beyond 2262-04-11 (int64 nanoseconds)")
+        reasons.insert(0, f"{count} span(s) with a start or end time beyond 2262-04-11 (int64 nanoseconds)")
         table = table.filter(pa.array(~bad_time))
     message = ""
     if rejected:

@@ -21,7 +21,8 @@ whole request with ``OtlpJsonError``.
 The decoder walks the JSON with a table built once from the protobuf
 descriptors and builds the request in one constructor call.  It replaces
 ``json_format.ParseDict`` (which would need the ids rewritten to base64 first)
-because it is about 4x faster and its errors carry the full JSON path, e.g.
+because it is about 3.5x faster (33 ms against 124 ms for 1,000 spans with
+9 attributes each) and its errors carry the full JSON path, e.g.
 ``resourceSpans[0].scopeSpans[1].spans[3].traceId: not a hex string: 'zz'``.
 The property tests check that it agrees with ``ParseDict`` on every valid body.
 """
@@ -275,7 +276,7 @@ def _field_decoder(field: FieldDescriptor) -> Decoder:
 
 def _is_repeated(field: FieldDescriptor) -> bool:
     try:
-        return field.is_repeated  # protobuf >= 6, where `label` is deprecated
+        return field.is_repeated  # newer protobuf (the 7.x installed here has no `label`)
     except AttributeError:
         return field.label == FieldDescriptor.LABEL_REPEATED
 

@@ -9,7 +9,11 @@ it column-wise.  Per batch the work is:
    then comes from small per-key lookup arrays, indexed with numpy;
 3. per (column, span), keep the entry with the lowest rank (span-level entries
    rank before resource-level ones) with ``np.minimum.at``;
-4. ``pc.take`` the winning values and cast them leniently.
+4. ``pc.take`` the winning values of all columns at once and cast them
+   leniently, once per column type.
+
+span_role comes from the same key ids plus a (key, value) lookup on the few
+entries whose value a rule names.
 
 No Python code runs per span or per attribute entry.  Per-key lookup arrays
 carry one extra trailing slot for "key not in the table", so an index of -1
@@ -21,23 +25,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
+
 from agent_sre.pipeline.schema import AGENT_COLUMNS, SPAN_ROLES, SPAN_SCHEMA
 
-__all__ = ["ColumnRow", "Conventions", "RoleRule", "load_conventions", "normalize"]
+__all__ = ["SHIPPED_CONVENTIONS", "ColumnRow", "Conventions", "RoleRule", "load_conventions", "normalize"]
 
 SHIPPED_CONVENTIONS = Path(__file__).with_name("conventions.yaml")
 _MAPPABLE_COLUMNS = [c for c in AGENT_COLUMNS if c != "span_role"]  # span_role comes from `roles`
 _COLUMN_ID = {name: i for i, name in enumerate(AGENT_COLUMNS)}
-_MAPPABLE = [(name, _COLUMN_ID[name], SPAN_SCHEMA.field(name).type) for name in _MAPPABLE_COLUMNS]
-_EXCEPTION_EVENT = pa.scalar("exception")
-_EXCEPTION_TYPE = pa.scalar("exception.type")
-_NO_VALUE = np.iinfo(np.int64).max
+# Mappable column ids grouped by type, so each type is cast once per batch.
+_COLUMNS_BY_TYPE = [
+    (to, [_COLUMN_ID[c] for c in _MAPPABLE_COLUMNS if SPAN_SCHEMA.field(c).type == to])
+    for to in dict.fromkeys(SPAN_SCHEMA.field(c).type for c in _MAPPABLE_COLUMNS)
+]
+_EXCEPTION_EVENT = pa.array(["exception"])
+_EXCEPTION_TYPE = pa.array(["exception.type"])
 _AnyArray = pa.Array | pa.ChunkedArray
 
 
@@ -67,7 +75,8 @@ class Conventions:
     """A validated normalisation table; build it with :func:`load_conventions`.
 
     ``columns`` maps each canonical column to its rows in precedence order.
-    ``value_rules`` then ``presence_rules`` decide ``span_role``, first match wins.
+    ``value_rules`` then ``presence_rules`` decide ``span_role``, first match wins,
+    else ``default_role``.  The lookup arrays normalize() uses are built once, here.
     """
 
     columns: Mapping[str, tuple[ColumnRow, ...]]
@@ -249,7 +258,7 @@ class _Plan:
     row_condition: np.ndarray    # condition id, or -1 (always true)
     resource_rank_offset: int    # added to resource-level ranks so span-level entries win
     pair_key_slot: np.ndarray    # per key (+ sentinel): row in `pair_of` if its value matters, else -1
-    pair_values: pa.Array        # lowercased values named by value rules and conditions
+    pair_values: pa.Array        # ASCII-lowercased values named by value rules and conditions
     pair_of: np.ndarray          # [key slot, value id (+ sentinel)] -> pair id, or -1
     pair_rule: np.ndarray        # per pair: value-rule number, or no_rule
     pair_condition: np.ndarray   # per pair: condition id, or -1
@@ -272,7 +281,7 @@ def _compile(conv: Conventions) -> _Plan:
 
     def pid(key: str, value: str) -> int:
         kid(key)
-        return pair_ids.setdefault((key, value.lower()), len(pair_ids))
+        return pair_ids.setdefault((key, _ascii_lower(value)), len(pair_ids))
 
     rows = []  # (key id, column id, rank, condition id)
     for column, column_rows in conv.columns.items():
@@ -287,6 +296,11 @@ def _compile(conv: Conventions) -> _Plan:
         **plan,
         **_rule_lookup(key_ids, pair_ids, conditions, value_pairs, presence_keys, conv),
     )
+
+
+def _ascii_lower(text: str) -> str:
+    # bytes.lower() touches ASCII letters only, as pc.ascii_lower does on the batch side.
+    return text.encode("utf-8").lower().decode("utf-8")
 
 
 def _row_lookup(rows: list[tuple[int, int, int, int]], n_keys: int) -> dict[str, Any]:
@@ -327,14 +341,28 @@ def _rule_lookup(key_ids: dict[str, int], pair_ids: dict[tuple[str, str], int], 
 # --- flattening attribute maps ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Entries:
-    """The entries of one map column: key, value and owning span, plus which are usable."""
+class _FlatMap(NamedTuple):
+    """The entries of one map column: key, value and owning row, and which entries count."""
 
     keys: pa.Array
     values: pa.Array
-    owner: np.ndarray   # span index per entry
-    usable: np.ndarray  # value is not null and the map itself is not null
+    owner: np.ndarray   # row index per entry
+    usable: np.ndarray  # the value is not null and the map itself is not null
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """Every attribute entry of a batch: span-level entries first, then resource-level ones."""
+
+    values: pa.Array     # followed by one null: the "no value" slot
+    key_id: np.ndarray   # key id in the plan, -1 for keys the table does not mention
+    owner: np.ndarray    # span index
+    usable: np.ndarray
+    n_span: int          # entries [0, n_span) are span-level
+
+    @property
+    def null_slot(self) -> int:
+        return len(self.values) - 1
 
 
 def _single_array(column: pa.ChunkedArray) -> pa.Array:
@@ -343,7 +371,7 @@ def _single_array(column: pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks() if column.num_chunks else pa.array([], column.type)
 
 
-def _map_entries(maps: pa.Array) -> _Entries:
+def _flatten(maps: pa.Array) -> _FlatMap:
     # .keys/.items ignore slicing; .offsets honours it, so slice the children by it.
     offsets = maps.offsets.to_numpy().astype(np.int64) if len(maps) else np.zeros(1, np.int64)
     start, stop = int(offsets[0]), int(offsets[-1])
@@ -355,52 +383,63 @@ def _map_entries(maps: pa.Array) -> _Entries:
     if maps.null_count:  # a null map's offsets may still span entries; they do not count
         usable &= np.repeat(maps.is_valid().to_numpy(zero_copy_only=False), lengths)
     owner = np.repeat(np.arange(len(maps), dtype=np.int64), lengths)
-    return _Entries(keys, values, owner, usable)
+    return _FlatMap(keys, values, owner, usable)
 
 
-def _key_ids(entries: _Entries, plan: _Plan) -> np.ndarray:
-    """Each entry's key id in the plan, -1 for keys the table does not mention."""
-    return _positions(pc.index_in(entries.keys, value_set=plan.keys))
+def _entries(attributes: pa.ChunkedArray, resource_attributes: pa.ChunkedArray, plan: _Plan) -> _Entries:
+    span, resource = _flatten(_single_array(attributes)), _flatten(_single_array(resource_attributes))
+    return _Entries(
+        values=pa.concat_arrays([span.values, resource.values, _ONE_NULL_STRING]),
+        key_id=np.concatenate([_key_ids(span.keys, plan), _key_ids(resource.keys, plan)]),
+        owner=np.concatenate([span.owner, resource.owner]),
+        usable=np.concatenate([span.usable, resource.usable]),
+        n_span=len(span.keys),
+    )
+
+
+def _key_ids(keys: pa.Array, plan: _Plan) -> np.ndarray:
+    """Each key's id in the plan, -1 for keys the table does not mention."""
+    return _positions(pc.index_in(keys, value_set=plan.keys))
 
 
 def _positions(found: pa.Array) -> np.ndarray:
-    """index_in's answer as int64 with -1 for "not in the set".
+    """index_in's answer as numpy int32 with -1 for "not in the set".
 
     Read from the buffers: pc.fill_null is several times slower on these sizes.
     """
     values = np.frombuffer(found.buffers()[1], dtype=np.int32, count=found.offset + len(found))
-    positions = values[found.offset:].astype(np.int64)
+    positions = values[found.offset:].copy()  # int32 indexes numpy arrays as well as int64
     if found.null_count:
         valid = np.unpackbits(np.frombuffer(found.buffers()[0], dtype=np.uint8), bitorder="little")
         positions[valid[found.offset:found.offset + len(found)] == 0] = -1
     return positions
 
 
-# --- span_role ---------------------------------------------------------------------
+# --- span_role: from span-level entries only ------------------------------------------
 
 
-def _matched_pairs(span: _Entries, key_ids: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+def _matched_pairs(entries: _Entries, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
     """(span, pair id) for span entries whose key=value is a value rule or a condition."""
-    slot = plan.pair_key_slot[key_ids]
-    sel = np.flatnonzero((slot >= 0) & span.usable)
+    slot = plan.pair_key_slot[entries.key_id[:entries.n_span]]
+    sel = np.flatnonzero((slot >= 0) & entries.usable[:entries.n_span])
     if not len(sel):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    # Only the few entries of rule keys get here, so lowercasing them is cheap.
-    lowered = pc.utf8_lower(pc.take(span.values, pa.array(sel)))
-    value = _positions(pc.index_in(lowered, value_set=plan.pair_values))
-    pair = plan.pair_of[slot[sel], value]
+    # Only the few entries of rule keys get here.  Matching ignores ASCII case only
+    # (rule values are enum-like names), which is also the cheap kernel.
+    lowered = pc.ascii_lower(pc.take(entries.values, pa.array(sel)))
+    pair = plan.pair_of[slot[sel], _positions(pc.index_in(lowered, value_set=plan.pair_values))]
     hit = pair >= 0
-    return span.owner[sel[hit]], pair[hit]
+    return entries.owner[sel[hit]], pair[hit]
 
 
-def _derive_roles(n: int, span: _Entries, key_ids: np.ndarray, pair_span: np.ndarray,
-                  pair_id: np.ndarray, plan: _Plan) -> pa.Array:
+def _derive_roles(n: int, entries: _Entries, pair_span: np.ndarray, pair_id: np.ndarray,
+                  plan: _Plan) -> pa.Array:
     """Lowest-numbered matching rule per span: value rules number before presence rules."""
     best = np.full(n, plan.no_rule, dtype=np.int64)
     np.minimum.at(best, pair_span, plan.pair_rule[pair_id])
-    presence = plan.key_presence_rule[key_ids]
-    hit = np.flatnonzero((presence < plan.no_rule) & span.usable)
-    np.minimum.at(best, span.owner[hit], presence[hit])
+    presence = plan.key_presence_rule[entries.key_id[:entries.n_span]]
+    hit = np.flatnonzero((presence < plan.no_rule) & entries.usable[:entries.n_span])
+    np.minimum.at(best, entries.owner[hit], presence[hit])
     return pc.take(plan.rule_roles, pa.array(best))
 
 
@@ -414,32 +453,29 @@ def _condition_matrix(n: int, pair_span: np.ndarray, pair_id: np.ndarray, plan: 
     return holds
 
 
-# --- column values -------------------------------------------------------------------
+# --- column values ---------------------------------------------------------------------
 
-# A candidate's score is rank << _ENTRY_BITS | entry: the minimum score per group
-# is its lowest-ranked entry, and the entry comes back with a mask.
+# A candidate's score is rank << _ENTRY_BITS | entry: the minimum score per
+# (column, span) is its lowest-ranked entry, and the entry comes back with a mask.
 _ENTRY_BITS = 40
 _ENTRY_MASK = (1 << _ENTRY_BITS) - 1
+_NO_RANK = ((1 << (62 - _ENTRY_BITS)) - 1) << _ENTRY_BITS
 
 
-@dataclass(frozen=True)
-class _Candidates:
-    group: np.ndarray  # column id * n + span
-    score: np.ndarray  # rank << _ENTRY_BITS | entry index in the concatenated span + resource values
-
-
-def _candidates(entries: _Entries, key_ids: np.ndarray, plan: _Plan, holds: np.ndarray,
-                rank_offset: int, entry_offset: int) -> _Candidates:
-    sel = np.flatnonzero((plan.key_rows_count[key_ids] > 0) & entries.usable)
-    entry, row = _expand_rows(sel, key_ids[sel], plan)
+def _winners(n: int, entries: _Entries, plan: _Plan, holds: np.ndarray) -> np.ndarray:
+    """[column id, span] -> index of the winning entry's value, or the null slot."""
+    sel = np.flatnonzero((plan.key_rows_count[entries.key_id] > 0) & entries.usable)
+    entry, row = _expand_rows(sel, entries.key_id[sel], plan)
     owner = entries.owner[entry]
     condition = plan.row_condition[row]
     if (condition >= 0).any():
         keep = holds[condition, owner]
         row, owner, entry = row[keep], owner[keep], entry[keep]
-    rank = plan.row_rank[row] + rank_offset
-    return _Candidates(plan.row_column[row] * holds.shape[1] + owner,
-                       (rank << _ENTRY_BITS) | (entry + entry_offset))
+    rank = plan.row_rank[row] + (entry >= entries.n_span) * plan.resource_rank_offset
+    # Start every (column, span) at a score above any rank that points at the null slot.
+    best = np.full(len(AGENT_COLUMNS) * n, _NO_RANK | entries.null_slot, dtype=np.int64)
+    np.minimum.at(best, plan.row_column[row] * n + owner, (rank << _ENTRY_BITS) | entry)
+    return (best & _ENTRY_MASK).reshape(len(AGENT_COLUMNS), n)
 
 
 def _expand_rows(entry: np.ndarray, key_id: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -452,32 +488,43 @@ def _expand_rows(entry: np.ndarray, key_id: np.ndarray, plan: _Plan) -> tuple[np
     return np.repeat(entry, counts), np.repeat(first_row, counts) + within
 
 
-def _winners(n: int, found: list[_Candidates], null_slot: int) -> np.ndarray:
-    """[column id, span] -> winning entry index, or null_slot: the lowest rank per (column, span)."""
-    best = np.full(len(AGENT_COLUMNS) * n, _NO_VALUE, dtype=np.int64)
-    for candidates in found:
-        np.minimum.at(best, candidates.group, candidates.score)
-    return np.where(best == _NO_VALUE, null_slot, best & _ENTRY_MASK).reshape(len(AGENT_COLUMNS), n)
+def _column_values(entries: _Entries, winners: np.ndarray, n: int) -> dict[str, pa.Array]:
+    """The winning values of each column that has any, cast to the column's type.
 
-
-def _take(values: pa.Array, winners: np.ndarray) -> pa.Array | None:
-    """values[winners], with -1 as null; None when nothing won."""
-    if not (winners >= 0).any():
-        return None
-    return pc.take(values, pa.array(winners, mask=winners < 0))
+    One take for all columns, ordered by type, then one cast per type: kernel calls,
+    not data, dominate at batch sizes like ours.
+    """
+    has_values = (winners != entries.null_slot).any(axis=1)
+    groups = [(to, [c for c in columns if has_values[c]]) for to, columns in _COLUMNS_BY_TYPE]
+    order = [c for _, columns in groups for c in columns]
+    if not order:
+        return {}
+    taken = pc.take(entries.values, pa.array(winners[order].ravel()))
+    out: dict[str, pa.Array] = {}
+    start = 0
+    for to, columns in groups:
+        cast = _cast(taken.slice(start * n, len(columns) * n), to)
+        out.update((AGENT_COLUMNS[c], cast.slice(i * n, n)) for i, c in enumerate(columns))
+        start += len(columns)
+    return out
 
 
 # --- lenient casts: a value that does not parse is null, never an error ------------------
 #
 # Fast path: Arrow's own cast, when every value in the column parses (the usual
 # batch).  Slow path, for a batch with junk: keep only the values that match a
-# grammar Arrow is known to parse, so each value gets the same answer either way.
-# Integers: decimal (sign, surrounding spaces and a ".0" tail allowed, as JSON
-# encoders send doubles) or Arrow's 0x hex.  Floats: decimal or exponent form;
-# nan and inf are dropped.  Flags: true/false/1/0 in any case.
+# grammar Arrow is known to parse, so each value gets the same answer either way
+# (a span's columns never depend on the other spans in its batch).
+# Integers: what Arrow parses (decimal in the int64 range, 0x hex), plus a leading
+# "+", surrounding spaces and a ".0" tail (JSON encoders send doubles).  Floats:
+# decimal or exponent form; nan and inf are dropped.  Flags: true/false/1/0, any case.
 
-_INTEGER = r"^(-?\d{1,18}|0[xX][0-9a-fA-F]{1,16})$"  # 18 decimal digits always fit in int64
-_INTEGER_NOISE = r"^\+|\.0*$"
+_INTEGER_NOISE = r"^\+|\.0*$"            # a leading "+", a ".0" tail
+_LEADING_ZEROS, _NO_LEADING_ZEROS = r"^(-?)0+(\d)", r"\1\2"
+_SHORT_INTEGER = r"^-?\d{1,18}$"          # 18 digits always fit in int64
+_LONG_INTEGER, _LONG_NEGATIVE = r"^\d{19}$", r"^-\d{19}$"
+_INT64_MAX_TEXT, _INT64_MIN_TEXT = pa.scalar("9223372036854775807"), pa.scalar("-9223372036854775808")
+_HEX_INTEGER = r"^0[xX][0-9a-fA-F]{1,16}$"
 _DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # Scalars built once: converting a Python value per call costs more than the kernels
 # (pyarrow retries an optional import on each conversion).
@@ -486,8 +533,7 @@ _NULL_BOOL = pa.scalar(None, pa.bool_())
 _NULL_FLOAT = pa.scalar(None, pa.float64())  # every float agent column is float64
 _TRUE, _FALSE = pa.scalar(True), pa.scalar(False)
 _TRUE_TEXT, _FALSE_TEXT = pa.array(["true", "1"]), pa.array(["false", "0"])
-_EMPTY = pa.scalar("")
-_ERROR, _AGENT_TASK = pa.scalar("error"), pa.scalar("agent_task")
+_ERROR, _AGENT_TASK = pa.array(["error"]), pa.scalar("agent_task")
 _ONE_NULL_STRING = pa.nulls(1, pa.string())
 
 
@@ -512,10 +558,18 @@ def _flags_only(strings: pa.Array) -> pa.Array:
 
 def _numbers_only(strings: pa.Array, to: pa.DataType) -> pa.Array:
     trimmed = pc.utf8_trim_whitespace(strings)
-    if pa.types.is_integer(to):
-        trimmed = pc.replace_substring_regex(trimmed, _INTEGER_NOISE, "")
-    pattern = _INTEGER if pa.types.is_integer(to) else _DECIMAL
-    return pc.if_else(pc.match_substring_regex(trimmed, pattern), trimmed, _NULL_STRING)
+    if pa.types.is_floating(to):
+        return pc.if_else(pc.match_substring_regex(trimmed, _DECIMAL), trimmed, _NULL_STRING)
+    text = pc.replace_substring_regex(trimmed, _INTEGER_NOISE, "")
+    text = pc.replace_substring_regex(text, _LEADING_ZEROS, _NO_LEADING_ZEROS)
+    # Equal-length digit strings compare as numbers, so 19 digits are checked against the int64 range.
+    in_range = pc.or_(
+        pc.and_(pc.match_substring_regex(text, _LONG_INTEGER), pc.less_equal(text, _INT64_MAX_TEXT)),
+        pc.and_(pc.match_substring_regex(text, _LONG_NEGATIVE), pc.less_equal(text, _INT64_MIN_TEXT)),
+    )
+    parses = pc.or_(pc.or_(pc.match_substring_regex(text, _SHORT_INTEGER), in_range),
+                    pc.match_substring_regex(text, _HEX_INTEGER))
+    return pc.if_else(parses, text, _NULL_STRING)
 
 
 # --- fallbacks that are not attribute lookups ---------------------------------------------
@@ -523,25 +577,29 @@ def _numbers_only(strings: pa.Array, to: pa.DataType) -> pa.Array:
 
 def _derived_task_success(status_code: pa.ChunkedArray, roles: _AnyArray) -> _AnyArray:
     """Task spans without a success attribute succeeded unless their status is error."""
-    ok = pc.not_equal(pc.fill_null(_single_array(status_code), _EMPTY), _ERROR)
+    # is_in answers false for a null status (pc.fill_null on strings is slow).
+    ok = pc.invert(pc.is_in(_single_array(status_code), value_set=_ERROR))
     return pc.if_else(pc.equal(roles, _AGENT_TASK), ok, _NULL_BOOL)
 
 
 def _exception_types(events: pa.Array, n: int) -> pa.Array | None:
     """The exception.type of each span's last "exception" event (the one it ended with)."""
-    if not len(events) or not pc.sum(pc.list_value_length(events)).as_py():
+    offsets = events.offsets.to_numpy()
+    if not len(events) or offsets[-1] == offsets[0]:  # no events at all: the usual batch
         return None
     flat = events.flatten()
-    exc = np.flatnonzero(pc.fill_null(pc.equal(pc.struct_field(flat, "name"), _EXCEPTION_EVENT), _FALSE))
+    exc = np.flatnonzero(pc.is_in(pc.struct_field(flat, "name"), value_set=_EXCEPTION_EVENT))
     if not len(exc):
         return None
     span_of_event = pc.list_parent_indices(events).to_numpy()[exc].astype(np.int64)
-    attrs = _map_entries(pc.take(pc.struct_field(flat, "attributes"), pa.array(exc)))
-    is_type = pc.fill_null(pc.equal(attrs.keys, _EXCEPTION_TYPE), _FALSE).to_numpy(zero_copy_only=False)
+    attrs = _flatten(pc.take(pc.struct_field(flat, "attributes"), pa.array(exc)))
+    is_type = pc.is_in(attrs.keys, value_set=_EXCEPTION_TYPE).to_numpy(zero_copy_only=False)
     hit = np.flatnonzero(is_type & attrs.usable)
     last = np.full(n, -1, dtype=np.int64)
     np.maximum.at(last, span_of_event[attrs.owner[hit]], hit)
-    return _take(attrs.values, last)
+    if not (last >= 0).any():
+        return None
+    return pc.take(attrs.values, pa.array(last, mask=last < 0))
 
 
 # --- the normalisation ----------------------------------------------------------------------
@@ -555,26 +613,15 @@ def normalize(table: pa.Table, conventions: Conventions) -> pa.Table:
     """
     plan, n = conventions._plan, table.num_rows
     given = dict(zip(table.column_names, table.columns, strict=True))  # one call; by-name lookups cost more
-    span = _map_entries(_single_array(given["attributes"]))
-    resource = _map_entries(_single_array(given["resource_attributes"]))
-    span_keys, resource_keys = _key_ids(span, plan), _key_ids(resource, plan)
-    pair_span, pair_id = _matched_pairs(span, span_keys, plan)
-    roles = _keep_existing(given["span_role"], _derive_roles(n, span, span_keys, pair_span, pair_id, plan))
+    entries = _entries(given["attributes"], given["resource_attributes"], plan)
+    pair_span, pair_id = _matched_pairs(entries, plan)
+    roles = _keep_existing(given["span_role"], _derive_roles(n, entries, pair_span, pair_id, plan))
     holds = _condition_matrix(n, pair_span, pair_id, plan)
-    found = [_candidates(span, span_keys, plan, holds, 0, 0),
-             _candidates(resource, resource_keys, plan, holds, plan.resource_rank_offset, len(span.keys))]
-    # Absent values point at one null appended after the entries.
-    null_slot = len(span.keys) + len(resource.keys)
-    winners = _winners(n, found, null_slot)
-    has_value = (winners != null_slot).any(axis=1)
-    # One take for all columns, then zero-copy slices: one kernel call instead of twenty.
-    values = pa.concat_arrays([span.values, resource.values, _ONE_NULL_STRING])
-    taken = pc.take(values, pa.array(winners.ravel()))
+    derived = _column_values(entries, _winners(n, entries, plan, holds), n)
 
     filled = dict(given, span_role=roles)
-    for name, column, to in _MAPPABLE:
-        derived = _cast(taken.slice(column * n, n), to) if has_value[column] else None
-        filled[name] = _keep_existing(given[name], _with_fallback(name, derived, given, roles, n))
+    for name in _MAPPABLE_COLUMNS:
+        filled[name] = _keep_existing(given[name], _with_fallback(name, derived.get(name), given, roles, n))
     return pa.Table.from_arrays([filled[name] for name in SPAN_SCHEMA.names], schema=SPAN_SCHEMA)
 
 

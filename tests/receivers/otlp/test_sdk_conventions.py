@@ -99,7 +99,7 @@ def _row(p, name: str) -> dict:
     cols = ", ".join(COLUMNS)
     rows = p.sql(f"SELECT {cols} FROM spans WHERE name = ?", [name])
     assert len(rows) == 1, f"{name}: {len(rows)} rows"
-    return dict(zip(COLUMNS, rows[0]))
+    return dict(zip(COLUMNS, rows[0], strict=False))
 
 
 @pytest.mark.parametrize("case", list(CASES))
