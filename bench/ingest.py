@@ -64,7 +64,8 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
         if protocol == "grpc":
             import grpc
 
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            # One TCP connection per sender (gRPC would share one per process), as separate agents would.
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
             call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
 
             def send(body: bytes) -> bool:
@@ -143,9 +144,27 @@ def count_spans(admin: int) -> int:
         return json.loads(r.read())["rows"][0][0]
 
 
+def pipeline_metrics(port: int) -> dict[str, float]:
+    """The pipeline's own counters: batch sizes and store commit times, to see where time goes."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _delta(after: dict, before: dict, key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
 def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds: float, clients: int,
-              threads: int, rate: float = 0.0) -> dict:
+              threads: int, metrics_port: int, rate: float = 0.0) -> dict:
     before = count_spans(admin)
+    m_before = pipeline_metrics(metrics_port)
     sampler = RssSampler(pid)
     sampler.start()
     ctx = mp.get_context("spawn")
@@ -162,17 +181,26 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
         p.join()
     sampler.stop()
     committed = count_spans(admin) - before
+    m_after = pipeline_metrics(metrics_port)
+    size_key = 'agent_sre_processor_batch_batch_send_size_{}{{processor="batch"}}'
+    flushes = _delta(m_after, m_before, size_key.format("count"))
+    export_key = 'agent_sre_exporter_export_latency_seconds_{}{{exporter="duckdb"}}'
+    commit_s = _delta(m_after, m_before, export_key.format("sum"))
     lat = sorted(x for r in results for x in r["latencies"])
     acked = sum(r["acked"] for r in results)
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
     row = {"phase": name, "accepted_spans_per_s": acked / seconds, "committed_spans_per_s": committed / seconds,
            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
            "errors": sum(r["errors"] for r in results), "peak_rss_main_mib": sampler.peak_main / 2**20,
-           "peak_rss_total_mib": sampler.peak_total / 2**20, "wall_s": elapsed}
+           "peak_rss_total_mib": sampler.peak_total / 2**20, "wall_s": elapsed,
+           "commits": flushes, "spans_per_commit": committed / flushes if flushes else 0.0,
+           "store_busy_fraction": commit_s / seconds}
     print(f"{name:<28} accepted {row['accepted_spans_per_s']:>9,.0f} spans/s | committed "
           f"{row['committed_spans_per_s']:>9,.0f} spans/s | export p50 {row['p50_ms']:6.1f} ms p99 "
           f"{row['p99_ms']:6.1f} ms | {row['requests']} calls, {row['errors']} errors | peak RSS "
-          f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB with workers", flush=True)
+          f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB with workers | "
+          f"{row['commits']:.0f} commits of {row['spans_per_commit']:.0f} spans, store busy "
+          f"{row['store_busy_fraction']:.0%}", flush=True)
     return row
 
 
@@ -208,13 +236,11 @@ def main() -> None:
               f"(workers={env.get('AGENT_SRE_RECEIVER_WORKERS', 'default')}), data in {data}; "
               f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
               f"{SPANS_PER_REQUEST} spans/request, {os.cpu_count()} cores", flush=True)
-        rows = [run_phase("gRPC, max rate", "grpc", grpc_port, admin, server.pid, args.seconds, args.clients,
-                          args.threads)]
-        rows.append(run_phase("HTTP/protobuf, max rate", "http", http_port, admin, server.pid, args.seconds,
-                              args.clients, args.threads))
+        common = (admin, server.pid, args.seconds, args.clients, args.threads, metrics)
+        rows = [run_phase("gRPC, max rate", "grpc", grpc_port, *common)]
+        rows.append(run_phase("HTTP/protobuf, max rate", "http", http_port, *common))
         half = rows[0]["committed_spans_per_s"] / 2
-        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", grpc_port, admin, server.pid, args.seconds,
-                              args.clients, args.threads, rate=half))
+        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", grpc_port, *common, rate=half))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:

@@ -20,4 +20,6 @@ class DuckDBExporterConfig(ConfigModel):
     # DuckDB's own limits; the pipeline's RSS budget depends on them.
     memory_limit: str = Field(default="256MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(default=2, ge=1, le=64)
+    # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the writer.
+    checkpoint_threshold: str = Field(default="64MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     parquet: ParquetConfig | None = None

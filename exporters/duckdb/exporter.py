@@ -36,7 +36,8 @@ class DuckDBExporter(Exporter):
             pq = Path(self.config.parquet.directory).absolute()
             pq.mkdir(parents=True, exist_ok=True)
             extra = (str(pq),)
-        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads, extra)
+        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads, extra,
+                               self.config.checkpoint_threshold)
         self._stop.clear()
         self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
         self._timer.start()
