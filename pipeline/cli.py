@@ -109,6 +109,14 @@ def _store_path(cfg: PipelineConfig) -> str | None:
     return None
 
 
+def _spool_dir(cfg: PipelineConfig, path: str) -> str | None:
+    """The configured spool of the store at ``path`` (None: the default next to it)."""
+    for cc in cfg.exporters.values():
+        if cc.factory.type == "duckdb" and Path(cc.settings.path).absolute() == Path(path).absolute():
+            return cc.settings.spool.directory or None  # type: ignore[attr-defined]
+    return None
+
+
 def _post_json(url: str, payload: dict, timeout: float) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -141,7 +149,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         print("agent-sre: no duckdb exporter in the config and no --db given", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        con = open_read_only(path)
+        con = open_read_only(path, spool_dir=_spool_dir(cfg, path))
     except FileNotFoundError as exc:
         print(f"agent-sre: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -194,7 +202,7 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     since = int(args.since_hours_ago * 3600 * 1e9) if args.since_hours_ago else None
     out.mkdir(parents=True, exist_ok=True)
     try:
-        con = open_read_only(path, (str(out.absolute()),))
+        con = open_read_only(path, (str(out.absolute()),), _spool_dir(cfg, path))
     except Exception as exc:  # noqa: BLE001
         print(f"agent-sre: cannot open {path} read-only ({exc}); stop the pipeline first, or configure "
               "exporters::duckdb::parquet to have the running pipeline write hourly files", file=sys.stderr)

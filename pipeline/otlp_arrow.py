@@ -288,7 +288,10 @@ def request_to_table(request: ExportTraceServiceRequest) -> Conversion:
                 dropped_l.append(span.dropped_links_count)
                 d = {}
                 for kv in span.attributes:
-                    d[kv.key] = value_to_str(kv.value)
+                    # Most values are strings: one attribute read instead of ListFields (measured ~40%
+                    # of the conversion).  An unset or empty string falls through to the general path.
+                    v = kv.value
+                    d[kv.key] = v.string_value or value_to_str(v)
                 attr_keys.extend(d)
                 attr_vals.extend(d.values())
                 attr_offsets.append(len(attr_keys))

@@ -12,9 +12,11 @@ store's own directory allowed: no SQL can read or write files elsewhere.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +25,9 @@ import duckdb
 import pyarrow as pa
 
 from agent_sre.pipeline.schema import SPAN_SCHEMA
+from agent_sre.pipeline.spool import Spool, read_after, remove_segments
+
+log = logging.getLogger("agent_sre.store")
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 _NS_PER_DAY = 86_400 * 1_000_000_000
@@ -34,6 +39,21 @@ class QueryError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+class StoreBehind(Exception):
+    """The store cannot take more now (its loader is behind, or it is closing): retry later."""
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """Where the spool lives and when its loader inserts into DuckDB (see pipeline/spool.py)."""
+
+    directory: str
+    flush_spans: int = 16_384  # insert once this many spans are spooled ...
+    flush_interval: float = 0.5  # ... or the oldest has waited this long (seconds)
+    max_pending_spans: int = 131_072  # spooled but not yet inserted; beyond it append() refuses
+    segment_bytes: int = 64 << 20
 
 
 @dataclass
@@ -117,29 +137,43 @@ STORAGE_SCHEMA = pa.schema([
 
 
 def to_storage(batch: pa.Table) -> pa.Table:
-    """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy)."""
+    """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
+
+    Columns are taken by name, so a batch spooled by an older version (fewer columns) still loads."""
     columns = []
-    for name in batch.column_names:
-        col = batch.column(name)
-        if name in MAP_COLUMNS:
+    fields = []
+    for field in batch.schema:
+        col = batch.column(field.name)
+        if field.name in MAP_COLUMNS:
             chunks = [pa.ListArray.from_arrays(c.offsets, pa.StructArray.from_arrays(
                 [c.keys, c.items], fields=list(_ENTRY)), mask=c.is_null() if c.null_count else None)
                 for c in col.chunks]
             col = pa.chunked_array(chunks, pa.list_(_ENTRY))
+            field = pa.field(field.name, col.type)
         columns.append(col)
-    return pa.Table.from_arrays(columns, schema=STORAGE_SCHEMA)
+        fields.append(field)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
-def _view_sql() -> str:
+def _view_sql(source: str = "span_rows", temp: bool = False) -> str:
+    """``spans``: the stored rows with their attribute lists presented as maps."""
     replaced = ", ".join(f"map_from_entries({c}) AS {c}" for c in MAP_COLUMNS)
-    return f"CREATE OR REPLACE VIEW spans AS SELECT * REPLACE ({replaced}) FROM span_rows"
+    return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
 
 class SpanStore:
-    """The writer side of one DuckDB file."""
+    """The writer side of one DuckDB file.
+
+    With a spool (the default in the duckdb exporter), ``append`` returns once the
+    batch is in the spool and a loader thread inserts spooled batches into DuckDB
+    in large transactions; ``sync`` waits until everything appended is in DuckDB
+    (queries and exports call it, so they read their writes).  Without a spool,
+    ``append`` inserts and commits directly.
+    """
 
     def __init__(self, path: str | os.PathLike, memory_limit: str = "256MB", threads: int = 2,
-                 extra_allowed_dirs: tuple[str, ...] = (), checkpoint_threshold: str = "16MB"):
+                 extra_allowed_dirs: tuple[str, ...] = (), checkpoint_threshold: str = "16MB",
+                 spool: SpoolSettings | None = None):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -151,8 +185,12 @@ class SpanStore:
         allowed = [str(self.directory), *extra_allowed_dirs]
         self._con.execute(f"SET allowed_directories = {allowed!r}")
         self._con.execute("SET enable_external_access = false")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection
         self._ensure_schema()
+        self.settings = spool
+        self._spool: Spool | None = None
+        if spool is not None:
+            self._open_spool(spool)
 
     def _ensure_schema(self) -> None:
         con = self._con
@@ -167,32 +205,166 @@ class SpanStore:
                 con.execute(f'ALTER TABLE span_rows ADD COLUMN "{field.name}" {types[field.name]}')
         con.unregister("_empty_spans")
         con.execute(_view_sql())
+        con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
+        if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
+            con.execute("INSERT INTO spool_state VALUES (0)")
+
+    # --- writing ----------------------------------------------------------------
+
+    def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None) -> None:
+        """Insert in one transaction (with the spool position, when given); the only INSERT into spans."""
+        rows = to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
+                          else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        with self._lock:
+            con = self._con
+            con.register("_batch", rows)
+            try:
+                # Each result is fetched: DuckDB refuses new work on a connection with one open.
+                con.execute("BEGIN TRANSACTION").fetchall()
+                con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
+                if seq is not None:
+                    con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK").fetchall()
+                except duckdb.Error:
+                    pass  # nothing to roll back (BEGIN itself failed)
+                raise
+            finally:
+                con.unregister("_batch")
 
     def append(self, batch: pa.Table) -> None:
-        """Insert one batch in one transaction; returns after the commit."""
-        rows = to_storage(batch)
-        with self._lock:
-            self._con.register("_batch", rows)
+        """Make one batch durable; returns after the spool write (or the commit, without a spool).
+
+        Raises ``StoreBehind`` when the loader is too far behind to take more (retryable)."""
+        if self._spool is None:
+            self._insert([batch])
+            return
+        n = batch.num_rows
+        with self._cond:
+            if self._closed:
+                raise StoreBehind("span store is closed")
+            if self._pending_rows + n > self.settings.max_pending_spans and self._pending:
+                raise StoreBehind(f"span store is behind: {self._pending_rows} spans waiting to be written")
+            seq = self._spool.append(batch)  # under the lock: spool order = sequence order = insert order
+            self._pending.append((seq, batch, time.monotonic()))
+            self._pending_rows += n
+            self._appended_seq = seq
+            if self._pending_rows >= self.settings.flush_spans:
+                self._cond.notify_all()
+
+    # --- the spool --------------------------------------------------------------
+
+    def _open_spool(self, settings: SpoolSettings) -> None:
+        directory = Path(settings.directory)
+        applied = self._con.execute("SELECT applied_seq FROM spool_state").fetchall()[0][0]
+        last = applied
+        replayed = 0
+        chunk: list[pa.RecordBatch] = []
+        for seq, batch in read_after(directory, applied):
+            chunk.append(batch)
+            last = seq
+            replayed += batch.num_rows
+            if sum(b.num_rows for b in chunk) >= settings.flush_spans:
+                self._insert(chunk, seq)
+                chunk = []
+        if chunk:
+            self._insert(chunk, last)
+        if replayed:
+            log.info("span store: replayed %d acknowledged spans from the spool into %s", replayed, self.path)
+        remove_segments(directory)
+        self._spool = Spool(directory, last + 1, settings.segment_bytes)
+        self._pending: deque[tuple[int, pa.Table, float]] = deque()
+        self._pending_rows = 0
+        self._appended_seq = self._applied_seq = last
+        self._sync_wanted = 0
+        self._closing = self._closed = False
+        self._cond = threading.Condition()
+        self._loader = threading.Thread(target=self._load, name="span-store-loader", daemon=True)
+        self._loader.start()
+
+    def _due(self) -> bool:
+        if not self._pending:
+            return False
+        return (self._closing or self._sync_wanted > self._applied_seq
+                or self._pending_rows >= self.settings.flush_spans
+                or time.monotonic() - self._pending[0][2] >= self.settings.flush_interval)
+
+    def _load(self) -> None:
+        """Loader thread: spool -> DuckDB in large transactions, oldest first."""
+        backoff = 0.1
+        while True:
+            with self._cond:
+                while not self._due():
+                    if self._closing and not self._pending:
+                        return
+                    wait = self.settings.flush_interval
+                    if self._pending:
+                        wait = max(0.0, self._pending[0][2] + wait - time.monotonic())
+                    self._cond.wait(wait)
+                items = list(self._pending)
+            last = items[-1][0]
             try:
-                self._con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch")
-            finally:
-                self._con.unregister("_batch")
+                self._insert([t for _, t, _ in items], last)
+            except duckdb.Error as exc:  # kept in the spool and in memory; retried
+                log.error("span store: insert of %d spooled spans failed (%s): %s",
+                          sum(t.num_rows for _, t, _ in items),
+                          "they stay in the spool" if self._closing else "will retry", exc)
+                if self._closing:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            with self._cond:
+                for _ in items:
+                    _, t, _ = self._pending.popleft()
+                    self._pending_rows -= t.num_rows
+                self._applied_seq = last
+                self._spool.release(last)
+                self._cond.notify_all()
+
+    def sync(self, timeout: float = 60.0) -> None:
+        """Wait until every batch appended so far is in DuckDB."""
+        if self._spool is None:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._appended_seq
+            self._sync_wanted = max(self._sync_wanted, target)
+            self._cond.notify_all()
+            while self._applied_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreBehind(f"span store did not catch up within {timeout:g}s")
+                self._cond.wait(left)
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending_rows if self._spool is not None else 0
+
+    # --- reading and housekeeping -------------------------------------------------
 
     def count(self) -> int:
+        self.sync()
         with self._lock:
-            return self._con.execute("SELECT count(*) FROM spans").fetchone()[0]
+            return self._con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
 
     def delete_older_than(self, days: float, now_ns: int | None = None) -> int:
         cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(days * _NS_PER_DAY)
         with self._lock:
-            return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchone()[0]
+            return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchall()[0][0]
 
     def export_parquet(self, directory: str | os.PathLike, since_ns: int | None = None,
                        until_ns: int | None = None) -> list[str]:
         """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
+        self.sync()
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
 
     def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> QueryResult:
+        check_read_only(sql)
+        self.sync(timeout_s)
         cursor = self._con.cursor()  # its own connection: readers never wait for the writer's lock
         try:
             return run_query(cursor, sql, max_rows, timeout_s)
@@ -200,10 +372,26 @@ class SpanStore:
             cursor.close()
 
     def checkpoint(self) -> None:
+        self.sync()
         with self._lock:
             self._con.execute("CHECKPOINT")
 
     def close(self) -> None:
+        """Drain the spool into DuckDB, then close.  What cannot be drained stays in the spool."""
+        if self._spool is not None and not self._closed:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._loader.join(timeout=120)
+            with self._cond:
+                self._closed = True
+                drained = not self._pending
+                self._spool.close()
+            if drained:
+                remove_segments(self._spool.directory)
+            else:
+                log.error("span store: %d spans could not be written; they stay in the spool %s and are "
+                          "replayed at the next start", self._pending_rows, self._spool.directory)
         with self._lock:
             try:
                 self._con.close()
@@ -238,13 +426,36 @@ def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, 
     return sorted(str(p) for p in out.rglob("*.parquet"))
 
 
-def open_read_only(path: str | os.PathLike, extra_dirs: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
+def default_spool_dir(store_path: str | os.PathLike) -> str:
+    return str(Path(store_path).absolute()) + ".spool"
+
+
+def open_read_only(path: str | os.PathLike, extra_dirs: tuple[str, ...] = (),
+                   spool_dir: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
     """Open a store no pipeline is running on, read-only, with no access to files outside it
-    (and ``extra_dirs``, for export)."""
+    (and ``extra_dirs``, for export).
+
+    Spans acknowledged but still in the spool (the pipeline was killed before its loader
+    inserted them; the next start replays them) are shown too: ``spans`` is then a
+    temporary view over the table and the spooled batches."""
     p = Path(path).absolute()
     if not p.exists():
         raise FileNotFoundError(f"no span store at {p}")
     con = duckdb.connect(str(p), read_only=True)
+    _overlay_spool(con, Path(spool_dir or default_spool_dir(p)))
     con.execute(f"SET allowed_directories = {[str(p.parent), *extra_dirs]!r}")
     con.execute("SET enable_external_access = false")
     return con
+
+
+def _overlay_spool(con: duckdb.DuckDBPyConnection, spool_dir: Path) -> None:
+    has_state = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'spool_state'").fetchall()[0][0]
+    applied = con.execute("SELECT applied_seq FROM spool_state").fetchall()[0][0] if has_state else 0
+    batches = [b for _, b in read_after(spool_dir, applied)]
+    if not batches:
+        return
+    con.register("_spooled", to_storage(pa.Table.from_batches(batches)))
+    con.execute("CREATE TEMP TABLE spooled_rows AS SELECT * FROM _spooled")
+    con.unregister("_spooled")
+    con.execute(_view_sql("(SELECT * FROM main.span_rows UNION ALL BY NAME SELECT * FROM temp.spooled_rows)",
+                          temp=True))

@@ -16,6 +16,7 @@ import pytest
 
 from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.store import open_read_only
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,7 @@ class RunningPipeline:
         return self.service.exporters["duckdb"].store
 
     def sql(self, query: str, params: list | None = None) -> list[tuple]:
+        self.store.sync()  # what was acknowledged is in DuckDB, not only in the spool
         cur = self.store._con.cursor()
         try:
             return cur.execute(query, params or []).fetchall()
@@ -152,15 +154,25 @@ class PipelineProcess:
     data_dir: Path
     config: Path
 
-    def span_names(self) -> set[str]:
-        con = duckdb.connect(str(self.data_dir / "spans.duckdb"), read_only=True)
+    def span_names(self, raw: bool = False) -> set[str]:
+        """Span names as `agent-sre query` sees them with the pipeline stopped (spool included);
+        ``raw``: only what is in DuckDB's own table."""
+        path = self.data_dir / "spans.duckdb"
+        con = duckdb.connect(str(path), read_only=True) if raw else open_read_only(path)
         try:
             return {r[0] for r in con.execute("SELECT name FROM spans").fetchall()}
         finally:
             con.close()
 
-    def count_spans(self) -> int:
+    def sql_raw(self, query: str) -> list[tuple]:
         con = duckdb.connect(str(self.data_dir / "spans.duckdb"), read_only=True)
+        try:
+            return con.execute(query).fetchall()
+        finally:
+            con.close()
+
+    def count_spans(self) -> int:
+        con = open_read_only(self.data_dir / "spans.duckdb")
         try:
             return con.execute("SELECT count(*) FROM spans").fetchone()[0]
         finally:

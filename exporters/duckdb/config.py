@@ -12,6 +12,17 @@ class ParquetConfig(ConfigModel):
     interval: Duration = Field(default="1h", gt=0)
 
 
+class SpoolConfig(ConfigModel):
+    """The write-ahead spool: clients are answered once their spans are in it (fsync-ed), and a
+    loader inserts it into DuckDB in large transactions.  Off: every group commit is a DuckDB commit."""
+
+    enabled: bool = True
+    directory: str = ""  # default: <path>.spool
+    flush_spans: int = Field(default=16_384, gt=0)
+    flush_interval: Duration = Field(default="500ms", gt=0)
+    max_pending_spans: int = Field(default=131_072, gt=0)
+
+
 class DuckDBExporterConfig(ConfigModel):
     path: str = "./agent-sre-data/spans.duckdb"
     # Spans whose start is older than this are deleted; 0 keeps everything.
@@ -23,3 +34,4 @@ class DuckDBExporterConfig(ConfigModel):
     # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the writer.
     checkpoint_threshold: str = Field(default="64MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     parquet: ParquetConfig | None = None
+    spool: SpoolConfig = SpoolConfig()

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
-from agent_sre.pipeline.store import SpanStore
+from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
 _NS_PER_HOUR = 3600 * 1_000_000_000
 
@@ -37,13 +37,24 @@ class DuckDBExporter(Exporter):
             pq.mkdir(parents=True, exist_ok=True)
             extra = (str(pq),)
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads, extra,
-                               self.config.checkpoint_threshold)
+                               self.config.checkpoint_threshold, self._spool_settings())
         self._stop.clear()
         self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
         self._timer.start()
 
+    def _spool_settings(self) -> SpoolSettings | None:
+        sp = self.config.spool
+        if not sp.enabled:
+            return None
+        return SpoolSettings(directory=sp.directory or default_spool_dir(self.config.path),
+                             flush_spans=sp.flush_spans, flush_interval=sp.flush_interval,
+                             max_pending_spans=sp.max_pending_spans)
+
     def describe(self) -> list[str]:
-        return [f"spans stored in DuckDB at {Path(self.config.path).absolute()}"]
+        lines = [f"spans stored in DuckDB at {Path(self.config.path).absolute()}"]
+        if self.store is not None and self.store.settings is not None:
+            lines.append(f"  (write-ahead spool in {self.store.settings.directory})")
+        return lines
 
     def export(self, batch: pa.Table) -> ExportResult:
         store = self.store
@@ -51,7 +62,9 @@ class DuckDBExporter(Exporter):
             return ExportResult(ExportStatus.RETRYABLE, "duckdb exporter is not started")
         try:
             store.append(batch)
-        except duckdb.Error as exc:
+        except StoreBehind as exc:
+            return ExportResult(ExportStatus.RETRYABLE, str(exc), retry_after=1.0)
+        except (duckdb.Error, OSError) as exc:
             self.logger.error("insert of %d spans failed: %s", batch.num_rows, exc)
             return ExportResult(ExportStatus.RETRYABLE, f"span store write failed: {exc}")
         return SUCCESS

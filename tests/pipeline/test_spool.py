@@ -1,0 +1,119 @@
+"""The span store's write-ahead spool: acknowledged batches survive a crash and are replayed exactly once."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pytest
+
+from agent_sre.pipeline.otlp_arrow import request_to_table
+from agent_sre.pipeline.spool import Spool, read_after, segments
+from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, open_read_only
+from tests.otlp_builders import request
+
+
+def _table(n: int, prefix: str) -> pa.Table:
+    req = request(n, attrs={"agent.did": f"did:web:{prefix}"})
+    for i, span in enumerate(req.resource_spans[0].scope_spans[0].spans):
+        span.name = f"{prefix}-{i}"
+    return request_to_table(req).table
+
+
+def _crash(store: SpanStore) -> None:
+    """What kill -9 leaves: the DuckDB file and the spool, with no drain and no checkpoint."""
+    store._con.close()
+
+
+def _lazy(tmp_path, **kw) -> SpoolSettings:
+    # A loader that never inserts on its own: everything appended stays in the spool until sync.
+    return SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10**9, flush_interval=3600, **kw)
+
+
+def test_spool_reads_back_every_batch_with_its_sequence_number(tmp_path):
+    spool = Spool(tmp_path, next_seq=7)
+    assert [spool.append(_table(3, "a")), spool.append(_table(2, "b"))] == [7, 8]
+    spool.close()
+    got = [(seq, batch.num_rows, batch.column("name")[0].as_py()) for seq, batch in read_after(tmp_path, 0)]
+    assert got == [(7, 3, "a-0"), (8, 2, "b-0")]
+    assert [seq for seq, _ in read_after(tmp_path, 7)] == [8]
+
+
+def test_a_torn_tail_is_skipped_and_earlier_batches_are_kept(tmp_path):
+    spool = Spool(tmp_path, next_seq=1)
+    spool.append(_table(4, "kept"))
+    spool.append(_table(4, "torn"))
+    spool.close()
+    (path,) = segments(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])  # the second batch was cut short by a crash
+    assert [(seq, b.num_rows) for seq, b in read_after(tmp_path, 0)] == [(1, 4)]
+
+
+def test_closed_segments_are_deleted_once_applied(tmp_path):
+    spool = Spool(tmp_path, next_seq=1, segment_bytes=1)  # every append starts a new segment
+    for k in range(3):
+        spool.append(_table(1, f"s{k}"))
+    assert len(segments(tmp_path)) == 3
+    spool.release(2)
+    assert [p.name for p in segments(tmp_path)] == ["00000000000000000003.arrows"]
+
+
+def test_acknowledged_spans_are_replayed_exactly_once_after_a_crash(tmp_path):
+    db = tmp_path / "spans.duckdb"
+    store = SpanStore(db, spool=_lazy(tmp_path))
+    store.append(_table(5, "a"))
+    store.append(_table(3, "b"))
+    assert store.pending_spans == 8
+    _crash(store)
+
+    reopened = SpanStore(db, spool=_lazy(tmp_path))  # replays the spool into DuckDB
+    assert reopened.count() == 8
+    reopened.append(_table(2, "c"))
+    _crash(reopened)
+
+    again = SpanStore(db, spool=_lazy(tmp_path))
+    assert again.count() == 10  # a and b not twice
+    names = {r[0] for r in again._con.execute("SELECT name FROM spans").fetchall()}
+    assert {"a-4", "b-2", "c-1"} <= names
+    again.close()
+
+
+def test_read_only_open_after_a_crash_shows_spooled_spans(tmp_path):
+    db = tmp_path / "spans.duckdb"
+    store = SpanStore(db, spool=_lazy(tmp_path))
+    store.append(_table(2, "early"))
+    store.sync()
+    store.append(_table(3, "late"))  # acknowledged, only in the spool
+    _crash(store)
+    con = open_read_only(db, spool_dir=tmp_path / "spool")
+    try:
+        rows = con.execute("SELECT name, attributes['agent.did'] FROM spans ORDER BY name").fetchall()
+    finally:
+        con.close()
+    assert [r[0] for r in rows] == ["early-0", "early-1", "late-0", "late-1", "late-2"]
+
+
+def test_loader_inserts_on_its_own_after_the_flush_interval(tmp_path):
+    settings = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10**9, flush_interval=0.05)
+    store = SpanStore(tmp_path / "spans.duckdb", spool=settings)
+    store.append(_table(4, "x"))
+    deadline = time.monotonic() + 10
+    while store.pending_spans and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.pending_spans == 0
+    with store._lock:
+        assert store._con.execute("SELECT count(*) FROM span_rows").fetchall() == [(4,)]
+    store.close()
+    assert segments(tmp_path / "spool") == []  # a clean close leaves no spool behind
+
+
+def test_append_refuses_when_the_loader_is_behind(tmp_path):
+    store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path, max_pending_spans=6))
+    store.append(_table(4, "a"))
+    with pytest.raises(StoreBehind, match="span store is behind: 4 spans waiting"):
+        store.append(_table(4, "b"))
+    store.sync()
+    store.append(_table(4, "c"))  # room again once the loader caught up
+    assert store.count() == 8
+    store.close()
