@@ -149,7 +149,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         print("agent-sre: no duckdb exporter in the config and no --db given", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        con = open_read_only(path, spool_dir=_spool_dir(cfg, path))
+        con = open_read_only(path, _spool_dir(cfg, path))
     except FileNotFoundError as exc:
         print(f"agent-sre: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -191,6 +191,8 @@ def _print_result(body: dict, fmt: str) -> None:
 
 
 def cmd_export_parquet(args: argparse.Namespace) -> int:
+    import duckdb
+
     from agent_sre.pipeline.store import export_parquet, open_read_only
 
     cfg = _load(args.config)
@@ -202,13 +204,16 @@ def cmd_export_parquet(args: argparse.Namespace) -> int:
     since = int(args.since_hours_ago * 3600 * 1e9) if args.since_hours_ago else None
     out.mkdir(parents=True, exist_ok=True)
     try:
-        con = open_read_only(path, (str(out.absolute()),), _spool_dir(cfg, path))
+        con = open_read_only(path, _spool_dir(cfg, path))
     except Exception as exc:  # noqa: BLE001
         print(f"agent-sre: cannot open {path} read-only ({exc}); stop the pipeline first, or configure "
               "exporters::duckdb::parquet to have the running pipeline write hourly files", file=sys.stderr)
         return EXIT_RUNTIME
     try:
         files = export_parquet(con, None, out, time.time_ns() - since if since else None, None)
+    except (OSError, duckdb.Error) as exc:
+        print(f"agent-sre: cannot write Parquet under {out}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     finally:
         con.close()
     print(f"wrote {len(files)} Parquet file(s) under {out}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from agent_sre.pipeline.schema import SPAN_SCHEMA
 from agent_sre.pipeline.spool import Spool, read_after, remove_segments
@@ -77,7 +79,12 @@ def _plain(value):
     return value
 
 
+# EXPLAIN's head: the keyword and its options (ANALYZE, or a parenthesised list).
+_EXPLAIN_HEAD = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE)
+
+
 def check_read_only(sql: str) -> None:
+    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement)."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -88,6 +95,11 @@ def check_read_only(sql: str) -> None:
         kind = str(st.type).rpartition(".")[2]
         if kind not in READ_ONLY_STATEMENTS:
             raise QueryError(f"only read-only statements are allowed (SELECT, EXPLAIN); got {kind}", 403)
+        if kind == "EXPLAIN":
+            head = _EXPLAIN_HEAD.match(st.query)
+            inner = duckdb.extract_statements(st.query[head.end():]) if head else []
+            if len(inner) != 1 or str(inner[0].type).rpartition(".")[2] != "SELECT":
+                raise QueryError("EXPLAIN is allowed only of a SELECT statement", 403)
 
 
 def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
@@ -96,6 +108,9 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s
     timer = threading.Timer(timeout_s, con.interrupt)
     started = time.perf_counter()
     timer.start()
+    # A read-only transaction as well as the statement check: whatever slips past the parser
+    # still cannot write.
+    con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
     try:
         reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
         batches: list[pa.RecordBatch] = []
@@ -114,6 +129,10 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s
         raise QueryError(str(exc)) from exc
     finally:
         timer.cancel()
+        try:
+            con.execute("ROLLBACK").fetchall()
+        except duckdb.Error:
+            pass  # the failed query already ended the transaction
     truncated = table.num_rows > max_rows
     table = table.slice(0, max_rows)
     return QueryResult(
@@ -172,8 +191,7 @@ class SpanStore:
     """
 
     def __init__(self, path: str | os.PathLike, memory_limit: str = "256MB", threads: int = 2,
-                 extra_allowed_dirs: tuple[str, ...] = (), checkpoint_threshold: str = "16MB",
-                 spool: SpoolSettings | None = None):
+                 checkpoint_threshold: str = "16MB", spool: SpoolSettings | None = None):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -182,9 +200,9 @@ class SpanStore:
                 "memory_limit": memory_limit, "threads": threads, "checkpoint_threshold": checkpoint_threshold})
         except duckdb.IOException as exc:
             raise OSError(f"cannot open span store {self.path}: {exc}") from exc
-        allowed = [str(self.directory), *extra_allowed_dirs]
-        self._con.execute(f"SET allowed_directories = {allowed!r}")
+        self._con.execute(f"SET allowed_directories = {[str(self.directory)]!r}")
         self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
         self._lock = threading.Lock()  # the write connection
         self._ensure_schema()
         self.settings = spool
@@ -205,6 +223,8 @@ class SpanStore:
                 con.execute(f'ALTER TABLE span_rows ADD COLUMN "{field.name}" {types[field.name]}')
         con.unregister("_empty_spans")
         con.execute(_view_sql())
+        con.execute("CREATE TABLE IF NOT EXISTS parquet_exports (directory VARCHAR PRIMARY KEY, "
+                    "exported_until_ns BIGINT NOT NULL)")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state VALUES (0)")
@@ -353,6 +373,7 @@ class SpanStore:
 
     def delete_older_than(self, days: float, now_ns: int | None = None) -> int:
         cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(days * _NS_PER_DAY)
+        self.sync()  # spooled spans are subject to retention too
         with self._lock:
             return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchall()[0][0]
 
@@ -361,6 +382,18 @@ class SpanStore:
         """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
         self.sync()
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
+
+    def parquet_exported_until(self, directory: str | os.PathLike) -> int | None:
+        """Spans before this start time have been exported to ``directory`` (None: nothing yet)."""
+        with self._lock:
+            rows = self._con.execute("SELECT exported_until_ns FROM parquet_exports WHERE directory = ?",
+                                     [str(Path(directory).absolute())]).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_parquet_exported_until(self, directory: str | os.PathLike, until_ns: int) -> None:
+        with self._lock:
+            self._con.execute("INSERT OR REPLACE INTO parquet_exports VALUES (?, ?)",
+                              [str(Path(directory).absolute()), until_ns]).fetchall()
 
     def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> QueryResult:
         check_read_only(sql)
@@ -401,6 +434,10 @@ class SpanStore:
 
 def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, directory: str | os.PathLike,
                    since_ns: int | None, until_ns: int | None) -> list[str]:
+    """Spans with since <= start_ns < until as Parquet: DIR/date=YYYY-MM-DD/hour=HH/spans-*.parquet.
+
+    DuckDB streams the rows as Arrow and pyarrow writes the files, so the database itself never
+    needs access to the output directory (its file access stays limited to the store)."""
     out = Path(directory).absolute()
     out.mkdir(parents=True, exist_ok=True)
     where = []
@@ -412,28 +449,37 @@ def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, 
         where.append("start_ns < ?")
         params.append(until_ns)
     cond = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = (
-        "COPY (SELECT *, strftime(make_timestamp(start_ns // 1000), '%Y-%m-%d') AS date, "
-        "strftime(make_timestamp(start_ns // 1000), '%H') AS hour "
-        f"FROM spans {cond}) TO '{out}' (FORMAT parquet, PARTITION_BY (date, hour), "
-        "OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'spans_{uuid}')"
-    )
+    sql = ("SELECT *, strftime(make_timestamp(start_ns // 1000), '%Y-%m-%d') AS date, "
+           f"strftime(make_timestamp(start_ns // 1000), '%H') AS hour FROM spans {cond}")
+    written: list[str] = []
+    # Named by the range: exporting the same range again (after a crash) replaces, not duplicates.
+    stamp = f"{since_ns if since_ns is not None else 'start'}-{until_ns if until_ns is not None else 'end'}"
+
+    def write() -> None:
+        cur = con.cursor()
+        try:
+            reader = cur.sql(sql, params=params).to_arrow_reader(65_536)
+            pads.write_dataset(reader, out, format="parquet", partitioning=["date", "hour"],
+                               partitioning_flavor="hive", basename_template=f"spans-{stamp}-{{i}}.parquet",
+                               existing_data_behavior="overwrite_or_ignore",
+                               file_visitor=lambda f: written.append(f.path))
+        finally:
+            cur.close()
+
     if lock is None:
-        con.execute(sql, params)
+        write()
     else:
         with lock:
-            con.execute(sql, params)
-    return sorted(str(p) for p in out.rglob("*.parquet"))
+            write()
+    return sorted(written)
 
 
 def default_spool_dir(store_path: str | os.PathLike) -> str:
     return str(Path(store_path).absolute()) + ".spool"
 
 
-def open_read_only(path: str | os.PathLike, extra_dirs: tuple[str, ...] = (),
-                   spool_dir: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
-    """Open a store no pipeline is running on, read-only, with no access to files outside it
-    (and ``extra_dirs``, for export).
+def open_read_only(path: str | os.PathLike, spool_dir: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
+    """Open a store no pipeline is running on, read-only, with no access to files outside it.
 
     Spans acknowledged but still in the spool (the pipeline was killed before its loader
     inserted them; the next start replays them) are shown too: ``spans`` is then a
@@ -443,8 +489,9 @@ def open_read_only(path: str | os.PathLike, extra_dirs: tuple[str, ...] = (),
         raise FileNotFoundError(f"no span store at {p}")
     con = duckdb.connect(str(p), read_only=True)
     _overlay_spool(con, Path(spool_dir or default_spool_dir(p)))
-    con.execute(f"SET allowed_directories = {[str(p.parent), *extra_dirs]!r}")
+    con.execute(f"SET allowed_directories = {[str(p.parent)]!r}")
     con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 

@@ -28,15 +28,11 @@ class DuckDBExporter(Exporter):
         self.store: SpanStore | None = None
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
-        self._parquet_done_until_ns = 0
 
     def _start(self, host) -> None:
-        extra = ()
         if self.config.parquet is not None:
-            pq = Path(self.config.parquet.directory).absolute()
-            pq.mkdir(parents=True, exist_ok=True)
-            extra = (str(pq),)
-        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads, extra,
+            Path(self.config.parquet.directory).mkdir(parents=True, exist_ok=True)
+        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings())
         self._stop.clear()
         self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
@@ -92,15 +88,18 @@ class DuckDBExporter(Exporter):
             self.logger.error("housekeeping failed: %s", exc)
 
     def _export_completed_hours(self, store: SpanStore, now_ns: int) -> None:
+        """Every completed hour not exported yet; the mark is kept in the store, so a restart
+        neither repeats nor skips hours.  Spans arriving after their hour was exported stay in
+        DuckDB only."""
         assert self.config.parquet is not None
+        directory = self.config.parquet.directory
         hour_start = now_ns - now_ns % _NS_PER_HOUR
-        since = self._parquet_done_until_ns or hour_start - _NS_PER_HOUR
-        if since >= hour_start:
+        since = store.parquet_exported_until(directory)
+        if since is not None and since >= hour_start:
             return
-        files = store.export_parquet(self.config.parquet.directory, since, hour_start)
-        self._parquet_done_until_ns = hour_start
-        self.logger.info("parquet: exported hours up to %d into %s (%d files)", hour_start,
-                         self.config.parquet.directory, len(files))
+        files = store.export_parquet(directory, since, hour_start)
+        store.set_parquet_exported_until(directory, hour_start)
+        self.logger.info("parquet: exported spans up to %d into %s (%d files)", hour_start, directory, len(files))
 
     def _shutdown(self) -> None:
         self._stop.set()

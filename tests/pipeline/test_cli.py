@@ -67,7 +67,7 @@ def test_components_lists_the_types():
 
 
 @pytest.mark.slow
-def test_query_while_running_and_after_stopping(tmp_path):
+def test_query_while_running_and_after_stopping(tmp_path, tmp_path_factory):
     ports = Ports.allocate()
     proc = spawn_pipeline(pipeline_yaml(ports, tmp_path), ports, tmp_path, tmp_path / "run.log")
     config = str(proc.config)
@@ -86,9 +86,10 @@ def test_query_while_running_and_after_stopping(tmp_path):
     after = cli("query", sql, "--config", config, "--format", "csv")
     assert after.returncode == 0, after.stderr
     assert after.stdout.splitlines()[1] == "did:web:cli,gpt-4o,3,33"
-    parquet = cli("export-parquet", "--config", config, "--out", str(tmp_path / "pq"))
+    out = tmp_path_factory.mktemp("parquet-elsewhere")  # outside the store's directory
+    parquet = cli("export-parquet", "--config", config, "--out", str(out))
     assert parquet.returncode == 0, parquet.stderr
-    files = list((tmp_path / "pq").rglob("*.parquet"))
+    files = list(out.rglob("*.parquet"))
     assert files and all("date=" in str(f) and "hour=" in str(f) for f in files)
 
 

@@ -51,6 +51,21 @@ def test_writes_are_refused(pipeline):
     assert pipeline.sql("SELECT count(*) FROM spans")[0][0] == 1
 
 
+def test_explain_analyze_cannot_run_a_write(pipeline):
+    _load(pipeline, 1)
+    for sql in ("EXPLAIN ANALYZE DELETE FROM span_rows", "EXPLAIN (ANALYZE) DROP VIEW spans",
+                "explain analyse INSERT INTO span_rows SELECT * FROM span_rows",
+                f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{pipeline.data_dir}/x.csv'"):
+        status, body = query(pipeline, {"sql": sql})
+        assert status == 403, sql
+        assert body["error"] == "EXPLAIN is allowed only of a SELECT statement"
+    assert not (pipeline.data_dir / "x.csv").exists()
+    status, body = query(pipeline, {"sql": "EXPLAIN ANALYZE SELECT count(*) FROM spans"})
+    assert status == 200
+    status, body = query(pipeline, {"sql": "SELECT count(*) FROM spans"})
+    assert body["rows"] == [[1]]
+
+
 def test_files_outside_the_store_cannot_be_read(pipeline, tmp_path):
     secret = tmp_path.parent / "secret.csv"
     secret.write_text("a\n1\n")

@@ -1,0 +1,77 @@
+"""duckdb exporter housekeeping: retention by span start time, hourly Parquet that a restart neither
+repeats nor skips, into a directory outside the store."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from agent_sre.pipeline.config import parse_config
+from agent_sre.pipeline.service import Service
+from tests.conftest import Ports, pipeline_yaml
+from tests.otlp_builders import request
+
+HOUR = 3600 * 10**9
+T0 = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % HOUR  # the start of an hour
+
+
+def _service(tmp_path, out, retention: str = "0") -> Service:
+    ports = Ports.allocate()
+    text = pipeline_yaml(ports, tmp_path / "data").replace(
+        f"path: {tmp_path / 'data'}/spans.duckdb",
+        f"path: {tmp_path / 'data'}/spans.duckdb\n    retention: {retention}\n    parquet:\n      directory: {out}")
+    service = Service(parse_config(text, "test"))
+    service.start()
+    return service
+
+
+def _send(service: Service, n: int, start_ns: int) -> None:
+    service.receivers[0].ingest.export(request(n, start_ns=start_ns), "test")
+
+
+def _rows_per_hour(out) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in out.rglob("*.parquet"):
+        hour = f"{f.parent.parent.name}/{f.parent.name}"
+        counts[hour] = counts.get(hour, 0) + pq.read_metadata(f).num_rows
+    return counts
+
+
+def test_completed_hours_are_exported_once_across_restarts(tmp_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("parquet-elsewhere")  # not under the store's directory
+    service = _service(tmp_path, out)
+    try:
+        _send(service, 3, T0)  # hour 0
+        _send(service, 2, T0 + HOUR)  # hour 1
+        _send(service, 4, T0 + 2 * HOUR)  # hour 2, still running at "now"
+        exporter = service.exporters["duckdb"]
+        exporter.run_housekeeping(now_ns=T0 + 2 * HOUR + 10)
+        first = _rows_per_hour(out)
+        assert sorted(first.values()) == [2, 3]  # hours 0 and 1; the current hour waits
+        exporter.run_housekeeping(now_ns=T0 + 2 * HOUR + 20)
+        assert _rows_per_hour(out) == first  # nothing again within the same hour
+    finally:
+        service.shutdown()
+
+    restarted = _service(tmp_path, out)
+    try:
+        restarted.exporters["duckdb"].run_housekeeping(now_ns=T0 + 2 * HOUR + 30)
+        assert _rows_per_hour(out) == first  # a restart within the hour repeats nothing
+        restarted.exporters["duckdb"].run_housekeeping(now_ns=T0 + 3 * HOUR + 5)
+    finally:
+        restarted.shutdown()
+    after = _rows_per_hour(out)
+    assert sum(after.values()) == 9  # hour 2 added; hours 0 and 1 not written twice
+    assert len(after) == 3
+
+
+def test_retention_deletes_spans_that_started_before_the_cutoff(tmp_path, tmp_path_factory):
+    service = _service(tmp_path, tmp_path_factory.mktemp("pq"), retention="1d")
+    try:
+        _send(service, 3, T0)
+        _send(service, 2, T0 + 30 * HOUR)
+        exporter = service.exporters["duckdb"]
+        exporter.run_housekeeping(now_ns=T0 + 26 * HOUR)  # cutoff: T0 + 2h
+        store = exporter.store
+        assert store.query("SELECT min(start_ns), count(*) FROM spans").rows == [[T0 + 30 * HOUR, 2]]
+    finally:
+        service.shutdown()
