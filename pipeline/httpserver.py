@@ -3,7 +3,9 @@
 Several components may serve on one endpoint (health check and admin API both
 on 127.0.0.1:13133), so routes are registered per endpoint and one aiohttp
 server answers for all of them.  Unknown paths get 404; a known path with the
-wrong method gets 405 with an ``Allow`` header.
+wrong method gets 405 with an ``Allow`` header and a JSON ``{"error": ...}`` body,
+unless the path's owner registered its own ``method_not_allowed`` answer (the OTLP
+receiver must answer with a google.rpc.Status).
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from typing import Any
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MethodNotAllowed = Callable[[web.Request, str], web.StreamResponse]
+"""Builds a path's 405 answer from the request and the ``Allow`` value; the router sets ``Allow`` itself."""
+
+
+def _json_method_not_allowed(request: web.Request, allow: str) -> web.StreamResponse:
+    return web.json_response(
+        {"error": f"method {request.method} not allowed for {request.path} (allowed: {allow})"}, status=405)
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -52,6 +61,7 @@ class Endpoint:
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
         self.routes: dict[str, dict[str, Handler]] = {}
+        self.not_allowed: dict[str, MethodNotAllowed] = {}
         self.runner: web.AppRunner | None = None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -61,9 +71,9 @@ class Endpoint:
         handler = methods.get(request.method)
         if handler is None:
             allow = ", ".join(sorted(methods))
-            return web.json_response(
-                {"error": f"method {request.method} not allowed for {request.path} (allowed: {allow})"},
-                status=405, headers={"Allow": allow})
+            response = self.not_allowed.get(request.path, _json_method_not_allowed)(request, allow)
+            response.headers["Allow"] = allow  # RFC 9110 requires it on every 405, whoever built the body
+            return response
         return await handler(request)
 
 
@@ -81,18 +91,31 @@ class HttpServers:
             self._loop = LoopThread()
         return self._loop
 
-    def add_route(self, endpoint: str, method: str, path: str, handler: Handler, reuse_port: bool = False) -> None:
-        """Register a route and make sure the endpoint is listening (binds on first use)."""
+    def add_route(self, endpoint: str, method: str, path: str, handler: Handler, reuse_port: bool = False,
+                  method_not_allowed: MethodNotAllowed | None = None) -> None:
+        """Register a route and make sure the endpoint is listening (binds on first use).
+
+        ``method_not_allowed`` replaces the JSON 405 body for every other method on ``path``.
+        """
         with self._lock:
             ep = self._endpoints.get(endpoint)
-            if ep is None:
+            if ep is not None:
+                self._check_conflicts(ep, method, path, method_not_allowed)
+            else:
                 ep = Endpoint(endpoint)
                 self.loop.run(self._listen(ep, reuse_port))
                 self._endpoints[endpoint] = ep
-            methods = ep.routes.setdefault(path, {})
-            if method in methods:
-                raise ValueError(f"{method} {path} is already served on {endpoint}")
-            methods[method] = handler
+            ep.routes.setdefault(path, {})[method] = handler
+            if method_not_allowed is not None:
+                ep.not_allowed[path] = method_not_allowed
+
+    @staticmethod
+    def _check_conflicts(ep: Endpoint, method: str, path: str, method_not_allowed: MethodNotAllowed | None) -> None:
+        if method in ep.routes.get(path, {}):
+            raise ValueError(f"{method} {path} is already served on {ep.endpoint}")
+        current = ep.not_allowed.get(path)
+        if method_not_allowed is not None and current is not None and current != method_not_allowed:
+            raise ValueError(f"{path} on {ep.endpoint} already has its own 405 answer")
 
     def remove_routes(self, endpoint: str, paths: list[str]) -> None:
         with self._lock:
@@ -101,6 +124,7 @@ class HttpServers:
                 return
             for path in paths:
                 ep.routes.pop(path, None)
+                ep.not_allowed.pop(path, None)
             if not ep.routes:
                 del self._endpoints[endpoint]
                 if ep.runner is not None:

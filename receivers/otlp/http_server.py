@@ -1,9 +1,10 @@
 """OTLP/HTTP: POST /v1/traces with application/x-protobuf or application/json.
 
-Answers in the request's encoding.  Errors carry a google.rpc.Status body:
-400 undecodable, 413 oversize (before or after gzip), 415 unknown content type
-or encoding, 405 wrong method (by the shared router), 503 + Retry-After when
-the pipeline refuses (memory limiter, full queue, store failure).
+Answers in the request's encoding.  Every 4xx/5xx carries a google.rpc.Status
+body, as the OTLP specification requires: 400 undecodable, 413 oversize (before
+or after gzip), 415 unknown content type or encoding, 405 wrong method (through
+the shared router's per-path hook, with ``Allow: POST``), 503 + Retry-After when
+the pipeline refuses (memory limiter, full queue, store failure), 500 on a bug.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ JSON = "application/json"
 
 def _encode(message: Message, content_type: str) -> bytes:
     return encode_message(message) if content_type == JSON else message.SerializeToString()
+
+
+def _fallback_type(request: web.Request) -> str:
+    # For 405 and 415 the request's encoding is unknown or unusable.  The spec asks for a "Protobuf-encoded"
+    # Status and binary protobuf is OTLP/HTTP's default encoding, so every client can decode it; only a client
+    # that said it speaks JSON gets JSON.
+    return JSON if request.content_type.lower() == JSON else PROTOBUF
 
 
 def _status_response(http_status: int, code: int, message: str, content_type: str,
@@ -57,18 +65,24 @@ class HttpTraceServer:
 
     def start(self) -> None:
         self.http.add_route(self.config.endpoint, "POST", self.config.traces_url_path, self.handle,
-                            reuse_port=self.reuse_port)
+                            reuse_port=self.reuse_port, method_not_allowed=self.method_not_allowed)
 
     def stop(self) -> None:
         self.http.remove_routes(self.config.endpoint, [self.config.traces_url_path])
         self._pool.shutdown(wait=False)
 
+    def method_not_allowed(self, request: web.Request, allow: str) -> web.Response:
+        return _status_response(405, code_pb2.UNIMPLEMENTED,
+                                f"method {request.method} not allowed for {request.path} (use {allow})",
+                                _fallback_type(request))
+
     async def handle(self, request: web.Request) -> web.Response:
         content_type = request.content_type.lower()
-        reply_type = content_type if content_type in (PROTOBUF, JSON) else JSON
         if content_type not in (PROTOBUF, JSON):
             return _status_response(415, code_pb2.INVALID_ARGUMENT,
-                                    f"unsupported content type {content_type!r} (use {PROTOBUF} or {JSON})", JSON)
+                                    f"unsupported content type {content_type!r} (use {PROTOBUF} or {JSON})",
+                                    PROTOBUF)  # the request's encoding is unusable: see _fallback_type
+        reply_type = content_type
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "", "gzip", "deflate"):
             return _status_response(415, code_pb2.INVALID_ARGUMENT,
@@ -93,4 +107,8 @@ class HttpTraceServer:
                 return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.message, reply_type)
             retry = str(max(1, math.ceil(exc.retry_after)))
             return _status_response(503, code_pb2.UNAVAILABLE, exc.message, reply_type, {"Retry-After": retry})
+        except Exception as exc:  # noqa: BLE001 - aiohttp's own 500 would be text/plain, not a Status
+            self.ingest.logger.exception("http: export failed unexpectedly")
+            # 500 is not retryable: a request that trips a bug would trip it again.
+            return _status_response(500, code_pb2.INTERNAL, f"internal error: {exc}", reply_type)
         return web.Response(status=200, body=_encode(response, reply_type), content_type=reply_type)

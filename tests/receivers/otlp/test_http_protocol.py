@@ -8,7 +8,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from google.rpc import status_pb2
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tests.otlp_builders import request
@@ -26,6 +27,14 @@ def post(port: int, body: bytes, content_type: str = "application/x-protobuf", e
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+def rpc_status(headers: dict, body: bytes, content_type: str = "application/x-protobuf") -> status_pb2.Status:
+    """The google.rpc.Status an OTLP/HTTP error answer must carry, in the encoding it must use."""
+    assert headers["Content-Type"] == content_type
+    if content_type == "application/json":
+        return json_format.Parse(body, status_pb2.Status())  # rejects anything that is not a Status
+    return status_pb2.Status.FromString(body)
 
 
 def count(p) -> int:
@@ -86,8 +95,8 @@ def test_malformed_protobuf_is_400_with_a_status_body_and_the_pipeline_keeps_run
     post(pipeline.ports.http, request(2).SerializeToString())
     status, headers, body = post(pipeline.ports.http, b"\xff\xff\xff\xff not protobuf")
     assert status == 400
-    st = status_pb2.Status.FromString(body)
-    assert st.code == 3  # INVALID_ARGUMENT
+    st = rpc_status(headers, body)
+    assert st.code == code_pb2.INVALID_ARGUMENT
     assert "cannot decode protobuf" in st.message
     assert post(pipeline.ports.http, request(1).SerializeToString())[0] == 200
     assert count(pipeline) == 3
@@ -96,22 +105,28 @@ def test_malformed_protobuf_is_400_with_a_status_body_and_the_pipeline_keeps_run
 def test_malformed_json_is_400_with_a_json_status(pipeline):
     status, headers, body = post(pipeline.ports.http, b"{not json", "application/json")
     assert status == 400
-    assert headers["Content-Type"] == "application/json"
-    assert json.loads(body)["code"] == 3
-    assert "OTLP/JSON" in json.loads(body)["message"]
+    st = rpc_status(headers, body, "application/json")
+    assert st.code == code_pb2.INVALID_ARGUMENT
+    assert "OTLP/JSON" in st.message
 
 
-def test_invalid_gzip_is_400(pipeline):
-    status, _, body = post(pipeline.ports.http, b"\x1f\x8b garbage", encoding="gzip")
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+def test_invalid_gzip_is_400_in_the_request_encoding(pipeline, content_type):
+    status, headers, body = post(pipeline.ports.http, b"\x1f\x8b garbage", content_type, encoding="gzip")
     assert status == 400
-    assert "cannot decompress gzip" in status_pb2.Status.FromString(body).message
+    st = rpc_status(headers, body, content_type)
+    assert st.code == code_pb2.INVALID_ARGUMENT
+    assert "cannot decompress gzip" in st.message
 
 
-def test_oversize_body_is_413(start_pipeline):
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+def test_oversize_body_is_413_in_the_request_encoding(start_pipeline, content_type):
     p = start_pipeline(http_body=4096)
-    status, _, body = post(p.ports.http, request(100).SerializeToString())
+    status, headers, body = post(p.ports.http, b"x" * 5000, content_type)
     assert status == 413
-    assert status_pb2.Status.FromString(body).code == 8  # RESOURCE_EXHAUSTED
+    st = rpc_status(headers, body, content_type)
+    assert st.code == code_pb2.RESOURCE_EXHAUSTED
+    assert "exceeds the limit of 4096 bytes" in st.message
     assert post(p.ports.http, request(1).SerializeToString())[0] == 200
 
 
@@ -119,39 +134,90 @@ def test_gzip_bomb_over_the_limit_after_decompression_is_413(start_pipeline):
     p = start_pipeline(http_body=4096)
     bomb = gzip.compress(b"\x00" * 1_000_000)
     assert len(bomb) < 4096
-    status, _, _ = post(p.ports.http, bomb, encoding="gzip")
+    status, headers, body = post(p.ports.http, bomb, encoding="gzip")
     assert status == 413
+    st = rpc_status(headers, body)
+    assert st.code == code_pb2.RESOURCE_EXHAUSTED
+    assert "exceeds the limit of 4096 bytes" in st.message
 
 
-def test_unknown_content_type_is_415(pipeline):
-    status, _, body = post(pipeline.ports.http, b"hello", "text/plain")
+def test_unknown_content_type_is_415_with_a_protobuf_status(pipeline):
+    # The request's encoding is unusable, so the answer falls back to binary protobuf.
+    status, headers, body = post(pipeline.ports.http, b"hello", "text/plain")
     assert status == 415
-    assert "unsupported content type" in json.loads(body)["message"]
+    st = rpc_status(headers, body)
+    assert st.code == code_pb2.INVALID_ARGUMENT
+    assert "unsupported content type 'text/plain'" in st.message
 
 
-def test_unknown_content_encoding_is_415(pipeline):
-    status, _, _ = post(pipeline.ports.http, b"x", encoding="br")
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+def test_unknown_content_encoding_is_415_in_the_request_encoding(pipeline, content_type):
+    status, headers, body = post(pipeline.ports.http, b"x", content_type, encoding="br")
     assert status == 415
+    st = rpc_status(headers, body, content_type)
+    assert st.code == code_pb2.INVALID_ARGUMENT
+    assert "unsupported Content-Encoding 'br'" in st.message
 
 
-def test_wrong_method_is_405_with_allow(pipeline):
-    status, headers, _ = post(pipeline.ports.http, b"", method="GET")
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_wrong_method_is_405_with_allow_and_a_protobuf_status(pipeline, method):
+    status, headers, body = post(pipeline.ports.http, b"", "text/plain", method=method)
     assert status == 405
     assert headers["Allow"] == "POST"
+    st = rpc_status(headers, body)
+    assert st.code == code_pb2.UNIMPLEMENTED
+    assert f"method {method} not allowed for /v1/traces" in st.message
+
+
+def test_wrong_method_with_a_json_content_type_is_405_with_a_json_status(pipeline):
+    status, headers, body = post(pipeline.ports.http, b"", "application/json", method="GET")
+    assert status == 405
+    assert headers["Allow"] == "POST"
+    st = rpc_status(headers, body, "application/json")
+    assert st.code == code_pb2.UNIMPLEMENTED
+    assert "method GET not allowed" in st.message
+
+
+def test_other_endpoints_keep_their_json_405(pipeline):
+    # The Status body is the OTLP path's own 405 answer, not the shared router's.
+    status, headers, body = post(pipeline.ports.metrics, b"", method="DELETE", path="/metrics")
+    assert status == 405
+    assert headers["Allow"] == "GET"
+    assert "not allowed" in json.loads(body)["error"]
 
 
 def test_unknown_path_is_404(pipeline):
     assert post(pipeline.ports.http, b"", path="/v1/nothing")[0] == 404
 
 
-def test_memory_limiter_refusal_is_503_with_retry_after(start_pipeline):
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+def test_memory_limiter_refusal_is_503_with_retry_after(start_pipeline, content_type):
     p = start_pipeline(limit_mib=2)  # soft limit 1 MiB: always above it
-    status, headers, body = post(p.ports.http, request(3).SerializeToString())
+    payload = request(3).SerializeToString()
+    if content_type == "application/json":
+        payload = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+            {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": f"eee19b7ec3c1b17{i}", "name": "s"}
+            for i in range(3)]}]}]}).encode()
+    status, headers, body = post(p.ports.http, payload, content_type)
     assert status == 503
     assert headers["Retry-After"] == "1"
-    assert status_pb2.Status.FromString(body).code == 14  # UNAVAILABLE
+    st = rpc_status(headers, body, content_type)
+    assert st.code == code_pb2.UNAVAILABLE
+    assert st.message
     assert count(p) == 0
     assert 'agent_sre_receiver_refused_spans_total{reason="refused",receiver="otlp",transport="http"} 3.0' in p.metrics()
+
+
+def test_unexpected_failure_is_500_with_a_status(pipeline, monkeypatch):
+    def broken(body: bytes, transport: str):
+        raise RuntimeError("converter bug")
+
+    monkeypatch.setattr(pipeline.service.receivers[0].ingest, "export_protobuf", broken)
+    status, headers, body = post(pipeline.ports.http, request(1).SerializeToString())
+    assert status == 500
+    st = rpc_status(headers, body)
+    assert st.code == code_pb2.INTERNAL
+    assert "converter bug" in st.message
 
 
 @pytest.mark.parametrize("verbosity", ["basic", "normal", "detailed"])
