@@ -8,10 +8,14 @@ COPY receivers receivers
 COPY processors processors
 COPY exporters exporters
 COPY config config
+# A regular (non-editable) install: only what pyproject's package list ships reaches the image.
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/agent-sre --create-home agent-sre
+# The data directory must exist in the image, owned by the runtime user: a named volume mounted on
+# it copies this ownership, whereas a VOLUME path missing from the image is created root-owned.
+RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/agent-sre --create-home agent-sre \
+ && install -d -o agent-sre -g agent-sre -m 0750 /var/lib/agent-sre/data
 COPY --from=build /install /usr/local
 USER 10001
 WORKDIR /var/lib/agent-sre
@@ -20,6 +24,9 @@ ENV AGENT_SRE_OTLP_GRPC_ENDPOINT=0.0.0.0:4317 \
     AGENT_SRE_ADMIN_ENDPOINT=0.0.0.0:13133 \
     AGENT_SRE_METRICS_ADDRESS=0.0.0.0:8888 \
     AGENT_SRE_DATA=/var/lib/agent-sre/data
+# Fail the build, not the first start, if a module or dependency did not make it into the install:
+# this imports every built-in component and checks the embedded default under the settings above.
+RUN agent-sre validate
 EXPOSE 4317 4318 13133 8888
 VOLUME ["/var/lib/agent-sre/data"]
 ENTRYPOINT ["agent-sre"]

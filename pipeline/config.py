@@ -5,8 +5,9 @@
               telemetry: {metrics: {address}, logs: {level}}}
 
 Every problem is collected, each with its YAML path (``processors::batch::timeout``),
-before anything starts; unknown types name the valid ones; pipelines naming an
-undefined component are reported.  Component settings are pydantic models with
+before anything starts; unknown types name the valid ones; a reference to an
+undefined component names its list element (``service::pipelines::traces::exporters[1]``)
+and the ids configured for that kind.  Component settings are pydantic models with
 ``extra='forbid'``: defaults first, the user's YAML laid on top.
 """
 
@@ -253,8 +254,7 @@ def _build_section(cfg: PipelineConfig, kind: Kind, section: Any, registry, prob
 def _check_service(cfg: PipelineConfig, problems: list[ConfigProblem]) -> None:
     assert cfg.service is not None
     for i, ext in enumerate(cfg.service.extensions):
-        if ext not in cfg.extensions and f"extensions::{ext}" not in cfg.invalid:
-            problems.append(ConfigProblem(f"service::extensions[{i}]", f'references extension "{ext}" which is not configured'))
+        _check_reference(cfg, Kind.EXTENSION, ext, f"service::extensions[{i}]", problems)
     used: set[str] = set()
     for pid, spec in cfg.service.pipelines.items():
         path = f"service::pipelines::{pid}"
@@ -266,22 +266,32 @@ def _check_service(cfg: PipelineConfig, problems: list[ConfigProblem]) -> None:
         for kind, names in ((Kind.RECEIVER, spec.receivers), (Kind.PROCESSOR, spec.processors),
                             (Kind.EXPORTER, spec.exporters)):
             seen: set[str] = set()
-            for name in names:
+            for i, name in enumerate(names):
+                where = f"{path}::{kind.section}[{i}]"
                 if name in seen:
-                    problems.append(ConfigProblem(path, f'references {kind.value} "{name}" more than once'))
+                    problems.append(ConfigProblem(where, f'references {kind.value} "{name}" more than once'))
                 seen.add(name)
-                comp = cfg.section(kind).get(name)
-                if comp is None and f"{kind.section}::{name}" in cfg.invalid:
-                    pass
-                elif comp is None:
-                    problems.append(ConfigProblem(path, f'references {kind.value} "{name}" which is not configured'))
-                elif signal not in comp.factory.signals:
-                    problems.append(ConfigProblem(path, f'{kind.value} "{name}" does not support {signal}'))
+                comp = _check_reference(cfg, kind, name, where, problems)
+                if comp is not None and signal not in comp.factory.signals:
+                    problems.append(ConfigProblem(where, f'{kind.value} "{name}" does not support {signal}'))
                 used.add(f"{kind.section}::{name}")
     for kind in (Kind.RECEIVER, Kind.PROCESSOR, Kind.EXPORTER):
         for name in cfg.section(kind):
             if f"{kind.section}::{name}" not in used:
                 cfg.warnings.append(f"{kind.section}::{name}: configured but used by no pipeline (ignored)")
+
+
+def _check_reference(cfg: PipelineConfig, kind: Kind, name: str, where: str,
+                     problems: list[ConfigProblem]) -> ComponentConfig | None:
+    """The component ``name`` refers to; if it is not configured, report it at ``where`` with the ids that are."""
+    comp = cfg.section(kind).get(name)
+    prefix = f"{kind.section}::"
+    # An id whose settings were invalid is configured (and already reported): referring to it is no new problem.
+    if comp is None and prefix + name not in cfg.invalid:
+        ids = sorted({*cfg.section(kind), *(p[len(prefix):] for p in cfg.invalid if p.startswith(prefix))})
+        problems.append(ConfigProblem(where, f'references {kind.value} "{name}" which is not configured '
+                                             f"(configured {kind.section}: [{', '.join(ids)}])"))
+    return comp
 
 
 def pydantic_problems(exc: ValidationError, prefix: str, model: type[BaseModel]) -> list[ConfigProblem]:

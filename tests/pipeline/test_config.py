@@ -41,12 +41,42 @@ def test_unknown_type_lists_the_valid_types():
     assert p.startswith('receivers::otlpp: unknown type "otlpp" for id "otlpp" (valid values: [otlp')
 
 
-def test_missing_references_are_all_reported():
+def test_missing_references_name_the_list_element_and_the_configured_ids():
     assert problems("missing_reference.yaml") == [
-        'service::extensions[0]: references extension "health_check" which is not configured',
-        'service::pipelines::traces: references processor "memory_limiter" which is not configured',
-        'service::pipelines::traces: references exporter "debug" which is not configured',
+        'service::extensions[0]: references extension "health_check" which is not configured '
+        "(configured extensions: [])",
+        'service::pipelines::traces::receivers[1]: references receiver "otlp/agents" which is not configured '
+        "(configured receivers: [otlp])",
+        'service::pipelines::traces::processors[1]: references processor "memory_limiter" which is not configured '
+        "(configured processors: [batch])",
+        'service::pipelines::traces::exporters[1]: references exporter "debug" which is not configured '
+        "(configured exporters: [debug/verbose, duckdb])",
     ]
+
+
+def test_reference_to_invalid_component_is_not_reported_twice_and_it_counts_as_configured():
+    with pytest.raises(ConfigError) as err:
+        parse_config("""
+exporters: {duckdb: {retention: forever}, debug: {}}
+receivers: {otlp: {}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [duckdb, duckdb/main]}}}
+""", env={})
+    assert [str(p) for p in err.value.problems] == [
+        "exporters::duckdb::retention: must be a duration such as 200ms, 5s, 1h (got 'forever')",
+        'service::pipelines::traces::exporters[1]: references exporter "duckdb/main" which is not configured '
+        "(configured exporters: [debug, duckdb])",
+    ]
+
+
+def test_duplicate_reference_names_the_repeated_element():
+    with pytest.raises(ConfigError) as err:
+        parse_config("""
+receivers: {otlp: {}}
+exporters: {duckdb: {}}
+service: {pipelines: {traces: {receivers: [otlp], exporters: [duckdb, duckdb]}}}
+""", env={})
+    assert [str(p) for p in err.value.problems] == [
+        'service::pipelines::traces::exporters[1]: references exporter "duckdb" more than once']
 
 
 def test_all_errors_are_collected_at_once():
