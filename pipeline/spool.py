@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,6 +30,34 @@ log = logging.getLogger("agent_sre.spool")
 
 SUFFIX = ".arrows"
 _SEQ_KEY = b"seq"
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    """Where one appended batch lies: the loader reads it back from there (memory-mapped),
+    so a backlog costs disk, not memory."""
+
+    seq: int
+    path: Path
+    offset: int
+    rows: int
+    schema: pa.Schema
+
+
+def load(items: list[SpooledBatch]) -> list[pa.RecordBatch]:
+    """The batches of ``items``, zero-copy from memory-mapped segments."""
+    out: list[pa.RecordBatch] = []
+    maps: dict[Path, pa.MemoryMappedFile] = {}
+    for item in items:
+        mm = maps.get(item.path)
+        if mm is None:
+            mm = maps[item.path] = pa.memory_map(str(item.path))
+        mm.seek(item.offset)
+        message = pa.ipc.read_message(mm)
+        if message.type == "schema":  # the stream's schema is written just before its first batch
+            message = pa.ipc.read_message(mm)
+        out.append(pa.ipc.read_record_batch(message, item.schema))
+    return out
 
 
 def _segment_name(first_seq: int) -> str:
@@ -81,20 +110,21 @@ class Spool:
         self._current: Path | None = None
         self._current_last = 0
 
-    def append(self, table: pa.Table) -> int:
-        """Write ``table`` as one record batch and make it durable; returns its sequence number."""
+    def append(self, table: pa.Table) -> SpooledBatch:
+        """Write ``table`` as one record batch and make it durable."""
         batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
         if batch is None:
             raise ValueError("cannot spool an empty batch")
         if self._writer is None or not table.schema.equals(self._schema) or self._file.tell() >= self.segment_bytes:
             self._rotate(table.schema)
         seq = self.next_seq
+        offset = self._file.tell()
         self._writer.write_batch(batch, custom_metadata={_SEQ_KEY: str(seq).encode()})
         self._file.flush()
         os.fdatasync(self._file.fileno())
         self.next_seq += 1
         self._current_last = seq
-        return seq
+        return SpooledBatch(seq, self._current, offset, batch.num_rows, self._schema)
 
     def _rotate(self, schema: pa.Schema) -> None:
         self._close_current()

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from agent_sre.pipeline.schema import SPAN_SCHEMA
-from agent_sre.pipeline.spool import Spool, read_after, remove_segments
+from agent_sre.pipeline.spool import Spool, SpooledBatch, load, read_after, remove_segments
 
 log = logging.getLogger("agent_sre.store")
 
@@ -54,7 +54,7 @@ class SpoolSettings:
     directory: str
     flush_spans: int = 16_384  # insert once this many spans are spooled ...
     flush_interval: float = 0.5  # ... or the oldest has waited this long (seconds)
-    max_pending_spans: int = 131_072  # spooled but not yet inserted; beyond it append() refuses
+    max_pending_spans: int = 1_048_576  # spooled, not yet inserted (on disk, ~1 KB each); beyond it append() refuses
     segment_bytes: int = 64 << 20
 
 
@@ -267,10 +267,10 @@ class SpanStore:
                 raise StoreBehind("span store is closed")
             if self._pending_rows + n > self.settings.max_pending_spans and self._pending:
                 raise StoreBehind(f"span store is behind: {self._pending_rows} spans waiting to be written")
-            seq = self._spool.append(batch)  # under the lock: spool order = sequence order = insert order
-            self._pending.append((seq, batch, time.monotonic()))
+            spooled = self._spool.append(batch)  # under the lock: spool order = sequence order = insert order
+            self._pending.append((spooled, time.monotonic()))
             self._pending_rows += n
-            self._appended_seq = seq
+            self._appended_seq = spooled.seq
             if self._pending_rows >= self.settings.flush_spans:
                 self._cond.notify_all()
 
@@ -295,7 +295,7 @@ class SpanStore:
             log.info("span store: replayed %d acknowledged spans from the spool into %s", replayed, self.path)
         remove_segments(directory)
         self._spool = Spool(directory, last + 1, settings.segment_bytes)
-        self._pending: deque[tuple[int, pa.Table, float]] = deque()
+        self._pending: deque[tuple[SpooledBatch, float]] = deque()
         self._pending_rows = 0
         self._appended_seq = self._applied_seq = last
         self._sync_wanted = 0
@@ -309,7 +309,7 @@ class SpanStore:
             return False
         return (self._closing or self._sync_wanted > self._applied_seq
                 or self._pending_rows >= self.settings.flush_spans
-                or time.monotonic() - self._pending[0][2] >= self.settings.flush_interval)
+                or time.monotonic() - self._pending[0][1] >= self.settings.flush_interval)
 
     def _load(self) -> None:
         """Loader thread: spool -> DuckDB in large transactions, oldest first."""
@@ -321,15 +321,14 @@ class SpanStore:
                         return
                     wait = self.settings.flush_interval
                     if self._pending:
-                        wait = max(0.0, self._pending[0][2] + wait - time.monotonic())
+                        wait = max(0.0, self._pending[0][1] + wait - time.monotonic())
                     self._cond.wait(wait)
-                items = list(self._pending)
-            last = items[-1][0]
+                items = self._take()
+            last = items[-1].seq
             try:
-                self._insert([t for _, t, _ in items], last)
-            except duckdb.Error as exc:  # kept in the spool and in memory; retried
-                log.error("span store: insert of %d spooled spans failed (%s): %s",
-                          sum(t.num_rows for _, t, _ in items),
+                self._insert(load(items), last)
+            except (duckdb.Error, OSError, pa.ArrowException) as exc:  # still in the spool; retried
+                log.error("span store: insert of %d spooled spans failed (%s): %s", sum(i.rows for i in items),
                           "they stay in the spool" if self._closing else "will retry", exc)
                 if self._closing:
                     return
@@ -339,11 +338,23 @@ class SpanStore:
             backoff = 0.1
             with self._cond:
                 for _ in items:
-                    _, t, _ = self._pending.popleft()
-                    self._pending_rows -= t.num_rows
+                    spooled, _ = self._pending.popleft()
+                    self._pending_rows -= spooled.rows
                 self._applied_seq = last
                 self._spool.release(last)
                 self._cond.notify_all()
+
+    def _take(self) -> list[SpooledBatch]:
+        """The oldest pending batches, up to ``flush_spans`` rows (at least one)."""
+        items: list[SpooledBatch] = []
+        rows = 0
+        for spooled, _ in self._pending:
+            if items and (rows + spooled.rows > self.settings.flush_spans
+                          or not spooled.schema.equals(items[0].schema)):
+                break
+            items.append(spooled)
+            rows += spooled.rows
+        return items
 
     def sync(self, timeout: float = 60.0) -> None:
         """Wait until every batch appended so far is in DuckDB."""

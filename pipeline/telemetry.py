@@ -37,6 +37,12 @@ class Telemetry:
         self.exporter_latency = Histogram(
             "agent_sre_exporter_export_latency_seconds", "Time one export call took.",
             ["exporter"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.exporter_queue = Gauge(
+            "agent_sre_exporter_queue_size", "Spans an exporter has accepted durably but not yet delivered "
+            "(the duckdb exporter: spooled, not yet inserted).", ["exporter"], registry=r)
+        self.exporter_queue_capacity = Gauge(
+            "agent_sre_exporter_queue_capacity", "Spans the exporter's queue holds before it refuses.",
+            ["exporter"], registry=r)
         self.processor_refused = Counter(
             "agent_sre_processor_refused_spans", "Spans a processor refused (e.g. memory limiter).",
             ["processor"], registry=r)

@@ -34,6 +34,10 @@ class DuckDBExporter(Exporter):
             Path(self.config.parquet.directory).mkdir(parents=True, exist_ok=True)
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings())
+        t = self.settings.telemetry
+        t.exporter_queue.labels(str(self.id)).set_function(lambda: self.store.pending_spans if self.store else 0)
+        t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
+                                                           if self.config.spool.enabled else 0)
         self._stop.clear()
         self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
         self._timer.start()

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.pipeline.spool import Spool, read_after, segments
+from agent_sre.pipeline.spool import Spool, load, read_after, segments
 from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, open_read_only
 from tests.otlp_builders import request
 
@@ -32,8 +32,12 @@ def _lazy(tmp_path, **kw) -> SpoolSettings:
 
 def test_spool_reads_back_every_batch_with_its_sequence_number(tmp_path):
     spool = Spool(tmp_path, next_seq=7)
-    assert [spool.append(_table(3, "a")), spool.append(_table(2, "b"))] == [7, 8]
+    written = [spool.append(_table(3, "a")), spool.append(_table(2, "b"))]
+    assert [(w.seq, w.rows) for w in written] == [(7, 3), (8, 2)]
+    # The loader reads batches back where they lie, while the segment is still being written ...
+    assert [b.column("name")[1].as_py() for b in load(written[::-1])] == ["b-1", "a-1"]
     spool.close()
+    # ... and recovery reads segments front to back.
     got = [(seq, batch.num_rows, batch.column("name")[0].as_py()) for seq, batch in read_after(tmp_path, 0)]
     assert got == [(7, 3, "a-0"), (8, 2, "b-0")]
     assert [seq for seq, _ in read_after(tmp_path, 7)] == [8]
