@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from agent_sre.pipeline.component import Consumer
 from agent_sre.pipeline.errors import PermanentError, RefusedError
-from agent_sre.pipeline.otlp_arrow import request_to_table
+from agent_sre.pipeline.otlp_arrow import Conversion, protobuf_to_table, request_to_table
 from agent_sre.pipeline.otlp_json import OtlpJsonError, decode_trace_request
 from agent_sre.pipeline.telemetry import Telemetry
 
@@ -65,10 +65,10 @@ class TraceIngest:
 
     def export_protobuf(self, body: bytes, transport: str) -> ExportTraceServiceResponse:
         try:
-            request = ExportTraceServiceRequest.FromString(body)
+            conv = protobuf_to_table(body)
         except DecodeError as exc:
             self._invalid(transport, f"cannot decode protobuf ExportTraceServiceRequest: {exc}")
-        return self.export(request, transport)
+        return self._export(conv, transport)
 
     def export_json(self, body: bytes, transport: str) -> ExportTraceServiceResponse:
         try:
@@ -83,7 +83,9 @@ class TraceIngest:
         raise ExportFailed(Outcome.INVALID, message)
 
     def export(self, request: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
-        conv = request_to_table(request)
+        return self._export(request_to_table(request), transport)
+
+    def _export(self, conv: Conversion, transport: str) -> ExportTraceServiceResponse:
         count = self.stats.count
         rid = self.receiver_id
         if conv.rejected:

@@ -33,7 +33,8 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from agent_sre.pipeline.otlp_arrow import Conversion, request_to_table
+from agent_sre.pipeline.otlp_arrow import Conversion, protobuf_to_table, request_to_table
+from agent_sre.pipeline.otlp_attributes import ShadowExportTraceServiceRequest
 from agent_sre.pipeline.otlp_json import decode_trace_request, encode_trace_request
 
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -152,6 +153,24 @@ def test_protobuf_round_trip_gives_the_same_rows(request):
     original = request_to_table(request)
     assert original.rejected == 0, original.message
     assert rows(request_to_table(via_protobuf(request))) == rows(original)
+    assert rows(protobuf_to_table(request.SerializeToString())) == rows(original)  # what the receiver runs
+
+
+def _has_repeated_keys(request: ExportTraceServiceRequest) -> bool:
+    return any(len({kv.key for kv in sp.attributes}) != len(sp.attributes)
+               for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans)
+
+
+@PROPERTY
+@given(VALID_REQUESTS)
+def test_columnar_attribute_decoding_gives_the_rows_of_the_plain_path(request):
+    shadow = ShadowExportTraceServiceRequest.FromString(request.SerializeToString())
+    columnar = request_to_table(shadow, columnar_attributes=True)
+    if _has_repeated_keys(request):
+        assert columnar is None  # left to the plain path, which keeps the last value
+    else:
+        assert columnar is not None
+        assert rows(columnar) == rows(request_to_table(request))
 
 
 @PROPERTY
@@ -171,8 +190,8 @@ def test_json_round_trip_gives_the_same_message(request):
 @given(ANY_ID_REQUESTS)
 def test_every_path_rejects_the_same_spans_for_any_id_length(request):
     original = request_to_table(request)
-    for decoded in (via_protobuf(request), via_json(request)):
-        conversion = request_to_table(decoded)
+    for conversion in (request_to_table(via_protobuf(request)), request_to_table(via_json(request)),
+                       protobuf_to_table(request.SerializeToString())):
         assert (conversion.rejected, conversion.message) == (original.rejected, original.message)
         assert rows(conversion) == rows(original)
 
