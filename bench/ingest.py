@@ -118,20 +118,30 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
 
 
 class RssSampler(threading.Thread):
+    """Peak memory of the pipeline: RSS of its main process, and of all its processes together
+    both as summed RSS (counts the shared library pages once per process) and as summed PSS
+    (each shared page split between the processes that map it: what the group really uses)."""
+
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid)
         self.peak_main = 0
         self.peak_total = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
 
     def run(self) -> None:
+        tick = 0
         while not self._stop.wait(0.1):
             try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
                 main = self.proc.memory_info().rss
-                total = main + sum(c.memory_info().rss for c in self.proc.children(recursive=True))
+                total = main + sum(c.memory_info().rss for c in procs[1:])
+                if tick % 5 == 0:  # PSS reads /proc/*/smaps: slower, so sampled less often
+                    self.peak_pss = max(self.peak_pss, sum(p.memory_full_info().pss for p in procs))
             except psutil.Error:
                 continue
+            tick += 1
             self.peak_main = max(self.peak_main, main)
             self.peak_total = max(self.peak_total, total)
 
@@ -200,13 +210,15 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
            "committed_spans_per_s": committed / committing_s, "backlog_at_end": backlog,
            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
            "errors": sum(r["errors"] for r in results), "peak_rss_main_mib": sampler.peak_main / 2**20,
-           "peak_rss_total_mib": sampler.peak_total / 2**20, "wall_s": elapsed,
+           "peak_rss_total_mib": sampler.peak_total / 2**20, "peak_pss_total_mib": sampler.peak_pss / 2**20,
+           "wall_s": elapsed,
            "commits": flushes, "spans_per_commit": committed / flushes if flushes else 0.0,
            "store_busy_fraction": commit_s / sending_s}
     print(f"{name:<28} accepted {row['accepted_spans_per_s']:>9,.0f} spans/s | committed "
           f"{row['committed_spans_per_s']:>9,.0f} spans/s | export p50 {row['p50_ms']:6.1f} ms p99 "
           f"{row['p99_ms']:6.1f} ms | {row['requests']} calls, {row['errors']} errors | peak RSS "
-          f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB with workers | "
+          f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB summed with workers "
+          f"(PSS {row['peak_pss_total_mib']:.0f} MiB) | "
           f"{row['commits']:.0f} group commits of {row['spans_per_commit']:.0f} spans, spool busy "
           f"{row['store_busy_fraction']:.0%}, {backlog:,.0f} spans still to insert at the end", flush=True)
     return row

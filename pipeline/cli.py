@@ -45,8 +45,10 @@ def _load(path: str | None) -> PipelineConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent_sre.pipeline.memory import use_system_allocator
     from agent_sre.pipeline.service import Service
 
+    use_system_allocator()
     cfg = _load(args.config)
     assert cfg.service is not None
     _setup_logging(cfg.service.telemetry.logs.level)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from agent_sre.pipeline.schema import SPAN_SCHEMA
 from agent_sre.pipeline.spool import Spool, SpooledBatch, load, read_after, remove_segments
@@ -467,6 +466,8 @@ def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, 
     stamp = f"{since_ns if since_ns is not None else 'start'}-{until_ns if until_ns is not None else 'end'}"
 
     def write() -> None:
+        import pyarrow.dataset as pads  # here: Parquet/dataset libraries cost ~15 MiB RSS once loaded
+
         cur = con.cursor()
         try:
             reader = cur.sql(sql, params=params).to_arrow_reader(65_536)

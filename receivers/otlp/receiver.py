@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from agent_sre.pipeline.component import Receiver
 from agent_sre.receivers.otlp.config import OtlpReceiverConfig
-from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
-from agent_sre.receivers.otlp.http_server import HttpTraceServer
-from agent_sre.receivers.otlp.ingest import TelemetryStats, TraceIngest
+
+# The servers, gRPC and the OTLP decoding are imported where they run: with worker processes the
+# pipeline process never decodes OTLP, and not importing them keeps ~25 MiB out of its RSS.
 
 
 class OtlpReceiver(Receiver):
@@ -14,9 +14,9 @@ class OtlpReceiver(Receiver):
 
     def __init__(self, settings, config: OtlpReceiverConfig, next_consumer):
         super().__init__(settings, config, next_consumer)
-        self.ingest = TraceIngest(str(settings.id), next_consumer, TelemetryStats(settings.telemetry), self.logger)
-        self._grpc: GrpcTraceServer | None = None
-        self._http: HttpTraceServer | None = None
+        self.ingest = None  # the in-process TraceIngest, once started without workers
+        self._grpc = None
+        self._http = None
         self._workers = None
 
     def _start(self, host) -> None:
@@ -26,6 +26,11 @@ class OtlpReceiver(Receiver):
             self._workers = WorkerPool(self, host)
             self._workers.start()
             return
+        from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
+        from agent_sre.receivers.otlp.http_server import HttpTraceServer
+        from agent_sre.receivers.otlp.ingest import TelemetryStats, TraceIngest
+
+        self.ingest = TraceIngest(str(self.id), self.next, TelemetryStats(self.settings.telemetry), self.logger)
         protocols = self.config.protocols
         try:
             if protocols.grpc is not None:

@@ -249,11 +249,13 @@ class RemoteConsumer:
 
 def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int) -> None:
     from agent_sre.pipeline.httpserver import HttpServers
+    from agent_sre.pipeline.memory import use_system_allocator
     from agent_sre.receivers.otlp.config import OtlpReceiverConfig
     from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
     from agent_sre.receivers.otlp.http_server import HttpTraceServer
     from agent_sre.receivers.otlp.ingest import TraceIngest
 
+    use_system_allocator()
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
     logger = logging.getLogger(f"agent_sre.receiver.{receiver_id}")
     stop = threading.Event()
