@@ -53,3 +53,7 @@ class OtlpReceiverConfig(ConfigModel):
     # ports (SO_REUSEPORT), decode and convert in parallel, and hand Arrow batches to the
     # pipeline process, which acknowledges each request after its commit.
     workers: int = Field(default=0, ge=0, le=64)
+    # Workers run this much nicer than the pipeline process, so that storing what was acknowledged
+    # comes before accepting more when the cores are saturated (measured: at full rate the spool
+    # backlog then stays bounded instead of growing; docs/benchmarks.md).  0: equal priority.
+    workers_nice: int = Field(default=5, ge=0, le=19)

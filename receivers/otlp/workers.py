@@ -264,6 +264,7 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     conn = Client(address, family="AF_UNIX", authkey=authkey)
     remote = RemoteConsumer(conn)
     config = OtlpReceiverConfig.model_validate_json(config_json)
+    os.nice(config.workers_nice)
     ingest = TraceIngest(receiver_id, remote, remote, logger)
     http = HttpServers()
     grpc_server = http_server = None
