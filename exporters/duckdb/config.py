@@ -31,7 +31,7 @@ class DuckDBExporterConfig(ConfigModel):
     # DuckDB's own limits; the pipeline's RSS budget depends on them.  Measured on 2 cores
     # (docs/benchmarks.md): one thread leaves the other core to the receiver workers, and a
     # checkpoint every 96MB of WAL keeps inserts fast within a 96MB buffer pool.
-    memory_limit: str = Field(default="64MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+    memory_limit: str = Field(default="48MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(default=1, ge=1, le=64)
     # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the loader.
     checkpoint_threshold: str = Field(default="96MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
