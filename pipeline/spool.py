@@ -119,9 +119,17 @@ class Spool:
             self._rotate(table.schema)
         seq = self.next_seq
         offset = self._file.tell()
-        self._writer.write_batch(batch, custom_metadata={_SEQ_KEY: str(seq).encode()})
-        self._file.flush()
-        os.fdatasync(self._file.fileno())
+        try:
+            self._writer.write_batch(batch, custom_metadata={_SEQ_KEY: str(seq).encode()})
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+        except OSError:
+            # Disk full or an I/O error: this batch is not acknowledged.  Cut it off the segment (best
+            # effort; a torn message left behind is where readers stop) and never write after it: the
+            # next append starts a new segment.  Its sequence number is not reused.
+            self.next_seq += 1
+            self._abandon_current(truncate_at=offset)
+            raise
         self.next_seq += 1
         self._current_last = seq
         return SpooledBatch(seq, self._current, offset, batch.num_rows, self._schema)
@@ -141,6 +149,15 @@ class Spool:
             self._writer.close()
             self._file.close()
             self._closed_segments.append((self._current, self._current_last))
+        self._writer = self._file = self._current = None
+
+    def _abandon_current(self, truncate_at: int) -> None:
+        try:
+            os.ftruncate(self._file.fileno(), truncate_at)
+            self._file.close()
+        except (OSError, ValueError):
+            pass
+        self._closed_segments.append((self._current, self._current_last))
         self._writer = self._file = self._current = None
 
     def release(self, applied_seq: int) -> None:

@@ -407,7 +407,10 @@ class SpanStore:
 
     def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> QueryResult:
         check_read_only(sql)
-        self.sync(timeout_s)
+        try:
+            self.sync(timeout_s)
+        except StoreBehind as exc:
+            raise QueryError(f"{exc}; try again later", 503) from exc
         cursor = self._con.cursor()  # its own connection: readers never wait for the writer's lock
         try:
             return run_query(cursor, sql, max_rows, timeout_s)

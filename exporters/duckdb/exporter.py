@@ -88,7 +88,7 @@ class DuckDBExporter(Exporter):
                     self.logger.info("retention: deleted %d spans older than %gs", deleted, self.config.retention)
             if self.config.parquet is not None:
                 self._export_completed_hours(store, now_ns)
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError, StoreBehind) as exc:  # tried again at the next interval
             self.logger.error("housekeeping failed: %s", exc)
 
     def _export_completed_hours(self, store: SpanStore, now_ns: int) -> None:

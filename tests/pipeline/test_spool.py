@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pyarrow as pa
@@ -121,3 +122,18 @@ def test_append_refuses_when_the_loader_is_behind(tmp_path):
     store.append(_table(4, "c"))  # room again once the loader caught up
     assert store.count() == 8
     store.close()
+
+
+def test_a_failed_write_never_has_later_batches_written_after_it(tmp_path, monkeypatch):
+    spool = Spool(tmp_path, next_seq=1)
+    spool.append(_table(2, "before"))
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        spool.append(_table(2, "failed"))  # never acknowledged
+    monkeypatch.setattr(os, "fdatasync", real)
+    spool.append(_table(2, "after"))
+    spool.close()
+    assert len(segments(tmp_path)) == 2  # the failed segment was left, not appended to
+    got = [(seq, b.column("name")[0].as_py()) for seq, b in read_after(tmp_path, 0)]
+    assert got == [(1, "before-0"), (3, "after-0")]  # the unacknowledged batch is gone, its number unused
