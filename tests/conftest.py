@@ -116,12 +116,22 @@ def start_pipeline(tmp_path):
     services: list[Service] = []
 
     def start(**kwargs) -> RunningPipeline:
-        ports = Ports.allocate()
-        cfg = parse_config(pipeline_yaml(ports, tmp_path, **kwargs), "test")
-        service = Service(cfg)
-        service.start()
-        services.append(service)
-        return RunningPipeline(service, ports, tmp_path)
+        # A port found free can be taken (e.g. as the local port of an outgoing connection) before
+        # the service binds it: try again on fresh ports rather than fail the test for it.
+        for attempt in range(3):
+            ports = Ports.allocate()
+            cfg = parse_config(pipeline_yaml(ports, tmp_path, **kwargs), "test")
+            service = Service(cfg)
+            try:
+                service.start()
+            except OSError:
+                service.shutdown()
+                if attempt == 2:
+                    raise
+                continue
+            services.append(service)
+            return RunningPipeline(service, ports, tmp_path)
+        raise AssertionError("unreachable")
 
     yield start
     for s in services:
