@@ -192,6 +192,64 @@ def _print_result(body: dict, fmt: str) -> None:
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
 
 
+def cmd_slo_status(args: argparse.Namespace) -> int:
+    """SLOs per agent: from the running pipeline's /v1/slos, or computed from the file when stopped."""
+    cfg = _load(args.config)
+    endpoint = args.endpoint or _admin_endpoint(cfg)
+    body = None
+    if endpoint:
+        url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        try:
+            with urllib.request.urlopen(f"{url}/v1/slos", timeout=60) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            print(f"agent-sre: SLO status failed ({exc.code}): {exc.read().decode()}", file=sys.stderr)
+            return EXIT_RUNTIME
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            body = None  # no pipeline running: compute from the file
+    if body is None:
+        rows = _slo_rows_from_file(cfg)
+        if rows is None:
+            return EXIT_RUNTIME
+    else:
+        rows = body["slos"]
+    _print_slos(rows, args.format)
+    return 0
+
+
+def _slo_rows_from_file(cfg: PipelineConfig) -> list[dict] | None:
+    from agent_sre.pipeline.store import open_read_only
+    from agent_sre.processors.slo.factory import evaluate
+
+    objectives = [o for cc in cfg.processors.values() if cc.factory.type == "slo"
+                  for o in cc.settings.objectives]  # type: ignore[attr-defined]
+    path = _store_path(cfg)
+    if not objectives or not path:
+        print("agent-sre: the config has no slo processor (or no duckdb exporter)", file=sys.stderr)
+        return None
+    try:
+        con = open_read_only(path, _spool_dir(cfg, path))
+    except Exception as exc:  # noqa: BLE001 - missing or locked file
+        print(f"agent-sre: cannot open {path} read-only: {exc}", file=sys.stderr)
+        return None
+    try:
+        return evaluate(lambda sql, params: con.execute(sql, params).fetchall(), objectives, int(time.time() // 60))
+    finally:
+        con.close()
+
+
+def _print_slos(rows: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"slos": rows}, indent=2))
+        return
+    columns = ["SLO", "agent", "SLI value", "target", "budget left", "burn rates", "firing", "status"]
+    table = [[r["slo"], r["agent_id"] or "-", "-" if r["sli_value"] is None else f"{r['sli_value']:.4%}",
+              f"{r['target']:.3%}", f"{r['budget_remaining']:.1%}",
+              " ".join(f"{w}={b:.2f}" for w, b in r["burn_rates"].items()), ", ".join(r["firing"]) or "-",
+              r["status"]] for r in rows]
+    _print_result({"columns": columns, "rows": table}, fmt)
+
+
 def cmd_export_parquet(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -241,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=1000)
     q.add_argument("--format", choices=("table", "json", "csv"), default="table")
     q.set_defaults(fn=cmd_query)
+    slo = sub.add_parser("slo", help="service level objectives")
+    slo_sub = slo.add_subparsers(dest="slo_command", required=True)
+    st = slo_sub.add_parser("status", help="every SLO per agent: SLI value, budget, burn rates, firing alerts")
+    st.add_argument("--config", help="pipeline YAML (default: the embedded default)")
+    st.add_argument("--endpoint", help="admin API of a running pipeline (default: from the config)")
+    st.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    st.set_defaults(fn=cmd_slo_status)
     e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
     e.add_argument("--config")
     e.add_argument("--db")

@@ -19,6 +19,8 @@ BUILTIN = (
     "agent_sre.processors.memory_limiter.factory:factory",
     "agent_sre.processors.batch.factory:factory",
     "agent_sre.processors.agent_semconv.factory:factory",
+    "agent_sre.processors.sli.factory:factory",
+    "agent_sre.processors.slo.factory:factory",
     "agent_sre.exporters.duckdb.factory:factory",
     "agent_sre.exporters.debug.factory:factory",
     "agent_sre.pipeline.extensions.health_check:factory",

@@ -57,6 +57,17 @@ class SpoolSettings:
     segment_bytes: int = 64 << 20
 
 
+@dataclass(frozen=True)
+class SliRollup:
+    """One SLI as the store rolls it up: which spans are its events (``total``) and which of them
+    are good (``good``), both SQL predicates over the columns of ``spans`` (``attributes['k']``
+    reads an attribute).  A span is an event at the minute it ended."""
+
+    name: str
+    total: str
+    good: str
+
+
 @dataclass
 class QueryResult:
     columns: list[str]
@@ -179,6 +190,30 @@ def _view_sql(source: str = "span_rows", temp: bool = False) -> str:
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
 
+def _rollup_select(slis: list[SliRollup]) -> str:
+    """Per-minute (good, total) per SLI, agent and version, of the batch being inserted."""
+    mapped = any("attributes" in f"{x.total} {x.good}" for x in slis)
+    source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _batch)" if mapped
+              else "_batch")
+    parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
+             f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
+             f"CASE WHEN ({x.good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({x.total})" for x in slis]
+    return ("SELECT minute, sli, agent_id, agent_version, sum(good)::BIGINT AS good, count(*) AS total FROM ("
+            + " UNION ALL ".join(parts) + ") GROUP BY ALL")
+
+
+def _rollup_sql(slis: list[SliRollup]) -> str:
+    if not slis:
+        return ""
+    return (f"INSERT INTO sli_minutes {_rollup_select(slis)} "
+            "ON CONFLICT (minute, sli, agent_id, agent_version) DO UPDATE SET "
+            "good = sli_minutes.good + excluded.good, total = sli_minutes.total + excluded.total")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 class SpanStore:
     """The writer side of one DuckDB file.
 
@@ -204,6 +239,9 @@ class SpanStore:
         self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
         self._lock = threading.Lock()  # the write connection
         self._ensure_schema()
+        # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
+        self._rollup_sql = _rollup_sql([SliRollup(*r) for r in self._con.execute(
+            "SELECT name, total, good FROM sli_rollups ORDER BY position").fetchall()])
         self.settings = spool
         self._spool: Spool | None = None
         if spool is not None:
@@ -224,6 +262,11 @@ class SpanStore:
         con.execute(_view_sql())
         con.execute("CREATE TABLE IF NOT EXISTS parquet_exports (directory VARCHAR PRIMARY KEY, "
                     "exported_until_ns BIGINT NOT NULL)")
+        con.execute("CREATE TABLE IF NOT EXISTS sli_minutes (minute BIGINT NOT NULL, sli VARCHAR NOT NULL, "
+                    "agent_id VARCHAR NOT NULL, agent_version VARCHAR NOT NULL, good BIGINT NOT NULL, "
+                    "total BIGINT NOT NULL, PRIMARY KEY (minute, sli, agent_id, agent_version))")
+        con.execute("CREATE TABLE IF NOT EXISTS sli_rollups (position INTEGER, name VARCHAR, total VARCHAR, "
+                    "good VARCHAR)")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state VALUES (0)")
@@ -241,6 +284,8 @@ class SpanStore:
                 # Each result is fetched: DuckDB refuses new work on a connection with one open.
                 con.execute("BEGIN TRANSACTION").fetchall()
                 con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
+                if self._rollup_sql:
+                    con.execute(self._rollup_sql).fetchall()
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
@@ -252,6 +297,27 @@ class SpanStore:
                 raise
             finally:
                 con.unregister("_batch")
+
+    def set_sli_rollups(self, slis: list[SliRollup]) -> None:
+        """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same
+        transaction as the spans (so exactly once, also on spool replay).  A predicate that does
+        not bind against the span columns raises ``ValueError`` naming the SLI."""
+        with self._lock:
+            con = self._con
+            for sli in slis:  # bind each on an empty batch: a bad column name is named here, not at insert
+                con.register("_batch", STORAGE_SCHEMA.empty_table())
+                try:
+                    con.execute(f"EXPLAIN {_rollup_select([sli])}").fetchall()
+                except duckdb.Error as exc:
+                    raise ValueError(f"SLI {sli.name!r}: {exc}") from exc
+                finally:
+                    con.unregister("_batch")
+            con.execute("BEGIN TRANSACTION").fetchall()
+            con.execute("DELETE FROM sli_rollups").fetchall()
+            for i, sli in enumerate(slis):
+                con.execute("INSERT INTO sli_rollups VALUES (?, ?, ?, ?)", [i, sli.name, sli.total, sli.good]).fetchall()
+            con.execute("COMMIT").fetchall()
+            self._rollup_sql = _rollup_sql(slis)
 
     def append(self, batch: pa.Table) -> None:
         """Make one batch durable; returns after the spool write (or the commit, without a spool).
@@ -392,6 +458,14 @@ class SpanStore:
         """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
         self.sync()
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
+
+    def read(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""
+        cursor = self._con.cursor()
+        try:
+            return cursor.execute(sql, params or []).fetchall()
+        finally:
+            cursor.close()
 
     def parquet_exported_until(self, directory: str | os.PathLike) -> int | None:
         """Spans before this start time have been exported to ``directory`` (None: nothing yet)."""

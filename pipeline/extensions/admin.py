@@ -2,6 +2,7 @@
 
     POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
     GET  /v1/status  components and store
+    GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
 
 SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
 no access to files outside the store (see pipeline/store.py).
@@ -38,13 +39,14 @@ def _json_default(value: object) -> object:
 
 class AdminApi(Extension):
     config: AdminConfig
-    ROUTES = ("/v1/query", "/v1/status")
+    ROUTES = ("/v1/query", "/v1/status", "/v1/slos")
 
     def _start(self, host) -> None:
         self._host = host
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-query")
         host.http.add_route(self.config.endpoint, "POST", "/v1/query", self._query)
         host.http.add_route(self.config.endpoint, "GET", "/v1/status", self._status)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/slos", self._slos)
 
     def _store(self):
         found = self._host.find("exporters", id_=self.config.storage or None, type_="duckdb")
@@ -71,12 +73,21 @@ class AdminApi(Extension):
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
         return web.json_response(result.to_json(), dumps=lambda o: json.dumps(o, default=_json_default))
 
+    async def _slos(self, request: web.Request) -> web.Response:
+        processors = self._host.find("processors", type_="slo")
+        loop = asyncio.get_running_loop()
+        try:
+            rows = [row for proc in processors for row in await loop.run_in_executor(self._pool, proc.report)]
+        except Exception as exc:  # noqa: BLE001 - e.g. the store did not catch up in time
+            return web.json_response({"error": f"SLO evaluation failed: {exc}"}, status=503)
+        return web.json_response({"slos": rows, "configured": bool(processors)})
+
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
         return web.json_response({"ready": self._host.ready, "components": comps})
 
     def describe(self) -> list[str]:
-        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status)"]
+        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos)"]
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))

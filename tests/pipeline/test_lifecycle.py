@@ -14,6 +14,8 @@ from tests.conftest import free_port
 
 def _config(factory, tmp_path):
     """Defaults, moved to free ports and a temporary directory so tests never collide."""
+    if factory.type == "slo":  # an SLO processor has at least one objective
+        return factory.config_model(objectives=[{"name": "tools", "sli": "tool_call_accuracy", "target": 0.99}])
     cfg = factory.config_model()
     if factory.type == "otlp":
         cfg.protocols.grpc.endpoint = f"127.0.0.1:{free_port()}"
@@ -39,12 +41,26 @@ def test_component_lifecycle(factory, tmp_path):
     create().shutdown()  # shutdown without start is safe
     for _ in range(2):
         host = Host(telemetry)
+        store = _duckdb_exporter(telemetry, tmp_path) if factory.type in NEEDS_STORE else None
+        if store is not None:
+            store.start(host)
+            host.components["exporters::duckdb"] = store
         comp = create()
         comp.start(host)
         comp.start(host)  # idempotent
         comp.shutdown()
         comp.shutdown()  # idempotent
+        if store is not None:
+            store.shutdown()
         host.http.shutdown()
+
+
+NEEDS_STORE = ("sli", "slo")  # processors that keep their state in the duckdb exporter's store
+
+
+def _duckdb_exporter(telemetry, tmp_path):
+    factory = registry.get(Kind.EXPORTER, "duckdb")
+    return factory.create(Settings(parse_id("duckdb"), Kind.EXPORTER, telemetry), _config(factory, tmp_path))
 
 
 def parse_id(text):

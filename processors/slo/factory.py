@@ -1,0 +1,196 @@
+"""slo: objectives over the SLIs the ``sli`` processor rolls up; budgets, burn rates, alerts.
+
+Every ``interval`` (and on demand, for ``/v1/slos`` and ``agent-sre slo status``)
+each objective is evaluated per agent from the per-minute rollups in
+``sli_minutes``: the SLI value and error budget over the objective's window, the
+burn rate over every window its alert rules use, the rules firing, and a status
+(healthy / warning / critical / exhausted).  Alerts fire and resolve once each
+and are logged; routing them to channels is not built yet (issue #3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertTracker, BurnRateRule, slo_status
+from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate
+
+log = logging.getLogger("agent_sre.slo")
+Query = Callable[[str, list], list[tuple]]
+
+
+class RuleConfig(ConfigModel):
+    severity: str
+    factor: float = Field(gt=0)
+    long_window: Duration
+    short_window: Duration
+
+    @model_validator(mode="after")
+    def _valid(self) -> RuleConfig:
+        self.to_rule()  # raises ValueError with the reason
+        return self
+
+    def to_rule(self) -> BurnRateRule:
+        return BurnRateRule(self.severity, self.factor, _minutes(self.long_window), _minutes(self.short_window))
+
+
+def _minutes(seconds: float) -> int:
+    if seconds < 60 or seconds % 60:
+        raise ValueError(f"windows are whole minutes, got {seconds:g}s")
+    return int(seconds // 60)
+
+
+class Objective(ConfigModel):
+    name: str
+    sli: str
+    target: float
+    window: Duration = "30d"
+    rules: list[RuleConfig] | None = None  # default: the Google SRE Workbook's four
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: float) -> float:
+        allowed_error_rate(v)
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        _minutes(v)
+        return v
+
+    @property
+    def burn_rules(self) -> tuple[BurnRateRule, ...]:
+        return tuple(r.to_rule() for r in self.rules) if self.rules is not None else DEFAULT_RULES
+
+
+class SloConfig(ConfigModel):
+    objectives: list[Objective] = Field(min_length=1)
+    interval: Duration = Field(default="30s", gt=0)
+    storage: str = ""  # which duckdb exporter; empty: the only one
+
+    @model_validator(mode="after")
+    def _unique(self) -> SloConfig:
+        names = [o.name for o in self.objectives]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"objective names must be unique; repeated: {dupes}")
+        return self
+
+
+def evaluate(query: Query, objectives: list[Objective], now_minute: int,
+             trackers: dict[tuple[str, str], AlertTracker] | None = None) -> list[dict]:
+    """One row per (objective, agent) with data in the longest window any of its rules or its
+    budget needs.  With ``trackers``, alert transitions are recorded there (and logged)."""
+    rows = []
+    for obj in objectives:
+        rules = obj.burn_rules
+        window = _minutes(obj.window)
+        longest = max([window, *(r.long_minutes for r in rules)])
+        data = query("SELECT agent_id, minute, sum(good), sum(total) FROM sli_minutes WHERE sli = ? "
+                     "AND minute >= ? AND minute < ? GROUP BY ALL ORDER BY agent_id, minute",
+                     [obj.sli, now_minute - longest, now_minute])
+        agents = sorted({r[0] for r in data})
+        for agent in agents:
+            mine = [r for r in data if r[0] == agent]
+            series = MinuteSeries.from_minutes([r[1] for r in mine], [r[2] for r in mine], [r[3] for r in mine])
+            budget = series.budget(now_minute, window, obj.target)
+            windows = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
+            burns = {_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6) for m in windows}
+            if trackers is not None:
+                tracker = trackers.setdefault((obj.name, agent), AlertTracker(obj.target, rules))
+                for ev in tracker.evaluate(series, now_minute):
+                    log.warning("SLO %s, agent %s: alert %s %s (burn %.2f over %s, %.2f over %s)", obj.name,
+                                agent or "(none)", ev.rule.name, ev.state, ev.long_burn,
+                                _label(ev.rule.long_minutes), ev.short_burn, _label(ev.rule.short_minutes))
+                firing = sorted(r.name for r in tracker.firing)
+            else:
+                firing = sorted(r.name for r in rules if r.firing(series, now_minute, obj.target))
+            rows.append({
+                "slo": obj.name, "sli": obj.sli, "agent_id": agent, "target": obj.target,
+                "window": _label(window), "events": budget.total, "bad_events": budget.bad,
+                "sli_value": None if budget.total == 0 else round((budget.total - budget.bad) / budget.total, 6),
+                "budget_remaining": round(budget.remaining, 6), "burn_rates": burns, "firing": firing,
+                "status": slo_status(series, now_minute, obj.target, window, rules).value,
+            })
+    return rows
+
+
+def _label(minutes: int) -> str:
+    if minutes % 1440 == 0:
+        return f"{minutes // 1440}d"
+    if minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m"
+
+
+class SloProcessor(Processor):
+    config: SloConfig
+
+    def __init__(self, settings, config: SloConfig):
+        super().__init__(settings, config)
+        self.clock: Callable[[], float] = time.time  # tests replay scenarios with their own clock
+        self._trackers: dict[tuple[str, str], AlertTracker] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._store = None
+        self.last_report: list[dict] = []
+
+    def _start(self, host) -> None:
+        found = host.find("exporters", id_=self.config.storage or None, type_="duckdb")
+        if len(found) != 1 or found[0].store is None:
+            raise ValueError(f"{self.id}: needs exactly one running duckdb exporter"
+                             + (f" (storage: {self.config.storage!r})" if self.config.storage else
+                                "; name it with 'storage'"))
+        self._store = found[0].store
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.interval):
+            try:
+                self.report()
+            except Exception:  # noqa: BLE001 - evaluation must not stop; logged, tried again next interval
+                log.exception("%s: evaluation failed", self.id)
+
+    def report(self) -> list[dict]:
+        """Evaluate every objective now (everything acknowledged so far included)."""
+        store = self._store
+        if store is None:
+            return []
+        store.sync()
+        with self._lock:
+            self.last_report = evaluate(store.read, self.config.objectives, int(self.clock() // 60),
+                                        self._trackers)
+            return self.last_report
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+    def describe(self) -> list[str]:
+        return [f"SLOs evaluated every {self.config.interval:g}s: {', '.join(o.name for o in self.config.objectives)}"]
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+factory = Factory(
+    type="slo",
+    kind=Kind.PROCESSOR,
+    config_model=SloConfig,
+    create=SloProcessor,
+    description="Objectives over SLIs: error budgets, burn rates and multiwindow burn-rate alerts per agent.",
+)
+

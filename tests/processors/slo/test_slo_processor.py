@@ -1,0 +1,103 @@
+"""slo: objectives evaluated per agent from the rollups, served at /v1/slos and by `agent-sre slo status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from agent_sre.pipeline.config import parse_config
+from agent_sre.pipeline.service import Service
+from tests.conftest import Ports, pipeline_yaml
+from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
+
+SLO_YAML = """  sli: {}
+  slo:
+    interval: 1h
+    objectives:
+      - name: tools
+        sli: tool_call_accuracy
+        target: 0.99
+        window: 1d
+        rules:
+          - {severity: page, factor: 2, long_window: 5m, short_window: 2m}
+"""
+
+
+def _yaml(tmp_path, ports: Ports) -> str:
+    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, sli, slo, batch")
+    return text.replace("  batch:\n", SLO_YAML + "  batch:\n", 1)
+
+
+def _slos(ports: Ports) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.admin}/v1/slos", timeout=30) as r:
+        return json.loads(r.read())["slos"]
+
+
+def test_budget_burn_and_alerts_match_hand_computed_values(tmp_path):
+    ports = Ports.allocate()
+    service = Service(parse_config(_yaml(tmp_path, ports), "test"))
+    service.start()
+    try:
+        (slo,) = service.host.find("processors", type_="slo")
+        ingest = service.receivers[0].ingest
+        # minute 0: 100 tool calls, 1 failed; minute 1: 100, none failed
+        ingest.export(spans([(TOOL, False, 0)] * 99 + [(TOOL, True, 0)] + [(TOOL, False, 1)] * 100), "test")
+        slo.clock = lambda: (T0 + 2 * MINUTE) / 1e9  # evaluated at the start of minute 2
+        (row,) = _slos(ports)
+        # 200 events, 1 bad at 99%: SLI 0.995, allowed bad 2, budget left 0.5, burn 0.5 in both windows
+        assert (row["slo"], row["agent_id"], row["events"], row["bad_events"]) == ("tools", "a1", 200, 1)
+        assert row["sli_value"] == pytest.approx(0.995) and row["budget_remaining"] == pytest.approx(0.5)
+        assert row["burn_rates"] == {"2m": pytest.approx(0.5), "5m": pytest.approx(0.5)}
+        assert (row["firing"], row["status"]) == ([], "healthy")
+
+        # minute 2: 100 calls, 10 failed.  At minute 3: 5m -> 11/300 = 3.67% -> burn 3.67; 2m -> 10/200 = 5%
+        # -> burn 5: the 2x page fires.  Over the day 11 bad of an allowed 3: the budget is exhausted.
+        ingest.export(spans([(TOOL, False, 2)] * 90 + [(TOOL, True, 2)] * 10), "test")
+        slo.clock = lambda: (T0 + 3 * MINUTE) / 1e9
+        (row,) = _slos(ports)
+        assert row["burn_rates"] == {"2m": pytest.approx(5.0), "5m": pytest.approx(11 / 3)}
+        assert row["firing"] == ["page:2x:5m/2m"]
+        assert (row["budget_remaining"], row["status"]) == (0.0, "exhausted")
+
+        # minutes 3 and 4 clean: at minute 5 the 2m window burns 0 and the page resolves
+        ingest.export(spans([(TOOL, False, 3)] * 100 + [(TOOL, False, 4)] * 100), "test")
+        slo.clock = lambda: (T0 + 5 * MINUTE) / 1e9
+        (row,) = _slos(ports)
+        assert row["burn_rates"]["2m"] == 0.0 and row["firing"] == []
+    finally:
+        service.shutdown()
+
+
+@pytest.mark.slow
+def test_slo_status_from_the_file_after_the_pipeline_stopped(tmp_path):
+    ports = Ports.allocate()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(_yaml(tmp_path, ports))
+    service = Service(parse_config(config.read_text(), "test"))
+    service.start()
+    now_minute = int(__import__("time").time() // 60)
+    try:
+        req = spans([(TOOL, False, 0)] * 9 + [(TOOL, True, 0)])
+        for sp in req.resource_spans[0].scope_spans[0].spans:  # in the minute before now
+            sp.start_time_unix_nano = (now_minute - 1) * MINUTE + 1000
+            sp.end_time_unix_nano = sp.start_time_unix_nano + 1_000_000
+        service.receivers[0].ingest.export(req, "test")
+    finally:
+        service.shutdown()
+    out = subprocess.run([sys.executable, "-m", "agent_sre.pipeline.cli", "slo", "status", "--config", str(config),
+                          "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)["slos"]
+    assert (row["slo"], row["agent_id"], row["events"], row["bad_events"]) == ("tools", "a1", 10, 1)
+    assert row["status"] == "exhausted"  # 1 bad of an allowed 0.1
+    table = subprocess.run([sys.executable, "-m", "agent_sre.pipeline.cli", "slo", "status", "--config",
+                            str(config)], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    header = table.stdout.splitlines()[0]
+    assert [c.strip() for c in header.split(" | ")] == ["SLO", "agent", "SLI value", "target", "budget left",
+                                                        "burn rates", "firing", "status"]
+    assert "tools | a1" in table.stdout and "90.0000%" in table.stdout
