@@ -157,11 +157,13 @@ class SloProcessor(Processor):
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
+        while True:
             try:
                 self.report()
             except Exception:  # noqa: BLE001 - evaluation must not stop; logged, tried again next interval
                 log.exception("%s: evaluation failed", self.id)
+            if self._stop.wait(self.config.interval):
+                return
 
     def report(self) -> list[dict]:
         """Evaluate every objective now (everything acknowledged so far included)."""

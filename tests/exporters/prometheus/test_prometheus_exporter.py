@@ -1,0 +1,142 @@
+"""prometheus exporter: the scrape carries SLO gauges, SLI counters, RED and GenAI histograms with the right
+values; a real Prometheus (Debian's) scrapes it and answers queries for our SLO series."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_sre.pipeline.config import parse_config
+from agent_sre.pipeline.service import Service
+from tests.conftest import Ports, free_port, pipeline_yaml, wait_http
+from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
+
+LLM = {"agent.did": "a1", "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+       "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20}
+CONFIG = """  sli: {}
+  slo:
+    interval: 1h
+    objectives:
+      - {name: tools, sli: tool_call_accuracy, target: 0.99, window: 1d}
+"""
+
+
+def start(tmp_path, metrics_port: int) -> Service:
+    text = pipeline_yaml(Ports.allocate(), tmp_path, processors="memory_limiter, agent_semconv, sli, slo, batch",
+                         exporters="duckdb, prometheus")
+    text = text.replace("  batch:\n", CONFIG + "  batch:\n", 1)
+    text = text.replace("  debug:\n", f"  prometheus:\n    endpoint: 127.0.0.1:{metrics_port}\n  debug:\n", 1)
+    service = Service(parse_config(text, "test"))
+    service.start()
+    return service
+
+
+def scrape(port: int) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, metric: str, name: str | None = None, **labels) -> float:
+    found = [s.value for s in families[metric] if (name is None or s.name == name)
+             and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (metric, name, labels, families[metric])
+    return found[0]
+
+
+def _load(service: Service) -> None:
+    slo = service.host.find("processors", type_="slo")[0]
+    ingest = service.receivers[0].ingest
+    # minute 0: 98 good tool calls, 2 failed; 3 LLM calls of 100 input / 20 output tokens
+    ingest.export(spans([(TOOL, False, 0)] * 98 + [(TOOL, True, 0)] * 2 + [(LLM, False, 0)] * 3), "test")
+    slo.clock = lambda: (T0 + MINUTE) / 1e9
+    slo.report()
+
+
+def test_scrape_carries_red_genai_sli_and_slo_values(tmp_path):
+    port = free_port()
+    service = start(tmp_path, port)
+    try:
+        _load(service)
+        f = scrape(port)
+        red = "agent_sre_span_duration_seconds"
+        assert sample(f, red, f"{red}_count", agent_id="a1", span_role="tool", status_code="error") == 2
+        assert sample(f, red, f"{red}_count", agent_id="a1", span_role="tool", status_code="unset") == 98
+        assert sample(f, red, f"{red}_bucket", span_role="llm", le="0.01") == 3  # each 1 ms long
+        tok = "gen_ai_client_token_usage"
+        common = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4o"}
+        assert sample(f, tok, f"{tok}_sum", gen_ai_token_type="input", **common) == 300
+        assert sample(f, tok, f"{tok}_count", gen_ai_token_type="output", **common) == 3
+        assert sample(f, tok, f"{tok}_bucket", gen_ai_token_type="output", le="16.0", **common) == 0
+        assert sample(f, tok, f"{tok}_bucket", gen_ai_token_type="output", le="64.0", **common) == 3
+        assert sample(f, "agent_sre_sli_events", sli="tool_call_accuracy", agent_id="a1") == 100
+        assert sample(f, "agent_sre_sli_good_events", sli="tool_call_accuracy", agent_id="a1") == 98
+        key = {"slo": "tools", "agent_id": "a1"}
+        assert sample(f, "agent_sre_slo_sli_value", **key) == pytest.approx(0.98)
+        assert sample(f, "agent_sre_slo_objective", **key) == 0.99
+        # 2 bad of an allowed 1: burn 2 over every window, budget exhausted
+        assert sample(f, "agent_sre_slo_burn_rate", window="1h", **key) == pytest.approx(2.0)
+        assert sample(f, "agent_sre_slo_error_budget_remaining", **key) == 0.0
+        assert sample(f, "agent_sre_slo_status", status="exhausted", **key) == 1
+    finally:
+        service.shutdown()
+
+
+def test_label_sets_beyond_max_series_are_counted_not_kept(tmp_path):
+    import pyarrow as pa
+
+    from agent_sre.exporters.prometheus.histograms import HistogramSet
+
+    h = HistogramSet("x", "x", ("a",), (1.0, 2.0), max_series=2)
+    h.observe([pa.array(["p", "q", "r", "r", None])], pa.array([0.5, 1.5, 3.0, 3.0, 0.1]))
+    assert len(h.series) == 2
+    kept = sum(int(s.buckets.sum()) for s in h.series.values())
+    assert h.dropped == 5 - kept and h.dropped >= 2  # every observation is kept or counted
+    (first, *_) = h.series
+    h.observe([pa.array([first[0]])], pa.array([0.5]))  # a known label set still counts after the limit
+    assert sum(int(s.buckets.sum()) for s in h.series.values()) == kept + 1
+
+
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_our_slo_series(tmp_path):
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus is not installed: .ci/run installs Debian's package")
+        pytest.skip("prometheus not installed (apt-get install prometheus); CI installs it")
+    port, prom_port = free_port(), free_port()
+    service = start(tmp_path, port)
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: agent_sre\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+    log = open(tmp_path / "prometheus.log", "wb")
+    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _load(service)
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", timeout=60)
+        query = 'agent_sre_slo_burn_rate{slo="tools",agent_id="a1",window="1h"}'
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                result = json.loads(r.read())["data"]["result"]
+            if result or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert result, f"Prometheus never returned {query}; log:\n{(tmp_path / 'prometheus.log').read_text()}"
+        assert float(result[0]["value"][1]) == pytest.approx(2.0)
+        assert result[0]["metric"]["job"] == "agent_sre"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+        service.shutdown()
