@@ -217,12 +217,33 @@ def cmd_slo_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objectives(cfg: PipelineConfig) -> list:
+    return [o for cc in cfg.processors.values() if cc.factory.type == "slo"
+            for o in cc.settings.objectives]  # type: ignore[attr-defined]
+
+
+def cmd_slo_rules(args: argparse.Namespace) -> int:
+    """Prometheus recording and alerting rules computing the same burn rates from the SLI counters."""
+    from agent_sre.processors.slo.rules import rules_document
+
+    objectives = _objectives(_load(args.config))
+    if not objectives:
+        print("agent-sre: the config has no slo processor with objectives", file=sys.stderr)
+        return EXIT_CONFIG
+    text = rules_document(objectives)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote rules for {len(objectives)} objective(s) to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _slo_rows_from_file(cfg: PipelineConfig) -> list[dict] | None:
     from agent_sre.pipeline.store import open_read_only
     from agent_sre.processors.slo.factory import evaluate
 
-    objectives = [o for cc in cfg.processors.values() if cc.factory.type == "slo"
-                  for o in cc.settings.objectives]  # type: ignore[attr-defined]
+    objectives = _objectives(cfg)
     path = _store_path(cfg)
     if not objectives or not path:
         print("agent-sre: the config has no slo processor (or no duckdb exporter)", file=sys.stderr)
@@ -306,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--endpoint", help="admin API of a running pipeline (default: from the config)")
     st.add_argument("--format", choices=["table", "json", "csv"], default="table")
     st.set_defaults(fn=cmd_slo_status)
+    ru = slo_sub.add_parser("rules", help="Prometheus recording/alerting rules for the SLOs (from the SLI counters)")
+    ru.add_argument("--config", help="pipeline YAML (default: the embedded default)")
+    ru.add_argument("--out", help="write to this file (default: standard output)")
+    ru.set_defaults(fn=cmd_slo_rules)
     e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
     e.add_argument("--config")
     e.add_argument("--db")

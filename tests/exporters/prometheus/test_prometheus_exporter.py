@@ -3,12 +3,6 @@ values; a real Prometheus (Debian's) scrapes it and answers queries for our SLO 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import time
-import urllib.parse
 import urllib.request
 
 import pytest
@@ -16,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
-from tests.conftest import Ports, free_port, pipeline_yaml, wait_http
+from tests.conftest import Ports, free_port, pipeline_yaml
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
+from tests.prometheus_server import prometheus
 
 LLM = {"agent.did": "a1", "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
        "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20}
@@ -107,36 +102,13 @@ def test_label_sets_beyond_max_series_are_counted_not_kept(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_our_slo_series(tmp_path):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed: .ci/run installs Debian's package")
-        pytest.skip("prometheus not installed (apt-get install prometheus); CI installs it")
-    port, prom_port = free_port(), free_port()
+    port = free_port()
     service = start(tmp_path, port)
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: agent_sre\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-    log = open(tmp_path / "prometheus.log", "wb")
-    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
     try:
         _load(service)
-        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", timeout=60)
-        query = 'agent_sre_slo_burn_rate{slo="tools",agent_id="a1",window="1h"}'
-        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-        deadline = time.monotonic() + 60
-        while True:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                result = json.loads(r.read())["data"]["result"]
-            if result or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert result, f"Prometheus never returned {query}; log:\n{(tmp_path / 'prometheus.log').read_text()}"
-        assert float(result[0]["value"][1]) == pytest.approx(2.0)
-        assert result[0]["metric"]["job"] == "agent_sre"
+        with prometheus(tmp_path, port) as prom:
+            (result,) = prom.query_until('agent_sre_slo_burn_rate{slo="tools",agent_id="a1",window="1h"}')
+        assert float(result["value"][1]) == pytest.approx(2.0)
+        assert result["metric"]["job"] == "agent_sre"
     finally:
-        prom.terminate()
-        prom.wait(timeout=30)
         service.shutdown()
