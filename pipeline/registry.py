@@ -24,6 +24,7 @@ BUILTIN = (
     "agent_sre.exporters.duckdb.factory:factory",
     "agent_sre.exporters.debug.factory:factory",
     "agent_sre.exporters.prometheus.factory:factory",
+    "agent_sre.exporters.prometheusremotewrite.factory:factory",
     "agent_sre.pipeline.extensions.health_check:factory",
     "agent_sre.pipeline.extensions.admin:factory",
 )

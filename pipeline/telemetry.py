@@ -37,6 +37,12 @@ class Telemetry:
         self.exporter_latency = Histogram(
             "agent_sre_exporter_export_latency_seconds", "Time one export call took.",
             ["exporter"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.exporter_sent_points = Counter(
+            "agent_sre_exporter_sent_metric_points", "Metric points an exporter sent successfully.",
+            ["exporter"], registry=r)
+        self.exporter_failed_points = Counter(
+            "agent_sre_exporter_send_failed_metric_points", "Metric points an exporter failed to send.",
+            ["exporter"], registry=r)
         self.exporter_queue = Gauge(
             "agent_sre_exporter_queue_size", "Spans an exporter has accepted durably but not yet delivered "
             "(the duckdb exporter: spooled, not yet inserted).", ["exporter"], registry=r)

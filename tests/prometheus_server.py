@@ -27,8 +27,9 @@ def binary(name: str = "prometheus") -> str:
 
 
 @contextmanager
-def prometheus(tmp_path: Path, target_port: int, rule_files: list[Path] = ()):
-    """Scrapes 127.0.0.1:target_port every second and evaluates rule_files every second."""
+def prometheus(tmp_path: Path, target_port: int, rule_files: list[Path] = (), remote_write_receiver: bool = False):
+    """Scrapes 127.0.0.1:target_port every second and evaluates rule_files every second; with
+    ``remote_write_receiver`` it also accepts remote writes at /api/v1/write."""
     port = free_port()
     rules = "".join(f"  - {p}\n" for p in rule_files)
     config = tmp_path / "prometheus.yml"
@@ -39,7 +40,9 @@ def prometheus(tmp_path: Path, target_port: int, rule_files: list[Path] = ()):
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([binary(), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+                                 f"--web.listen-address=127.0.0.1:{port}",
+                                 *(["--web.enable-remote-write-receiver"] if remote_write_receiver else [])],
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
         yield PrometheusApi(port, log_path)

@@ -14,6 +14,8 @@ from tests.conftest import free_port
 
 def _config(factory, tmp_path):
     """Defaults, moved to free ports and a temporary directory so tests never collide."""
+    if factory.type == "prometheusremotewrite":  # nothing listens there: one attempt, no retries
+        return factory.config_model(endpoint=f"http://127.0.0.1:{free_port()}/api/v1/write", max_attempts=1)
     if factory.type == "slo":  # an SLO processor has at least one objective
         return factory.config_model(objectives=[{"name": "tools", "sli": "tool_call_accuracy", "target": 0.99}])
     cfg = factory.config_model()

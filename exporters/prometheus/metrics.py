@@ -1,0 +1,97 @@
+"""The agents' metrics, shared by the pull (prometheus) and push (prometheusremotewrite) exporters.
+
+``observe(batch)`` accumulates RED and GenAI histograms column-wise; ``families(host)``
+returns every metric family as of now: those histograms, the SLI event counters
+summed from the rollups, and the SLO gauges of each ``slo`` processor's latest report.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from agent_sre.exporters.prometheus.histograms import DURATION_BUCKETS, TOKEN_BUCKETS, HistogramSet
+
+RED_LABELS = ("agent_id", "span_role", "model", "tool_name", "status_code")
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+
+
+class AgentMetrics:
+    def __init__(self, max_series: int):
+        self._lock = threading.Lock()
+        n = max_series
+        self.calls = HistogramSet("agent_sre_span_duration_seconds", "Agent spans by agent, role, model, tool and "
+                                  "status: count (calls) and duration.", RED_LABELS, DURATION_BUCKETS, n)
+        self.tokens = HistogramSet("gen_ai_client_token_usage", "Tokens used per GenAI operation "
+                                   "(OpenTelemetry gen_ai.client.token.usage).", (*GENAI_LABELS, "gen_ai_token_type"),
+                                   TOKEN_BUCKETS, n)
+        self.durations = HistogramSet("gen_ai_client_operation_duration_seconds", "GenAI operation duration "
+                                      "(OpenTelemetry gen_ai.client.operation.duration).", GENAI_LABELS,
+                                      DURATION_BUCKETS, n)
+
+    def observe(self, batch: pa.Table) -> None:
+        seconds = pc.divide(batch.column("duration_ns").cast(pa.float64()), 1e9)
+        red = [batch.column(c) for c in RED_LABELS]
+        llm = pc.fill_null(pc.equal(batch.column("span_role"), "llm").combine_chunks(), False)
+        with self._lock:
+            self.calls.observe(red, seconds)
+            if pc.any(llm).as_py():
+                g = batch.filter(llm)
+                op = pc.map_lookup(g.column("attributes"), "gen_ai.operation.name", "first")
+                genai = [op, g.column("provider"), g.column("model")]
+                self.durations.observe(genai, pc.divide(g.column("duration_ns").cast(pa.float64()), 1e9))
+                for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
+                    self.tokens.observe([*genai, pa.array([kind] * g.num_rows)], g.column(col))
+
+    def families(self, host) -> list:
+        with self._lock:
+            out = [self.calls.family(), self.tokens.family(), self.durations.family()]
+            dropped = self.calls.dropped + self.tokens.dropped + self.durations.dropped
+        d = CounterMetricFamily("agent_sre_prometheus_dropped_series_spans", "Observations not recorded because "
+                                "their metric reached max_series label sets.")
+        d.add_metric([], dropped)
+        out.append(d)
+        if host is not None:
+            out += _sli_counters(host) + _slo_gauges(host)
+        return out
+
+
+def _sli_counters(host) -> list:
+    stores = [e.store for e in host.find("exporters", type_="duckdb") if e.store is not None]
+    events = CounterMetricFamily("agent_sre_sli_events", "SLI events (the rollups' totals).",
+                                 labels=["sli", "agent_id", "agent_version"])
+    good = CounterMetricFamily("agent_sre_sli_good_events", "Good SLI events.",
+                               labels=["sli", "agent_id", "agent_version"])
+    for store in stores:
+        for sli, agent, version, g, t in store.read(
+                "SELECT sli, agent_id, agent_version, sum(good), sum(total) FROM sli_minutes GROUP BY ALL"):
+            events.add_metric([sli, agent, version], t)
+            good.add_metric([sli, agent, version], g)
+    return [events, good]
+
+
+def _slo_gauges(host) -> list:
+    labels = ["slo", "sli", "agent_id"]
+    value = GaugeMetricFamily("agent_sre_slo_sli_value", "SLI value over the objective's window.", labels=labels)
+    objective = GaugeMetricFamily("agent_sre_slo_objective", "The objective's target.", labels=labels)
+    budget = GaugeMetricFamily("agent_sre_slo_error_budget_remaining", "Error budget left (0..1).", labels=labels)
+    burn = GaugeMetricFamily("agent_sre_slo_burn_rate", "Burn rate over a window.", labels=[*labels, "window"])
+    firing = GaugeMetricFamily("agent_sre_slo_alert_firing", "1 while a burn-rate rule fires.",
+                               labels=[*labels, "rule"])
+    status = GaugeMetricFamily("agent_sre_slo_status", "1 for the SLO's current status.", labels=[*labels, "status"])
+    for proc in host.find("processors", type_="slo"):
+        for row in proc.last_report:
+            key = [row["slo"], row["sli"], row["agent_id"]]
+            if row["sli_value"] is not None:
+                value.add_metric(key, row["sli_value"])
+            objective.add_metric(key, row["target"])
+            budget.add_metric(key, row["budget_remaining"])
+            for window, rate in row["burn_rates"].items():
+                burn.add_metric([*key, window], rate)
+            for rule in row["firing"]:
+                firing.add_metric([*key, rule], 1)
+            status.add_metric([*key, row["status"]], 1)
+    return [value, objective, budget, burn, firing, status]
