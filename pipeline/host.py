@@ -32,3 +32,13 @@ class Host:
                 continue
             out.append(comp)
         return out
+
+    def span_store(self, storage: str, user: str):
+        """The store of the duckdb exporter named ``storage`` (or of the only one, when empty),
+        for processors that keep their state next to the spans; ``ValueError`` naming ``user`` if
+        there is not exactly one running."""
+        found = self.find("exporters", id_=storage or None, type_="duckdb")
+        if len(found) != 1 or found[0].store is None:
+            raise ValueError(f"{user}: needs exactly one running duckdb exporter"
+                             + (f" (storage: {storage!r})" if storage else "; name it with 'storage'"))
+        return found[0].store

@@ -108,12 +108,7 @@ class SliProcessor(Processor):
         self.slis = builtin_slis(config) + [SliRollup(c.name, c.total, c.good) for c in config.custom]
 
     def _start(self, host) -> None:
-        found = host.find("exporters", id_=self.config.storage or None, type_="duckdb")
-        if len(found) != 1 or found[0].store is None:
-            raise ValueError(f"{self.id}: needs exactly one running duckdb exporter to keep its rollups"
-                             + (f" (storage: {self.config.storage!r})" if self.config.storage else
-                                "; name it with 'storage'"))
-        found[0].store.set_sli_rollups(self.slis)
+        host.span_store(self.config.storage, str(self.id)).set_sli_rollups(self.slis)
 
     def process(self, batch: pa.Table) -> pa.Table:
         return batch

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from agent_sre.processors.slo.budget import MinuteSeries
+from agent_sre.processors.slo.budget import MinuteSeries, window_label
 
 __all__ = ["DEFAULT_RULES", "AlertEvent", "AlertTracker", "BurnRateRule", "SloStatus", "slo_status"]
 
@@ -40,7 +40,8 @@ class BurnRateRule:
 
     @property
     def name(self) -> str:
-        return f"{self.severity}:{self.factor:g}x:{_span(self.long_minutes)}/{_span(self.short_minutes)}"
+        long, short = window_label(self.long_minutes), window_label(self.short_minutes)
+        return f"{self.severity}:{self.factor:g}x:{long}/{short}"
 
     def burns(self, series: MinuteSeries, at_minute: int, target: float) -> tuple[float, float]:
         long = float(series.burn_rates(at_minute, self.long_minutes, target))
@@ -51,13 +52,6 @@ class BurnRateRule:
         long, short = self.burns(series, at_minute, target)
         return long >= self.factor and short >= self.factor
 
-
-def _span(minutes: int) -> str:
-    if minutes % 1440 == 0:
-        return f"{minutes // 1440}d"
-    if minutes % 60 == 0:
-        return f"{minutes // 60}h"
-    return f"{minutes}m"
 
 
 DEFAULT_RULES = (

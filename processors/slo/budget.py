@@ -19,9 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BudgetStatus", "MinuteSeries", "allowed_error_rate", "burn_rate", "error_budget"]
+__all__ = ["BudgetStatus", "MinuteSeries", "allowed_error_rate", "burn_rate", "error_budget", "window_label"]
 
 _EPSILON = 1e-9  # a budget spent to within this is spent
+
+
+def window_label(minutes: int) -> str:
+    """A window as Prometheus and the reports spell it: 5m, 1h, 1d."""
+    if minutes % 1440 == 0:
+        return f"{minutes // 1440}d"
+    if minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}m"
 
 
 def allowed_error_rate(target: float) -> float:

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertTracker, BurnRateRule, slo_status
-from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate
+from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 
 log = logging.getLogger("agent_sre.slo")
 Query = Callable[[str, list], list[tuple]]
@@ -104,32 +104,26 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
             series = MinuteSeries.from_minutes([r[1] for r in mine], [r[2] for r in mine], [r[3] for r in mine])
             budget = series.budget(now_minute, window, obj.target)
             windows = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
-            burns = {_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6) for m in windows}
+            burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6)
+                     for m in windows}
             if trackers is not None:
                 tracker = trackers.setdefault((obj.name, agent), AlertTracker(obj.target, rules))
                 for ev in tracker.evaluate(series, now_minute):
                     log.warning("SLO %s, agent %s: alert %s %s (burn %.2f over %s, %.2f over %s)", obj.name,
                                 agent or "(none)", ev.rule.name, ev.state, ev.long_burn,
-                                _label(ev.rule.long_minutes), ev.short_burn, _label(ev.rule.short_minutes))
+                                window_label(ev.rule.long_minutes), ev.short_burn, window_label(ev.rule.short_minutes))
                 firing = sorted(r.name for r in tracker.firing)
             else:
                 firing = sorted(r.name for r in rules if r.firing(series, now_minute, obj.target))
             rows.append({
                 "slo": obj.name, "sli": obj.sli, "agent_id": agent, "target": obj.target,
-                "window": _label(window), "events": budget.total, "bad_events": budget.bad,
+                "window": window_label(window), "events": budget.total, "bad_events": budget.bad,
                 "sli_value": None if budget.total == 0 else round((budget.total - budget.bad) / budget.total, 6),
                 "budget_remaining": round(budget.remaining, 6), "burn_rates": burns, "firing": firing,
                 "status": slo_status(series, now_minute, obj.target, window, rules).value,
             })
     return rows
 
-
-def _label(minutes: int) -> str:
-    if minutes % 1440 == 0:
-        return f"{minutes // 1440}d"
-    if minutes % 60 == 0:
-        return f"{minutes // 60}h"
-    return f"{minutes}m"
 
 
 class SloProcessor(Processor):
@@ -146,12 +140,7 @@ class SloProcessor(Processor):
         self.last_report: list[dict] = []
 
     def _start(self, host) -> None:
-        found = host.find("exporters", id_=self.config.storage or None, type_="duckdb")
-        if len(found) != 1 or found[0].store is None:
-            raise ValueError(f"{self.id}: needs exactly one running duckdb exporter"
-                             + (f" (storage: {self.config.storage!r})" if self.config.storage else
-                                "; name it with 'storage'"))
-        self._store = found[0].store
+        self._store = host.span_store(self.config.storage, str(self.id))
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
         self._thread.start()

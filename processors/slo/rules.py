@@ -16,15 +16,7 @@ from __future__ import annotations
 import yaml
 
 from agent_sre.processors.slo.alerts import BurnRateRule
-from agent_sre.processors.slo.budget import allowed_error_rate
-
-
-def _label(minutes: int) -> str:
-    if minutes % 1440 == 0:
-        return f"{minutes // 1440}d"
-    if minutes % 60 == 0:
-        return f"{minutes // 60}h"
-    return f"{minutes}m"
+from agent_sre.processors.slo.budget import allowed_error_rate, window_label
 
 
 def _q(value: str) -> str:
@@ -38,7 +30,7 @@ def objective_rules(name: str, sli: str, target: float, rules: tuple[BurnRateRul
     sel = f"sli={_q(sli)}"
     out: list[dict] = []
     for m in windows:
-        w = _label(m)
+        w = window_label(m)
         total = f"sum by (agent_id) (increase(agent_sre_sli_events_total{{{sel}}}[{w}]))"
         good = f"sum by (agent_id) (increase(agent_sre_sli_good_events_total{{{sel}}}[{w}]))"
         out.append({"record": f"agent_sre:sli_error_ratio:{w}", "expr": f"({total} - {good}) / {total}",
@@ -47,7 +39,7 @@ def objective_rules(name: str, sli: str, target: float, rules: tuple[BurnRateRul
                     "expr": f"agent_sre:sli_error_ratio:{w}{{slo={_q(name)}}} / {allowed!r}",
                     "labels": {"slo": name, "sli": sli}})
     for r in rules:
-        long, short = _label(r.long_minutes), _label(r.short_minutes)
+        long, short = window_label(r.long_minutes), window_label(r.short_minutes)
         out.append({
             "alert": "AgentSloBurnRate",
             "expr": (f"agent_sre:slo_burn_rate:{long}{{slo={_q(name)}}} >= {r.factor!r} and "
