@@ -224,6 +224,41 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
     return row
 
 
+def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None) -> dict:
+    """`agent-sre run` in its own process (the embedded default, or ``config`` YAML text whose endpoints
+    use the same environment variables), on free ports; returns ports, data dir and the process."""
+    p = {"grpc": free_port(), "http": free_port(), "admin": free_port(), "metrics": free_port()}
+    data = tempfile.mkdtemp(prefix="agent-sre-bench-")
+    env = {**os.environ, "AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['grpc']}",
+           "AGENT_SRE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['http']}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{p['admin']}",
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{p['metrics']}", "AGENT_SRE_DATA": data}
+    if workers is not None:
+        env["AGENT_SRE_RECEIVER_WORKERS"] = workers
+    env.update(extra_env or {})
+    cmd = [sys.executable, "-m", "agent_sre.pipeline.cli", "run"]
+    if config is not None:
+        (Path(data) / "pipeline.yaml").write_text(config)
+        cmd += ["--config", str(Path(data) / "pipeline.yaml")]
+    log = open(Path(data) / "pipeline.log", "w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{p['admin']}/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise SystemExit(f"pipeline did not start; see {log.name}") from None
+            time.sleep(0.2)
+    return {**p, "data": data, "server": server, "env": env}
+
+
+def stop_pipeline(pipeline: dict) -> None:
+    pipeline["server"].terminate()
+    pipeline["server"].wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20)
@@ -232,40 +267,21 @@ def main() -> None:
     ap.add_argument("--workers", help="override receiver workers (AGENT_SRE_RECEIVER_WORKERS)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
-    grpc_port, http_port, admin, metrics = free_port(), free_port(), free_port(), free_port()
-    data = tempfile.mkdtemp(prefix="agent-sre-bench-")
-    env = {**os.environ, "AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
-           "AGENT_SRE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http_port}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{admin}",
-           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{metrics}", "AGENT_SRE_DATA": data}
-    if args.workers is not None:
-        env["AGENT_SRE_RECEIVER_WORKERS"] = args.workers
-    log = open(Path(data) / "pipeline.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "agent_sre.pipeline.cli", "run"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    p = start_pipeline(workers=args.workers)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"pipeline did not start; see {log.name}") from None
-                time.sleep(0.2)
-        print(f"pipeline pid {server.pid} on the embedded default config "
-              f"(workers={env.get('AGENT_SRE_RECEIVER_WORKERS', 'default')}), data in {data}; "
+        print(f"pipeline pid {p['server'].pid} on the embedded default config "
+              f"(workers={p['env'].get('AGENT_SRE_RECEIVER_WORKERS', 'default')}), data in {p['data']}; "
               f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
               f"{SPANS_PER_REQUEST} spans/request, {os.cpu_count()} cores", flush=True)
-        common = (admin, server.pid, args.seconds, args.clients, args.threads, metrics)
-        rows = [run_phase("gRPC, max rate", "grpc", grpc_port, *common)]
-        rows.append(run_phase("HTTP/protobuf, max rate", "http", http_port, *common))
+        common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
+        rows = [run_phase("gRPC, max rate", "grpc", p["grpc"], *common)]
+        rows.append(run_phase("HTTP/protobuf, max rate", "http", p["http"], *common))
         half = rows[0]["committed_spans_per_s"] / 2
-        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", grpc_port, *common, rate=half))
+        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", p["grpc"], *common, rate=half))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_pipeline(p)
 
 
 if __name__ == "__main__":

