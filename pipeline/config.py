@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from agent_sre.pipeline.component import ComponentID, Factory, Kind
 from agent_sre.pipeline.errors import ConfigError, ConfigProblem
 
-SIGNALS = ("traces",)
+SIGNALS = ("traces", "events")  # events: alerts (and later incidents, decisions) derived by processors
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _ENV_RE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SCALAR_RE = re.compile(r"^(-?\d+(\.\d+)?|true|false)$")

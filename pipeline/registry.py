@@ -25,6 +25,13 @@ BUILTIN = (
     "agent_sre.exporters.debug.factory:factory",
     "agent_sre.exporters.prometheus.factory:factory",
     "agent_sre.exporters.prometheusremotewrite.factory:factory",
+    "agent_sre.exporters.webhook.factory:factory",
+    "agent_sre.exporters.slack.factory:factory",
+    "agent_sre.exporters.pagerduty.factory:factory",
+    "agent_sre.exporters.opsgenie.factory:factory",
+    "agent_sre.exporters.teams.factory:factory",
+    "agent_sre.exporters.alertmanager.factory:factory",
+    "agent_sre.receivers.alerts.factory:factory",
     "agent_sre.pipeline.extensions.health_check:factory",
     "agent_sre.pipeline.extensions.admin:factory",
 )

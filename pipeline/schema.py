@@ -106,3 +106,19 @@ SPAN_ROLES = ("agent_task", "llm", "tool", "delegation", "policy_check", "retrie
 def empty_spans() -> pa.Table:
     """A zero-row table in the canonical schema."""
     return SPAN_SCHEMA.empty_table()
+
+
+# Events (the `events` signal): alerts derived by processors, one row each.  ``fingerprint``
+# identifies the alert across its firing and resolved events (dedup and PagerDuty's dedup_key);
+# ``labels`` are what channels group and route by.
+EVENT_SCHEMA = pa.schema([
+    pa.field("time_ns", pa.int64(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # "alert"
+    pa.field("state", pa.string(), nullable=False),  # "firing" or "resolved"
+    pa.field("severity", pa.string()),  # "page" or "ticket"
+    pa.field("name", pa.string()),  # e.g. the burn-rate rule "page:14.4x:1h/5m"
+    pa.field("fingerprint", pa.string(), nullable=False),
+    pa.field("summary", pa.string()),
+    pa.field("labels", STRING_MAP),
+    pa.field("started_ns", pa.int64()),  # when the alert began firing
+])

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertTracker, BurnRateRule, slo_status
+from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 
 log = logging.getLogger("agent_sre.slo")
@@ -87,9 +87,11 @@ class SloConfig(ConfigModel):
 
 
 def evaluate(query: Query, objectives: list[Objective], now_minute: int,
-             trackers: dict[tuple[str, str], AlertTracker] | None = None) -> list[dict]:
+             trackers: dict[tuple[str, str], AlertTracker] | None = None,
+             transitions: list[tuple[Objective, str, AlertEvent]] | None = None) -> list[dict]:
     """One row per (objective, agent) with data in the longest window any of its rules or its
-    budget needs.  With ``trackers``, alert transitions are recorded there (and logged)."""
+    budget needs.  With ``trackers``, alert transitions are recorded there, logged, and appended
+    to ``transitions``."""
     rows = []
     for obj in objectives:
         rules = obj.burn_rules
@@ -109,6 +111,8 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
             if trackers is not None:
                 tracker = trackers.setdefault((obj.name, agent), AlertTracker(obj.target, rules))
                 for ev in tracker.evaluate(series, now_minute):
+                    if transitions is not None:
+                        transitions.append((obj, agent, ev))
                     log.warning("SLO %s, agent %s: alert %s %s (burn %.2f over %s, %.2f over %s)", obj.name,
                                 agent or "(none)", ev.rule.name, ev.state, ev.long_burn,
                                 window_label(ev.rule.long_minutes), ev.short_burn, window_label(ev.rule.short_minutes))
@@ -138,6 +142,8 @@ class SloProcessor(Processor):
         self._thread: threading.Thread | None = None
         self._store = None
         self.last_report: list[dict] = []
+        self._subscribers: list[Callable[[list[dict]], None]] = []
+        self._alert_started: dict[tuple[str, str, str], int] = {}
 
     def _start(self, host) -> None:
         self._store = host.span_store(self.config.storage, str(self.id))
@@ -154,16 +160,43 @@ class SloProcessor(Processor):
             if self._stop.wait(self.config.interval):
                 return
 
+    def subscribe(self, callback: Callable[[list[dict]], None]) -> None:
+        """``callback(alerts)`` after every evaluation that fired or resolved alerts (the alerts receiver)."""
+        self._subscribers.append(callback)
+
     def report(self) -> list[dict]:
         """Evaluate every objective now (everything acknowledged so far included)."""
         store = self._store
         if store is None:
             return []
         store.sync()
+        transitions: list[tuple[Objective, str, AlertEvent]] = []
         with self._lock:
-            self.last_report = evaluate(store.read, self.config.objectives, int(self.clock() // 60),
-                                        self._trackers)
-            return self.last_report
+            now = self.clock()
+            self.last_report = evaluate(store.read, self.config.objectives, int(now // 60), self._trackers,
+                                        transitions)
+            report = self.last_report
+            alerts = [self._alert(obj, agent, ev, int(now * 1e9)) for obj, agent, ev in transitions]
+        for callback in self._subscribers:
+            if alerts:
+                callback(alerts)
+        return report
+
+    def _alert(self, obj: Objective, agent: str, ev: AlertEvent, now_ns: int) -> dict:
+        rule = ev.rule
+        key = (obj.name, agent, rule.name)
+        if ev.state == "firing":
+            self._alert_started[key] = now_ns
+        started = self._alert_started.pop(key, now_ns) if ev.state == "resolved" else self._alert_started[key]
+        long, short = window_label(rule.long_minutes), window_label(rule.short_minutes)
+        verb = "burns" if ev.state == "firing" else "no longer burns"
+        return {"time_ns": now_ns, "state": ev.state, "severity": rule.severity, "name": rule.name,
+                "started_ns": started,
+                "labels": {"alertname": "AgentSloBurnRate", "slo": obj.name, "sli": obj.sli,
+                           "agent_id": agent, "severity": rule.severity, "rule": rule.name},
+                "summary": (f"SLO {obj.name} ({obj.sli}, target {obj.target:g}) of agent {agent or '(none)'} {verb} "
+                            f"its error budget at >= {rule.factor:g}x: {ev.long_burn:.1f}x over {long}, "
+                            f"{ev.short_burn:.1f}x over {short}")}
 
     def process(self, batch: pa.Table) -> pa.Table:
         return batch

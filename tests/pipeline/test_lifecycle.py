@@ -16,6 +16,12 @@ def _config(factory, tmp_path):
     """Defaults, moved to free ports and a temporary directory so tests never collide."""
     if factory.type == "prometheusremotewrite":  # nothing listens there: one attempt, no retries
         return factory.config_model(endpoint=f"http://127.0.0.1:{free_port()}/api/v1/write", max_attempts=1)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    required = {"webhook": {"url": url}, "slack": {"webhook_url": url}, "teams": {"webhook_url": url},
+                "pagerduty": {"routing_key": "k", "url": url}, "opsgenie": {"api_key": "k", "api_url": url},
+                "alertmanager": {"url": url}}
+    if factory.type in required:
+        return factory.config_model(**required[factory.type])
     if factory.type == "slo":  # an SLO processor has at least one objective
         return factory.config_model(objectives=[{"name": "tools", "sli": "tool_call_accuracy", "target": 0.99}])
     cfg = factory.config_model()
@@ -47,6 +53,9 @@ def test_component_lifecycle(factory, tmp_path):
         if store is not None:
             store.start(host)
             host.components["exporters::duckdb"] = store
+        slo = _slo_processor(telemetry, tmp_path) if factory.type == "alerts" else None
+        if slo is not None:  # the alerts receiver listens to slo processors
+            host.components["processors::slo@traces"] = slo
         comp = create()
         comp.start(host)
         comp.start(host)  # idempotent
@@ -58,6 +67,11 @@ def test_component_lifecycle(factory, tmp_path):
 
 
 NEEDS_STORE = ("sli", "slo")  # processors that keep their state in the duckdb exporter's store
+
+
+def _slo_processor(telemetry, tmp_path):
+    factory = registry.get(Kind.PROCESSOR, "slo")
+    return factory.create(Settings(parse_id("slo"), Kind.PROCESSOR, telemetry), _config(factory, tmp_path))
 
 
 def _duckdb_exporter(telemetry, tmp_path):
