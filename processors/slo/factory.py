@@ -22,6 +22,7 @@ from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
+from agent_sre.processors.slo.openslo import load_openslo
 
 log = logging.getLogger("agent_sre.slo")
 Query = Callable[[str, list], list[tuple]]
@@ -73,12 +74,18 @@ class Objective(ConfigModel):
 
 
 class SloConfig(ConfigModel):
-    objectives: list[Objective] = Field(min_length=1)
+    objectives: list[Objective] = []
+    openslo: list[str] = []  # OpenSLO v1 files whose SLOs are added to objectives (see openslo.py)
     interval: Duration = Field(default="30s", gt=0)
     storage: str = ""  # which duckdb exporter; empty: the only one
 
     @model_validator(mode="after")
     def _unique(self) -> SloConfig:
+        for path in self.openslo:
+            self.objectives.extend(Objective(**o) for o in load_openslo(path))
+        self.openslo = []  # loaded: validating this model again must not add them twice
+        if not self.objectives:
+            raise ValueError("needs at least one objective (objectives, or SLOs in openslo files)")
         names = [o.name for o in self.objectives]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
