@@ -264,7 +264,8 @@ def _print_slos(rows: list[dict], fmt: str) -> None:
         print(json.dumps({"slos": rows}, indent=2))
         return
     columns = ["SLO", "agent", "SLI value", "target", "budget left", "burn rates", "firing", "status"]
-    table = [[r["slo"], r["agent_id"] or "-", "-" if r["sli_value"] is None else f"{r['sli_value']:.4%}",
+    table = [[r["slo"], (r["agent_id"] or "-") + (f"@{r['agent_version']}" if r.get("agent_version") else ""),
+              "-" if r["sli_value"] is None else f"{r['sli_value']:.4%}",
               f"{r['target']:.3%}", f"{r['budget_remaining']:.1%}",
               " ".join(f"{w}={b:.2f}" for w, b in r["burn_rates"].items()), ", ".join(r["firing"]) or "-",
               r["status"]] for r in rows]

@@ -74,7 +74,7 @@ def _sli_counters(host) -> list:
 
 
 def _slo_gauges(host) -> list:
-    labels = ["slo", "sli", "agent_id"]
+    labels = ["slo", "sli", "agent_id", "agent_version"]  # agent_version: "" unless the SLO is per version
     value = GaugeMetricFamily("agent_sre_slo_sli_value", "SLI value over the objective's window.", labels=labels)
     objective = GaugeMetricFamily("agent_sre_slo_objective", "The objective's target.", labels=labels)
     budget = GaugeMetricFamily("agent_sre_slo_error_budget_remaining", "Error budget left (0..1).", labels=labels)
@@ -84,7 +84,7 @@ def _slo_gauges(host) -> list:
     status = GaugeMetricFamily("agent_sre_slo_status", "1 for the SLO's current status.", labels=[*labels, "status"])
     for proc in host.find("processors", type_="slo"):
         for row in proc.last_report:
-            key = [row["slo"], row["sli"], row["agent_id"]]
+            key = [row["slo"], row["sli"], row["agent_id"], row.get("agent_version") or ""]
             if row["sli_value"] is not None:
                 value.add_metric(key, row["sli_value"])
             objective.add_metric(key, row["target"])

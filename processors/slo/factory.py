@@ -55,6 +55,7 @@ class Objective(ConfigModel):
     target: float
     window: Duration = "30d"
     rules: list[RuleConfig] | None = None  # default: the Google SRE Workbook's four
+    per_version: bool = False  # evaluate per (agent_id, agent_version) instead of per agent_id
 
     @field_validator("target")
     @classmethod
@@ -94,9 +95,9 @@ class SloConfig(ConfigModel):
 
 
 def evaluate(query: Query, objectives: list[Objective], now_minute: int,
-             trackers: dict[tuple[str, str], AlertTracker] | None = None,
-             transitions: list[tuple[Objective, str, AlertEvent]] | None = None) -> list[dict]:
-    """One row per (objective, agent) with data in the longest window any of its rules or its
+             trackers: dict[tuple[str, str, str], AlertTracker] | None = None,
+             transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] | None = None) -> list[dict]:
+    """One row per (objective, agent[, version]) with data in the longest window any of its rules or its
     budget needs.  With ``trackers``, alert transitions are recorded there, logged, and appended
     to ``transitions``."""
     rows = []
@@ -104,30 +105,33 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
         rules = obj.burn_rules
         window = _minutes(obj.window)
         longest = max([window, *(r.long_minutes for r in rules)])
-        data = query("SELECT agent_id, minute, sum(good), sum(total) FROM sli_minutes WHERE sli = ? "
-                     "AND minute >= ? AND minute < ? GROUP BY ALL ORDER BY agent_id, minute",
+        version = "agent_version" if obj.per_version else "''"
+        data = query(f"SELECT agent_id, {version}, minute, sum(good), sum(total) FROM sli_minutes WHERE sli = ? "
+                     "AND minute >= ? AND minute < ? GROUP BY ALL ORDER BY ALL",
                      [obj.sli, now_minute - longest, now_minute])
-        agents = sorted({r[0] for r in data})
-        for agent in agents:
-            mine = [r for r in data if r[0] == agent]
-            series = MinuteSeries.from_minutes([r[1] for r in mine], [r[2] for r in mine], [r[3] for r in mine])
+        for subject in sorted({(r[0], r[1]) for r in data}):
+            agent, ver = subject
+            mine = [r for r in data if (r[0], r[1]) == subject]
+            series = MinuteSeries.from_minutes([r[2] for r in mine], [r[3] for r in mine], [r[4] for r in mine])
             budget = series.budget(now_minute, window, obj.target)
             windows = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
             burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6)
                      for m in windows}
+            who = (agent or "(none)") + (f"@{ver}" if obj.per_version else "")
             if trackers is not None:
-                tracker = trackers.setdefault((obj.name, agent), AlertTracker(obj.target, rules))
+                tracker = trackers.setdefault((obj.name, agent, ver), AlertTracker(obj.target, rules))
                 for ev in tracker.evaluate(series, now_minute):
                     if transitions is not None:
-                        transitions.append((obj, agent, ev))
-                    log.warning("SLO %s, agent %s: alert %s %s (burn %.2f over %s, %.2f over %s)", obj.name,
-                                agent or "(none)", ev.rule.name, ev.state, ev.long_burn,
-                                window_label(ev.rule.long_minutes), ev.short_burn, window_label(ev.rule.short_minutes))
+                        transitions.append((obj, subject, ev))
+                    log.warning("SLO %s, agent %s: alert %s %s (burn %.2f over %s, %.2f over %s)", obj.name, who,
+                                ev.rule.name, ev.state, ev.long_burn, window_label(ev.rule.long_minutes),
+                                ev.short_burn, window_label(ev.rule.short_minutes))
                 firing = sorted(r.name for r in tracker.firing)
             else:
                 firing = sorted(r.name for r in rules if r.firing(series, now_minute, obj.target))
             rows.append({
-                "slo": obj.name, "sli": obj.sli, "agent_id": agent, "target": obj.target,
+                "slo": obj.name, "sli": obj.sli, "agent_id": agent,
+                "agent_version": ver if obj.per_version else None, "target": obj.target,
                 "window": window_label(window), "events": budget.total, "bad_events": budget.bad,
                 "sli_value": None if budget.total == 0 else round((budget.total - budget.bad) / budget.total, 6),
                 "budget_remaining": round(budget.remaining, 6), "burn_rates": burns, "firing": firing,
@@ -143,14 +147,14 @@ class SloProcessor(Processor):
     def __init__(self, settings, config: SloConfig):
         super().__init__(settings, config)
         self.clock: Callable[[], float] = time.time  # tests replay scenarios with their own clock
-        self._trackers: dict[tuple[str, str], AlertTracker] = {}
+        self._trackers: dict[tuple[str, str, str], AlertTracker] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._store = None
         self.last_report: list[dict] = []
         self._subscribers: list[Callable[[list[dict]], None]] = []
-        self._alert_started: dict[tuple[str, str, str], int] = {}
+        self._alert_started: dict[tuple[str, str, str, str], int] = {}
 
     def _start(self, host) -> None:
         self._store = host.span_store(self.config.storage, str(self.id))
@@ -177,21 +181,22 @@ class SloProcessor(Processor):
         if store is None:
             return []
         store.sync()
-        transitions: list[tuple[Objective, str, AlertEvent]] = []
+        transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] = []
         with self._lock:
             now = self.clock()
             self.last_report = evaluate(store.read, self.config.objectives, int(now // 60), self._trackers,
                                         transitions)
             report = self.last_report
-            alerts = [self._alert(obj, agent, ev, int(now * 1e9)) for obj, agent, ev in transitions]
+            alerts = [self._alert(obj, subject, ev, int(now * 1e9)) for obj, subject, ev in transitions]
         for callback in self._subscribers:
             if alerts:
                 callback(alerts)
         return report
 
-    def _alert(self, obj: Objective, agent: str, ev: AlertEvent, now_ns: int) -> dict:
+    def _alert(self, obj: Objective, subject: tuple[str, str], ev: AlertEvent, now_ns: int) -> dict:
         rule = ev.rule
-        key = (obj.name, agent, rule.name)
+        agent, version = subject
+        key = (obj.name, agent, version, rule.name)
         if ev.state == "firing":
             self._alert_started[key] = now_ns
         started = self._alert_started.pop(key, now_ns) if ev.state == "resolved" else self._alert_started[key]
@@ -199,9 +204,11 @@ class SloProcessor(Processor):
         verb = "burns" if ev.state == "firing" else "no longer burns"
         return {"time_ns": now_ns, "state": ev.state, "severity": rule.severity, "name": rule.name,
                 "started_ns": started,
-                "labels": {"alertname": "AgentSloBurnRate", "slo": obj.name, "sli": obj.sli,
-                           "agent_id": agent, "severity": rule.severity, "rule": rule.name},
-                "summary": (f"SLO {obj.name} ({obj.sli}, target {obj.target:g}) of agent {agent or '(none)'} {verb} "
+                "labels": {"alertname": "AgentSloBurnRate", "slo": obj.name, "sli": obj.sli, "agent_id": agent,
+                           **({"agent_version": version} if obj.per_version else {}),
+                           "severity": rule.severity, "rule": rule.name},
+                "summary": (f"SLO {obj.name} ({obj.sli}, target {obj.target:g}) of agent {agent or '(none)'}"
+                            f"{f' version {version}' if obj.per_version else ''} {verb} "
                             f"its error budget at >= {rule.factor:g}x: {ev.long_burn:.1f}x over {long}, "
                             f"{ev.short_burn:.1f}x over {short}")}
 

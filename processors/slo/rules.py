@@ -23,16 +23,18 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def objective_rules(name: str, sli: str, target: float, rules: tuple[BurnRateRule, ...]) -> dict:
+def objective_rules(name: str, sli: str, target: float, rules: tuple[BurnRateRule, ...],
+                    per_version: bool = False) -> dict:
     """One Prometheus rule group for one objective."""
+    by = "agent_id, agent_version" if per_version else "agent_id"
     allowed = allowed_error_rate(target)
     windows = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
     sel = f"sli={_q(sli)}"
     out: list[dict] = []
     for m in windows:
         w = window_label(m)
-        total = f"sum by (agent_id) (increase(agent_sre_sli_events_total{{{sel}}}[{w}]))"
-        good = f"sum by (agent_id) (increase(agent_sre_sli_good_events_total{{{sel}}}[{w}]))"
+        total = f"sum by ({by}) (increase(agent_sre_sli_events_total{{{sel}}}[{w}]))"
+        good = f"sum by ({by}) (increase(agent_sre_sli_good_events_total{{{sel}}}[{w}]))"
         out.append({"record": f"agent_sre:sli_error_ratio:{w}", "expr": f"({total} - {good}) / {total}",
                     "labels": {"slo": name, "sli": sli}})
         out.append({"record": f"agent_sre:slo_burn_rate:{w}",
@@ -53,5 +55,5 @@ def objective_rules(name: str, sli: str, target: float, rules: tuple[BurnRateRul
 
 def rules_document(objectives) -> str:
     """The rules file for ``objectives`` (slo processor Objective configs), as YAML."""
-    groups = [objective_rules(o.name, o.sli, o.target, o.burn_rules) for o in objectives]
+    groups = [objective_rules(o.name, o.sli, o.target, o.burn_rules, o.per_version) for o in objectives]
     return yaml.safe_dump({"groups": groups}, sort_keys=False, width=200)

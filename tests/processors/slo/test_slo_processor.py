@@ -101,3 +101,26 @@ def test_slo_status_from_the_file_after_the_pipeline_stopped(tmp_path):
     assert [c.strip() for c in header.split(" | ")] == ["SLO", "agent", "SLI value", "target", "budget left",
                                                         "burn rates", "firing", "status"]
     assert "tools | a1" in table.stdout and "90.0000%" in table.stdout
+
+
+def test_per_version_objectives_tell_a_bad_release_from_a_good_one(tmp_path):
+    ports = Ports.allocate()
+    text = _yaml(tmp_path, ports).replace("        window: 1d\n", "        window: 1d\n        per_version: true\n", 1)
+    service = Service(parse_config(text, "test"))
+    service.start()
+    try:
+        (slo,) = service.host.find("processors", type_="slo")
+        alerts = []
+        slo.subscribe(alerts.extend)
+        new = {**TOOL, "agent.version": "1.3"}
+        service.receivers[0].ingest.export(spans([(TOOL, False, 0)] * 100 + [(new, False, 0)] * 80
+                                                 + [(new, True, 0)] * 20), "test")
+        slo.clock = lambda: (T0 + MINUTE) / 1e9
+        rows = {(r["agent_id"], r["agent_version"]): r for r in _slos(ports)}
+        assert set(rows) == {("a1", "1.2"), ("a1", "1.3")}
+        assert rows["a1", "1.2"]["sli_value"] == 1.0 and rows["a1", "1.2"]["firing"] == []
+        assert rows["a1", "1.3"]["sli_value"] == pytest.approx(0.8) and rows["a1", "1.3"]["firing"] == ["page:2x:5m/2m"]
+        (alert,) = alerts
+        assert alert["labels"]["agent_version"] == "1.3" and "version 1.3" in alert["summary"]
+    finally:
+        service.shutdown()
