@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from agent_sre.pipeline.schema import SPAN_SCHEMA
+from agent_sre.pipeline.schema import EVENT_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.spool import Spool, SpooledBatch, load, read_after, remove_segments
 
 log = logging.getLogger("agent_sre.store")
@@ -281,6 +281,9 @@ class SpanStore:
                     "total BIGINT NOT NULL, PRIMARY KEY (minute, sli, agent_id, agent_version))")
         con.execute("CREATE TABLE IF NOT EXISTS sli_rollups (position INTEGER, name VARCHAR, total VARCHAR, "
                     "good VARCHAR)")
+        con.register("_empty_events", EVENT_SCHEMA.empty_table())
+        con.execute("CREATE TABLE IF NOT EXISTS alerts AS SELECT * FROM _empty_events LIMIT 0")
+        con.unregister("_empty_events")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state VALUES (0)")
@@ -472,6 +475,15 @@ class SpanStore:
         """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
         self.sync()
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
+
+    def record_events(self, events: pa.Table) -> None:
+        """Append alert events (``EVENT_SCHEMA``) to the ``alerts`` history table."""
+        with self._lock:
+            self._con.register("_events", events)
+            try:
+                self._con.execute("INSERT INTO alerts BY NAME SELECT * FROM _events").fetchall()
+            finally:
+                self._con.unregister("_events")
 
     def read(self, sql: str, params: list | None = None) -> list[tuple]:
         """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.events import alert_events
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 from agent_sre.processors.slo.openslo import load_openslo
@@ -158,6 +159,7 @@ class SloProcessor(Processor):
 
     def _start(self, host) -> None:
         self._store = host.span_store(self.config.storage, str(self.id))
+        self._restore_firing()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
         self._thread.start()
@@ -170,6 +172,24 @@ class SloProcessor(Processor):
                 log.exception("%s: evaluation failed", self.id)
             if self._stop.wait(self.config.interval):
                 return
+
+    def _restore_firing(self) -> None:
+        """Alerts still firing when the pipeline stopped (the ``alerts`` table) stay firing: a restart
+        neither notifies them again nor forgets to resolve them."""
+        rows = self._store.read(
+            "SELECT arg_max(state, time_ns), arg_max(labels, time_ns), arg_max(started_ns, time_ns) FROM alerts "
+            "WHERE kind = 'alert' GROUP BY fingerprint")
+        objectives = {o.name: o for o in self.config.objectives}
+        for state, labels, started in rows:
+            labels = dict(labels)
+            obj = objectives.get(labels.get("slo", ""))
+            rule = obj and next((r for r in obj.burn_rules if r.name == labels.get("rule")), None)
+            if state != "firing" or rule is None:
+                continue
+            agent, version = labels.get("agent_id", ""), labels.get("agent_version", "") if obj.per_version else ""
+            tracker = self._trackers.setdefault((obj.name, agent, version), AlertTracker(obj.target, obj.burn_rules))
+            tracker.firing.add(rule)
+            self._alert_started[(obj.name, agent, version, rule.name)] = started
 
     def subscribe(self, callback: Callable[[list[dict]], None]) -> None:
         """``callback(alerts)`` after every evaluation that fired or resolved alerts (the alerts receiver)."""
@@ -188,6 +208,8 @@ class SloProcessor(Processor):
                                         transitions)
             report = self.last_report
             alerts = [self._alert(obj, subject, ev, int(now * 1e9)) for obj, subject, ev in transitions]
+            if alerts:
+                store.record_events(alert_events(alerts))  # the history, and what a restart resumes from
         for callback in self._subscribers:
             if alerts:
                 callback(alerts)

@@ -7,31 +7,13 @@ PagerDuty, Opsgenie, Teams, Alertmanager), which group, deduplicate and retry.
 
 from __future__ import annotations
 
-import hashlib
-
-import pyarrow as pa
-
 from agent_sre.pipeline.component import Factory, Kind, Receiver
 from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.schema import EVENT_SCHEMA
+from agent_sre.pipeline.events import alert_events
 
 
 class AlertsReceiverConfig(ConfigModel):
     pass
-
-
-def fingerprint(labels: dict[str, str]) -> str:
-    text = "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def alert_events(rows: list[dict]) -> pa.Table:
-    """rows: {state, severity, name, labels, summary, started_ns, time_ns} -> an EVENT_SCHEMA table."""
-    return pa.Table.from_pylist([{
-        "time_ns": r["time_ns"], "kind": "alert", "state": r["state"], "severity": r["severity"],
-        "name": r["name"], "fingerprint": fingerprint(r["labels"]), "summary": r["summary"],
-        "labels": list(r["labels"].items()), "started_ns": r["started_ns"],
-    } for r in rows], schema=EVENT_SCHEMA)
 
 
 class AlertsReceiver(Receiver):

@@ -124,3 +124,39 @@ def test_per_version_objectives_tell_a_bad_release_from_a_good_one(tmp_path):
         assert alert["labels"]["agent_version"] == "1.3" and "version 1.3" in alert["summary"]
     finally:
         service.shutdown()
+
+
+def test_alert_history_is_kept_and_a_restart_neither_renotifies_nor_forgets_to_resolve(tmp_path):
+    text = _yaml(tmp_path, Ports.allocate())
+    service = Service(parse_config(text, "test"))
+    service.start()
+    try:
+        (slo,) = service.host.find("processors", type_="slo")
+        ingest = service.receivers[0].ingest
+        ingest.export(spans([(TOOL, False, m) for m in range(2) for _ in range(100)]
+                            + [(TOOL, False, 2)] * 90 + [(TOOL, True, 2)] * 10), "test")
+        slo.clock = lambda: (T0 + 3 * MINUTE) / 1e9
+        slo.report()  # the page fires
+        store = service.exporters["duckdb"].store
+        assert store.read("SELECT state, name, labels['agent_id'] FROM alerts") == [("firing", "page:2x:5m/2m", "a1")]
+    finally:
+        service.shutdown()
+
+    restarted = Service(parse_config(text, "test"))  # same ports and store: the first one is stopped
+    restarted.start()
+    try:
+        (slo,) = restarted.host.find("processors", type_="slo")
+        heard = []
+        slo.subscribe(heard.extend)
+        slo.clock = lambda: (T0 + 3 * MINUTE) / 1e9
+        (row,) = slo.report()
+        assert row["firing"] == ["page:2x:5m/2m"] and heard == []  # still firing: not notified again
+        restarted.receivers[0].ingest.export(spans([(TOOL, False, m) for m in (3, 4) for _ in range(100)]), "test")
+        slo.clock = lambda: (T0 + 5 * MINUTE) / 1e9
+        slo.report()
+        (resolved,) = heard
+        assert resolved["state"] == "resolved" and resolved["started_ns"] == int(T0 + 3 * MINUTE)
+        store = restarted.exporters["duckdb"].store
+        assert [r[0] for r in store.read("SELECT state FROM alerts ORDER BY time_ns")] == ["firing", "resolved"]
+    finally:
+        restarted.shutdown()
