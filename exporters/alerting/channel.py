@@ -84,3 +84,7 @@ class ChannelExporter(Exporter):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        try:  # what is still waiting (group_wait, group_interval) goes out now rather than never
+            self.notifier.tick(force=True)
+        except Exception:  # noqa: BLE001 - shutting down regardless
+            self.logger.exception("final notifications failed")

@@ -114,12 +114,14 @@ class Notifier:
                     continue
                 group.alerts[alert.fingerprint] = alert
 
-    def due(self, now: float) -> list[tuple[str, Notification]]:
+    def due(self, now: float, force: bool = False) -> list[tuple[str, Notification]]:
         cfg = self.config
         out = []
         with self._lock:
             for key, g in self._groups.items():
-                if g.last_sent is None:
+                if force:
+                    ready = g.changed()
+                elif g.last_sent is None:
                     ready = now - g.created >= cfg.group_wait
                 elif g.changed():
                     ready = now - g.last_sent >= cfg.group_interval
@@ -147,11 +149,12 @@ class Notifier:
         if not g.alerts:
             del self._groups[key]
 
-    def tick(self) -> int:
-        """Send every group that is due; returns how many notifications went out."""
+    def tick(self, force: bool = False) -> int:
+        """Send every group that is due (``force``: every group with news, waits or not, as at
+        shutdown); returns how many notifications went out."""
         now = self.clock()
         sent = 0
-        for key, notification in self.due(now):
+        for key, notification in self.due(now, force):
             outcome = self._deliver(notification)
             with self._lock:
                 if key not in self._groups:

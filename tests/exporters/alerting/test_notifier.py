@@ -128,3 +128,12 @@ def test_a_refusal_that_cannot_succeed_is_not_retried():
     clock.now = 10
     n.tick()
     assert len(calls) == 1
+
+
+def test_a_forced_tick_sends_what_is_still_waiting(setup):
+    n, clock, sent = setup
+    n.add([alert("x")])
+    clock.now = 5  # group_wait (30 s) not over
+    assert n.tick() == 0
+    assert n.tick(force=True) == 1 and states(sent[0]) == [("x", "firing")]
+    assert n.tick(force=True) == 0  # nothing new since
