@@ -19,6 +19,7 @@ from agent_sre.pipeline.service import Service
 from tests.conftest import Ports, free_port, pipeline_yaml, wait_http
 from tests.exporters.alerting.test_channels import FIRING, Recorder, channel, server  # noqa: F401 - fixture
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
+from tests.processors.slo.test_slo_processor import SLO_YAML
 
 
 def _until(predicate, timeout: float = 30.0):
@@ -85,23 +86,12 @@ receivers:
         am.wait(timeout=30)
 
 
-EVENTS = """  sli: {}
-  slo:
-    interval: 1h
-    objectives:
-      - name: tools
-        sli: tool_call_accuracy
-        target: 0.99
-        window: 1d
-        rules:
-          - {severity: page, factor: 2, long_window: 5m, short_window: 2m}
-"""
 
 
 def test_an_slo_alert_travels_the_events_pipeline_to_a_channel(server, tmp_path):  # noqa: F811
     hook, rec = server
     text = pipeline_yaml(Ports.allocate(), tmp_path, processors="memory_limiter, agent_semconv, sli, slo, batch")
-    text = text.replace("  batch:\n", EVENTS + "  batch:\n", 1)
+    text = text.replace("  batch:\n", SLO_YAML + "  batch:\n", 1)
     text = text.replace("  debug:\n", f"  webhook:\n    url: {hook}/events\n    group_wait: 0s\n"
                                       f"    group_interval: 0s\n  debug:\n", 1)
     text = text.replace("receivers:\n  otlp:", "receivers:\n  alerts: {}\n  otlp:", 1)
