@@ -25,6 +25,16 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from agent_sre.pipeline.rollups import (
+    SPAN_ROLLUP_SQL,
+    TASK_GRACE_NS,
+    TRACE_ROLLUPS_DDL,
+    SliRollup,
+    finalize_tasks_sql,
+    orphan_cutoff,
+    rollup_sql,
+    validate_sql,
+)
 from agent_sre.pipeline.schema import EVENT_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.spool import Spool, SpooledBatch, load, read_after, remove_segments
 
@@ -32,6 +42,7 @@ log = logging.getLogger("agent_sre.store")
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 _NS_PER_DAY = 86_400 * 1_000_000_000
+_FINALIZE_EVERY_S = 5.0  # how often inserts also count the tasks that became due
 
 
 class QueryError(Exception):
@@ -55,17 +66,6 @@ class SpoolSettings:
     flush_interval: float = 0.5  # ... or the oldest has waited this long (seconds)
     max_pending_spans: int = 1_048_576  # spooled, not yet inserted (on disk, ~1 KB each); beyond it append() refuses
     segment_bytes: int = 64 << 20
-
-
-@dataclass(frozen=True)
-class SliRollup:
-    """One SLI as the store rolls it up: which spans are its events (``total``) and which of them
-    are good (``good``), both SQL predicates over the columns of ``spans`` (``attributes['k']``
-    reads an attribute).  A span is an event at the minute it ended."""
-
-    name: str
-    total: str
-    good: str
 
 
 @dataclass
@@ -190,44 +190,6 @@ def _view_sql(source: str = "span_rows", temp: bool = False) -> str:
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
 
-# attributes['k'] in a predicate, read straight from the stored list of (key, value): measured
-# 0.3 us/row, where presenting the whole column as a MAP first costs 3.4 us/row.
-_ATTRIBUTE = re.compile(r"\battributes\s*\[\s*('(?:[^']|'')*')\s*\]")
-
-
-def _on_stored_layout(predicate: str) -> str:
-    return _ATTRIBUTE.sub(r"list_filter(attributes, lambda e: e.key = \1)[1].value", predicate)
-
-
-def _rollup_select(slis: list[SliRollup]) -> str:
-    """Per-minute (good, total) per SLI, agent and version, of the batch being inserted."""
-    preds = [(x, _on_stored_layout(x.total), _on_stored_layout(x.good)) for x in slis]
-    # Any other use of attributes (map functions, a computed key) gets the column as a MAP.
-    mapped = any(re.search(r"\battributes\b(?!, lambda e)", f"{t} {g}") for _, t, g in preds)
-    source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _batch)" if mapped
-              else "_batch")
-    if mapped:
-        preds = [(x, x.total, x.good) for x in slis]
-    parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
-             f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
-             f"CASE WHEN ({good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({total})"
-             for x, total, good in preds]
-    return ("SELECT minute, sli, agent_id, agent_version, sum(good)::BIGINT AS good, count(*) AS total FROM ("
-            + " UNION ALL ".join(parts) + ") GROUP BY ALL")
-
-
-def _rollup_sql(slis: list[SliRollup]) -> str:
-    if not slis:
-        return ""
-    return (f"INSERT INTO sli_minutes {_rollup_select(slis)} "
-            "ON CONFLICT (minute, sli, agent_id, agent_version) DO UPDATE SET "
-            "good = sli_minutes.good + excluded.good, total = sli_minutes.total + excluded.total")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 class SpanStore:
     """The writer side of one DuckDB file.
 
@@ -254,8 +216,8 @@ class SpanStore:
         self._lock = threading.Lock()  # the write connection
         self._ensure_schema()
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
-        self._rollup_sql = _rollup_sql([SliRollup(*r) for r in self._con.execute(
-            "SELECT name, total, good FROM sli_rollups ORDER BY position").fetchall()])
+        self._use_rollups([SliRollup(*r) for r in self._con.execute(
+            "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position").fetchall()])
         self.settings = spool
         self._spool: Spool | None = None
         if spool is not None:
@@ -281,6 +243,8 @@ class SpanStore:
                     "total BIGINT NOT NULL, PRIMARY KEY (minute, sli, agent_id, agent_version))")
         con.execute("CREATE TABLE IF NOT EXISTS sli_rollups (position INTEGER, name VARCHAR, total VARCHAR, "
                     "good VARCHAR)")
+        con.execute("ALTER TABLE sli_rollups ADD COLUMN IF NOT EXISTS scope VARCHAR DEFAULT 'span'")
+        con.execute(TRACE_ROLLUPS_DDL)
         con.register("_empty_events", EVENT_SCHEMA.empty_table())
         con.execute("CREATE TABLE IF NOT EXISTS alerts AS SELECT * FROM _empty_events LIMIT 0")
         con.unregister("_empty_events")
@@ -301,8 +265,10 @@ class SpanStore:
                 # Each result is fetched: DuckDB refuses new work on a connection with one open.
                 con.execute("BEGIN TRANSACTION").fetchall()
                 con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
-                if self._rollup_sql:
-                    con.execute(self._rollup_sql).fetchall()
+                for sql in self._rollup_sqls:
+                    con.execute(sql, [time.time_ns()] if sql is SPAN_ROLLUP_SQL else []).fetchall()
+                if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
+                    self._finalize_due(time.time_ns())
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
@@ -317,14 +283,14 @@ class SpanStore:
 
     def set_sli_rollups(self, slis: list[SliRollup]) -> None:
         """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same
-        transaction as the spans (so exactly once, also on spool replay).  A predicate that does
-        not bind against the span columns raises ``ValueError`` naming the SLI."""
+        transaction as the spans (so exactly once, also on spool replay); see pipeline/rollups.py.
+        A predicate that does not bind raises ``ValueError`` naming the SLI."""
         with self._lock:
             con = self._con
             for sli in slis:  # bind each on an empty batch: a bad column name is named here, not at insert
                 con.register("_batch", STORAGE_SCHEMA.empty_table())
                 try:
-                    con.execute(f"EXPLAIN {_rollup_select([sli])}").fetchall()
+                    con.execute(validate_sql(sli)).fetchall()
                 except duckdb.Error as exc:
                     raise ValueError(f"SLI {sli.name!r}: {exc}") from exc
                 finally:
@@ -332,9 +298,39 @@ class SpanStore:
             con.execute("BEGIN TRANSACTION").fetchall()
             con.execute("DELETE FROM sli_rollups").fetchall()
             for i, sli in enumerate(slis):
-                con.execute("INSERT INTO sli_rollups VALUES (?, ?, ?, ?)", [i, sli.name, sli.total, sli.good]).fetchall()
+                con.execute("INSERT INTO sli_rollups (position, name, total, good, scope) VALUES (?, ?, ?, ?, ?)",
+                            [i, sli.name, sli.total, sli.good, sli.scope]).fetchall()
             con.execute("COMMIT").fetchall()
-            self._rollup_sql = _rollup_sql(slis)
+            self._use_rollups(slis)
+
+    def _use_rollups(self, slis: list[SliRollup]) -> None:
+        self._rollup_sqls = rollup_sql(slis)
+        self._finalize = finalize_tasks_sql(slis)
+        self._finalized_at = time.monotonic()
+
+    def _finalize_due(self, now_ns: int) -> None:
+        """Count the tasks that are due (inside the caller's transaction, under the lock)."""
+        assert self._finalize is not None
+        cutoff = now_ns - TASK_GRACE_NS
+        count, forget = self._finalize
+        self._con.execute(count, [cutoff]).fetchall()
+        self._con.execute(forget, [cutoff, orphan_cutoff(cutoff)]).fetchall()
+        self._finalized_at = time.monotonic()
+
+    def finalize_tasks(self, now_ns: int | None = None) -> None:
+        """Count every task whose trace has been quiet for the grace period (task-scope SLIs)."""
+        if self._finalize is None:
+            return
+        self.sync()
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                self._finalize_due(now_ns if now_ns is not None else time.time_ns())
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                con.execute("ROLLBACK").fetchall()
+                raise
 
     def append(self, batch: pa.Table) -> None:
         """Make one batch durable; returns after the spool write (or the commit, without a spool).

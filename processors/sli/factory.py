@@ -12,6 +12,7 @@ length is a sum of minutes.  Batches pass through unchanged.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
@@ -23,14 +24,16 @@ from agent_sre.pipeline.store import SliRollup
 
 # Decisions of a policy check that count as a violation (compared lower-case).
 VIOLATIONS = ("deny", "denied", "block", "blocked", "violation", "violated", "reject", "rejected")
-BUILTIN = ("task_success_rate", "tool_call_accuracy", "response_latency", "policy_compliance", "hallucination_rate")
+BUILTIN = ("task_success_rate", "tool_call_accuracy", "response_latency", "policy_compliance", "hallucination_rate",
+           "cost_per_task", "delegation_chain_depth")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class CustomSli(ConfigModel):
     name: str
-    total: str  # SQL predicate: the span is an event of this SLI
+    total: str  # SQL predicate: the span (or task) is an event of this SLI
     good: str  # SQL predicate: the event is good
+    scope: Literal["span", "task"] = "span"  # task: over cost_usd, delegations, agent_id, agent_version
 
     @field_validator("name")
     @classmethod
@@ -56,6 +59,10 @@ class SliConfig(ConfigModel):
     # hallucination_rate: spans carrying this evaluator score are events; good below the threshold.
     hallucination_attribute: str = "eval.hallucination.score"
     hallucination_threshold: float = 0.5
+    # cost_per_task: a task (agent_task span and its trace) is good when its summed cost_usd is at most this.
+    cost_per_task_usd: float = Field(default=1.0, ge=0)
+    # delegation_chain_depth: a task is good when its trace has at most this many delegation spans.
+    max_delegation_depth: int = Field(default=3, ge=0)
     custom: list[CustomSli] = []
     # Which duckdb exporter keeps the rollups; empty: the only one.
     storage: str = ""
@@ -96,6 +103,9 @@ def builtin_slis(cfg: SliConfig) -> list[SliRollup]:
             f"coalesce(lower(policy_decision) NOT IN ({violations}), status_code <> 'error')"),
         "hallucination_rate": SliRollup(
             "hallucination_rate", f"{score} IS NOT NULL", f"{score} < {float(cfg.hallucination_threshold)!r}"),
+        "cost_per_task": SliRollup("cost_per_task", "true", f"cost_usd <= {float(cfg.cost_per_task_usd)!r}", "task"),
+        "delegation_chain_depth": SliRollup("delegation_chain_depth", "true",
+                                            f"delegations <= {int(cfg.max_delegation_depth)}", "task"),
     }
     return [table[name] for name in cfg.builtin]
 
@@ -105,7 +115,7 @@ class SliProcessor(Processor):
 
     def __init__(self, settings, config: SliConfig):
         super().__init__(settings, config)
-        self.slis = builtin_slis(config) + [SliRollup(c.name, c.total, c.good) for c in config.custom]
+        self.slis = builtin_slis(config) + [SliRollup(c.name, c.total, c.good, c.scope) for c in config.custom]
 
     def _start(self, host) -> None:
         host.span_store(self.config.storage, str(self.id)).set_sli_rollups(self.slis)

@@ -201,6 +201,7 @@ class SloProcessor(Processor):
         if store is None:
             return []
         store.sync()
+        store.finalize_tasks()  # tasks whose trace went quiet count now, with or without new traffic
         transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] = []
         with self._lock:
             now = self.clock()

@@ -1,0 +1,135 @@
+"""SLI rollups: the SQL the store runs to turn spans into per-minute SLI events.
+
+Two scopes of SLI, both a pair of SQL predicates (``total``: is this an event of the
+SLI; ``good``: is the event good):
+
+- ``span``: over the columns of ``spans``, one event per matching span at the minute it
+  ended, rolled up in the same transaction that inserts the batch.
+- ``task``: over a task's rollup (``trace_rollups``: ``agent_id``, ``agent_version``,
+  ``cost_usd`` summed over the trace, ``delegations`` = delegation spans in the trace,
+  ``task_end_ns``), one event per task at the minute its agent_task span ended.  Spans of
+  a trace arrive in many batches, so each insert adds to the trace's running rollup and a
+  task is counted once its agent_task span is in and the trace has been quiet for
+  ``TASK_GRACE_NS`` (spans arriving later for a counted task are not counted).  Traces
+  that never show an agent_task span are dropped after an hour.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TASK_GRACE_NS = 60 * 10**9
+_ORPHAN_NS = 3600 * 10**9
+
+
+@dataclass(frozen=True)
+class SliRollup:
+    """One SLI as the store rolls it up (see the module docstring for ``scope``)."""
+
+    name: str
+    total: str
+    good: str
+    scope: str = "span"
+
+
+# attributes['k'] in a predicate, read straight from the stored list of (key, value): measured
+# 0.3 us/row, where presenting the whole column as a MAP first costs 3.4 us/row.
+_ATTRIBUTE = re.compile(r"\battributes\s*\[\s*('(?:[^']|'')*')\s*\]")
+
+
+def _on_stored_layout(predicate: str) -> str:
+    return _ATTRIBUTE.sub(r"list_filter(attributes, lambda e: e.key = \1)[1].value", predicate)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _span_select(slis: list[SliRollup]) -> str:
+    """Per-minute (good, total) per SLI, agent and version, of the batch being inserted."""
+    preds = [(x, _on_stored_layout(x.total), _on_stored_layout(x.good)) for x in slis]
+    # Any other use of attributes (map functions, a computed key) gets the column as a MAP.
+    mapped = any(re.search(r"\battributes\b(?!, lambda e)", f"{t} {g}") for _, t, g in preds)
+    source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _batch)" if mapped
+              else "_batch")
+    if mapped:
+        preds = [(x, x.total, x.good) for x in slis]
+    parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
+             f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
+             f"CASE WHEN ({good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({total})"
+             for x, total, good in preds]
+    return _sum(parts)
+
+
+def _task_select(slis: list[SliRollup], due: str) -> str:
+    parts = [f"SELECT task_end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
+             f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
+             f"CASE WHEN ({x.good}) THEN 1 ELSE 0 END AS good FROM trace_rollups WHERE {due} AND ({x.total})"
+             for x in slis]
+    return _sum(parts)
+
+
+def _sum(parts: list[str]) -> str:
+    return ("SELECT minute, sli, agent_id, agent_version, sum(good)::BIGINT AS good, count(*) AS total FROM ("
+            + " UNION ALL ".join(parts) + ") GROUP BY ALL")
+
+
+def _upsert(select: str) -> str:
+    return (f"INSERT INTO sli_minutes {select} ON CONFLICT (minute, sli, agent_id, agent_version) DO UPDATE SET "
+            "good = sli_minutes.good + excluded.good, total = sli_minutes.total + excluded.total")
+
+
+# Adds the batch to each trace's running rollup; parameter: the insert time (ns).
+SPAN_ROLLUP_SQL = """INSERT INTO trace_rollups
+SELECT trace_id,
+  arg_min(agent_id, start_ns) FILTER (WHERE span_role = 'agent_task'),
+  arg_min(agent_version, start_ns) FILTER (WHERE span_role = 'agent_task'),
+  coalesce(sum(cost_usd), 0),
+  count(*) FILTER (WHERE span_role = 'delegation'),
+  max(end_ns) FILTER (WHERE span_role = 'agent_task'),
+  ?
+FROM _batch GROUP BY trace_id
+ON CONFLICT (trace_id) DO UPDATE SET
+  agent_id = coalesce(trace_rollups.agent_id, excluded.agent_id),
+  agent_version = coalesce(trace_rollups.agent_version, excluded.agent_version),
+  cost_usd = trace_rollups.cost_usd + excluded.cost_usd,
+  delegations = trace_rollups.delegations + excluded.delegations,
+  task_end_ns = greatest(trace_rollups.task_end_ns, excluded.task_end_ns),
+  last_seen_ns = excluded.last_seen_ns"""
+
+TRACE_ROLLUPS_DDL = ("CREATE TABLE IF NOT EXISTS trace_rollups (trace_id VARCHAR PRIMARY KEY, agent_id VARCHAR, "
+                     "agent_version VARCHAR, cost_usd DOUBLE NOT NULL, delegations BIGINT NOT NULL, "
+                     "task_end_ns BIGINT, last_seen_ns BIGINT NOT NULL)")
+
+
+def rollup_sql(slis: list[SliRollup]) -> list[str]:
+    """Statements for the insert transaction (parameterless span rollups; the trace rollup
+    takes the insert time and is returned last, when there are task SLIs)."""
+    span = [x for x in slis if x.scope == "span"]
+    out = [_upsert(_span_select(span))] if span else []
+    if any(x.scope == "task" for x in slis):
+        out.append(SPAN_ROLLUP_SQL)
+    return out
+
+
+def finalize_tasks_sql(slis: list[SliRollup]) -> tuple[str, str] | None:
+    """(count due tasks into sli_minutes, forget them); parameters: [cutoff_ns] and
+    [cutoff_ns, orphan_cutoff_ns], where cutoff = now - grace."""
+    task = [x for x in slis if x.scope == "task"]
+    if not task:
+        return None
+    due = "task_end_ns IS NOT NULL AND last_seen_ns <= $1"
+    return (_upsert(_task_select(task, due)),
+            "DELETE FROM trace_rollups WHERE (task_end_ns IS NOT NULL AND last_seen_ns <= $1) OR last_seen_ns <= $2")
+
+
+def orphan_cutoff(cutoff_ns: int) -> int:
+    return cutoff_ns + TASK_GRACE_NS - _ORPHAN_NS
+
+
+def validate_sql(sli: SliRollup) -> str:
+    """A statement that binds the SLI's predicates (EXPLAIN it to name a bad column at start)."""
+    if sli.scope == "task":
+        return f"EXPLAIN {_task_select([sli], 'true')}"
+    return f"EXPLAIN {_span_select([sli])}"
