@@ -56,8 +56,11 @@ class SliConfig(ConfigModel):
     builtin: list[str] = list(BUILTIN)
     # response_latency: a task or LLM span is good when it took at most this long.
     latency_threshold: Duration = Field(default="30s", gt=0)
-    # hallucination_rate: spans carrying this evaluator score are events; good below the threshold.
+    # hallucination_rate: spans carrying an evaluator's hallucination score are events; good below the
+    # threshold.  The score is read from this span attribute, else from a GenAI evaluation event
+    # (gen_ai.evaluation.result with gen_ai.evaluation.name = hallucination_evaluation).
     hallucination_attribute: str = "eval.hallucination.score"
+    hallucination_evaluation: str = "hallucination"
     hallucination_threshold: float = 0.5
     # cost_per_task: a task (agent_task span and its trace) is good when its summed cost_usd is at most this.
     cost_per_task_usd: float = Field(default=1.0, ge=0)
@@ -90,7 +93,10 @@ def _q(text: str) -> str:
 
 def builtin_slis(cfg: SliConfig) -> list[SliRollup]:
     violations = ", ".join(_q(v) for v in VIOLATIONS)
-    score = f"TRY_CAST(attributes[{_q(cfg.hallucination_attribute)}] AS DOUBLE)"
+    event = (f"list_filter(events, lambda e: e.name = 'gen_ai.evaluation.result' AND "
+             f"e.attributes['gen_ai.evaluation.name'] = {_q(cfg.hallucination_evaluation)})"
+             f"[1].attributes['gen_ai.evaluation.score.value']")
+    score = f"coalesce(TRY_CAST(attributes[{_q(cfg.hallucination_attribute)}] AS DOUBLE), TRY_CAST({event} AS DOUBLE))"
     table = {
         "task_success_rate": SliRollup(
             "task_success_rate", "span_role = 'agent_task'", "coalesce(task_success, status_code <> 'error')"),

@@ -121,3 +121,23 @@ def test_spool_replay_after_a_crash_rolls_up_exactly_once(tmp_path):
     again = SpanStore(db, spool=settings)
     assert again.read("SELECT good, total FROM sli_minutes") == [(3, 4)]
     again.close()
+
+
+def test_hallucination_scores_come_from_the_attribute_or_a_genai_evaluation_event(tmp_path):
+    service = start(tmp_path, "  sli:\n    builtin: [hallucination_rate]\n")
+    try:
+        req = spans([({"agent.did": "a1", "eval.hallucination.score": 0.9}, False, 0),  # bad, by attribute
+                     ({"agent.did": "a1", "eval.hallucination.score": "0.1"}, False, 0),  # good, by attribute
+                     ({"agent.did": "a1"}, False, 0), ({"agent.did": "a1"}, False, 0),  # scored by events below
+                     ({"agent.did": "a1"}, False, 0)])  # no score: not an event of this SLI
+        sp = req.resource_spans[0].scope_spans[0].spans
+        for span, name, score in ((sp[2], "hallucination", 0.7), (sp[3], "hallucination", 0.2),
+                                  (sp[4], "relevance", 0.9)):
+            ev = span.events.add()
+            ev.name, ev.time_unix_nano = "gen_ai.evaluation.result", span.end_time_unix_nano
+            ev.attributes.extend([kv("gen_ai.evaluation.name", name), kv("gen_ai.evaluation.score.value", score)])
+        service.receivers[0].ingest.export(req, "test")
+        assert [r for r in rollups(service) if r[1] == "hallucination_rate"] == [
+            (0, "hallucination_rate", "a1", "", 2, 4)]
+    finally:
+        service.shutdown()
