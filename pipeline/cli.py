@@ -272,6 +272,17 @@ def _print_slos(rows: list[dict], fmt: str) -> None:
     _print_result({"columns": columns, "rows": table}, fmt)
 
 
+UNKNOWN_MODELS_SQL = ("SELECT coalesce(provider, '') AS provider, coalesce(model, '(no model)') AS model, "
+                      "count(*) AS spans, sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens "
+                      "FROM spans WHERE span_role = 'llm' AND cost_usd IS NULL GROUP BY ALL ORDER BY spans DESC")
+
+
+def cmd_cost_unknown_models(args: argparse.Namespace) -> int:
+    """LLM spans the cost processor could not price (no client cost, no known or overridden model)."""
+    args.sql = UNKNOWN_MODELS_SQL
+    return cmd_query(args)
+
+
 def cmd_export_parquet(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -332,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--config", help="pipeline YAML (default: the embedded default)")
     ru.add_argument("--out", help="write to this file (default: standard output)")
     ru.set_defaults(fn=cmd_slo_rules)
+    cost = sub.add_parser("cost", help="LLM cost accounting")
+    cost_sub = cost.add_subparsers(dest="cost_command", required=True)
+    um = cost_sub.add_parser("unknown-models", help="models of LLM spans left without a cost, with span counts")
+    for flag, kw in (("--config", {"help": "pipeline YAML (default: the embedded default)"}),
+                     ("--endpoint", {"help": "admin API of a running pipeline (default: from the config)"}),
+                     ("--db", {"help": "a DuckDB store to read when no pipeline runs"}),
+                     ("--format", {"choices": ["table", "json", "csv"], "default": "table"}),
+                     ("--max-rows", {"type": int, "default": 1000})):
+        um.add_argument(flag, **kw)
+    um.set_defaults(fn=cmd_cost_unknown_models)
     e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
     e.add_argument("--config")
     e.add_argument("--db")

@@ -1,0 +1,132 @@
+"""cost: every LLM span gets ``cost_usd``.
+
+Precedence: a cost the client sent (normalised into ``cost_usd`` by agent_semconv from
+``agent.cost.usd``, ``gen_ai.usage.cost``, ``llm.cost.total``) > tokens x the price of the
+``genai-prices`` package (maintained, small, with cached-token prices) > the YAML's
+``overrides`` (private or fine-tuned models the package does not know).  A model neither
+knows gets no cost: ``cost_usd`` stays null, never a silent 0, and ``agent-sre cost
+unknown-models`` lists such models from the store.
+
+Prices are resolved once per (provider, model) and applied column-wise; only models with
+tiered prices (e.g. above 128k tokens) are priced span by span with the package's own
+calculation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from genai_prices import Usage, calc_price
+from pydantic import Field
+
+from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.config import ConfigModel
+
+
+class PriceOverride(ConfigModel):
+    input_per_mtok: float = Field(ge=0)  # USD per million input tokens
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)  # default: the input price
+
+
+class CostConfig(ConfigModel):
+    overrides: dict[str, PriceOverride] = {}  # model name -> price, for models genai-prices does not know
+
+
+@dataclass(frozen=True)
+class LinearPrice:
+    input: float  # USD per token
+    output: float
+    cached: float
+
+
+class Pricer:
+    """(provider, model) -> a price: linear (column-wise), the package's own (tiered), or None."""
+
+    def __init__(self, overrides: dict[str, PriceOverride]):
+        self.overrides = overrides
+        self._cache: dict[tuple[str | None, str], LinearPrice | object | None] = {}
+        self._lock = threading.Lock()
+
+    def price(self, provider: str | None, model: str):
+        key = (provider, model)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._resolve(provider, model)
+            return self._cache[key]
+
+    def _resolve(self, provider: str | None, model: str):
+        for provider_id in ((provider, None) if provider else (None,)):
+            try:
+                found = calc_price(Usage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=provider_id)
+            except LookupError:
+                continue
+            mp = found.model_price
+            rates = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+            if all(r is None or isinstance(r, (int, float)) or type(r).__name__ == "Decimal" for r in rates):
+                inp = float(mp.input_mtok or 0) / 1e6
+                return LinearPrice(inp, float(mp.output_mtok or 0) / 1e6,
+                                   float(mp.cache_read_mtok) / 1e6 if mp.cache_read_mtok is not None else inp)
+            return mp  # tiered: priced span by span by the package
+        o = self.overrides.get(model)
+        if o is not None:
+            cached = o.cached_input_per_mtok if o.cached_input_per_mtok is not None else o.input_per_mtok
+            return LinearPrice(o.input_per_mtok / 1e6, o.output_per_mtok / 1e6, cached / 1e6)
+        return None
+
+
+def _ints(col) -> np.ndarray:
+    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def priced(batch: pa.Table, pricer: Pricer) -> pa.Table:
+    """``batch`` with cost_usd filled for LLM spans that have a model and no cost yet."""
+    need = pc.and_(pc.and_(pc.equal(batch.column("span_role"), "llm"), pc.is_null(batch.column("cost_usd"))),
+                   pc.is_valid(batch.column("model")))
+    need = pc.fill_null(need, False).to_numpy(zero_copy_only=False)
+    if not need.any():
+        return batch
+    cost = batch.column("cost_usd").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
+    inp, out, cached = (_ints(batch.column(c)) for c in ("input_tokens", "output_tokens", "cached_tokens"))
+    provider = batch.column("provider").to_pylist()
+    model = batch.column("model").to_pylist()
+    rows = np.flatnonzero(need)
+    keys = sorted({(provider[i], model[i]) for i in rows}, key=str)
+    for key in keys:  # once per (provider, model) in the batch
+        price = pricer.price(*key)
+        mine = rows[[(provider[i], model[i]) == key for i in rows]]
+        if price is None:
+            continue
+        if isinstance(price, LinearPrice):
+            uncached = np.maximum(inp[mine] - cached[mine], 0)
+            cost[mine] = uncached * price.input + cached[mine] * price.cached + out[mine] * price.output
+        else:
+            for i in mine:  # tiered prices: the package's own calculation
+                usage = Usage(input_tokens=int(inp[i]), output_tokens=int(out[i]), cache_read_tokens=int(cached[i]))
+                cost[i] = float(price.calc_price(usage)["total_price"])
+    column = pa.array(cost, pa.float64(), mask=np.isnan(cost))
+    return batch.set_column(batch.schema.get_field_index("cost_usd"), "cost_usd", column)
+
+
+class CostProcessor(Processor):
+    config: CostConfig
+
+    def __init__(self, settings, config: CostConfig):
+        super().__init__(settings, config)
+        self.pricer = Pricer(config.overrides)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        return priced(batch, self.pricer)
+
+
+factory = Factory(
+    type="cost",
+    kind=Kind.PROCESSOR,
+    config_model=CostConfig,
+    create=CostProcessor,
+    description="cost_usd for every LLM span: the client's cost, else tokens x genai-prices, else YAML overrides.",
+)
