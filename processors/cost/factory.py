@@ -92,13 +92,18 @@ def priced(batch: pa.Table, pricer: Pricer) -> pa.Table:
         return batch
     cost = batch.column("cost_usd").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
     inp, out, cached = (_ints(batch.column(c)) for c in ("input_tokens", "output_tokens", "cached_tokens"))
-    provider = batch.column("provider").to_pylist()
-    model = batch.column("model").to_pylist()
-    rows = np.flatnonzero(need)
-    keys = sorted({(provider[i], model[i]) for i in rows}, key=str)
-    for key in keys:  # once per (provider, model) in the batch
-        price = pricer.price(*key)
-        mine = rows[[(provider[i], model[i]) == key for i in rows]]
+    # One id per (provider, model) pair, column-wise: Python then runs once per pair, not per span.
+    pair = pc.binary_join_element_wise(pc.fill_null(batch.column("provider"), ""), batch.column("model"), "\x1f")
+    if isinstance(pair, pa.ChunkedArray):
+        pair = pair.combine_chunks()
+    encoded = pc.dictionary_encode(pair)
+    ids = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    for k, key in enumerate(encoded.dictionary.to_pylist()):
+        mine = np.flatnonzero(need & (ids == k))
+        if not len(mine):
+            continue
+        provider, _, model = key.partition("\x1f")
+        price = pricer.price(provider or None, model)
         if price is None:
             continue
         if isinstance(price, LinearPrice):
