@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PATH_PARAM = web.RequestKey("path_param", str)  # the last segment of a /prefix/{name} route
 MethodNotAllowed = Callable[[web.Request, str], web.StreamResponse]
 """Builds a path's 405 answer from the request and the ``Allow`` value; the router sets ``Allow`` itself."""
 
@@ -64,14 +65,28 @@ class Endpoint:
         self.not_allowed: dict[str, MethodNotAllowed] = {}
         self.runner: web.AppRunner | None = None
 
+    def _match(self, path: str) -> tuple[str, dict[str, Handler]] | None:
+        """The route for ``path``: exact, else a template ``/prefix/{name}`` matching one more segment."""
+        if path in self.routes:
+            return path, self.routes[path]
+        prefix, _, last = path.rpartition("/")
+        if last:
+            for route, methods in self.routes.items():
+                if route.endswith("}") and route.rpartition("/")[0] == prefix and "{" in route.rpartition("/")[2]:
+                    return route, methods
+        return None
+
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        methods = self.routes.get(request.path)
-        if methods is None:
+        found = self._match(request.path)
+        if found is None:
             return web.json_response({"error": f"no route for {request.path}"}, status=404)
+        route, methods = found
+        if route != request.path:  # a template: hand its parameter to the handler
+            request[PATH_PARAM] = request.path.rpartition("/")[2]
         handler = methods.get(request.method)
         if handler is None:
             allow = ", ".join(sorted(methods))
-            response = self.not_allowed.get(request.path, _json_method_not_allowed)(request, allow)
+            response = self.not_allowed.get(route, _json_method_not_allowed)(request, allow)
             response.headers["Allow"] = allow  # RFC 9110 requires it on every 405, whoever built the body
             return response
         return await handler(request)

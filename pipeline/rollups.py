@@ -133,3 +133,19 @@ def validate_sql(sli: SliRollup) -> str:
     if sli.scope == "task":
         return f"EXPLAIN {_task_select([sli], 'true')}"
     return f"EXPLAIN {_span_select([sli])}"
+
+
+# Spend per minute, agent and model, in every insert transaction: budgets are rebuilt from it, so
+# a restart keeps the spend and a spool replay counts it once.
+COST_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS cost_minutes (minute BIGINT NOT NULL, agent_id VARCHAR NOT NULL, "
+                    "model VARCHAR NOT NULL, cost_usd DOUBLE NOT NULL, spans BIGINT NOT NULL, "
+                    "PRIMARY KEY (minute, agent_id, model))")
+COST_ROLLUP_SQL = """INSERT INTO cost_minutes
+SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), sum(cost_usd), count(*)
+FROM _batch WHERE cost_usd IS NOT NULL GROUP BY ALL
+ON CONFLICT (minute, agent_id, model) DO UPDATE SET
+  cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
+# What the batch charges: per agent and task (trace), for budgets after the commit.
+CHARGES_SQL = ("SELECT coalesce(agent_id, ''), trace_id, sum(cost_usd) FROM _batch "
+               "WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL")
+

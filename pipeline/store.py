@@ -26,6 +26,9 @@ import duckdb
 import pyarrow as pa
 
 from agent_sre.pipeline.rollups import (
+    CHARGES_SQL,
+    COST_MINUTES_DDL,
+    COST_ROLLUP_SQL,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
     TRACE_ROLLUPS_DDL,
@@ -214,6 +217,7 @@ class SpanStore:
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
         self._lock = threading.Lock()  # the write connection
+        self._on_charges: list = []  # callbacks([(agent_id, trace_id, usd)]) after each committed insert
         self._ensure_schema()
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
@@ -245,6 +249,7 @@ class SpanStore:
                     "good VARCHAR)")
         con.execute("ALTER TABLE sli_rollups ADD COLUMN IF NOT EXISTS scope VARCHAR DEFAULT 'span'")
         con.execute(TRACE_ROLLUPS_DDL)
+        con.execute(COST_MINUTES_DDL)
         con.register("_empty_events", EVENT_SCHEMA.empty_table())
         con.execute("CREATE TABLE IF NOT EXISTS alerts AS SELECT * FROM _empty_events LIMIT 0")
         con.unregister("_empty_events")
@@ -269,9 +274,13 @@ class SpanStore:
                     con.execute(sql, [time.time_ns()] if sql is SPAN_ROLLUP_SQL else []).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     self._finalize_due(time.time_ns())
+                con.execute(COST_ROLLUP_SQL).fetchall()
+                charges = con.execute(CHARGES_SQL).fetchall() if self._on_charges else []
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
+                for callback in self._on_charges:  # after the commit: what is charged is stored
+                    callback(charges)
             except BaseException:
                 try:
                     con.execute("ROLLBACK").fetchall()
@@ -280,6 +289,10 @@ class SpanStore:
                 raise
             finally:
                 con.unregister("_batch")
+
+    def on_charges(self, callback) -> None:
+        """``callback([(agent_id, trace_id, cost_usd), ...])`` after every insert that stored costs."""
+        self._on_charges.append(callback)
 
     def set_sli_rollups(self, slis: list[SliRollup]) -> None:
         """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same

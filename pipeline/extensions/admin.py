@@ -3,6 +3,7 @@
     POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
     GET  /v1/status  components and store
     GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
+    GET  /v1/decisions[/{agent_id}]   budget decisions (the cost processor): allow, throttle, kill
 
 SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
 no access to files outside the store (see pipeline/store.py).
@@ -19,7 +20,7 @@ from pydantic import Field
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
 from agent_sre.pipeline.config import ConfigModel, Duration, HostPort, parse_duration
-from agent_sre.pipeline.httpserver import BodyTooLarge, read_body
+from agent_sre.pipeline.httpserver import PATH_PARAM, BodyTooLarge, read_body
 from agent_sre.pipeline.store import QueryError
 
 
@@ -39,7 +40,7 @@ def _json_default(value: object) -> object:
 
 class AdminApi(Extension):
     config: AdminConfig
-    ROUTES = ("/v1/query", "/v1/status", "/v1/slos")
+    ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}")
 
     def _start(self, host) -> None:
         self._host = host
@@ -47,6 +48,8 @@ class AdminApi(Extension):
         host.http.add_route(self.config.endpoint, "POST", "/v1/query", self._query)
         host.http.add_route(self.config.endpoint, "GET", "/v1/status", self._status)
         host.http.add_route(self.config.endpoint, "GET", "/v1/slos", self._slos)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/decisions", self._decisions)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/decisions/{agent_id}", self._decisions)
 
     def _store(self):
         found = self._host.find("exporters", id_=self.config.storage or None, type_="duckdb")
@@ -81,6 +84,16 @@ class AdminApi(Extension):
         except Exception as exc:  # noqa: BLE001 - e.g. the store did not catch up in time
             return web.json_response({"error": f"SLO evaluation failed: {exc}"}, status=503)
         return web.json_response({"slos": rows, "configured": bool(processors)})
+
+    async def _decisions(self, request: web.Request) -> web.Response:
+        """From memory, on the event loop: no I/O, well under a millisecond."""
+        costs = [p for p in self._host.find("processors", type_="cost") if p.config.budgets]
+        if not costs:
+            return web.json_response({"error": "no cost processor with budgets"}, status=404)
+        agent = request.get(PATH_PARAM)
+        if agent is not None:
+            return web.json_response(costs[0].decision(agent))
+        return web.json_response({"decisions": [d for c in costs for d in c.decisions()]})
 
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}

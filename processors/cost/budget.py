@@ -1,4 +1,4 @@
-"""Cost budgets: the ledger, clock-free and atomic (issue #4; not wired into the pipeline yet).
+"""Cost budgets: the ledger, clock-free and atomic (used by the ``cost`` processor's ``budgets``).
 
 A budget has a scope (``agent_day``: each agent per day; ``org_month``: everything per month;
 ``task``: each task), a limit in USD, utilisation steps that raise alerts (default 50/75/90 %),
@@ -114,25 +114,41 @@ class BudgetLedger:
         if amount < 0:
             raise ValueError("a charge cannot be negative")
         with self._lock:
-            before = self._decision(agent, task, now)[0]
-            if before == "kill":
+            if self._decision(agent, task, now)[0] == "kill":
                 return False, []
-            events = []
-            for spec in self.specs:
-                subject = self._subject(spec, agent, task)
-                if subject is None:
-                    continue
-                acc = self._account(spec, subject, now)
-                acc.spent += amount
-                u = acc.spent / spec.limit_usd
-                for step in spec.alert_steps:
-                    if u >= step and step not in acc.steps_crossed:
-                        acc.steps_crossed.add(step)
-                        events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
-            after = self._decision(agent, task, now)[0]
-            if after != before:
-                events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
-            return True, events
+            return True, self._charge(agent, amount, now, task)
+
+    def charge(self, agent: str, amount: float, now: float, task: str | None = None) -> list[BudgetEvent]:
+        """Record money already spent (what spans report): never refused."""
+        with self._lock:
+            return self._charge(agent, amount, now, task)
+
+    def restore(self, budget: str, subject: str, spent: float, now: float) -> None:
+        """Set a period's spend from the store (at start), marking the steps it passed as alerted."""
+        with self._lock:
+            spec = next(s for s in self.specs if s.name == budget)
+            acc = self._account(spec, subject, now)
+            acc.spent = spent
+            acc.steps_crossed = {st for st in spec.alert_steps if spent / spec.limit_usd >= st}
+
+    def _charge(self, agent: str, amount: float, now: float, task: str | None) -> list[BudgetEvent]:
+        before = self._decision(agent, task, now)[0]
+        events = []
+        for spec in self.specs:
+            subject = self._subject(spec, agent, task)
+            if subject is None:
+                continue
+            acc = self._account(spec, subject, now)
+            acc.spent += amount
+            u = acc.spent / spec.limit_usd
+            for step in spec.alert_steps:
+                if u >= step and step not in acc.steps_crossed:
+                    acc.steps_crossed.add(step)
+                    events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
+        after = self._decision(agent, task, now)[0]
+        if after != before:
+            events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
+        return events
 
     def spent(self, budget: str, subject: str, now: float) -> float:
         with self._lock:

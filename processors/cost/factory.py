@@ -15,16 +15,20 @@ calculation.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from genai_prices import Usage, calc_price
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel
+from agent_sre.processors.cost.budget import BudgetLedger, BudgetSpec
 
 
 class PriceOverride(ConfigModel):
@@ -33,8 +37,32 @@ class PriceOverride(ConfigModel):
     cached_input_per_mtok: float | None = Field(default=None, ge=0)  # default: the input price
 
 
+class BudgetConfig(ConfigModel):
+    name: str
+    scope: Literal["agent_day", "org_month", "task"]
+    limit_usd: float = Field(gt=0)
+    alert_steps: list[float] = [0.5, 0.75, 0.9]
+    throttle_at: float = Field(default=0.85, gt=0)
+    kill_at: float = Field(default=0.95, gt=0)
+    tz: str = "UTC"
+
+    def spec(self) -> BudgetSpec:
+        return BudgetSpec(self.name, self.scope, self.limit_usd, tuple(self.alert_steps), self.throttle_at,
+                          self.kill_at, self.tz)
+
+    @model_validator(mode="after")
+    def _valid(self) -> BudgetConfig:
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.tz!r}") from exc
+        self.spec()  # raises ValueError with the reason
+        return self
+
+
 class CostConfig(ConfigModel):
     overrides: dict[str, PriceOverride] = {}  # model name -> price, for models genai-prices does not know
+    budgets: list[BudgetConfig] = []  # charged from the store as spans are committed (needs a duckdb exporter)
 
 
 @dataclass(frozen=True)
@@ -123,9 +151,58 @@ class CostProcessor(Processor):
     def __init__(self, settings, config: CostConfig):
         super().__init__(settings, config)
         self.pricer = Pricer(config.overrides)
+        self.clock = time.time  # tests move time
+        self.ledger = BudgetLedger([b.spec() for b in config.budgets])
+        self._agents: set[str] = set()
+
+    def _start(self, host) -> None:
+        if not self.config.budgets:
+            return
+        store = host.span_store("", str(self.id))
+        self._rebuild(store)
+        store.on_charges(self._charged)
+
+    def _rebuild(self, store) -> None:
+        """This period's spend from the store's cost rollup: a restart keeps it (task budgets start afresh)."""
+        now = self.clock()
+        for spec in self.ledger.specs:
+            if spec.scope == "task":
+                continue
+            _, ends = spec.period(now)
+            start_minute = int(_period_start(spec, now) // 60)
+            group = "agent_id" if spec.scope == "agent_day" else "'org'"
+            for subject, spent in store.read(f"SELECT {group}, sum(cost_usd) FROM cost_minutes WHERE minute >= ? "
+                                             "GROUP BY ALL", [start_minute]):
+                self.ledger.restore(spec.name, subject, spent, now)
+                if spec.scope == "agent_day":
+                    self._agents.add(subject)
+
+    def _charged(self, charges: list[tuple[str, str, float]]) -> None:
+        now = self.clock()
+        for agent, trace, usd in charges:
+            self._agents.add(agent)
+            for event in self.ledger.charge(agent, usd, now, task=trace):
+                self.logger.warning("budget %s: %s %s for %s (%s, %.0f%%)", event.budget, event.kind, event.detail,
+                                    event.subject, event.period, 100 * event.utilisation)
+
+    def decision(self, agent: str) -> dict:
+        action, reason, until = self.ledger.decision(agent, self.clock())
+        return {"agent_id": agent, "action": action, "reason": reason, "until": until}
+
+    def decisions(self) -> list[dict]:
+        return [self.decision(a) for a in sorted(self._agents)]
 
     def process(self, batch: pa.Table) -> pa.Table:
         return priced(batch, self.pricer)
+
+
+def _period_start(spec: BudgetSpec, now: float) -> float:
+    from datetime import datetime
+
+    local = datetime.fromtimestamp(now, ZoneInfo(spec.tz))
+    if spec.scope == "agent_day":
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 factory = Factory(

@@ -1,0 +1,62 @@
+"""Budgets in the running pipeline: spend charged as spans are committed, decisions at
+/v1/decisions, kept across a restart (rebuilt from the store), reset by the clock."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from agent_sre.pipeline.config import parse_config
+from agent_sre.pipeline.service import Service
+from tests.conftest import Ports, pipeline_yaml
+from tests.otlp_builders import request
+
+COST = """  cost:
+    budgets:
+      - {name: daily, scope: agent_day, limit_usd: 1.0}
+"""
+
+
+def _spend(service: Service, usd_each: float, n: int, agent: str = "a1") -> None:
+    attrs = {"agent.did": agent, "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+             "gen_ai.usage.cost": usd_each}
+    service.receivers[0].ingest.export(request(n, attrs=attrs, start_ns=time.time_ns()), "test")
+    service.exporters["duckdb"].store.sync()  # charged once committed
+
+
+def _get(ports: Ports, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.admin}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_spend_throttles_then_kills_survives_a_restart_and_resets_the_next_day(tmp_path):
+    ports = Ports.allocate()
+    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, cost, batch")
+    text = text.replace("  batch:\n", COST + "  batch:\n", 1)
+    service = Service(parse_config(text, "test"))
+    service.start()
+    try:
+        _spend(service, 0.1, 5)  # 0.5 USD: 50 %
+        assert _get(ports, "/v1/decisions/a1")["action"] == "allow"
+        _spend(service, 0.1, 4)  # 0.9 USD: past 85 %
+        d = _get(ports, "/v1/decisions/a1")
+        assert d["action"] == "throttle" and d["reason"] == "budget daily (agent_day) at 90% of $1"
+        assert d["until"] == (int(time.time()) // 86400 + 1) * 86400  # the next UTC midnight
+        _spend(service, 0.06, 1)  # 0.96 USD: past 95 %
+        assert _get(ports, "/v1/decisions")["decisions"] == [
+            {"agent_id": "a1", "action": "kill", "reason": "budget daily (agent_day) at 96% of $1",
+             "until": d["until"]}]
+        assert _get(ports, "/v1/decisions/someone-else")["action"] == "allow"
+    finally:
+        service.shutdown()
+
+    restarted = Service(parse_config(text, "test"))  # same store: the day's spend is rebuilt from it
+    restarted.start()
+    try:
+        assert _get(ports, "/v1/decisions/a1")["action"] == "kill"
+        (cost,) = restarted.host.find("processors", type_="cost")
+        cost.clock = lambda: time.time() + 86400  # tomorrow
+        assert _get(ports, "/v1/decisions/a1")["action"] == "allow"
+    finally:
+        restarted.shutdown()
