@@ -224,6 +224,16 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
     return row
 
 
+def default_config_with(processors_yaml: str, names: list[str]) -> str:
+    """config/default.yaml with extra processors (their YAML, and their names placed before batch)."""
+    text = (Path(__file__).resolve().parent.parent / "config" / "default.yaml").read_text()
+    pipeline = "processors: [memory_limiter, agent_semconv, batch]"
+    if pipeline not in text or "  batch:\n" not in text:
+        raise SystemExit("config/default.yaml changed shape; update bench/ingest.py:default_config_with")
+    text = text.replace("  batch:\n", processors_yaml + "  batch:\n", 1)
+    return text.replace(pipeline, f"processors: [memory_limiter, agent_semconv, {', '.join(names)}, batch]")
+
+
 def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None) -> dict:
     """`agent-sre run` in its own process (the embedded default, or ``config`` YAML text whose endpoints
     use the same environment variables), on free ports; returns ports, data dir and the process."""
