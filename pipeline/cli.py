@@ -283,6 +283,79 @@ def cmd_cost_unknown_models(args: argparse.Namespace) -> int:
     return cmd_query(args)
 
 
+def _get_json(endpoint: str, path: str, timeout: float = 60) -> tuple[int, dict] | None:
+    """GET from a running pipeline's admin API: (status, body), or None when none answers."""
+    url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+    try:
+        with urllib.request.urlopen(f"{url}{path}", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": exc.reason}
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _budget_specs(cfg: PipelineConfig) -> list:
+    return [b.spec() for cc in cfg.processors.values() if cc.factory.type == "cost"
+            for b in cc.settings.budgets]  # type: ignore[attr-defined]
+
+
+def cmd_cost_summary(args: argparse.Namespace) -> int:
+    """Spend per day, agent and model with the daily budget's utilisation: /v1/costs, or the file."""
+    from agent_sre.processors.cost.summary import cost_summary
+
+    cfg = _load(args.config)
+    endpoint = args.endpoint or _admin_endpoint(cfg)
+    answer = _get_json(endpoint, f"/v1/costs?days={args.days}") if endpoint and not args.db else None
+    if answer is not None and answer[0] != 200:
+        print(f"agent-sre: cost summary failed ({answer[0]}): {answer[1].get('error', answer[1])}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if answer is not None:
+        rows, budgets = answer[1]["summary"], answer[1]["budgets"]
+    else:
+        con = _open_store(cfg, args.db)
+        if con is None:
+            return EXIT_RUNTIME
+        try:
+            rows = cost_summary(lambda sql, p: con.execute(sql, p).fetchall(), _budget_specs(cfg), time.time(),
+                                args.days)
+        finally:
+            con.close()
+        budgets = []  # budget accounts live in the running pipeline; the file has the spend
+    if args.format == "json":
+        print(json.dumps({"summary": rows, "budgets": budgets}, indent=2))
+        return 0
+    table = [[r["day"], r["agent_id"] or "-", r["model"] or "-", f"{r['cost_usd']:.6f}", r["llm_spans"],
+              f"{r['agent_day_usd']:.6f}", "-" if r["utilisation"] is None else f"{r['utilisation']:.1%}"]
+             for r in rows]
+    _print_result({"columns": ["day", "agent", "model", "cost USD", "LLM spans", "agent's day USD",
+                               "daily budget used"], "rows": table}, args.format)
+    if budgets and args.format == "table":
+        print()
+        _print_result({"columns": ["budget", "scope", "subject", "period", "spent USD", "limit USD", "used"],
+                       "rows": [[b["budget"], b["scope"], b["subject"], b["period"], f"{b['spent_usd']:.6f}",
+                                 f"{b['limit_usd']:g}", f"{b['utilisation']:.1%}"] for b in budgets]}, "table")
+    return 0
+
+
+def _open_store(cfg: PipelineConfig, db: str | None):
+    """The config's store opened read-only (no pipeline runs), or None after saying why."""
+    from agent_sre.pipeline.store import open_read_only
+
+    path = db or _store_path(cfg)
+    if not path:
+        print("agent-sre: no duckdb exporter in the config and no --db given", file=sys.stderr)
+        return None
+    try:
+        return open_read_only(path, _spool_dir(cfg, path))
+    except Exception as exc:  # noqa: BLE001 - missing, or locked by a pipeline whose API we could not reach
+        print(f"agent-sre: cannot open {path} read-only: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_export_parquet(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -353,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--max-rows", {"type": int, "default": 1000})):
         um.add_argument(flag, **kw)
     um.set_defaults(fn=cmd_cost_unknown_models)
+    cs = cost_sub.add_parser("summary", help="spend per day, agent and model, with the daily budget's utilisation")
+    for flag, kw in (("--config", {"help": "pipeline YAML (default: the embedded default)"}),
+                     ("--endpoint", {"help": "admin API of a running pipeline (default: from the config)"}),
+                     ("--db", {"help": "a DuckDB store to read when no pipeline runs"}),
+                     ("--days", {"type": int, "default": 7, "help": "how many days back (default 7)"}),
+                     ("--format", {"choices": ["table", "json", "csv"], "default": "table"})):
+        cs.add_argument(flag, **kw)
+    cs.set_defaults(fn=cmd_cost_summary)
     e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
     e.add_argument("--config")
     e.add_argument("--db")

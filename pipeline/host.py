@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent_sre.pipeline.decisions import DecisionBoard
+from agent_sre.pipeline.events import EventBus
 from agent_sre.pipeline.httpserver import HttpServers
 from agent_sre.pipeline.telemetry import Telemetry
 
@@ -18,6 +20,11 @@ class Host:
     http: HttpServers = field(default_factory=HttpServers)
     components: dict[str, Component] = field(default_factory=dict)  # "exporters::duckdb" -> component
     ready: bool = False
+    events: EventBus = field(default_factory=EventBus)  # derived events: alerts, budgets, decisions, ...
+    decisions: DecisionBoard = field(init=False)  # per-agent decisions from cost budgets and breakers
+
+    def __post_init__(self) -> None:
+        self.decisions = DecisionBoard(self.events)
 
     def find(self, section: str, id_: ComponentID | str | None = None, type_: str | None = None) -> list:
         """Components of one section, by id or by type."""

@@ -103,25 +103,33 @@ TRACE_ROLLUPS_DDL = ("CREATE TABLE IF NOT EXISTS trace_rollups (trace_id VARCHAR
                      "task_end_ns BIGINT, last_seen_ns BIGINT NOT NULL)")
 
 
-def rollup_sql(slis: list[SliRollup]) -> list[str]:
+def rollup_sql(slis: list[SliRollup], track_tasks: bool = False) -> list[str]:
     """Statements for the insert transaction (parameterless span rollups; the trace rollup
-    takes the insert time and is returned last, when there are task SLIs)."""
+    takes the insert time and is returned last, when there are task SLIs or ``track_tasks``)."""
     span = [x for x in slis if x.scope == "span"]
     out = [_upsert(_span_select(span))] if span else []
-    if any(x.scope == "task" for x in slis):
+    if track_tasks or any(x.scope == "task" for x in slis):
         out.append(SPAN_ROLLUP_SQL)
     return out
 
 
-def finalize_tasks_sql(slis: list[SliRollup]) -> tuple[str, str] | None:
-    """(count due tasks into sli_minutes, forget them); parameters: [cutoff_ns] and
+_DUE = "task_end_ns IS NOT NULL AND last_seen_ns <= $1"
+# Finished tasks per minute of their end, with their summed cost (the anomaly processor's cost per task).
+_TASKS_DONE_SQL = f"""INSERT INTO agent_minutes (minute, agent_id, tasks_done, task_cost_usd)
+SELECT task_end_ns // 60000000000, coalesce(agent_id, ''), count(*), sum(cost_usd) FROM trace_rollups
+WHERE {_DUE} GROUP BY ALL
+ON CONFLICT (minute, agent_id) DO UPDATE SET tasks_done = agent_minutes.tasks_done + excluded.tasks_done,
+  task_cost_usd = agent_minutes.task_cost_usd + excluded.task_cost_usd"""
+
+
+def finalize_tasks_sql(slis: list[SliRollup], track_tasks: bool = False) -> tuple[list[str], str] | None:
+    """(statements counting the due tasks, one forgetting them); parameters: [cutoff_ns] and
     [cutoff_ns, orphan_cutoff_ns], where cutoff = now - grace."""
     task = [x for x in slis if x.scope == "task"]
-    if not task:
+    if not task and not track_tasks:
         return None
-    due = "task_end_ns IS NOT NULL AND last_seen_ns <= $1"
-    return (_upsert(_task_select(task, due)),
-            "DELETE FROM trace_rollups WHERE (task_end_ns IS NOT NULL AND last_seen_ns <= $1) OR last_seen_ns <= $2")
+    counts = ([_upsert(_task_select(task, _DUE))] if task else []) + [_TASKS_DONE_SQL]
+    return counts, f"DELETE FROM trace_rollups WHERE ({_DUE}) OR last_seen_ns <= $2"
 
 
 def orphan_cutoff(cutoff_ns: int) -> int:
@@ -135,17 +143,47 @@ def validate_sql(sli: SliRollup) -> str:
     return f"EXPLAIN {_span_select([sli])}"
 
 
-# Spend per minute, agent and model, in every insert transaction: budgets are rebuilt from it, so
-# a restart keeps the spend and a spool replay counts it once.
-COST_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS cost_minutes (minute BIGINT NOT NULL, agent_id VARCHAR NOT NULL, "
-                    "model VARCHAR NOT NULL, cost_usd DOUBLE NOT NULL, spans BIGINT NOT NULL, "
-                    "PRIMARY KEY (minute, agent_id, model))")
-COST_ROLLUP_SQL = """INSERT INTO cost_minutes
-SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), sum(cost_usd), count(*)
-FROM _batch WHERE cost_usd IS NOT NULL GROUP BY ALL
-ON CONFLICT (minute, agent_id, model) DO UPDATE SET
-  cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
-# What the batch charges: per agent and task (trace), for budgets after the commit.
-CHARGES_SQL = ("SELECT coalesce(agent_id, ''), trace_id, sum(cost_usd) FROM _batch "
-               "WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL")
+# Per minute and agent, in every insert transaction: what the anomaly processor's series are made of
+# (latency = task_duration_ns / tasks, error rate = errors / spans, tokens per call = tokens / llm_calls,
+# cost per task = task_cost_usd / tasks_done, the last two filled when tasks finish).
+AGENT_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS agent_minutes (minute BIGINT NOT NULL, agent_id VARCHAR NOT NULL, "
+                     "spans BIGINT NOT NULL DEFAULT 0, errors BIGINT NOT NULL DEFAULT 0, "
+                     "llm_calls BIGINT NOT NULL DEFAULT 0, tokens BIGINT NOT NULL DEFAULT 0, "
+                     "tasks BIGINT NOT NULL DEFAULT 0, task_duration_ns BIGINT NOT NULL DEFAULT 0, "
+                     "tasks_done BIGINT NOT NULL DEFAULT 0, task_cost_usd DOUBLE NOT NULL DEFAULT 0, "
+                     "PRIMARY KEY (minute, agent_id))")
+AGENT_ROLLUP_SQL = """INSERT INTO agent_minutes (minute, agent_id, spans, errors, llm_calls, tokens, tasks, task_duration_ns)
+SELECT end_ns // 60000000000, coalesce(agent_id, ''), count(*), count(*) FILTER (WHERE status_code = 'error'),
+  count(*) FILTER (WHERE span_role = 'llm'),
+  coalesce(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) FILTER (WHERE span_role = 'llm'), 0),
+  count(*) FILTER (WHERE span_role = 'agent_task'),
+  coalesce(sum(duration_ns) FILTER (WHERE span_role = 'agent_task'), 0)
+FROM _batch WHERE end_ns IS NOT NULL GROUP BY ALL
+ON CONFLICT (minute, agent_id) DO UPDATE SET spans = agent_minutes.spans + excluded.spans,
+  errors = agent_minutes.errors + excluded.errors, llm_calls = agent_minutes.llm_calls + excluded.llm_calls,
+  tokens = agent_minutes.tokens + excluded.tokens, tasks = agent_minutes.tasks + excluded.tasks,
+  task_duration_ns = agent_minutes.task_duration_ns + excluded.task_duration_ns"""
 
+# Spend per minute, agent, model and tenant, in every insert transaction: budgets are rebuilt from
+# it, so a restart keeps the spend and a spool replay counts it once.  The tenant is the `tenant.id`
+# resource attribute, else the span attribute of that name ('' when neither is set).
+COST_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS cost_minutes (minute BIGINT NOT NULL, agent_id VARCHAR NOT NULL, "
+                    "model VARCHAR NOT NULL, tenant VARCHAR NOT NULL DEFAULT '', cost_usd DOUBLE NOT NULL, "
+                    "spans BIGINT NOT NULL, PRIMARY KEY (minute, agent_id, model, tenant))")
+# A store from before tenants had (minute, agent_id, model) as its key: copied into the new shape.
+COST_MINUTES_MIGRATION = (
+    "ALTER TABLE cost_minutes RENAME TO cost_minutes_old",
+    COST_MINUTES_DDL,
+    "INSERT INTO cost_minutes SELECT minute, agent_id, model, '', cost_usd, spans FROM cost_minutes_old",
+    "DROP TABLE cost_minutes_old",
+)
+TENANT_SQL = ("coalesce(list_filter(resource_attributes, lambda e: e.key = 'tenant.id')[1].value, "
+              "list_filter(attributes, lambda e: e.key = 'tenant.id')[1].value, '')")
+COST_ROLLUP_SQL = f"""INSERT INTO cost_minutes
+SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*)
+FROM _batch WHERE cost_usd IS NOT NULL GROUP BY ALL
+ON CONFLICT (minute, agent_id, model, tenant) DO UPDATE SET
+  cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
+# What the batch charges: per agent, task (trace), model and tenant, for budgets after the commit.
+CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "
+               "count(*) FROM _batch WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL")

@@ -108,17 +108,17 @@ def empty_spans() -> pa.Table:
     return SPAN_SCHEMA.empty_table()
 
 
-# Events (the `events` signal): alerts derived by processors, one row each.  ``fingerprint``
-# identifies the alert across its firing and resolved events (dedup and PagerDuty's dedup_key);
-# ``labels`` are what channels group and route by.
+# Events (the `events` signal): what processors derive, one row each (see pipeline/events.py for
+# who publishes which kind).  ``fingerprint`` identifies an event across its firing and resolved rows
+# (dedup and PagerDuty's dedup_key); ``labels`` are what channels group and route by.
 EVENT_SCHEMA = pa.schema([
     pa.field("time_ns", pa.int64(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),  # "alert"
+    pa.field("kind", pa.string(), nullable=False),  # alert | budget | decision | anomaly | circuit | incident
     pa.field("state", pa.string(), nullable=False),  # "firing" or "resolved"
-    pa.field("severity", pa.string()),  # "page" or "ticket"
-    pa.field("name", pa.string()),  # e.g. the burn-rate rule "page:14.4x:1h/5m"
+    pa.field("severity", pa.string()),  # "page", "ticket" or "info"
+    pa.field("name", pa.string()),  # e.g. the burn-rate rule "page:14.4x:1h/5m", or "kill"
     pa.field("fingerprint", pa.string(), nullable=False),
     pa.field("summary", pa.string()),
     pa.field("labels", STRING_MAP),
-    pa.field("started_ns", pa.int64()),  # when the alert began firing
+    pa.field("started_ns", pa.int64()),  # when the event began firing
 ])

@@ -131,12 +131,23 @@ class Service:
         self._started = True
         try:
             self._start_metrics_endpoint()
-            for comp in [*self.extensions, *self.exporters.values(), *self.processors, *self.receivers]:
+            for comp in [*self.extensions, *self.exporters.values()]:
                 comp.start(self.host)
+            self._attach_event_history()
+            for comp in [*self.processors, *self.receivers]:
+                comp.start(self.host)
+            self.host.decisions.start()
         except Exception:
             self.shutdown()
             raise
         self.host.ready = True
+
+    def _attach_event_history(self) -> None:
+        """Derived events are kept in the store's ``events`` table when there is one store."""
+        stores = [e.store for e in self.exporters.values() if e.id.type == "duckdb" and e.store is not None]
+        if len(stores) == 1:
+            self.host.events.persist_to(stores[0].record_events)
+            self.host.decisions.restore(stores[0].read)
 
     def _start_metrics_endpoint(self) -> None:
         assert self.config.service is not None
@@ -162,10 +173,12 @@ class Service:
 
     def shutdown(self) -> None:
         self.host.ready = False
+        self.host.decisions.shutdown()
         for comp in [*self.receivers, *self.processors, *self.exporters.values(), *reversed(self.extensions)]:
             try:
                 comp.shutdown()
             except Exception:  # noqa: BLE001 - keep shutting the rest down
                 log.exception("shutdown of %s failed", comp.id)
+        self.host.events.persist_to(None)
         self.host.http.shutdown()
         self._started = False

@@ -26,8 +26,11 @@ import duckdb
 import pyarrow as pa
 
 from agent_sre.pipeline.rollups import (
+    AGENT_MINUTES_DDL,
+    AGENT_ROLLUP_SQL,
     CHARGES_SQL,
     COST_MINUTES_DDL,
+    COST_MINUTES_MIGRATION,
     COST_ROLLUP_SQL,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
@@ -217,9 +220,11 @@ class SpanStore:
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
         self._lock = threading.Lock()  # the write connection
-        self._on_charges: list = []  # callbacks([(agent_id, trace_id, usd)]) after each committed insert
+        self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
+        self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         self._ensure_schema()
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
+        self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
             "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position").fetchall()])
         self.settings = spool
@@ -249,10 +254,22 @@ class SpanStore:
                     "good VARCHAR)")
         con.execute("ALTER TABLE sli_rollups ADD COLUMN IF NOT EXISTS scope VARCHAR DEFAULT 'span'")
         con.execute(TRACE_ROLLUPS_DDL)
+        con.execute("CREATE TABLE IF NOT EXISTS rollup_options (track_tasks BOOLEAN NOT NULL)")
+        con.execute(AGENT_MINUTES_DDL)
         con.execute(COST_MINUTES_DDL)
+        if not con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'cost_minutes' "
+                           "AND column_name = 'tenant'").fetchall()[0][0]:
+            for sql in COST_MINUTES_MIGRATION:
+                con.execute(sql)
+        # `events`: every derived event (pipeline/events.py); stores from before the event bus kept
+        # only alerts, in a table of that name, which becomes `events` (`alerts` is now a view).
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "alerts" in tables and "events" not in tables:
+            con.execute("ALTER TABLE alerts RENAME TO events")
         con.register("_empty_events", EVENT_SCHEMA.empty_table())
-        con.execute("CREATE TABLE IF NOT EXISTS alerts AS SELECT * FROM _empty_events LIMIT 0")
+        con.execute("CREATE TABLE IF NOT EXISTS events AS SELECT * FROM _empty_events LIMIT 0")
         con.unregister("_empty_events")
+        con.execute("CREATE OR REPLACE VIEW alerts AS SELECT * FROM events WHERE kind = 'alert'")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state VALUES (0)")
@@ -274,13 +291,12 @@ class SpanStore:
                     con.execute(sql, [time.time_ns()] if sql is SPAN_ROLLUP_SQL else []).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     self._finalize_due(time.time_ns())
+                con.execute(AGENT_ROLLUP_SQL).fetchall()
                 con.execute(COST_ROLLUP_SQL).fetchall()
                 charges = con.execute(CHARGES_SQL).fetchall() if self._on_charges else []
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
-                for callback in self._on_charges:  # after the commit: what is charged is stored
-                    callback(charges)
             except BaseException:
                 try:
                     con.execute("ROLLBACK").fetchall()
@@ -289,10 +305,38 @@ class SpanStore:
                 raise
             finally:
                 con.unregister("_batch")
+        # After the commit (what is charged is stored) and outside the lock: callbacks may publish
+        # events, which the store records.  A failing callback must not make a committed insert retry.
+        for callback, arg in [*((c, charges) for c in self._on_charges), *((c, rows) for c in self._on_commit)]:
+            try:
+                callback(arg)
+            except Exception:  # noqa: BLE001 - logged; the spans are stored either way
+                log.exception("span store: commit callback %r failed", callback)
 
     def on_charges(self, callback) -> None:
-        """``callback([(agent_id, trace_id, cost_usd), ...])`` after every insert that stored costs."""
+        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans), ...])`` after every insert that
+        stored costs (after the commit, in the thread that inserted)."""
         self._on_charges.append(callback)
+
+    def on_commit(self, callback) -> None:
+        """``callback(rows)`` with every committed batch (storage layout: attribute maps are lists of
+        key/value structs), after the commit, in the thread that inserted."""
+        self._on_commit.append(callback)
+
+    def remove_callback(self, callback) -> None:
+        self._on_charges = [c for c in self._on_charges if c != callback]
+        self._on_commit = [c for c in self._on_commit if c != callback]
+
+    def track_tasks(self) -> None:
+        """Keep per-trace rollups so finished tasks (count and cost) land in ``agent_minutes``,
+        also without task-scope SLIs (remembered in the store for spool replays)."""
+        with self._lock:
+            if self._track_tasks:
+                return
+            self._con.execute("DELETE FROM rollup_options").fetchall()
+            self._con.execute("INSERT INTO rollup_options VALUES (true)").fetchall()
+            self._track_tasks = True
+            self._use_rollups(self._slis)
 
     def set_sli_rollups(self, slis: list[SliRollup]) -> None:
         """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same
@@ -317,16 +361,18 @@ class SpanStore:
             self._use_rollups(slis)
 
     def _use_rollups(self, slis: list[SliRollup]) -> None:
-        self._rollup_sqls = rollup_sql(slis)
-        self._finalize = finalize_tasks_sql(slis)
+        self._slis = slis
+        self._rollup_sqls = rollup_sql(slis, self._track_tasks)
+        self._finalize = finalize_tasks_sql(slis, self._track_tasks)
         self._finalized_at = time.monotonic()
 
     def _finalize_due(self, now_ns: int) -> None:
         """Count the tasks that are due (inside the caller's transaction, under the lock)."""
         assert self._finalize is not None
         cutoff = now_ns - TASK_GRACE_NS
-        count, forget = self._finalize
-        self._con.execute(count, [cutoff]).fetchall()
+        counts, forget = self._finalize
+        for count in counts:
+            self._con.execute(count, [cutoff]).fetchall()
         self._con.execute(forget, [cutoff, orphan_cutoff(cutoff)]).fetchall()
         self._finalized_at = time.monotonic()
 
@@ -486,11 +532,11 @@ class SpanStore:
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
 
     def record_events(self, events: pa.Table) -> None:
-        """Append alert events (``EVENT_SCHEMA``) to the ``alerts`` history table."""
+        """Append events (``EVENT_SCHEMA``) to the ``events`` history table."""
         with self._lock:
             self._con.register("_events", events)
             try:
-                self._con.execute("INSERT INTO alerts BY NAME SELECT * FROM _events").fetchall()
+                self._con.execute("INSERT INTO events BY NAME SELECT * FROM _events").fetchall()
             finally:
                 self._con.unregister("_events")
 

@@ -40,13 +40,12 @@ def post_json(url: str, payload, headers: dict[str, str] | None = None, timeout:
 
 def alerts_from_events(batch: pa.Table) -> list[Alert]:
     out = []
-    for row in batch.to_pylist():  # alert events are few: one per rule transition
-        if row["kind"] != "alert":
-            continue
+    for row in batch.to_pylist():  # events are few: one per transition
         out.append(Alert(fingerprint=row["fingerprint"], state=row["state"], severity=row["severity"] or "",
                          name=row["name"] or "", summary=row["summary"] or "", labels=dict(row["labels"] or []),
                          started_ns=row["started_ns"] or row["time_ns"],
-                         ended_ns=row["time_ns"] if row["state"] == "resolved" else None))
+                         ended_ns=row["time_ns"] if row["state"] == "resolved" else None,
+                         kind=row["kind"]))
     return out
 
 

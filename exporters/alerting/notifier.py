@@ -41,7 +41,8 @@ class RoutingConfig(ConfigModel):
     group_wait: Duration = Field(default="30s", ge=0)
     group_interval: Duration = Field(default="5m", ge=0)
     repeat_interval: Duration = Field(default="4h", gt=0)
-    severities: list[str] = ["page", "ticket"]  # the alerts this channel takes
+    severities: list[str] = ["page", "ticket"]  # the events this channel takes: of these severities ...
+    kinds: list[str] = ["alert", "budget", "decision", "anomaly", "circuit", "incident"]  # ... and kinds
     send_resolved: bool = True
     max_attempts: int = Field(default=5, ge=1)
     timeout: Duration = Field(default="10s", gt=0)
@@ -57,6 +58,12 @@ class Alert:
     labels: dict[str, str]
     started_ns: int
     ended_ns: int | None = None
+    kind: str = "alert"
+
+    @property
+    def notice(self) -> str:
+        """What was notified of this alert: a change of any part (throttle -> kill, P3 -> P1) is news."""
+        return f"{self.state}|{self.severity}|{self.name}"
 
 
 @dataclass
@@ -77,11 +84,11 @@ class _Group:
     labels: dict[str, str]
     created: float
     alerts: dict[str, Alert] = field(default_factory=dict)
-    notified: dict[str, str] = field(default_factory=dict)  # fingerprint -> state last notified
+    notified: dict[str, str] = field(default_factory=dict)  # fingerprint -> notice last notified
     last_sent: float | None = None
 
     def changed(self) -> bool:
-        return any(self.notified.get(fp) != a.state for fp, a in self.alerts.items())
+        return any(self.notified.get(fp) != a.notice for fp, a in self.alerts.items())
 
 
 class Notifier:
@@ -101,17 +108,20 @@ class Notifier:
         now = self.clock()
         with self._lock:
             for alert in alerts:
-                if alert.severity not in cfg.severities:
+                if alert.kind not in cfg.kinds:
                     continue
                 labels = {k: alert.labels.get(k, "") for k in cfg.group_by}
                 key = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
                 group = self._groups.get(key)
-                if group is None:
-                    if alert.state == "resolved":
-                        continue  # resolving an alert this channel never saw
-                    group = self._groups[key] = _Group(labels, now)
-                if alert.state == "resolved" and alert.fingerprint not in group.alerts:
+                known = group is not None and alert.fingerprint in group.alerts
+                # A resolve reaches an alert this channel took whatever its severity (kill, then
+                # throttle, then allow); a firing one of another severity is not this channel's.
+                if alert.state == "resolved" and not known:
+                    continue  # resolving an alert this channel never saw
+                if alert.state != "resolved" and alert.severity not in cfg.severities:
                     continue
+                if group is None:
+                    group = self._groups[key] = _Group(labels, now)
                 group.alerts[alert.fingerprint] = alert
 
     def due(self, now: float, force: bool = False) -> list[tuple[str, Notification]]:
@@ -131,7 +141,7 @@ class Notifier:
                 if not ready:
                     continue
                 alerts = [a for a in g.alerts.values() if a.state == "firing" or
-                          (cfg.send_resolved and g.notified.get(a.fingerprint) == "firing")]
+                          (cfg.send_resolved and g.notified.get(a.fingerprint, "").startswith("firing|"))]
                 if alerts:
                     out.append((key, Notification(key, dict(g.labels), alerts)))
                 else:
@@ -142,7 +152,7 @@ class Notifier:
         g = self._groups[key]
         g.last_sent = now
         for fp, alert in list(g.alerts.items()):
-            g.notified[fp] = alert.state
+            g.notified[fp] = alert.notice
             if alert.state == "resolved":
                 del g.alerts[fp]
                 del g.notified[fp]

@@ -3,7 +3,9 @@
     POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
     GET  /v1/status  components and store
     GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
-    GET  /v1/decisions[/{agent_id}]   budget decisions (the cost processor): allow, throttle, kill
+    GET  /v1/decisions[/{agent_id}]   per-agent decisions (cost budgets, breakers): allow, throttle,
+                                      circuit_open, kill; from memory
+    GET  /v1/costs   spend per day, agent and model with utilisation, and every budget (cost processor)
 
 SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
 no access to files outside the store (see pipeline/store.py).
@@ -40,7 +42,7 @@ def _json_default(value: object) -> object:
 
 class AdminApi(Extension):
     config: AdminConfig
-    ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}")
+    ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs")
 
     def _start(self, host) -> None:
         self._host = host
@@ -50,6 +52,7 @@ class AdminApi(Extension):
         host.http.add_route(self.config.endpoint, "GET", "/v1/slos", self._slos)
         host.http.add_route(self.config.endpoint, "GET", "/v1/decisions", self._decisions)
         host.http.add_route(self.config.endpoint, "GET", "/v1/decisions/{agent_id}", self._decisions)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/costs", self._costs)
 
     def _store(self):
         found = self._host.find("exporters", id_=self.config.storage or None, type_="duckdb")
@@ -87,20 +90,37 @@ class AdminApi(Extension):
 
     async def _decisions(self, request: web.Request) -> web.Response:
         """From memory, on the event loop: no I/O, well under a millisecond."""
-        costs = [p for p in self._host.find("processors", type_="cost") if p.config.budgets]
-        if not costs:
-            return web.json_response({"error": "no cost processor with budgets"}, status=404)
+        board = self._host.decisions
+        if not board.configured:
+            return web.json_response({"error": "no decision sources configured (cost budgets or incidents "
+                                               "breakers)"}, status=404)
         agent = request.get(PATH_PARAM)
         if agent is not None:
-            return web.json_response(costs[0].decision(agent))
-        return web.json_response({"decisions": [d for c in costs for d in c.decisions()]})
+            return web.json_response(board.decide(agent))
+        return web.json_response({"decisions": board.all()})
+
+    async def _costs(self, request: web.Request) -> web.Response:
+        costs = self._host.find("processors", type_="cost")
+        if not costs:
+            return web.json_response({"error": "no cost processor configured"}, status=404)
+        try:
+            days = int(request.query.get("days", "7"))
+            if not 1 <= days <= 366:
+                raise ValueError("days must be 1 to 366")
+        except ValueError as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        loop = asyncio.get_running_loop()
+        answers = [await loop.run_in_executor(self._pool, c.costs, days) for c in costs]
+        return web.json_response({"summary": [r for a in answers for r in a["summary"]],
+                                  "budgets": [b for a in answers for b in a["budgets"]]})
 
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
         return web.json_response({"ready": self._host.ready, "components": comps})
 
     def describe(self) -> list[str]:
-        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos)"]
+        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
+                "GET /v1/decisions, GET /v1/costs, /v1/incidents)"]
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))

@@ -1,13 +1,22 @@
 """Cost budgets: the ledger, clock-free and atomic (used by the ``cost`` processor's ``budgets``).
 
-A budget has a scope (``agent_day``: each agent per day; ``org_month``: everything per month;
-``task``: each task), a limit in USD, utilisation steps that raise alerts (default 50/75/90 %),
-and the points where the decision for the agent becomes ``throttle`` (85 %) and ``kill`` (95 %).
-Periods follow the calendar of ``tz`` (UTC unless configured) and reset by the clock.
+A budget has a scope: who is charged, and over which calendar period.
+
+    agent_day  agent_month     each agent            org_day  org_month      everything together
+    model_day  model_month     each model            tenant_day  tenant_month  each tenant
+    task                       each task (trace), for as long as it runs
+
+a limit in USD, utilisation steps that raise alerts (default 50/75/90 %), and the points where
+the decision for an agent becomes ``throttle`` (85 %) and ``kill`` (95 %).  An agent's decision is
+the strictest over the budgets it spends from: its own, the org's, and those of the models and
+tenants it charged in their current period.  Periods follow the calendar of ``tz`` (UTC unless
+configured) and reset by the clock; ``expire`` reports the budgets whose period ended.
 
 ``try_charge`` checks and charges under one lock: a charge is refused once the agent's decision
 is ``kill``, so concurrent callers can overshoot the kill point by at most one charge.  The spend
-can be saved (``state``) and restored (``from_state``) so a restart keeps it.
+can be saved (``state``) and restored (``from_state``, or ``restore`` from the store's rollup) so a
+restart keeps it.  A throttle decision carries a suggested rate: the calls per minute that, at the
+period's average cost per call, reach the kill point only when the period resets.
 """
 
 from __future__ import annotations
@@ -18,12 +27,16 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 ACTIONS = ("allow", "throttle", "kill")
+SUBJECTS = ("agent", "org", "model", "tenant")
+SCOPES = tuple(f"{s}_{p}" for s in SUBJECTS for p in ("day", "month")) + ("task",)
+TASK_IDLE_S = 3600.0  # a task budget's account is forgotten this long after its last charge
+_EPS = 1e-9  # spend is a float sum: ten charges of 0.1 of a 1.0 budget reach 100 %, not 99.99999 %
 
 
 @dataclass(frozen=True)
 class BudgetSpec:
     name: str
-    scope: str  # agent_day | org_month | task
+    scope: str  # see SCOPES
     limit_usd: float
     alert_steps: tuple[float, ...] = (0.5, 0.75, 0.9)
     throttle_at: float = 0.85
@@ -31,34 +44,52 @@ class BudgetSpec:
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
-        if self.scope not in ("agent_day", "org_month", "task"):
-            raise ValueError(f"scope must be agent_day, org_month or task, got {self.scope!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         if self.limit_usd <= 0:
             raise ValueError("limit_usd must be positive")
         if not 0 < self.throttle_at <= self.kill_at:
             raise ValueError("need 0 < throttle_at <= kill_at")
 
+    @property
+    def subject_kind(self) -> str:
+        """agent | org | model | tenant | task"""
+        return self.scope.partition("_")[0]
+
     def period(self, now: float) -> tuple[str, float]:
         """(period label, when it ends as a Unix time) for the instant ``now``."""
-        local = datetime.fromtimestamp(now, ZoneInfo(self.tz))
-        if self.scope == "agent_day":
-            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.scope == "task":
+            return "task", float("inf")
+        start = self.period_start(now)
+        if self.scope.endswith("_day"):
             return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
-        if self.scope == "org_month":
-            start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            nxt = (start + timedelta(days=32)).replace(day=1)
-            return start.strftime("%Y-%m"), nxt.timestamp()
-        return "task", float("inf")
+        nxt = (start + timedelta(days=32)).replace(day=1)
+        return start.strftime("%Y-%m"), nxt.timestamp()
+
+    def period_start(self, now: float) -> datetime:
+        local = datetime.fromtimestamp(now, ZoneInfo(self.tz))
+        day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return day if self.scope.endswith("_day") else day.replace(day=1)
 
 
 @dataclass(frozen=True)
 class BudgetEvent:
-    kind: str  # "alert" (a utilisation step crossed) or "decision" (the action changed)
+    kind: str  # "alert" (a step crossed), "decision" (the agent's action changed), "reset" (period ended)
     budget: str
-    subject: str  # agent id, task id, or "org"
+    subject: str  # agent id, task id, model, tenant, or "org"
     period: str
     utilisation: float
-    detail: str  # the step ("0.75") or the new action
+    detail: str  # the step ("0.75"), the new action, or the period that ended
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    action: str
+    reason: str = ""
+    until: float | None = None
+    budget: str = ""
+    utilisation: float = 0.0
+    suggested_rate_per_min: float | None = None  # for throttle: see the module docstring
 
 
 @dataclass
@@ -66,21 +97,35 @@ class _Account:
     period: str
     ends: float
     spent: float = 0.0
+    calls: int = 0
     steps_crossed: set[float] = field(default_factory=set)
+    last_charge: float = 0.0
 
 
 class BudgetLedger:
     def __init__(self, specs: list[BudgetSpec]):
         self.specs = specs
         self._accounts: dict[tuple[str, str], _Account] = {}
+        # agent -> {(subject kind, subject): last charge}: which model/tenant budgets bind the agent
+        self._uses: dict[str, dict[tuple[str, str], float]] = {}
         self._lock = threading.Lock()
 
-    def _subject(self, spec: BudgetSpec, agent: str, task: str | None) -> str | None:
-        if spec.scope == "org_month":
-            return "org"
-        if spec.scope == "task":
-            return task
-        return agent
+    def _subjects(self, spec: BudgetSpec, agent: str, task: str | None, model: str | None,
+                  tenant: str | None) -> list[str]:
+        kind = spec.subject_kind
+        if kind == "org":
+            return ["org"]
+        value = {"agent": agent, "task": task, "model": model, "tenant": tenant}[kind]
+        return [value] if value else []
+
+    def _binding(self, spec: BudgetSpec, agent: str, task: str | None, now: float) -> list[str]:
+        """The subjects of ``spec`` whose decision applies to ``agent`` now."""
+        kind = spec.subject_kind
+        if kind in ("model", "tenant"):
+            label = spec.period(now)[0]
+            return [s for (k, s), at in self._uses.get(agent, {}).items()
+                    if k == kind and spec.period(at)[0] == label]
+        return self._subjects(spec, agent, task, None, None)
 
     def _account(self, spec: BudgetSpec, subject: str, now: float) -> _Account:
         label, ends = spec.period(now)
@@ -91,69 +136,128 @@ class BudgetLedger:
 
     def decision(self, agent: str, now: float, task: str | None = None) -> tuple[str, str, float | None]:
         """(action, reason, until) for the agent now: the strictest over its budgets."""
+        d = self.assess(agent, now, task)
+        return d.action, d.reason, d.until
+
+    def assess(self, agent: str, now: float, task: str | None = None) -> BudgetDecision:
         with self._lock:
             return self._decision(agent, task, now)
 
-    def _decision(self, agent: str, task: str | None, now: float) -> tuple[str, str, float | None]:
-        worst = ("allow", "", None)
+    def _decision(self, agent: str, task: str | None, now: float) -> BudgetDecision:
+        worst, worst_rank = BudgetDecision("allow"), (0, 0.0)
         for spec in self.specs:
-            subject = self._subject(spec, agent, task)
-            if subject is None:
-                continue
-            acc = self._account(spec, subject, now)
-            u = acc.spent / spec.limit_usd
-            action = "kill" if u >= spec.kill_at else "throttle" if u >= spec.throttle_at else "allow"
-            if ACTIONS.index(action) > ACTIONS.index(worst[0]):
-                worst = (action, f"budget {spec.name} ({spec.scope}) at {u:.0%} of ${spec.limit_usd:g}",
-                         acc.ends if acc.ends != float("inf") else None)
+            for subject in self._binding(spec, agent, task, now):
+                acc = self._account(spec, subject, now)
+                u = acc.spent / spec.limit_usd + _EPS
+                action = "kill" if u >= spec.kill_at else "throttle" if u >= spec.throttle_at else "allow"
+                rank = (ACTIONS.index(action), u)  # the strictest action; among equals, the fullest budget
+                if action == "allow" or rank <= worst_rank:
+                    continue
+                worst_rank = rank
+                whose = "" if spec.subject_kind in ("agent", "org", "task") else f" for {spec.subject_kind} {subject}"
+                worst = BudgetDecision(
+                    action, f"budget {spec.name} ({spec.scope}){whose} at {u:.0%} of ${spec.limit_usd:g}",
+                    acc.ends if acc.ends != float("inf") else None, spec.name, u,
+                    _suggested_rate(spec, acc, now) if action == "throttle" else None)
         return worst
 
-    def try_charge(self, agent: str, amount: float, now: float,
-                   task: str | None = None) -> tuple[bool, list[BudgetEvent]]:
+    def try_charge(self, agent: str, amount: float, now: float, task: str | None = None,
+                   model: str | None = None, tenant: str | None = None,
+                   calls: int = 1) -> tuple[bool, list[BudgetEvent]]:
         """Check and charge atomically: refused (False) while the agent's decision is kill."""
         if amount < 0:
             raise ValueError("a charge cannot be negative")
         with self._lock:
-            if self._decision(agent, task, now)[0] == "kill":
+            if self._decision(agent, task, now).action == "kill":
                 return False, []
-            return True, self._charge(agent, amount, now, task)
+            return True, self._charge(agent, amount, now, task, model, tenant, calls)
 
-    def charge(self, agent: str, amount: float, now: float, task: str | None = None) -> list[BudgetEvent]:
+    def charge(self, agent: str, amount: float, now: float, task: str | None = None,
+               model: str | None = None, tenant: str | None = None, calls: int = 1) -> list[BudgetEvent]:
         """Record money already spent (what spans report): never refused."""
         with self._lock:
-            return self._charge(agent, amount, now, task)
+            return self._charge(agent, amount, now, task, model, tenant, calls)
 
-    def restore(self, budget: str, subject: str, spent: float, now: float) -> None:
-        """Set a period's spend from the store (at start), marking the steps it passed as alerted."""
+    def restore(self, budget: str, subject: str, spent: float, now: float, calls: int = 0,
+                agents: list[str] | tuple[str, ...] = ()) -> None:
+        """Set a period's spend from the store (at start), marking the steps it passed as alerted;
+        ``agents``: those that charged this (model or tenant) subject in the period."""
         with self._lock:
             spec = next(s for s in self.specs if s.name == budget)
             acc = self._account(spec, subject, now)
-            acc.spent = spent
-            acc.steps_crossed = {st for st in spec.alert_steps if spent / spec.limit_usd >= st}
+            acc.spent, acc.calls, acc.last_charge = spent, calls, now
+            acc.steps_crossed = {st for st in spec.alert_steps if spent / spec.limit_usd + _EPS >= st}
+            for agent in agents:
+                self._uses.setdefault(agent, {})[(spec.subject_kind, subject)] = now
 
-    def _charge(self, agent: str, amount: float, now: float, task: str | None) -> list[BudgetEvent]:
-        before = self._decision(agent, task, now)[0]
+    def _charge(self, agent: str, amount: float, now: float, task: str | None, model: str | None,
+                tenant: str | None, calls: int) -> list[BudgetEvent]:
+        before = self._decision(agent, task, now).action
+        uses = self._uses.setdefault(agent, {})
+        for kind, value in (("model", model), ("tenant", tenant)):
+            if value:
+                uses[(kind, value)] = now
         events = []
         for spec in self.specs:
-            subject = self._subject(spec, agent, task)
-            if subject is None:
-                continue
-            acc = self._account(spec, subject, now)
-            acc.spent += amount
-            u = acc.spent / spec.limit_usd
-            for step in spec.alert_steps:
-                if u >= step and step not in acc.steps_crossed:
-                    acc.steps_crossed.add(step)
-                    events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
-        after = self._decision(agent, task, now)[0]
+            for subject in self._subjects(spec, agent, task, model, tenant):
+                acc = self._account(spec, subject, now)
+                acc.spent += amount
+                acc.calls += calls
+                acc.last_charge = now
+                u = acc.spent / spec.limit_usd + _EPS
+                for step in spec.alert_steps:
+                    if u >= step and step not in acc.steps_crossed:
+                        acc.steps_crossed.add(step)
+                        events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
+        after = self._decision(agent, task, now).action
         if after != before:
             events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
+        return events
+
+    def expire(self, now: float) -> list[BudgetEvent]:
+        """Forget accounts whose period ended (and idle task accounts); a ``reset`` event for each
+        that had alerted, so its alert can resolve."""
+        events = []
+        with self._lock:
+            specs = {s.name: s for s in self.specs}
+            for key, acc in list(self._accounts.items()):
+                spec = specs[key[0]]
+                ended = acc.ends <= now if spec.scope != "task" else now - acc.last_charge >= TASK_IDLE_S
+                if not ended:
+                    continue
+                del self._accounts[key]
+                if acc.steps_crossed:
+                    events.append(BudgetEvent("reset", spec.name, key[1], acc.period,
+                                              acc.spent / spec.limit_usd, acc.period))
+            horizon = now - 32 * 86400  # no period is longer than a month
+            for agent, uses in list(self._uses.items()):
+                for k, at in list(uses.items()):
+                    if at < horizon:
+                        del uses[k]
+                if not uses:
+                    del self._uses[agent]
         return events
 
     def spent(self, budget: str, subject: str, now: float) -> float:
         with self._lock:
             spec = next(s for s in self.specs if s.name == budget)
             return self._account(spec, subject, now).spent
+
+    def accounts(self, now: float) -> list[dict]:
+        """Every account of the current periods, with its utilisation (for /v1/costs)."""
+        with self._lock:
+            specs = {s.name: s for s in self.specs}
+            out = []
+            for (name, subject), acc in sorted(self._accounts.items()):
+                spec = specs[name]
+                if spec.scope != "task" and acc.period != spec.period(now)[0]:
+                    continue
+                u = acc.spent / spec.limit_usd
+                out.append({"budget": name, "scope": spec.scope, "subject": subject, "period": acc.period,
+                            "spent_usd": round(acc.spent, 9), "limit_usd": spec.limit_usd,
+                            "utilisation": round(u, 6), "calls": acc.calls,
+                            "resets_at": acc.ends if acc.ends != float("inf") else None})
+            return out
 
     # --- persistence: what a restart needs ---------------------------------------------
 
@@ -166,8 +270,17 @@ class BudgetLedger:
     def from_state(cls, specs: list[BudgetSpec], rows) -> BudgetLedger:
         ledger = cls(specs)
         for name, subject, period, ends, spent, steps in rows:
-            ledger._accounts[(name, subject)] = _Account(period, ends, spent, set(steps))
+            ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, set(steps))
         return ledger
+
+
+def _suggested_rate(spec: BudgetSpec, acc: _Account, now: float) -> float | None:
+    """Calls per minute that reach the kill point only at the reset (None: no average or no reset)."""
+    if acc.calls <= 0 or acc.spent <= 0 or acc.ends == float("inf"):
+        return None
+    minutes_left = max((acc.ends - now) / 60.0, 1.0)
+    headroom = max(spec.kill_at * spec.limit_usd - acc.spent, 0.0)
+    return round(headroom / (acc.spent / acc.calls) / minutes_left, 6)
 
 
 def utc(*args) -> float:

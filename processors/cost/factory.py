@@ -28,7 +28,10 @@ from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel
-from agent_sre.processors.cost.budget import BudgetLedger, BudgetSpec
+from agent_sre.pipeline.decisions import ALLOW, Decision
+from agent_sre.pipeline.events import event
+from agent_sre.processors.cost.budget import SCOPES, BudgetEvent, BudgetLedger, BudgetSpec
+from agent_sre.processors.cost.summary import cost_summary
 
 
 class PriceOverride(ConfigModel):
@@ -39,7 +42,7 @@ class PriceOverride(ConfigModel):
 
 class BudgetConfig(ConfigModel):
     name: str
-    scope: Literal["agent_day", "org_month", "task"]
+    scope: Literal[SCOPES]  # type: ignore[valid-type]
     limit_usd: float = Field(gt=0)
     alert_steps: list[float] = [0.5, 0.75, 0.9]
     throttle_at: float = Field(default=0.85, gt=0)
@@ -154,13 +157,22 @@ class CostProcessor(Processor):
         self.clock = time.time  # tests move time
         self.ledger = BudgetLedger([b.spec() for b in config.budgets])
         self._agents: set[str] = set()
+        self._store = None
+        self._host = None
 
     def _start(self, host) -> None:
+        self._host = host
         if not self.config.budgets:
             return
-        store = host.span_store("", str(self.id))
-        self._rebuild(store)
-        store.on_charges(self._charged)
+        self._store = host.span_store("", str(self.id))
+        self._rebuild(self._store)
+        self._store.on_charges(self._charged)
+        host.decisions.register(str(self.id), self)
+
+    def _shutdown(self) -> None:
+        if self._store is not None:
+            self._store.remove_callback(self._charged)
+            self._store = None
 
     def _rebuild(self, store) -> None:
         """This period's spend from the store's cost rollup: a restart keeps it (task budgets start afresh)."""
@@ -168,41 +180,90 @@ class CostProcessor(Processor):
         for spec in self.ledger.specs:
             if spec.scope == "task":
                 continue
-            _, ends = spec.period(now)
-            start_minute = int(_period_start(spec, now) // 60)
-            group = "agent_id" if spec.scope == "agent_day" else "'org'"
-            for subject, spent in store.read(f"SELECT {group}, sum(cost_usd) FROM cost_minutes WHERE minute >= ? "
-                                             "GROUP BY ALL", [start_minute]):
-                self.ledger.restore(spec.name, subject, spent, now)
-                if spec.scope == "agent_day":
-                    self._agents.add(subject)
+            start_minute = int(spec.period_start(now).timestamp() // 60)
+            subject = {"agent": "agent_id", "org": "'org'", "model": "model", "tenant": "tenant"}[spec.subject_kind]
+            for who, spent, calls, agents in store.read(
+                    f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
+                    "WHERE minute >= ? GROUP BY ALL", [start_minute]):
+                if not who:
+                    continue  # spans without a model or tenant charge no such budget
+                self.ledger.restore(spec.name, who, spent, now, calls,
+                                    agents if spec.subject_kind in ("model", "tenant") else ())
+                self._agents.update(agents)
 
-    def _charged(self, charges: list[tuple[str, str, float]]) -> None:
+    def _charged(self, charges: list[tuple[str, str, str, str, float, int]]) -> None:
         now = self.clock()
-        for agent, trace, usd in charges:
-            self._agents.add(agent)
-            for event in self.ledger.charge(agent, usd, now, task=trace):
-                self.logger.warning("budget %s: %s %s for %s (%s, %.0f%%)", event.budget, event.kind, event.detail,
-                                    event.subject, event.period, 100 * event.utilisation)
+        events: list[BudgetEvent] = []
+        agents = set()
+        for agent, trace, model, tenant, usd, calls in charges:
+            agents.add(agent)
+            events += self.ledger.charge(agent, usd, now, task=trace, model=model or None, tenant=tenant or None,
+                                         calls=calls)
+        self._agents |= agents
+        self._publish(events, now)
+        if self._host is not None:
+            self._host.decisions.check(agents)  # a charge that throttles or kills is announced now
 
-    def decision(self, agent: str) -> dict:
-        action, reason, until = self.ledger.decision(agent, self.clock())
-        return {"agent_id": agent, "action": action, "reason": reason, "until": until}
+    def _publish(self, events: list[BudgetEvent], now: float) -> None:
+        rows = []
+        specs = {s.name: s for s in self.ledger.specs}
+        for ev in events:
+            if ev.kind == "decision":
+                continue  # the decisions board announces decisions (with the breakers' say)
+            spec = specs[ev.budget]
+            if ev.kind == "alert":
+                self.logger.warning("budget %s: %s%s at %.0f%% of $%g (period %s)", ev.budget,
+                                    spec.subject_kind, "" if ev.subject == "org" else f" {ev.subject}",
+                                    100 * ev.utilisation, spec.limit_usd, ev.period)
+            rows.append(budget_event(spec, ev, int(now * 1e9)))
+        if rows and self._host is not None:
+            self._host.events.publish(rows)
 
-    def decisions(self) -> list[dict]:
-        return [self.decision(a) for a in sorted(self._agents)]
+    def tick(self) -> None:
+        """Called every second by the decisions board: periods that ended resolve their budget alerts."""
+        now = self.clock()
+        self._publish(self.ledger.expire(now), now)
+
+    def decision(self, agent: str) -> Decision:
+        d = self.ledger.assess(agent, self.clock())
+        if d.action == "allow":
+            return ALLOW
+        details = {"budget": d.budget, "utilisation": round(d.utilisation, 6)}
+        if d.suggested_rate_per_min is not None:
+            details["suggested_rate_per_min"] = d.suggested_rate_per_min
+        return Decision(d.action, d.reason, d.until, details)
+
+    def agents(self) -> set[str]:
+        return set(self._agents)
+
+    def costs(self, days: int = 7) -> dict:
+        """What /v1/costs answers: spend per day, agent and model with utilisation, and every budget."""
+        now = self.clock()
+        rows = cost_summary(self._store.read, self.ledger.specs, now, days) if self._store is not None else []
+        return {"summary": rows, "budgets": self.ledger.accounts(now)}
 
     def process(self, batch: pa.Table) -> pa.Table:
         return priced(batch, self.pricer)
 
 
-def _period_start(spec: BudgetSpec, now: float) -> float:
-    from datetime import datetime
-
-    local = datetime.fromtimestamp(now, ZoneInfo(spec.tz))
-    if spec.scope == "agent_day":
-        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+def budget_event(spec: BudgetSpec, ev: BudgetEvent, now_ns: int) -> dict:
+    """A ``budget`` event: a step crossed (firing; ``page`` once at the kill point) or the period's reset."""
+    labels = {"budget": spec.name, "scope": spec.scope, "subject": ev.subject, "period": ev.period,
+              "utilisation": f"{ev.utilisation:.4f}", "limit_usd": f"{spec.limit_usd:g}"}
+    if spec.subject_kind == "agent":
+        labels["agent_id"] = ev.subject
+    identity = {"budget": spec.name, "subject": ev.subject, "period": ev.period}
+    who = f"{spec.subject_kind} {ev.subject}" if spec.subject_kind != "org" else "the org"
+    if ev.kind == "reset":
+        return event("budget", "resolved", "ticket", f"{spec.name} reset", labels,
+                     f"budget {spec.name} ({spec.scope}) of {who}: period {ev.period} ended at "
+                     f"{ev.utilisation:.0%} of ${spec.limit_usd:g}", identity, now_ns)
+    labels["step"] = ev.detail
+    severity = "page" if ev.utilisation >= spec.kill_at else "ticket"
+    return event("budget", "firing", severity, f"{spec.name} {float(ev.detail):.0%}", labels,
+                 f"budget {spec.name} ({spec.scope}) of {who} at {ev.utilisation:.0%} of ${spec.limit_usd:g} "
+                 f"(crossed {float(ev.detail):.0%}; throttle at {spec.throttle_at:.0%}, kill at {spec.kill_at:.0%})",
+                 identity, now_ns)
 
 
 factory = Factory(

@@ -4,8 +4,9 @@ Every ``interval`` (and on demand, for ``/v1/slos`` and ``agent-sre slo status``
 each objective is evaluated per agent from the per-minute rollups in
 ``sli_minutes``: the SLI value and error budget over the objective's window, the
 burn rate over every window its alert rules use, the rules firing, and a status
-(healthy / warning / critical / exhausted).  Alerts fire and resolve once each
-and are logged; routing them to channels is not built yet (issue #3).
+(healthy / warning / critical / exhausted).  Alerts fire and resolve once each;
+they are logged and published as ``alert`` events (kept in the store's ``events``
+table, routed by an events pipeline from the ``alerts`` receiver).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.events import alert_events
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 from agent_sre.processors.slo.openslo import load_openslo
@@ -153,12 +153,14 @@ class SloProcessor(Processor):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._store = None
+        self._bus = None
         self.last_report: list[dict] = []
         self._subscribers: list[Callable[[list[dict]], None]] = []
         self._alert_started: dict[tuple[str, str, str, str], int] = {}
 
     def _start(self, host) -> None:
         self._store = host.span_store(self.config.storage, str(self.id))
+        self._bus = host.events
         self._restore_firing()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
@@ -209,8 +211,8 @@ class SloProcessor(Processor):
                                         transitions)
             report = self.last_report
             alerts = [self._alert(obj, subject, ev, int(now * 1e9)) for obj, subject, ev in transitions]
-            if alerts:
-                store.record_events(alert_events(alerts))  # the history, and what a restart resumes from
+            if alerts and self._bus is not None:  # under the lock: published in the order they happened
+                self._bus.publish(alerts)  # into the events history (what a restart resumes from), then routed
         for callback in self._subscribers:
             if alerts:
                 callback(alerts)

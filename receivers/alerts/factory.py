@@ -1,40 +1,53 @@
-"""alerts: the alerts the pipeline's `slo` processors raise, as events for an `events` pipeline.
+"""alerts: the events the pipeline's processors derive, for an `events` pipeline.
 
-Each firing or resolved transition becomes one row in ``EVENT_SCHEMA``; the
-events pipeline then routes them to channel exporters (webhook, Slack,
-PagerDuty, Opsgenie, Teams, Alertmanager), which group, deduplicate and retry.
+Every event published on the pipeline's event bus (``alert`` from ``slo``, ``budget``
+from ``cost``, ``decision`` from the decisions board, ``anomaly``, ``circuit`` and
+``incident`` from ``anomaly`` and ``incidents``; see pipeline/events.py) whose kind is in
+``kinds`` becomes one row in ``EVENT_SCHEMA``; the events pipeline then routes them to
+channel exporters (webhook, Slack, PagerDuty, Opsgenie, Teams, Alertmanager), which
+group, deduplicate and retry.
 """
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from agent_sre.pipeline.component import Factory, Kind, Receiver
 from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.events import alert_events
+from agent_sre.pipeline.events import EVENT_KINDS, alert_events
 
 
 class AlertsReceiverConfig(ConfigModel):
-    pass
+    kinds: list[str] = list(EVENT_KINDS)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in EVENT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown event kinds {unknown} (valid values: [{', '.join(EVENT_KINDS)}])")
+        return v
 
 
 class AlertsReceiver(Receiver):
     config: AlertsReceiverConfig
 
     def _start(self, host) -> None:
-        sources = host.find("processors", type_="slo")
-        if not sources:
-            raise ValueError(f"{self.id}: no slo processor in any pipeline raises alerts")
-        for proc in sources:
-            proc.subscribe(self._on_alerts)
+        self._bus = host.events
+        self._bus.subscribe(self._on_events, self.config.kinds)
 
-    def _on_alerts(self, rows: list[dict]) -> None:
+    def _shutdown(self) -> None:
+        self._bus.unsubscribe(self._on_events)
+
+    def _on_events(self, rows: list[dict]) -> None:
         if rows:
             try:
                 self.next.consume(alert_events(rows))
-            except Exception:  # noqa: BLE001 - a failing channel must not stop SLO evaluation
-                self.logger.exception("alerts could not be handed to the events pipeline")
+            except Exception:  # noqa: BLE001 - a failing channel must not stop what publishes
+                self.logger.exception("events could not be handed to the events pipeline")
 
     def describe(self) -> list[str]:
-        return ["alerts from the slo processors, as events"]
+        return [f"events ({', '.join(self.config.kinds)}) from the pipeline's processors"]
 
 
 factory = Factory(
@@ -43,5 +56,5 @@ factory = Factory(
     config_model=AlertsReceiverConfig,
     create=AlertsReceiver,
     signals=("events",),
-    description="The alerts the slo processors raise, as events for an events pipeline.",
+    description="Events the processors derive (alerts, budgets, decisions, anomalies, incidents) for an events pipeline.",
 )

@@ -67,7 +67,7 @@ def test_concurrent_charges_never_overshoot_the_kill_point_by_more_than_one_char
     for t in threads:
         t.join()
     spent = ledger.spent("agent-daily", "a1", NOON)
-    assert 9.5 <= spent <= 9.5 + charge + 1e-9
+    assert 9.5 - 1e-6 <= spent <= 9.5 + charge + 1e-9
 
 
 def test_task_budgets_are_per_task_and_bad_specs_are_refused():
@@ -79,3 +79,40 @@ def test_task_budgets_are_per_task_and_bad_specs_are_refused():
         BudgetSpec("x", "agent_week", 1.0)
     with pytest.raises(ValueError, match="throttle_at <= kill_at"):
         BudgetSpec("x", "agent_day", 1.0, throttle_at=0.99, kill_at=0.9)
+
+
+def test_a_throttle_suggests_the_rate_that_reaches_the_kill_point_at_the_reset():
+    ledger = BudgetLedger([DAY])
+    ledger.charge("a1", 8.6, NOON, calls=43)  # 86 %: throttled; 0.20 USD per call on average
+    d = ledger.assess("a1", NOON)
+    # 9.50 - 8.60 = 0.90 USD left before the kill point = 4.5 calls, over the 720 minutes to midnight
+    assert (d.action, d.budget, d.suggested_rate_per_min) == ("throttle", "agent-daily", pytest.approx(4.5 / 720))
+    assert ledger.assess("a1", NOON).until == utc(2026, 11, 26)
+
+
+def test_model_and_tenant_budgets_bind_the_agents_that_spent_from_them():
+    ledger = BudgetLedger([BudgetSpec("gpt4o", "model_day", 5.0), BudgetSpec("acme", "tenant_month", 100.0)])
+    ledger.charge("a1", 4.5, NOON, model="gpt-4o", tenant="acme")  # 90 % of the model's day
+    ledger.charge("a2", 0.2, NOON, model="gpt-4o-mini", tenant="acme")
+    assert ledger.decision("a1", NOON) == ("throttle", "budget gpt4o (model_day) for model gpt-4o at 90% of $5",
+                                           utc(2026, 11, 26))
+    assert ledger.decision("a2", NOON)[0] == "allow"  # a different model
+    ledger.charge("a2", 0.5, NOON, model="gpt-4o")  # now a2 spends from gpt-4o too: 100 %
+    assert ledger.decision("a2", NOON)[0] == "kill" and ledger.decision("a1", NOON)[0] == "kill"
+    assert ledger.spent("acme", "acme", NOON) == pytest.approx(4.7)
+    assert ledger.decision("a1", utc(2026, 11, 26, 0, 0, 1))[0] == "allow"  # the model's day reset
+
+
+def test_expire_reports_the_periods_that_ended_after_alerting_and_forgets_them():
+    ledger = BudgetLedger([DAY, BudgetSpec("t", "task", 1.0)])
+    late = utc(2026, 11, 25, 23, 30)
+    ledger.charge("a1", 6.0, late, task="t1")  # 60 % of the day: alerted at 50 %; 6x the task budget
+    ledger.charge("a2", 1.0, late)  # 10 %: never alerted
+    assert ledger.expire(late + 60) == []  # nothing ended yet
+    ended = ledger.expire(utc(2026, 11, 26, 0, 0, 1))
+    assert [(e.kind, e.budget, e.subject, e.detail) for e in ended] == [("reset", "agent-daily", "a1", "2026-11-25")]
+    assert ledger.accounts(utc(2026, 11, 26, 0, 0, 1)) == [
+        {"budget": "t", "scope": "task", "subject": "t1", "period": "task", "spent_usd": 6.0, "limit_usd": 1.0,
+         "utilisation": 6.0, "calls": 1, "resets_at": None}]  # a task budget outlives the day, until idle an hour
+    assert [(e.budget, e.subject) for e in ledger.expire(late + 3600)] == [("t", "t1")]
+    assert ledger.accounts(late + 3600) == []

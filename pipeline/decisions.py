@@ -1,0 +1,158 @@
+"""Decisions: what each agent should do now, from every component that has a say.
+
+    cost budgets      allow | throttle (with a suggested rate) | kill
+    incidents breakers  allow | circuit_open
+
+A provider answers ``decision(agent) -> Decision`` from memory and lists the agents it
+knows (``agents()``); it may have ``tick()``, called every second, for what changes by the
+clock (a budget period ends, a breaker's recovery timeout passes).  The board answers the
+strictest decision over its providers (kill > circuit_open > throttle > allow), with every
+provider's reason, and publishes an event whenever an agent's action changes: ``decision``
+events are ``firing`` while the agent is not allowed, ``resolved`` when it is again.  The
+last decision of each agent is taken from the ``events`` history at start, so a restart does
+not announce again what was announced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent_sre.pipeline.events import EventBus, event
+
+log = logging.getLogger("agent_sre.decisions")
+
+ACTIONS = ("allow", "throttle", "circuit_open", "kill")  # in increasing strictness
+SEVERITY = {"throttle": "ticket", "circuit_open": "page", "kill": "page"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str = "allow"
+    reason: str = ""
+    until: float | None = None  # Unix time the action holds until (None: until something changes)
+    details: dict = field(default_factory=dict)  # e.g. suggested_rate_per_min, circuit state
+
+
+ALLOW = Decision()
+
+
+class DecisionProvider(Protocol):
+    def decision(self, agent: str) -> Decision: ...
+    def agents(self) -> Iterable[str]: ...
+
+
+class DecisionBoard:
+    def __init__(self, bus: EventBus, clock: Callable[[], float] = time.time):
+        self.bus = bus
+        self.clock = clock
+        self._providers: list[tuple[str, DecisionProvider]] = []
+        self._announced: dict[str, tuple[str, int]] = {}  # agent -> (action, since ns) last published
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._providers)
+
+    def register(self, source: str, provider: DecisionProvider) -> None:
+        self._providers.append((source, provider))
+
+    def decide(self, agent: str) -> dict:
+        """The agent's decision now: the strictest action, its reason and until, and every source's say."""
+        says = []
+        for source, provider in self._providers:
+            d = provider.decision(agent)
+            if d.action != "allow":
+                says.append((source, d))
+        if not says:
+            return {"agent_id": agent, "action": "allow", "reason": "", "until": None, "sources": []}
+        source, top = max(says, key=lambda s: ACTIONS.index(s[1].action))
+        return {"agent_id": agent, "action": top.action, "reason": top.reason, "until": top.until, **top.details,
+                "sources": [{"source": s, "action": d.action, "reason": d.reason, "until": d.until, **d.details}
+                            for s, d in says]}
+
+    def agents(self) -> list[str]:
+        return sorted({a for _, p in self._providers for a in p.agents()})
+
+    def all(self) -> list[dict]:
+        return [self.decide(a) for a in self.agents()]
+
+    def restore(self, read: Callable[[str, list], list[tuple]]) -> None:
+        """The last decision event of every agent, from the ``events`` history."""
+        rows = read("SELECT labels['agent_id'], arg_max(name, time_ns), arg_max(state, time_ns), "
+                    "arg_max(started_ns, time_ns) FROM events WHERE kind = 'decision' GROUP BY 1", [])
+        with self._lock:
+            for agent, action, state, started in rows:
+                if agent is not None and state == "firing":
+                    self._announced[agent] = (action, started)
+
+    def check(self, agents: Iterable[str] | None = None) -> list[dict]:
+        """Publish a decision event for every agent whose action changed since it was last announced."""
+        now_ns = int(self.clock() * 1e9)
+        out = []
+        with self._lock:  # one checker at a time: no change is announced twice
+            names = set(agents) if agents is not None else set(self.agents()) | set(self._announced)
+            for agent in sorted(names):
+                d = self.decide(agent)
+                action = d["action"]
+                last, since = self._announced.get(agent, ("allow", now_ns))
+                if action == last:
+                    continue
+                if action == "allow":
+                    del self._announced[agent]
+                    out.append(event("decision", "resolved", SEVERITY[last], "allow", _labels(d),
+                                     f"agent {agent} is allowed again (was {last})", identity={"agent_id": agent},
+                                     time_ns=now_ns, started_ns=since))
+                else:
+                    since = since if last != "allow" else now_ns
+                    self._announced[agent] = (action, since)
+                    out.append(event("decision", "firing", SEVERITY[action], action, _labels(d),
+                                     f"agent {agent}: {action} ({d['reason']})", identity={"agent_id": agent},
+                                     time_ns=now_ns, started_ns=since))
+        if out:
+            self.bus.publish(out)
+        return out
+
+    # --- the ticker: what changes by the clock ------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None or not self._providers:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="decisions-tick", daemon=True)
+        self._thread.start()
+
+    def tick(self) -> None:
+        for _, provider in self._providers:
+            tick = getattr(provider, "tick", None)
+            if tick is not None:
+                tick()
+        self.check()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - deciding must go on
+                log.exception("decision tick failed")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+def _labels(d: dict) -> dict[str, str]:
+    labels = {"agent_id": d["agent_id"], "action": d["action"], "reason": d["reason"]}
+    if d.get("until") is not None:
+        labels["until"] = f"{d['until']:.0f}"
+    if d.get("suggested_rate_per_min") is not None:
+        labels["suggested_rate_per_min"] = f"{d['suggested_rate_per_min']:g}"
+    return labels
