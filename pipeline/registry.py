@@ -21,6 +21,7 @@ BUILTIN = (
     "agent_sre.processors.agent_semconv.factory:factory",
     "agent_sre.processors.sli.factory:factory",
     "agent_sre.processors.cost.factory:factory",
+    "agent_sre.processors.anomaly.factory:factory",
     "agent_sre.processors.slo.factory:factory",
     "agent_sre.exporters.duckdb.factory:factory",
     "agent_sre.exporters.debug.factory:factory",

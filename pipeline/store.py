@@ -540,6 +540,20 @@ class SpanStore:
             finally:
                 self._con.unregister("_events")
 
+    def write(self, statements: list[tuple[str, list]]) -> None:
+        """Processors' own state tables (anomaly marks, incidents, breakers): the statements in one
+        transaction on the write connection.  Never spans: those go through ``append``."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                for sql, params in statements:
+                    con.execute(sql, params).fetchall()
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                con.execute("ROLLBACK").fetchall()
+                raise
+
     def read(self, sql: str, params: list | None = None) -> list[tuple]:
         """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""
         cursor = self._con.cursor()
