@@ -5,6 +5,10 @@
     agent-sre components                     list the component types
     agent-sre query "SQL" [--config FILE]    read-only SQL: through the running pipeline's API, or the file
     agent-sre export-parquet [--out DIR]     hourly Parquet files of the stored spans
+    agent-sre slo status|rules               SLOs per agent; Prometheus rules for them
+    agent-sre cost unknown-models|summary    unpriced models; spend per day, agent and model
+    agent-sre incidents list|show|ack|investigate|mitigate|resolve
+    agent-sre postmortem INCIDENT_ID         the incident's postmortem in Markdown
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -356,6 +361,125 @@ def _open_store(cfg: PipelineConfig, db: str | None):
         return None
 
 
+def _incidents_config(cfg: PipelineConfig):
+    return next((cc.settings for cc in cfg.processors.values() if cc.factory.type == "incidents"), None)
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    """incidents list|show|ack|investigate|mitigate|resolve: the running pipeline's API, or the file
+    for list and show (changing an incident needs the running pipeline: it holds the incident)."""
+    from agent_sre.processors.incidents.factory import incident_detail
+
+    cfg = _load(args.config)
+    endpoint = args.endpoint or _admin_endpoint(cfg)
+    action = args.incidents_command
+    if action in ("ack", "investigate", "mitigate", "resolve"):
+        if not endpoint:
+            print("agent-sre: the config has no admin extension to reach the pipeline", file=sys.stderr)
+            return EXIT_CONFIG
+        url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        try:
+            status, body = _post_json(f"{url}/v1/incidents/{args.id}/{action}", {"by": args.by, "why": args.why}, 60)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            print(f"agent-sre: no pipeline answers at {endpoint}; incidents change only in a running pipeline",
+                  file=sys.stderr)
+            return EXIT_RUNTIME
+        if status != 200:
+            print(f"agent-sre: {action} failed ({status}): {body.get('error', body)}", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(f"{body['id']}: {body['state']} ({body['priority']})")
+        return 0
+    path = f"/v1/incidents/{args.id}" if action == "show" else f"/v1/incidents?all={str(args.all).lower()}"
+    answer = _get_json(endpoint, path) if endpoint and not args.db else None
+    if answer is not None and answer[0] != 200:
+        print(f"agent-sre: {answer[1].get('error', answer[1])}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if answer is not None:
+        body = answer[1]
+    else:
+        con = _open_store(cfg, args.db)
+        if con is None:
+            return EXIT_RUNTIME
+        read = _reader(con)
+        try:
+            if action == "show":
+                body = incident_detail(read, args.id)
+                if body is None:
+                    print(f"agent-sre: no incident {args.id!r}", file=sys.stderr)
+                    return EXIT_RUNTIME
+            else:
+                where = "" if args.all else "WHERE state <> 'resolved'"
+                body = {"incidents": [dict(zip(("id", "agent_id", "title", "priority", "state", "opened_ns",
+                                                "resolved_ns", "signals"), r, strict=True)) for r in read(
+                    f"SELECT id, agent_id, title, priority, state, opened_ns, resolved_ns, signals FROM incidents "
+                    f"{where} ORDER BY opened_ns DESC", [])]}
+        finally:
+            con.close()
+    if args.format == "json":
+        print(json.dumps(body, indent=2))
+        return 0
+    if action == "show":
+        print(f"{body['id']} {body['priority']} {body['state']}: {body['title']}")
+        print(f"agent {body['agent_id'] or '(none)'}, opened {_utc(body['opened_ns'])}, "
+              f"resolved {_utc(body['resolved_ns'])}, {body['signals']} signals")
+        _print_result({"columns": ["time (UTC)", "entry", "what", "state", "priority", "who", "detail"], "rows": [
+            [_utc(e["time_ns"]), e["entry"], e["name"] or e["kind"] or "-", e["state"], e["priority"], e["who"] or "-",
+             e["why"] or e["summary"] or "-"] for e in body["log"]]}, "table")
+        return 0
+    _print_result({"columns": ["id", "priority", "state", "agent", "opened (UTC)", "signals", "title"], "rows": [
+        [i["id"], i["priority"], i["state"], i["agent_id"] or "-", _utc(i["opened_ns"]), i["signals"], i["title"]]
+        for i in body["incidents"]]}, args.format)
+    return 0
+
+
+def cmd_postmortem(args: argparse.Namespace) -> int:
+    """The incident's postmortem in Markdown: from the running pipeline, or from the file."""
+    from agent_sre.processors.incidents.postmortem import postmortem_markdown
+
+    cfg = _load(args.config)
+    endpoint = args.endpoint or _admin_endpoint(cfg)
+    text = None
+    if endpoint and not args.db:
+        url = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        try:
+            with urllib.request.urlopen(f"{url}/v1/incidents/{args.id}/postmortem", timeout=60) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            print(f"agent-sre: postmortem failed ({exc.code}): {exc.read().decode()}", file=sys.stderr)
+            return EXIT_RUNTIME
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            text = None  # no pipeline running: build it from the file
+    if text is None:
+        con = _open_store(cfg, args.db)
+        if con is None:
+            return EXIT_RUNTIME
+        inc = _incidents_config(cfg)
+        lookback = int((inc.correlation_window if inc is not None else 300) * 1e9)
+        try:
+            text = postmortem_markdown(_reader(con), args.id, _budget_specs(cfg), lookback)
+        finally:
+            con.close()
+        if text is None:
+            print(f"agent-sre: no incident {args.id!r}", file=sys.stderr)
+            return EXIT_RUNTIME
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote the postmortem of {args.id} to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _reader(con):
+    return lambda sql, params: con.execute(sql, params).fetchall()
+
+
+def _utc(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
+
+
 def cmd_export_parquet(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -434,6 +558,35 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--format", {"choices": ["table", "json", "csv"], "default": "table"})):
         cs.add_argument(flag, **kw)
     cs.set_defaults(fn=cmd_cost_summary)
+    common = (("--config", {"help": "pipeline YAML (default: the embedded default)"}),
+              ("--endpoint", {"help": "admin API of a running pipeline (default: from the config)"}))
+    inc = sub.add_parser("incidents", help="incidents: list, show, and move them through their lifecycle")
+    inc_sub = inc.add_subparsers(dest="incidents_command", required=True)
+    for name, help_ in (("list", "incidents, newest first (open ones; --all for every one)"),
+                        ("show", "one incident with its log"), ("ack", "acknowledge an incident"),
+                        ("investigate", "mark an incident as being investigated"),
+                        ("mitigate", "mark an incident as mitigated"), ("resolve", "resolve an incident")):
+        cmd = inc_sub.add_parser(name, help=help_)
+        for flag, kw in common:
+            cmd.add_argument(flag, **kw)
+        if name == "list":
+            cmd.add_argument("--all", action="store_true", help="resolved incidents too")
+        else:
+            cmd.add_argument("id")
+        if name in ("ack", "investigate", "mitigate", "resolve"):
+            cmd.add_argument("--by", default=os.environ.get("USER", "") or "unknown", help="who (default: $USER)")
+            cmd.add_argument("--why", default="", help="why, for the log and the postmortem")
+        else:
+            cmd.add_argument("--db", help="a DuckDB store to read when no pipeline runs")
+            cmd.add_argument("--format", choices=["table", "json", "csv"], default="table")
+        cmd.set_defaults(fn=cmd_incidents, all=getattr(cmd, "all", False))
+    pm = sub.add_parser("postmortem", help="write an incident's postmortem in Markdown, built from the store")
+    pm.add_argument("id")
+    for flag, kw in common:
+        pm.add_argument(flag, **kw)
+    pm.add_argument("--db", help="a DuckDB store to read when no pipeline runs")
+    pm.add_argument("--out", help="write to this file (default: standard output)")
+    pm.set_defaults(fn=cmd_postmortem)
     e = sub.add_parser("export-parquet", help="write stored spans as hourly Parquet files (pipeline stopped)")
     e.add_argument("--config")
     e.add_argument("--db")

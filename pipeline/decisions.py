@@ -3,7 +3,8 @@
     cost budgets      allow | throttle (with a suggested rate) | kill
     incidents breakers  allow | circuit_open
 
-A provider answers ``decision(agent) -> Decision`` from memory and lists the agents it
+A provider answers ``decision(agent, tool=None) -> Decision`` from memory (``tool``: the call
+about to be made, for per-tool breakers) and lists the agents it
 knows (``agents()``); it may have ``tick()``, called every second, for what changes by the
 clock (a budget period ends, a breaker's recovery timeout passes).  The board answers the
 strictest decision over its providers (kill > circuit_open > throttle > allow), with every
@@ -42,7 +43,7 @@ ALLOW = Decision()
 
 
 class DecisionProvider(Protocol):
-    def decision(self, agent: str) -> Decision: ...
+    def decision(self, agent: str, tool: str | None = None) -> Decision: ...
     def agents(self) -> Iterable[str]: ...
 
 
@@ -63,15 +64,17 @@ class DecisionBoard:
     def register(self, source: str, provider: DecisionProvider) -> None:
         self._providers.append((source, provider))
 
-    def decide(self, agent: str) -> dict:
+    def decide(self, agent: str, tool: str | None = None) -> dict:
         """The agent's decision now: the strictest action, its reason and until, and every source's say."""
         says = []
+        details: dict = {}
         for source, provider in self._providers:
-            d = provider.decision(agent)
+            d = provider.decision(agent, tool)
+            details.update(d.details if d.action == "allow" else {})
             if d.action != "allow":
                 says.append((source, d))
         if not says:
-            return {"agent_id": agent, "action": "allow", "reason": "", "until": None, "sources": []}
+            return {"agent_id": agent, "action": "allow", "reason": "", "until": None, **details, "sources": []}
         source, top = max(says, key=lambda s: ACTIONS.index(s[1].action))
         return {"agent_id": agent, "action": top.action, "reason": top.reason, "until": top.until, **top.details,
                 "sources": [{"source": s, "action": d.action, "reason": d.reason, "until": d.until, **d.details}

@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PATH_PARAM = web.RequestKey("path_param", str)  # the last segment of a /prefix/{name} route
+PATH_PARAM = web.RequestKey("path_param", str)  # the last {parameter} of a templated route
+PATH_PARAMS = web.RequestKey("path_params", dict)  # every {parameter} of a templated route, by name
 MethodNotAllowed = Callable[[web.Request, str], web.StreamResponse]
 """Builds a path's 405 answer from the request and the ``Allow`` value; the router sets ``Allow`` itself."""
 
@@ -65,24 +66,34 @@ class Endpoint:
         self.not_allowed: dict[str, MethodNotAllowed] = {}
         self.runner: web.AppRunner | None = None
 
-    def _match(self, path: str) -> tuple[str, dict[str, Handler]] | None:
-        """The route for ``path``: exact, else a template ``/prefix/{name}`` matching one more segment."""
+    def _match(self, path: str) -> tuple[str, dict[str, Handler], dict[str, str]] | None:
+        """The route for ``path``: exact, else a template (``/v1/incidents/{id}/{action}``) whose
+        ``{name}`` segments each match one non-empty segment."""
         if path in self.routes:
-            return path, self.routes[path]
-        prefix, _, last = path.rpartition("/")
-        if last:
-            for route, methods in self.routes.items():
-                if route.endswith("}") and route.rpartition("/")[0] == prefix and "{" in route.rpartition("/")[2]:
-                    return route, methods
+            return path, self.routes[path], {}
+        segments = path.split("/")
+        for route, methods in self.routes.items():
+            parts = route.split("/")
+            if "{" not in route or len(parts) != len(segments):
+                continue
+            params = {}
+            for part, seg in zip(parts, segments, strict=True):
+                if part.startswith("{") and part.endswith("}") and seg:
+                    params[part[1:-1]] = seg
+                elif part != seg:
+                    break
+            else:
+                return route, methods, params
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         found = self._match(request.path)
         if found is None:
             return web.json_response({"error": f"no route for {request.path}"}, status=404)
-        route, methods = found
-        if route != request.path:  # a template: hand its parameter to the handler
-            request[PATH_PARAM] = request.path.rpartition("/")[2]
+        route, methods, params = found
+        if params:  # a template: hand its parameters to the handler
+            request[PATH_PARAMS] = params
+            request[PATH_PARAM] = list(params.values())[-1]
         handler = methods.get(request.method)
         if handler is None:
             allow = ", ".join(sorted(methods))

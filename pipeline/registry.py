@@ -22,6 +22,7 @@ BUILTIN = (
     "agent_sre.processors.sli.factory:factory",
     "agent_sre.processors.cost.factory:factory",
     "agent_sre.processors.anomaly.factory:factory",
+    "agent_sre.processors.incidents.factory:factory",
     "agent_sre.processors.slo.factory:factory",
     "agent_sre.exporters.duckdb.factory:factory",
     "agent_sre.exporters.debug.factory:factory",

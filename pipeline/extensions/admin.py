@@ -6,6 +6,10 @@
     GET  /v1/decisions[/{agent_id}]   per-agent decisions (cost budgets, breakers): allow, throttle,
                                       circuit_open, kill; from memory
     GET  /v1/costs   spend per day, agent and model with utilisation, and every budget (cost processor)
+    GET  /v1/incidents[?all=true]        incidents (open ones, or all), newest first
+    GET  /v1/incidents/{id}              one incident with its log
+    POST /v1/incidents/{id}/{action}     ack | investigate | mitigate | resolve, body {"by": ..., "why": ...}
+    GET  /v1/incidents/{id}/postmortem   the postmortem, Markdown
 
 SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
 no access to files outside the store (see pipeline/store.py).
@@ -22,7 +26,7 @@ from pydantic import Field
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
 from agent_sre.pipeline.config import ConfigModel, Duration, HostPort, parse_duration
-from agent_sre.pipeline.httpserver import PATH_PARAM, BodyTooLarge, read_body
+from agent_sre.pipeline.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, read_body
 from agent_sre.pipeline.store import QueryError
 
 
@@ -42,7 +46,8 @@ def _json_default(value: object) -> object:
 
 class AdminApi(Extension):
     config: AdminConfig
-    ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs")
+    ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs",
+              "/v1/incidents", "/v1/incidents/{id}", "/v1/incidents/{id}/{action}", "/v1/incidents/{id}/postmortem")
 
     def _start(self, host) -> None:
         self._host = host
@@ -53,6 +58,10 @@ class AdminApi(Extension):
         host.http.add_route(self.config.endpoint, "GET", "/v1/decisions", self._decisions)
         host.http.add_route(self.config.endpoint, "GET", "/v1/decisions/{agent_id}", self._decisions)
         host.http.add_route(self.config.endpoint, "GET", "/v1/costs", self._costs)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents", self._incidents)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents/{id}", self._incidents)
+        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents/{id}/postmortem", self._postmortem)
+        host.http.add_route(self.config.endpoint, "POST", "/v1/incidents/{id}/{action}", self._transition)
 
     def _store(self):
         found = self._host.find("exporters", id_=self.config.storage or None, type_="duckdb")
@@ -96,7 +105,7 @@ class AdminApi(Extension):
                                                "breakers)"}, status=404)
         agent = request.get(PATH_PARAM)
         if agent is not None:
-            return web.json_response(board.decide(agent))
+            return web.json_response(board.decide(agent, request.query.get("tool") or None))
         return web.json_response({"decisions": board.all()})
 
     async def _costs(self, request: web.Request) -> web.Response:
@@ -113,6 +122,64 @@ class AdminApi(Extension):
         answers = [await loop.run_in_executor(self._pool, c.costs, days) for c in costs]
         return web.json_response({"summary": [r for a in answers for r in a["summary"]],
                                   "budgets": [b for a in answers for b in a["budgets"]]})
+
+    def _incidents_processor(self):
+        found = self._host.find("processors", type_="incidents")
+        return found[0] if found else None
+
+    async def _incidents(self, request: web.Request) -> web.Response:
+        proc = self._incidents_processor()
+        if proc is None:
+            return web.json_response({"error": "no incidents processor configured"}, status=404)
+        loop = asyncio.get_running_loop()
+        params = request.get(PATH_PARAMS)
+        if params:
+            found = await loop.run_in_executor(self._pool, proc.show, params["id"])
+            if found is None:
+                return web.json_response({"error": f"no incident {params['id']!r}"}, status=404)
+            return web.json_response(found)
+        every = request.query.get("all", "false").lower() in ("1", "true", "yes")
+        return web.json_response({"incidents": await loop.run_in_executor(self._pool, proc.list, every)})
+
+    async def _transition(self, request: web.Request) -> web.Response:
+        from agent_sre.processors.incidents.correlate import TransitionError
+
+        proc = self._incidents_processor()
+        if proc is None:
+            return web.json_response({"error": "no incidents processor configured"}, status=404)
+        params = request[PATH_PARAMS]
+        if params["action"] == "postmortem":
+            return web.json_response({"error": "the postmortem is read with GET"}, status=405,
+                                     headers={"Allow": "GET"})
+        try:
+            body = json.loads(await read_body(request, 64 << 10) or b"{}")
+            if not isinstance(body, dict) or not isinstance(body.get("by", ""), str) \
+                    or not isinstance(body.get("why", ""), str):
+                raise ValueError('body must be a JSON object {"by": "<who>", "why": "<reason>"}')
+            if not body.get("by"):
+                raise ValueError('say who: {"by": "<who>"}')
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._pool, proc.transition, params["id"], params["action"],
+                                               body["by"], body.get("why", ""))
+        except TransitionError as exc:
+            return web.json_response({"error": str(exc)}, status=409 if "cannot become" in str(exc) else
+                                     404 if "no open incident" in str(exc) else 400)
+        except BodyTooLarge as exc:
+            return web.json_response({"error": str(exc)}, status=413)
+        except ValueError as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        return web.json_response(found)
+
+    async def _postmortem(self, request: web.Request) -> web.Response:
+        proc = self._incidents_processor()
+        if proc is None:
+            return web.json_response({"error": "no incidents processor configured"}, status=404)
+        incident = request[PATH_PARAMS]["id"]
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(self._pool, proc.postmortem, incident)
+        if text is None:
+            return web.json_response({"error": f"no incident {incident!r}"}, status=404)
+        return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}

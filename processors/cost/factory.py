@@ -224,7 +224,7 @@ class CostProcessor(Processor):
         now = self.clock()
         self._publish(self.ledger.expire(now), now)
 
-    def decision(self, agent: str) -> Decision:
+    def decision(self, agent: str, tool: str | None = None) -> Decision:
         d = self.ledger.assess(agent, self.clock())
         if d.action == "allow":
             return ALLOW

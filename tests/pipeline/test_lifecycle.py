@@ -53,9 +53,6 @@ def test_component_lifecycle(factory, tmp_path):
         if store is not None:
             store.start(host)
             host.components["exporters::duckdb"] = store
-        slo = _slo_processor(telemetry, tmp_path) if factory.type == "alerts" else None
-        if slo is not None:  # the alerts receiver listens to slo processors
-            host.components["processors::slo@traces"] = slo
         comp = create()
         comp.start(host)
         comp.start(host)  # idempotent
@@ -66,12 +63,7 @@ def test_component_lifecycle(factory, tmp_path):
         host.http.shutdown()
 
 
-NEEDS_STORE = ("sli", "slo")  # processors that keep their state in the duckdb exporter's store
-
-
-def _slo_processor(telemetry, tmp_path):
-    factory = registry.get(Kind.PROCESSOR, "slo")
-    return factory.create(Settings(parse_id("slo"), Kind.PROCESSOR, telemetry), _config(factory, tmp_path))
+NEEDS_STORE = ("sli", "slo", "anomaly", "incidents")  # processors that keep their state in the duckdb exporter's store
 
 
 def _duckdb_exporter(telemetry, tmp_path):
