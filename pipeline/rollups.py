@@ -166,7 +166,8 @@ ON CONFLICT (minute, agent_id) DO UPDATE SET spans = agent_minutes.spans + exclu
 
 # Spend per minute, agent, model and tenant, in every insert transaction: budgets are rebuilt from
 # it, so a restart keeps the spend and a spool replay counts it once.  The tenant is the `tenant.id`
-# resource attribute, else the span attribute of that name ('' when neither is set).
+# resource attribute ('' without one): a property of the deployment that sent the spans, so it is
+# read from the few resource attributes, not searched for among every span's attributes.
 COST_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS cost_minutes (minute BIGINT NOT NULL, agent_id VARCHAR NOT NULL, "
                     "model VARCHAR NOT NULL, tenant VARCHAR NOT NULL DEFAULT '', cost_usd DOUBLE NOT NULL, "
                     "spans BIGINT NOT NULL, PRIMARY KEY (minute, agent_id, model, tenant))")
@@ -177,13 +178,16 @@ COST_MINUTES_MIGRATION = (
     "INSERT INTO cost_minutes SELECT minute, agent_id, model, '', cost_usd, spans FROM cost_minutes_old",
     "DROP TABLE cost_minutes_old",
 )
-TENANT_SQL = ("coalesce(list_filter(resource_attributes, lambda e: e.key = 'tenant.id')[1].value, "
-              "list_filter(attributes, lambda e: e.key = 'tenant.id')[1].value, '')")
+TENANT_SQL = "coalesce(list_filter(resource_attributes, lambda e: e.key = 'tenant.id')[1].value, '')"
 COST_ROLLUP_SQL = f"""INSERT INTO cost_minutes
 SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*)
 FROM _batch WHERE cost_usd IS NOT NULL GROUP BY ALL
 ON CONFLICT (minute, agent_id, model, tenant) DO UPDATE SET
   cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
-# What the batch charges: per agent, task (trace), model and tenant, for budgets after the commit.
-CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "
-               "count(*) FROM _batch WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL")
+# What the batch charges, for budgets after the commit: per agent, model and tenant, and per task
+# (trace) only when a task budget needs it (a batch holds ~1k traces but ~10 agents).
+_CHARGED = "FROM _batch WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL"
+CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), NULL, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*) "
+               + _CHARGED)
+CHARGES_BY_TASK_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "
+                       "count(*) " + _CHARGED)

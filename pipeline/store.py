@@ -28,6 +28,7 @@ import pyarrow as pa
 from agent_sre.pipeline.rollups import (
     AGENT_MINUTES_DDL,
     AGENT_ROLLUP_SQL,
+    CHARGES_BY_TASK_SQL,
     CHARGES_SQL,
     COST_MINUTES_DDL,
     COST_MINUTES_MIGRATION,
@@ -222,6 +223,7 @@ class SpanStore:
         self._lock = threading.Lock()  # the write connection
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
+        self._charges_by_task = False
         self._ensure_schema()
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
@@ -293,7 +295,8 @@ class SpanStore:
                     self._finalize_due(time.time_ns())
                 con.execute(AGENT_ROLLUP_SQL).fetchall()
                 con.execute(COST_ROLLUP_SQL).fetchall()
-                charges = con.execute(CHARGES_SQL).fetchall() if self._on_charges else []
+                charges = (con.execute(CHARGES_BY_TASK_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
+                           if self._on_charges else [])
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
@@ -313,10 +316,12 @@ class SpanStore:
             except Exception:  # noqa: BLE001 - logged; the spans are stored either way
                 log.exception("span store: commit callback %r failed", callback)
 
-    def on_charges(self, callback) -> None:
+    def on_charges(self, callback, by_task: bool = False) -> None:
         """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans), ...])`` after every insert that
-        stored costs (after the commit, in the thread that inserted)."""
+        stored costs (after the commit, in the thread that inserted); ``trace_id`` is None unless some
+        callback asked for charges ``by_task``."""
         self._on_charges.append(callback)
+        self._charges_by_task = self._charges_by_task or by_task
 
     def on_commit(self, callback) -> None:
         """``callback(rows)`` with every committed batch (storage layout: attribute maps are lists of

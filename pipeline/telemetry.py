@@ -11,6 +11,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 _SIZE_BUCKETS = (1, 8, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+_FAST_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -65,6 +66,10 @@ class Telemetry:
         self.memory_limit_refusing = Gauge(
             "agent_sre_processor_memory_limiter_refusing", "1 while the memory limiter refuses data.",
             ["processor"], registry=r)
+
+        self.decision_latency = Histogram(
+            "agent_sre_decisions_answer_seconds", "Server time of one GET /v1/decisions/{agent_id} answer.",
+            buckets=_FAST_BUCKETS, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -105,7 +106,10 @@ class AdminApi(Extension):
                                                "breakers)"}, status=404)
         agent = request.get(PATH_PARAM)
         if agent is not None:
-            return web.json_response(board.decide(agent, request.query.get("tool") or None))
+            started = time.perf_counter()
+            answer = web.json_response(board.decide(agent, request.query.get("tool") or None))
+            self._host.telemetry.decision_latency.observe(time.perf_counter() - started)
+            return answer
         return web.json_response({"decisions": board.all()})
 
     async def _costs(self, request: web.Request) -> web.Response:

@@ -108,6 +108,7 @@ class BudgetLedger:
         self._accounts: dict[tuple[str, str], _Account] = {}
         # agent -> {(subject kind, subject): last charge}: which model/tenant budgets bind the agent
         self._uses: dict[str, dict[tuple[str, str], float]] = {}
+        self._periods: dict[str, tuple[int, str, float]] = {}  # budget -> (second, label, end)
         self._lock = threading.Lock()
 
     def _subjects(self, spec: BudgetSpec, agent: str, task: str | None, model: str | None,
@@ -122,13 +123,20 @@ class BudgetLedger:
         """The subjects of ``spec`` whose decision applies to ``agent`` now."""
         kind = spec.subject_kind
         if kind in ("model", "tenant"):
-            label = spec.period(now)[0]
+            label = self._period(spec, now)[0]
             return [s for (k, s), at in self._uses.get(agent, {}).items()
                     if k == kind and spec.period(at)[0] == label]
         return self._subjects(spec, agent, task, None, None)
 
+    def _period(self, spec: BudgetSpec, now: float) -> tuple[str, float]:
+        """``spec.period(now)``, computed once per budget and second: calendars cost ~10 us a call."""
+        cached = self._periods.get(spec.name)
+        if cached is None or cached[0] != int(now) or spec.scope == "task":
+            cached = self._periods[spec.name] = (int(now), *spec.period(now))
+        return cached[1], cached[2]
+
     def _account(self, spec: BudgetSpec, subject: str, now: float) -> _Account:
-        label, ends = spec.period(now)
+        label, ends = self._period(spec, now)
         acc = self._accounts.get((spec.name, subject))
         if acc is None or acc.period != label:  # a new period: the clock reset it
             acc = self._accounts[(spec.name, subject)] = _Account(label, ends)

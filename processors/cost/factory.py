@@ -166,7 +166,7 @@ class CostProcessor(Processor):
             return
         self._store = host.span_store("", str(self.id))
         self._rebuild(self._store)
-        self._store.on_charges(self._charged)
+        self._store.on_charges(self._charged, by_task=any(s.scope == "task" for s in self.ledger.specs))
         host.decisions.register(str(self.id), self)
 
     def _shutdown(self) -> None:
@@ -185,8 +185,8 @@ class CostProcessor(Processor):
             for who, spent, calls, agents in store.read(
                     f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
                     "WHERE minute >= ? GROUP BY ALL", [start_minute]):
-                if not who:
-                    continue  # spans without a model or tenant charge no such budget
+                if not who or spent is None:
+                    continue  # spans without a model or tenant charge no such budget; no spend yet
                 self.ledger.restore(spec.name, who, spent, now, calls,
                                     agents if spec.subject_kind in ("model", "tenant") else ())
                 self._agents.update(agents)
@@ -207,8 +207,10 @@ class CostProcessor(Processor):
     def _publish(self, events: list[BudgetEvent], now: float) -> None:
         rows = []
         specs = {s.name: s for s in self.ledger.specs}
+        # One charge can cross several steps of one budget: announce the highest only.
+        top = {(e.budget, e.subject, e.period): e for e in events if e.kind == "alert"}
         for ev in events:
-            if ev.kind == "decision":
+            if ev.kind == "decision" or (ev.kind == "alert" and top[(ev.budget, ev.subject, ev.period)] is not ev):
                 continue  # the decisions board announces decisions (with the breakers' say)
             spec = specs[ev.budget]
             if ev.kind == "alert":

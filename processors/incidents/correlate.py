@@ -9,7 +9,8 @@ join.  The same signal again (same fingerprint, name and state) within ``dedup_w
 counted, not added.  A resolved signal updates the incident that holds it.
 
 An incident's priority is the highest of its signals (never lowered), raised to P1 when signals
-of two different kinds are at P2 or above at the same time (an SLO page and an open circuit).
+of two different families are firing at P2 or above at the same time (an SLO page and an open
+circuit; a budget at its kill point and the kill decision are one family).
 Its lifecycle is open → acknowledged → investigating → mitigated → resolved (steps may be
 skipped, never taken back), each step with who, when and why.  With ``auto_resolve`` it is
 resolved by ``agent-sre`` once every signal it holds has resolved and its point signals (policy
@@ -24,6 +25,10 @@ from dataclasses import dataclass, field
 
 STATES = ("open", "acknowledged", "investigating", "mitigated", "resolved")
 POINT_SIGNALS = ("policy_violation",)  # signals that have no resolve of their own
+# Signals of one family tell one story (a budget at its kill point and the kill decision it caused).
+FAMILIES = {"slo_page": "slo", "slo_ticket": "slo", "budget_exhausted": "budget", "budget_step": "budget",
+            "kill": "budget", "throttle": "budget", "anomaly_critical": "anomaly", "anomaly_warning": "anomaly",
+            "policy_violation": "policy", "circuit_open": "circuit"}
 DEFAULT_PRIORITIES = {
     "slo_page": 2, "slo_ticket": 3, "budget_exhausted": 2, "budget_step": 4, "kill": 2, "throttle": 4,
     "anomaly_critical": 3, "anomaly_warning": 4, "policy_violation": 3, "circuit_open": 2,
@@ -114,6 +119,7 @@ class Correlator:
         self.next_number = next_number
         self.active: dict[str, Incident] = {}  # not resolved, by id
         self._closed: dict[str, Incident] = {}  # resolved since the caller last took them
+        self.dirty: set[str] = set()  # incidents changed without a log entry (a duplicate counted)
 
     def take(self, incident_id: str) -> Incident | None:
         """The incident as it is now (an active one, or one just resolved, which is then let go)."""
@@ -143,6 +149,7 @@ class Correlator:
         if (known is not None and (known.name, known.state) == (signal.name, signal.state)
                 and signal.time_ns - known.last_ns < self.dedup_ns):
             inc.duplicates += 1
+            self.dirty.add(inc.id)
             known.last_ns = max(known.last_ns, signal.time_ns) if signal.type in POINT_SIGNALS else known.last_ns
             return entries
         inc.signals[signal.fingerprint] = SignalState(signal.type, signal.kind, signal.name, signal.state,
@@ -167,14 +174,14 @@ class Correlator:
         return inc
 
     def _reprioritise(self, inc: Incident, now_ns: int) -> list[Entry]:
-        strong = {s.kind for s in inc.signals.values() if s.state == "firing" and s.priority <= 2}
+        strong = {FAMILIES.get(s.type, s.type) for s in inc.signals.values() if s.state == "firing" and s.priority <= 2}
         wanted = min([inc.priority, *(s.priority for s in inc.signals.values())])
         if len(strong) >= 2:
             wanted = 1
         if wanted >= inc.priority:
             return []
         inc.priority = wanted
-        why = "signals of two kinds at P2 or above" if len(strong) >= 2 else "a stronger signal"
+        why = f"signals of {' and '.join(sorted(strong))} at P2 or above" if len(strong) >= 2 else "a stronger signal"
         return [Entry(inc.id, now_ns, "priority", priority=inc.label, who="agent-sre", why=why)]
 
     def _maybe_resolve(self, inc: Incident, now_ns: int) -> list[Entry]:

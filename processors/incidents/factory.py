@@ -182,8 +182,8 @@ class IncidentsProcessor(Processor):
                 "WHERE entry = 'signal' GROUP BY ALL"):
             inc = self.correlator.active.get(iid)
             if inc is not None:
-                signal_type = "policy_violation" if kind == "policy" else kind  # what ageing needs to know
-                inc.signals[fp] = SignalState(signal_type, kind, name, state, _PRIORITY[priority], last)
+                inc.signals[fp] = SignalState(_stored_type(kind, name, priority), kind, name, state,
+                                              _PRIORITY[priority], last)
         settings = self.config.breakers.settings()
         for agent, tool, state, since, until, probes, successes in read(
                 "SELECT agent_id, tool, state, since, open_until, probes, successes FROM breakers "
@@ -205,7 +205,8 @@ class IncidentsProcessor(Processor):
         with self._publish_lock:
             with self._lock:
                 entries = change()
-                touched = {e.incident_id for e in entries}
+                touched = {e.incident_id for e in entries} | self.correlator.dirty
+                self.correlator.dirty = set()
                 incidents = [self.correlator.take(i) for i in sorted(touched)]
             statements = list(extra or [])
             statements += [("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -368,6 +369,21 @@ def incident_detail(read: Callable[..., list[tuple]], incident_id: str) -> dict 
         f"SELECT {', '.join(log_cols)} FROM incident_log WHERE incident_id = ? ORDER BY time_ns, rowid",
         [incident_id])]
     return {**dict(zip(cols, rows[0], strict=True)), "log": log}
+
+
+def _stored_type(kind: str, name: str, priority: str) -> str:
+    """A stored signal's type, from its log entry (for ageing and families after a restart)."""
+    if kind == "policy":
+        return "policy_violation"
+    if kind == "circuit":
+        return "circuit_open"
+    if kind == "alert":
+        return "slo_page" if priority in ("P1", "P2") else "slo_ticket"
+    if kind == "decision":
+        return "kill" if name in ("kill", "allow") else "throttle"
+    if kind == "budget":
+        return "budget_exhausted" if priority in ("P1", "P2") else "budget_step"
+    return "anomaly_critical" if priority in ("P1", "P2", "P3") else "anomaly_warning"
 
 
 def _news(inc: Incident, entries: list[Entry]) -> bool:

@@ -15,6 +15,7 @@ from tests.otlp_builders import request
 COST = """  cost:
     budgets:
       - {name: daily, scope: agent_day, limit_usd: 1.0}
+      - {name: monthly, scope: org_month, limit_usd: 1000}
 """
 
 
