@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 
 __all__ = ["DecisionClient", "should_proceed"]
+_Key = tuple[str, "str | None", "str | None"]  # (agent, tool, task)
 
 
 class DecisionClient:
@@ -45,42 +46,44 @@ class DecisionClient:
         self.timeout = timeout
         self.throttle_fraction = throttle_fraction
         self.clock = clock
-        self._cache: dict[tuple[str, str | None], tuple[float, dict | None]] = {}
-        self._budget: dict[tuple[str, str | None], list[float]] = {}  # key -> [tokens, last refill]
-        self._probes: dict[tuple[str, str | None], int] = {}  # probe calls let through per half-open answer
+        self._cache: dict[_Key, tuple[float, dict | None]] = {}
+        self._budget: dict[_Key, list[float]] = {}  # key -> [tokens, last refill]
+        self._probes: dict[_Key, int] = {}  # probe calls let through per half-open answer
         self._calls = 0
         self._lock = threading.Lock()
 
-    def decision(self, agent_id: str, tool: str | None = None) -> dict | None:
-        """The pipeline's answer (cached), or None when it could not be asked."""
-        key = (agent_id, tool)
+    def decision(self, agent_id: str, tool: str | None = None, task: str | None = None) -> dict | None:
+        """The pipeline's answer (cached), or None when it could not be asked.  ``task``: the trace id
+        the call belongs to (for task budgets); ``tool``: the tool about to be called (per-tool breakers)."""
+        key = (agent_id, tool, task)
         now = self.clock()
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None and now - cached[0] < self.cache_ttl:
                 return cached[1]
-        answer = self._ask(agent_id, tool)
+        answer = self._ask(agent_id, tool, task)
         with self._lock:
             self._cache[key] = (now, answer)
             self._probes.pop(key, None)  # a fresh answer brings a fresh count of probe calls
         return answer
 
-    def _ask(self, agent_id: str, tool: str | None) -> dict | None:
+    def _ask(self, agent_id: str, tool: str | None, task: str | None) -> dict | None:
         url = f"{self.endpoint}/v1/decisions/{urllib.parse.quote(agent_id, safe='')}"
-        if tool:
-            url += "?" + urllib.parse.urlencode({"tool": tool})
+        query = {k: v for k, v in (("tool", tool), ("task", task)) if v}
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except (urllib.error.URLError, OSError, ValueError):
             return None  # includes HTTP errors (404: no decision sources configured)
 
-    def should_proceed(self, agent_id: str, tool: str | None = None) -> bool:
-        d = self.decision(agent_id, tool)
+    def should_proceed(self, agent_id: str, tool: str | None = None, task: str | None = None) -> bool:
+        d = self.decision(agent_id, tool, task)
         if d is None:
             return self.fail_open
         action = d.get("action")
-        key = (agent_id, tool)
+        key = (agent_id, tool, task)
         if action == "allow":
             probes = [c["probes_left"] for c in d.get("circuits", []) if c.get("state") == "half_open"]
             return not probes or self._take_probe(key, min(probes))
@@ -90,7 +93,7 @@ class DecisionClient:
             return False
         return self.fail_open  # an action this client does not know
 
-    def _take_probe(self, key: tuple[str, str | None], allowed: int) -> bool:
+    def _take_probe(self, key: _Key, allowed: int) -> bool:
         with self._lock:
             used = self._probes.get(key, 0)
             if used >= allowed:
@@ -98,7 +101,7 @@ class DecisionClient:
             self._probes[key] = used + 1
             return True
 
-    def _take_token(self, key: tuple[str, str | None], per_min: float | None) -> bool:
+    def _take_token(self, key: _Key, per_min: float | None) -> bool:
         with self._lock:
             if per_min is None:  # no rate to keep: let a fraction through, evenly
                 self._calls += 1
@@ -116,10 +119,10 @@ class DecisionClient:
 _default: DecisionClient | None = None
 
 
-def should_proceed(agent_id: str, tool: str | None = None, *, endpoint: str = "http://127.0.0.1:13133",
-                   fail_open: bool = True) -> bool:
+def should_proceed(agent_id: str, tool: str | None = None, task: str | None = None, *,
+                   endpoint: str = "http://127.0.0.1:13133", fail_open: bool = True) -> bool:
     """``DecisionClient(endpoint, fail_open=...).should_proceed`` with one client kept per process."""
     global _default
     if _default is None or _default.endpoint != DecisionClient(endpoint).endpoint or _default.fail_open != fail_open:
         _default = DecisionClient(endpoint, fail_open=fail_open)
-    return _default.should_proceed(agent_id, tool)
+    return _default.should_proceed(agent_id, tool, task)

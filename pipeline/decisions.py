@@ -3,8 +3,9 @@
     cost budgets      allow | throttle (with a suggested rate) | kill
     incidents breakers  allow | circuit_open
 
-A provider answers ``decision(agent, tool=None) -> Decision`` from memory (``tool``: the call
-about to be made, for per-tool breakers) and lists the agents it
+A provider answers ``decision(agent, tool=None, task=None) -> Decision`` from memory (``tool``:
+the call about to be made, for per-tool breakers; ``task``: the trace it belongs to, for task
+budgets) and lists the agents it
 knows (``agents()``); it may have ``tick()``, called every second, for what changes by the
 clock (a budget period ends, a breaker's recovery timeout passes).  The board answers the
 strictest decision over its providers (kill > circuit_open > throttle > allow), with every
@@ -43,7 +44,7 @@ ALLOW = Decision()
 
 
 class DecisionProvider(Protocol):
-    def decision(self, agent: str, tool: str | None = None) -> Decision: ...
+    def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision: ...
     def agents(self) -> Iterable[str]: ...
 
 
@@ -64,12 +65,12 @@ class DecisionBoard:
     def register(self, source: str, provider: DecisionProvider) -> None:
         self._providers.append((source, provider))
 
-    def decide(self, agent: str, tool: str | None = None) -> dict:
+    def decide(self, agent: str, tool: str | None = None, task: str | None = None) -> dict:
         """The agent's decision now: the strictest action, its reason and until, and every source's say."""
         says = []
         details: dict = {}
         for source, provider in self._providers:
-            d = provider.decision(agent, tool)
+            d = provider.decision(agent, tool, task)
             details.update(d.details if d.action == "allow" else {})
             if d.action != "allow":
                 says.append((source, d))

@@ -3,8 +3,8 @@
     POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
     GET  /v1/status  components and store
     GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
-    GET  /v1/decisions[/{agent_id}]   per-agent decisions (cost budgets, breakers): allow, throttle,
-                                      circuit_open, kill; from memory
+    GET  /v1/decisions[/{agent_id}[?tool=&task=]]   per-agent decisions (cost budgets, breakers): allow,
+                                      throttle, circuit_open, kill; from memory
     GET  /v1/costs   spend per day, agent and model with utilisation, and every budget (cost processor)
     GET  /v1/incidents[?all=true]        incidents (open ones, or all), newest first
     GET  /v1/incidents/{id}              one incident with its log
@@ -107,7 +107,8 @@ class AdminApi(Extension):
         agent = request.get(PATH_PARAM)
         if agent is not None:
             started = time.perf_counter()
-            answer = web.json_response(board.decide(agent, request.query.get("tool") or None))
+            answer = web.json_response(board.decide(agent, request.query.get("tool") or None,
+                                                    request.query.get("task") or None))
             self._host.telemetry.decision_latency.observe(time.perf_counter() - started)
             return answer
         return web.json_response({"decisions": board.all()})

@@ -30,7 +30,7 @@ from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel
 from agent_sre.pipeline.decisions import ALLOW, Decision
 from agent_sre.pipeline.events import event
-from agent_sre.processors.cost.budget import SCOPES, BudgetEvent, BudgetLedger, BudgetSpec
+from agent_sre.processors.cost.budget import SCOPES, TASK_IDLE_S, BudgetEvent, BudgetLedger, BudgetSpec
 from agent_sre.processors.cost.summary import cost_summary
 
 
@@ -175,7 +175,8 @@ class CostProcessor(Processor):
             self._store = None
 
     def _rebuild(self, store) -> None:
-        """This period's spend from the store's cost rollup: a restart keeps it (task budgets start afresh)."""
+        """This period's spend from the store's cost rollup, and the running tasks' from their spans: a
+        restart keeps both."""
         now = self.clock()
         for spec in self.ledger.specs:
             if spec.scope == "task":
@@ -190,6 +191,14 @@ class CostProcessor(Processor):
                 self.ledger.restore(spec.name, who, spent, now, calls,
                                     agents if spec.subject_kind in ("model", "tenant") else ())
                 self._agents.update(agents)
+        if any(spec.scope == "task" for spec in self.ledger.specs):  # tasks still running: their spend so far
+            since = int((now - TASK_IDLE_S) * 1e9)
+            for trace, spent, calls in store.read(
+                    "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND end_ns >= ? "
+                    "GROUP BY trace_id", [since]):
+                for spec in self.ledger.specs:
+                    if spec.scope == "task":
+                        self.ledger.restore(spec.name, trace, spent, now, calls)
 
     def _charged(self, charges: list[tuple[str, str, str, str, float, int]]) -> None:
         now = self.clock()
@@ -226,8 +235,8 @@ class CostProcessor(Processor):
         now = self.clock()
         self._publish(self.ledger.expire(now), now)
 
-    def decision(self, agent: str, tool: str | None = None) -> Decision:
-        d = self.ledger.assess(agent, self.clock())
+    def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision:
+        d = self.ledger.assess(agent, self.clock(), task)
         if d.action == "allow":
             return ALLOW
         details = {"budget": d.budget, "utilisation": round(d.utilisation, 6)}

@@ -299,7 +299,7 @@ class IncidentsProcessor(Processor):
 
     # --- decisions ------------------------------------------------------------------------
 
-    def decision(self, agent: str, tool: str | None = None) -> Decision:
+    def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision:
         with self._lock:
             mine = [(t, b) for (a, t), b in self.breakers.items() if a == agent and b.state != CLOSED
                     and (not t or tool is None or t == tool)]

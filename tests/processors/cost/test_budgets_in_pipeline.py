@@ -62,3 +62,31 @@ def test_spend_throttles_then_kills_survives_a_restart_and_resets_the_next_day(t
         assert _get(ports, "/v1/decisions/a1")["action"] == "allow"
     finally:
         restarted.shutdown()
+
+
+def test_a_task_budget_decides_per_task_and_a_running_tasks_spend_survives_a_restart(tmp_path):
+    ports = Ports.allocate()
+    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, cost, batch")
+    text = text.replace("  batch:\n", "  cost:\n    budgets:\n      - {name: task, scope: task, limit_usd: 0.1}\n"
+                        "  batch:\n", 1)
+    service = Service(parse_config(text, "test"))
+    service.start()
+    try:
+        req = request(3, attrs={"agent.did": "a1", "gen_ai.operation.name": "chat",
+                                "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.cost": 0.035},
+                      start_ns=time.time_ns())
+        for sp in req.resource_spans[0].scope_spans[0].spans[1:]:
+            sp.trace_id = req.resource_spans[0].scope_spans[0].spans[0].trace_id  # one task, three LLM calls
+        task = req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+        service.receivers[0].ingest.export(req, "test")
+        service.exporters["duckdb"].store.sync()
+        assert _get(ports, f"/v1/decisions/a1?task={task}")["action"] == "kill"  # 0.105 of 0.10
+        assert _get(ports, "/v1/decisions/a1?task=another")["action"] == "allow"
+    finally:
+        service.shutdown()
+    restarted = Service(parse_config(text, "test"))
+    restarted.start()
+    try:
+        assert _get(ports, f"/v1/decisions/a1?task={task}")["action"] == "kill"  # rebuilt from its spans
+    finally:
+        restarted.shutdown()
