@@ -224,6 +224,17 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
     return row
 
 
+def phase_args(doc: str, **extra: dict) -> argparse.Namespace:
+    """The options every throughput benchmark takes (seconds per phase, client processes, senders each)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--threads", type=int, default=4, help="concurrent senders per client process")
+    for flag, kw in extra.items():
+        ap.add_argument(flag, **kw)
+    return ap.parse_args()
+
+
 def default_config_with(processors_yaml: str, names: list[str]) -> str:
     """config/default.yaml with extra processors (their YAML, and their names placed before batch)."""
     text = (Path(__file__).resolve().parent.parent / "config" / "default.yaml").read_text()
@@ -270,13 +281,8 @@ def stop_pipeline(pipeline: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--clients", type=int, default=2, help="client processes")
-    ap.add_argument("--threads", type=int, default=4, help="concurrent senders per client process")
-    ap.add_argument("--workers", help="override receiver workers (AGENT_SRE_RECEIVER_WORKERS)")
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args()
+    args = phase_args(__doc__, **{"--workers": {"help": "override receiver workers (AGENT_SRE_RECEIVER_WORKERS)"},
+                                  "--json": {"help": "also write the results to this file"}})
     p = start_pipeline(workers=args.workers)
     try:
         print(f"pipeline pid {p['server'].pid} on the embedded default config "

@@ -16,14 +16,13 @@ difference per span.  /v1/decisions latency under load is bench/decisions.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.ingest import default_config_with, run_phase, start_pipeline, stop_pipeline  # noqa: E402
+from bench.ingest import default_config_with, phase_args, run_phase, start_pipeline, stop_pipeline  # noqa: E402
 
 LOOP_STAGES = """  cost:
     budgets:
@@ -36,11 +35,7 @@ LOOP_STAGES = """  cost:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4)
-    args = ap.parse_args()
+    args = phase_args(__doc__)
     results = {}
     for name, config in (("without (embedded default)", None),
                          ("with cost + anomaly + incidents", default_config_with(LOOP_STAGES,

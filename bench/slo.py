@@ -16,7 +16,6 @@ exporter:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from bench.ingest import (  # noqa: E402
     SPANS_PER_REQUEST,
     default_config_with,
     free_port,
+    phase_args,
     run_phase,
     start_pipeline,
     stop_pipeline,
@@ -99,11 +99,7 @@ def time_to_alert(p: dict, prom_port: int, warmup_s: float) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4)
-    args = ap.parse_args()
+    args = phase_args(__doc__)
     results = {}
     for name, config in (("without sli/slo (embedded default)", None), ("with sli + slo + prometheus", slo_config())):
         p = start_pipeline(config, extra_env={"AGENT_SRE_PROM_ENDPOINT": f"127.0.0.1:{free_port()}"})

@@ -235,10 +235,14 @@ def cmd_slo_rules(args: argparse.Namespace) -> int:
     if not objectives:
         print("agent-sre: the config has no slo processor with objectives", file=sys.stderr)
         return EXIT_CONFIG
-    text = rules_document(objectives)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote rules for {len(objectives)} objective(s) to {args.out}")
+    return _emit(rules_document(objectives), args.out, f"rules for {len(objectives)} objective(s)")
+
+
+def _emit(text: str, out: str | None, what: str) -> int:
+    """Write ``text`` to the file ``out`` (saying so), or to standard output."""
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {what} to {out}")
     else:
         sys.stdout.write(text)
     return 0
@@ -462,12 +466,7 @@ def cmd_postmortem(args: argparse.Namespace) -> int:
         if text is None:
             print(f"agent-sre: no incident {args.id!r}", file=sys.stderr)
             return EXIT_RUNTIME
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote the postmortem of {args.id} to {args.out}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.out, f"the postmortem of {args.id}")
 
 
 def _reader(con):
@@ -579,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--db", help="a DuckDB store to read when no pipeline runs")
             cmd.add_argument("--format", choices=["table", "json", "csv"], default="table")
-        cmd.set_defaults(fn=cmd_incidents, all=getattr(cmd, "all", False))
+        cmd.set_defaults(fn=cmd_incidents, all=False)
     pm = sub.add_parser("postmortem", help="write an incident's postmortem in Markdown, built from the store")
     pm.add_argument("id")
     for flag, kw in common:

@@ -8,19 +8,13 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
 from tests.conftest import Ports, pipeline_yaml
-from tests.processors.cost.test_budgets_in_pipeline import COST, _spend
-
-
-def _get(ports: Ports, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ports.admin}{path}", timeout=10) as r:
-        return json.loads(r.read())
+from tests.processors.cost.test_budgets_in_pipeline import COST, _get, _spend
 
 
 def test_steps_and_decisions_are_events_that_resolve_when_the_day_resets(tmp_path):
