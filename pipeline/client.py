@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 __all__ = ["DecisionClient", "should_proceed"]
 _Key = tuple[str, "str | None", "str | None"]  # (agent, tool, task)
+_MAX_ENTRIES = 4096  # agents, tools, tasks and breakers a client remembers
 
 
 class DecisionClient:
@@ -47,8 +48,8 @@ class DecisionClient:
         self.throttle_fraction = throttle_fraction
         self.clock = clock
         self._cache: dict[_Key, tuple[float, dict | None]] = {}
-        self._budget: dict[_Key, list[float]] = {}  # key -> [tokens, last refill]
-        self._probes: dict[_Key, int] = {}  # probe calls let through per half-open answer
+        self._budget: dict[str, list[float]] = {}  # agent -> [tokens, last refill]: one rate per agent
+        self._probes: dict[tuple, list[int]] = {}  # (agent, tool, half-open since) -> [allowed, let through]
         self._calls = 0
         self._lock = threading.Lock()
 
@@ -63,8 +64,11 @@ class DecisionClient:
                 return cached[1]
         answer = self._ask(agent_id, tool, task)
         with self._lock:
+            if len(self._cache) >= _MAX_ENTRIES:  # bounded: drop what has expired, else everything
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.cache_ttl}
+                if len(self._cache) >= _MAX_ENTRIES:
+                    self._cache.clear()
             self._cache[key] = (now, answer)
-            self._probes.pop(key, None)  # a fresh answer brings a fresh count of probe calls
         return answer
 
     def _ask(self, agent_id: str, tool: str | None, task: str | None) -> dict | None:
@@ -76,37 +80,42 @@ class DecisionClient:
             with urllib.request.urlopen(url, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except (urllib.error.URLError, OSError, ValueError):
-            return None  # includes HTTP errors (404: no decision sources configured)
+            return None  # unreachable, or an error answer (404: no decision sources configured)
 
     def should_proceed(self, agent_id: str, tool: str | None = None, task: str | None = None) -> bool:
         d = self.decision(agent_id, tool, task)
         if d is None:
             return self.fail_open
         action = d.get("action")
-        key = (agent_id, tool, task)
         if action == "allow":
-            probes = [c["probes_left"] for c in d.get("circuits", []) if c.get("state") == "half_open"]
-            return not probes or self._take_probe(key, min(probes))
+            half = [c for c in d.get("circuits", []) if c.get("state") == "half_open"]
+            return all(self._take_probe((agent_id, c.get("tool"), c.get("since")), c["probes_left"]) for c in half)
         if action == "throttle":
-            return self._take_token(key, d.get("suggested_rate_per_min"))
+            return self._take_token(agent_id, d.get("suggested_rate_per_min"))
         if action in ("kill", "circuit_open"):
             return False
         return self.fail_open  # an action this client does not know
 
-    def _take_probe(self, key: _Key, allowed: int) -> bool:
+    def _take_probe(self, breaker: tuple, left: int) -> bool:
+        """One of the probe calls of this half-open period of this breaker: as many as the first answer
+        of the period allowed, however often the answer is refreshed or the tool and task change."""
         with self._lock:
-            used = self._probes.get(key, 0)
-            if used >= allowed:
+            if len(self._probes) >= _MAX_ENTRIES:
+                self._probes.clear()
+            count = self._probes.setdefault(breaker, [left, 0])
+            if count[1] >= count[0]:
                 return False
-            self._probes[key] = used + 1
+            count[1] += 1
             return True
 
-    def _take_token(self, key: _Key, per_min: float | None) -> bool:
+    def _take_token(self, key: str, per_min: float | None) -> bool:
         with self._lock:
             if per_min is None:  # no rate to keep: let a fraction through, evenly
                 self._calls += 1
                 return (self._calls * self.throttle_fraction) % 1 < self.throttle_fraction
             now = self.clock()
+            if len(self._budget) >= _MAX_ENTRIES:
+                self._budget.clear()
             bucket = self._budget.setdefault(key, [1.0, now])
             bucket[0] = min(1.0, bucket[0] + (now - bucket[1]) * per_min / 60.0)  # a burst of at most one call
             bucket[1] = now

@@ -53,8 +53,10 @@ class DecisionBoard:
         self.bus = bus
         self.clock = clock
         self._providers: list[tuple[str, DecisionProvider]] = []
-        self._announced: dict[str, tuple[str, int]] = {}  # agent -> (action, since ns) last published
+        # (agent, tool, task) -> (action, since ns) last published; tool and task None for the agent itself
+        self._announced: dict[tuple[str, str | None, str | None], tuple[str, int]] = {}
         self._lock = threading.Lock()
+        self._publish = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,39 +90,58 @@ class DecisionBoard:
         return [self.decide(a) for a in self.agents()]
 
     def restore(self, read: Callable[[str, list], list[tuple]]) -> None:
-        """The last decision event of every agent, from the ``events`` history."""
-        rows = read("SELECT labels['agent_id'], arg_max(name, time_ns), arg_max(state, time_ns), "
-                    "arg_max(started_ns, time_ns) FROM events WHERE kind = 'decision' GROUP BY 1", [])
+        """The last decision event of every agent (and per-tool or per-task scope), from ``events``."""
+        rows = read("SELECT labels['agent_id'], labels['tool'], labels['task'], arg_max(name, time_ns), "
+                    "arg_max(state, time_ns), arg_max(started_ns, time_ns) FROM events WHERE kind = 'decision' "
+                    "GROUP BY 1, 2, 3", [])
         with self._lock:
-            for agent, action, state, started in rows:
+            for agent, tool, task, action, state, started in rows:
                 if agent is not None and state == "firing":
-                    self._announced[agent] = (action, started)
+                    self._announced[(agent, tool or None, task or None)] = (action, started)
+
+    def _scopes(self) -> set[tuple[str, str | None, str | None]]:
+        out = {(a, None, None) for a in self.agents()}
+        for _, provider in self._providers:
+            scopes = getattr(provider, "scopes", None)
+            if scopes is not None:
+                out.update(scopes())
+        return out
 
     def check(self, agents: Iterable[str] | None = None) -> list[dict]:
-        """Publish a decision event for every agent whose action changed since it was last announced."""
+        """Publish a decision event for every agent (and per-tool breaker, per-task budget) whose action
+        changed since it was last announced; ``agents``: only look at these."""
         now_ns = int(self.clock() * 1e9)
         out = []
-        with self._lock:  # one checker at a time: no change is announced twice
-            names = set(agents) if agents is not None else set(self.agents()) | set(self._announced)
-            for agent in sorted(names):
-                d = self.decide(agent)
+        with self._publish:  # one checker at a time, and its events out before the next looks
+            with self._lock:
+                scopes = self._scopes() | set(self._announced)
+                if agents is not None:
+                    wanted = set(agents)
+                    scopes = {s for s in scopes if s[0] in wanted} | {(a, None, None) for a in wanted}
+            for scope in sorted(scopes, key=lambda s: (s[0], s[1] or "", s[2] or "")):
+                agent, tool, task = scope
+                d = self.decide(agent, tool, task)
                 action = d["action"]
-                last, since = self._announced.get(agent, ("allow", now_ns))
-                if action == last:
-                    continue
-                if action == "allow":
-                    del self._announced[agent]
-                    out.append(event("decision", "resolved", SEVERITY[last], "allow", _labels(d),
-                                     f"agent {agent} is allowed again (was {last})", identity={"agent_id": agent},
-                                     time_ns=now_ns, started_ns=since))
-                else:
-                    since = since if last != "allow" else now_ns
-                    self._announced[agent] = (action, since)
-                    out.append(event("decision", "firing", SEVERITY[action], action, _labels(d),
-                                     f"agent {agent}: {action} ({d['reason']})", identity={"agent_id": agent},
-                                     time_ns=now_ns, started_ns=since))
-        if out:
-            self.bus.publish(out)
+                with self._lock:
+                    last, since = self._announced.get(scope, ("allow", now_ns))
+                    if action == last:
+                        continue
+                    labels = _labels(d, tool, task)
+                    identity = {"agent_id": agent, **({"tool": tool} if tool else {}), **({"task": task} if task else {})}
+                    what = f"agent {agent}" + (f" tool {tool}" if tool else "") + (f" task {task}" if task else "")
+                    if action == "allow":
+                        del self._announced[scope]
+                        out.append(event("decision", "resolved", SEVERITY[last], "allow", labels,
+                                         f"{what} is allowed again (was {last})", identity=identity,
+                                         time_ns=now_ns, started_ns=since))
+                    else:
+                        since = since if last != "allow" else now_ns
+                        self._announced[scope] = (action, since)
+                        out.append(event("decision", "firing", SEVERITY[action], action, labels,
+                                         f"{what}: {action} ({d['reason']})", identity=identity,
+                                         time_ns=now_ns, started_ns=since))
+            if out:
+                self.bus.publish(out)
         return out
 
     # --- the ticker: what changes by the clock ------------------------------------------
@@ -153,8 +174,12 @@ class DecisionBoard:
             self._thread = None
 
 
-def _labels(d: dict) -> dict[str, str]:
+def _labels(d: dict, tool: str | None = None, task: str | None = None) -> dict[str, str]:
     labels = {"agent_id": d["agent_id"], "action": d["action"], "reason": d["reason"]}
+    if tool:
+        labels["tool"] = tool
+    if task:
+        labels["task"] = task
     if d.get("until") is not None:
         labels["until"] = f"{d['until']:.0f}"
     if d.get("suggested_rate_per_min") is not None:

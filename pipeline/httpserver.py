@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -66,12 +67,13 @@ class Endpoint:
         self.not_allowed: dict[str, MethodNotAllowed] = {}
         self.runner: web.AppRunner | None = None
 
-    def _match(self, path: str) -> tuple[str, dict[str, Handler], dict[str, str]] | None:
+    def _match(self, path: str, raw_path: str) -> tuple[str, dict[str, Handler], dict[str, str]] | None:
         """The route for ``path``: exact, else a template (``/v1/incidents/{id}/{action}``) whose
-        ``{name}`` segments each match one non-empty segment."""
+        ``{name}`` segments each match one non-empty segment of the raw path, percent-decoded (so an
+        agent id with a ``/``, sent as ``%2F``, is one segment)."""
         if path in self.routes:
             return path, self.routes[path], {}
-        segments = path.split("/")
+        segments = [urllib.parse.unquote(s) for s in raw_path.split("?", 1)[0].split("/")]
         for route, methods in self.routes.items():
             parts = route.split("/")
             if "{" not in route or len(parts) != len(segments):
@@ -87,7 +89,7 @@ class Endpoint:
         return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        found = self._match(request.path)
+        found = self._match(request.path, request.raw_path)
         if found is None:
             return web.json_response({"error": f"no route for {request.path}"}, status=404)
         route, methods, params = found

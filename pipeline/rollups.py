@@ -186,8 +186,10 @@ ON CONFLICT (minute, agent_id, model, tenant) DO UPDATE SET
   cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
 # What the batch charges, for budgets after the commit: per agent, model and tenant, and per task
 # (trace) only when a task budget needs it (a batch holds ~1k traces but ~10 agents).
+# The minute is that of cost_minutes: a budget charges what was spent in its current period, as the
+# rebuild from cost_minutes does.
 _CHARGED = "FROM _batch WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL"
-CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), NULL, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*) "
-               + _CHARGED)
+CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), NULL, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*), "
+               "end_ns // 60000000000 " + _CHARGED)
 CHARGES_BY_TASK_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "
-                       "count(*) " + _CHARGED)
+                       "count(*), end_ns // 60000000000 " + _CHARGED)

@@ -317,7 +317,7 @@ class SpanStore:
                 log.exception("span store: commit callback %r failed", callback)
 
     def on_charges(self, callback, by_task: bool = False) -> None:
-        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans), ...])`` after every insert that
+        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that
         stored costs (after the commit, in the thread that inserted); ``trace_id`` is None unless some
         callback asked for charges ``by_task``."""
         self._on_charges.append(callback)

@@ -10,8 +10,9 @@ Each point is judged against what came before it (a trailing window, never itsel
   the points before it (``alpha``: the weight of the newest), so it follows slow level changes.
 
 No point is judged before ``min_samples`` points precede it, and none is flagged that lies less
-than ``min_delta`` (absolute) from the expected centre: a series that was flat (every minute 0 %
-errors) would otherwise flag its first 1 %.  An anomaly carries the value, the
+than ``min_delta`` (absolute) or ``min_relative_delta`` (a fraction of the centre) from the expected
+centre: a series that was flat (every minute 0 % errors, or the same cost per task) has no spread,
+and would otherwise flag its first 1 % change as critical.  An anomaly carries the value, the
 expected range, the method, a score (how many allowed spreads away) and a severity
 (``warning``; ``critical`` at twice the sensitivity).
 """
@@ -39,15 +40,20 @@ class Anomaly:
 
 
 def _flags(values: np.ndarray, center: np.ndarray, spread: np.ndarray, low: np.ndarray, high: np.ndarray,
-           judged: np.ndarray, method: str, sensitivity: float, min_delta: float = 0.0) -> list[Anomaly]:
+           judged: np.ndarray, method: str, sensitivity: float, min_delta: float = 0.0,
+           min_relative_delta: float = 0.0) -> list[Anomaly]:
+    deviation = np.abs(values - center)
+    floor = np.maximum(min_delta, min_relative_delta * np.abs(center))
     with np.errstate(divide="ignore", invalid="ignore"):
-        score = np.abs(values - center) / np.where(spread > 0, spread, np.nan) * sensitivity
-        outside = judged & ((values < low) | (values > high)) & (np.abs(values - center) >= min_delta)
+        score = deviation / np.where(spread > 0, spread, np.nan) * sensitivity
+        outside = judged & ((values < low) | (values > high)) & (deviation >= floor)
     out = []
     for i in np.flatnonzero(outside):  # anomalies are few: one object each
         s = float(score[i]) if np.isfinite(score[i]) else float("inf")
+        # Critical: twice the allowed spread, and twice the floor (a flat history has no spread at all).
+        critical = s >= 2 * sensitivity and deviation[i] >= 2 * floor[i]
         out.append(Anomaly(int(i), float(values[i]), float(low[i]), float(high[i]), method, s,
-                           "critical" if s >= 2 * sensitivity else "warning"))
+                           "critical" if critical else "warning"))
     return out
 
 
@@ -58,7 +64,8 @@ def _trailing(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def zscore(values, window: int = 60, min_samples: int = 20, sensitivity: float = 3.0,
-        min_delta: float = 0.0) -> list[Anomaly]:
+        min_delta: float = 0.0,
+        min_relative_delta: float = 0.0) -> list[Anomaly]:
     x = np.asarray(values, dtype=np.float64)
     prev = _trailing(x, window)
     with warnings.catch_warnings():  # the first rows have no history yet (NaN, and not judged)
@@ -67,11 +74,12 @@ def zscore(values, window: int = 60, min_samples: int = 20, sensitivity: float =
         std = np.nanstd(prev, axis=1) if len(x) else np.zeros(0)
     judged = np.arange(len(x)) >= min_samples
     return _flags(x, mean, std * sensitivity, mean - sensitivity * std, mean + sensitivity * std, judged,
-                  "zscore", sensitivity, min_delta)
+                  "zscore", sensitivity, min_delta, min_relative_delta)
 
 
 def iqr(values, window: int = 60, min_samples: int = 20, sensitivity: float = 2.0,
-        min_delta: float = 0.0) -> list[Anomaly]:
+        min_delta: float = 0.0,
+        min_relative_delta: float = 0.0) -> list[Anomaly]:
     x = np.asarray(values, dtype=np.float64)
     prev = _trailing(x, window)
     judged = np.arange(len(x)) >= min_samples
@@ -80,11 +88,13 @@ def iqr(values, window: int = 60, min_samples: int = 20, sensitivity: float = 2.
         q1, q3 = (np.nanpercentile(prev, q, axis=1) if len(x) else np.zeros(0) for q in (25, 75))
     spread = q3 - q1
     low, high = q1 - sensitivity * spread, q3 + sensitivity * spread
-    return _flags(x, (q1 + q3) / 2, spread * sensitivity, low, high, judged, "iqr", sensitivity, min_delta)
+    return _flags(x, (q1 + q3) / 2, spread * sensitivity, low, high, judged, "iqr", sensitivity, min_delta,
+                  min_relative_delta)
 
 
 def ewma(values, alpha: float = 0.1, min_samples: int = 20, sensitivity: float = 3.5,
-        min_delta: float = 0.0) -> list[Anomaly]:
+        min_delta: float = 0.0,
+        min_relative_delta: float = 0.0) -> list[Anomaly]:
     """Exponentially weighted mean and variance of the points before each point, by convolution with
     the (truncated at machine precision) weights alpha*(1-alpha)^k."""
     x = np.asarray(values, dtype=np.float64)
@@ -102,7 +112,7 @@ def ewma(values, alpha: float = 0.1, min_samples: int = 20, sensitivity: float =
     std = np.sqrt(np.maximum(mean_sq - mean * mean, 0))
     judged = np.arange(n) >= min_samples
     return _flags(x, mean, std * sensitivity, mean - sensitivity * std, mean + sensitivity * std, judged,
-                  "ewma", sensitivity, min_delta)
+                  "ewma", sensitivity, min_delta, min_relative_delta)
 
 
 DETECTORS = {"zscore": zscore, "iqr": iqr, "ewma": ewma}

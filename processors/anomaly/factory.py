@@ -53,11 +53,13 @@ class SeriesConfig(ConfigModel):
     window: int = Field(default=60, ge=2)  # zscore and iqr: points before each point
     alpha: float = Field(default=0.1, gt=0, lt=1)  # ewma
     min_delta: float | None = Field(default=None, ge=0)  # default per metric (error_rate: 0.05)
+    min_relative_delta: float = Field(default=0.05, ge=0)  # and at least this fraction of the expected value
 
     def detect(self, values: np.ndarray) -> list[Anomaly]:
         method = self.method or METRICS[self.metric][2]
         kwargs: dict = {"min_samples": self.min_samples,
-                        "min_delta": self.min_delta if self.min_delta is not None else METRICS[self.metric][3]}
+                        "min_delta": self.min_delta if self.min_delta is not None else METRICS[self.metric][3],
+                        "min_relative_delta": self.min_relative_delta}
         if self.sensitivity is not None:
             kwargs["sensitivity"] = self.sensitivity
         if method == "ewma":

@@ -1,6 +1,7 @@
 """Cost budgets: the ledger, clock-free and atomic (used by the ``cost`` processor's ``budgets``).
 
-A budget has a scope: who is charged, and over which calendar period.
+A budget has a scope: who is charged, and over which calendar period.  Events fire at its
+utilisation steps and at its throttle and kill points.
 
     agent_day  agent_month     each agent            org_day  org_month      everything together
     model_day  model_month     each model            tenant_day  tenant_month  each tenant
@@ -50,6 +51,11 @@ class BudgetSpec:
             raise ValueError("limit_usd must be positive")
         if not 0 < self.throttle_at <= self.kill_at:
             raise ValueError("need 0 < throttle_at <= kill_at")
+
+    @property
+    def steps(self) -> tuple[float, ...]:
+        """Where events fire: the alert steps, and the throttle and kill points."""
+        return tuple(sorted({*self.alert_steps, self.throttle_at, self.kill_at}))
 
     @property
     def subject_kind(self) -> str:
@@ -109,6 +115,7 @@ class BudgetLedger:
         # agent -> {(subject kind, subject): last charge}: which model/tenant budgets bind the agent
         self._uses: dict[str, dict[tuple[str, str], float]] = {}
         self._periods: dict[str, tuple[int, str, float]] = {}  # budget -> (second, label, end)
+        self._task_agents: dict[str, str] = {}  # task -> the agent that spends in it
         self._lock = threading.Lock()
 
     def _subjects(self, spec: BudgetSpec, agent: str, task: str | None, model: str | None,
@@ -136,11 +143,17 @@ class BudgetLedger:
         return cached[1], cached[2]
 
     def _account(self, spec: BudgetSpec, subject: str, now: float) -> _Account:
+        """The subject's account of the current period, created (or reset, by the clock) if needed."""
         label, ends = self._period(spec, now)
         acc = self._accounts.get((spec.name, subject))
         if acc is None or acc.period != label:  # a new period: the clock reset it
             acc = self._accounts[(spec.name, subject)] = _Account(label, ends)
         return acc
+
+    def _current(self, spec: BudgetSpec, subject: str, now: float) -> _Account | None:
+        """The account of the current period if it exists: asking never creates one."""
+        acc = self._accounts.get((spec.name, subject))
+        return acc if acc is not None and acc.period == self._period(spec, now)[0] else None
 
     def decision(self, agent: str, now: float, task: str | None = None) -> tuple[str, str, float | None]:
         """(action, reason, until) for the agent now: the strictest over its budgets."""
@@ -155,7 +168,9 @@ class BudgetLedger:
         worst, worst_rank = BudgetDecision("allow"), (0, 0.0)
         for spec in self.specs:
             for subject in self._binding(spec, agent, task, now):
-                acc = self._account(spec, subject, now)
+                acc = self._current(spec, subject, now)
+                if acc is None:
+                    continue  # nothing spent this period
                 u = acc.spent / spec.limit_usd + _EPS
                 action = "kill" if u >= spec.kill_at else "throttle" if u >= spec.throttle_at else "allow"
                 rank = (ACTIONS.index(action), u)  # the strictest action; among equals, the fullest budget
@@ -181,10 +196,13 @@ class BudgetLedger:
             return True, self._charge(agent, amount, now, task, model, tenant, calls)
 
     def charge(self, agent: str, amount: float, now: float, task: str | None = None,
-               model: str | None = None, tenant: str | None = None, calls: int = 1) -> list[BudgetEvent]:
-        """Record money already spent (what spans report): never refused."""
+               model: str | None = None, tenant: str | None = None, calls: int = 1,
+               at: float | None = None) -> list[BudgetEvent]:
+        """Record money already spent (what spans report): never refused.  ``at``: when it was spent
+        (default ``now``); it is charged to the budgets whose current period holds that instant, so a
+        late span of yesterday does not count today, as the rebuild after a restart would not count it."""
         with self._lock:
-            return self._charge(agent, amount, now, task, model, tenant, calls)
+            return self._charge(agent, amount, now, task, model, tenant, calls, at)
 
     def restore(self, budget: str, subject: str, spent: float, now: float, calls: int = 0,
                 agents: list[str] | tuple[str, ...] = ()) -> None:
@@ -194,26 +212,34 @@ class BudgetLedger:
             spec = next(s for s in self.specs if s.name == budget)
             acc = self._account(spec, subject, now)
             acc.spent, acc.calls, acc.last_charge = spent, calls, now
-            acc.steps_crossed = {st for st in spec.alert_steps if spent / spec.limit_usd + _EPS >= st}
-            for agent in agents:
-                self._uses.setdefault(agent, {})[(spec.subject_kind, subject)] = now
+            acc.steps_crossed = {st for st in spec.steps if spent / spec.limit_usd + _EPS >= st}
+            for agent in agents:  # who spent from it (model and tenant budgets bind them)
+                uses = self._uses.setdefault(agent, {})
+                uses[("agent", "")] = now
+                if spec.subject_kind in ("model", "tenant"):
+                    uses[(spec.subject_kind, subject)] = now
 
     def _charge(self, agent: str, amount: float, now: float, task: str | None, model: str | None,
-                tenant: str | None, calls: int) -> list[BudgetEvent]:
+                tenant: str | None, calls: int, at: float | None = None) -> list[BudgetEvent]:
         before = self._decision(agent, task, now).action
+        if task:
+            self._task_agents[task] = agent
         uses = self._uses.setdefault(agent, {})
+        uses[("agent", "")] = now  # the agent is known while it spends (and a month after)
         for kind, value in (("model", model), ("tenant", tenant)):
             if value:
                 uses[(kind, value)] = now
         events = []
         for spec in self.specs:
+            if at is not None and spec.scope != "task" and spec.period(at)[0] != self._period(spec, now)[0]:
+                continue  # spent in another period than the current one
             for subject in self._subjects(spec, agent, task, model, tenant):
                 acc = self._account(spec, subject, now)
                 acc.spent += amount
                 acc.calls += calls
                 acc.last_charge = now
                 u = acc.spent / spec.limit_usd + _EPS
-                for step in spec.alert_steps:
+                for step in spec.steps:
                     if u >= step and step not in acc.steps_crossed:
                         acc.steps_crossed.add(step)
                         events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
@@ -234,6 +260,8 @@ class BudgetLedger:
                 if not ended:
                     continue
                 del self._accounts[key]
+                if spec.scope == "task":
+                    self._task_agents.pop(key[1], None)
                 if acc.steps_crossed:
                     events.append(BudgetEvent("reset", spec.name, key[1], acc.period,
                                               acc.spent / spec.limit_usd, acc.period))
@@ -246,10 +274,28 @@ class BudgetLedger:
                     del self._uses[agent]
         return events
 
+    def known_agents(self) -> set[str]:
+        """Agents that spent within the last month (the longest period), or have a running task."""
+        with self._lock:
+            return set(self._uses) | set(self._task_agents.values())
+
+    def limited_tasks(self, now: float) -> list[tuple[str, str]]:
+        """(agent, task) of every task whose own budget throttles or kills it now."""
+        with self._lock:
+            out = []
+            for spec in self.specs:
+                if spec.scope != "task":
+                    continue
+                for (name, task), acc in self._accounts.items():
+                    if name == spec.name and acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
+                        out.append((self._task_agents.get(task, ""), task))
+            return out
+
     def spent(self, budget: str, subject: str, now: float) -> float:
         with self._lock:
             spec = next(s for s in self.specs if s.name == budget)
-            return self._account(spec, subject, now).spent
+            acc = self._current(spec, subject, now)
+            return acc.spent if acc is not None else 0.0
 
     def accounts(self, now: float) -> list[dict]:
         """Every account of the current periods, with its utilisation (for /v1/costs)."""

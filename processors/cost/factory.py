@@ -156,7 +156,6 @@ class CostProcessor(Processor):
         self.pricer = Pricer(config.overrides)
         self.clock = time.time  # tests move time
         self.ledger = BudgetLedger([b.spec() for b in config.budgets])
-        self._agents: set[str] = set()
         self._store = None
         self._host = None
 
@@ -182,33 +181,32 @@ class CostProcessor(Processor):
             if spec.scope == "task":
                 continue
             start_minute = int(spec.period_start(now).timestamp() // 60)
+            end_minute = int(spec.period(now)[1] // 60)
             subject = {"agent": "agent_id", "org": "'org'", "model": "model", "tenant": "tenant"}[spec.subject_kind]
             for who, spent, calls, agents in store.read(
                     f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
-                    "WHERE minute >= ? GROUP BY ALL", [start_minute]):
+                    "WHERE minute >= ? AND minute < ? GROUP BY ALL", [start_minute, end_minute]):
                 if not who or spent is None:
                     continue  # spans without a model or tenant charge no such budget; no spend yet
-                self.ledger.restore(spec.name, who, spent, now, calls,
-                                    agents if spec.subject_kind in ("model", "tenant") else ())
-                self._agents.update(agents)
-        if any(spec.scope == "task" for spec in self.ledger.specs):  # tasks still running: their spend so far
+                self.ledger.restore(spec.name, who, spent, now, calls, agents)
+        if any(spec.scope == "task" for spec in self.ledger.specs):  # tasks still running: all their spend so far
             since = int((now - TASK_IDLE_S) * 1e9)
             for trace, spent, calls in store.read(
-                    "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND end_ns >= ? "
-                    "GROUP BY trace_id", [since]):
+                    "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND trace_id IN "
+                    "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY trace_id",
+                    [since]):
                 for spec in self.ledger.specs:
                     if spec.scope == "task":
                         self.ledger.restore(spec.name, trace, spent, now, calls)
 
-    def _charged(self, charges: list[tuple[str, str, str, str, float, int]]) -> None:
+    def _charged(self, charges: list[tuple[str, str, str, str, float, int, int]]) -> None:
         now = self.clock()
         events: list[BudgetEvent] = []
         agents = set()
-        for agent, trace, model, tenant, usd, calls in charges:
+        for agent, trace, model, tenant, usd, calls, minute in charges:
             agents.add(agent)
             events += self.ledger.charge(agent, usd, now, task=trace, model=model or None, tenant=tenant or None,
-                                         calls=calls)
-        self._agents |= agents
+                                         calls=calls, at=minute * 60.0)
         self._publish(events, now)
         if self._host is not None:
             self._host.decisions.check(agents)  # a charge that throttles or kills is announced now
@@ -245,7 +243,11 @@ class CostProcessor(Processor):
         return Decision(d.action, d.reason, d.until, details)
 
     def agents(self) -> set[str]:
-        return set(self._agents)
+        return self.ledger.known_agents()
+
+    def scopes(self) -> list[tuple[str, str | None, str | None]]:
+        """(agent, tool, task) decisions the board announces besides the agents': limited tasks."""
+        return [(agent, None, task) for agent, task in self.ledger.limited_tasks(self.clock())]
 
     def costs(self, days: int = 7) -> dict:
         """What /v1/costs answers: spend per day, agent and model with utilisation, and every budget."""

@@ -75,10 +75,11 @@ class CircuitBreaker:
         if not len(fails):
             return len(end_ns)
         n, window = self.settings.failure_threshold, int(self.settings.window_s * 1e9)
-        times = np.concatenate([np.fromiter(self.failures, np.int64, len(self.failures)), fails])
-        old = len(self.failures)
-        # the first failure of this batch that closes a run of n failures within the window
-        ends = np.arange(max(n - 1, old), len(times))
+        # Sorted: a late batch can hold failures from before the ones kept (a run of old ones alone
+        # would have opened the breaker already, so any run found includes a new failure).
+        times = np.sort(np.concatenate([np.fromiter(self.failures, np.int64, len(self.failures)), fails]))
+        # the first failure that closes a run of n failures within the window
+        ends = np.arange(n - 1, len(times))
         hit = ends[times[ends] - times[ends - (n - 1)] <= window]
         if not len(hit):
             self.failures = deque(times[times >= times[-1] - window][-(n - 1):] if n > 1 else [], maxlen=None)

@@ -140,7 +140,8 @@ class IncidentsProcessor(Processor):
         prefix = "INC" + (f"-{settings.id.name}" if settings.id.name else "")
         self.correlator = Correlator(config.correlation_window, config.dedup_window, _PRIORITY[config.open_at],
                                      config.auto_resolve, prefix)
-        self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self.breakers: dict[tuple[str, str], CircuitBreaker] = {}  # (agent, tool or "")
+        self._not_closed: dict[str, dict[str, CircuitBreaker]] = {}  # agent -> tool -> breaker: what decides
         self._lock = threading.Lock()  # correlator and breakers
         self._publish_lock = threading.Lock()  # changes are stored and announced in the order they happened
         self._store = None
@@ -190,6 +191,7 @@ class IncidentsProcessor(Processor):
                 "WHERE processor = ?", [str(self.id)]):
             self.breakers[(agent, tool)] = CircuitBreaker(settings, state, since, until, probes=probes,
                                                           successes=successes)
+            self._index((agent, tool))
 
     # --- signals from events ------------------------------------------------------------
 
@@ -272,13 +274,35 @@ class IncidentsProcessor(Processor):
                 order = mine[np.argsort(end_ns[mine], kind="stable")]
                 breaker = self.breakers.setdefault(keys[i], CircuitBreaker(cfg.settings()))
                 out += [(keys[i], t) for t in breaker.record(end_ns[order], failed[order], now)]
+                self._index(keys[i])
         return out
 
+    def _index(self, key: tuple[str, str]) -> None:
+        """Keep ``_not_closed`` (what decisions read) in step with one breaker (under the lock)."""
+        agent, tool = key
+        breaker = self.breakers.get(key)
+        if breaker is not None and breaker.state != CLOSED:
+            self._not_closed.setdefault(agent, {})[tool] = breaker
+        elif agent in self._not_closed:
+            self._not_closed[agent].pop(tool, None)
+            if not self._not_closed[agent]:
+                del self._not_closed[agent]
+
     def tick(self) -> None:
-        """Every second (the decisions board): recovery timeouts, and incidents whose signals aged out."""
+        """Every second (the decisions board): recovery timeouts, idle breakers forgotten, and incidents
+        whose signals aged out."""
         now = self.clock()
+        horizon = int((now - self.config.breakers.window) * 1e9)
         with self._lock:
-            transitions = [(k, t) for k, b in self.breakers.items() for t in b.tick(now)]
+            transitions = []
+            for agent, tools in list(self._not_closed.items()):
+                for tool, b in list(tools.items()):
+                    transitions += [((agent, tool), t) for t in b.tick(now)]
+                    self._index((agent, tool))
+            # A closed breaker whose failures are all outside the window decides nothing: forgotten.
+            for key in [k for k, b in self.breakers.items()
+                        if b.state == CLOSED and (not b.failures or b.failures[-1] < horizon)]:
+                del self.breakers[key]
         self._change([], transitions, now)
 
     def _change(self, signals: list[Signal], transitions: list[tuple[tuple[str, str], Transition]],
@@ -301,11 +325,10 @@ class IncidentsProcessor(Processor):
 
     def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision:
         with self._lock:
-            mine = [(t, b) for (a, t), b in self.breakers.items() if a == agent and b.state != CLOSED
-                    and (not t or tool is None or t == tool)]
+            mine = [(t, b) for t, b in self._not_closed.get(agent, {}).items() if not t or tool is None or t == tool]
             blocking = [(t, b) for t, b in mine if b.blocks() and (not t or t == tool)]
-            circuits = [{"tool": t or None, "state": b.state, "until": b.open_until, "probes_left": b.probes_left()}
-                        for t, b in mine]
+            circuits = [{"tool": t or None, "state": b.state, "since": b.since, "until": b.open_until,
+                         "probes_left": b.probes_left()} for t, b in mine]
         if blocking:
             t, b = blocking[0]
             what = f"tool {t}" if t else "agent"
@@ -318,7 +341,12 @@ class IncidentsProcessor(Processor):
 
     def agents(self) -> set[str]:
         with self._lock:
-            return {a for (a, _), b in self.breakers.items() if b.state != CLOSED}
+            return set(self._not_closed)
+
+    def scopes(self) -> list[tuple[str, str | None, str | None]]:
+        """(agent, tool, task) decisions the board announces besides the agents': per-tool breakers."""
+        with self._lock:
+            return [(a, t, None) for a, tools in self._not_closed.items() for t in tools if t]
 
     # --- the incident API (admin extension, CLI) --------------------------------------------
 

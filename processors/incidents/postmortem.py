@@ -72,11 +72,13 @@ def postmortem_markdown(read: Query, incident_id: str, budgets: list[BudgetSpec]
 
 def _timeline(read: Query, agent: str, log: list[tuple], since: int, end: int) -> list[str]:
     items = []
-    for t, entry, _kind, _name, state, priority, _summary, who, why in log:
+    for t, entry, kind, name, state, priority, summary, who, why in log:
         if entry == "state":
             items.append((t, 1, "incident", f"{state} ({priority})", f"by {who}: {why}"))
         elif entry == "priority":
             items.append((t, 1, "incident", f"priority {priority}", f"by {who}: {why}"))
+        elif entry == "signal" and kind == "policy":  # the one signal that is no event: only in the log
+            items.append((t, 0, "policy", f"{name} {state}", summary))
     for t, kind, state, name, summary in read(
             "SELECT time_ns, kind, state, name, summary FROM events WHERE kind <> 'incident' "
             "AND coalesce(labels['agent_id'], '') = ? AND time_ns BETWEEN ? AND ? ORDER BY time_ns",

@@ -41,6 +41,7 @@ def test_should_proceed_follows_the_decisions_and_keeps_a_throttles_rate(tmp_pat
         assert abs(rate - (0.05 / 0.045) / minutes_left) < 1e-4
         assert client.should_proceed("a1") is True  # the bucket holds one call
         assert client.should_proceed("a1") is False
+        assert client.should_proceed("a1", task="another-task") is False  # one rate per agent, not per task
         clock.t += 60 / rate  # one call's worth of time later
         assert client.should_proceed("a1") is True
         send(service, [(llm("a1", 0.045), False)] * 2)  # 0.99: killed
@@ -51,6 +52,9 @@ def test_should_proceed_follows_the_decisions_and_keeps_a_throttles_rate(tmp_pat
         send(service, [(llm("a3", 0.5), False)] * 2)
         assert cached.should_proceed("a3") is True  # the cached answer, until it expires
         assert DecisionClient(endpoint, cache_ttl=0).should_proceed("a3") is False
+
+        send(service, [(llm("team/a4", 0.5), False)] * 2)  # an agent id with a slash is one path segment
+        assert DecisionClient(endpoint, cache_ttl=0, fail_open=True).should_proceed("team/a4") is False
     finally:
         service.shutdown()
 
@@ -67,8 +71,9 @@ def test_half_open_lets_only_the_probes_through(tmp_path):
         (proc,) = service.host.find("processors", type_="incidents")
         proc.clock = lambda: time.time() + 3601
         service.host.decisions.tick()
-        probing = DecisionClient(f"127.0.0.1:{ports.admin}", cache_ttl=3600)
-        assert [probing.should_proceed("a1", tool="search") for _ in range(5)] == [True, True, True, False, False]
+        probing = DecisionClient(f"127.0.0.1:{ports.admin}", cache_ttl=0)  # asking each time changes nothing:
+        assert [probing.should_proceed("a1", tool="search", task=f"t{i}") for i in range(5)] == [
+            True, True, True, False, False]  # the breaker's three probes, whatever the task
         assert probing.should_proceed("a1", tool="calc") is True
     finally:
         service.shutdown()

@@ -69,3 +69,17 @@ def test_nothing_is_judged_before_min_samples():
     assert all(flagged(d, series) == [] for d in DETECTORS.values())
     with pytest.raises(ValueError, match="alpha"):
         ewma(BASE, alpha=1.5)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_a_flat_series_flags_only_a_real_change_and_a_small_one_is_no_critical(name):
+    flat = np.full(60, 0.010)  # the same cost per task every minute: no spread at all
+    small = flat.copy()
+    small[50] = 0.0101  # +1 %: below a 5 % floor, not an anomaly
+    assert DETECTORS[name](small, min_relative_delta=0.05) == []
+    moved = flat.copy()
+    moved[50] = 0.0107  # +7 %: over the floor, but under twice it: a warning, not critical
+    (a,) = DETECTORS[name](moved, min_relative_delta=0.05)
+    assert (a.index, a.severity) == (50, "warning")
+    moved[50] = 0.02  # doubled: critical
+    assert DETECTORS[name](moved, min_relative_delta=0.05)[0].severity == "critical"

@@ -24,9 +24,9 @@ def test_spend_crossing_steps_alerts_then_throttles_then_kills():
     assert seen == [("action", "allow"),
                     ("alert", "0.5"), ("action", "allow"),
                     ("alert", "0.75"), ("action", "allow"),
-                    ("decision", "throttle"), ("action", "throttle"),  # 8.5 = 85 %
+                    ("alert", "0.85"), ("decision", "throttle"), ("action", "throttle"),  # 8.5 = 85 %
                     ("alert", "0.9"), ("action", "throttle"),
-                    ("decision", "kill"), ("action", "kill")]  # 9.6 >= 95 %
+                    ("alert", "0.95"), ("decision", "kill"), ("action", "kill")]  # 9.6 >= 95 %: events there too
     action, reason, until = ledger.decision("a1", NOON)
     assert reason == "budget agent-daily (agent_day) at 96% of $10" and until == utc(2026, 11, 26)
     assert ledger.try_charge("a1", 0.01, NOON) == (False, [])  # refused once killed
@@ -116,3 +116,17 @@ def test_expire_reports_the_periods_that_ended_after_alerting_and_forgets_them()
          "utilisation": 6.0, "calls": 1, "resets_at": None}]  # a task budget outlives the day, until idle an hour
     assert [(e.budget, e.subject) for e in ledger.expire(late + 3600)] == [("t", "t1")]
     assert ledger.accounts(late + 3600) == []
+
+
+def test_asking_creates_no_accounts_and_spend_of_another_period_is_not_charged_to_this_one():
+    ledger = BudgetLedger([DAY, BudgetSpec("t", "task", 1.0)])
+    for i in range(100):
+        assert ledger.decision(f"agent-{i}", NOON, task=f"task-{i}")[0] == "allow"
+    assert ledger.accounts(NOON) == []  # decisions are read, never written
+    yesterday = utc(2026, 11, 24, 23, 0)
+    ledger.charge("a1", 9.9, NOON, at=yesterday)  # a late span from yesterday: not today's spend
+    assert ledger.spent("agent-daily", "a1", NOON) == 0.0 and ledger.decision("a1", NOON)[0] == "allow"
+    ledger.charge("a1", 9.9, NOON, task="t1", at=yesterday)  # a task has no calendar: charged
+    assert ledger.spent("t", "t1", NOON) == pytest.approx(9.9)
+    ledger.charge("a1", 1.0, NOON, at=NOON - 60)
+    assert ledger.spent("agent-daily", "a1", NOON) == pytest.approx(1.0)

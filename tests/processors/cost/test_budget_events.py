@@ -36,8 +36,9 @@ def test_steps_and_decisions_are_events_that_resolve_when_the_day_resets(tmp_pat
         throttle = heard[-1]
         assert throttle["labels"]["agent_id"] == "a1" and float(throttle["labels"]["suggested_rate_per_min"]) > 0
         assert len({e["fingerprint"] for e in heard if e["kind"] == "budget"}) == 1  # one budget alert, updated
-        _spend(service, 0.06, 1)  # 96 %: killed
-        kill = heard[-1]
+        _spend(service, 0.06, 1)  # 96 %: the kill point, as a budget event (page) and a decision
+        step, kill = heard[-2:]
+        assert (step["kind"], step["severity"], step["name"]) == ("budget", "page", "daily 95%")
         assert (kill["kind"], kill["state"], kill["severity"], kill["name"]) == ("decision", "firing", "page", "kill")
         assert kill["fingerprint"] == throttle["fingerprint"] and kill["started_ns"] == throttle["started_ns"]
 
@@ -57,7 +58,7 @@ def test_steps_and_decisions_are_events_that_resolve_when_the_day_resets(tmp_pat
             ("budget", "resolved", "daily reset"), ("decision", "resolved", "allow")]
         store = service.exporters["duckdb"].store
         assert store.read("SELECT kind, count(*) FROM events GROUP BY ALL ORDER BY ALL") == [
-            ("budget", 3), ("decision", 3)]
+            ("budget", 4), ("decision", 3)]
     finally:
         service.shutdown()
 

@@ -7,6 +7,8 @@ import json
 import time
 import urllib.request
 
+import pytest
+
 from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
 from tests.conftest import Ports, pipeline_yaml
@@ -82,6 +84,9 @@ def test_a_task_budget_decides_per_task_and_a_running_tasks_spend_survives_a_res
         service.exporters["duckdb"].store.sync()
         assert _get(ports, f"/v1/decisions/a1?task={task}")["action"] == "kill"  # 0.105 of 0.10
         assert _get(ports, "/v1/decisions/a1?task=another")["action"] == "allow"
+        announced = service.exporters["duckdb"].store.read(
+            "SELECT name, labels['task'] FROM events WHERE kind = 'decision'")
+        assert announced == [("kill", task)]  # the task's decision is an event too
     finally:
         service.shutdown()
     restarted = Service(parse_config(text, "test"))
@@ -90,3 +95,41 @@ def test_a_task_budget_decides_per_task_and_a_running_tasks_spend_survives_a_res
         assert _get(ports, f"/v1/decisions/a1?task={task}")["action"] == "kill"  # rebuilt from its spans
     finally:
         restarted.shutdown()
+
+
+def test_spend_counts_in_the_period_of_its_spans_live_and_after_a_restart_on_an_injected_clock(tmp_path):
+    from agent_sre.processors.cost.budget import utc
+
+    noon = utc(2026, 11, 25, 12)
+    ports = Ports.allocate()
+    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, cost, batch")
+    text = text.replace("  batch:\n", COST + "  batch:\n", 1).replace("  duckdb:\n", "  duckdb:\n    retention: 0s\n", 1)
+
+    def started() -> Service:
+        service = Service(parse_config(text, "test"))
+        (cost,) = [p for p in service.processors if p.id.type == "cost"]
+        cost.clock = lambda: noon  # before start: the rebuild runs on it too
+        service.start()
+        return service
+
+    def spend(service: Service, usd: float, when: float) -> None:
+        attrs = {"agent.did": "a1", "gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
+                 "gen_ai.usage.cost": usd}
+        service.receivers[0].ingest.export(request(1, attrs=attrs, start_ns=int(when * 1e9)), "test")
+        service.exporters["duckdb"].store.sync()
+
+    service = started()
+    try:
+        spend(service, 0.5, utc(2026, 11, 24, 23))  # yesterday's, arriving late: not today's spend
+        spend(service, 0.5, utc(2026, 11, 27, 9))  # from the day after tomorrow (a wrong clock): not today's
+        spend(service, 0.9, utc(2026, 11, 25, 10))  # today's: 90 %
+        d = _get(ports, "/v1/decisions/a1")
+        assert (d["action"], d["utilisation"]) == ("throttle", pytest.approx(0.9))
+    finally:
+        service.shutdown()
+    service = started()
+    try:
+        d = _get(ports, "/v1/decisions/a1")  # rebuilt from cost_minutes by the same rule
+        assert (d["action"], d["utilisation"]) == ("throttle", pytest.approx(0.9))
+    finally:
+        service.shutdown()

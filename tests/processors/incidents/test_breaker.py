@@ -63,3 +63,14 @@ def test_used_up_probes_block_until_their_results_arrive():
     b.tick(40)
     b.probes = 2  # two probe calls let through, no result seen yet
     assert (b.state, b.probes_left(), b.blocks()) == (HALF_OPEN, 0, True)
+
+
+def test_failures_arriving_out_of_order_are_windowed_by_their_own_times():
+    b = CircuitBreaker(SETTINGS)
+    assert b.record(*calls((1000, True), (2000, True)), now=2000) == []
+    assert b.record(*calls((100, True), (150, True)), now=2001) == []  # late, and far apart: no run of three
+    assert b.state == CLOSED
+    b = CircuitBreaker(SETTINGS)
+    assert b.record(*calls((1000, True), (1005, True)), now=1005) == []
+    (t,) = b.record(*calls((998, True)), now=1006)  # late but within the window: 998, 1000, 1005
+    assert t.new == OPEN

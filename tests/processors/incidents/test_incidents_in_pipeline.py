@@ -105,6 +105,10 @@ def test_policy_violations_and_budget_kills_open_incidents_and_the_api_guards_th
         assert api.post("/v1/incidents/INC-99999/ack", {"by": "bob"})[0] == 404
         assert api.post(path + "/resolve", {"by": "bob", "why": "done"})[0] == 200
         assert api.get(path)["state"] == "resolved" and api.get("/v1/incidents?all=true")["incidents"]
+        (proc,) = service.host.find("processors", type_="incidents")
+        postmortem = proc.postmortem(inc["id"])
+        assert "| policy | policy pii-guard firing | 3 policy violations of pii-guard |" in postmortem
+        assert "- [ ] Which inputs violated the policy" in postmortem
         assert [i["id"] for i in api.get("/v1/incidents")["incidents"]] == [a2[0]["id"]]
     finally:
         service.shutdown()
@@ -114,9 +118,14 @@ def test_per_tool_breakers_answer_per_tool_and_survive_a_restart_with_the_incide
     ports = Ports.allocate()
     service = start(tmp_path, ports)
     api = Api(ports)
+    heard: list[dict] = []
+    service.host.events.subscribe(heard.extend, ["decision"])
     try:
         send(service, [(tool("a1", "search"), True)] * 2 + [(tool("a1", "calc"), False)] * 5)
         assert api.get("/v1/decisions/a1?tool=search")["action"] == "circuit_open"
+        (ev,) = heard  # the tool's decision is announced, with its tool
+        assert (ev["state"], ev["name"], ev["labels"]["agent_id"], ev["labels"]["tool"]) == (
+            "firing", "circuit_open", "a1", "search")
         assert api.get("/v1/decisions/a1?tool=calc")["action"] == "allow"
         whole = api.get("/v1/decisions/a1")  # the agent as a whole: allowed, its open circuits listed
         assert whole["action"] == "allow" and [c["tool"] for c in whole["circuits"]] == ["search"]
