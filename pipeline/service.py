@@ -35,16 +35,37 @@ log = logging.getLogger("agent_sre.service")
 
 
 class ExporterFanout:
-    """Hands a batch to every exporter of a pipeline; the batch is taken when all succeeded."""
+    """Hands a batch to every exporter of a pipeline.
+
+    Synchronous exporters (the duckdb store: the durable point the client waits for) go first; if
+    one fails, the batch is refused (retryable) and nothing was queued anywhere, so the client's
+    retry sends nothing twice.  Then every queued exporter (the exporter helper) takes the batch
+    into its own queue; a full queue is that exporter's loss, counted as ``enqueue_failed`` and
+    logged, and refuses the batch only when no other exporter took it (a retry would then
+    duplicate nothing)."""
 
     def __init__(self, exporters: list[Exporter], telemetry: Telemetry):
+        self.sync = [e for e in exporters if not getattr(e, "queued", False)]
+        self.queued = [e for e in exporters if getattr(e, "queued", False)]
         self.exporters = exporters
         self.telemetry = telemetry
 
     def consume(self, batch: pa.Table) -> None:
+        self._consume_sync(batch)
+        refused = []
+        for exp in self.queued:
+            result = exp.export(batch)  # enqueues; never raises (a bug would be caught by the helper)
+            if not result.ok:
+                refused.append((exp, result))
+                exp.logger.error("%d spans not taken: %s", batch.num_rows, result.message)
+        if refused and len(refused) == len(self.queued) and not self.sync:
+            raise RefusedError("; ".join(r.message for _, r in refused),
+                               max(r.retry_after or 1.0 for _, r in refused))
+
+    def _consume_sync(self, batch: pa.Table) -> None:
         failures = []
         t = self.telemetry
-        for exp in self.exporters:
+        for exp in self.sync:
             name = str(exp.id)
             started = time.perf_counter()
             try:

@@ -35,6 +35,12 @@ class Telemetry:
         self.exporter_failed = Counter(
             "agent_sre_exporter_send_failed_spans", "Spans an exporter failed to send.",
             ["exporter"], registry=r)
+        self.exporter_enqueue_failed = Counter(
+            "agent_sre_exporter_enqueue_failed_spans", "Spans an exporter's sending queue refused (full).",
+            ["exporter"], registry=r)
+        self.exporter_retries = Counter(
+            "agent_sre_exporter_retries", "Send attempts an exporter retried after a retryable failure.",
+            ["exporter"], registry=r)
         self.exporter_latency = Histogram(
             "agent_sre_exporter_export_latency_seconds", "Time one export call took.",
             ["exporter"], buckets=_LATENCY_BUCKETS, registry=r)

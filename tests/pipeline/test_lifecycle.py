@@ -19,8 +19,10 @@ def _config(factory, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     required = {"webhook": {"url": url}, "slack": {"webhook_url": url}, "teams": {"webhook_url": url},
                 "pagerduty": {"routing_key": "k", "url": url}, "opsgenie": {"api_key": "k", "api_url": url},
-                "alertmanager": {"url": url}}
-    if factory.type in required:
+                "alertmanager": {"url": url}, "otlp": {"endpoint": url, "tls": {"insecure": True}},
+                "otlphttp": {"endpoint": url}, "langfuse": {"host": url, "public_key": "pk", "secret_key": "sk"},
+                "datadog": {"api_key": "k", "api_url": url}}
+    if factory.type in required and factory.kind is Kind.EXPORTER:
         return factory.config_model(**required[factory.type])
     if factory.type == "slo":  # an SLO processor has at least one objective
         return factory.config_model(objectives=[{"name": "tools", "sli": "tool_call_accuracy", "target": 0.99}])
