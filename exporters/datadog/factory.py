@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from agent_sre.exporters.helper.counts import SpanCounts
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
@@ -76,8 +77,7 @@ class DatadogExporter(QueuedExporter):
 
     def __init__(self, settings, config):
         super().__init__(settings, config)
-        self._acc: dict[tuple[str, str, str], list[float]] = {}  # (agent, model, role) -> sums
-        self._acc_lock = threading.Lock()
+        self._counts = SpanCounts(("agent_id", "model", "span_role"))
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._host = None
@@ -106,7 +106,7 @@ class DatadogExporter(QueuedExporter):
             wanted = self._wanted_events(batch)
             return super().export(wanted) if wanted.num_rows else SUCCESS
         if self.config.metrics.enabled and "span_role" in batch.schema.names:
-            self._count(batch)
+            self._counts.add(batch)
         return SUCCESS
 
     def _wanted_events(self, batch: pa.Table) -> pa.Table:
@@ -117,23 +117,6 @@ class DatadogExporter(QueuedExporter):
                        pc.or_(pc.equal(batch.column("state"), "resolved"),
                               pc.is_in(batch.column("severity"), pa.array(ev.severities))))
         return batch.filter(pc.fill_null(keep, False))
-
-    def _count(self, batch: pa.Table) -> None:
-        keys = {c: pc.fill_null(batch.column(c), "") for c in ("agent_id", "model", "span_role")}
-        t = pa.table({**keys, "errors": pc.cast(pc.equal(batch.column("status_code"), "error"), pa.int64()),
-                      "input": pc.fill_null(batch.column("input_tokens"), 0),
-                      "output": pc.fill_null(batch.column("output_tokens"), 0),
-                      "cost": pc.fill_null(batch.column("cost_usd"), 0.0),
-                      "duration": pc.fill_null(batch.column("duration_ns"), 0)})
-        sums = t.group_by(["agent_id", "model", "span_role"]).aggregate(
-            [("errors", "count"), ("errors", "sum"), ("input", "sum"), ("output", "sum"), ("cost", "sum"),
-             ("duration", "sum")])
-        with self._acc_lock:
-            for r in sums.to_pylist():  # one row per (agent, model, role): a few
-                acc = self._acc.setdefault((r["agent_id"], r["model"], r["span_role"]), [0.0] * 6)
-                for i, v in enumerate((r["errors_count"], r["errors_sum"], r["input_sum"], r["output_sum"],
-                                       r["cost_sum"], r["duration_sum"])):
-                    acc[i] += v or 0
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.metrics.interval):
@@ -146,21 +129,20 @@ class DatadogExporter(QueuedExporter):
         """Queue the series of the interval that ended now; returns how many."""
         if not self.config.metrics.enabled:
             return 0
-        with self._acc_lock:
-            acc, self._acc = self._acc, {}
+        acc = self._counts.take()
         now = int(self.clock())
         interval = int(self.config.metrics.interval)
         p, base_tags = self.config.metrics.prefix, self.config.metrics.tags
         rows: list[tuple[str, int, float, int, list[str]]] = []
-        for (agent, model, role), (spans, errors, inp, out, cost, duration) in acc.items():
+        for (agent, model, role), s in acc.items():
             tags = base_tags + _tags({"agent_id": agent, "span_role": role})
-            rows += [(f"{p}.spans", COUNT, spans, interval, tags), (f"{p}.errors", COUNT, errors, interval, tags),
-                     (f"{p}.span.duration.avg", GAUGE, duration / spans / 1e6 if spans else 0.0, 0, tags)]
+            rows += [(f"{p}.spans", COUNT, s.spans, interval, tags), (f"{p}.errors", COUNT, s.errors, interval, tags),
+                     (f"{p}.span.duration.avg", GAUGE, s.mean_duration_ms, 0, tags)]
             if role == "llm":
                 llm_tags = base_tags + _tags({"agent_id": agent, "model": model})
-                rows += [(f"{p}.llm.tokens", COUNT, inp, interval, llm_tags + ["token_type:input"]),
-                         (f"{p}.llm.tokens", COUNT, out, interval, llm_tags + ["token_type:output"]),
-                         (f"{p}.llm.cost_usd", COUNT, cost, interval, llm_tags)]
+                rows += [(f"{p}.llm.tokens", COUNT, s.input_tokens, interval, llm_tags + ["token_type:input"]),
+                         (f"{p}.llm.tokens", COUNT, s.output_tokens, interval, llm_tags + ["token_type:output"]),
+                         (f"{p}.llm.cost_usd", COUNT, s.cost_usd, interval, llm_tags)]
         rows += self._slo_rows(p, base_tags)
         if not rows:
             return 0
