@@ -13,14 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import Field
 
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
 from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.otlp_json import encode_trace_request
 
 
 class Rotation(ConfigModel):
@@ -48,7 +46,7 @@ class FileExporter(QueuedExporter):
             self._file.close()
 
     def send(self, batch) -> ExportResult:
-        line = encode_trace_request(ExportTraceServiceRequest.FromString(encoded(batch))) + b"\n"
+        line = encoded(batch, "json") + b"\n"
         try:
             with self._lock:
                 if self._file.tell() and self._file.tell() + len(line) > self.config.rotation.max_megabytes * 2**20:

@@ -10,7 +10,6 @@ keep-alive connection.
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import json
 import ssl
@@ -25,7 +24,6 @@ from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, TlsConfig, apply_preset, retry_after_seconds
 from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.otlp_json import encode_trace_request
 
 
 class OtlpHttpConfig(HelperConfig):
@@ -92,12 +90,8 @@ class OtlpHttpExporter(QueuedExporter):
         return conn
 
     def _body(self, batch) -> bytes:
-        body = encoded(batch)
-        if self.config.encoding == "json":
-            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-            body = encode_trace_request(ExportTraceServiceRequest.FromString(body))
-        return gzip.compress(body, 6) if self.config.compression == "gzip" else body
+        form = self.config.encoding + ("+gzip" if self.config.compression == "gzip" else "")
+        return encoded(batch, form)  # once per batch for every exporter that sends the same form
 
     def send(self, batch) -> ExportResult:
         body = self._body(batch)

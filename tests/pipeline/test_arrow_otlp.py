@@ -43,3 +43,15 @@ def test_a_computed_cost_goes_out_once_and_a_client_cost_is_not_repeated():
     assert pc.sum(client.column("cost_usd")).as_py() == 0.1
     (span,) = table_to_request(client).resource_spans[0].scope_spans[0].spans
     assert [kv.key for kv in span.attributes] == ["gen_ai.usage.cost"]
+
+
+@PROPERTY
+@given(VALID_REQUESTS)
+def test_the_fast_json_is_protobufs_own_json_of_the_same_request(req):
+    import json
+
+    from agent_sre.pipeline.arrow_otlp import table_to_json
+    from agent_sre.pipeline.otlp_json import encode_trace_request
+
+    table = request_to_table(req).table
+    assert json.loads(table_to_json(table)) == json.loads(encode_trace_request(table_to_request(table)))
