@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from agent_sre.pipeline.schema import SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES
+from agent_sre.pipeline.schema import SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, signal_of
 
 COST_ATTRIBUTE = "agent_sre.cost_usd"
 _BIN = pa.binary()
@@ -357,7 +357,16 @@ def table_to_request(table: pa.Table) -> ExportTraceServiceRequest:
 _encoded: dict[tuple[int, str], tuple[weakref.ref, bytes]] = {}  # (id(table), form) -> (table, bytes)
 _computing: dict[tuple[int, str], threading.Lock] = {}
 _encoded_lock = threading.Lock()
-_FORMS = {"proto": lambda t: table_to_bytes(t), "json": lambda t: table_to_json(t)}
+def _encode(table: pa.Table, form: str) -> bytes:
+    """A batch of any signal as an OTLP request in ``proto`` or ``json``."""
+    signal = signal_of(table.schema)
+    if signal == "traces":
+        return table_to_bytes(table) if form == "proto" else table_to_json(table)
+    from agent_sre.pipeline.otlp_json import encode_request
+    from agent_sre.pipeline.otlp_signals import table_to_logs_request, table_to_metrics_request
+
+    request = (table_to_metrics_request if signal == "metrics" else table_to_logs_request)(table)
+    return request.SerializeToString() if form == "proto" else encode_request(request)
 
 
 def encoded(table: pa.Table, form: str = "proto") -> bytes:
@@ -376,7 +385,7 @@ def encoded(table: pa.Table, form: str = "proto") -> bytes:
             if hit is not None and hit[0]() is table:
                 return hit[1]
         base, _, gz = form.partition("+")
-        body = _FORMS[base](table) if not gz else gzip.compress(encoded(table, base), 1)
+        body = _encode(table, base) if not gz else gzip.compress(encoded(table, base), 1)
         with _encoded_lock:
             _encoded[key] = (weakref.ref(table), body)
             _computing.pop(key, None)

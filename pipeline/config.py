@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from agent_sre.pipeline.component import ComponentID, Factory, Kind
 from agent_sre.pipeline.errors import ConfigError, ConfigProblem
 
-SIGNALS = ("traces", "events")  # events: alerts (and later incidents, decisions) derived by processors
+SIGNALS = ("traces", "metrics", "logs", "events")  # events: alerts, incidents, decisions... derived by processors
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?$")
 _ENV_RE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SCALAR_RE = re.compile(r"^(-?\d+(\.\d+)?|true|false)$")
@@ -260,8 +260,7 @@ def _check_service(cfg: PipelineConfig, problems: list[ConfigProblem]) -> None:
         path = f"service::pipelines::{pid}"
         signal = pid.partition("/")[0]
         if signal not in SIGNALS:
-            problems.append(ConfigProblem(path, f'unknown signal "{signal}" (valid values: [{", ".join(SIGNALS)}]; '
-                                                f"metrics and logs pipelines are not supported yet)"))
+            problems.append(ConfigProblem(path, f'unknown signal "{signal}" (valid values: [{", ".join(SIGNALS)}])'))
             continue
         for kind, names in ((Kind.RECEIVER, spec.receivers), (Kind.PROCESSOR, spec.processors),
                             (Kind.EXPORTER, spec.exporters)):

@@ -42,7 +42,8 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-__all__ = ["OtlpJsonError", "decode_trace_request", "encode_message", "encode_trace_request"]
+__all__ = ["OtlpJsonError", "decode_request", "decode_trace_request", "encode_message", "encode_request",
+           "encode_trace_request"]
 
 # Message nesting allowed in a body; protobuf's JSON parser and upb's binary
 # decoder both stop at 100, and a request we accept must re-serialise.
@@ -341,6 +342,7 @@ def _decode_fields(obj: dict, table: dict[str, _Field], has_oneof: bool, depth: 
 
 
 _REQUEST_TABLE = _field_table(ExportTraceServiceRequest.DESCRIPTOR)
+_HEX_KEYS = ("traceId", "spanId", "parentSpanId")
 
 
 def _reject_constant(name: str) -> None:
@@ -353,8 +355,14 @@ def decode_trace_request(body: bytes) -> ExportTraceServiceRequest:
     Raises OtlpJsonError for a body that is not JSON, not an object, has a value
     of the wrong type, or an id that is not hex.
     """
+    return decode_request(body, ExportTraceServiceRequest)
+
+
+def decode_request(body: bytes, message_class: type[Message]) -> Message:
+    """Decode an OTLP/JSON body of any Export*ServiceRequest (traces, metrics, logs): the same rules,
+    hex ``traceId``/``spanId`` wherever they occur (spans, links, log records, exemplars)."""
     if not body or body.isspace():
-        return ExportTraceServiceRequest()
+        return message_class()
     try:
         obj = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
@@ -364,7 +372,8 @@ def decode_trace_request(body: bytes) -> ExportTraceServiceRequest:
     if type(obj) is not dict:
         raise OtlpJsonError(f"request body: expected a JSON object, got {_describe(obj)}")
     try:
-        return ExportTraceServiceRequest(**_decode_fields(obj, _REQUEST_TABLE, False, 1))
+        table = _REQUEST_TABLE if message_class is ExportTraceServiceRequest else _field_table(message_class.DESCRIPTOR)
+        return message_class(**_decode_fields(obj, table, False, 1))
     except _FieldError as exc:
         raise OtlpJsonError(exc.render()) from None
     except (TypeError, ValueError) as exc:  # should be unreachable: every value was checked above
@@ -394,6 +403,23 @@ def encode_trace_request(request: ExportTraceServiceRequest) -> bytes:
                 for link in span.get("links", ()):
                     _ids_to_hex(link, ("traceId", "spanId"))
     return _dumps(document)
+
+
+def encode_request(request: Message) -> bytes:
+    """OTLP/JSON of any Export*ServiceRequest: every traceId/spanId/parentSpanId as hex."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+    _hex_everywhere(document)
+    return _dumps(document)
+
+
+def _hex_everywhere(node: object) -> None:
+    if isinstance(node, dict):
+        _ids_to_hex(node, _HEX_KEYS)
+        for value in node.values():
+            _hex_everywhere(value)
+    elif isinstance(node, list):
+        for value in node:
+            _hex_everywhere(value)
 
 
 def encode_message(message: Message) -> bytes:

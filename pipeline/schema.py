@@ -122,3 +122,80 @@ EVENT_SCHEMA = pa.schema([
     pa.field("labels", STRING_MAP),
     pa.field("started_ns", pa.int64()),  # when the event began firing
 ])
+
+
+# Metrics (the `metrics` signal): one row per data point, of any metric type.  Number points fill
+# `value` (and `int_value` when the point was an integer); histograms, exponential histograms and
+# summaries fill their own columns.  Exemplars are kept as OTLP/JSON text.
+QUANTILE_TYPE = pa.struct([("quantile", pa.float64()), ("value", pa.float64())])
+METRIC_SCHEMA = pa.schema([
+    pa.field("time_ns", pa.int64()),
+    pa.field("start_time_ns", pa.int64()),
+    pa.field("metric_name", pa.string()),
+    pa.field("description", pa.string()),
+    pa.field("unit", pa.string()),
+    pa.field("metric_type", pa.string()),  # gauge | sum | histogram | exponential_histogram | summary
+    pa.field("temporality", pa.string()),  # unspecified | delta | cumulative (sums and histograms)
+    pa.field("is_monotonic", pa.bool_()),  # sums
+    pa.field("value", pa.float64()),
+    pa.field("int_value", pa.int64()),
+    pa.field("count", pa.int64()),
+    pa.field("sum", pa.float64()),
+    pa.field("min", pa.float64()),
+    pa.field("max", pa.float64()),
+    pa.field("bucket_counts", pa.list_(pa.int64())),
+    pa.field("explicit_bounds", pa.list_(pa.float64())),
+    pa.field("scale", pa.int64()),
+    pa.field("zero_count", pa.int64()),
+    pa.field("zero_threshold", pa.float64()),
+    pa.field("positive_offset", pa.int64()),
+    pa.field("positive_bucket_counts", pa.list_(pa.int64())),
+    pa.field("negative_offset", pa.int64()),
+    pa.field("negative_bucket_counts", pa.list_(pa.int64())),
+    pa.field("quantiles", pa.list_(QUANTILE_TYPE)),
+    pa.field("flags", pa.int64()),
+    pa.field("exemplars", pa.string()),
+    pa.field("attributes", STRING_MAP),
+    pa.field("metric_metadata", STRING_MAP),
+    pa.field("service_name", pa.string()),
+    pa.field("resource_attributes", STRING_MAP),
+    pa.field("scope_name", pa.string()),
+    pa.field("scope_version", pa.string()),
+    pa.field("scope_attributes", STRING_MAP),
+])
+
+# Logs (the `logs` signal): one row per log record.  GenAI events (prompts, completions, tool
+# messages: `event_name` gen_ai.*) land here with the trace_id/span_id of the span they belong to,
+# so `logs JOIN spans USING (trace_id, span_id)` finds their span.  `body` is the string, or the
+# value as stored in attribute maps (JSON for arrays and maps); `body_type` says which.
+LOG_SCHEMA = pa.schema([
+    pa.field("time_ns", pa.int64()),
+    pa.field("observed_time_ns", pa.int64()),
+    pa.field("severity_number", pa.int64()),
+    pa.field("severity_text", pa.string()),
+    pa.field("event_name", pa.string()),
+    pa.field("body", pa.string()),
+    pa.field("body_type", pa.string()),  # string | int | double | bool | bytes | array | kvlist | empty
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+    pa.field("flags", pa.int64()),
+    pa.field("attributes", STRING_MAP),
+    pa.field("dropped_attributes_count", pa.int64()),
+    pa.field("service_name", pa.string()),
+    pa.field("resource_attributes", STRING_MAP),
+    pa.field("scope_name", pa.string()),
+    pa.field("scope_version", pa.string()),
+    pa.field("scope_attributes", STRING_MAP),
+])
+
+
+def signal_of(schema: pa.Schema) -> str:
+    """Which signal a batch belongs to, from its columns."""
+    names = set(schema.names)
+    if "metric_name" in names:
+        return "metrics"
+    if "severity_number" in names:
+        return "logs"
+    if "fingerprint" in names:
+        return "events"
+    return "traces"

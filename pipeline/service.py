@@ -29,6 +29,7 @@ from agent_sre.pipeline.component import (
 from agent_sre.pipeline.config import PipelineConfig
 from agent_sre.pipeline.errors import PermanentError, RefusedError
 from agent_sre.pipeline.host import Host
+from agent_sre.pipeline.schema import signal_of
 from agent_sre.pipeline.telemetry import Telemetry
 
 log = logging.getLogger("agent_sre.service")
@@ -76,9 +77,9 @@ class ExporterFanout:
                 failures.append((exp, ExportStatus.RETRYABLE, f"{name}: {exc}", 1.0))
             t.exporter_latency.labels(name).observe(time.perf_counter() - started)
             if result is not None and result.ok:
-                t.exporter_sent.labels(name).inc(batch.num_rows)
+                t.sent(signal_of(batch.schema), name).inc(batch.num_rows)
             else:
-                t.exporter_failed.labels(name).inc(batch.num_rows)
+                t.failed(signal_of(batch.schema), name).inc(batch.num_rows)
                 if result is not None:
                     failures.append((exp, result.status, f"{name}: {result.message}", result.retry_after or 1.0))
         if not failures:
@@ -96,6 +97,22 @@ class Fanout:
     def consume(self, batch: pa.Table) -> None:
         for c in self.consumers:
             c.consume(batch)
+
+
+class SignalRouter:
+    """A receiver's consumer: each batch goes to the pipelines of its signal (traces, metrics, logs,
+    events: ``schema.signal_of``); ``signals`` says which the receiver should accept at all."""
+
+    def __init__(self, by_signal: dict[str, list[Consumer]]):
+        self.heads = {sig: cs[0] if len(cs) == 1 else Fanout(cs) for sig, cs in by_signal.items()}
+        self.signals = tuple(self.heads)
+
+    def consume(self, batch: pa.Table) -> None:
+        signal = signal_of(batch.schema)
+        head = self.heads.get(signal)
+        if head is None:
+            raise PermanentError(f"no {signal} pipeline takes this receiver's data")
+        head.consume(batch)
 
 
 class Service:
@@ -121,7 +138,7 @@ class Service:
             ext = cc.factory.create(self._settings(Kind.EXTENSION, cc), cc.settings)
             self.extensions.append(ext)
             self.host.components[f"extensions::{name}"] = ext
-        heads: dict[str, list[Consumer]] = {}
+        heads: dict[str, dict[str, list[Consumer]]] = {}  # receiver -> signal -> pipeline heads
         for pid, spec in cfg.service.pipelines.items():
             exporters = []
             for name in spec.exporters:
@@ -138,11 +155,10 @@ class Service:
                 self.host.components[f"processors::{name}@{pid}"] = proc
                 consumer = proc.bind(consumer)
             for name in spec.receivers:
-                heads.setdefault(name, []).append(consumer)
-        for name, consumers in heads.items():
+                heads.setdefault(name, {}).setdefault(pid.partition("/")[0], []).append(consumer)
+        for name, by_signal in heads.items():
             cc = cfg.receivers[name]
-            head = consumers[0] if len(consumers) == 1 else Fanout(consumers)
-            rec = cc.factory.create(self._settings(Kind.RECEIVER, cc), cc.settings, head)
+            rec = cc.factory.create(self._settings(Kind.RECEIVER, cc), cc.settings, SignalRouter(by_signal))
             self.receivers.append(rec)
             self.host.components[f"receivers::{name}"] = rec
 

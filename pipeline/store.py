@@ -42,7 +42,7 @@ from agent_sre.pipeline.rollups import (
     rollup_sql,
     validate_sql,
 )
-from agent_sre.pipeline.schema import EVENT_SCHEMA, SPAN_SCHEMA
+from agent_sre.pipeline.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.spool import Spool, SpooledBatch, load, read_after, remove_segments
 
 log = logging.getLogger("agent_sre.store")
@@ -272,6 +272,10 @@ class SpanStore:
         con.execute("CREATE TABLE IF NOT EXISTS events AS SELECT * FROM _empty_events LIMIT 0")
         con.unregister("_empty_events")
         con.execute("CREATE OR REPLACE VIEW alerts AS SELECT * FROM events WHERE kind = 'alert'")
+        for name, schema in (("metrics", METRIC_SCHEMA), ("logs", LOG_SCHEMA)):
+            con.register("_empty", schema.empty_table())
+            con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _empty LIMIT 0")
+            con.unregister("_empty")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state VALUES (0)")
@@ -528,6 +532,8 @@ class SpanStore:
         cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(days * _NS_PER_DAY)
         self.sync()  # spooled spans are subject to retention too
         with self._lock:
+            for table in ("metrics", "logs"):
+                self._con.execute(f"DELETE FROM {table} WHERE time_ns < ?", [cutoff]).fetchall()
             return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchall()[0][0]
 
     def export_parquet(self, directory: str | os.PathLike, since_ns: int | None = None,
@@ -535,6 +541,18 @@ class SpanStore:
         """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
         self.sync()
         return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
+
+    def append_signal(self, table: str, batch: pa.Table) -> None:
+        """Metric points or log records: inserted and committed in one transaction before this returns
+        (their volume is far below the spans', so they skip the spool)."""
+        if table not in ("metrics", "logs"):
+            raise ValueError(f"no such signal table: {table}")
+        with self._lock:
+            self._con.register("_signal", batch)
+            try:
+                self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _signal").fetchall()
+            finally:
+                self._con.unregister("_signal")
 
     def record_events(self, events: pa.Table) -> None:
         """Append events (``EVENT_SCHEMA``) to the ``events`` history table."""

@@ -29,6 +29,18 @@ class Telemetry:
         self.receiver_requests = Counter(
             "agent_sre_receiver_requests", "Export requests by outcome (OTLP status).",
             ["receiver", "transport", "outcome"], registry=r)
+        self.receiver_accepted_points = Counter(
+            "agent_sre_receiver_accepted_metric_points", "Metric data points a receiver accepted and the pipeline "
+            "committed.", ["receiver", "transport"], registry=r)
+        self.receiver_refused_points = Counter(
+            "agent_sre_receiver_refused_metric_points", "Metric data points a receiver could not push into the "
+            "pipeline, by reason.", ["receiver", "transport", "reason"], registry=r)
+        self.receiver_accepted_logs = Counter(
+            "agent_sre_receiver_accepted_log_records", "Log records a receiver accepted and the pipeline committed.",
+            ["receiver", "transport"], registry=r)
+        self.receiver_refused_logs = Counter(
+            "agent_sre_receiver_refused_log_records", "Log records a receiver could not push into the pipeline, "
+            "by reason.", ["receiver", "transport", "reason"], registry=r)
         self.exporter_sent = Counter(
             "agent_sre_exporter_sent_spans", "Spans an exporter sent (or stored) successfully.",
             ["exporter"], registry=r)
@@ -49,6 +61,12 @@ class Telemetry:
             ["exporter"], registry=r)
         self.exporter_failed_points = Counter(
             "agent_sre_exporter_send_failed_metric_points", "Metric points an exporter failed to send.",
+            ["exporter"], registry=r)
+        self.exporter_sent_logs = Counter(
+            "agent_sre_exporter_sent_log_records", "Log records an exporter sent (or stored) successfully.",
+            ["exporter"], registry=r)
+        self.exporter_failed_logs = Counter(
+            "agent_sre_exporter_send_failed_log_records", "Log records an exporter failed to send.",
             ["exporter"], registry=r)
         self.exporter_queue = Gauge(
             "agent_sre_exporter_queue_size", "Spans an exporter has accepted durably but not yet delivered "
@@ -76,6 +94,15 @@ class Telemetry:
         self.decision_latency = Histogram(
             "agent_sre_decisions_answer_seconds", "Server time of one GET /v1/decisions/{agent_id} answer.",
             buckets=_FAST_BUCKETS, registry=r)
+
+    def sent(self, signal: str, exporter: str):
+        """The exporter's sent counter for a signal: spans, metric points or log records."""
+        return {"metrics": self.exporter_sent_points, "logs": self.exporter_sent_logs}.get(
+            signal, self.exporter_sent).labels(exporter)
+
+    def failed(self, signal: str, exporter: str):
+        return {"metrics": self.exporter_failed_points, "logs": self.exporter_failed_logs}.get(
+            signal, self.exporter_failed).labels(exporter)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
 from agent_sre.pipeline.config import ConfigModel
+from agent_sre.pipeline.schema import signal_of
 
 
 class DebugExporterConfig(ConfigModel):
@@ -20,6 +21,10 @@ class DebugExporter(Exporter):
     config: DebugExporterConfig
 
     def export(self, batch: pa.Table) -> ExportResult:
+        signal = signal_of(batch.schema)
+        if signal != "traces":
+            self.logger.info("%s: %d %s", signal, batch.num_rows, "data points" if signal == "metrics" else "records")
+            return SUCCESS
         errors = pc.sum(pc.equal(batch.column("status_code"), "error")).as_py() or 0
         agents = pc.count_distinct(batch.column("agent_id")).as_py()
         self.logger.info("TracesExporter: %d spans, %d errors, %d agents, %d traces", batch.num_rows, errors,
@@ -39,5 +44,6 @@ factory = Factory(
     kind=Kind.EXPORTER,
     config_model=DebugExporterConfig,
     create=DebugExporter,
+    signals=("traces", "metrics", "logs"),
     description="Logs a summary line per batch (basic), one line per span (normal) or every span in full (detailed).",
 )

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
+from agent_sre.pipeline.schema import signal_of
 from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
 _NS_PER_HOUR = 3600 * 1_000_000_000
@@ -60,12 +61,16 @@ class DuckDBExporter(Exporter):
         store = self.store
         if store is None:
             return ExportResult(ExportStatus.RETRYABLE, "duckdb exporter is not started")
+        signal = signal_of(batch.schema)
         try:
-            store.append(batch)
+            if signal == "traces":
+                store.append(batch)
+            else:
+                store.append_signal(signal, batch)
         except StoreBehind as exc:
             return ExportResult(ExportStatus.RETRYABLE, str(exc), retry_after=1.0)
         except (duckdb.Error, OSError) as exc:
-            self.logger.error("insert of %d spans failed: %s", batch.num_rows, exc)
+            self.logger.error("insert of %d %s rows failed: %s", batch.num_rows, signal, exc)
             return ExportResult(ExportStatus.RETRYABLE, f"span store write failed: {exc}")
         return SUCCESS
 

@@ -7,6 +7,7 @@ factory = Factory(
     kind=Kind.EXPORTER,
     config_model=DuckDBExporterConfig,
     create=DuckDBExporter,
-    description="Stores canonical spans in an embedded DuckDB file (the first durable point), "
-                "with retention and hourly Parquet export.",
+    signals=("traces", "metrics", "logs"),
+    description="Stores spans, metric points and log records in an embedded DuckDB file (the first durable "
+                "point), with retention and hourly Parquet export.",
 )

@@ -37,6 +37,7 @@ from pydantic import Field, model_validator
 from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
 from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.schema import signal_of
 
 
 class QueueStorage(ConfigModel):
@@ -108,8 +109,7 @@ class QueuedExporter(Exporter):
         self._stopping = threading.Event()
         self._accepting = False
         t, name = settings.telemetry, str(settings.id)
-        self._sent = t.exporter_sent.labels(name)
-        self._failed = t.exporter_failed.labels(name)
+        self._telemetry, self._name = t, name
         self._enqueue_failed = t.exporter_enqueue_failed.labels(name)
         self._retries = t.exporter_retries.labels(name)
         self._latency = t.exporter_latency.labels(name)
@@ -207,7 +207,7 @@ class QueuedExporter(Exporter):
                 result = ExportResult(ExportStatus.RETRYABLE, f"send raised {type(exc).__name__}: {exc}")
             self._latency.observe(time.perf_counter() - started)
             if result.ok:
-                self._sent.inc(batch.num_rows)
+                self._telemetry.sent(signal_of(batch.schema), self._name).inc(batch.num_rows)
                 return result
             if result.status is ExportStatus.PERMANENT or not retry.enabled:
                 return self._give_up(batch, result, "permanent" if result.status is ExportStatus.PERMANENT
@@ -223,6 +223,6 @@ class QueuedExporter(Exporter):
                 return result  # shutting down: the caller decides what happens to the batch
 
     def _give_up(self, batch: pa.Table, result: ExportResult, why: str) -> ExportResult:
-        self._failed.inc(batch.num_rows)
+        self._telemetry.failed(signal_of(batch.schema), self._name).inc(batch.num_rows)
         self.logger.error("dropped %d rows after a failed send (%s): %s", batch.num_rows, why, result.message)
         return result

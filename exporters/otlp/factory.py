@@ -11,6 +11,8 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import model_validator
 
@@ -18,8 +20,14 @@ from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.exporters.otlp.common import PRESETS, TlsConfig, apply_preset
 from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
+from agent_sre.pipeline.schema import signal_of
 
-METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METHODS = {"traces": ("/opentelemetry.proto.collector.trace.v1.TraceService/Export", ExportTraceServiceResponse,
+                      "rejected_spans"),
+           "metrics": ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                       ExportMetricsServiceResponse, "rejected_data_points"),
+           "logs": ("/opentelemetry.proto.collector.logs.v1.LogsService/Export", ExportLogsServiceResponse,
+                    "rejected_log_records")}
 RETRYABLE = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 
@@ -83,8 +91,9 @@ class OtlpGrpcExporter(QueuedExporter):
             creds = grpc.ssl_channel_credentials(_read(cfg.tls.ca_file), _read(cfg.tls.key_file),
                                                  _read(cfg.tls.cert_file))
             self._channel = grpc.secure_channel(cfg.target, creds, options=options)
-        self._call = self._channel.unary_unary(METHOD, request_serializer=None,
-                                               response_deserializer=ExportTraceServiceResponse.FromString)
+        self._calls = {signal: (self._channel.unary_unary(method, request_serializer=None,
+                                                          response_deserializer=response.FromString), field)
+                       for signal, (method, response, field) in METHODS.items()}
         self._metadata = tuple((k.lower(), v) for k, v in cfg.headers.items())
         self._compression = grpc.Compression.Gzip if cfg.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -92,9 +101,10 @@ class OtlpGrpcExporter(QueuedExporter):
         self._channel.close()
 
     def send(self, batch) -> ExportResult:
+        call, rejected_field = self._calls[signal_of(batch.schema)]
         try:
-            response = self._call(encoded(batch), timeout=self.config.timeout, metadata=self._metadata,
-                                  compression=self._compression)
+            response = call(encoded(batch), timeout=self.config.timeout, metadata=self._metadata,
+                            compression=self._compression)
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             delay = retry_info(exc)
@@ -102,10 +112,10 @@ class OtlpGrpcExporter(QueuedExporter):
             if code in RETRYABLE or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
                 return ExportResult(ExportStatus.RETRYABLE, message, delay)
             return ExportResult(ExportStatus.PERMANENT, message)
-        rejected = response.partial_success.rejected_spans
+        rejected = getattr(response.partial_success, rejected_field)
         if rejected:
-            self._failed.inc(rejected)
-            self.logger.warning("%s accepted the batch but rejected %d spans: %s", self.config.target, rejected,
+            self._telemetry.failed(signal_of(batch.schema), self._name).inc(rejected)
+            self.logger.warning("%s accepted the batch but rejected %d of it: %s", self.config.target, rejected,
                                 response.partial_success.error_message)
         return SUCCESS
 
@@ -114,4 +124,5 @@ class OtlpGrpcExporter(QueuedExporter):
 
 
 factory = Factory(type="otlp", kind=Kind.EXPORTER, config_model=OtlpGrpcConfig, create=OtlpGrpcExporter,
+                  signals=("traces", "metrics", "logs"),
                   description="Spans to an OTLP/gRPC backend (Phoenix, Jaeger, Tempo, Arize, another agent-sre...).")

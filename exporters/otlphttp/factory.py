@@ -17,6 +17,8 @@ import threading
 import urllib.parse
 
 from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import model_validator
 
@@ -24,11 +26,18 @@ from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, TlsConfig, apply_preset, retry_after_seconds
 from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
+from agent_sre.pipeline.schema import signal_of
+
+_RESPONSES = {"traces": (ExportTraceServiceResponse, "rejected_spans"),
+              "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
+              "logs": (ExportLogsServiceResponse, "rejected_log_records")}
 
 
 class OtlpHttpConfig(HelperConfig):
     endpoint: str | None = None  # base URL; traces go to {endpoint}/v1/traces
     traces_endpoint: str | None = None  # the full URL, when it is not {endpoint}/v1/traces
+    metrics_endpoint: str | None = None  # default {endpoint}/v1/metrics
+    logs_endpoint: str | None = None  # default {endpoint}/v1/logs
     preset: str | None = None  # see exporters/otlp/common.py
     encoding: str = "proto"  # proto | json
     compression: str = "gzip"  # gzip | none
@@ -46,9 +55,14 @@ class OtlpHttpConfig(HelperConfig):
             self.traces_endpoint = self.endpoint.rstrip("/") + "/v1/traces"
         else:
             self.endpoint, self.headers = apply_preset("otlphttp", self.preset, self.traces_endpoint, self.headers)
-        url = urllib.parse.urlsplit(self.traces_endpoint)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"traces endpoint must be an http:// or https:// URL (got {self.traces_endpoint!r})")
+        base = self.endpoint.rstrip("/") if self.traces_endpoint != self.endpoint else None
+        self.metrics_endpoint = self.metrics_endpoint or (f"{base}/v1/metrics" if base else None)
+        self.logs_endpoint = self.logs_endpoint or (f"{base}/v1/logs" if base else None)
+        for what, value in (("traces", self.traces_endpoint), ("metrics", self.metrics_endpoint),
+                            ("logs", self.logs_endpoint)):
+            url = urllib.parse.urlsplit(value or "http://x")
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"{what} endpoint must be an http:// or https:// URL (got {value!r})")
         self.preset = None  # applied: validating again must not apply it twice
         return self
 
@@ -57,11 +71,15 @@ class OtlpHttpExporter(QueuedExporter):
     config: OtlpHttpConfig
 
     def _start_client(self, host) -> None:
-        url = urllib.parse.urlsplit(self.config.traces_endpoint)
-        self._https = url.scheme == "https"
-        self._host, self._port = url.hostname, url.port or (443 if self._https else 80)
-        self._path = url.path + (f"?{url.query}" if url.query else "")
-        self._context = self._ssl_context() if self._https else None
+        self._targets: dict[str, tuple[bool, str, int, str]] = {}  # signal -> (https, host, port, path)
+        for signal in ("traces", "metrics", "logs"):
+            endpoint = getattr(self.config, f"{signal}_endpoint")
+            if endpoint:
+                url = urllib.parse.urlsplit(endpoint)
+                https = url.scheme == "https"
+                self._targets[signal] = (https, url.hostname, url.port or (443 if https else 80),
+                                         url.path + (f"?{url.query}" if url.query else ""))
+        self._context = self._ssl_context() if any(t[0] for t in self._targets.values()) else None
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._headers = {"Content-Type": "application/json" if self.config.encoding == "json"
@@ -79,13 +97,17 @@ class OtlpHttpExporter(QueuedExporter):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
+    def _connection(self, https: bool, host: str, port: int) -> http.client.HTTPConnection:
+        """This consumer thread's keep-alive connection to (host, port)."""
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get((host, port))
         if conn is None:
             timeout = self.config.timeout
-            conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
-                    if self._https else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
-            self._local.conn = conn
+            conn = (http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context)
+                    if https else http.client.HTTPConnection(host, port, timeout=timeout))
+            conns[(host, port)] = conn
             self._conns.append(conn)
         return conn
 
@@ -94,27 +116,34 @@ class OtlpHttpExporter(QueuedExporter):
         return encoded(batch, form)  # once per batch for every exporter that sends the same form
 
     def send(self, batch) -> ExportResult:
+        signal = signal_of(batch.schema)
+        target = self._targets.get(signal)
+        if target is None:
+            return ExportResult(ExportStatus.PERMANENT, f"no {signal}_endpoint configured for {signal}")
+        https, host, port, path = target
+        url = getattr(self.config, f"{signal}_endpoint")
         body = self._body(batch)
-        conn = self._connection()
+        conn = self._connection(https, host, port)
         try:
-            conn.request("POST", self._path, body=body, headers=self._headers)
+            conn.request("POST", path, body=body, headers=self._headers)
             resp = conn.getresponse()
             payload = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()  # reconnects at the next attempt (close() leaves the object reusable)
-            return ExportResult(ExportStatus.RETRYABLE, f"{self.config.traces_endpoint}: {exc}")
+            return ExportResult(ExportStatus.RETRYABLE, f"{url}: {exc}")
         if resp.status == 200:
-            self._partial_success(resp.getheader("Content-Type", ""), payload)
+            self._partial_success(signal, resp.getheader("Content-Type", ""), payload)
             return SUCCESS
-        message = f"HTTP {resp.status} from {self.config.traces_endpoint}: {payload[:300]!r}"
+        message = f"HTTP {resp.status} from {url}: {payload[:300]!r}"
         if resp.status in RETRYABLE_HTTP:
             return ExportResult(ExportStatus.RETRYABLE, message, retry_after_seconds(resp.getheader("Retry-After")))
         return ExportResult(ExportStatus.PERMANENT, message)
 
-    def _partial_success(self, content_type: str, payload: bytes) -> None:
+    def _partial_success(self, signal: str, content_type: str, payload: bytes) -> None:
         if not payload:
             return
-        response = ExportTraceServiceResponse()
+        response_class, field = _RESPONSES[signal]
+        response = response_class()
         try:
             if "json" in content_type:
                 json_format.ParseDict(json.loads(payload), response, ignore_unknown_fields=True)
@@ -122,11 +151,12 @@ class OtlpHttpExporter(QueuedExporter):
                 response.ParseFromString(payload)
         except Exception:  # noqa: BLE001 - an odd 200 body is still a 200
             return
-        rejected = response.partial_success.rejected_spans
+        rejected = getattr(response.partial_success, field)
         if rejected:
-            self._failed.inc(rejected)
-            self.logger.warning("%s accepted the batch but rejected %d spans: %s", self.config.traces_endpoint,
-                                rejected, response.partial_success.error_message)
+            self._telemetry.failed(signal, self._name).inc(rejected)
+            self.logger.warning("%s accepted the batch but rejected %d of it: %s",
+                                getattr(self.config, f"{signal}_endpoint"), rejected,
+                                response.partial_success.error_message)
 
     def _stop_client(self) -> None:
         for conn in self._conns:  # every consumer thread's
@@ -138,4 +168,5 @@ class OtlpHttpExporter(QueuedExporter):
 
 
 factory = Factory(type="otlphttp", kind=Kind.EXPORTER, config_model=OtlpHttpConfig, create=OtlpHttpExporter,
+                  signals=("traces", "metrics", "logs"),
                   description="Spans to an OTLP/HTTP backend, protobuf or JSON (Langfuse, LangSmith, Braintrust...).")

@@ -150,5 +150,6 @@ factory = Factory(
     kind=Kind.PROCESSOR,
     config_model=BatchConfig,
     create=BatchProcessor,
+    signals=("traces", "metrics", "logs"),
     description="Group commit: gathers concurrent requests into one batch; each request returns when its batch is durable.",
 )

@@ -94,5 +94,6 @@ factory = Factory(
     kind=Kind.PROCESSOR,
     config_model=MemoryLimiterConfig,
     create=MemoryLimiter,
+    signals=("traces", "metrics", "logs"),
     description="Refuses data with the retryable OTLP answer while process memory is above its soft limit.",
 )

@@ -24,6 +24,8 @@ class GrpcConfig(ConfigModel):
 class HttpConfig(ConfigModel):
     endpoint: HostPort = "127.0.0.1:4318"
     traces_url_path: str = Field(default="/v1/traces", pattern="^/")
+    metrics_url_path: str = Field(default="/v1/metrics", pattern="^/")
+    logs_url_path: str = Field(default="/v1/logs", pattern="^/")
     # Limit on the (decompressed) body, as the collector's confighttp max_request_body_size.
     max_request_body_size: int = Field(default=20 * _MIB, gt=0)
 

@@ -7,5 +7,7 @@ factory = Factory(
     kind=Kind.RECEIVER,
     config_model=OtlpReceiverConfig,
     create=OtlpReceiver,
-    description="Receives OTLP traces over gRPC and HTTP (protobuf and JSON); acknowledges committed spans only.",
+    signals=("traces", "metrics", "logs"),
+    description="Receives OTLP traces, metrics and logs over gRPC and HTTP (protobuf and JSON); acknowledges "
+                "committed data only.",
 )

@@ -1,4 +1,5 @@
-"""OTLP/gRPC: opentelemetry.proto.collector.trace.v1.TraceService/Export.
+"""OTLP/gRPC: TraceService/Export, and MetricsService/Export and LogsService/Export for the
+signals the receiver has pipelines for (the others answer UNIMPLEMENTED, as gRPC does).
 
 The request arrives as raw bytes (no deserializer in gRPC) so that undecodable
 payloads are answered INVALID_ARGUMENT rather than gRPC's INTERNAL.  gzip is
@@ -15,10 +16,9 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from agent_sre.receivers.otlp.config import GrpcConfig
-from agent_sre.receivers.otlp.ingest import ExportFailed, Outcome, TraceIngest
+from agent_sre.receivers.otlp.ingest import ExportFailed, Ingest, Outcome
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -33,9 +33,9 @@ def _status(outcome: Outcome, message: str, retry_after: float) -> grpc.Status:
 
 
 class GrpcTraceServer:
-    def __init__(self, config: GrpcConfig, ingest: TraceIngest, reuse_port: bool = False):
+    def __init__(self, config: GrpcConfig, ingest: Ingest | dict[str, Ingest], reuse_port: bool = False):
         self.config = config
-        self.ingest = ingest
+        self.ingests = ingest if isinstance(ingest, dict) else {"traces": ingest}
         options = [
             ("grpc.max_receive_message_length", config.max_recv_bytes),
             ("grpc.max_concurrent_streams", config.max_concurrent_streams),
@@ -43,20 +43,26 @@ class GrpcTraceServer:
         ]
         self._pool = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="otlp-grpc")
         self.server = grpc.server(self._pool, options=options)
-        handler = grpc.unary_unary_rpc_method_handler(
-            self._export, request_deserializer=None,
-            response_serializer=ExportTraceServiceResponse.SerializeToString)
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        for ingest in self.ingests.values():
+            handler = grpc.unary_unary_rpc_method_handler(
+                self._exporter(ingest), request_deserializer=None,
+                response_serializer=ingest.codec.response.SerializeToString)
+            self.server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(ingest.codec.service, {"Export": handler}),))
         self.port = self.server.add_insecure_port(config.endpoint)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.endpoint} (address in use or not available)")
 
-    def _export(self, body: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
-        try:
-            return self.ingest.export_protobuf(body, "grpc")
-        except ExportFailed as exc:
-            context.abort_with_status(_status(exc.outcome, exc.message, exc.retry_after))
-            raise  # not reached: abort raises
+    @staticmethod
+    def _exporter(ingest: Ingest):
+        def export(body: bytes, context: grpc.ServicerContext):
+            try:
+                return ingest.export_protobuf(body, "grpc")
+            except ExportFailed as exc:
+                context.abort_with_status(_status(exc.outcome, exc.message, exc.retry_after))
+                raise  # not reached: abort raises
+
+        return export
 
     def start(self) -> None:
         self.server.start()

@@ -1,4 +1,5 @@
-"""OTLP/HTTP: POST /v1/traces with application/x-protobuf or application/json.
+"""OTLP/HTTP: POST /v1/traces (and /v1/metrics, /v1/logs for the signals the receiver has pipelines
+for) with application/x-protobuf or application/json.
 
 Answers in the request's encoding.  Every 4xx/5xx carries a google.rpc.Status
 body, as the OTLP specification requires: 400 undecodable, 413 oversize (before
@@ -21,7 +22,7 @@ from google.rpc import code_pb2, status_pb2
 from agent_sre.pipeline.httpserver import BodyTooLarge, HttpServers, read_body
 from agent_sre.pipeline.otlp_json import encode_message
 from agent_sre.receivers.otlp.config import HttpConfig
-from agent_sre.receivers.otlp.ingest import ExportFailed, Outcome, TraceIngest
+from agent_sre.receivers.otlp.ingest import ExportFailed, Ingest, Outcome
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -56,19 +57,28 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 class HttpTraceServer:
-    def __init__(self, config: HttpConfig, ingest: TraceIngest, http: HttpServers, reuse_port: bool = False):
+    def __init__(self, config: HttpConfig, ingest: Ingest | dict[str, Ingest], http: HttpServers,
+                 reuse_port: bool = False):
         self.config = config
-        self.ingest = ingest
+        self.ingests = ingest if isinstance(ingest, dict) else {"traces": ingest}
+        self.ingest = self.ingests.get("traces") or next(iter(self.ingests.values()))  # for its logger
         self.http = http
         self.reuse_port = reuse_port
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="otlp-http")
+        self._paths = {signal: getattr(config, f"{signal}_url_path") for signal in self.ingests}
 
     def start(self) -> None:
-        self.http.add_route(self.config.endpoint, "POST", self.config.traces_url_path, self.handle,
-                            reuse_port=self.reuse_port, method_not_allowed=self.method_not_allowed)
+        for signal, path in self._paths.items():
+            ingest = self.ingests[signal]
+
+            async def handle(request: web.Request, ingest: Ingest = ingest) -> web.Response:
+                return await self.handle(request, ingest)
+
+            self.http.add_route(self.config.endpoint, "POST", path, handle, reuse_port=self.reuse_port,
+                                method_not_allowed=self.method_not_allowed)
 
     def stop(self) -> None:
-        self.http.remove_routes(self.config.endpoint, [self.config.traces_url_path])
+        self.http.remove_routes(self.config.endpoint, list(self._paths.values()))
         self._pool.shutdown(wait=False)
 
     def method_not_allowed(self, request: web.Request, allow: str) -> web.Response:
@@ -76,7 +86,8 @@ class HttpTraceServer:
                                 f"method {request.method} not allowed for {request.path} (use {allow})",
                                 _fallback_type(request))
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request, ingest: Ingest | None = None) -> web.Response:
+        ingest = ingest or self.ingest
         content_type = request.content_type.lower()
         if content_type not in (PROTOBUF, JSON):
             return _status_response(415, code_pb2.INVALID_ARGUMENT,
@@ -98,7 +109,7 @@ class HttpTraceServer:
         except zlib.error as exc:
             return _status_response(400, code_pb2.INVALID_ARGUMENT, f"cannot decompress {encoding} body: {exc}",
                                     reply_type)
-        export = self.ingest.export_json if content_type == JSON else self.ingest.export_protobuf
+        export = ingest.export_json if content_type == JSON else ingest.export_protobuf
         loop = asyncio.get_running_loop()
         try:
             response = await loop.run_in_executor(self._pool, export, body, "http")
@@ -108,7 +119,7 @@ class HttpTraceServer:
             retry = str(max(1, math.ceil(exc.retry_after)))
             return _status_response(503, code_pb2.UNAVAILABLE, exc.message, reply_type, {"Retry-After": retry})
         except Exception as exc:  # noqa: BLE001 - aiohttp's own 500 would be text/plain, not a Status
-            self.ingest.logger.exception("http: export failed unexpectedly")
+            ingest.logger.exception("http: export failed unexpectedly")
             # 500 is not retryable: a request that trips a bug would trip it again.
             return _status_response(500, code_pb2.INTERNAL, f"internal error: {exc}", reply_type)
         return web.Response(status=200, body=_encode(response, reply_type), content_type=reply_type)

@@ -28,28 +28,37 @@ class OtlpReceiver(Receiver):
             return
         from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
         from agent_sre.receivers.otlp.http_server import HttpTraceServer
-        from agent_sre.receivers.otlp.ingest import TelemetryStats, TraceIngest
+        from agent_sre.receivers.otlp.ingest import CODECS, Ingest, TelemetryStats
 
-        self.ingest = TraceIngest(str(self.id), self.next, TelemetryStats(self.settings.telemetry), self.logger)
+        stats = TelemetryStats(self.settings.telemetry)
+        self.ingests = {s: Ingest(str(self.id), self.next, stats, self.logger, CODECS[s]) for s in self.signals}
+        self.ingest = self.ingests.get("traces")
         protocols = self.config.protocols
         try:
             if protocols.grpc is not None:
-                self._grpc = GrpcTraceServer(protocols.grpc, self.ingest)
+                self._grpc = GrpcTraceServer(protocols.grpc, self.ingests)
                 self._grpc.start()
             if protocols.http is not None:
-                self._http = HttpTraceServer(protocols.http, self.ingest, host.http)
+                self._http = HttpTraceServer(protocols.http, self.ingests, host.http)
                 self._http.start()
         except Exception:
             self._shutdown()
             raise
 
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The signals this receiver has pipelines for (traces alone when fed a plain consumer)."""
+        return tuple(s for s in getattr(self.next, "signals", ("traces",)) if s in ("traces", "metrics", "logs"))
+
     def describe(self) -> list[str]:
         p = self.config.protocols
         lines = []
+        what = "/".join(self.signals)
         if p.grpc is not None:
-            lines.append(f"OTLP/gRPC on {p.grpc.endpoint}")
+            lines.append(f"OTLP/gRPC on {p.grpc.endpoint} ({what})")
         if p.http is not None:
-            lines.append(f"OTLP/HTTP on http://{p.http.endpoint}{p.http.traces_url_path} (protobuf, JSON)")
+            paths = ", ".join(f"http://{p.http.endpoint}{getattr(p.http, f'{s}_url_path')}" for s in self.signals)
+            lines.append(f"OTLP/HTTP on {paths} (protobuf, JSON)")
         if self.config.workers:
             lines.append(f"  ({self.config.workers} receiver worker processes)")
         return lines

@@ -91,7 +91,8 @@ class WorkerPool:
         level = logging.getLogger("agent_sre").getEffectiveLevel()
         for i in range(n):
             proc = ctx.Process(target=worker_main, name=f"agent-sre-otlp-worker-{i}", daemon=True,
-                               args=(config_json, self._address, self._authkey, str(self.receiver.id), i, level))
+                               args=(config_json, self._address, self._authkey, str(self.receiver.id), i, level,
+                                     self.receiver.signals))
             proc.start()
             self._procs.append(proc)
         try:
@@ -151,10 +152,11 @@ class WorkerPool:
             self.logger.warning("could not answer a receiver worker (it exited)")
 
     def _apply_counters(self, rows: list) -> None:
-        t = self.host.telemetry
-        metrics = {"accepted": t.receiver_accepted, "refused": t.receiver_refused, "requests": t.receiver_requests}
+        from agent_sre.receivers.otlp.ingest import TelemetryStats
+
+        stats = TelemetryStats(self.host.telemetry)
         for metric, labels, n in rows:
-            metrics[metric].labels(*labels).inc(n)
+            stats.count(metric, tuple(labels), n)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -247,13 +249,14 @@ class RemoteConsumer:
                 pass
 
 
-def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int) -> None:
+def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int,
+                signals: tuple[str, ...] = ("traces",)) -> None:
     from agent_sre.pipeline.httpserver import HttpServers
     from agent_sre.pipeline.memory import use_system_allocator
     from agent_sre.receivers.otlp.config import OtlpReceiverConfig
     from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
     from agent_sre.receivers.otlp.http_server import HttpTraceServer
-    from agent_sre.receivers.otlp.ingest import TraceIngest
+    from agent_sre.receivers.otlp.ingest import CODECS, Ingest
 
     use_system_allocator()
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
@@ -265,7 +268,7 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     remote = RemoteConsumer(conn)
     config = OtlpReceiverConfig.model_validate_json(config_json)
     os.nice(config.workers_nice)
-    ingest = TraceIngest(receiver_id, remote, remote, logger)
+    ingest = {s: Ingest(receiver_id, remote, remote, logger, CODECS[s]) for s in signals}
     http = HttpServers()
     grpc_server = http_server = None
     try:

@@ -86,7 +86,7 @@ def test_all_errors_are_collected_at_once():
     assert any(p.startswith("processors::batch::send_batch_size: Input should be greater than 0") for p in found)
     assert "processors::memory_limiter: spike_limit_mib (200) must be less than limit_mib (100)" in found
     assert "exporters::duckdb::retention: must be a duration such as 200ms, 5s, 1h (got 'forever')" in found
-    assert any(p.startswith('service::pipelines::metrics: unknown signal "metrics"') for p in found)
+    assert any(p.startswith('service::pipelines::profiles: unknown signal "profiles"') for p in found)
     assert len(found) == 6
 
 

@@ -82,3 +82,66 @@ def test_spans_arrive_in_the_second_pipeline_as_they_were_stored_in_the_first(na
         assert f'agent_sre_exporter_sent_spans_total{{exporter="{exporter}"}} 3.0' in sent
     finally:
         service.shutdown()
+
+
+SIGNAL_PIPELINES = """    metrics:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [{exporters}]
+    logs:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [{exporters}]
+"""
+
+
+@pytest.mark.parametrize("name,workers", [("otlp", 2), ("otlphttp-proto", 0), ("otlphttp-json", 0)])
+def test_metrics_and_logs_arrive_in_the_second_pipeline_too(name, workers, tmp_path):
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    b_dir, a_dir = tmp_path / "b", tmp_path / "a"
+    b_dir.mkdir()
+    a_dir.mkdir()
+    b_ports = Ports.allocate()
+    b_text = pipeline_yaml(b_ports, b_dir).replace("  telemetry:\n", SIGNAL_PIPELINES.format(exporters="duckdb")
+                                                   + "  telemetry:\n", 1)
+    b = Service(parse_config(b_text, "b"))
+    b.start()
+    exporter = name.split("-")[0]
+    ports = Ports.allocate()
+    extra = EXPORTERS[name].format(grpc=b_ports.grpc, http=b_ports.http)
+    text = pipeline_yaml(ports, a_dir, exporters=f"duckdb, {exporter}", extra=extra, workers=workers)
+    text = text.replace("  telemetry:\n", SIGNAL_PIPELINES.format(exporters=f"duckdb, {exporter}") + "  telemetry:\n", 1)
+    a = Service(parse_config(text, "a"))
+    a.start()
+    try:
+        resource = Resource.create({"service.name": "writer"})
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"127.0.0.1:{ports.grpc}", insecure=True),
+                                               export_interval_millis=3_600_000)
+        meters = MeterProvider(resource=resource, metric_readers=[reader])
+        meters.get_meter("m").create_histogram("gen_ai.client.token.usage").record(42, {"gen_ai.token.type": "input"})
+        meters.get_meter("m").create_counter("calls").add(2)
+        logs = LoggerProvider(resource=resource)
+        logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"127.0.0.1:{ports.grpc}",
+                                                                               insecure=True)))
+        logs.get_logger("l").emit(event_name="gen_ai.assistant.message", body={"content": "hello"},
+                                  attributes={"gen_ai.usage.input_tokens": 5})
+        reader.force_flush(10_000)
+        logs.shutdown()
+        meters.shutdown()
+        stores = (a.exporters["duckdb"].store, b.exporters["duckdb"].store)
+        metric_cols = "metric_name, metric_type, temporality, value, count, sum, bucket_counts, explicit_bounds, attributes"
+        log_cols = "event_name, body, body_type, attributes, severity_number, time_ns"
+        _until(lambda: len(stores[1].read("SELECT 1 FROM logs")) == 1 and
+               len(stores[1].read("SELECT 1 FROM metrics")) == len(stores[0].read("SELECT 1 FROM metrics")) > 0)
+        for cols, table in ((metric_cols, "metrics"), (log_cols, "logs")):
+            sql = f"SELECT {cols} FROM {table} ORDER BY ALL"
+            assert stores[1].read(sql) == stores[0].read(sql)
+    finally:
+        a.shutdown()
+        b.shutdown()
