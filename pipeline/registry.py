@@ -32,6 +32,7 @@ BUILTIN = (
     "agent_sre.exporters.datadog.factory:factory",
     "agent_sre.exporters.file.factory:factory",
     "agent_sre.exporters.mlflow.factory:factory",
+    "agent_sre.exporters.wandb.factory:factory",
     "agent_sre.exporters.prometheus.factory:factory",
     "agent_sre.exporters.prometheusremotewrite.factory:factory",
     "agent_sre.exporters.webhook.factory:factory",

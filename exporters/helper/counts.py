@@ -66,3 +66,23 @@ class SpanCounts:
         with self._lock:
             sums, self._sums = self._sums, {}
         return sums
+
+
+def agent_metrics(counts: dict[tuple, Sums], slo_processors=()) -> dict[tuple[str, str], dict[str, float]]:
+    """(agent, version) -> metric name -> value: an interval's counts (keyed by agent and version) and
+    the SLOs' latest values (``slo.<name>.sli_value``, ``.budget_remaining``, ``.burn_rate.<window>``),
+    as the mlflow and wandb exporters log them."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for (agent, version), s in counts.items():
+        out.setdefault((agent, version), {}).update({
+            "spans": s.spans, "errors": s.errors, "error_rate": s.error_rate, "llm_calls": s.llm_calls,
+            "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "cost_usd": s.cost_usd,
+            "mean_duration_ms": s.mean_duration_ms})
+    for proc in slo_processors:
+        for r in proc.last_report:
+            mine = out.setdefault((r["agent_id"], r.get("agent_version") or ""), {})
+            if r["sli_value"] is not None:
+                mine[f"slo.{r['slo']}.sli_value"] = r["sli_value"]
+            mine[f"slo.{r['slo']}.budget_remaining"] = r["budget_remaining"]
+            mine.update({f"slo.{r['slo']}.burn_rate.{w}": b for w, b in r["burn_rates"].items()})
+    return {k: {name: float(v) for name, v in metrics.items()} for k, metrics in out.items()}

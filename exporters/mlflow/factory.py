@@ -29,7 +29,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from agent_sre.exporters.helper.counts import SpanCounts
+from agent_sre.exporters.helper.counts import SpanCounts, agent_metrics
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.pipeline.arrow_otlp import encoded
@@ -196,19 +196,10 @@ class MlflowExporter(QueuedExporter):
         now = self.clock()
         ts = int(now * 1000)
         self._step += 1
-        rows: list[tuple[str, str, str, float]] = []
-        for (agent, version), s in self._counts.take().items():
-            rows += [(agent, version, k, float(v)) for k, v in (
-                ("spans", s.spans), ("errors", s.errors), ("error_rate", s.error_rate), ("llm_calls", s.llm_calls),
-                ("input_tokens", s.input_tokens), ("output_tokens", s.output_tokens), ("cost_usd", s.cost_usd),
-                ("mean_duration_ms", s.mean_duration_ms))]
-        for proc in self._host.find("processors", type_="slo") if self._host is not None else []:
-            for r in proc.last_report:
-                who = (r["agent_id"], r.get("agent_version") or "")
-                if r["sli_value"] is not None:
-                    rows.append((*who, f"slo.{r['slo']}.sli_value", float(r["sli_value"])))
-                rows.append((*who, f"slo.{r['slo']}.budget_remaining", float(r["budget_remaining"])))
-                rows += [(*who, f"slo.{r['slo']}.burn_rate.{w}", float(b)) for w, b in r["burn_rates"].items()]
+        slos = self._host.find("processors", type_="slo") if self._host is not None else []
+        rows = [(agent, version, key, value)
+                for (agent, version), metrics in agent_metrics(self._counts.take(), slos).items()
+                for key, value in metrics.items()]
         if not rows:
             return 0
         table = pa.table({"agent_id": [r[0] for r in rows], "agent_version": [r[1] for r in rows],

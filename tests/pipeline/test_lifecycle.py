@@ -21,7 +21,8 @@ def _config(factory, tmp_path):
                 "pagerduty": {"routing_key": "k", "url": url}, "opsgenie": {"api_key": "k", "api_url": url},
                 "alertmanager": {"url": url}, "otlp": {"endpoint": url, "tls": {"insecure": True}},
                 "otlphttp": {"endpoint": url}, "langfuse": {"host": url, "public_key": "pk", "secret_key": "sk"},
-                "datadog": {"api_key": "k", "api_url": url}, "mlflow": {"tracking_uri": url, "traces": "off"}}
+                "datadog": {"api_key": "k", "api_url": url}, "mlflow": {"tracking_uri": url, "traces": "off"},
+                "wandb": {"dir": str(tmp_path / "wandb")}}
     if factory.type in required and factory.kind is Kind.EXPORTER:
         return factory.config_model(**required[factory.type])
     if factory.type == "slo":  # an SLO processor has at least one objective
