@@ -68,7 +68,7 @@ def config(sink_ports: list[int], blackhole: int | None, file_dir: str, with_fil
     if "exporters: [duckdb]" not in text or "\nextensions:" not in text:
         raise SystemExit("config/default.yaml changed shape; update bench/fanout.py")
     text = text.replace("\nextensions:", "\n" + "".join(blocks) + "\nextensions:", 1)
-    return text.replace("exporters: [duckdb]", f"exporters: [{', '.join(names)}]")
+    return text.replace("exporters: [duckdb]", f"exporters: [{', '.join(names)}]", 1)  # the traces pipeline
 
 
 def main() -> None:

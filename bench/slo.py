@@ -51,7 +51,7 @@ SLO_STAGES = """  sli: {}
 
 def slo_config() -> str:
     text = default_config_with(SLO_STAGES, ["sli", "slo"])
-    text = text.replace("exporters: [duckdb]", "exporters: [duckdb, prometheus]")
+    text = text.replace("exporters: [duckdb]", "exporters: [duckdb, prometheus]", 1)  # the traces pipeline
     text = text.replace("\nextensions:", "\n  prometheus:\n    endpoint: ${env:AGENT_SRE_PROM_ENDPOINT}\n\nextensions:", 1)
     assert "prometheus]" in text, "config/default.yaml changed shape"
     return text

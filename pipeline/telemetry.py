@@ -74,6 +74,9 @@ class Telemetry:
         self.exporter_queue_capacity = Gauge(
             "agent_sre_exporter_queue_capacity", "Spans the exporter's queue holds before it refuses.",
             ["exporter"], registry=r)
+        self.exporter_queue_corrupt = Gauge(
+            "agent_sre_exporter_queue_corrupt_records", "Records of an exporter's persistent queue skipped because "
+            "they were corrupt (checksum or decoding).", ["exporter"], registry=r)
         self.processor_refused = Counter(
             "agent_sre_processor_refused_spans", "Spans a processor refused (e.g. memory limiter).",
             ["processor"], registry=r)

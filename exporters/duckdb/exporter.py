@@ -52,7 +52,7 @@ class DuckDBExporter(Exporter):
                              max_pending_spans=sp.max_pending_spans)
 
     def describe(self) -> list[str]:
-        lines = [f"spans stored in DuckDB at {Path(self.config.path).absolute()}"]
+        lines = [f"spans, metrics and logs stored in DuckDB at {Path(self.config.path).absolute()}"]
         if self.store is not None and self.store.settings is not None:
             lines.append(f"  (write-ahead spool in {self.store.settings.directory})")
         return lines

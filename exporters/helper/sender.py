@@ -140,6 +140,7 @@ class QueuedExporter(Exporter):
             t, name = self.settings.telemetry, str(self.id)
             t.exporter_queue.labels(name).set_function(lambda: self._queue.size if self._queue else 0)
             t.exporter_queue_capacity.labels(name).set(q.queue_size)
+            t.exporter_queue_corrupt.labels(name).set_function(lambda: getattr(self._queue, "corrupt", 0))
             self._consumers = [threading.Thread(target=self._consume, name=f"{self.id}-send-{i}", daemon=True)
                                for i in range(q.num_consumers)]
             for c in self._consumers:

@@ -57,8 +57,8 @@ class OtlpReceiver(Receiver):
         if p.grpc is not None:
             lines.append(f"OTLP/gRPC on {p.grpc.endpoint} ({what})")
         if p.http is not None:
-            paths = ", ".join(f"http://{p.http.endpoint}{getattr(p.http, f'{s}_url_path')}" for s in self.signals)
-            lines.append(f"OTLP/HTTP on {paths} (protobuf, JSON)")
+            paths = ", ".join(getattr(p.http, f"{s}_url_path") for s in self.signals)
+            lines.append(f"OTLP/HTTP on http://{p.http.endpoint} ({paths}; protobuf, JSON)")
         if self.config.workers:
             lines.append(f"  ({self.config.workers} receiver worker processes)")
         return lines

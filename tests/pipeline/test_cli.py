@@ -37,6 +37,26 @@ def _send_llm_spans(http_port: int, n: int) -> None:
     provider.shutdown()
 
 
+def _send_log_and_metric(http_port: int) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    logs = LoggerProvider()
+    logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(
+        endpoint=f"http://127.0.0.1:{http_port}/v1/logs", timeout=10)))
+    logs.get_logger("cli").emit(event_name="gen_ai.user.message", body="hello")
+    logs.shutdown()
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/metrics",
+                                                              timeout=10), export_interval_millis=3_600_000)
+    meters = MeterProvider(metric_readers=[reader])
+    meters.get_meter("cli").create_counter("calls").add(1)
+    meters.shutdown()  # exports once, at shutdown
+
+
 def test_validate_reports_every_error_with_its_path():
     res = cli("validate", "--config", str(DATA / "many_errors.yaml"))
     assert res.returncode == 2
@@ -108,12 +128,16 @@ def test_run_on_the_embedded_default_prints_where_it_listens(tmp_path):
         res = cli("query", "SELECT count(*) AS n FROM spans", "--endpoint", f"127.0.0.1:{ports.admin}", "--format",
                   "csv")
         assert res.stdout.splitlines() == ["n", "2"]
+        _send_log_and_metric(ports.http)  # the embedded default takes all three signals
+        res = cli("query", "SELECT (SELECT count(*) FROM logs) AS logs, (SELECT count(*) FROM metrics) AS points",
+                  "--endpoint", f"127.0.0.1:{ports.admin}", "--format", "csv")
+        assert res.stdout.splitlines() == ["logs,points", "1,1"]
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"OTLP/gRPC on 127.0.0.1:{ports.grpc}" in out
-    assert f"OTLP/HTTP on http://127.0.0.1:{ports.http}/v1/traces" in out
+    assert f"OTLP/HTTP on http://127.0.0.1:{ports.http} (/v1/traces, /v1/metrics, /v1/logs" in out
     assert f"http://127.0.0.1:{ports.admin}" in out and f"http://127.0.0.1:{ports.metrics}/metrics" in out
     assert str(tmp_path / "agent-sre-data" / "spans.duckdb") in out
     assert (tmp_path / "agent-sre-data" / "spans.duckdb").exists()

@@ -68,4 +68,4 @@ def test_a_corrupt_record_is_skipped_and_counted_and_a_torn_tail_ends_the_segmen
     while (item := again.get(0)) is not None:
         got.append(item.table.column("name")[0].as_py())
         again.ack(item)
-    assert got == ["a0", "c0"] and again.corrupt == 1
+    assert got == ["a0", "c0"] and again.corrupt == 1  # exported as agent_sre_exporter_queue_corrupt_records
