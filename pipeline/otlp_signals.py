@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 
 import pyarrow as pa
 from google.protobuf import json_format
@@ -33,32 +32,21 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from agent_sre.pipeline.arrow_otlp import any_value, typed_keys
-from agent_sre.pipeline.otlp_arrow import _INT64_MAX, attributes_to_dict, value_to_str
+from agent_sre.pipeline.otlp_arrow import _INT64_MAX, Conversion, attributes_to_dict, value_to_str
 from agent_sre.pipeline.schema import LOG_SCHEMA, METRIC_SCHEMA
 
 TEMPORALITY = ("unspecified", "delta", "cumulative")
 _MAX_REASONS = 3
 
 
-@dataclass(frozen=True)
-class SignalConversion:
-    table: pa.Table
-    rejected: int
-    message: str
-
-    @property
-    def accepted(self) -> int:
-        return self.table.num_rows
-
-
 def _time(t: int) -> int | None:
     return t if t <= _INT64_MAX else None
 
 
-def _finish(rows: dict[str, list], schema: pa.Schema, rejected: int, reasons: list[str], what: str) -> SignalConversion:
+def _finish(rows: dict[str, list], schema: pa.Schema, rejected: int, reasons: list[str], what: str) -> Conversion:
     table = pa.Table.from_pydict({f.name: rows[f.name] for f in schema}, schema=schema)
     message = f"rejected {rejected} invalid {what}: " + "; ".join(reasons[:_MAX_REASONS]) if rejected else ""
-    return SignalConversion(table, rejected, message)
+    return Conversion(table, rejected, message)
 
 
 def _columns(schema: pa.Schema) -> dict[str, list]:
@@ -105,7 +93,7 @@ def _point_fields(kind: str, data, point) -> dict:
     return out
 
 
-def metrics_request_to_table(request: ExportMetricsServiceRequest) -> SignalConversion:
+def metrics_request_to_table(request: ExportMetricsServiceRequest) -> Conversion:
     rows = _columns(METRIC_SCHEMA)
     rejected, reasons = 0, []
     for rm in request.resource_metrics:
@@ -155,7 +143,7 @@ def _body(value: AnyValue) -> tuple[str | None, str]:
     return value_to_str(value), kind
 
 
-def logs_request_to_table(request: ExportLogsServiceRequest) -> SignalConversion:
+def logs_request_to_table(request: ExportLogsServiceRequest) -> Conversion:
     rows = _columns(LOG_SCHEMA)
     rejected, reasons = 0, []
     for rl in request.resource_logs:

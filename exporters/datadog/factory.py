@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -29,7 +27,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from agent_sre.exporters.helper.counts import SpanCounts
-from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
+from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
 from agent_sre.pipeline.config import ConfigModel, Duration
@@ -72,32 +70,16 @@ def _tags(labels: dict[str, str]) -> list[str]:
     return [f"{k}:{v}" for k, v in labels.items() if v]
 
 
-class DatadogExporter(QueuedExporter):
+class DatadogExporter(AggregatingExporter):
     config: DatadogConfig
 
     def __init__(self, settings, config):
         super().__init__(settings, config)
         self._counts = SpanCounts(("agent_id", "model", "span_role"))
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._host = None
-        self.clock = time.time
 
-    def _start_client(self, host) -> None:
-        self._host = host
-        self._stop.clear()
-        if self.config.metrics.enabled:
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.id}-flush", daemon=True)
-            self._flusher.start()
-
-    def _stop_client(self) -> None:
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=10)
-
-    def _shutdown(self) -> None:
-        self.flush()  # what was counted since the last interval goes into the queue before it drains
-        super()._shutdown()
+    @property
+    def flush_interval(self) -> float | None:
+        return self.config.metrics.interval if self.config.metrics.enabled else None
 
     # --- traces in: counted, not queued ------------------------------------------------------
 
@@ -117,13 +99,6 @@ class DatadogExporter(QueuedExporter):
                        pc.or_(pc.equal(batch.column("state"), "resolved"),
                               pc.is_in(batch.column("severity"), pa.array(ev.severities))))
         return batch.filter(pc.fill_null(keep, False))
-
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.config.metrics.interval):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - flushing must go on
-                self.logger.exception("metrics flush failed")
 
     def flush(self) -> int:
         """Queue the series of the interval that ended now; returns how many."""
@@ -155,7 +130,7 @@ class DatadogExporter(QueuedExporter):
 
     def _slo_rows(self, p: str, base_tags: list[str]) -> list:
         rows = []
-        for proc in self._host.find("processors", type_="slo") if self._host is not None else []:
+        for proc in self.slo_processors():
             for r in proc.last_report:
                 tags = base_tags + _tags({"slo": r["slo"], "agent_id": r["agent_id"],
                                           "agent_version": r.get("agent_version") or ""})

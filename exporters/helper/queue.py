@@ -73,7 +73,25 @@ def deserialize(payload: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
 
 
-class MemoryQueue:
+class _Queue:
+    """What both queues share: their accounting."""
+
+    _used: int
+    _items: deque
+    _in_flight: dict
+
+    @property
+    def size(self) -> int:
+        """What the queue holds, in its sizer's unit (waiting and being sent)."""
+        return self._used
+
+    @property
+    def pending(self) -> int:
+        """Items waiting or being sent."""
+        return len(self._items) + len(self._in_flight)
+
+
+class MemoryQueue(_Queue):
     persistent = False
 
     def __init__(self, capacity: int, sizer: str = "items"):
@@ -86,15 +104,6 @@ class MemoryQueue:
         self._seq = 0
         self._cond = threading.Condition()
         self._closed = False
-
-    @property
-    def size(self) -> int:
-        return self._used
-
-    @property
-    def pending(self) -> int:
-        """Items waiting or being sent."""
-        return len(self._items) + len(self._in_flight)
 
     def put(self, table: pa.Table) -> None:
         nbytes = table.nbytes
@@ -138,7 +147,7 @@ class _Segment:
     last: int = 0  # the highest seq written to it
 
 
-class PersistentQueue:
+class PersistentQueue(_Queue):
     persistent = True
 
     def __init__(self, directory: str | os.PathLike, capacity: int, sizer: str = "bytes", fsync: bool = True,
@@ -221,14 +230,6 @@ class PersistentQueue:
             pos = start + length
 
     # --- the queue ---------------------------------------------------------------------
-
-    @property
-    def size(self) -> int:
-        return self._used
-
-    @property
-    def pending(self) -> int:
-        return len(self._items) + len(self._in_flight)
 
     def put(self, table: pa.Table) -> None:
         payload = serialize(table)

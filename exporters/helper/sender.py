@@ -227,3 +227,51 @@ class QueuedExporter(Exporter):
         self._telemetry.failed(signal_of(batch.schema), self._name).inc(batch.num_rows)
         self.logger.error("dropped %d rows after a failed send (%s): %s", batch.num_rows, why, result.message)
         return result
+
+
+class AggregatingExporter(QueuedExporter):
+    """A queued exporter that counts what passes and, every ``flush_interval``, queues its own payload
+    (``flush()``): datadog's series, mlflow's and wandb's metric rows.  What was counted since the
+    last interval is flushed at shutdown too, before the queue drains."""
+
+    def __init__(self, settings, config):
+        super().__init__(settings, config)
+        self._flush_stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._host = None
+        self.clock = time.time
+
+    @property
+    def flush_interval(self) -> float | None:
+        """Seconds between flushes; None: no flushing (e.g. metrics disabled)."""
+        raise NotImplementedError
+
+    def flush(self) -> int:
+        raise NotImplementedError
+
+    def _start_client(self, host) -> None:
+        self._host = host
+        self._flush_stop.clear()
+        if self.flush_interval:
+            self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.id}-flush", daemon=True)
+            self._flusher.start()
+
+    def _stop_client(self) -> None:
+        self._flush_stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)
+
+    def _shutdown(self) -> None:
+        if self.flush_interval:
+            self.flush()
+        super()._shutdown()
+
+    def _flush_loop(self) -> None:
+        while not self._flush_stop.wait(self.flush_interval):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - flushing must go on
+                self.logger.exception("flush failed")
+
+    def slo_processors(self) -> list:
+        return self._host.find("processors", type_="slo") if self._host is not None else []

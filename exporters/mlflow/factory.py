@@ -18,8 +18,6 @@ REST API 2.0 (``experiments/get-by-name``, ``experiments/create``, ``runs/create
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +28,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from agent_sre.exporters.helper.counts import SpanCounts, agent_metrics
-from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
+from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
 from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
@@ -62,7 +60,7 @@ def period_label(period: str, t: float) -> str:
             "week": f"{d.isocalendar()[0]}-W{d.isocalendar()[1]:02d}"}[period]
 
 
-class MlflowExporter(QueuedExporter):
+class MlflowExporter(AggregatingExporter):
     config: MlflowConfig
 
     def __init__(self, settings, config):
@@ -71,11 +69,11 @@ class MlflowExporter(QueuedExporter):
         self._runs: dict[tuple[str, str, str], str] = {}  # (agent, version, period) -> run id
         self._experiment: str | None = None
         self._traces = False
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._host = None
         self._step = 0
-        self.clock = time.time
+
+    @property
+    def flush_interval(self) -> float:
+        return self.config.interval
 
     # --- REST --------------------------------------------------------------------------------
 
@@ -139,12 +137,9 @@ class MlflowExporter(QueuedExporter):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _start_client(self, host) -> None:
-        self._host = host
         if self.config.traces != "off":
             self._traces = self._probe_traces()
-        self._stop.clear()
-        self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.id}-flush", daemon=True)
-        self._flusher.start()
+        super()._start_client(host)
 
     def _probe_traces(self) -> bool:
         """Whether the server takes OTLP traces: an empty request is answered 400 "no spans found" by an
@@ -167,15 +162,6 @@ class MlflowExporter(QueuedExporter):
                                 self.config.tracking_uri, exc.result.message)
             return False
 
-    def _stop_client(self) -> None:
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=10)
-
-    def _shutdown(self) -> None:
-        self.flush()
-        super()._shutdown()
-
     # --- data in ---------------------------------------------------------------------------------
 
     def export(self, batch: pa.Table) -> ExportResult:
@@ -184,21 +170,13 @@ class MlflowExporter(QueuedExporter):
         self._counts.add(batch)
         return super().export(batch) if self._traces else SUCCESS
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - flushing must go on
-                self.logger.exception("metrics flush failed")
-
     def flush(self) -> int:
         """Queue the interval's metrics, one row per (agent, version, key); returns how many."""
         now = self.clock()
         ts = int(now * 1000)
         self._step += 1
-        slos = self._host.find("processors", type_="slo") if self._host is not None else []
         rows = [(agent, version, key, value)
-                for (agent, version), metrics in agent_metrics(self._counts.take(), slos).items()
+                for (agent, version), metrics in agent_metrics(self._counts.take(), self.slo_processors()).items()
                 for key, value in metrics.items()]
         if not rows:
             return 0

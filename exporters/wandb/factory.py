@@ -14,15 +14,13 @@ they go to W&B (or ``base_url``).  ``wandb`` is an optional dependency:
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
 
 from agent_sre.exporters.helper.counts import SpanCounts, agent_metrics
-from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
+from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
 from agent_sre.exporters.mlflow.factory import METRICS_SCHEMA, period_label
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
 from agent_sre.pipeline.config import Duration
@@ -47,7 +45,7 @@ def _wandb():
     return wandb
 
 
-class WandbExporter(QueuedExporter):
+class WandbExporter(AggregatingExporter):
     config: WandbConfig
 
     def __init__(self, settings, config):
@@ -55,10 +53,10 @@ class WandbExporter(QueuedExporter):
         self._counts = SpanCounts(("agent_id", "agent_version"))
         self._runs: dict[tuple[str, str, str], object] = {}  # (agent, version, period) -> wandb Run
         self._steps: dict[tuple[str, str, str], int] = {}
-        self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._host = None
-        self.clock = time.time
+
+    @property
+    def flush_interval(self) -> float:
+        return self.config.interval
 
     @property
     def mode(self) -> str:
@@ -66,40 +64,23 @@ class WandbExporter(QueuedExporter):
 
     def _start_client(self, host) -> None:
         self._wandb = _wandb()
-        self._host = host
         os.makedirs(self.config.dir, exist_ok=True)
-        self._stop.clear()
-        self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.id}-flush", daemon=True)
-        self._flusher.start()
+        super()._start_client(host)
 
     def _stop_client(self) -> None:
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=10)
+        super()._stop_client()
         for run in self._runs.values():
             run.finish()
         self._runs.clear()
-
-    def _shutdown(self) -> None:
-        self.flush()
-        super()._shutdown()
 
     def export(self, batch: pa.Table) -> ExportResult:
         if "span_role" in batch.schema.names:
             self._counts.add(batch)
         return SUCCESS
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - flushing must go on
-                self.logger.exception("metrics flush failed")
-
     def flush(self) -> int:
-        slos = self._host.find("processors", type_="slo") if self._host is not None else []
         rows = [(agent, version, key, value)
-                for (agent, version), metrics in agent_metrics(self._counts.take(), slos).items()
+                for (agent, version), metrics in agent_metrics(self._counts.take(), self.slo_processors()).items()
                 for key, value in metrics.items()]
         if not rows:
             return 0
