@@ -79,6 +79,8 @@ class _Queue:
     _used: int
     _items: deque
     _in_flight: dict
+    _cond: threading.Condition
+    _closed: bool
 
     @property
     def size(self) -> int:
@@ -89,6 +91,17 @@ class _Queue:
     def pending(self) -> int:
         """Items waiting or being sent."""
         return len(self._items) + len(self._in_flight)
+
+    def _take(self, timeout: float | None) -> Item | None:
+        """The oldest waiting item, now in flight (None on timeout or once closed and empty)."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._in_flight[item.seq] = item
+            return item
 
 
 class MemoryQueue(_Queue):
@@ -119,14 +132,7 @@ class MemoryQueue(_Queue):
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Item | None:
-        with self._cond:
-            if not self._items and not self._closed:
-                self._cond.wait(timeout)
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._in_flight[item.seq] = item
-            return item
+        return self._take(timeout)
 
     def ack(self, item: Item) -> None:
         with self._cond:
@@ -281,13 +287,9 @@ class PersistentQueue(_Queue):
         self._current = self._file = None
 
     def get(self, timeout: float | None = None) -> Item | None:
-        with self._cond:
-            if not self._items and not self._closed:
-                self._cond.wait(timeout)
-            if not self._items:
-                return None
-            item = self._items.popleft()
-            self._in_flight[item.seq] = item
+        item = self._take(timeout)
+        if item is None:
+            return None
         try:
             with open(item.segment, "rb") as f:
                 f.seek(item.offset)
