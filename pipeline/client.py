@@ -119,8 +119,8 @@ class DecisionClient:
             bucket = self._budget.setdefault(key, [1.0, now])
             bucket[0] = min(1.0, bucket[0] + (now - bucket[1]) * per_min / 60.0)  # a burst of at most one call
             bucket[1] = now
-            if bucket[0] >= 1.0:
-                bucket[0] -= 1.0
+            if bucket[0] >= 1.0 - 1e-9:  # a float sum of refills: one whole interval is one call
+                bucket[0] = max(bucket[0] - 1.0, 0.0)
                 return True
             return False
 
