@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,9 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert cfg.service is not None
     _setup_logging(cfg.service.telemetry.logs.level)
     service = Service(cfg)
-    stop = threading.Event()
+    # A plain flag, not threading.Event: a handler runs between any two bytecodes of the main thread,
+    # also inside Event.wait() while it holds the Event's lock, and Event.set() there deadlocks
+    # (seen: SIGTERM during the wait left `agent-sre run` hanging for ever).
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
         service.start()
     except Exception as exc:  # noqa: BLE001 - a start failure is reported, not a traceback
@@ -70,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"agent-sre running ({cfg.source}); Ctrl-C to stop", flush=True)
     for line in service.describe():
         print(f"  {line}", flush=True)
-    stop.wait()
+    while not stopping:
+        time.sleep(0.2)  # a signal interrupts the sleep; the flag ends the loop
     print("agent-sre: shutting down (draining batches)", file=sys.stderr, flush=True)
     service.shutdown()
     return 0

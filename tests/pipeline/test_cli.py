@@ -141,3 +141,25 @@ def test_run_on_the_embedded_default_prints_where_it_listens(tmp_path):
     assert f"http://127.0.0.1:{ports.admin}" in out and f"http://127.0.0.1:{ports.metrics}/metrics" in out
     assert str(tmp_path / "agent-sre-data" / "spans.duckdb") in out
     assert (tmp_path / "agent-sre-data" / "spans.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_run_stops_on_sigterm_even_when_signals_come_in_a_burst(tmp_path):
+    """A signal handler that set a threading.Event while the main thread waited on it could deadlock
+    (seen: `agent-sre run` hung for ever after a few SIGTERMs); the handler now only sets a flag."""
+    ports = Ports.allocate()
+    env = {"AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports.grpc}", "AGENT_SRE_OTLP_HTTP_ENDPOINT":
+           f"127.0.0.1:{ports.http}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{ports.admin}",
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}", "AGENT_SRE_RECEIVER_WORKERS": "0"}
+    for _ in range(3):
+        proc = subprocess.Popen([*CLI, "run"], cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{ports.admin}/", timeout=60)
+            for _ in range(50):
+                proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
