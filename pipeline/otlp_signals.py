@@ -233,16 +233,21 @@ def _groups(rows: list[dict]):
     return out
 
 
+def _scoped(resources, scope_field: str, table: pa.Table, types: dict[str, str]):
+    """(the new Scope* message, its rows) for each run of rows: a Resource* message is added to
+    ``resources`` (request.resource_logs or .resource_metrics) whenever the resource changes."""
+    parent, last = None, None
+    for res, scope, rows in _groups(table.to_pylist()):
+        if parent is None or res != last:
+            parent, last = resources.add(resource=Resource(attributes=_kvs(res, types))), res
+        yield getattr(parent, scope_field).add(scope=InstrumentationScope(
+            name=scope[0], version=scope[1], attributes=_kvs(scope[2], types))), rows
+
+
 def table_to_logs_request(table: pa.Table) -> ExportLogsServiceRequest:
     types = typed_keys()
     request = ExportLogsServiceRequest()
-    last_res = None
-    for res, scope, records in _groups(table.to_pylist()):
-        if res != last_res or not request.resource_logs:
-            rl = request.resource_logs.add(resource=Resource(attributes=_kvs(res, types)))
-            last_res = res
-        sl = rl.scope_logs.add(scope=InstrumentationScope(name=scope[0], version=scope[1],
-                                                          attributes=_kvs(scope[2], types)))
+    for sl, records in _scoped(request.resource_logs, "scope_logs", table, types):
         sl.log_records.extend(LogRecord(
             time_unix_nano=r["time_ns"] or 0, observed_time_unix_nano=r["observed_time_ns"] or 0,
             severity_number=r["severity_number"] or 0, severity_text=r["severity_text"] or "",
@@ -283,13 +288,7 @@ def _point(kind: str, r: dict, types: dict[str, str]):
 def table_to_metrics_request(table: pa.Table) -> ExportMetricsServiceRequest:
     types = typed_keys()
     request = ExportMetricsServiceRequest()
-    last_res = None
-    for res, scope, points in _groups(table.to_pylist()):
-        if res != last_res or not request.resource_metrics:
-            rm = request.resource_metrics.add(resource=Resource(attributes=_kvs(res, types)))
-            last_res = res
-        sm = rm.scope_metrics.add(scope=InstrumentationScope(name=scope[0], version=scope[1],
-                                                             attributes=_kvs(scope[2], types)))
+    for sm, points in _scoped(request.resource_metrics, "scope_metrics", table, types):
         metric = None
         for r in points:  # consecutive points of one metric go into one Metric
             key = (r["metric_name"], r["description"], r["unit"], r["metric_type"], r["temporality"],
