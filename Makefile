@@ -1,9 +1,14 @@
-# The README's two commands are `make run` and `make test`.
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
+# The README's two commands are `make run` and `make test`.  `make test` installs everything its
+# tests need (idempotently, each step skipped when its result is already there): the project's
+# virtualenv, the Debian packages of the servers the tests start (Prometheus, Alertmanager), and
+# Arize Phoenix and MLflow, each in its own virtualenv under .servers/ so our dependencies stay clean.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SERVERS ?= .servers
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager
 
-.PHONY: run test setup lint bench
+.PHONY: run test setup test-deps debian-deps lint typecheck bench
 
 $(BIN)/agent-sre: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +21,30 @@ setup: $(BIN)/agent-sre
 run: setup
 	$(BIN)/agent-sre run
 
-test: setup
-	$(BIN)/ruff check pipeline receivers processors exporters tests bench
+# Debian packages: installed only when a binary is missing (apt-get as root, else through sudo).
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "need root to install:$$missing (apt-get install$$missing)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# A server in its own virtualenv: $(SERVERS)/NAME/bin/NAME, kept once installed.
+$(SERVERS)/%/.installed:
+	$(PYTHON) -m venv $(SERVERS)/$*
+	$(SERVERS)/$*/bin/pip install --quiet --upgrade pip
+	$(SERVERS)/$*/bin/pip install --quiet $(if $(filter phoenix,$*),arize-phoenix,$*)
+	touch $@
+
+test-deps: setup debian-deps $(SERVERS)/phoenix/.installed $(SERVERS)/mlflow/.installed
+
+lint: setup
+	$(BIN)/ruff check pipeline receivers processors exporters config tests bench
+
+test: test-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup

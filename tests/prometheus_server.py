@@ -1,9 +1,8 @@
-"""A real Prometheus (Debian's package) on loopback, for integration tests; .ci/run installs it."""
+"""A real Prometheus (Debian's package) on loopback, for integration tests; `make test` installs it."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -20,9 +19,7 @@ from tests.conftest import free_port, wait_http
 def binary(name: str = "prometheus") -> str:
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: .ci/run installs Debian's prometheus package")
-        pytest.skip(f"{name} not installed (apt-get install prometheus); CI installs it")
+        pytest.fail(f"{name} is not installed: `make test-deps` installs Debian's package")
     return path
 
 

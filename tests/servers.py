@@ -1,6 +1,6 @@
 """Real servers the integration tests start on loopback: Arize Phoenix and MLflow, each installed by
-.ci/run in its own virtual environment under .servers/ (so our dependencies stay clean).  Without
-them a test skips outside CI and fails in CI."""
+`make test` (the Makefile's test-deps) in its own virtual environment under .servers/, so our
+dependencies stay clean.  A missing server fails the test: `make test` always installs it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ SERVERS = Path(os.environ.get("AGENT_SRE_SERVERS", REPO / ".servers"))
 def server_binary(venv: str, name: str) -> Path:
     path = SERVERS / venv / "bin" / name
     if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} is missing: .ci/run installs {venv} in its own virtual environment")
-        pytest.skip(f"{venv} not installed in {SERVERS}; `bash .ci/run` installs it")
+        pytest.fail(f"{path} is missing: `make test-deps` installs {venv} in its own virtual environment")
     return path
 
 

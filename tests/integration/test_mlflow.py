@@ -1,4 +1,4 @@
-"""A real MLflow tracking server (`mlflow server` with a SQLite store, installed by .ci/run in its own
+"""A real MLflow tracking server (`mlflow server` with a SQLite store, installed by `make test` in its own
 virtual environment): the mlflow exporter creates a run per agent and version for the period, logs
 the interval's span, cost and SLO metrics with log-batch, and sends the traces to MLflow's OTLP
 endpoint; all of it is read back through MLflow's REST API.  A restart finds the run again."""

@@ -1,4 +1,4 @@
-"""A real Arize Phoenix (`phoenix serve`, installed by .ci/run in its own virtual environment):
+"""A real Arize Phoenix (`phoenix serve`, installed by `make test` in its own virtual environment):
 spans the OTel SDK sends to our pipeline and we export to Phoenix — over OTLP/gRPC with `otlp` and
 over OTLP/HTTP protobuf with `otlphttp` — are readable back through Phoenix's REST API with the
 agent attributes intact (typed where the conventions know the type) and the cost we computed."""

@@ -1,6 +1,6 @@
 """wandb in offline mode (no account needed): a run per agent and version for the period, the
 interval's metrics logged one step per flush; read back from the run file W&B wrote (its LevelDB-
-style record log of wandb_internal_pb2.Record messages)."""
+style record log of wandb_internal_pb2.Record messages) once wandb-core has closed it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import struct
 import time
 
+import wandb
 from wandb.proto import wandb_internal_pb2 as pb
 
 from agent_sre.pipeline.config import parse_config
@@ -48,17 +49,24 @@ def test_offline_runs_get_the_interval_metrics_per_agent(tmp_path):
                          exporters="duckdb, wandb", extra=extra)
     service = Service(parse_config(text.replace("  batch:\n", "  cost: {}\n  batch:\n", 1), "test"))
     service.start()
+    (exporter,) = [e for e in service.exporters.values() if e.id.type == "wandb"]
+    now = time.time()
+    exporter.clock = lambda: now  # both flushes in one period (one run) even across UTC midnight
     try:
         llm = {"agent.did": "writer", "agent.version": "2.0", "gen_ai.operation.name": "chat",
                "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 500, "gen_ai.usage.output_tokens": 50}
         ingest = service.receivers[0].ingest
         ingest.export(request(4, attrs=llm, start_ns=time.time_ns()), "test")
-        (exporter,) = [e for e in service.exporters.values() if e.id.type == "wandb"]
         assert exporter.flush() > 0
         ingest.export(request(1, attrs=llm, start_ns=time.time_ns()), "test")
         assert exporter.flush() > 0
     finally:
         service.shutdown()  # drains the queue and finishes the runs
+        # run.finish() only *tells* wandb-core the run is over (a ServerInformFinishRequest published,
+        # not awaited); wandb-core closes the run's .wandb file afterwards, and its writer holds the
+        # current 32 KiB block in memory until then: read now, the file may still be its 7-byte
+        # header. teardown() waits for wandb-core to close every run's file and exit.
+        wandb.teardown()
     (run_file,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
     recs = records(run_file)
     (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
