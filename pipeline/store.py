@@ -25,6 +25,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from agent_sre.pipeline import attribution
+from agent_sre.pipeline.attribution import HELD_DDL, AttributionSettings
 from agent_sre.pipeline.rollups import (
     AGENT_MINUTES_DDL,
     AGENT_ROLLUP_SQL,
@@ -172,6 +174,10 @@ STORAGE_SCHEMA = pa.schema([
     pa.field(f.name, pa.list_(_ENTRY)) if f.name in MAP_COLUMNS else f for f in SPAN_SCHEMA])
 
 
+# Set by the store when a span is inserted (pipeline/attribution.py reads recent ancestors by it).
+STORED_SCHEMA = STORAGE_SCHEMA.append(pa.field("received_ns", pa.int64()))
+
+
 def to_storage(batch: pa.Table) -> pa.Table:
     """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
 
@@ -191,8 +197,12 @@ def to_storage(batch: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
-def _view_sql(source: str = "span_rows", temp: bool = False) -> str:
-    """``spans``: the stored rows with their attribute lists presented as maps."""
+_STORED = "(SELECT * FROM span_rows UNION ALL BY NAME SELECT * FROM held_spans)"
+
+
+def _view_sql(source: str = _STORED, temp: bool = False) -> str:
+    """``spans``: the stored rows (those still waiting for their agent included) with their
+    attribute lists presented as maps."""
     replaced = ", ".join(f"map_from_entries({c}) AS {c}" for c in MAP_COLUMNS)
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
@@ -208,7 +218,8 @@ class SpanStore:
     """
 
     def __init__(self, path: str | os.PathLike, memory_limit: str = "256MB", threads: int = 2,
-                 checkpoint_threshold: str = "16MB", spool: SpoolSettings | None = None):
+                 checkpoint_threshold: str = "16MB", spool: SpoolSettings | None = None,
+                 attribution: AttributionSettings | None = None):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -224,7 +235,11 @@ class SpanStore:
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         self._charges_by_task = False
+        self.attribution = attribution or AttributionSettings()
+        self.unattributed_spans = 0  # released without an agent since start (a self-metric)
         self._ensure_schema()
+        self._held, self._held_oldest_ns = self._con.execute(
+            "SELECT count(*), min(received_ns) FROM held_spans").fetchall()[0]
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
@@ -236,16 +251,22 @@ class SpanStore:
 
     def _ensure_schema(self) -> None:
         con = self._con
-        con.register("_empty_spans", STORAGE_SCHEMA.empty_table())
+        con.register("_empty_spans", STORED_SCHEMA.empty_table())
         con.execute("CREATE TABLE IF NOT EXISTS span_rows AS SELECT * FROM _empty_spans LIMIT 0")
         existing = {r[0] for r in con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'span_rows'").fetchall()}
         # Columns added to the schema after a store was created are added in place.
         types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _empty_spans)").fetchall())
-        for field in STORAGE_SCHEMA:
+        for field in STORED_SCHEMA:
             if field.name not in existing:
                 con.execute(f'ALTER TABLE span_rows ADD COLUMN "{field.name}" {types[field.name]}')
         con.unregister("_empty_spans")
+        con.execute(HELD_DDL)
+        held_columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'held_spans'").fetchall()}
+        for field in STORED_SCHEMA:
+            if field.name not in held_columns:
+                con.execute(f'ALTER TABLE held_spans ADD COLUMN "{field.name}" {types.get(field.name, "BIGINT")}')
         con.execute(_view_sql())
         con.execute("CREATE TABLE IF NOT EXISTS parquet_exports (directory VARCHAR PRIMARY KEY, "
                     "exported_until_ns BIGINT NOT NULL)")
@@ -283,24 +304,44 @@ class SpanStore:
     # --- writing ----------------------------------------------------------------
 
     def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None) -> None:
-        """Insert in one transaction (with the spool position, when given); the only INSERT into spans."""
-        rows = to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
-                          else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
+
+        Spans without an agent are attributed through their trace first (pipeline/attribution.py):
+        what is released is ``_batch``, which every rollup and callback of the transaction sees."""
+        rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
+                           else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+                if tables else to_storage(SPAN_SCHEMA.empty_table()))
+        now_ns = time.time_ns()
+        attribute = self._held > 0 or rows.column("agent_id").null_count > 0
         with self._lock:
             con = self._con
-            con.register("_batch", rows)
+            con.register("_in", rows)
             try:
                 # Each result is fetched: DuckDB refuses new work on a connection with one open.
                 con.execute("BEGIN TRANSACTION").fetchall()
+                for sql in (attribution.statements(self.attribution, now_ns) if attribute
+                            else [attribution.direct_statement(now_ns)]):
+                    con.execute(sql).fetchall()
                 con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
                 for sql in self._rollup_sqls:
-                    con.execute(sql, [time.time_ns()] if sql is SPAN_ROLLUP_SQL else []).fetchall()
+                    con.execute(sql, [now_ns] if sql is SPAN_ROLLUP_SQL else []).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
-                    self._finalize_due(time.time_ns())
+                    self._finalize_due(now_ns)
                 con.execute(AGENT_ROLLUP_SQL).fetchall()
                 con.execute(COST_ROLLUP_SQL).fetchall()
                 charges = (con.execute(CHARGES_BY_TASK_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
                            if self._on_charges else [])
+                if attribute:
+                    held, oldest, unattributed = con.execute(
+                        "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
+                        "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)").fetchall()[0]
+                    if held > self.attribution.max_held_spans:
+                        con.execute(attribution.overflow_statement(self.attribution)).fetchall()
+                    released = (con.execute("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
+                                if self._on_commit else rows)
+                else:
+                    held, oldest, released = 0, None, rows
+                    unattributed = rows.column("agent_id").null_count
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
                 con.execute("COMMIT").fetchall()
@@ -311,7 +352,10 @@ class SpanStore:
                     pass  # nothing to roll back (BEGIN itself failed)
                 raise
             finally:
-                con.unregister("_batch")
+                con.unregister("_in")
+            self._held, self._held_oldest_ns = held, oldest
+            self.unattributed_spans += unattributed
+        rows = released
         # After the commit (what is charged is stored) and outside the lock: callbacks may publish
         # events, which the store records.  A failing callback must not make a committed insert retry.
         for callback, arg in [*((c, charges) for c in self._on_charges), *((c, rows) for c in self._on_commit)]:
@@ -450,15 +494,23 @@ class SpanStore:
         self._loader = threading.Thread(target=self._load, name="span-store-loader", daemon=True)
         self._loader.start()
 
+    def _held_expiry(self) -> float | None:
+        """Seconds until the oldest held span's wait ends (None: nothing held)."""
+        if not self._held or self._held_oldest_ns is None:
+            return None
+        return (self._held_oldest_ns + self.attribution.wait * 1e9 - time.time_ns()) / 1e9
+
     def _due(self) -> bool:
         if not self._pending:
-            return False
+            expiry = self._held_expiry()
+            return expiry is not None and expiry <= 0 and not self._closing
         return (self._closing or self._sync_wanted > self._applied_seq
                 or self._pending_rows >= self.settings.flush_spans
                 or time.monotonic() - self._pending[0][1] >= self.settings.flush_interval)
 
     def _load(self) -> None:
-        """Loader thread: spool -> DuckDB in large transactions, oldest first."""
+        """Loader thread: spool -> DuckDB in large transactions, oldest first; with nothing spooled,
+        it still releases held spans whose wait for an agent is over."""
         backoff = 0.1
         while True:
             with self._cond:
@@ -468,12 +520,15 @@ class SpanStore:
                     wait = self.settings.flush_interval
                     if self._pending:
                         wait = max(0.0, self._pending[0][1] + wait - time.monotonic())
+                    expiry = self._held_expiry()
+                    if expiry is not None:
+                        wait = min(wait, max(expiry, 0.05))
                     self._cond.wait(wait)
                 items = self._take()
-            last = items[-1].seq
+            last = items[-1].seq if items else None
             try:
-                self._insert(load(items), last)
-            except (duckdb.Error, OSError, pa.ArrowException) as exc:  # still in the spool; retried
+                self._insert(load(items) if items else [], last)
+            except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
                 log.error("span store: insert of %d spooled spans failed (%s): %s", sum(i.rows for i in items),
                           "they stay in the spool" if self._closing else "will retry", exc)
                 if self._closing:
@@ -482,6 +537,8 @@ class SpanStore:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if last is None:
+                continue
             with self._cond:
                 for _ in items:
                     spooled, _ = self._pending.popleft()
@@ -711,5 +768,6 @@ def _overlay_spool(con: duckdb.DuckDBPyConnection, spool_dir: Path) -> None:
     con.register("_spooled", to_storage(pa.Table.from_batches(batches)))
     con.execute("CREATE TEMP TABLE spooled_rows AS SELECT * FROM _spooled")
     con.unregister("_spooled")
-    con.execute(_view_sql("(SELECT * FROM main.span_rows UNION ALL BY NAME SELECT * FROM temp.spooled_rows)",
-                          temp=True))
+    held = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'held_spans'").fetchall()[0][0]
+    con.execute(_view_sql("(SELECT * FROM main.span_rows UNION ALL BY NAME SELECT * FROM temp.spooled_rows"
+                          + (" UNION ALL BY NAME SELECT * FROM main.held_spans)" if held else ")"), temp=True))

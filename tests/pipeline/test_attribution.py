@@ -1,0 +1,172 @@
+"""Agent identity follows the trace (pipeline/attribution.py), in the store's insert transaction:
+children exported before their parent, in other batches, get their nearest ancestor's agent, and
+every rollup (cost, SLIs, agent minutes) counts them under that agent exactly once."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent_sre.pipeline.attribution import AttributionSettings
+from agent_sre.pipeline.schema import SPAN_SCHEMA
+from agent_sre.pipeline.store import SpanStore, SpoolSettings
+
+T = "0af7651916cd43dd8448eb211c80319c"
+NOW_NS = time.time_ns()
+
+
+def span(span_id: str, parent: str | None, role: str = "other", trace: str = T, **cols) -> dict:
+    row = {"trace_id": trace, "span_id": span_id, "parent_span_id": parent or "", "name": span_id,
+           "kind": "internal", "start_ns": NOW_NS - 10**9, "end_ns": NOW_NS, "duration_ns": 10**9,
+           "status_code": "unset", "span_role": role, "service_name": "agent-svc",
+           "attributes": [], "resource_attributes": [], "scope_attributes": []}
+    row.update(cols)
+    return row
+
+
+def batch(*rows: dict) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SPAN_SCHEMA)
+
+
+def agents(store: SpanStore) -> dict[str, str | None]:
+    return dict(store.read("SELECT span_id, agent_id FROM spans"))
+
+
+def open_store(tmp_path, wait: float = 120.0, spool: bool = False, **kw) -> SpanStore:
+    return SpanStore(tmp_path / "s.duckdb", attribution=AttributionSettings(wait=wait, **kw),
+                     spool=SpoolSettings(str(tmp_path / "spool"), flush_interval=0.02) if spool else None)
+
+
+def test_children_exported_before_their_invoke_agent_span_get_its_agent(tmp_path):
+    store = open_store(tmp_path)
+    llm = span("00000000000000b1", "00000000000000a1", "llm", model="gpt-4o", input_tokens=1000,
+               output_tokens=100, cost_usd=0.5)
+    tool = span("00000000000000b2", "00000000000000a1", "tool", tool_name="search", status_code="error")
+    store.append(batch(llm))
+    store.append(batch(tool))
+    # Held, not lost: queryable at once, without an agent yet, and charged to nobody.
+    assert agents(store) == {"00000000000000b1": None, "00000000000000b2": None}
+    assert store.read("SELECT count(*) FROM cost_minutes")[0][0] == 0
+    root = span("00000000000000a1", None, "agent_task", agent_id="triage", agent_version="1.2",
+                session_id="s-9", task_name="triage-ticket")
+    store.append(batch(root))
+    assert agents(store) == {"00000000000000a1": "triage", "00000000000000b1": "triage", "00000000000000b2": "triage"}
+    assert store.read("SELECT DISTINCT agent_version, session_id, task_name FROM spans") == [("1.2", "s-9", "triage-ticket")]
+    assert store.read("SELECT agent_id, cost_usd FROM cost_minutes") == [("triage", 0.5)]
+    assert store.read("SELECT agent_id, spans, errors, llm_calls FROM agent_minutes") == [("triage", 3, 1, 1)]
+    assert store.read("SELECT count(*) FROM held_spans")[0][0] == 0
+    store.close()
+
+
+def test_a_child_after_its_parent_finds_it_among_committed_spans(tmp_path):
+    store = open_store(tmp_path)
+    store.append(batch(span("00000000000000a1", None, "agent_task", agent_id="planner")))
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "tool")))
+    assert agents(store)["00000000000000b1"] == "planner"
+    store.close()
+
+
+def test_the_nearest_ancestor_with_an_agent_wins_in_nested_agents(tmp_path):
+    store = open_store(tmp_path)
+    store.append(batch(span("00000000000000c1", "00000000000000b1", "tool"),
+                       span("00000000000000c2", "00000000000000a2", "llm")))
+    store.append(batch(span("00000000000000b1", "00000000000000a2", "agent_task", agent_id="researcher"),
+                       span("00000000000000a2", "00000000000000a1", "delegation")))
+    store.append(batch(span("00000000000000a1", None, "agent_task", agent_id="orchestrator")))
+    assert agents(store) == {"00000000000000a1": "orchestrator", "00000000000000a2": "orchestrator",
+                             "00000000000000b1": "researcher", "00000000000000c1": "researcher",
+                             "00000000000000c2": "orchestrator"}
+    store.close()
+
+
+def test_a_trace_with_no_agent_anywhere_falls_back_to_the_service_then_is_unattributed(tmp_path):
+    store = open_store(tmp_path)
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "llm", service_name="billing-bot"),
+                       span("00000000000000a1", None, service_name="billing-bot"),
+                       span("00000000000000d1", None, trace="1" * 32, service_name="unknown_service:python")))
+    assert agents(store) == {"00000000000000a1": "billing-bot", "00000000000000b1": "billing-bot",
+                             "00000000000000d1": None}
+    assert store.unattributed_spans == 1
+    store.close()
+
+
+def test_a_span_whose_parent_never_comes_is_released_after_the_wait_without_new_traffic(tmp_path):
+    store = open_store(tmp_path, wait=0.3, spool=True, service_name_fallback=False)
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "llm", cost_usd=0.25)))
+    store.sync()
+    assert store.read("SELECT count(*) FROM held_spans")[0][0] == 1
+    deadline = time.monotonic() + 10
+    while store.unattributed_spans == 0 and time.monotonic() < deadline:  # counted after the commit
+        time.sleep(0.05)
+    assert store.unattributed_spans == 1
+    assert store.read("SELECT count(*) FROM held_spans")[0][0] == 0
+    assert store.read("SELECT agent_id, cost_usd FROM cost_minutes") == [("", 0.25)]
+    assert agents(store) == {"00000000000000b1": None}
+    store.close()
+
+
+def test_held_spans_survive_a_restart_and_are_counted_once(tmp_path):
+    store = open_store(tmp_path, spool=True)
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "llm", cost_usd=0.5)))
+    store.close()
+    store = open_store(tmp_path, spool=True)
+    store.append(batch(span("00000000000000a1", None, "agent_task", agent_id="triage", cost_usd=0.25)))
+    store.sync()
+    assert agents(store) == {"00000000000000a1": "triage", "00000000000000b1": "triage"}
+    assert store.read("SELECT agent_id, sum(cost_usd), sum(spans) FROM cost_minutes GROUP BY ALL") == [
+        ("triage", 0.75, 2)]
+    store.close()
+
+
+@st.composite
+def trees(draw):
+    """A random span tree where some spans carry an agent, and a random order of arrival split into
+    batches; returns (spans, batches, expected agent per span)."""
+    n = draw(st.integers(1, 14))
+    parents = [None] + [draw(st.integers(0, i - 1)) for i in range(1, n)]
+    own = [draw(st.sampled_from([None, None, "a", "b"])) for _ in range(n)]
+    order = draw(st.permutations(range(n)))
+    cuts = sorted(draw(st.sets(st.integers(1, max(n - 1, 1)), max_size=4)))
+    expected = []
+    for i in range(n):
+        j = i
+        while j is not None and own[j] is None:
+            j = parents[j]
+        expected.append(own[j] if j is not None else None)
+    rows = [span(f"{i + 1:016x}", f"{parents[i] + 1:016x}" if parents[i] is not None else None,
+                 agent_id=own[i], service_name="unknown_service") for i in range(n)]
+    bounds = [0, *[c for c in cuts if c < n], n]
+    batches = [[rows[k] for k in order[a:b]] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return batches, {f"{i + 1:016x}": expected[i] for i in range(n)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees())
+def test_any_arrival_order_gives_every_span_its_nearest_ancestors_agent(tmp_path_factory, tree):
+    batches, expected = tree
+    store = open_store(tmp_path_factory.mktemp("attr"))
+    for rows in batches:
+        store.append(batch(*rows))
+    assert agents(store) == expected
+    # Each span counted once in the per-agent rollup, under its resolved agent.
+    counts = dict(store.read("SELECT agent_id, sum(spans) FROM agent_minutes GROUP BY ALL"))
+    want: dict[str, int] = {}
+    for agent in expected.values():
+        want[agent or ""] = want.get(agent or "", 0) + 1
+    assert counts == want
+    store.close()
+
+
+def test_commit_callbacks_get_the_released_spans_with_their_agent(tmp_path):
+    store = open_store(tmp_path)
+    seen: list[pa.Table] = []
+    store.on_commit(seen.append)
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "tool", status_code="error")))
+    store.append(batch(span("00000000000000a1", None, "agent_task", agent_id="triage")))
+    assert [t.num_rows for t in seen] == [0, 2]
+    assert sorted(zip(seen[1].column("span_id").to_pylist(), seen[1].column("agent_id").to_pylist(), strict=True)) == [
+        ("00000000000000a1", "triage"), ("00000000000000b1", "triage")]
+    store.close()
