@@ -248,11 +248,13 @@ def default_config_with(processors_yaml: str, names: list[str]) -> str:
 def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None) -> dict:
     """`agent-sre run` in its own process (the embedded default, or ``config`` YAML text whose endpoints
     use the same environment variables), on free ports; returns ports, data dir and the process."""
-    p = {"grpc": free_port(), "http": free_port(), "admin": free_port(), "metrics": free_port()}
+    p = {"grpc": free_port(), "http": free_port(), "admin": free_port(), "metrics": free_port(),
+         "prometheus": free_port()}
     data = tempfile.mkdtemp(prefix="agent-sre-bench-")
     env = {**os.environ, "AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['grpc']}",
            "AGENT_SRE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['http']}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{p['admin']}",
-           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{p['metrics']}", "AGENT_SRE_DATA": data}
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{p['metrics']}", "AGENT_SRE_DATA": data,
+           "AGENT_SRE_PROMETHEUS_ENDPOINT": f"127.0.0.1:{p['prometheus']}"}
     if workers is not None:
         env["AGENT_SRE_RECEIVER_WORKERS"] = workers
     env.update(extra_env or {})

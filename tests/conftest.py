@@ -33,10 +33,11 @@ class Ports:
     http: int
     admin: int
     metrics: int
+    prometheus: int = 0  # the prometheus exporter of the embedded default (:8889 there)
 
     @classmethod
     def allocate(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 def pipeline_yaml(ports: Ports, data_dir: Path, *, workers: int = 0, processors: str = "memory_limiter, agent_semconv, batch",

@@ -1,4 +1,5 @@
-"""The debug exporter: logs a one-line summary per batch, or every span with verbosity detailed."""
+"""The debug exporter: logs a one-line summary per batch, or every span with verbosity detailed; a line
+per derived event (alerts, budgets, decisions, incidents) in an events pipeline."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class DebugExporter(Exporter):
 
     def export(self, batch: pa.Table) -> ExportResult:
         signal = signal_of(batch.schema)
+        if signal == "events":  # few and each one matters: a line per event
+            for row in batch.select(["kind", "state", "severity", "summary"]).to_pylist():
+                self.logger.info("event %s %s (%s): %s", row["kind"], row["state"], row["severity"], row["summary"])
+            return SUCCESS
         if signal != "traces":
             self.logger.info("%s: %d %s", signal, batch.num_rows, "data points" if signal == "metrics" else "records")
             return SUCCESS
@@ -44,6 +49,7 @@ factory = Factory(
     kind=Kind.EXPORTER,
     config_model=DebugExporterConfig,
     create=DebugExporter,
-    signals=("traces", "metrics", "logs"),
-    description="Logs a summary line per batch (basic), one line per span (normal) or every span in full (detailed).",
+    signals=("traces", "metrics", "logs", "events"),
+    description="Logs a summary line per batch (basic), one line per span (normal) or every span in full "
+                "(detailed); a line per derived event.",
 )

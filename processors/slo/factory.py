@@ -12,6 +12,7 @@ table, routed by an events pipeline from the ``alerts`` receiver).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +79,10 @@ class Objective(ConfigModel):
 class SloConfig(ConfigModel):
     objectives: list[Objective] = []
     openslo: list[str] = []  # OpenSLO v1 files whose SLOs are added to objectives (see openslo.py)
+    # Evaluated after every commit of new spans (at most once per min_interval), and at least every
+    # interval with no traffic: an alert leaves within about a second of its condition holding.
     interval: Duration = Field(default="30s", gt=0)
+    min_interval: Duration = Field(default="1s", gt=0)
     storage: str = ""  # which duckdb exporter; empty: the only one
 
     @model_validator(mode="after")
@@ -151,6 +155,7 @@ class SloProcessor(Processor):
         self._trackers: dict[tuple[str, str, str], AlertTracker] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._committed = threading.Event()  # new spans since the last evaluation
         self._thread: threading.Thread | None = None
         self._store = None
         self._bus = None
@@ -162,17 +167,26 @@ class SloProcessor(Processor):
         self._store = host.span_store(self.config.storage, str(self.id))
         self._bus = host.events
         self._restore_firing()
+        self._store.on_commit(self._on_commit)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
         self._thread.start()
 
+    def _on_commit(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self._committed.set()
+
     def _loop(self) -> None:
         while True:
+            self._committed.clear()
             try:
                 self.report()
             except Exception:  # noqa: BLE001 - evaluation must not stop; logged, tried again next interval
                 log.exception("%s: evaluation failed", self.id)
-            if self._stop.wait(self.config.interval):
+            if self._stop.wait(self.config.min_interval):
+                return
+            self._committed.wait(max(self.config.interval - self.config.min_interval, 0))
+            if self._stop.is_set():
                 return
 
     def _restore_firing(self) -> None:
@@ -207,7 +221,9 @@ class SloProcessor(Processor):
         transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] = []
         with self._lock:
             now = self.clock()
-            self.last_report = evaluate(store.read, self.config.objectives, int(now // 60), self._trackers,
+            # Windows end now, so they hold the minute in progress: what was committed a moment ago
+            # counts at once (at a minute boundary, exactly the whole minutes before it).
+            self.last_report = evaluate(store.read, self.config.objectives, math.ceil(now / 60), self._trackers,
                                         transitions)
             report = self.last_report
             alerts = [self._alert(obj, subject, ev, int(now * 1e9)) for obj, subject, ev in transitions]
@@ -245,6 +261,9 @@ class SloProcessor(Processor):
 
     def _shutdown(self) -> None:
         self._stop.set()
+        self._committed.set()
+        if self._store is not None:
+            self._store.remove_callback(self._on_commit)
         if self._thread is not None:
             self._thread.join(timeout=10)
 

@@ -14,7 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.conftest import Ports, pipeline_yaml, spawn_pipeline, wait_http
+from tests.conftest import Ports, free_port, pipeline_yaml, spawn_pipeline, wait_http
 
 DATA = Path(__file__).parent / "testdata"
 CLI = [sys.executable, "-m", "agent_sre.pipeline.cli"]
@@ -119,7 +119,8 @@ def test_run_on_the_embedded_default_prints_where_it_listens(tmp_path):
     env = {"AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports.grpc}",
            "AGENT_SRE_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports.http}",
            "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{ports.admin}",
-           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}"}
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}",
+           "AGENT_SRE_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}"}
     proc = subprocess.Popen([*CLI, "run"], cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -150,7 +151,8 @@ def test_run_stops_on_sigterm_even_when_signals_come_in_a_burst(tmp_path):
     ports = Ports.allocate()
     env = {"AGENT_SRE_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports.grpc}", "AGENT_SRE_OTLP_HTTP_ENDPOINT":
            f"127.0.0.1:{ports.http}", "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{ports.admin}",
-           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}", "AGENT_SRE_RECEIVER_WORKERS": "0"}
+           "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}", "AGENT_SRE_RECEIVER_WORKERS": "0",
+           "AGENT_SRE_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}"}
     for _ in range(3):
         proc = subprocess.Popen([*CLI, "run"], cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

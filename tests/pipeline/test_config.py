@@ -20,8 +20,13 @@ def problems(name: str) -> list[str]:
 
 def test_embedded_default_is_valid():
     cfg = load_config(None, env={})
-    assert list(cfg.receivers) == ["otlp"]
-    assert cfg.service.pipelines["traces"].exporters == ["duckdb"]
+    assert list(cfg.receivers) == ["otlp", "alerts"]
+    traces = cfg.service.pipelines["traces"]
+    assert traces.exporters == ["duckdb", "prometheus"]
+    # The whole SRE loop is the default.
+    assert traces.processors == ["memory_limiter", "agent_semconv", "cost", "sli", "slo", "anomaly", "incidents",
+                                 "batch"]
+    assert cfg.exporters["prometheus"].settings.endpoint == "127.0.0.1:8889"
     assert cfg.exporters["duckdb"].settings.path == "./agent-sre-data/spans.duckdb"
     assert cfg.receivers["otlp"].settings.protocols.grpc.endpoint == "127.0.0.1:4317"
 

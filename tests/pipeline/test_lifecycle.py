@@ -103,7 +103,7 @@ def Path_default():
     return Path(__file__).parents[2] / "config" / "default.yaml"
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "sidecar.yaml", "sre.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "sidecar.yaml", "store-only.yaml"])
 def test_every_shipped_config_starts_and_stops(name, tmp_path):
     """Each config/ YAML validates and its service starts (on free ports, a temporary store) and stops."""
     from pathlib import Path
@@ -114,7 +114,8 @@ def test_every_shipped_config_starts_and_stops(name, tmp_path):
     ports = {k: f"127.0.0.1:{free_port()}" for k in ("grpc", "http", "admin", "metrics")}
     env = {"AGENT_SRE_OTLP_GRPC_ENDPOINT": ports["grpc"], "AGENT_SRE_OTLP_HTTP_ENDPOINT": ports["http"],
            "AGENT_SRE_ADMIN_ENDPOINT": ports["admin"], "AGENT_SRE_METRICS_ADDRESS": ports["metrics"],
-           "AGENT_SRE_DATA": str(tmp_path), "AGENT_SRE_RECEIVER_WORKERS": "0"}
+           "AGENT_SRE_DATA": str(tmp_path), "AGENT_SRE_RECEIVER_WORKERS": "0",
+           "AGENT_SRE_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}"}
     for fixed, key in (("127.0.0.1:4317", "grpc"), ("127.0.0.1:4318", "http"), ("127.0.0.1:8888", "metrics")):
         text = text.replace(f"endpoint: {fixed}", f"endpoint: {ports[key]}").replace(f"address: {fixed}",
                                                                                      f"address: {ports[key]}")
