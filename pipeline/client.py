@@ -11,6 +11,7 @@ agent no dependency) and keeps the answer for ``cache_ttl`` seconds, so a busy a
 pipeline a few times a second, not once per call:
 
     allow          yes
+    freeze         yes: an SLO's error budget is exhausted, which stops releases (rollouts), not calls
     throttle       yes, at most ``suggested_rate_per_min`` calls a minute (a local token bucket;
                    without a suggested rate, ``throttle_fraction`` of calls)
     circuit_open   no; while the breaker is half-open, yes for as many calls as it has probes left
@@ -92,6 +93,8 @@ class DecisionClient:
             return all(self._take_probe((agent_id, c.get("tool"), c.get("since")), c["probes_left"]) for c in half)
         if action == "throttle":
             return self._take_token(agent_id, d.get("suggested_rate_per_min"))
+        if action == "freeze":
+            return True
         if action in ("kill", "circuit_open"):
             return False
         return self.fail_open  # an action this client does not know

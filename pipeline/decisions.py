@@ -2,13 +2,14 @@
 
     cost budgets      allow | throttle (with a suggested rate) | kill
     incidents breakers  allow | circuit_open
+    slo               allow | freeze (an error budget is exhausted: no releases, calls go on)
 
 A provider answers ``decision(agent, tool=None, task=None) -> Decision`` from memory (``tool``:
 the call about to be made, for per-tool breakers; ``task``: the trace it belongs to, for task
 budgets) and lists the agents it
 knows (``agents()``); it may have ``tick()``, called every second, for what changes by the
 clock (a budget period ends, a breaker's recovery timeout passes).  The board answers the
-strictest decision over its providers (kill > circuit_open > throttle > allow), with every
+strictest decision over its providers (kill > circuit_open > throttle > freeze > allow), with every
 provider's reason, and publishes an event whenever an agent's action changes: ``decision``
 events are ``firing`` while the agent is not allowed, ``resolved`` when it is again.  The
 last decision of each agent is taken from the ``events`` history at start, so a restart does
@@ -28,8 +29,8 @@ from agent_sre.pipeline.events import EventBus, event
 
 log = logging.getLogger("agent_sre.decisions")
 
-ACTIONS = ("allow", "throttle", "circuit_open", "kill")  # in increasing strictness
-SEVERITY = {"throttle": "ticket", "circuit_open": "page", "kill": "page"}
+ACTIONS = ("allow", "freeze", "throttle", "circuit_open", "kill")  # in increasing strictness
+SEVERITY = {"freeze": "ticket", "throttle": "ticket", "circuit_open": "page", "kill": "page"}
 
 
 @dataclass(frozen=True)

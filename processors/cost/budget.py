@@ -334,7 +334,21 @@ def _suggested_rate(spec: BudgetSpec, acc: _Account, now: float) -> float | None
         return None
     minutes_left = max((acc.ends - now) / 60.0, 1.0)
     headroom = max(spec.kill_at * spec.limit_usd - acc.spent, 0.0)
-    return round(headroom / (acc.spent / acc.calls) / minutes_left, 6)
+    return float(f"{headroom / (acc.spent / acc.calls) / minutes_left:.2g}")  # two significant digits
+
+
+def readable_rate(per_min: float) -> str:
+    """A suggested rate as a person reads it: "12 calls/min", "1 call every 40 s", "1 call every 4.6 h"."""
+    if per_min <= 0:
+        return "no more calls this period"
+    if per_min >= 1:
+        text = f"{per_min:.2g}" if per_min < 10 else f"{round(per_min)}"
+        return f"{text} call{'' if text == '1' else 's'}/min"
+    seconds = 60 / per_min
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"1 call every {seconds / size:.2g} {unit}"
+    return f"1 call every {seconds:.2g} s"
 
 
 def utc(*args) -> float:

@@ -30,7 +30,14 @@ from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel
 from agent_sre.pipeline.decisions import ALLOW, Decision
 from agent_sre.pipeline.events import event
-from agent_sre.processors.cost.budget import SCOPES, TASK_IDLE_S, BudgetEvent, BudgetLedger, BudgetSpec
+from agent_sre.processors.cost.budget import (
+    SCOPES,
+    TASK_IDLE_S,
+    BudgetEvent,
+    BudgetLedger,
+    BudgetSpec,
+    readable_rate,
+)
 from agent_sre.processors.cost.summary import cost_summary
 
 
@@ -240,6 +247,7 @@ class CostProcessor(Processor):
         details = {"budget": d.budget, "utilisation": round(d.utilisation, 6)}
         if d.suggested_rate_per_min is not None:
             details["suggested_rate_per_min"] = d.suggested_rate_per_min
+            details["suggested_rate"] = readable_rate(d.suggested_rate_per_min)
         return Decision(d.action, d.reason, d.until, details)
 
     def agents(self) -> set[str]:

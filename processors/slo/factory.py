@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.decisions import ALLOW, Decision
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 from agent_sre.processors.slo.openslo import load_openslo
@@ -162,12 +163,14 @@ class SloProcessor(Processor):
         self.last_report: list[dict] = []
         self._subscribers: list[Callable[[list[dict]], None]] = []
         self._alert_started: dict[tuple[str, str, str, str], int] = {}
+        self._exhausted: dict[str, list[str]] = {}  # agent -> SLOs whose error budget is exhausted
 
     def _start(self, host) -> None:
         self._store = host.span_store(self.config.storage, str(self.id))
         self._bus = host.events
         self._restore_firing()
         self._store.on_commit(self._on_commit)
+        host.decisions.register(str(self.id), self)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
         self._thread.start()
@@ -226,6 +229,11 @@ class SloProcessor(Processor):
             self.last_report = evaluate(store.read, self.config.objectives, math.ceil(now / 60), self._trackers,
                                         transitions)
             report = self.last_report
+            exhausted: dict[str, list[str]] = {}
+            for row in report:
+                if row["status"] == "exhausted":
+                    exhausted.setdefault(row["agent_id"], []).append(row["slo"])
+            self._exhausted = exhausted
             alerts = [self._alert(obj, subject, ev, int(now * 1e9)) for obj, subject, ev in transitions]
             if alerts and self._bus is not None:  # under the lock: published in the order they happened
                 self._bus.publish(alerts)  # into the events history (what a restart resumes from), then routed
@@ -233,6 +241,18 @@ class SloProcessor(Processor):
             if alerts:
                 callback(alerts)
         return report
+
+    def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision:
+        """An exhausted error budget freezes the agent's releases (the SRE rule: no budget, no
+        changes); calls go on.  From the last evaluation, in memory."""
+        slos = self._exhausted.get(agent)
+        if not slos:
+            return ALLOW
+        return Decision("freeze", f"error budget exhausted: SLO {', '.join(slos)}; releases are frozen",
+                        None, {"exhausted_slos": slos})
+
+    def agents(self) -> set[str]:
+        return {row["agent_id"] for row in self.last_report}
 
     def _alert(self, obj: Objective, subject: tuple[str, str], ev: AlertEvent, now_ns: int) -> dict:
         rule = ev.rule

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from agent_sre.processors.cost.budget import BudgetLedger, BudgetSpec, utc
+from agent_sre.processors.cost.budget import BudgetLedger, BudgetSpec, readable_rate, utc
 
 DAY = BudgetSpec("agent-daily", "agent_day", limit_usd=10.0)
 NOON = utc(2026, 11, 25, 12, 0)
@@ -85,8 +85,10 @@ def test_a_throttle_suggests_the_rate_that_reaches_the_kill_point_at_the_reset()
     ledger = BudgetLedger([DAY])
     ledger.charge("a1", 8.6, NOON, calls=43)  # 86 %: throttled; 0.20 USD per call on average
     d = ledger.assess("a1", NOON)
-    # 9.50 - 8.60 = 0.90 USD left before the kill point = 4.5 calls, over the 720 minutes to midnight
-    assert (d.action, d.budget, d.suggested_rate_per_min) == ("throttle", "agent-daily", pytest.approx(4.5 / 720))
+    # 9.50 - 8.60 = 0.90 USD left before the kill point = 4.5 calls, over the 720 minutes to midnight:
+    # 0.00625 a minute, given to two significant digits, and as a person reads it (one every 160 min)
+    assert (d.action, d.budget, d.suggested_rate_per_min) == ("throttle", "agent-daily", 0.0063)
+    assert readable_rate(4.5 / 720) == "1 call every 2.7 h"
     assert ledger.assess("a1", NOON).until == utc(2026, 11, 26)
 
 
@@ -130,3 +132,11 @@ def test_asking_creates_no_accounts_and_spend_of_another_period_is_not_charged_t
     assert ledger.spent("t", "t1", NOON) == pytest.approx(9.9)
     ledger.charge("a1", 1.0, NOON, at=NOON - 60)
     assert ledger.spent("agent-daily", "a1", NOON) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("per_min", "text"), [
+    (120.4, "120 calls/min"), (2.5, "2.5 calls/min"), (1.0, "1 call/min"), (0.5, "1 call every 2 min"),
+    (1.5, "1.5 calls/min"), (6.1e-05, "1 call every 11 d"), (2.0 / 3, "1 call every 1.5 min"),
+    (3.0, "3 calls/min"), (4.0 / 1, "4 calls/min"), (90.0, "90 calls/min"), (0.0, "no more calls this period")])
+def test_a_suggested_rate_reads_as_calls_per_minute_or_one_call_every_interval(per_min, text):
+    assert readable_rate(per_min) == text

@@ -62,6 +62,10 @@ def test_budget_burn_and_alerts_match_hand_computed_values(tmp_path):
         assert row["burn_rates"] == {"2m": pytest.approx(5.0), "5m": pytest.approx(11 / 3)}
         assert row["firing"] == ["page:2x:5m/2m"]
         assert (row["budget_remaining"], row["status"]) == (0.0, "exhausted")
+        # An exhausted error budget is a decision: releases freeze, calls go on.
+        decision = service.host.decisions.decide("a1")
+        assert (decision["action"], decision["exhausted_slos"]) == ("freeze", ["tools"])
+        assert "releases are frozen" in decision["reason"]
 
         # minutes 3 and 4 clean: at minute 5 the 2m window burns 0 and the page resolves
         ingest.export(spans([(TOOL, False, 3)] * 100 + [(TOOL, False, 4)] * 100), "test")
