@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 
 from bench.agent_spans import make_request  # noqa: E402
-from bench.ingest import METHOD, SPANS_PER_REQUEST, default_config_with, start_pipeline, stop_pipeline  # noqa: E402
+from bench.ingest import METHOD, SPANS_PER_REQUEST, start_pipeline, stop_pipeline, store_only_with  # noqa: E402
 
 COST = """  cost:
     budgets:
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=200)
     ap.add_argument("--ingest", type=float, default=5000, help="spans/s sent meanwhile")
     args = ap.parse_args()
-    p = start_pipeline(default_config_with(COST, ["cost", "incidents"]))
+    p = start_pipeline(store_only_with(COST, ["cost", "incidents"]))
     stop = threading.Event()
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{p['grpc']}")

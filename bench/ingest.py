@@ -1,21 +1,23 @@
-"""Ingest benchmark: OTLP in -> DuckDB committed, on the embedded default config.
+"""Ingest benchmark: OTLP in -> DuckDB committed, the embedded default (the full SRE loop) and
+config/store-only.yaml side by side in one run (interleaved rounds).
 
 Starts `agent-sre run` (no --config: the embedded default, ports and data dir moved
-by environment variables) in its own process, then drives it from separate client
+by environment variables; then --config config/store-only.yaml) in its own process, then drives it from separate client
 processes with pre-serialised ExportTraceServiceRequests of 512 agent spans
 (~12 attributes each), for a bounded time per phase:
 
   1. gRPC, as fast as the pipeline takes it
-  2. HTTP/protobuf, as fast as the pipeline takes it
-  3. gRPC paced at half the rate of phase 1, for export-call latency
+  2. with --full: HTTP/protobuf, as fast as the pipeline takes it
+  3. with --full: gRPC paced at half the rate of phase 1, for export-call latency
 
 and prints, per phase: accepted spans/s (acknowledged to clients, over the
 sending window), committed spans/s (counted in DuckDB through the query API,
 which first waits until the spool is inserted: spans / time from the first send
-until that count returns), p50/p99 export-call latency, and the peak RSS of the
-pipeline (main process, and with its receiver workers).
+until that count returns), p50/p99 export-call latency, CPU per committed span of all
+pipeline processes (from /proc), and the peak RSS of the pipeline (main process, and with its
+receiver workers); then the median committed rate of each config and what the loop costs.
 
-    .venv/bin/python bench/ingest.py [--seconds 20] [--clients 2] [--threads 4]
+    .venv/bin/python bench/ingest.py [--seconds 20] [--clients 2] [--threads 4] [--rounds 3] [--full]
 """
 
 from __future__ import annotations
@@ -174,9 +176,23 @@ def _delta(after: dict, before: dict, key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the pipeline process and its receiver workers, from /proc."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds: float, clients: int,
               threads: int, metrics_port: int, rate: float = 0.0) -> dict:
     before = count_spans(admin)
+    cpu_before = cpu_seconds(pid)
     m_before = pipeline_metrics(metrics_port)
     sampler = RssSampler(pid)
     sampler.start()
@@ -195,6 +211,7 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
     m_after = pipeline_metrics(metrics_port)  # before the count below drains the spool
     backlog = m_after.get('agent_sre_exporter_queue_size{exporter="duckdb"}', 0.0)
     committed = count_spans(admin) - before  # the query API reads its writes: waits until all is in DuckDB
+    cpu = cpu_seconds(pid) - cpu_before
     sampler.stop()
     first = min(r["first"] for r in results)
     sending_s = max(r["last"] for r in results) - first
@@ -213,10 +230,12 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
            "peak_rss_total_mib": sampler.peak_total / 2**20, "peak_pss_total_mib": sampler.peak_pss / 2**20,
            "wall_s": elapsed,
            "commits": flushes, "spans_per_commit": committed / flushes if flushes else 0.0,
-           "store_busy_fraction": commit_s / sending_s}
+           "store_busy_fraction": commit_s / sending_s,
+           "cpu_us_per_span": cpu / committed * 1e6 if committed else float("nan")}
     print(f"{name:<28} accepted {row['accepted_spans_per_s']:>9,.0f} spans/s | committed "
           f"{row['committed_spans_per_s']:>9,.0f} spans/s | export p50 {row['p50_ms']:6.1f} ms p99 "
-          f"{row['p99_ms']:6.1f} ms | {row['requests']} calls, {row['errors']} errors | peak RSS "
+          f"{row['p99_ms']:6.1f} ms | CPU {row['cpu_us_per_span']:.0f} us/span (all pipeline processes) | "
+          f"{row['requests']} calls, {row['errors']} errors | peak RSS "
           f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB summed with workers "
           f"(PSS {row['peak_pss_total_mib']:.0f} MiB) | "
           f"{row['commits']:.0f} group commits of {row['spans_per_commit']:.0f} spans, spool busy "
@@ -235,17 +254,21 @@ def phase_args(doc: str, **extra: dict) -> argparse.Namespace:
     return ap.parse_args()
 
 
-def default_config_with(processors_yaml: str, names: list[str]) -> str:
-    """config/default.yaml with extra processors (their YAML, and their names placed before batch)."""
-    text = (Path(__file__).resolve().parent.parent / "config" / "default.yaml").read_text()
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+def store_only_with(processors_yaml: str, names: list[str]) -> str:
+    """config/store-only.yaml with extra processors (their YAML, and their names placed before batch)."""
+    text = (CONFIG / "store-only.yaml").read_text()
     pipeline = "processors: [memory_limiter, agent_semconv, batch]"
     if pipeline not in text or "  batch:\n" not in text:
-        raise SystemExit("config/default.yaml changed shape; update bench/ingest.py:default_config_with")
+        raise SystemExit("config/store-only.yaml changed shape; update bench/ingest.py:store_only_with")
     text = text.replace("  batch:\n", processors_yaml + "  batch:\n", 1)
     return text.replace(pipeline, f"processors: [memory_limiter, agent_semconv, {', '.join(names)}, batch]")
 
 
-def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None) -> dict:
+def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None,
+                   poll: float = 0.2) -> dict:
     """`agent-sre run` in its own process (the embedded default, or ``config`` YAML text whose endpoints
     use the same environment variables), on free ports; returns ports, data dir and the process."""
     p = {"grpc": free_port(), "http": free_port(), "admin": free_port(), "metrics": free_port(),
@@ -273,7 +296,7 @@ def start_pipeline(config: str | None = None, workers: str | None = None, extra_
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
                 raise SystemExit(f"pipeline did not start; see {log.name}") from None
-            time.sleep(0.2)
+            time.sleep(poll)
     return {**p, "data": data, "server": server, "env": env}
 
 
@@ -284,22 +307,40 @@ def stop_pipeline(pipeline: dict) -> None:
 
 def main() -> None:
     args = phase_args(__doc__, **{"--workers": {"help": "override receiver workers (AGENT_SRE_RECEIVER_WORKERS)"},
+                                  "--rounds": {"type": int, "default": 1, "help": "interleaved rounds of both configs"},
+                                  "--full": {"action": "store_true", "help": "also HTTP and paced phases"},
                                   "--json": {"help": "also write the results to this file"}})
-    p = start_pipeline(workers=args.workers)
-    try:
-        print(f"pipeline pid {p['server'].pid} on the embedded default config "
-              f"(workers={p['env'].get('AGENT_SRE_RECEIVER_WORKERS', 'default')}), data in {p['data']}; "
-              f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
-              f"{SPANS_PER_REQUEST} spans/request, {os.cpu_count()} cores", flush=True)
-        common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
-        rows = [run_phase("gRPC, max rate", "grpc", p["grpc"], *common)]
-        rows.append(run_phase("HTTP/protobuf, max rate", "http", p["http"], *common))
-        half = rows[0]["committed_spans_per_s"] / 2
-        rows.append(run_phase(f"gRPC paced at {half:,.0f}/s", "grpc", p["grpc"], *common, rate=half))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
-    finally:
-        stop_pipeline(p)
+    configs = [("default (full SRE loop)", None), ("store-only", (CONFIG / "store-only.yaml").read_text())]
+    print(f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
+          f"{SPANS_PER_REQUEST} spans/request, {os.cpu_count()} cores, {args.rounds} interleaved round(s)", flush=True)
+    rows = []
+    for _ in range(args.rounds):
+        for label, config in configs:
+            p = start_pipeline(config, workers=args.workers)
+            try:
+                common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
+                row = run_phase(f"{label}: gRPC max", "grpc", p["grpc"], *common)
+                rows.append({"config": label, **row})
+                if args.full:
+                    rows.append({"config": label, **run_phase(f"{label}: HTTP max", "http", p["http"], *common)})
+                    half = row["committed_spans_per_s"] / 2
+                    rows.append({"config": label, **run_phase(f"{label}: gRPC at {half:,.0f}/s", "grpc",
+                                                              p["grpc"], *common, rate=half)})
+            finally:
+                stop_pipeline(p)
+    median = {}
+    for label, _ in configs:
+        mine = sorted(r["committed_spans_per_s"] for r in rows if r["config"] == label and "max" in r["phase"]
+                      and "gRPC" in r["phase"])
+        median[label] = mine[len(mine) // 2]
+        cpu = sorted(r["cpu_us_per_span"] for r in rows if r["config"] == label and "gRPC max" in r["phase"])
+        print(f"{label:<24} committed (gRPC max, median of {len(mine)}): {median[label]:>9,.0f} spans/s, "
+              f"CPU {cpu[len(cpu) // 2]:.0f} us/span")
+    full, bare = median[configs[0][0]], median[configs[1][0]]
+    print(f"the SRE loop costs {1 - full / bare:.1%} of the store-only throughput (full / store-only = "
+          f"{full / bare:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.ingest import default_config_with, phase_args, run_phase, start_pipeline, stop_pipeline  # noqa: E402
+from bench.ingest import phase_args, run_phase, start_pipeline, stop_pipeline, store_only_with  # noqa: E402
 
 LOOP_STAGES = """  cost:
     budgets:
@@ -38,7 +38,7 @@ def main() -> None:
     args = phase_args(__doc__)
     results = {}
     for name, config in (("without (embedded default)", None),
-                         ("with cost + anomaly + incidents", default_config_with(LOOP_STAGES,
+                         ("with cost + anomaly + incidents", store_only_with(LOOP_STAGES,
                                                                                  ["cost", "anomaly", "incidents"]))):
         p = start_pipeline(config)
         try:
