@@ -88,13 +88,11 @@ class DecisionClient:
         if d is None:
             return self.fail_open
         action = d.get("action")
-        if action == "allow":
+        if action in ("allow", "freeze"):  # freeze stops releases, not calls
             half = [c for c in d.get("circuits", []) if c.get("state") == "half_open"]
             return all(self._take_probe((agent_id, c.get("tool"), c.get("since")), c["probes_left"]) for c in half)
         if action == "throttle":
             return self._take_token(agent_id, d.get("suggested_rate_per_min"))
-        if action == "freeze":
-            return True
         if action in ("kill", "circuit_open"):
             return False
         return self.fail_open  # an action this client does not know

@@ -80,7 +80,8 @@ class DecisionBoard:
         if not says:
             return {"agent_id": agent, "action": "allow", "reason": "", "until": None, **details, "sources": []}
         source, top = max(says, key=lambda s: ACTIONS.index(s[1].action))
-        return {"agent_id": agent, "action": top.action, "reason": top.reason, "until": top.until, **top.details,
+        return {"agent_id": agent, "action": top.action, "reason": top.reason, "until": top.until, **details,
+                **top.details,
                 "sources": [{"source": s, "action": d.action, "reason": d.reason, "until": d.until, **d.details}
                             for s, d in says]}
 

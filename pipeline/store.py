@@ -337,7 +337,7 @@ class SpanStore:
                         "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)").fetchall()[0]
                     if held > self.attribution.max_held_spans:
                         con.execute(attribution.overflow_statement(self.attribution)).fetchall()
-                    released = (con.execute("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
+                    released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
                                 if self._on_commit else rows)
                 else:
                     held, oldest, released = 0, None, rows
