@@ -23,11 +23,12 @@ ENV AGENT_SRE_OTLP_GRPC_ENDPOINT=0.0.0.0:4317 \
     AGENT_SRE_OTLP_HTTP_ENDPOINT=0.0.0.0:4318 \
     AGENT_SRE_ADMIN_ENDPOINT=0.0.0.0:13133 \
     AGENT_SRE_METRICS_ADDRESS=0.0.0.0:8888 \
+    AGENT_SRE_PROMETHEUS_ENDPOINT=0.0.0.0:8889 \
     AGENT_SRE_DATA=/var/lib/agent-sre/data
 # Fail the build, not the first start, if a module or dependency did not make it into the install:
 # this imports every built-in component and checks the embedded default under the settings above.
 RUN agent-sre validate
-EXPOSE 4317 4318 13133 8888
+EXPOSE 4317 4318 13133 8888 8889
 VOLUME ["/var/lib/agent-sre/data"]
 ENTRYPOINT ["agent-sre"]
 CMD ["run"]

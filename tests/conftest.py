@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
-from agent_sre.pipeline.store import open_read_only
+from agent_sre.pipeline.service.config import parse_config
+from agent_sre.pipeline.storage.store import open_read_only
 
 REPO = Path(__file__).resolve().parent.parent
 

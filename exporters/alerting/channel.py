@@ -9,7 +9,6 @@ subclass's ``deliver`` turns a ``Notification`` into the channel's HTTP request.
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ import pyarrow as pa
 
 from agent_sre.exporters.alerting.notifier import Alert, DeliveryError, Notification, Notifier, RoutingConfig
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 
 
 def rfc3339(ns: int) -> str:
@@ -57,8 +57,7 @@ class ChannelExporter(Exporter):
     def __init__(self, settings, config):
         super().__init__(settings, config)
         self.notifier = Notifier(config, self.deliver)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(f"{self.id}-notify", 1.0, lambda: self.notifier.tick(), self.logger)
 
     def deliver(self, notification: Notification) -> None:
         raise NotImplementedError
@@ -68,21 +67,10 @@ class ChannelExporter(Exporter):
         return SUCCESS
 
     def _start(self, host) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-notify", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self.notifier.tick()
-            except Exception:  # noqa: BLE001 - notifying must go on
-                self.logger.exception("notification tick failed")
+        self._worker.start()
 
     def _shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._worker.stop(timeout=30)
         try:  # what is still waiting (group_wait, group_interval) goes out now rather than never
             self.notifier.tick(force=True)
         except Exception:  # noqa: BLE001 - shutting down regardless

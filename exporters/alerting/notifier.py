@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.component.config import ConfigModel, Duration
 
 log = logging.getLogger("agent_sre.alerting")
 

@@ -13,7 +13,7 @@ from pydantic import Field
 from agent_sre.exporters.alerting.channel import ChannelExporter, post_json, rfc3339
 from agent_sre.exporters.alerting.notifier import Notification, RoutingConfig
 from agent_sre.pipeline.component import Factory, Kind
-from agent_sre.pipeline.config import Duration
+from agent_sre.pipeline.component.config import Duration
 
 
 class AlertmanagerConfig(RoutingConfig):

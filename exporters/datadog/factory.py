@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from agent_sre.exporters.helper.counts import SpanCounts
+from agent_sre.exporters.helper.http import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
-from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.events import EVENT_KINDS
-from agent_sre.pipeline.schema import EVENT_SCHEMA
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.events import EVENT_KINDS
+from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA
 
 COUNT, RATE, GAUGE = 1, 2, 3  # MetricIntakeType
 SERIES_SCHEMA = pa.schema([("metric", pa.string()), ("type", pa.int8()), ("timestamp", pa.int64()),

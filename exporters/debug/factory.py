@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
-from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.schema import signal_of
+from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.pdata.schema import signal_of
 
 
 class DebugExporterConfig(ConfigModel):

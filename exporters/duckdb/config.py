@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.storage.attribution import AttributionSettings
+from agent_sre.pipeline.storage.store import SpoolSettings, StoreSettings
+
+_A, _S, _P = AttributionSettings, StoreSettings, SpoolSettings  # one set of defaults: the storage layer's
 
 
 class ParquetConfig(ConfigModel):
@@ -18,9 +22,19 @@ class SpoolConfig(ConfigModel):
 
     enabled: bool = True
     directory: str = ""  # default: <path>.spool
-    flush_spans: int = Field(default=16_384, gt=0)
-    flush_interval: Duration = Field(default="500ms", gt=0)
-    max_pending_spans: int = Field(default=1_048_576, gt=0)  # on disk, about 1 KB each
+    flush_spans: int = Field(default=_P.flush_spans, gt=0)
+    flush_interval: Duration = Field(default=_P.flush_interval, gt=0)
+    max_pending_spans: int = Field(default=_P.max_pending_spans, gt=0)  # on disk, about 1 KB each
+
+
+class AttributionConfig(ConfigModel):
+    """Agent identity follows the trace: how long a span without an agent waits for an ancestor
+    that has one, how far back committed ancestors are looked up, and the service.name fallback."""
+
+    wait: Duration = Field(default=_A.wait, gt=0)
+    lookback: Duration = Field(default=_A.lookback, gt=0)
+    service_name_fallback: bool = _A.service_name_fallback
+    max_held_spans: int = Field(default=_A.max_held_spans, gt=0)
 
 
 class DuckDBExporterConfig(ConfigModel):
@@ -28,12 +42,12 @@ class DuckDBExporterConfig(ConfigModel):
     # Spans whose start is older than this are deleted; 0 keeps everything.
     retention: Duration = Field(default="7d", ge=0)
     retention_check_interval: Duration = Field(default="1h", gt=0)
-    # DuckDB's own limits; the pipeline's RSS budget depends on them.  Measured on 2 cores
-    # (docs/benchmarks.md): one thread leaves the other core to the receiver workers, and a
-    # checkpoint every 96MB of WAL keeps inserts fast within a 96MB buffer pool.
-    memory_limit: str = Field(default="48MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
-    threads: int = Field(default=1, ge=1, le=64)
+    # DuckDB's own limits; the pipeline's RSS budget depends on them (why these: StoreSettings).
+    memory_limit: str = Field(default=_S.memory_limit, pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+    threads: int = Field(default=_S.threads, ge=1, le=64)
     # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the loader.
-    checkpoint_threshold: str = Field(default="96MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+    checkpoint_threshold: str = Field(default=_S.checkpoint_threshold,
+                                      pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     parquet: ParquetConfig | None = None
     spool: SpoolConfig = SpoolConfig()
+    attribution: AttributionConfig = AttributionConfig()

@@ -6,7 +6,6 @@ committed spans.  Retention and hourly Parquet export run on a timer thread.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -15,8 +14,11 @@ import pyarrow as pa
 
 from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
-from agent_sre.pipeline.schema import signal_of
-from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
+from agent_sre.pipeline.component.capabilities import SpanStore as SpanStoreCapability
+from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.pdata.schema import signal_of
+from agent_sre.pipeline.storage.attribution import AttributionSettings
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
 _NS_PER_HOUR = 3600 * 1_000_000_000
 
@@ -27,20 +29,23 @@ class DuckDBExporter(Exporter):
     def __init__(self, settings, config: DuckDBExporterConfig):
         super().__init__(settings, config)
         self.store: SpanStore | None = None
-        self._stop = threading.Event()
-        self._timer: threading.Thread | None = None
+        self._host = None
+        self._timer = PeriodicWorker(f"{self.id}-housekeeping", self._housekeeping_interval, self.run_housekeeping,
+                                     self.logger)
 
     def _start(self, host) -> None:
         if self.config.parquet is not None:
             Path(self.config.parquet.directory).mkdir(parents=True, exist_ok=True)
+        a = self.config.attribution
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
-                               self.config.checkpoint_threshold, self._spool_settings())
+                               self.config.checkpoint_threshold, self._spool_settings(),
+                               AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans))
+        self._host = host
+        host.provide(SpanStoreCapability, self.id, self.store)
         t = self.settings.telemetry
         t.exporter_queue.labels(str(self.id)).set_function(lambda: self.store.pending_spans if self.store else 0)
         t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
                                                            if self.config.spool.enabled else 0)
-        self._stop.clear()
-        self._timer = threading.Thread(target=self._housekeeping, name=f"{self.id}-housekeeping", daemon=True)
         self._timer.start()
 
     def _spool_settings(self) -> SpoolSettings | None:
@@ -74,12 +79,11 @@ class DuckDBExporter(Exporter):
             return ExportResult(ExportStatus.RETRYABLE, f"span store write failed: {exc}")
         return SUCCESS
 
-    def _housekeeping(self) -> None:
+    def _housekeeping_interval(self) -> float:
         interval = self.config.retention_check_interval
         if self.config.parquet is not None:
             interval = min(interval, self.config.parquet.interval)
-        while not self._stop.wait(interval if interval > 0 else 3600):
-            self.run_housekeeping()
+        return interval if interval > 0 else 3600
 
     def run_housekeeping(self, now_ns: int | None = None) -> None:
         store = self.store
@@ -111,9 +115,9 @@ class DuckDBExporter(Exporter):
         self.logger.info("parquet: exported spans up to %d into %s (%d files)", hour_start, directory, len(files))
 
     def _shutdown(self) -> None:
-        self._stop.set()
-        if self._timer is not None:
-            self._timer.join(timeout=10)
+        if self._host is not None:
+            self._host.withdraw(SpanStoreCapability, self.id)
+        self._timer.stop()
         if self.store is not None:
             self.store.close()
             self.store = None

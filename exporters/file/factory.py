@@ -16,9 +16,9 @@ from pathlib import Path
 from pydantic import Field
 
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
-from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.config import ConfigModel
+from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.pdata.arrow_otlp import encoded
 
 
 class Rotation(ConfigModel):

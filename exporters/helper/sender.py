@@ -36,8 +36,10 @@ from pydantic import Field, model_validator
 
 from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.schema import signal_of
+from agent_sre.pipeline.component.capabilities import SloReports
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.pdata.schema import signal_of
 
 
 class QueueStorage(ConfigModel):
@@ -236,8 +238,8 @@ class AggregatingExporter(QueuedExporter):
 
     def __init__(self, settings, config):
         super().__init__(settings, config)
-        self._flush_stop = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._flusher = PeriodicWorker(f"{self.id}-flush", lambda: self.flush_interval or 3600.0, self.flush,
+                                       self.logger)
         self._host = None
         self.clock = time.time
 
@@ -251,27 +253,17 @@ class AggregatingExporter(QueuedExporter):
 
     def _start_client(self, host) -> None:
         self._host = host
-        self._flush_stop.clear()
         if self.flush_interval:
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"{self.id}-flush", daemon=True)
             self._flusher.start()
 
     def _stop_client(self) -> None:
-        self._flush_stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=10)
+        self._flusher.stop()
 
     def _shutdown(self) -> None:
         if self.flush_interval:
             self.flush()
         super()._shutdown()
 
-    def _flush_loop(self) -> None:
-        while not self._flush_stop.wait(self.flush_interval):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - flushing must go on
-                self.logger.exception("flush failed")
 
     def slo_processors(self) -> list:
-        return self._host.find("processors", type_="slo") if self._host is not None else []
+        return self._host.all(SloReports) if self._host is not None else []

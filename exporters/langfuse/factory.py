@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from pydantic import model_validator
 
 from agent_sre.exporters.otlphttp.factory import OtlpHttpConfig, OtlpHttpExporter
-from agent_sre.pipeline.arrow_otlp import with_attributes
 from agent_sre.pipeline.component import ExportResult, Factory, Kind
+from agent_sre.pipeline.pdata.arrow_otlp import with_attributes
 
 OBSERVATION_TYPES = {"llm": "generation", "tool": "tool", "agent_task": "agent", "policy_check": "guardrail",
                      "retrieval": "retriever", "delegation": "agent", "other": "span"}

@@ -28,11 +28,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from agent_sre.exporters.helper.counts import SpanCounts, agent_metrics
+from agent_sre.exporters.helper.http import RETRYABLE_HTTP, retry_after_seconds
 from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
-from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, retry_after_seconds
-from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.config import Duration
+from agent_sre.pipeline.component.config import Duration
+from agent_sre.pipeline.pdata.arrow_otlp import encoded
 
 METRICS_SCHEMA = pa.schema([("agent_id", pa.string()), ("agent_version", pa.string()), ("key", pa.string()),
                             ("value", pa.float64()), ("timestamp_ms", pa.int64()), ("step", pa.int64())])

@@ -2,7 +2,7 @@
 
 Headers become gRPC metadata; ``compression: gzip`` (the default) compresses each call; TLS is on
 unless ``tls.insecure`` (or an ``http://`` endpoint).  Failures follow OTLP's rules
-(exporters/otlp/common.py): the retryable codes, RESOURCE_EXHAUSTED only with RetryInfo, whose
+(exporters/helper/http.py): the retryable codes, RESOURCE_EXHAUSTED only with RetryInfo, whose
 delay the helper honours; a partial success is logged and its rejected spans counted.
 """
 
@@ -16,11 +16,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import model_validator
 
+from agent_sre.exporters.helper.http import PRESETS, TlsConfig, apply_preset
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
-from agent_sre.exporters.otlp.common import PRESETS, TlsConfig, apply_preset
-from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.schema import signal_of
+from agent_sre.pipeline.pdata.arrow_otlp import encoded
+from agent_sre.pipeline.pdata.schema import signal_of
 
 METHODS = {"traces": ("/opentelemetry.proto.collector.trace.v1.TraceService/Export", ExportTraceServiceResponse,
                       "rejected_spans"),
@@ -34,7 +34,7 @@ RETRYABLE = {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.
 
 class OtlpGrpcConfig(HelperConfig):
     endpoint: str | None = None  # host:port (or http:// / https:// host:port)
-    preset: str | None = None  # see exporters/otlp/common.py
+    preset: str | None = None  # see exporters/helper/http.py
     headers: dict[str, str] = {}
     compression: str = "gzip"  # gzip | none
     tls: TlsConfig = TlsConfig()

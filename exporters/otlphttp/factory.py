@@ -22,11 +22,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import model_validator
 
+from agent_sre.exporters.helper.http import RETRYABLE_HTTP, TlsConfig, apply_preset, retry_after_seconds
 from agent_sre.exporters.helper.sender import HelperConfig, QueuedExporter
-from agent_sre.exporters.otlp.common import RETRYABLE_HTTP, TlsConfig, apply_preset, retry_after_seconds
-from agent_sre.pipeline.arrow_otlp import encoded
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.schema import signal_of
+from agent_sre.pipeline.pdata.arrow_otlp import encoded
+from agent_sre.pipeline.pdata.schema import signal_of
 
 _RESPONSES = {"traces": (ExportTraceServiceResponse, "rejected_spans"),
               "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
@@ -38,7 +38,7 @@ class OtlpHttpConfig(HelperConfig):
     traces_endpoint: str | None = None  # the full URL, when it is not {endpoint}/v1/traces
     metrics_endpoint: str | None = None  # default {endpoint}/v1/metrics
     logs_endpoint: str | None = None  # default {endpoint}/v1/logs
-    preset: str | None = None  # see exporters/otlp/common.py
+    preset: str | None = None  # see exporters/helper/http.py
     encoding: str = "proto"  # proto | json
     compression: str = "gzip"  # gzip | none
     headers: dict[str, str] = {}

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from agent_sre.exporters.prometheus.metrics import AgentMetrics
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
-from agent_sre.pipeline.config import ConfigModel, HostPort
+from agent_sre.pipeline.component.config import ConfigModel, HostPort
 
 
 class PrometheusExporterConfig(ConfigModel):

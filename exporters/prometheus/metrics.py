@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent_sre.exporters.prometheus.histograms import DURATION_BUCKETS, TOKEN_BUCKETS, HistogramSet
+from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
 
 RED_LABELS = ("agent_id", "span_role", "model", "tool_name", "status_code")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
@@ -60,7 +61,7 @@ class AgentMetrics:
 
 
 def _sli_counters(host) -> list:
-    stores = [e.store for e in host.find("exporters", type_="duckdb") if e.store is not None]
+    stores = host.all(SpanStore)
     events = CounterMetricFamily("agent_sre_sli_events", "SLI events (the rollups' totals).",
                                  labels=["sli", "agent_id", "agent_version"])
     good = CounterMetricFamily("agent_sre_sli_good_events", "Good SLI events.",
@@ -82,7 +83,7 @@ def _slo_gauges(host) -> list:
     firing = GaugeMetricFamily("agent_sre_slo_alert_firing", "1 while a burn-rate rule fires.",
                                labels=[*labels, "rule"])
     status = GaugeMetricFamily("agent_sre_slo_status", "1 for the SLO's current status.", labels=[*labels, "status"])
-    for proc in host.find("processors", type_="slo"):
+    for proc in host.all(SloReports):
         for row in proc.last_report:
             key = [row["slo"], row["sli"], row["agent_id"], row.get("agent_version") or ""]
             if row["sli_value"] is not None:

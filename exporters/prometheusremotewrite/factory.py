@@ -7,7 +7,6 @@ sent every ``interval`` as one remote-write 1.0 request (protobuf + snappy).
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pyarrow as pa
@@ -16,7 +15,8 @@ from pydantic import Field
 from agent_sre.exporters.prometheus.metrics import AgentMetrics
 from agent_sre.exporters.prometheusremotewrite.remote_write import encode, push, write_request
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
-from agent_sre.pipeline.config import ConfigModel, Duration
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 
 
 class RemoteWriteConfig(ConfigModel):
@@ -35,17 +35,14 @@ class RemoteWriteExporter(Exporter):
         super().__init__(settings, config)
         self.metrics = AgentMetrics(config.max_series)
         self._host = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(f"{self.id}-push", config.interval, self.push_now, self.logger)
         t = settings.telemetry
         self._sent = t.exporter_sent_points.labels(str(settings.id))
         self._failed = t.exporter_failed_points.labels(str(settings.id))
 
     def _start(self, host) -> None:
         self._host = host
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-push", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def describe(self) -> list[str]:
         return [f"Prometheus remote write to {self.config.endpoint} every {self.config.interval:g}s"]
@@ -67,17 +64,8 @@ class RemoteWriteExporter(Exporter):
                               self.config.endpoint, result.attempts, result.status or "no answer", result.message)
         return result.ok
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.push_now()
-            except Exception:  # noqa: BLE001 - pushing must go on; logged
-                self.logger.exception("remote write failed")
-
     def _shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.timeout * self.config.max_attempts + 5)
+        self._worker.stop(timeout=self.config.timeout * self.config.max_attempts + 5)
         try:
             self.push_now()  # the last values, so a stop does not lose the final interval
         except Exception:  # noqa: BLE001

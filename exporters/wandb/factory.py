@@ -23,7 +23,7 @@ from agent_sre.exporters.helper.counts import SpanCounts, agent_metrics
 from agent_sre.exporters.helper.sender import AggregatingExporter, HelperConfig
 from agent_sre.exporters.mlflow.factory import METRICS_SCHEMA, period_label
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.config import Duration
+from agent_sre.pipeline.component.config import Duration
 
 
 class WandbConfig(HelperConfig):

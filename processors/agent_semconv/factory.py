@@ -13,8 +13,8 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel
-from agent_sre.processors.agent_semconv.normalize import load_conventions, normalize
+from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
 
 
 class AgentSemconvConfig(ConfigModel):

@@ -29,8 +29,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.events import event
+from agent_sre.pipeline.component.capabilities import SpanStore
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.events import event
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.processors.anomaly.detectors import DETECTORS, Anomaly
 
 # metric -> (value SQL over agent_minutes, the minutes it is defined in, default method, min_delta, delay minutes)
@@ -94,11 +96,10 @@ class AnomalyProcessor(Processor):
         self._bus = None
         self._state: dict[tuple[str, str], tuple[int, bool]] = {}  # (agent, metric) -> (last minute, firing)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(f"{self.id}-detect", config.interval, self.evaluate, self.logger)
 
     def _start(self, host) -> None:
-        self._store = host.span_store(self.config.storage, str(self.id))
+        self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._bus = host.events
         if any(s.metric == "cost_per_task" for s in self.config.series):
             self._store.track_tasks()
@@ -106,16 +107,7 @@ class AnomalyProcessor(Processor):
         for agent, metric, last, firing in self._store.read(
                 "SELECT agent_id, metric, last_minute, firing FROM anomaly_state WHERE processor = ?", [str(self.id)]):
             self._state[(agent, metric)] = (last, firing)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-detect", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.evaluate()
-            except Exception:  # noqa: BLE001 - detection must go on; tried again next interval
-                self.logger.exception("anomaly evaluation failed")
+        self._worker.start()
 
     def evaluate(self) -> list[dict]:
         """Judge every point that became due since the last evaluation; returns the events published."""
@@ -194,9 +186,7 @@ class AnomalyProcessor(Processor):
                 + ", ".join(f"{s.metric} ({s.method or METRICS[s.metric][2]})" for s in self.config.series)]
 
     def _shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._worker.stop()
 
 
 factory = Factory(

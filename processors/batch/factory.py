@@ -23,8 +23,8 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Consumer, Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.errors import RefusedError
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.errors import RefusedError
 
 
 class BatchConfig(ConfigModel):

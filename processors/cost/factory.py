@@ -27,18 +27,19 @@ from genai_prices import Usage, calc_price
 from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.decisions import ALLOW, Decision
-from agent_sre.pipeline.events import event
+from agent_sre.pipeline.component.capabilities import CostReports, SpanStore
+from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.component.decisions import ALLOW, Decision
+from agent_sre.pipeline.component.events import event
+from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.processors.cost.budget import (
     SCOPES,
-    TASK_IDLE_S,
     BudgetEvent,
     BudgetLedger,
     BudgetSpec,
     readable_rate,
 )
-from agent_sre.processors.cost.summary import cost_summary
+from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 
 
 class PriceOverride(ConfigModel):
@@ -73,6 +74,7 @@ class BudgetConfig(ConfigModel):
 class CostConfig(ConfigModel):
     overrides: dict[str, PriceOverride] = {}  # model name -> price, for models genai-prices does not know
     budgets: list[BudgetConfig] = []  # charged from the store as spans are committed (needs a duckdb exporter)
+    storage: str = ""  # which duckdb exporter's store (its id); empty: the only one
 
 
 @dataclass(frozen=True)
@@ -168,43 +170,33 @@ class CostProcessor(Processor):
 
     def _start(self, host) -> None:
         self._host = host
+        host.provide(CostReports, self.id, self)
+        try:
+            self._store = host.get(SpanStore, self.config.storage, str(self.id))
+        except CapabilityError:
+            if self.config.budgets:
+                raise  # budgets are charged from committed spans
+            return  # pricing only: nothing to charge or report from
         if not self.config.budgets:
             return
-        self._store = host.span_store("", str(self.id))
         self._rebuild(self._store)
         self._store.on_charges(self._charged, by_task=any(s.scope == "task" for s in self.ledger.specs))
         host.decisions.register(str(self.id), self)
 
     def _shutdown(self) -> None:
+        if self._host is not None:
+            self._host.withdraw(CostReports, self.id)
         if self._store is not None:
             self._store.remove_callback(self._charged)
             self._store = None
 
+    def budget_specs(self) -> list[BudgetSpec]:
+        return list(self.ledger.specs)
+
     def _rebuild(self, store) -> None:
         """This period's spend from the store's cost rollup, and the running tasks' from their spans: a
-        restart keeps both."""
-        now = self.clock()
-        for spec in self.ledger.specs:
-            if spec.scope == "task":
-                continue
-            start_minute = int(spec.period_start(now).timestamp() // 60)
-            end_minute = int(spec.period(now)[1] // 60)
-            subject = {"agent": "agent_id", "org": "'org'", "model": "model", "tenant": "tenant"}[spec.subject_kind]
-            for who, spent, calls, agents in store.read(
-                    f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
-                    "WHERE minute >= ? AND minute < ? GROUP BY ALL", [start_minute, end_minute]):
-                if not who or spent is None:
-                    continue  # spans without a model or tenant charge no such budget; no spend yet
-                self.ledger.restore(spec.name, who, spent, now, calls, agents)
-        if any(spec.scope == "task" for spec in self.ledger.specs):  # tasks still running: all their spend so far
-            since = int((now - TASK_IDLE_S) * 1e9)
-            for trace, spent, calls in store.read(
-                    "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND trace_id IN "
-                    "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY trace_id",
-                    [since]):
-                for spec in self.ledger.specs:
-                    if spec.scope == "task":
-                        self.ledger.restore(spec.name, trace, spent, now, calls)
+        restart keeps both (the same rebuild the CLI does on a stopped pipeline's file)."""
+        restore_budgets(self.ledger, store.read, self.clock())
 
     def _charged(self, charges: list[tuple[str, str, str, str, float, int, int]]) -> None:
         now = self.clock()

@@ -1,4 +1,5 @@
-"""Spend per day, agent and model, with the agent's daily budget utilisation, from ``cost_minutes``.
+"""Spend per day, agent and model, with the agent's daily budget utilisation, from ``cost_minutes``;
+and the budget accounts of the current periods, rebuilt from the store.
 
 Shared by ``GET /v1/costs`` (the running pipeline) and ``agent-sre cost summary`` (which reads
 the file when no pipeline runs), so both give the same rows.  Days follow the calendar of the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent_sre.processors.cost.budget import BudgetSpec
+from agent_sre.processors.cost.budget import TASK_IDLE_S, BudgetLedger, BudgetSpec
 
 Query = Callable[[str, list], list[tuple]]
 
@@ -28,3 +29,37 @@ def cost_summary(read: Query, specs: list[BudgetSpec], now: float, days: int = 7
              "agent_day_usd": round(agent_total, 9),
              "utilisation": round(agent_total / daily.limit_usd, 6) if daily is not None else None}
             for day, agent, model, cost, spans, agent_total in rows]
+
+
+def restore_budgets(ledger: BudgetLedger, read: Query, now: float) -> None:
+    """This period's spend from the store's cost rollup, and the running tasks' (spans ended within
+    ``TASK_IDLE_S``) from their spans, into ``ledger``: what a cost processor starting ``now`` holds."""
+    for spec in ledger.specs:
+        if spec.scope == "task":
+            continue
+        start_minute = int(spec.period_start(now).timestamp() // 60)
+        end_minute = int(spec.period(now)[1] // 60)
+        subject = {"agent": "agent_id", "org": "'org'", "model": "model", "tenant": "tenant"}[spec.subject_kind]
+        for who, spent, calls, agents in read(
+                f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
+                "WHERE minute >= ? AND minute < ? GROUP BY ALL", [start_minute, end_minute]):
+            if not who or spent is None:
+                continue  # spans without a model or tenant charge no such budget; no spend yet
+            ledger.restore(spec.name, who, spent, now, calls, agents)
+    if any(spec.scope == "task" for spec in ledger.specs):  # tasks still running: all their spend so far
+        since = int((now - TASK_IDLE_S) * 1e9)
+        for trace, spent, calls in read(
+                "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND trace_id IN "
+                "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY trace_id",
+                [since]):
+            for spec in ledger.specs:
+                if spec.scope == "task":
+                    ledger.restore(spec.name, trace, spent, now, calls)
+
+
+def budget_accounts(read: Query, specs: list[BudgetSpec], now: float) -> list[dict]:
+    """The budget accounts of the current periods, rebuilt from the store: what ``GET /v1/costs`` answers
+    as ``budgets`` (``BudgetLedger.accounts``), for a pipeline that is not running."""
+    ledger = BudgetLedger(list(specs))
+    restore_budgets(ledger, read, now)
+    return ledger.accounts(now)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent_sre.pipeline.component.errors import TransitionError  # noqa: F401 - raised here, re-exported
+
 STATES = ("open", "acknowledged", "investigating", "mitigated", "resolved")
 POINT_SIGNALS = ("policy_violation",)  # signals that have no resolve of their own
 # Signals of one family tell one story (a budget at its kill point and the kill decision it caused).
@@ -103,9 +105,6 @@ class Incident:
                 "resolved_ns": self.resolved_ns, "last_signal_ns": self.last_signal_ns,
                 "signals": self.signal_count, "duplicates": self.duplicates}
 
-
-class TransitionError(ValueError):
-    """An incident state change that is not allowed (unknown id or state, or backwards)."""
 
 
 class Correlator:
@@ -202,11 +201,11 @@ class Correlator:
     def transition(self, incident_id: str, state: str, now_ns: int, who: str, why: str) -> list[Entry]:
         inc = self.active.get(incident_id)
         if inc is None:
-            raise TransitionError(f"no open incident {incident_id!r}")
+            raise TransitionError(f"no open incident {incident_id!r}", 404)
         if state not in STATES:
             raise TransitionError(f"unknown state {state!r} (valid values: [{', '.join(STATES)}])")
         if STATES.index(state) <= STATES.index(inc.state):
-            raise TransitionError(f"incident {incident_id} is {inc.state}; it cannot become {state}")
+            raise TransitionError(f"incident {incident_id} is {inc.state}; it cannot become {state}", 409)
         return self._set_state(inc, state, now_ns, who, why)
 
     def _set_state(self, inc: Incident, state: str, now_ns: int, who: str, why: str) -> list[Entry]:

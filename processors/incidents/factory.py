@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.decisions import ALLOW, Decision
-from agent_sre.pipeline.events import event, fingerprint
-from agent_sre.pipeline.schema import SPAN_ROLES
+from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SpanStore
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.decisions import ALLOW, Decision
+from agent_sre.pipeline.component.events import event, fingerprint
+from agent_sre.pipeline.pdata.schema import SPAN_ROLES
 from agent_sre.processors.incidents.breaker import (
     CLOSED,
     HALF_OPEN,
@@ -151,16 +152,18 @@ class IncidentsProcessor(Processor):
 
     def _start(self, host) -> None:
         self._host = host
-        self._store = host.span_store(self.config.storage, str(self.id))
+        self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._store.write([(sql, []) for sql in DDL])
         self._restore()
         host.events.subscribe(self._on_events, ("alert", "budget", "decision", "anomaly"))
         self._store.on_commit(self._committed)
+        host.provide(Incidents, self.id, self)
         if self.config.breakers.enabled:
             host.decisions.register(str(self.id), self)
 
     def _shutdown(self) -> None:
         if self._host is not None:
+            self._host.withdraw(Incidents, self.id)
             self._host.events.unsubscribe(self._on_events)
         if self._store is not None:
             self._store.remove_callback(self._committed)
@@ -370,7 +373,7 @@ class IncidentsProcessor(Processor):
         return detail
 
     def postmortem(self, incident_id: str) -> str | None:
-        budgets = [spec for c in self._host.find("processors", type_="cost") for spec in c.ledger.specs]
+        budgets = [spec for c in self._host.all(CostReports) for spec in c.budget_specs()]
         self._store.sync()  # the spans acknowledged so far are part of the story
         return postmortem_markdown(self._store.read, incident_id, budgets, int(self.config.correlation_window * 1e9),
                                    int(self.clock() * 1e9))

@@ -11,12 +11,23 @@ for the kinds of signal the incident had.  The same function serves
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-
-from agent_sre.processors.cost.budget import BudgetSpec
+from typing import Protocol
 
 Query = Callable[[str, list], list[tuple]]
+
+
+class Budget(Protocol):
+    """What the impact section reads of a cost budget (the cost processor's ``BudgetSpec`` is one)."""
+
+    name: str
+    scope: str
+    limit_usd: float
+
+    @property
+    def subject_kind(self) -> str: ...
+
 _TRACES = 3  # per list
 
 
@@ -43,7 +54,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(_cell(c) for c in r) + " |" for r in rows)]
 
 
-def postmortem_markdown(read: Query, incident_id: str, budgets: list[BudgetSpec] = (),  # type: ignore[assignment]
+def postmortem_markdown(read: Query, incident_id: str, budgets: Sequence[Budget] = (),
                         lookback_ns: int = 300 * 10**9, now_ns: int | None = None) -> str | None:
     """The postmortem of ``incident_id``, or None if the store has no such incident."""
     rows = read("SELECT id, agent_id, title, priority, state, opened_ns, resolved_ns, signals, duplicates "
@@ -89,7 +100,7 @@ def _timeline(read: Query, agent: str, log: list[tuple], since: int, end: int) -
                                        [[_t(t), src, what, detail] for t, _, src, what, detail in items]), ""]
 
 
-def _impact(read: Query, agent: str, since: int, end: int, budgets: list[BudgetSpec]) -> list[str]:
+def _impact(read: Query, agent: str, since: int, end: int, budgets: Sequence[Budget]) -> list[str]:
     (tasks, failed_tasks, tools, failed_tools, cost, llm), = read(
         "SELECT count(*) FILTER (WHERE span_role = 'agent_task'), "
         "count(*) FILTER (WHERE span_role = 'agent_task' AND (status_code = 'error' OR task_success = false)), "

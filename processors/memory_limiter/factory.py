@@ -9,15 +9,14 @@ RetryInfo, so well-behaved clients back off and retry: nothing is lost.
 
 from __future__ import annotations
 
-import threading
-
 import psutil
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.errors import RefusedError
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.errors import RefusedError
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 
 _MIB = 1 << 20
 
@@ -48,8 +47,7 @@ class MemoryLimiter(Processor):
         super().__init__(settings, config)
         self._process = psutil.Process()
         self._refusing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(f"{self.id}-check", config.check_interval, self.check, self.logger)
         self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
         self._refused = settings.telemetry.processor_refused.labels(str(settings.id))
 
@@ -69,18 +67,10 @@ class MemoryLimiter(Processor):
 
     def _start(self, host) -> None:
         self.check()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-check", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.check_interval):
-            self.check()
+        self._worker.start()
 
     def _shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._worker.stop(timeout=5)
 
     def process(self, batch: pa.Table) -> pa.Table | None:
         if self._refusing:

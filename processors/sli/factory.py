@@ -19,8 +19,9 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.store import SliRollup
+from agent_sre.pipeline.component.capabilities import SpanStore
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.storage.store import SliRollup
 
 # Decisions of a policy check that count as a violation (compared lower-case).
 VIOLATIONS = ("deny", "denied", "block", "blocked", "violation", "violated", "reject", "rejected")
@@ -124,7 +125,7 @@ class SliProcessor(Processor):
         self.slis = builtin_slis(config) + [SliRollup(c.name, c.total, c.good, c.scope) for c in config.custom]
 
     def _start(self, host) -> None:
-        host.span_store(self.config.storage, str(self.id)).set_sli_rollups(self.slis)
+        host.get(SpanStore, self.config.storage, str(self.id)).set_sli_rollups(self.slis)
 
     def process(self, batch: pa.Table) -> pa.Table:
         return batch

@@ -21,8 +21,10 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
-from agent_sre.pipeline.config import ConfigModel, Duration
-from agent_sre.pipeline.decisions import ALLOW, Decision
+from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
+from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.decisions import ALLOW, Decision
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
 from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
 from agent_sre.processors.slo.openslo import load_openslo
@@ -100,6 +102,14 @@ class SloConfig(ConfigModel):
         return self
 
 
+def window_end(now: float) -> int:
+    """The minute every window ends before, for the Unix time ``now``: the one after the minute in
+    progress, so what was committed a moment ago counts at once (at a minute boundary, exactly the
+    whole minutes before it).  ``report`` and ``agent-sre slo status`` on a stopped pipeline's file
+    both evaluate at this minute, so both count the same spans."""
+    return math.ceil(now / 60)
+
+
 def evaluate(query: Query, objectives: list[Objective], now_minute: int,
              trackers: dict[tuple[str, str, str], AlertTracker] | None = None,
              transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] | None = None) -> list[dict]:
@@ -155,10 +165,11 @@ class SloProcessor(Processor):
         self.clock: Callable[[], float] = time.time  # tests replay scenarios with their own clock
         self._trackers: dict[tuple[str, str, str], AlertTracker] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._committed = threading.Event()  # new spans since the last evaluation
-        self._thread: threading.Thread | None = None
+        # After every commit of new spans (at most once per min_interval), at least every interval.
+        self._worker = PeriodicWorker(f"{self.id}-evaluate", config.interval, self.report, log,
+                                      min_interval=config.min_interval, run_first=True)
         self._store = None
+        self._host = None
         self._bus = None
         self.last_report: list[dict] = []
         self._subscribers: list[Callable[[list[dict]], None]] = []
@@ -166,31 +177,18 @@ class SloProcessor(Processor):
         self._exhausted: dict[str, list[str]] = {}  # agent -> SLOs whose error budget is exhausted
 
     def _start(self, host) -> None:
-        self._store = host.span_store(self.config.storage, str(self.id))
+        self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._bus = host.events
         self._restore_firing()
         self._store.on_commit(self._on_commit)
         host.decisions.register(str(self.id), self)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.id}-evaluate", daemon=True)
-        self._thread.start()
+        host.provide(SloReports, self.id, self)
+        self._host = host
+        self._worker.start()
 
     def _on_commit(self, rows: pa.Table) -> None:
         if rows.num_rows:
-            self._committed.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._committed.clear()
-            try:
-                self.report()
-            except Exception:  # noqa: BLE001 - evaluation must not stop; logged, tried again next interval
-                log.exception("%s: evaluation failed", self.id)
-            if self._stop.wait(self.config.min_interval):
-                return
-            self._committed.wait(max(self.config.interval - self.config.min_interval, 0))
-            if self._stop.is_set():
-                return
+            self._worker.wake()
 
     def _restore_firing(self) -> None:
         """Alerts still firing when the pipeline stopped (the ``alerts`` table) stay firing: a restart
@@ -224,9 +222,8 @@ class SloProcessor(Processor):
         transitions: list[tuple[Objective, tuple[str, str], AlertEvent]] = []
         with self._lock:
             now = self.clock()
-            # Windows end now, so they hold the minute in progress: what was committed a moment ago
-            # counts at once (at a minute boundary, exactly the whole minutes before it).
-            self.last_report = evaluate(store.read, self.config.objectives, math.ceil(now / 60), self._trackers,
+            # Windows end now, so they hold the minute in progress (see window_end).
+            self.last_report = evaluate(store.read, self.config.objectives, window_end(now), self._trackers,
                                         transitions)
             report = self.last_report
             exhausted: dict[str, list[str]] = {}
@@ -280,12 +277,11 @@ class SloProcessor(Processor):
         return [f"SLOs evaluated every {self.config.interval:g}s: {', '.join(o.name for o in self.config.objectives)}"]
 
     def _shutdown(self) -> None:
-        self._stop.set()
-        self._committed.set()
+        if self._host is not None:
+            self._host.withdraw(SloReports, self.id)
+        self._worker.stop()
         if self._store is not None:
             self._store.remove_callback(self._on_commit)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
 
 factory = Factory(

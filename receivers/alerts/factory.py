@@ -2,7 +2,7 @@
 
 Every event published on the pipeline's event bus (``alert`` from ``slo``, ``budget``
 from ``cost``, ``decision`` from the decisions board, ``anomaly``, ``circuit`` and
-``incident`` from ``anomaly`` and ``incidents``; see pipeline/events.py) whose kind is in
+``incident`` from ``anomaly`` and ``incidents``; see pipeline/component/events.py) whose kind is in
 ``kinds`` becomes one row in ``EVENT_SCHEMA``; the events pipeline then routes them to
 channel exporters (webhook, Slack, PagerDuty, Opsgenie, Teams, Alertmanager), which
 group, deduplicate and retry.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pydantic import field_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Receiver
-from agent_sre.pipeline.config import ConfigModel
-from agent_sre.pipeline.events import EVENT_KINDS, alert_events
+from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.component.events import EVENT_KINDS, alert_events
 
 
 class AlertsReceiverConfig(ConfigModel):

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from agent_sre.pipeline.config import ConfigModel, HostPort
+from agent_sre.pipeline.component.config import ConfigModel, HostPort
 
 _MIB = 1 << 20
 

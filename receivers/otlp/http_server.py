@@ -19,8 +19,8 @@ from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from agent_sre.pipeline.httpserver import BodyTooLarge, HttpServers, read_body
-from agent_sre.pipeline.otlp_json import encode_message
+from agent_sre.pipeline.component.httpserver import BodyTooLarge, HttpServers, read_body
+from agent_sre.pipeline.pdata.otlp_json import encode_message
 from agent_sre.receivers.otlp.config import HttpConfig
 from agent_sre.receivers.otlp.ingest import ExportFailed, Ingest, Outcome
 

@@ -30,11 +30,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from agent_sre.pipeline.component import Consumer
-from agent_sre.pipeline.errors import PermanentError, RefusedError
-from agent_sre.pipeline.otlp_arrow import Conversion, protobuf_to_table, request_to_table
-from agent_sre.pipeline.otlp_json import OtlpJsonError, decode_request
-from agent_sre.pipeline.otlp_signals import logs_request_to_table, metrics_request_to_table
-from agent_sre.pipeline.telemetry import Telemetry
+from agent_sre.pipeline.component.errors import PermanentError, RefusedError
+from agent_sre.pipeline.component.telemetry import Telemetry
+from agent_sre.pipeline.pdata.otlp_arrow import Conversion, protobuf_to_table, request_to_table
+from agent_sre.pipeline.pdata.otlp_json import OtlpJsonError, decode_request
+from agent_sre.pipeline.pdata.otlp_signals import logs_request_to_table, metrics_request_to_table
 
 
 class Outcome(str, Enum):

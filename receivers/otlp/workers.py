@@ -35,7 +35,7 @@ from multiprocessing.connection import Client, Connection, Listener
 
 import pyarrow as pa
 
-from agent_sre.pipeline.errors import PermanentError, RefusedError
+from agent_sre.pipeline.component.errors import PermanentError, RefusedError
 
 _HEADER = struct.Struct(">cQ")
 _START_TIMEOUT_S = 60.0
@@ -251,8 +251,8 @@ class RemoteConsumer:
 
 def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int,
                 signals: tuple[str, ...] = ("traces",)) -> None:
-    from agent_sre.pipeline.httpserver import HttpServers
-    from agent_sre.pipeline.memory import use_system_allocator
+    from agent_sre.pipeline.component.httpserver import HttpServers
+    from agent_sre.pipeline.pdata.memory import use_system_allocator
     from agent_sre.receivers.otlp.config import OtlpReceiverConfig
     from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
     from agent_sre.receivers.otlp.http_server import HttpTraceServer

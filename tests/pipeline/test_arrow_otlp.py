@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given
 
-from agent_sre.pipeline.arrow_otlp import COST_ATTRIBUTE, table_to_bytes, table_to_request
-from agent_sre.pipeline.otlp_arrow import protobuf_to_table, request_to_table
-from agent_sre.processors.agent_semconv.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.arrow_otlp import COST_ATTRIBUTE, table_to_bytes, table_to_request
+from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table, request_to_table
 from tests.otlp_builders import request
 from tests.pipeline.test_roundtrip_property import PROPERTY, VALID_REQUESTS
 
@@ -50,8 +50,8 @@ def test_a_computed_cost_goes_out_once_and_a_client_cost_is_not_repeated():
 def test_the_fast_json_is_protobufs_own_json_of_the_same_request(req):
     import json
 
-    from agent_sre.pipeline.arrow_otlp import table_to_json
-    from agent_sre.pipeline.otlp_json import encode_trace_request
+    from agent_sre.pipeline.pdata.arrow_otlp import table_to_json
+    from agent_sre.pipeline.pdata.otlp_json import encode_trace_request
 
     table = request_to_table(req).table
     assert json.loads(table_to_json(table)) == json.loads(encode_trace_request(table_to_request(table)))

@@ -10,9 +10,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent_sre.pipeline.attribution import AttributionSettings
-from agent_sre.pipeline.schema import SPAN_SCHEMA
-from agent_sre.pipeline.store import SpanStore, SpoolSettings
+from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage.attribution import AttributionSettings
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings
 
 T = "0af7651916cd43dd8448eb211c80319c"
 NOW_NS = time.time_ns()

@@ -68,7 +68,7 @@ def test_half_open_lets_only_the_probes_through(tmp_path):
         send(service, [(tool("a1", "search"), True)] * 2)
         client = DecisionClient(f"127.0.0.1:{ports.admin}", cache_ttl=3600)
         assert client.should_proceed("a1", tool="search") is False  # open
-        (proc,) = service.host.find("processors", type_="incidents")
+        (proc,) = service.components_of("incidents")
         proc.clock = lambda: time.time() + 3601
         service.host.decisions.tick()
         probing = DecisionClient(f"127.0.0.1:{ports.admin}", cache_ttl=0)  # asking each time changes nothing:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_sre.pipeline.config import load_config, parse_config, parse_duration
-from agent_sre.pipeline.errors import ConfigError
+from agent_sre.pipeline.component.config import parse_duration
+from agent_sre.pipeline.component.errors import ConfigError
+from agent_sre.pipeline.service.config import load_config, parse_config
 
 DATA = Path(__file__).parent / "testdata"
 

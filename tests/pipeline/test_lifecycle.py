@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agent_sre.pipeline.component import FunctionConsumer, Kind, Settings
-from agent_sre.pipeline.config import parse_config
-from agent_sre.pipeline.host import Host
-from agent_sre.pipeline.registry import registry
-from agent_sre.pipeline.telemetry import Telemetry
+from agent_sre.pipeline.component.host import Host
+from agent_sre.pipeline.component.registry import registry
+from agent_sre.pipeline.component.telemetry import Telemetry
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import free_port
 
 
@@ -86,7 +86,7 @@ def test_every_component_type_has_a_readme_with_a_yaml_example():
     root = Path(__file__).parents[2]
     for factory in registry.all():
         folder = {"receiver": "receivers", "processor": "processors", "exporter": "exporters"}.get(factory.kind.value)
-        readme = root / folder / factory.type / "README.md" if folder else root / "pipeline" / "extensions" / "README.md"
+        readme = root / folder / factory.type / "README.md" if folder else root / "pipeline" / "service" / "README.md"
         assert readme.exists(), f"{readme} is missing"
         assert "```yaml" in readme.read_text() and factory.type in readme.read_text()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
-from agent_sre.pipeline.otlp_arrow import request_to_table, value_to_str
-from agent_sre.pipeline.schema import SPAN_SCHEMA
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table, value_to_str
+from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
 from tests.otlp_builders import request
 
 

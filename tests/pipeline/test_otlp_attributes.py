@@ -7,8 +7,8 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 
-from agent_sre.pipeline.otlp_arrow import protobuf_to_table, request_to_table
-from agent_sre.pipeline.otlp_attributes import ShadowExportTraceServiceRequest
+from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table, request_to_table
+from agent_sre.pipeline.pdata.otlp_attributes import ShadowExportTraceServiceRequest
 from tests.otlp_builders import request
 
 

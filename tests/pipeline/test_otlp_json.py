@@ -15,8 +15,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as SpanStatus
 
-from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.pipeline.otlp_json import (
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.pdata.otlp_json import (
     OtlpJsonError,
     decode_trace_request,
     encode_message,

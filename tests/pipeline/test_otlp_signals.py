@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
-from agent_sre.pipeline.otlp_signals import (
+from agent_sre.pipeline.pdata.otlp_signals import (
     logs_request_to_table,
     metrics_request_to_table,
     table_to_logs_request,

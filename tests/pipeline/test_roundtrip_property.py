@@ -33,9 +33,9 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from agent_sre.pipeline.otlp_arrow import Conversion, protobuf_to_table, request_to_table
-from agent_sre.pipeline.otlp_attributes import ShadowExportTraceServiceRequest
-from agent_sre.pipeline.otlp_json import decode_trace_request, encode_trace_request
+from agent_sre.pipeline.pdata.otlp_arrow import Conversion, protobuf_to_table, request_to_table
+from agent_sre.pipeline.pdata.otlp_attributes import ShadowExportTraceServiceRequest
+from agent_sre.pipeline.pdata.otlp_json import decode_trace_request, encode_trace_request
 
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

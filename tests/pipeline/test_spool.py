@@ -8,9 +8,9 @@ import time
 import pyarrow as pa
 import pytest
 
-from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.pipeline.spool import Spool, load, read_after, segments
-from agent_sre.pipeline.store import SpanStore, SpoolSettings, StoreBehind, open_read_only
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.storage.spool import Spool, load, read_after, segments
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, open_read_only
 from tests.otlp_builders import request
 
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 
 from agent_sre.exporters.alerting.notifier import Notification
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml, wait_http
 from tests.exporters.alerting.test_channels import FIRING, Recorder, channel, server  # noqa: F401 - fixture
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
@@ -96,7 +96,7 @@ def test_an_slo_alert_travels_the_events_pipeline_to_a_channel(server, tmp_path)
     service = Service(parse_config(text, "test"))
     service.start()
     try:
-        (slo,) = service.host.find("processors", type_="slo")
+        (slo,) = service.components_of("slo")
         ingest = next(r.ingest for r in service.receivers if getattr(r, "ingest", None) is not None)
         ingest.export(spans([(TOOL, False, m) for m in range(2) for _ in range(100)]
                             + [(TOOL, False, 2)] * 90 + [(TOOL, True, 2)] * 10), "test")

@@ -16,8 +16,8 @@ import pytest
 
 from agent_sre.exporters.alerting.notifier import Alert, DeliveryError, Notification
 from agent_sre.pipeline.component import ComponentID, Kind, Settings
-from agent_sre.pipeline.registry import registry
-from agent_sre.pipeline.telemetry import Telemetry
+from agent_sre.pipeline.component.registry import registry
+from agent_sre.pipeline.component.telemetry import Telemetry
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LABELS = {"alertname": "AgentSloBurnRate", "slo": "tools", "sli": "tool_call_accuracy", "agent_id": "a1",

@@ -17,8 +17,8 @@ from datadog_api_client.model_utils import validate_and_convert_types
 from datadog_api_client.v1.model.event_create_request import EventCreateRequest
 from datadog_api_client.v2.model.metric_payload import MetricPayload
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 
@@ -109,7 +109,7 @@ def test_metrics_and_events_reach_datadog_in_its_documented_shape(tmp_path, data
             sp.status.code = 2
         ingest.export(failed, "test")
         service.exporters["duckdb"].store.sync()
-        (slo,) = service.host.find("processors", type_="slo")
+        (slo,) = service.components_of("slo")
         slo.clock = lambda: time.time() + 60  # the minute of the failures has ended: the tools SLO pages
         slo.report()
         (dd,) = [e for e in service.exporters.values() if e.id.type == "datadog"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 

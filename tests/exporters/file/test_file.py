@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from agent_sre.pipeline.config import parse_config
-from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.pipeline.otlp_json import decode_trace_request
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.pdata.otlp_json import decode_trace_request
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 

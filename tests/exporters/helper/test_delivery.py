@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml, spawn_pipeline
 from tests.otlp_builders import request
 from tests.otlp_sink import Sink

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from agent_sre.pipeline.config import parse_config
-from agent_sre.pipeline.errors import ConfigError
+from agent_sre.pipeline.component.errors import ConfigError
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 from tests.otlp_sink import Sink

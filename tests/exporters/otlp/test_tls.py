@@ -16,8 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml
 from tests.otlp_builders import request
 from tests.otlp_sink import Sink

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
 from tests.prometheus_server import prometheus
@@ -48,7 +48,7 @@ def sample(families: dict, metric: str, name: str | None = None, **labels) -> fl
 
 
 def _load(service: Service) -> None:
-    slo = service.host.find("processors", type_="slo")[0]
+    slo = service.components_of("slo")[0]
     ingest = service.receivers[0].ingest
     # minute 0: 98 good tool calls, 2 failed; 3 LLM calls of 100 input / 20 output tokens
     ingest.export(spans([(TOOL, False, 0)] * 98 + [(TOOL, True, 0)] * 2 + [(LLM, False, 0)] * 3), "test")

@@ -10,8 +10,8 @@ import cramjam
 import pytest
 
 from agent_sre.exporters.prometheusremotewrite.remote_write import WriteRequest, push
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml
 from tests.exporters.prometheus.test_prometheus_exporter import CONFIG, _load
 from tests.prometheus_server import prometheus
@@ -65,7 +65,7 @@ def test_request_is_snappy_protobuf_with_sorted_labels(receiver, tmp_path):
     service = start(tmp_path, url)
     try:
         _load(service)
-        (exporter,) = service.host.find("exporters", type_="prometheusremotewrite")
+        (exporter,) = service.components_of("prometheusremotewrite")
         assert exporter.push_now()
     finally:
         service.shutdown()
@@ -98,7 +98,7 @@ def test_a_real_prometheus_accepts_our_writes_and_reads_back_the_values(tmp_path
         service = start(tmp_path, f"http://127.0.0.1:{prom.port}/api/v1/write")
         try:
             _load(service)
-            (exporter,) = service.host.find("exporters", type_="prometheusremotewrite")
+            (exporter,) = service.components_of("prometheusremotewrite")
             assert exporter.push_now()
             (burn,) = prom.query_until('agent_sre_slo_burn_rate{slo="tools",agent_id="a1",window="1h"}')
             (tokens,) = prom.query_until('gen_ai_client_token_usage_sum{gen_ai_token_type="input"}')

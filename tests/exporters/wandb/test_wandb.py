@@ -11,8 +11,8 @@ import time
 import wandb
 from wandb.proto import wandb_internal_pb2 as pb
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 

@@ -13,14 +13,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.pipeline.schema import AGENT_COLUMNS, SPAN_SCHEMA
-from agent_sre.processors.agent_semconv.normalize import (
+from agent_sre.pipeline.pdata.normalize import (
     SHIPPED_CONVENTIONS,
     Conventions,
     load_conventions,
     normalize,
 )
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.pdata.schema import AGENT_COLUMNS, SPAN_SCHEMA
 
 CONVENTIONS = load_conventions()
 NON_AGENT_COLUMNS = [name for name in SPAN_SCHEMA.names if name not in AGENT_COLUMNS]

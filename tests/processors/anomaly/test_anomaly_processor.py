@@ -9,8 +9,8 @@ import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import kv
 from tests.processors.sli.test_sli import MINUTE, T0
@@ -59,7 +59,7 @@ def start(tmp_path, ports: Ports) -> Service:
 
 
 def evaluate_at(service: Service, minute: int) -> list[dict]:
-    (proc,) = service.host.find("processors", type_="anomaly")
+    (proc,) = service.components_of("anomaly")
     proc.clock = lambda: (T0 + minute * MINUTE) / 1e9
     return proc.evaluate()
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.processors.cost.test_budgets_in_pipeline import COST, _get, _spend
 
@@ -50,7 +50,7 @@ def test_steps_and_decisions_are_events_that_resolve_when_the_day_resets(tmp_pat
         assert (daily["budget"], daily["subject"], daily["utilisation"]) == ("daily", "a1", pytest.approx(0.96))
         assert (monthly["budget"], monthly["subject"], monthly["spent_usd"]) == ("monthly", "org", pytest.approx(0.96))
 
-        (cost,) = service.host.find("processors", type_="cost")
+        (cost,) = service.components_of("cost")
         cost.clock = lambda: time.time() + 86400  # tomorrow: the day's budget resets
         heard.clear()
         service.host.decisions.tick()

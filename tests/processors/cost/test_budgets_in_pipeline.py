@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import request
 
@@ -59,7 +59,7 @@ def test_spend_throttles_then_kills_survives_a_restart_and_resets_the_next_day(t
     restarted.start()
     try:
         assert _get(ports, "/v1/decisions/a1")["action"] == "kill"
-        (cost,) = restarted.host.find("processors", type_="cost")
+        (cost,) = restarted.components_of("cost")
         cost.clock = lambda: time.time() + 86400  # tomorrow
         assert _get(ports, "/v1/decisions/a1")["action"] == "allow"
     finally:

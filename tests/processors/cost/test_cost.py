@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from genai_prices import Usage, calc_price
 
-from agent_sre.pipeline.otlp_arrow import request_to_table
-from agent_sre.processors.agent_semconv.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
 from agent_sre.processors.cost.factory import CostConfig, Pricer, priced
 from tests.otlp_builders import request
 
@@ -67,8 +67,8 @@ def test_unknown_models_are_listed_by_the_cli(tmp_path):
     import subprocess
     import sys
 
-    from agent_sre.pipeline.config import parse_config
     from agent_sre.pipeline.service import Service
+    from agent_sre.pipeline.service.config import parse_config
     from tests.conftest import Ports, pipeline_yaml
 
     text = pipeline_yaml(Ports.allocate(), tmp_path, processors="memory_limiter, agent_semconv, cost, batch")

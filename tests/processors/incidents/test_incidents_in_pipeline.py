@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import kv
 
@@ -105,7 +105,7 @@ def test_policy_violations_and_budget_kills_open_incidents_and_the_api_guards_th
         assert api.post("/v1/incidents/INC-99999/ack", {"by": "bob"})[0] == 404
         assert api.post(path + "/resolve", {"by": "bob", "why": "done"})[0] == 200
         assert api.get(path)["state"] == "resolved" and api.get("/v1/incidents?all=true")["incidents"]
-        (proc,) = service.host.find("processors", type_="incidents")
+        (proc,) = service.components_of("incidents")
         postmortem = proc.postmortem(inc["id"])
         assert "| policy | policy pii-guard firing | 3 policy violations of pii-guard |" in postmortem
         assert "- [ ] Which inputs violated the policy" in postmortem
@@ -136,7 +136,7 @@ def test_per_tool_breakers_answer_per_tool_and_survive_a_restart_with_the_incide
     restarted = start(tmp_path, ports)
     try:
         assert api.get("/v1/decisions/a1?tool=search")["action"] == "circuit_open"  # restored from the store
-        (proc,) = restarted.host.find("processors", type_="incidents")
+        (proc,) = restarted.components_of("incidents")
         proc.clock = lambda: time.time() + 3601  # past the recovery timeout
         restarted.host.decisions.tick()
         assert api.get("/v1/decisions/a1?tool=search")["circuits"][0]["state"] == "half_open"
@@ -158,7 +158,7 @@ def test_per_tool_breakers_answer_per_tool_and_survive_a_restart_with_the_incide
     {"open_at": "P5"}, {"priorities": {"slo_burn": "P1"}}, {"priorities": {"kill": "high"}},
     {"breakers": {"roles": ["tools"]}}, {"breakers": {"success_threshold": 4, "half_open_max_calls": 3}}])
 def test_bad_settings_are_refused_with_their_path(bad):
-    from agent_sre.pipeline.errors import ConfigError
+    from agent_sre.pipeline.component.errors import ConfigError
 
     text = pipeline_yaml(Ports.allocate(), "/tmp", processors="incidents, batch")
     text = text.replace("  batch:\n", "  incidents: " + json.dumps(bad) + "\n  batch:\n", 1)

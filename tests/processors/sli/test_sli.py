@@ -7,11 +7,11 @@ import os
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: I001
 
-from agent_sre.pipeline.config import parse_config
-from agent_sre.pipeline.otlp_arrow import request_to_table
+from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
 from agent_sre.pipeline.service import Service
-from agent_sre.pipeline.store import SliRollup, SpanStore, SpoolSettings
-from agent_sre.processors.agent_semconv.normalize import load_conventions, normalize
+from agent_sre.pipeline.service.config import parse_config
+from agent_sre.pipeline.storage.store import SliRollup, SpanStore, SpoolSettings
 from tests.conftest import Ports, pipeline_yaml
 from tests.otlp_builders import kv
 

@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, pipeline_yaml
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
 
@@ -42,7 +42,7 @@ def test_budget_burn_and_alerts_match_hand_computed_values(tmp_path):
     service = Service(parse_config(_yaml(tmp_path, ports), "test"))
     service.start()
     try:
-        (slo,) = service.host.find("processors", type_="slo")
+        (slo,) = service.components_of("slo")
         ingest = service.receivers[0].ingest
         # minute 0: 100 tool calls, 1 failed; minute 1: 100, none failed
         ingest.export(spans([(TOOL, False, 0)] * 99 + [(TOOL, True, 0)] + [(TOOL, False, 1)] * 100), "test")
@@ -113,7 +113,7 @@ def test_per_version_objectives_tell_a_bad_release_from_a_good_one(tmp_path):
     service = Service(parse_config(text, "test"))
     service.start()
     try:
-        (slo,) = service.host.find("processors", type_="slo")
+        (slo,) = service.components_of("slo")
         alerts = []
         slo.subscribe(alerts.extend)
         new = {**TOOL, "agent.version": "1.3"}
@@ -135,7 +135,7 @@ def test_alert_history_is_kept_and_a_restart_neither_renotifies_nor_forgets_to_r
     service = Service(parse_config(text, "test"))
     service.start()
     try:
-        (slo,) = service.host.find("processors", type_="slo")
+        (slo,) = service.components_of("slo")
         ingest = service.receivers[0].ingest
         ingest.export(spans([(TOOL, False, m) for m in range(2) for _ in range(100)]
                             + [(TOOL, False, 2)] * 90 + [(TOOL, True, 2)] * 10), "test")
@@ -149,7 +149,7 @@ def test_alert_history_is_kept_and_a_restart_neither_renotifies_nor_forgets_to_r
     restarted = Service(parse_config(text, "test"))  # same ports and store: the first one is stopped
     restarted.start()
     try:
-        (slo,) = restarted.host.find("processors", type_="slo")
+        (slo,) = restarted.components_of("slo")
         heard = []
         slo.subscribe(heard.extend)
         slo.clock = lambda: (T0 + 3 * MINUTE) / 1e9

@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: I001
 
-from agent_sre.pipeline.config import parse_config
 from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
 from tests.conftest import Ports, free_port, pipeline_yaml
 from tests.otlp_builders import kv
 from tests.processors.sli.test_sli import TOOL

@@ -58,7 +58,8 @@ CASES = {
         {"tool_name": "lookup_order", "span_role": "tool"}),
     "openinference-agent": (
         {"openinference.span.kind": "AGENT", "agent.name": "router"},
-        {"agent_name": "router", "span_role": "agent_task", "task_success": True}),
+        # an agent named only by its name is identified by it (its children are attributed to it)
+        {"agent_id": "router", "agent_name": "router", "span_role": "agent_task", "task_success": True}),
     "openllmetry-llm": (
         {"llm.request.type": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-3.5-turbo",
          "gen_ai.usage.prompt_tokens": 9, "gen_ai.usage.completion_tokens": 3, "llm.usage.total_tokens": 12,

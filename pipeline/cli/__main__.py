@@ -1,0 +1,3 @@
+from agent_sre.pipeline.cli.main import main
+
+raise SystemExit(main())

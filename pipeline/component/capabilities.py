@@ -1,0 +1,57 @@
+"""Typed capabilities: how components find each other (the Collector's extensions-by-id).
+
+A component *provides* a capability under its own id when it starts
+(``host.provide(SloReports, self.id, self)``); another one asks for it by the capability's type and,
+where there may be several, by the id its config names (``host.get(SpanStore, config.storage)``).
+Nobody scans for a type string or reaches into another component's attributes.
+
+    capability      provided by            asked for by
+    SpanStore       duckdb exporter        sli, slo, cost, anomaly, incidents; admin; prometheus
+    SloReports      slo processor          admin (/v1/slos); prometheus, datadog, mlflow, wandb exporters
+    CostReports     cost processor         admin (/v1/costs); incidents (postmortem budgets)
+    Incidents       incidents processor    admin (/v1/incidents)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+Query = Callable[[str, list], list[tuple]]
+
+
+@runtime_checkable
+class SpanStore(Protocol):
+    """The span store's face to the SRE stages after the durable point (storage/store.py)."""
+
+    def read(self, sql: str, params: list | None = None) -> list[tuple]: ...
+    def write(self, statements: list[tuple[str, list]]) -> None: ...
+    def sync(self, timeout: float = 60.0) -> None: ...
+    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> Any: ...
+    def on_commit(self, callback: Callable[[pa.Table], None]) -> None: ...
+    def on_charges(self, callback: Callable[[list[tuple]], None], by_task: bool = False) -> None: ...
+    def remove_callback(self, callback: Callable[..., None]) -> None: ...
+    def record_events(self, events: pa.Table) -> None: ...
+
+
+@runtime_checkable
+class SloReports(Protocol):
+    last_report: list[dict]
+
+    def report(self) -> list[dict]: ...
+
+
+@runtime_checkable
+class CostReports(Protocol):
+    def costs(self, days: int = 7) -> dict: ...
+    def budget_specs(self) -> Sequence[Any]: ...
+
+
+@runtime_checkable
+class Incidents(Protocol):
+    def list(self, every: bool = False) -> list[dict]: ...
+    def show(self, incident_id: str) -> dict | None: ...
+    def transition(self, incident_id: str, action: str, who: str, why: str = "") -> dict: ...
+    def postmortem(self, incident_id: str) -> str | None: ...

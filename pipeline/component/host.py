@@ -1,0 +1,67 @@
+"""What a running component can reach: shared HTTP endpoints, self-telemetry, the event bus, the
+decisions board, and its peers' capabilities by type and id (component/capabilities.py)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from agent_sre.pipeline.component.decisions import DecisionBoard
+from agent_sre.pipeline.component.events import EventBus
+from agent_sre.pipeline.component.httpserver import HttpServers
+from agent_sre.pipeline.component.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from agent_sre.pipeline.component import Component, ComponentID
+
+T = TypeVar("T")
+
+
+class CapabilityError(LookupError):
+    """A capability a component needs is not provided (or ambiguous without an id)."""
+
+
+@dataclass
+class Host:
+    telemetry: Telemetry
+    http: HttpServers = field(default_factory=HttpServers)
+    components: dict[str, Component] = field(default_factory=dict)  # "exporters::duckdb" -> component
+    ready: bool = False
+    events: EventBus = field(default_factory=EventBus)  # derived events: alerts, budgets, decisions, ...
+    decisions: DecisionBoard = field(init=False)  # per-agent decisions from cost budgets and breakers
+
+    _capabilities: dict[type, dict[str, object]] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.decisions = DecisionBoard(self.events)
+
+    def provide(self, capability: type[T], id_: ComponentID | str, provider: T) -> None:
+        """``provider`` offers ``capability`` under its component id (called from its start)."""
+        with self._lock:
+            self._capabilities.setdefault(capability, {})[str(id_)] = provider
+
+    def withdraw(self, capability: type, id_: ComponentID | str) -> None:
+        with self._lock:
+            self._capabilities.get(capability, {}).pop(str(id_), None)
+
+    def all(self, capability: type[T]) -> list[T]:
+        """Every provider of ``capability``, in the order they started."""
+        with self._lock:
+            return list(self._capabilities.get(capability, {}).values())  # type: ignore[arg-type]
+
+    def get(self, capability: type[T], id_: ComponentID | str = "", user: str = "") -> T:
+        """The provider of ``capability`` with this id, or the only one when ``id_`` is empty;
+        ``CapabilityError`` naming ``user`` (the asking component) otherwise."""
+        with self._lock:
+            found = self._capabilities.get(capability, {})
+            if id_:
+                if str(id_) in found:
+                    return found[str(id_)]  # type: ignore[return-value]
+                raise CapabilityError(f"{user}: no {capability.__name__} named {str(id_)!r} is running "
+                                      f"(running: {sorted(found) or 'none'})")
+            if len(found) == 1:
+                return next(iter(found.values()))  # type: ignore[return-value]
+        raise CapabilityError(f"{user}: needs exactly one {capability.__name__}, found "
+                              f"{len(found)}{'; name one with its id' if found else ''}")

@@ -1,0 +1,406 @@
+"""The one place that converts OTLP trace requests to canonical Arrow tables.
+
+The loop below touches each span once and only for span-level fields; everything
+that repeats (resource and scope fields, id hex encoding, enum names, durations)
+is done column-wise afterwards with numpy/Arrow.  Measured cost is recorded in
+docs/benchmarks.md; keep the per-span body small.
+
+Invalid spans (ids of the wrong length or all zero, times past int64) are
+rejected one by one and counted, as OTLP ``partial_success`` wants; the rest of
+the request is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
+
+from agent_sre.pipeline.pdata.otlp_attributes import ShadowExportTraceServiceRequest, decode_key_values
+from agent_sre.pipeline.pdata.schema import (
+    AGENT_COLUMNS,
+    EVENT_TYPE,
+    LINK_TYPE,
+    SPAN_KINDS,
+    SPAN_SCHEMA,
+    STATUS_CODES,
+    STRING_MAP,
+)
+
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+_INT64_MAX = 2**63 - 1
+_MAX_REJECT_REASONS = 3
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The result of converting one request: the kept spans and what was rejected."""
+
+    table: pa.Table
+    rejected: int
+    message: str
+
+    @property
+    def accepted(self) -> int:
+        return self.table.num_rows
+
+
+# --- attribute values ---------------------------------------------------------
+
+
+def _any_to_json(value: AnyValue) -> object:
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_any_to_json(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any_to_json(kv.value) for kv in value.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if which == "double_value":
+        return _double_text(value.double_value) if not math.isfinite(value.double_value) else value.double_value
+    return getattr(value, which)
+
+
+def _double_text(v: float) -> str:
+    """Non-finite doubles as OTLP/JSON spells them, at top level and inside arrays alike."""
+    if math.isnan(v):
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def value_to_str(value: AnyValue) -> str | None:
+    """Render an OTLP AnyValue as the string stored in an attribute map.
+
+    Strings as they are; booleans ``true``/``false``; numbers in their shortest
+    round-trip form; bytes as base64; arrays and key-value lists as JSON.
+    An empty AnyValue is ``None`` (a null map value).
+    """
+    fields = value.ListFields()
+    if not fields:
+        return None
+    v = fields[0][1]
+    t = type(v)
+    if t is str:
+        return v
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return repr(v)
+    if t is float:
+        return repr(v) if math.isfinite(v) else _double_text(v)
+    if t is bytes:
+        return base64.b64encode(v).decode("ascii")
+    return json.dumps(_any_to_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def attributes_to_dict(kvs) -> dict[str, str | None]:
+    """Key-value list to a dict; a repeated key keeps its last value (map keys are unique)."""
+    d: dict[str, str | None] = {}
+    for kv in kvs:
+        d[kv.key] = value_to_str(kv.value)
+    return d
+
+
+def _map_array(dicts: list[dict[str, str | None]]) -> pa.MapArray:
+    offsets = np.zeros(len(dicts) + 1, dtype=np.int32)
+    keys: list[str] = []
+    vals: list[str | None] = []
+    for i, d in enumerate(dicts):
+        keys.extend(d)
+        vals.extend(d.values())
+        offsets[i + 1] = len(keys)
+    return pa.MapArray.from_arrays(
+        pa.array(offsets), pa.array(keys, pa.string()), pa.array(vals, pa.string()), type=STRING_MAP
+    )
+
+
+# --- ids ----------------------------------------------------------------------
+
+
+def _hex_column(raw: bytes, width: int, valid: np.ndarray | None = None) -> pa.Array:
+    """Fixed-width binary ids, concatenated, to a lowercase hex string column."""
+    n = len(raw) // width
+    data = raw.hex().encode("ascii")
+    offsets = np.arange(0, n * 2 * width + 1, 2 * width, dtype=np.int32)
+    validity = None
+    null_count = 0
+    if valid is not None and not valid.all():
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        null_count = int(n - valid.sum())
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(data), validity, null_count
+    )
+
+
+def _enum_column(codes: np.ndarray, names: tuple[str, ...], prefix: str) -> pa.Array:
+    if len(codes) and (codes.min() < 0 or codes.max() >= len(names)):
+        return pa.array(
+            [names[c] if 0 <= c < len(names) else f"{prefix}_{c}" for c in codes.tolist()], pa.string()
+        )
+    return pc.take(pa.array(names, pa.string()), pa.array(codes, pa.int32()))
+
+
+# --- events and links (rare; plain loops) --------------------------------------
+
+
+def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(
+        pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], item_type)
+    )
+
+
+def _events_array(per_span: list) -> pa.Array:
+    offsets = [0]
+    times: list[int | None] = []
+    names: list[str] = []
+    attrs: list[dict] = []
+    dropped: list[int] = []
+    for events in per_span:
+        for ev in events:
+            t = ev.time_unix_nano
+            times.append(t if t <= _INT64_MAX else None)  # unrepresentable: NULL, not a wrong time
+            names.append(ev.name)
+            attrs.append(attributes_to_dict(ev.attributes))
+            dropped.append(ev.dropped_attributes_count)
+        offsets.append(len(times))
+    values = pa.StructArray.from_arrays(
+        [pa.array(times, pa.int64()), pa.array(names, pa.string()), _map_array(attrs),
+         pa.array(dropped, pa.int64())],
+        fields=list(EVENT_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def _links_array(per_span: list) -> pa.Array:
+    offsets = [0]
+    tids: list[str] = []
+    sids: list[str] = []
+    states: list[str] = []
+    attrs: list[dict] = []
+    dropped: list[int] = []
+    flags: list[int] = []
+    for links in per_span:
+        for ln in links:
+            tids.append(ln.trace_id.hex())
+            sids.append(ln.span_id.hex())
+            states.append(ln.trace_state)
+            attrs.append(attributes_to_dict(ln.attributes))
+            dropped.append(ln.dropped_attributes_count)
+            flags.append(ln.flags)
+        offsets.append(len(tids))
+    values = pa.StructArray.from_arrays(
+        [pa.array(tids, pa.string()), pa.array(sids, pa.string()), pa.array(states, pa.string()),
+         _map_array(attrs), pa.array(dropped, pa.int64()), pa.array(flags, pa.int64())],
+        fields=list(LINK_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+# --- the conversion ------------------------------------------------------------
+
+
+def _reject_reason(span, tid: bytes, sid: bytes, parent: bytes) -> str | None:
+    if len(tid) != 16:
+        return f"span {span.name!r}: trace_id must be 16 bytes, got {len(tid)}"
+    if tid == _ZERO_TRACE:
+        return f"span {span.name!r}: trace_id is all zero"
+    if len(sid) != 8:
+        return f"span {span.name!r}: span_id must be 8 bytes, got {len(sid)}"
+    if sid == _ZERO_SPAN:
+        return f"span {span.name!r}: span_id is all zero"
+    if parent and len(parent) != 8:
+        return f"span {span.name!r}: parent_span_id must be empty or 8 bytes, got {len(parent)}"
+    return None
+
+
+def protobuf_to_table(body: bytes) -> Conversion:
+    """Convert an encoded ExportTraceServiceRequest; raises ``DecodeError`` for bad protobuf.
+
+    Parsed as the shadow request so span attributes are decoded column-wise
+    (``otlp_attributes``); where that cannot answer exactly, the plain way."""
+    conv = request_to_table(ShadowExportTraceServiceRequest.FromString(body), columnar_attributes=True)
+    if conv is None:
+        conv = request_to_table(ExportTraceServiceRequest.FromString(body))
+    return conv
+
+
+def _double_str(v: float) -> str:
+    return repr(v) if math.isfinite(v) else _double_text(v)
+
+
+@overload
+def request_to_table(request: ExportTraceServiceRequest,
+                     columnar_attributes: Literal[False] = False) -> Conversion: ...
+@overload
+def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bool) -> Conversion | None: ...
+
+
+def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bool = False) -> Conversion | None:
+    """Convert one ExportTraceServiceRequest to a canonical table (agent columns still null).
+
+    ``columnar_attributes``: ``request`` is a ShadowExportTraceServiceRequest; returns None
+    when its attributes must be converted the plain way."""
+    raw_attrs: list[bytes] | None = [] if columnar_attributes else None
+    per_span: list[int] = []
+    tids: list[bytes] = []
+    sids: list[bytes] = []
+    parents: list[bytes] = []
+    has_parent: list[bool] = []
+    states: list[str] = []
+    flags: list[int] = []
+    names: list[str] = []
+    kinds: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    st_codes: list[int] = []
+    st_msgs: list[str] = []
+    dropped_a: list[int] = []
+    dropped_e: list[int] = []
+    dropped_l: list[int] = []
+    attr_keys: list[str] = []
+    attr_vals: list[str | None] = []
+    attr_offsets: list[int] = [0]
+    span_events: list = []
+    span_links: list = []
+    any_events = any_links = False
+    owner: list[int] = []  # (resource, scope) group index per span
+    groups: list[tuple[dict, InstrumentationScope, dict]] = []
+    reasons: list[str] = []
+    rejected = 0
+
+    for rs in request.resource_spans:
+        res_attrs = attributes_to_dict(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            g = len(groups)
+            groups.append((res_attrs, ss.scope, attributes_to_dict(ss.scope.attributes)))
+            for span in ss.spans:
+                tid = span.trace_id
+                sid = span.span_id
+                parent = span.parent_span_id
+                if len(tid) != 16 or len(sid) != 8 or (parent and len(parent) != 8) \
+                        or tid == _ZERO_TRACE or sid == _ZERO_SPAN:
+                    rejected += 1
+                    if len(reasons) < _MAX_REJECT_REASONS:
+                        reasons.append(_reject_reason(span, tid, sid, parent) or "invalid span")
+                    continue
+                tids.append(tid)
+                sids.append(sid)
+                if parent and parent != _ZERO_SPAN:  # an all-zero parent id means "no parent", as in the collector
+                    parents.append(parent)
+                    has_parent.append(True)
+                else:
+                    parents.append(_ZERO_SPAN)
+                    has_parent.append(False)
+                owner.append(g)
+                states.append(span.trace_state)
+                flags.append(span.flags)
+                names.append(span.name)
+                kinds.append(span.kind)
+                starts.append(span.start_time_unix_nano)
+                ends.append(span.end_time_unix_nano)
+                status = span.status
+                st_codes.append(status.code)
+                st_msgs.append(status.message)
+                dropped_a.append(span.dropped_attributes_count)
+                dropped_e.append(span.dropped_events_count)
+                dropped_l.append(span.dropped_links_count)
+                if raw_attrs is not None:  # the shadow request: KeyValue bytes, decoded column-wise below
+                    a = span.attributes
+                    # The shadow request (typed as the real one here) has `repeated bytes` attributes.
+                    raw_attrs.extend(a)  # type: ignore[arg-type]
+                    per_span.append(len(a))
+                else:
+                    d = {}
+                    for kv in span.attributes:
+                        # Most values are strings: one attribute read instead of ListFields.
+                        v = kv.value
+                        d[kv.key] = v.string_value or value_to_str(v)
+                    attr_keys.extend(d)
+                    attr_vals.extend(d.values())
+                    attr_offsets.append(len(attr_keys))
+                events = span.events
+                links = span.links
+                span_events.append(events)
+                span_links.append(links)
+                if events:
+                    any_events = True
+                if links:
+                    any_links = True
+
+    if raw_attrs is not None:
+        decoded = decode_key_values(raw_attrs, per_span, value_to_str, _double_str)
+        if decoded is None:
+            return None
+        offsets = np.zeros(len(per_span) + 1, dtype=np.int32)
+        np.cumsum(per_span, out=offsets[1:])
+        attributes = pa.MapArray.from_arrays(pa.array(offsets), *decoded, type=STRING_MAP)
+    else:
+        attributes = pa.MapArray.from_arrays(pa.array(np.array(attr_offsets, dtype=np.int32)),
+                                             pa.array(attr_keys, pa.string()), pa.array(attr_vals, pa.string()),
+                                             type=STRING_MAP)
+    n = len(tids)
+    start_u = np.array(starts, dtype=np.uint64)
+    end_u = np.array(ends, dtype=np.uint64)
+    bad_time = (start_u > _INT64_MAX) | (end_u > _INT64_MAX)
+    start = start_u.astype(np.int64)
+    end = end_u.astype(np.int64)
+    owner_idx = pa.array(np.array(owner, dtype=np.int32))
+
+    res_dicts = [g[0] for g in groups]
+    scopes = [g[1] for g in groups]
+
+    def per_group(values: list) -> pa.Array:
+        return pc.take(pa.array(values, pa.string()), owner_idx)
+
+    env = [d.get("deployment.environment.name", d.get("deployment.environment")) for d in res_dicts]
+    columns: dict[str, pa.Array] = {
+        "trace_id": _hex_column(b"".join(tids), 16),
+        "span_id": _hex_column(b"".join(sids), 8),
+        "parent_span_id": _hex_column(b"".join(parents), 8, np.array(has_parent, dtype=bool)),
+        "trace_state": pa.array(states, pa.string()),
+        "flags": pa.array(flags, pa.int64()),
+        "name": pa.array(names, pa.string()),
+        "kind": _enum_column(np.array(kinds, dtype=np.int64), SPAN_KINDS, "kind"),
+        "start_ns": pa.array(start),
+        "end_ns": pa.array(end),
+        "duration_ns": pa.array(end - start),
+        "status_code": _enum_column(np.array(st_codes, dtype=np.int64), STATUS_CODES, "status"),
+        "status_message": pa.array(st_msgs, pa.string()),
+        "service_name": per_group([d.get("service.name") for d in res_dicts]),
+        "service_version": per_group([d.get("service.version") for d in res_dicts]),
+        "environment": per_group(env),
+        "scope_name": per_group([s.name for s in scopes]),
+        "scope_version": per_group([s.version for s in scopes]),
+        "attributes": attributes,
+        "resource_attributes": pc.take(_map_array(res_dicts), owner_idx),
+        "scope_attributes": pc.take(_map_array([g[2] for g in groups]), owner_idx),
+        "events": _events_array(span_events) if any_events else _empty_lists(n, EVENT_TYPE),
+        "links": _links_array(span_links) if any_links else _empty_lists(n, LINK_TYPE),
+        "dropped_attributes_count": pa.array(dropped_a, pa.int64()),
+        "dropped_events_count": pa.array(dropped_e, pa.int64()),
+        "dropped_links_count": pa.array(dropped_l, pa.int64()),
+    }
+    for name in AGENT_COLUMNS:
+        columns[name] = pa.nulls(n, SPAN_SCHEMA.field(name).type)
+    table = pa.Table.from_arrays([columns[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
+
+    if bad_time.any():
+        count = int(bad_time.sum())
+        rejected += count
+        reasons.insert(0, f"{count} span(s) with a start or end time beyond 2262-04-11 (int64 nanoseconds)")
+        table = table.filter(pa.array(~bad_time))
+    message = ""
+    if rejected:
+        message = f"rejected {rejected} invalid span(s): " + "; ".join(reasons[:_MAX_REJECT_REASONS])
+    return Conversion(table=table, rejected=rejected, message=message)

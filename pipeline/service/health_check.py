@@ -1,0 +1,42 @@
+"""health_check: GET / answers 200 while the pipeline runs, 503 while it starts or stops."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from agent_sre.pipeline.component import Extension, Factory, Kind
+from agent_sre.pipeline.component.config import ConfigModel, HostPort
+
+
+class HealthCheckConfig(ConfigModel):
+    endpoint: HostPort = "127.0.0.1:13133"
+    path: str = "/"
+
+
+class HealthCheck(Extension):
+    config: HealthCheckConfig
+
+    def _start(self, host) -> None:
+        self._host = host
+        self._since = time.time()
+        host.http.add_route(self.config.endpoint, "GET", self.config.path, self._handle)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        up = datetime.fromtimestamp(self._since, timezone.utc).isoformat()
+        if self._host.ready:
+            return web.json_response({"status": "Server available", "upSince": up,
+                                      "uptime": f"{time.time() - self._since:.3f}s"})
+        return web.json_response({"status": "Server not available", "upSince": up}, status=503)
+
+    def describe(self) -> list[str]:
+        return [f"health check on http://{self.config.endpoint}{self.config.path}"]
+
+    def _shutdown(self) -> None:
+        self._host.http.remove_routes(self.config.endpoint, [self.config.path])
+
+
+factory = Factory(type="health_check", kind=Kind.EXTENSION, config_model=HealthCheckConfig, create=HealthCheck,
+                  signals=(), description="Liveness/readiness endpoint (200 while the pipeline runs).")

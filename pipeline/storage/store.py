@@ -1,0 +1,799 @@
+"""The DuckDB span store: the one place that writes spans to DuckDB.
+
+One database file has one writer (this process).  ``append`` inserts a whole
+Arrow batch in one statement, which is one transaction and one WAL commit: the
+batch processor in front of it makes commits large (group commit).  When
+``append`` returns, the rows survive ``kill -9``.
+
+Ad hoc SQL (``query``) is read-only by statement type, row- and time-limited,
+and the whole database instance has external access switched off, with only the
+store's own directory allowed: no SQL can read or write files elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCHEMA, SPAN_SCHEMA
+from agent_sre.pipeline.storage import attribution
+from agent_sre.pipeline.storage.attribution import HELD_DDL, AttributionSettings
+from agent_sre.pipeline.storage.rollups import (
+    AGENT_MINUTES_DDL,
+    AGENT_ROLLUP_SQL,
+    CHARGES_BY_TASK_SQL,
+    CHARGES_SQL,
+    COST_MINUTES_DDL,
+    COST_MINUTES_MIGRATION,
+    COST_ROLLUP_SQL,
+    SPAN_ROLLUP_SQL,
+    TASK_GRACE_NS,
+    TRACE_ROLLUPS_DDL,
+    SliRollup,
+    finalize_tasks_sql,
+    orphan_cutoff,
+    rollup_sql,
+    validate_sql,
+)
+from agent_sre.pipeline.storage.spool import Spool, SpooledBatch, load, read_after, remove_segments
+
+log = logging.getLogger("agent_sre.store")
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_FINALIZE_EVERY_S = 5.0  # how often inserts also count the tasks that became due
+
+
+class QueryError(Exception):
+    """Bad SQL, a statement that is not read-only, or a limit exceeded; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class StoreBehind(Exception):
+    """The store cannot take more now (its loader is behind, or it is closing): retry later."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """DuckDB's own limits: the one set of defaults (the duckdb exporter's config takes them from here).
+    Measured on 2 cores (docs/benchmarks.md): one thread leaves the other core to the receiver workers,
+    and a checkpoint every 96MB of WAL keeps inserts fast within a 48MB buffer pool."""
+
+    memory_limit: str = "48MB"
+    threads: int = 1
+    checkpoint_threshold: str = "96MB"
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """Where the spool lives and when its loader inserts into DuckDB (see pipeline/storage/spool.py)."""
+
+    directory: str
+    flush_spans: int = 16_384  # insert once this many spans are spooled ...
+    flush_interval: float = 0.5  # ... or the oldest has waited this long (seconds)
+    max_pending_spans: int = 1_048_576  # spooled, not yet inserted (on disk, ~1 KB each); beyond it append() refuses
+    segment_bytes: int = 64 << 20
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    types: list[str]
+    rows: list[list]
+    truncated: bool
+    elapsed_ms: float
+
+    def to_json(self) -> dict:
+        """JSON-ready: integral decimals (sum() of BIGINT) as ints, other decimals as floats."""
+        return {"columns": self.columns, "types": self.types, "rows": self.rows,
+                "row_count": len(self.rows), "truncated": self.truncated,
+                "elapsed_ms": round(self.elapsed_ms, 3)}
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+# EXPLAIN's head: the keyword and its options (ANALYZE, or a parenthesised list).
+_EXPLAIN_HEAD = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE)
+
+
+def check_read_only(sql: str) -> None:
+    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {exc}") from exc
+    if not statements:
+        raise QueryError("no SQL statement given")
+    for st in statements:
+        kind = str(st.type).rpartition(".")[2]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryError(f"only read-only statements are allowed (SELECT, EXPLAIN); got {kind}", 403)
+        if kind == "EXPLAIN":
+            head = _EXPLAIN_HEAD.match(st.query)
+            inner = duckdb.extract_statements(st.query[head.end():]) if head else []
+            if len(inner) != 1 or str(inner[0].type).rpartition(".")[2] != "SELECT":
+                raise QueryError("EXPLAIN is allowed only of a SELECT statement", 403)
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
+    """Run read-only SQL on ``con`` with a row limit and a time limit (interrupting DuckDB)."""
+    check_read_only(sql)
+    timer = threading.Timer(timeout_s, con.interrupt)
+    started = time.perf_counter()
+    timer.start()
+    # A read-only transaction as well as the statement check: whatever slips past the parser
+    # still cannot write.
+    con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
+    try:
+        reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in reader:
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows > max_rows:
+                break
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException as exc:
+        raise QueryError(f"query exceeded the time limit of {timeout_s:g}s", 408) from exc
+    except duckdb.Error as exc:
+        if time.perf_counter() - started >= timeout_s:
+            raise QueryError(f"query exceeded the time limit of {timeout_s:g}s", 408) from exc
+        raise QueryError(str(exc)) from exc
+    finally:
+        timer.cancel()
+        try:
+            con.execute("ROLLBACK").fetchall()
+        except duckdb.Error:
+            pass  # the failed query already ended the transaction
+    truncated = table.num_rows > max_rows
+    table = table.slice(0, max_rows)
+    return QueryResult(
+        columns=table.column_names,
+        types=[str(t) for t in table.schema.types],
+        rows=[[_plain(v) for v in r.values()] for r in table.to_pylist()],
+        truncated=truncated,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+# Spans are stored in the table `span_rows`, where the attribute maps are lists of (key, value)
+# structs, and read through the view `spans`, which presents them as MAP(VARCHAR, VARCHAR).
+# Measured here: DuckDB ingests Arrow maps at about half the rate of the same data as lists of
+# structs (it validates map keys row by row), and ingest is the hot path; the view pays that cost
+# only for the rows a query reads.  Keys are unique per span already (the converter dedups them).
+MAP_COLUMNS = ("attributes", "resource_attributes", "scope_attributes")
+_ENTRY = pa.struct([("key", pa.string()), ("value", pa.string())])
+STORAGE_SCHEMA = pa.schema([
+    pa.field(f.name, pa.list_(_ENTRY)) if f.name in MAP_COLUMNS else f for f in SPAN_SCHEMA])
+
+
+# Set by the store when a span is inserted (pipeline/attribution.py reads recent ancestors by it).
+STORED_SCHEMA = STORAGE_SCHEMA.append(pa.field("received_ns", pa.int64()))
+
+
+def to_storage(batch: pa.Table) -> pa.Table:
+    """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
+
+    Columns are taken by name, so a batch spooled by an older version (fewer columns) still loads."""
+    columns = []
+    fields = []
+    for field in batch.schema:
+        col = batch.column(field.name)
+        if field.name in MAP_COLUMNS:
+            chunks = [pa.ListArray.from_arrays(c.offsets, pa.StructArray.from_arrays(
+                [c.keys, c.items], fields=list(_ENTRY)), mask=c.is_null() if c.null_count else None)
+                for c in col.chunks]
+            col = pa.chunked_array(chunks, pa.list_(_ENTRY))
+            field = pa.field(field.name, col.type)
+        columns.append(col)
+        fields.append(field)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+_STORED = "(SELECT * FROM span_rows UNION ALL BY NAME SELECT * FROM held_spans)"
+
+
+def _view_sql(source: str = _STORED, temp: bool = False) -> str:
+    """``spans``: the stored rows (those still waiting for their agent included) with their
+    attribute lists presented as maps."""
+    replaced = ", ".join(f"map_from_entries({c}) AS {c}" for c in MAP_COLUMNS)
+    return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
+
+
+class SpanStore:
+    """The writer side of one DuckDB file.
+
+    With a spool (the default in the duckdb exporter), ``append`` returns once the
+    batch is in the spool and a loader thread inserts spooled batches into DuckDB
+    in large transactions; ``sync`` waits until everything appended is in DuckDB
+    (queries and exports call it, so they read their writes).  Without a spool,
+    ``append`` inserts and commits directly.
+    """
+
+    # The spool's state: set by _open_spool, only with a spool (the methods that use it run only then).
+    _spool_settings: SpoolSettings
+    _pending: deque[tuple[SpooledBatch, float]]
+    _pending_rows: int
+    _appended_seq: int
+    _applied_seq: int
+    _sync_wanted: int
+    _closing: bool
+    _closed: bool
+    _cond: threading.Condition
+    _loader: threading.Thread
+
+    def __init__(self, path: str | os.PathLike, memory_limit: str = StoreSettings.memory_limit,
+                 threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
+                 spool: SpoolSettings | None = None,
+                 attribution: AttributionSettings | None = None):
+        self.path = Path(path).absolute()
+        self.directory = self.path.parent
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path), config={
+                "memory_limit": memory_limit, "threads": threads, "checkpoint_threshold": checkpoint_threshold})
+        except duckdb.IOException as exc:
+            raise OSError(f"cannot open span store {self.path}: {exc}") from exc
+        self._con.execute(f"SET allowed_directories = {[str(self.directory)]!r}")
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
+        self._lock = threading.Lock()  # the write connection
+        self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
+        self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
+        self._charges_by_task = False
+        self.attribution = attribution or AttributionSettings()
+        self.unattributed_spans = 0  # released without an agent since start (a self-metric)
+        self._ensure_schema()
+        self._held, self._held_oldest_ns = self._con.execute(
+            "SELECT count(*), min(received_ns) FROM held_spans").fetchall()[0]
+        # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
+        self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
+        self._use_rollups([SliRollup(*r) for r in self._con.execute(
+            "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position").fetchall()])
+        self.settings = spool
+        self._spool: Spool | None = None
+        if spool is not None:
+            self._open_spool(spool)
+
+    def _ensure_schema(self) -> None:
+        con = self._con
+        con.register("_empty_spans", STORED_SCHEMA.empty_table())
+        con.execute("CREATE TABLE IF NOT EXISTS span_rows AS SELECT * FROM _empty_spans LIMIT 0")
+        existing = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'span_rows'").fetchall()}
+        # Columns added to the schema after a store was created are added in place.
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _empty_spans)").fetchall())
+        for field in STORED_SCHEMA:
+            if field.name not in existing:
+                con.execute(f'ALTER TABLE span_rows ADD COLUMN "{field.name}" {types[field.name]}')
+        con.unregister("_empty_spans")
+        con.execute(HELD_DDL)
+        held_columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'held_spans'").fetchall()}
+        for field in STORED_SCHEMA:
+            if field.name not in held_columns:
+                con.execute(f'ALTER TABLE held_spans ADD COLUMN "{field.name}" {types.get(field.name, "BIGINT")}')
+        con.execute(_view_sql())
+        con.execute("CREATE TABLE IF NOT EXISTS parquet_exports (directory VARCHAR PRIMARY KEY, "
+                    "exported_until_ns BIGINT NOT NULL)")
+        con.execute("CREATE TABLE IF NOT EXISTS sli_minutes (minute BIGINT NOT NULL, sli VARCHAR NOT NULL, "
+                    "agent_id VARCHAR NOT NULL, agent_version VARCHAR NOT NULL, good BIGINT NOT NULL, "
+                    "total BIGINT NOT NULL, PRIMARY KEY (minute, sli, agent_id, agent_version))")
+        con.execute("CREATE TABLE IF NOT EXISTS sli_rollups (position INTEGER, name VARCHAR, total VARCHAR, "
+                    "good VARCHAR)")
+        con.execute("ALTER TABLE sli_rollups ADD COLUMN IF NOT EXISTS scope VARCHAR DEFAULT 'span'")
+        con.execute(TRACE_ROLLUPS_DDL)
+        con.execute("CREATE TABLE IF NOT EXISTS rollup_options (track_tasks BOOLEAN NOT NULL)")
+        con.execute(AGENT_MINUTES_DDL)
+        con.execute(COST_MINUTES_DDL)
+        if not con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'cost_minutes' "
+                           "AND column_name = 'tenant'").fetchall()[0][0]:
+            for sql in COST_MINUTES_MIGRATION:
+                con.execute(sql)
+        # `events`: every derived event (pipeline/component/events.py); stores from before the event bus kept
+        # only alerts, in a table of that name, which becomes `events` (`alerts` is now a view).
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "alerts" in tables and "events" not in tables:
+            con.execute("ALTER TABLE alerts RENAME TO events")
+        con.register("_empty_events", EVENT_SCHEMA.empty_table())
+        con.execute("CREATE TABLE IF NOT EXISTS events AS SELECT * FROM _empty_events LIMIT 0")
+        con.unregister("_empty_events")
+        con.execute("CREATE OR REPLACE VIEW alerts AS SELECT * FROM events WHERE kind = 'alert'")
+        for name, schema in (("metrics", METRIC_SCHEMA), ("logs", LOG_SCHEMA)):
+            con.register("_empty", schema.empty_table())
+            con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _empty LIMIT 0")
+            con.unregister("_empty")
+        con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
+        if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
+            con.execute("INSERT INTO spool_state VALUES (0)")
+
+    # --- writing ----------------------------------------------------------------
+
+    def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None) -> None:
+        """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
+
+        Spans without an agent are attributed through their trace first (pipeline/attribution.py):
+        what is released is ``_batch``, which every rollup and callback of the transaction sees."""
+        rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
+                           else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+                if tables else to_storage(SPAN_SCHEMA.empty_table()))
+        now_ns = time.time_ns()
+        attribute = self._held > 0 or rows.column("agent_id").null_count > 0
+        with self._lock:
+            con = self._con
+            con.register("_in", rows)
+            try:
+                # Each result is fetched: DuckDB refuses new work on a connection with one open.
+                con.execute("BEGIN TRANSACTION").fetchall()
+                for sql in (attribution.statements(self.attribution, now_ns) if attribute
+                            else [attribution.direct_statement(now_ns)]):
+                    con.execute(sql).fetchall()
+                con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
+                for sql in self._rollup_sqls:
+                    con.execute(sql, [now_ns] if sql is SPAN_ROLLUP_SQL else []).fetchall()
+                if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
+                    self._finalize_due(now_ns)
+                con.execute(AGENT_ROLLUP_SQL).fetchall()
+                con.execute(COST_ROLLUP_SQL).fetchall()
+                charges = (con.execute(CHARGES_BY_TASK_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
+                           if self._on_charges else [])
+                if attribute:
+                    held, oldest, unattributed = con.execute(
+                        "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
+                        "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)").fetchall()[0]
+                    if held > self.attribution.max_held_spans:
+                        con.execute(attribution.overflow_statement(self.attribution)).fetchall()
+                    released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
+                                if self._on_commit else rows)
+                else:
+                    held, oldest, released = 0, None, rows
+                    unattributed = rows.column("agent_id").null_count
+                if seq is not None:
+                    con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK").fetchall()
+                except duckdb.Error:
+                    pass  # nothing to roll back (BEGIN itself failed)
+                raise
+            finally:
+                con.unregister("_in")
+            self._held, self._held_oldest_ns = held, oldest
+            self.unattributed_spans += unattributed
+        rows = released
+        # After the commit (what is charged is stored) and outside the lock: callbacks may publish
+        # events, which the store records.  A failing callback must not make a committed insert retry.
+        for callback, arg in [*((c, charges) for c in self._on_charges), *((c, rows) for c in self._on_commit)]:
+            try:
+                callback(arg)
+            except Exception:  # noqa: BLE001 - logged; the spans are stored either way
+                log.exception("span store: commit callback %r failed", callback)
+
+    def on_charges(self, callback, by_task: bool = False) -> None:
+        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that
+        stored costs (after the commit, in the thread that inserted); ``trace_id`` is None unless some
+        callback asked for charges ``by_task``."""
+        self._on_charges.append(callback)
+        self._charges_by_task = self._charges_by_task or by_task
+
+    def on_commit(self, callback) -> None:
+        """``callback(rows)`` with every committed batch (storage layout: attribute maps are lists of
+        key/value structs), after the commit, in the thread that inserted."""
+        self._on_commit.append(callback)
+
+    def remove_callback(self, callback) -> None:
+        self._on_charges = [c for c in self._on_charges if c != callback]
+        self._on_commit = [c for c in self._on_commit if c != callback]
+
+    def track_tasks(self) -> None:
+        """Keep per-trace rollups so finished tasks (count and cost) land in ``agent_minutes``,
+        also without task-scope SLIs (remembered in the store for spool replays)."""
+        with self._lock:
+            if self._track_tasks:
+                return
+            self._con.execute("DELETE FROM rollup_options").fetchall()
+            self._con.execute("INSERT INTO rollup_options VALUES (true)").fetchall()
+            self._track_tasks = True
+            self._use_rollups(self._slis)
+
+    def set_sli_rollups(self, slis: list[SliRollup]) -> None:
+        """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same
+        transaction as the spans (so exactly once, also on spool replay); see pipeline/storage/rollups.py.
+        A predicate that does not bind raises ``ValueError`` naming the SLI."""
+        with self._lock:
+            con = self._con
+            for sli in slis:  # bind each on an empty batch: a bad column name is named here, not at insert
+                con.register("_batch", STORAGE_SCHEMA.empty_table())
+                try:
+                    con.execute(validate_sql(sli)).fetchall()
+                except duckdb.Error as exc:
+                    raise ValueError(f"SLI {sli.name!r}: {exc}") from exc
+                finally:
+                    con.unregister("_batch")
+            con.execute("BEGIN TRANSACTION").fetchall()
+            con.execute("DELETE FROM sli_rollups").fetchall()
+            for i, sli in enumerate(slis):
+                con.execute("INSERT INTO sli_rollups (position, name, total, good, scope) VALUES (?, ?, ?, ?, ?)",
+                            [i, sli.name, sli.total, sli.good, sli.scope]).fetchall()
+            con.execute("COMMIT").fetchall()
+            self._use_rollups(slis)
+
+    def _use_rollups(self, slis: list[SliRollup]) -> None:
+        self._slis = slis
+        self._rollup_sqls = rollup_sql(slis, self._track_tasks)
+        self._finalize = finalize_tasks_sql(slis, self._track_tasks)
+        self._finalized_at = time.monotonic()
+
+    def _finalize_due(self, now_ns: int) -> None:
+        """Count the tasks that are due (inside the caller's transaction, under the lock)."""
+        assert self._finalize is not None
+        cutoff = now_ns - TASK_GRACE_NS
+        counts, forget = self._finalize
+        for count in counts:
+            self._con.execute(count, [cutoff]).fetchall()
+        self._con.execute(forget, [cutoff, orphan_cutoff(cutoff)]).fetchall()
+        self._finalized_at = time.monotonic()
+
+    def finalize_tasks(self, now_ns: int | None = None) -> None:
+        """Count every task whose trace has been quiet for the grace period (task-scope SLIs)."""
+        if self._finalize is None:
+            return
+        self.sync()
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                self._finalize_due(now_ns if now_ns is not None else time.time_ns())
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                con.execute("ROLLBACK").fetchall()
+                raise
+
+    def append(self, batch: pa.Table) -> None:
+        """Make one batch durable; returns after the spool write (or the commit, without a spool).
+
+        Raises ``StoreBehind`` when the loader is too far behind to take more (retryable)."""
+        if self._spool is None:
+            self._insert([batch])
+            return
+        n = batch.num_rows
+        with self._cond:
+            if self._closed:
+                raise StoreBehind("span store is closed")
+            if self._pending_rows + n > self._spool_settings.max_pending_spans and self._pending:
+                raise StoreBehind(f"span store is behind: {self._pending_rows} spans waiting to be written")
+            spooled = self._spool.append(batch)  # under the lock: spool order = sequence order = insert order
+            self._pending.append((spooled, time.monotonic()))
+            self._pending_rows += n
+            self._appended_seq = spooled.seq
+            if self._pending_rows >= self._spool_settings.flush_spans:
+                self._cond.notify_all()
+
+    # --- the spool --------------------------------------------------------------
+
+    def _open_spool(self, settings: SpoolSettings) -> None:
+        directory = Path(settings.directory)
+        applied = self._con.execute("SELECT applied_seq FROM spool_state").fetchall()[0][0]
+        last = applied
+        replayed = 0
+        chunk: list[pa.RecordBatch] = []
+        for seq, batch in read_after(directory, applied):
+            chunk.append(batch)
+            last = seq
+            replayed += batch.num_rows
+            if sum(b.num_rows for b in chunk) >= settings.flush_spans:
+                self._insert(chunk, seq)
+                chunk = []
+        if chunk:
+            self._insert(chunk, last)
+        if replayed:
+            log.info("span store: replayed %d acknowledged spans from the spool into %s", replayed, self.path)
+        remove_segments(directory)
+        self._spool_settings = settings
+        self._spool = spool = Spool(directory, last + 1, settings.segment_bytes)
+        self._pending = deque()
+        self._pending_rows = 0
+        self._appended_seq = self._applied_seq = last
+        self._sync_wanted = 0
+        self._closing = self._closed = False
+        self._cond = threading.Condition()
+        self._loader = threading.Thread(target=self._load, args=(spool,), name="span-store-loader",
+                                        daemon=True)
+        self._loader.start()
+
+    def _held_expiry(self) -> float | None:
+        """Seconds until the oldest held span's wait ends (None: nothing held)."""
+        if not self._held or self._held_oldest_ns is None:
+            return None
+        return (self._held_oldest_ns + self.attribution.wait * 1e9 - time.time_ns()) / 1e9
+
+    def _due(self) -> bool:
+        if not self._pending:
+            expiry = self._held_expiry()
+            return expiry is not None and expiry <= 0 and not self._closing
+        return (self._closing or self._sync_wanted > self._applied_seq
+                or self._pending_rows >= self._spool_settings.flush_spans
+                or time.monotonic() - self._pending[0][1] >= self._spool_settings.flush_interval)
+
+    def _load(self, spool: Spool) -> None:
+        """Loader thread: spool -> DuckDB in large transactions, oldest first; with nothing spooled,
+        it still releases held spans whose wait for an agent is over."""
+        backoff = 0.1
+        while True:
+            with self._cond:
+                while not self._due():
+                    if self._closing and not self._pending:
+                        return
+                    wait = self._spool_settings.flush_interval
+                    if self._pending:
+                        wait = max(0.0, self._pending[0][1] + wait - time.monotonic())
+                    expiry = self._held_expiry()
+                    if expiry is not None:
+                        wait = min(wait, max(expiry, 0.05))
+                    self._cond.wait(wait)
+                items = self._take()
+            last = items[-1].seq if items else None
+            try:
+                self._insert(load(items) if items else [], last)
+            except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
+                log.error("span store: insert of %d spooled spans failed (%s): %s", sum(i.rows for i in items),
+                          "they stay in the spool" if self._closing else "will retry", exc)
+                if self._closing:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if last is None:
+                continue
+            with self._cond:
+                for _ in items:
+                    spooled, _ = self._pending.popleft()
+                    self._pending_rows -= spooled.rows
+                self._applied_seq = last
+                spool.release(last)
+                self._cond.notify_all()
+
+    def _take(self) -> list[SpooledBatch]:
+        """The oldest pending batches, up to ``flush_spans`` rows (at least one)."""
+        items: list[SpooledBatch] = []
+        rows = 0
+        for spooled, _ in self._pending:
+            if items and (rows + spooled.rows > self._spool_settings.flush_spans
+                          or not spooled.schema.equals(items[0].schema)):
+                break
+            items.append(spooled)
+            rows += spooled.rows
+        return items
+
+    def sync(self, timeout: float = 60.0) -> None:
+        """Wait until every batch appended so far is in DuckDB."""
+        if self._spool is None:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._appended_seq
+            self._sync_wanted = max(self._sync_wanted, target)
+            self._cond.notify_all()
+            while self._applied_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreBehind(f"span store did not catch up within {timeout:g}s")
+                self._cond.wait(left)
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending_rows if self._spool is not None else 0
+
+    # --- reading and housekeeping -------------------------------------------------
+
+    def count(self) -> int:
+        self.sync()
+        with self._lock:
+            return self._con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
+
+    def delete_older_than(self, days: float, now_ns: int | None = None) -> int:
+        cutoff = (now_ns if now_ns is not None else time.time_ns()) - int(days * _NS_PER_DAY)
+        self.sync()  # spooled spans are subject to retention too
+        with self._lock:
+            for table in ("metrics", "logs"):
+                self._con.execute(f"DELETE FROM {table} WHERE time_ns < ?", [cutoff]).fetchall()
+            return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchall()[0][0]
+
+    def export_parquet(self, directory: str | os.PathLike, since_ns: int | None = None,
+                       until_ns: int | None = None) -> list[str]:
+        """Write spans as hourly Parquet files: DIR/date=YYYY-MM-DD/hour=HH/*.parquet."""
+        self.sync()
+        return export_parquet(self._con, self._lock, directory, since_ns, until_ns)
+
+    def append_signal(self, table: str, batch: pa.Table) -> None:
+        """Metric points or log records: inserted and committed in one transaction before this returns
+        (their volume is far below the spans', so they skip the spool)."""
+        if table not in ("metrics", "logs"):
+            raise ValueError(f"no such signal table: {table}")
+        with self._lock:
+            self._con.register("_signal", batch)
+            try:
+                self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _signal").fetchall()
+            finally:
+                self._con.unregister("_signal")
+
+    def record_events(self, events: pa.Table) -> None:
+        """Append events (``EVENT_SCHEMA``) to the ``events`` history table."""
+        with self._lock:
+            self._con.register("_events", events)
+            try:
+                self._con.execute("INSERT INTO events BY NAME SELECT * FROM _events").fetchall()
+            finally:
+                self._con.unregister("_events")
+
+    def write(self, statements: list[tuple[str, list]]) -> None:
+        """Processors' own state tables (anomaly marks, incidents, breakers): the statements in one
+        transaction on the write connection.  Never spans: those go through ``append``."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                for sql, params in statements:
+                    con.execute(sql, params).fetchall()
+                con.execute("COMMIT").fetchall()
+            except BaseException:
+                con.execute("ROLLBACK").fetchall()
+                raise
+
+    def read(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""
+        cursor = self._con.cursor()
+        try:
+            return cursor.execute(sql, params or []).fetchall()
+        finally:
+            cursor.close()
+
+    def parquet_exported_until(self, directory: str | os.PathLike) -> int | None:
+        """Spans before this start time have been exported to ``directory`` (None: nothing yet)."""
+        with self._lock:
+            rows = self._con.execute("SELECT exported_until_ns FROM parquet_exports WHERE directory = ?",
+                                     [str(Path(directory).absolute())]).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_parquet_exported_until(self, directory: str | os.PathLike, until_ns: int) -> None:
+        with self._lock:
+            self._con.execute("INSERT OR REPLACE INTO parquet_exports VALUES (?, ?)",
+                              [str(Path(directory).absolute()), until_ns]).fetchall()
+
+    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> QueryResult:
+        check_read_only(sql)
+        try:
+            self.sync(timeout_s)
+        except StoreBehind as exc:
+            raise QueryError(f"{exc}; try again later", 503) from exc
+        cursor = self._con.cursor()  # its own connection: readers never wait for the writer's lock
+        try:
+            return run_query(cursor, sql, max_rows, timeout_s)
+        finally:
+            cursor.close()
+
+    def checkpoint(self) -> None:
+        self.sync()
+        with self._lock:
+            self._con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        """Drain the spool into DuckDB, then close.  What cannot be drained stays in the spool."""
+        if self._spool is not None and not self._closed:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._loader.join(timeout=120)
+            with self._cond:
+                self._closed = True
+                drained = not self._pending
+                self._spool.close()
+            if drained:
+                remove_segments(self._spool.directory)
+            else:
+                log.error("span store: %d spans could not be written; they stay in the spool %s and are "
+                          "replayed at the next start", self._pending_rows, self._spool.directory)
+        with self._lock:
+            try:
+                self._con.close()
+            except duckdb.Error:
+                pass
+
+
+def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, directory: str | os.PathLike,
+                   since_ns: int | None, until_ns: int | None) -> list[str]:
+    """Spans with since <= start_ns < until as Parquet: DIR/date=YYYY-MM-DD/hour=HH/spans-*.parquet.
+
+    DuckDB streams the rows as Arrow and pyarrow writes the files, so the database itself never
+    needs access to the output directory (its file access stays limited to the store)."""
+    out = Path(directory).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    where = []
+    params: list[int] = []
+    if since_ns is not None:
+        where.append("start_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        where.append("start_ns < ?")
+        params.append(until_ns)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = ("SELECT *, strftime(make_timestamp(start_ns // 1000), '%Y-%m-%d') AS date, "
+           f"strftime(make_timestamp(start_ns // 1000), '%H') AS hour FROM spans {cond}")
+    written: list[str] = []
+    # Named by the range: exporting the same range again (after a crash) replaces, not duplicates.
+    stamp = f"{since_ns if since_ns is not None else 'start'}-{until_ns if until_ns is not None else 'end'}"
+
+    def write() -> None:
+        import pyarrow.dataset as pads  # here: Parquet/dataset libraries cost ~15 MiB RSS once loaded
+
+        cur = con.cursor()
+        try:
+            reader = cur.sql(sql, params=params).to_arrow_reader(65_536)
+            pads.write_dataset(reader, out, format="parquet", partitioning=["date", "hour"],
+                               partitioning_flavor="hive", basename_template=f"spans-{stamp}-{{i}}.parquet",
+                               existing_data_behavior="overwrite_or_ignore",
+                               file_visitor=lambda f: written.append(f.path))
+        finally:
+            cur.close()
+
+    if lock is None:
+        write()
+    else:
+        with lock:
+            write()
+    return sorted(written)
+
+
+def default_spool_dir(store_path: str | os.PathLike) -> str:
+    return str(Path(store_path).absolute()) + ".spool"
+
+
+def open_read_only(path: str | os.PathLike, spool_dir: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
+    """Open a store no pipeline is running on, read-only, with no access to files outside it.
+
+    Spans acknowledged but still in the spool (the pipeline was killed before its loader
+    inserted them; the next start replays them) are shown too: ``spans`` is then a
+    temporary view over the table and the spooled batches."""
+    p = Path(path).absolute()
+    if not p.exists():
+        raise FileNotFoundError(f"no span store at {p}")
+    con = duckdb.connect(str(p), read_only=True)
+    _overlay_spool(con, Path(spool_dir or default_spool_dir(p)))
+    con.execute(f"SET allowed_directories = {[str(p.parent)]!r}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def _overlay_spool(con: duckdb.DuckDBPyConnection, spool_dir: Path) -> None:
+    has_state = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'spool_state'").fetchall()[0][0]
+    applied = con.execute("SELECT applied_seq FROM spool_state").fetchall()[0][0] if has_state else 0
+    batches = [b for _, b in read_after(spool_dir, applied)]
+    if not batches:
+        return
+    con.register("_spooled", to_storage(pa.Table.from_batches(batches)))
+    con.execute("CREATE TEMP TABLE spooled_rows AS SELECT * FROM _spooled")
+    con.unregister("_spooled")
+    held = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'held_spans'").fetchall()[0][0]
+    con.execute(_view_sql("(SELECT * FROM main.span_rows UNION ALL BY NAME SELECT * FROM temp.spooled_rows"
+                          + (" UNION ALL BY NAME SELECT * FROM main.held_spans)" if held else ")"), temp=True))
