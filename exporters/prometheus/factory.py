@@ -25,7 +25,7 @@ from agent_sre.pipeline.component.config import ConfigModel, HostPort
 
 
 class PrometheusExporterConfig(ConfigModel):
-    endpoint: HostPort = "127.0.0.1:9464"
+    endpoint: HostPort = "127.0.0.1:8889"  # the Collector's prometheus exporter convention
     # Label sets per metric; spans beyond are counted in agent_sre_prometheus_dropped_series_spans_total.
     max_series: int = Field(default=2000, gt=0)
 

@@ -18,11 +18,18 @@ from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
 
 RED_LABELS = ("agent_id", "span_role", "model", "tool_name", "status_code")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+FOLD_ROWS = 65_536  # pending spans folded into the histograms at once (and at every scrape)
+
+
+def _seconds(table: pa.Table) -> pa.ChunkedArray:
+    return pc.divide(table.column("duration_ns").cast(pa.float64()), 1e9)
 
 
 class AgentMetrics:
     def __init__(self, max_series: int):
         self._lock = threading.Lock()
+        self._pending: list[tuple[pa.Table, pa.Table | None]] = []  # (RED columns, LLM rows' columns)
+        self._pending_rows = 0
         n = max_series
         self.calls = HistogramSet("agent_sre_span_duration_seconds", "Agent spans by agent, role, model, tool and "
                                   "status: count (calls) and duration.", RED_LABELS, DURATION_BUCKETS, n)
@@ -34,21 +41,39 @@ class AgentMetrics:
                                       DURATION_BUCKETS, n)
 
     def observe(self, batch: pa.Table) -> None:
-        seconds = pc.divide(batch.column("duration_ns").cast(pa.float64()), 1e9)
-        red = [batch.column(c) for c in RED_LABELS]
-        llm = pc.fill_null(pc.equal(batch.column("span_role"), "llm").combine_chunks(), False)
+        """Keep the columns the metrics need; they are folded into the histograms once ``FOLD_ROWS``
+        spans are pending, and at every scrape.  Measured: an Arrow group-by per group commit (~1k
+        spans) cost the pipeline process ~16 % of its CPU at max rate; one per 64k spans costs a
+        fraction of that, for the same counts."""
+        red = batch.select([*RED_LABELS, "duration_ns"])
+        llm = pc.fill_null(pc.equal(batch.column("span_role"), "llm"), False)
+        genai = (batch.select(["attributes", "provider", "model", "duration_ns", "input_tokens", "output_tokens"])
+                 .filter(llm) if pc.any(llm).as_py() else None)
         with self._lock:
-            self.calls.observe(red, seconds)
-            if pc.any(llm).as_py():
-                g = batch.filter(llm)
-                op = pc.map_lookup(g.column("attributes"), "gen_ai.operation.name", "first")
-                genai = [op, g.column("provider"), g.column("model")]
-                self.durations.observe(genai, pc.divide(g.column("duration_ns").cast(pa.float64()), 1e9))
-                for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
-                    self.tokens.observe([*genai, pa.array([kind] * g.num_rows)], g.column(col))
+            self._pending.append((red, genai))
+            self._pending_rows += batch.num_rows
+            if self._pending_rows >= FOLD_ROWS:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Pending spans into the histograms (under the lock)."""
+        if not self._pending:
+            return
+        red = pa.concat_tables([r for r, _ in self._pending])
+        genai = [g for _, g in self._pending if g is not None]
+        self._pending, self._pending_rows = [], 0
+        self.calls.observe([red.column(c) for c in RED_LABELS], _seconds(red))
+        if genai:
+            g = pa.concat_tables(genai)
+            op = pc.map_lookup(g.column("attributes"), "gen_ai.operation.name", "first")
+            labels = [op, g.column("provider"), g.column("model")]
+            self.durations.observe(labels, _seconds(g))
+            for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
+                self.tokens.observe([*labels, pa.array([kind] * g.num_rows)], g.column(col))
 
     def families(self, host) -> list:
         with self._lock:
+            self._fold()
             out = [self.calls.family(), self.tokens.family(), self.durations.family()]
             dropped = self.calls.dropped + self.tokens.dropped + self.durations.dropped
         d = CounterMetricFamily("agent_sre_prometheus_dropped_series_spans", "Observations not recorded because "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -238,7 +239,9 @@ class SpanStore:
     _closing: bool
     _closed: bool
     _cond: threading.Condition
-    _loader: threading.Thread
+    _loader: threading.Thread | None
+    _dispatcher: threading.Thread
+    _dispatched_seq: int
 
     def __init__(self, path: str | os.PathLike, memory_limit: str = StoreSettings.memory_limit,
                  threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
@@ -259,6 +262,8 @@ class SpanStore:
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         self._charges_by_task = False
+        self._dispatch: queue.Queue | None = None  # commit callbacks off the loader thread (with a spool)
+        self._loader = None
         self.attribution = attribution or AttributionSettings()
         self.unattributed_spans = 0  # released without an agent since start (a self-metric)
         self._ensure_schema()
@@ -379,14 +384,31 @@ class SpanStore:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
             self.unattributed_spans += unattributed
-        rows = released
         # After the commit (what is charged is stored) and outside the lock: callbacks may publish
-        # events, which the store records.  A failing callback must not make a committed insert retry.
+        # events, which the store records.  From the loader, they run on the dispatcher thread, so
+        # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.
+        if self._dispatch is not None and threading.current_thread() is self._loader:
+            self._dispatch.put((seq, charges, released))  # bounded: the loader waits rather than piling up
+        else:
+            self._run_callbacks(charges, released)
+
+    def _run_callbacks(self, charges: list[tuple], rows: pa.Table) -> None:
+        """A failing callback must not make a committed insert retry: logged, the spans are stored."""
         for callback, arg in [*((c, charges) for c in self._on_charges), *((c, rows) for c in self._on_commit)]:
             try:
                 callback(arg)
             except Exception:  # noqa: BLE001 - logged; the spans are stored either way
                 log.exception("span store: commit callback %r failed", callback)
+
+    def _dispatch_committed(self, dispatch: queue.Queue) -> None:
+        """Dispatcher thread: commit callbacks in commit order; ``None`` ends it."""
+        while (item := dispatch.get()) is not None:
+            seq, charges, rows = item
+            self._run_callbacks(charges, rows)
+            if seq is not None:
+                with self._cond:
+                    self._dispatched_seq = seq
+                    self._cond.notify_all()
 
     def on_charges(self, callback, by_task: bool = False) -> None:
         """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that
@@ -516,6 +538,11 @@ class SpanStore:
         self._sync_wanted = 0
         self._closing = self._closed = False
         self._cond = threading.Condition()
+        self._dispatched_seq = last
+        self._dispatch = queue.Queue(maxsize=8)
+        self._dispatcher = threading.Thread(target=self._dispatch_committed, args=(self._dispatch,),
+                                            name="span-store-callbacks", daemon=True)
+        self._dispatcher.start()
         self._loader = threading.Thread(target=self._load, args=(spool,), name="span-store-loader",
                                         daemon=True)
         self._loader.start()
@@ -586,7 +613,7 @@ class SpanStore:
         return items
 
     def sync(self, timeout: float = 60.0) -> None:
-        """Wait until every batch appended so far is in DuckDB."""
+        """Wait until every batch appended so far is in DuckDB and its commit callbacks have run."""
         if self._spool is None:
             return
         deadline = time.monotonic() + timeout
@@ -594,7 +621,7 @@ class SpanStore:
             target = self._appended_seq
             self._sync_wanted = max(self._sync_wanted, target)
             self._cond.notify_all()
-            while self._applied_seq < target:
+            while self._applied_seq < target or self._dispatched_seq < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise StoreBehind(f"span store did not catch up within {timeout:g}s")
@@ -703,7 +730,11 @@ class SpanStore:
             with self._cond:
                 self._closing = True
                 self._cond.notify_all()
-            self._loader.join(timeout=120)
+            if self._loader is not None:
+                self._loader.join(timeout=120)
+            if self._dispatch is not None:
+                self._dispatch.put(None)
+                self._dispatcher.join(timeout=60)
             with self._cond:
                 self._closed = True
                 drained = not self._pending

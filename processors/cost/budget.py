@@ -115,6 +115,7 @@ class BudgetLedger:
         # agent -> {(subject kind, subject): last charge}: which model/tenant budgets bind the agent
         self._uses: dict[str, dict[tuple[str, str], float]] = {}
         self._periods: dict[str, tuple[int, str, float]] = {}  # budget -> (second, label, end)
+        self._labels_at: dict[tuple[str, int], str] = {}  # (budget, second) -> period label
         self._task_agents: dict[str, str] = {}  # task -> the agent that spends in it
         self._lock = threading.Lock()
 
@@ -141,6 +142,17 @@ class BudgetLedger:
         if cached is None or cached[0] != int(now) or spec.scope == "task":
             cached = self._periods[spec.name] = (int(now), *spec.period(now))
         return cached[1], cached[2]
+
+    def _label_at(self, spec: BudgetSpec, at: float) -> str:
+        """The period label of instant ``at`` (a charge's minute), cached: charges come by the thousand
+        per commit, and their minutes are few."""
+        key = (spec.name, int(at))
+        label = self._labels_at.get(key)
+        if label is None:
+            if len(self._labels_at) > 4096:
+                self._labels_at.clear()
+            label = self._labels_at[key] = spec.period(at)[0]
+        return label
 
     def _account(self, spec: BudgetSpec, subject: str, now: float) -> _Account:
         """The subject's account of the current period, created (or reset, by the clock) if needed."""
@@ -231,7 +243,7 @@ class BudgetLedger:
                 uses[(kind, value)] = now
         events = []
         for spec in self.specs:
-            if at is not None and spec.scope != "task" and spec.period(at)[0] != self._period(spec, now)[0]:
+            if at is not None and spec.scope != "task" and self._label_at(spec, at) != self._period(spec, now)[0]:
                 continue  # spent in another period than the current one
             for subject in self._subjects(spec, agent, task, model, tenant):
                 acc = self._account(spec, subject, now)
