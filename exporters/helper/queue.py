@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from agent_sre.pipeline.storage.spool import fsync_dir
+
 log = logging.getLogger("agent_sre.exporter.queue")
 
 SIZERS = ("requests", "items", "bytes")
@@ -273,7 +275,7 @@ class PersistentQueue(_Queue):
             path = self.directory / f"{self._seq:020d}{SUFFIX}"
             self._file = open(path, "ab")
             self._current = self._segments[path] = _Segment(path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return self._current
 
     def _abandon(self, offset: int) -> None:
@@ -335,7 +337,7 @@ class PersistentQueue(_Queue):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.directory / "acks")
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._acked_since_rewrite = 0
 
     @staticmethod
@@ -365,10 +367,3 @@ def _read_acks(path: Path) -> set[int]:
     whole = len(data) - len(data) % _ACK.size  # a torn last ack was never acknowledged to anyone
     return {v for (v,) in _ACK.iter_unpack(data[:whole])}
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

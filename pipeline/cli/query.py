@@ -40,7 +40,7 @@ def run_sql(args: argparse.Namespace, sql: str) -> int:
         else:
             print_table(body, args.format)
             return 0
-    from agent_sre.pipeline.storage.store import QueryError, run_query
+    from agent_sre.pipeline.storage.sandbox import QueryError, run_query
 
     con = open_store(cfg, args.db)
     try:

@@ -31,7 +31,7 @@ from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort,
 from agent_sre.pipeline.component.errors import TransitionError
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, read_body
-from agent_sre.pipeline.storage.store import QueryError
+from agent_sre.pipeline.storage.sandbox import QueryError
 
 
 class AdminConfig(ConfigModel):

@@ -150,7 +150,7 @@ class Spool:
         segment = self._segment = _Segment(path, file, pa.ipc.new_stream(file, schema), schema)
         file.flush()
         os.fdatasync(file.fileno())
-        _fsync_dir(self.directory)  # the new file's name is durable too
+        fsync_dir(self.directory)  # the new file's name is durable too
         return segment
 
     def _close_current(self) -> None:
@@ -188,10 +188,11 @@ def remove_segments(directory: Path) -> None:
     for path in segments(directory):
         path.unlink(missing_ok=True)
     if directory.is_dir():
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (new, renamed or removed files) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
