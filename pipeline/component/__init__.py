@@ -20,7 +20,8 @@ from agent_sre.pipeline.component.base import (
     ProcessorNode,
     Receiver,
     Settings,
+    Stage,
 )
 
 __all__ = ["SUCCESS", "Component", "ComponentID", "Consumer", "ExportResult", "ExportStatus", "Exporter", "Extension",
-           "Factory", "FunctionConsumer", "Kind", "Processor", "ProcessorNode", "Receiver", "Settings"]
+           "Factory", "FunctionConsumer", "Kind", "Processor", "ProcessorNode", "Receiver", "Settings", "Stage"]

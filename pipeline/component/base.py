@@ -130,6 +130,20 @@ class Processor(Component):
         return ProcessorNode(self, next_consumer)
 
 
+class Stage(Processor):
+    """An SRE stage after the durable point (sli, slo, anomaly, incidents): declared in a pipeline's
+    ``processors`` like any component, so it is configured, validated, started and stopped in order,
+    but it is not on the data path.  Its input is what the store committed, taken through the
+    ``SpanStore`` capability (rollups in the insert transaction, commit callbacks), never the
+    client's batch."""
+
+    def process(self, batch: pa.Table) -> pa.Table | None:
+        return batch
+
+    def bind(self, next_consumer: Consumer) -> Consumer:
+        return next_consumer  # off the data path: the batch goes straight on
+
+
 class ProcessorNode:
     def __init__(self, processor: Processor, next_consumer: Consumer):
         self.processor = processor

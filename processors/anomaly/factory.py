@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.events import event
@@ -86,7 +86,7 @@ class AnomalyConfig(ConfigModel):
         return self
 
 
-class AnomalyProcessor(Processor):
+class AnomalyProcessor(Stage):
     config: AnomalyConfig
 
     def __init__(self, settings, config: AnomalyConfig):

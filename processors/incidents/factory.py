@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
-from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
@@ -132,7 +132,7 @@ def signal_from_event(row: dict, priority: Callable[[str], int]) -> Signal | Non
                   row["state"], priority(sig), row["summary"] or "")
 
 
-class IncidentsProcessor(Processor):
+class IncidentsProcessor(Stage):
     config: IncidentsConfig
 
     def __init__(self, settings, config: IncidentsConfig):
@@ -385,8 +385,6 @@ class IncidentsProcessor(Processor):
         return [f"incidents: correlation {self.config.correlation_window:g}s, dedup {self.config.dedup_window:g}s"
                 + breakers]
 
-    def process(self, batch: pa.Table) -> pa.Table:
-        return batch
 
 
 def incident_detail(read: Callable[..., list[tuple]], incident_id: str) -> dict | None:

@@ -15,10 +15,9 @@ import re
 from typing import Literal
 
 import duckdb
-import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.storage.store import SliRollup
@@ -117,7 +116,7 @@ def builtin_slis(cfg: SliConfig) -> list[SliRollup]:
     return [table[name] for name in cfg.builtin]
 
 
-class SliProcessor(Processor):
+class SliProcessor(Stage):
     config: SliConfig
 
     def __init__(self, settings, config: SliConfig):
@@ -127,8 +126,6 @@ class SliProcessor(Processor):
     def _start(self, host) -> None:
         host.get(SpanStore, self.config.storage, str(self.id)).set_sli_rollups(self.slis)
 
-    def process(self, batch: pa.Table) -> pa.Table:
-        return batch
 
     def describe(self) -> list[str]:
         return [f"SLIs rolled up per minute into sli_minutes: {', '.join(s.name for s in self.slis)}"]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
@@ -157,7 +157,7 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
 
 
 
-class SloProcessor(Processor):
+class SloProcessor(Stage):
     config: SloConfig
 
     def __init__(self, settings, config: SloConfig):
@@ -270,8 +270,6 @@ class SloProcessor(Processor):
                             f"its error budget at >= {rule.factor:g}x: {ev.long_burn:.1f}x over {long}, "
                             f"{ev.short_burn:.1f}x over {short}")}
 
-    def process(self, batch: pa.Table) -> pa.Table:
-        return batch
 
     def describe(self) -> list[str]:
         return [f"SLOs evaluated every {self.config.interval:g}s: {', '.join(o.name for o in self.config.objectives)}"]
