@@ -170,3 +170,25 @@ def test_commit_callbacks_get_the_released_spans_with_their_agent(tmp_path):
     assert sorted(zip(seen[1].column("span_id").to_pylist(), seen[1].column("agent_id").to_pylist(), strict=True)) == [
         ("00000000000000a1", "triage"), ("00000000000000b1", "triage")]
     store.close()
+
+
+def test_an_agent_named_only_on_its_own_span_is_identified_by_name_and_children_keep_its_id(tmp_path):
+    """`gen_ai.agent.name` identifies an `invoke_agent` span that has no id; on a child it does not
+    split an agent that has an id (the child takes its ancestor's id)."""
+    from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
+
+    def attrs(**kv):
+        return [(k.replace("__", "."), v) for k, v in kv.items()]
+
+    named = span("00000000000000a1", None, attributes=attrs(gen_ai__operation__name="invoke_agent",
+                                                            gen_ai__agent__name="Planner"))
+    with_id = span("00000000000000b1", None, trace="2" * 32, attributes=attrs(
+        gen_ai__operation__name="invoke_agent", gen_ai__agent__id="asst_1", gen_ai__agent__name="Triage"))
+    child = span("00000000000000b2", "00000000000000b1", trace="2" * 32, attributes=attrs(
+        gen_ai__operation__name="chat", gen_ai__agent__name="Triage"))
+    store = open_store(tmp_path)
+    store.append(normalize(batch(child), load_conventions()))
+    store.append(normalize(batch(named, with_id), load_conventions()))
+    assert agents(store) == {"00000000000000a1": "Planner", "00000000000000b1": "asst_1",
+                             "00000000000000b2": "asst_1"}
+    store.close()
