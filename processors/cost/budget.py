@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 ACTIONS = ("allow", "throttle", "kill")
@@ -52,7 +53,7 @@ class BudgetSpec:
         if not 0 < self.throttle_at <= self.kill_at:
             raise ValueError("need 0 < throttle_at <= kill_at")
 
-    @property
+    @cached_property  # read for every charge
     def steps(self) -> tuple[float, ...]:
         """Where events fire: the alert steps, and the throttle and kill points."""
         return tuple(sorted({*self.alert_steps, self.throttle_at, self.kill_at}))
@@ -209,12 +210,14 @@ class BudgetLedger:
 
     def charge(self, agent: str, amount: float, now: float, task: str | None = None,
                model: str | None = None, tenant: str | None = None, calls: int = 1,
-               at: float | None = None) -> list[BudgetEvent]:
+               at: float | None = None, only: str | None = None) -> list[BudgetEvent]:
         """Record money already spent (what spans report): never refused.  ``at``: when it was spent
         (default ``now``); it is charged to the budgets whose current period holds that instant, so a
-        late span of yesterday does not count today, as the rebuild after a restart would not count it."""
+        late span of yesterday does not count today, as the rebuild after a restart would not count it.
+        ``only``: ``"task"`` charges the task budgets alone, ``"period"`` every other budget alone (a
+        commit's charges are summed per agent for the latter, and per task for the former)."""
         with self._lock:
-            return self._charge(agent, amount, now, task, model, tenant, calls, at)
+            return self._charge(agent, amount, now, task, model, tenant, calls, at, only)
 
     def restore(self, budget: str, subject: str, spent: float, now: float, calls: int = 0,
                 agents: list[str] | tuple[str, ...] = ()) -> None:
@@ -232,7 +235,8 @@ class BudgetLedger:
                     uses[(spec.subject_kind, subject)] = now
 
     def _charge(self, agent: str, amount: float, now: float, task: str | None, model: str | None,
-                tenant: str | None, calls: int, at: float | None = None) -> list[BudgetEvent]:
+                tenant: str | None, calls: int, at: float | None = None,
+                only: str | None = None) -> list[BudgetEvent]:
         before = self._decision(agent, task, now).action
         if task:
             self._task_agents[task] = agent
@@ -243,6 +247,8 @@ class BudgetLedger:
                 uses[(kind, value)] = now
         events = []
         for spec in self.specs:
+            if only is not None and (spec.scope == "task") != (only == "task"):
+                continue
             if at is not None and spec.scope != "task" and self._label_at(spec, at) != self._period(spec, now)[0]:
                 continue  # spent in another period than the current one
             for subject in self._subjects(spec, agent, task, model, tenant):

@@ -202,10 +202,24 @@ class CostProcessor(Processor):
         now = self.clock()
         events: list[BudgetEvent] = []
         agents = set()
+        # A commit's charges come per trace when task budgets need it (thousands of rows): the other
+        # budgets are charged once per agent, model, tenant and minute, the task budgets once per task.
+        periods: dict[tuple[str, str, str, int], list] = {}
+        tasks: dict[tuple[str, str], list] = {}
         for agent, trace, model, tenant, usd, calls, minute in charges:
             agents.add(agent)
-            events += self.ledger.charge(agent, usd, now, task=trace, model=model or None, tenant=tenant or None,
-                                         calls=calls, at=minute * 60.0)
+            p = periods.setdefault((agent, model, tenant, minute), [0.0, 0])
+            p[0] += usd
+            p[1] += calls
+            if trace is not None:
+                t = tasks.setdefault((agent, trace), [0.0, 0, minute])
+                t[0] += usd
+                t[1] += calls
+        for (agent, model, tenant, minute), (usd, calls) in periods.items():
+            events += self.ledger.charge(agent, usd, now, model=model or None, tenant=tenant or None, calls=calls,
+                                         at=minute * 60.0, only="period" if tasks else None)
+        for (agent, trace), (usd, calls, minute) in tasks.items():
+            events += self.ledger.charge(agent, usd, now, task=trace, calls=calls, at=minute * 60.0, only="task")
         self._publish(events, now)
         if self._host is not None:
             self._host.decisions.check(agents)  # a charge that throttles or kills is announced now
