@@ -273,6 +273,8 @@ class SpanStore:
                         con.execute(attribution.overflow_statement(self.attribution)).fetchall()
                     released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
                                 if self._on_commit else rows)
+                    for sql in attribution.CLEANUP:
+                        con.execute(sql).fetchall()
                 else:
                     held, oldest, released = 0, None, rows
                     unattributed = rows.column("agent_id").null_count
