@@ -131,28 +131,28 @@ def priced(batch: pa.Table, pricer: Pricer) -> pa.Table:
     if not need.any():
         return batch
     cost = batch.column("cost_usd").to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
-    inp, out, cached = (_ints(batch.column(c)) for c in ("input_tokens", "output_tokens", "cached_tokens"))
+    rows = np.flatnonzero(need)  # only the spans to price are read further (a third of a batch, or less)
+    sub = batch.select(["provider", "model", "input_tokens", "output_tokens", "cached_tokens"]).take(rows)
+    inp, out, cached = (_ints(sub.column(c)) for c in ("input_tokens", "output_tokens", "cached_tokens"))
     # One id per (provider, model) pair, column-wise: Python then runs once per pair, not per span.
-    pair = pc.binary_join_element_wise(pc.fill_null(batch.column("provider"), ""), batch.column("model"), "\x1f")
+    pair = pc.binary_join_element_wise(pc.fill_null(sub.column("provider"), ""), sub.column("model"), "\x1f")
     if isinstance(pair, pa.ChunkedArray):
         pair = pair.combine_chunks()
     encoded = pc.dictionary_encode(pair)
     ids = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
     for k, key in enumerate(encoded.dictionary.to_pylist()):
-        mine = np.flatnonzero(need & (ids == k))
-        if not len(mine):
-            continue
+        mine = np.flatnonzero(ids == k)
         provider, _, model = key.partition("\x1f")
         price = pricer.price(provider or None, model)
         if price is None:
             continue
         if isinstance(price, LinearPrice):
             uncached = np.maximum(inp[mine] - cached[mine], 0)
-            cost[mine] = uncached * price.input + cached[mine] * price.cached + out[mine] * price.output
+            cost[rows[mine]] = uncached * price.input + cached[mine] * price.cached + out[mine] * price.output
         else:
             for i in mine:  # tiered prices: the package's own calculation
                 usage = Usage(input_tokens=int(inp[i]), output_tokens=int(out[i]), cache_read_tokens=int(cached[i]))
-                cost[i] = float(price.calc_price(usage)["total_price"])
+                cost[rows[i]] = float(price.calc_price(usage)["total_price"])
     column = pa.array(cost, pa.float64(), mask=np.isnan(cost))
     return batch.set_column(batch.schema.get_field_index("cost_usd"), "cost_usd", column)
 

@@ -237,9 +237,13 @@ class IncidentsProcessor(Stage):
             self._change(policy, transitions, now)
 
     def _policy_signals(self, rows: pa.Table) -> list[Signal]:
-        role, decision = rows.column("span_role"), pc.utf8_lower(rows.column("policy_decision"))
-        hit = pc.and_(pc.equal(role, "policy_check"), pc.is_in(decision, pa.array(self.config.policy_violations)))
-        bad = rows.filter(pc.fill_null(hit, False))
+        # Only the columns read here are filtered (the rows carry every attribute list).
+        checks = rows.select(["span_role", "policy_decision", "agent_id", "policy_name", "end_ns"])
+        checks = checks.filter(pc.fill_null(pc.equal(checks.column("span_role"), "policy_check"), False))
+        if not checks.num_rows:
+            return []
+        hit = pc.is_in(pc.utf8_lower(checks.column("policy_decision")), pa.array(self.config.policy_violations))
+        bad = checks.filter(pc.fill_null(hit, False))
         if not bad.num_rows:
             return []
         keyed = pa.table({"agent": pc.fill_null(bad.column("agent_id"), ""),
@@ -255,8 +259,9 @@ class IncidentsProcessor(Stage):
 
     def _feed_breakers(self, rows: pa.Table, now: float) -> list[tuple[tuple[str, str], Transition]]:
         cfg = self.config.breakers
-        calls = rows.filter(pc.fill_null(pc.and_(pc.is_in(rows.column("span_role"), pa.array(cfg.roles)),
-                                                 pc.is_valid(rows.column("agent_id"))), False))
+        calls = rows.select(["span_role", "agent_id", "tool_name", "status_code", "end_ns"])
+        calls = calls.filter(pc.fill_null(pc.and_(pc.is_in(calls.column("span_role"), pa.array(cfg.roles)),
+                                                  pc.is_valid(calls.column("agent_id"))), False))
         if not calls.num_rows:
             return []
         tool = pc.fill_null(calls.column("tool_name"), "") if cfg.per_tool else pa.nulls(calls.num_rows, pa.string())
