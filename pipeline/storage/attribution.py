@@ -7,7 +7,8 @@ span when it ends, so children usually arrive *before* their parent, in other re
 through other worker processes.  Attribution therefore runs in the store's insert transaction
 (after the durable point, on one writer), before every rollup:
 
-1. ``_incoming`` = the batch being inserted plus the spans still *held* from earlier batches.
+1. ``_incoming`` = the batch being inserted plus the spans still *held* from earlier batches whose
+   trace got new spans now or whose wait is over (no other held span can change).
 2. For each span without an agent, walk up the parent chain (a recursive query) through
    ``_incoming`` and the spans committed in the last ``lookback`` (read by ``received_ns``, which
    DuckDB prunes by zone maps), and stop at the first ancestor with an agent.
@@ -64,8 +65,11 @@ def statements(settings: AttributionSettings, now_ns: int) -> list[str]:
     expire_ns = now_ns - int(settings.wait * 1e9)
     inherit = ", ".join(f"coalesce(i.{c}, s.{c}) AS {c}" for c in INHERITED[1:])
     return [
+        # Of the held spans, only those whose trace got spans now (a missing ancestor may have come)
+        # or whose wait is over can change: the work is the batch's, not the backlog's.
         f"CREATE OR REPLACE TEMP TABLE _incoming AS SELECT *, {now_ns}::BIGINT AS received_ns FROM _in "
-        "UNION ALL BY NAME SELECT * FROM held_spans",
+        "UNION ALL BY NAME SELECT * FROM held_spans WHERE trace_id IN (SELECT trace_id FROM _in) "
+        f"OR received_ns <= {expire_ns}",
         # Everything an ancestor can be: this transaction's spans and the recently committed ones of
         # the same traces.
         f"CREATE OR REPLACE TEMP TABLE _nodes AS SELECT DISTINCT ON (trace_id, span_id) * FROM ("
@@ -87,7 +91,8 @@ SELECT l.trace_id, l.span_id,
        ELSE 'wait' END AS verdict,
   {", ".join(f"n.{c}" for c in INHERITED)}
 FROM last l LEFT JOIN _nodes n ON n.trace_id = l.trace_id AND n.span_id = l.up""",
-        "DELETE FROM held_spans",
+        "DELETE FROM held_spans USING _incoming i WHERE held_spans.trace_id = i.trace_id "
+        "AND held_spans.span_id = i.span_id",
         f"""INSERT INTO held_spans BY NAME SELECT i.* FROM _incoming i
 JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
 WHERE i.agent_id IS NULL AND s.verdict = 'wait' AND i.received_ns > {expire_ns}""",

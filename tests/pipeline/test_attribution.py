@@ -192,3 +192,22 @@ def test_an_agent_named_only_on_its_own_span_is_identified_by_name_and_children_
     assert agents(store) == {"00000000000000a1": "Planner", "00000000000000b1": "asst_1",
                              "00000000000000b2": "asst_1"}
     store.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees(), trees(), st.randoms(use_true_random=False))
+def test_held_spans_of_a_trace_that_gets_nothing_new_stay_held_and_resolve_when_it_does(
+        tmp_path_factory, first, second, rnd):
+    """Two traces whose batches interleave: a held span is re-examined only when its own trace gets
+    spans (or its wait ends), and still ends with its nearest ancestor's agent."""
+    (b1, e1), (b2, e2) = first, second
+    other = "f" * 32
+    b2 = [[{**r, "trace_id": other} for r in rows] for rows in b2]
+    merged = b1 + b2
+    rnd.shuffle(merged)
+    store = open_store(tmp_path_factory.mktemp("attr2"))
+    for rows in merged:
+        store.append(batch(*rows))
+    got = dict(((t, s), a) for t, s, a in store.read("SELECT trace_id, span_id, agent_id FROM spans"))
+    assert got == {**{(T, k): v for k, v in e1.items()}, **{(other, k): v for k, v in e2.items()}}
+    store.close()
