@@ -7,10 +7,10 @@ span when it ends, so children usually arrive *before* their parent, in other re
 through other worker processes.  Attribution therefore runs in the store's insert transaction
 (after the durable point, on one writer), before every rollup:
 
-1. ``_incoming`` = the batch being inserted plus the spans still *held* from earlier batches whose
-   trace got new spans now or whose wait is over (no other held span can change).
+1. The batch being inserted (read where it lies) plus the spans still *held* from earlier batches
+   whose trace got new spans now or whose wait is over (no other held span can change).
 2. For each span without an agent, walk up the parent chain (a recursive query) through
-   ``_incoming`` and the spans committed in the last ``lookback`` (read by ``received_ns``, which
+   the batch, those held spans and the spans committed in the last ``lookback`` (read by ``received_ns``, which
    DuckDB prunes by zone maps), and stop at the first ancestor with an agent.
 3. Verdicts: **resolved** (an ancestor with an agent: its identity fills the span's empty
    columns); **root** (the chain ends at a root with no agent: nothing will come); **wait** (a
@@ -49,6 +49,7 @@ class AttributionSettings:
 HELD_DDL = "CREATE TABLE IF NOT EXISTS held_spans AS SELECT * FROM span_rows LIMIT 0"
 
 _IDS = "trace_id, span_id, parent_span_id, " + ", ".join(INHERITED)
+_REST = ", ".join(f"{c} := {c}" for c in ("parent_span_id", *INHERITED))
 
 
 def _fallback(settings: AttributionSettings) -> str:
@@ -64,50 +65,55 @@ def statements(settings: AttributionSettings, now_ns: int) -> list[str]:
     lookback_ns = now_ns - int(settings.lookback * 1e9)
     expire_ns = now_ns - int(settings.wait * 1e9)
     inherit = ", ".join(f"coalesce(i.{c}, s.{c}) AS {c}" for c in INHERITED[1:])
+    both = f"(SELECT *, {now_ns}::BIGINT AS received_ns FROM _in UNION ALL BY NAME SELECT * FROM _held)"
     return [
         # Of the held spans, only those whose trace got spans now (a missing ancestor may have come)
-        # or whose wait is over can change: the work is the batch's, not the backlog's.
-        f"CREATE OR REPLACE TEMP TABLE _incoming AS SELECT *, {now_ns}::BIGINT AS received_ns FROM _in "
-        "UNION ALL BY NAME SELECT * FROM held_spans WHERE trace_id IN (SELECT trace_id FROM _in) "
-        f"OR received_ns <= {expire_ns}",
+        # or whose wait is over can change: the work is the batch's, not the backlog's.  The batch
+        # itself is read where it lies (``_in``); only what is released or held is copied.
+        f"CREATE OR REPLACE TEMP TABLE _held AS SELECT * FROM held_spans WHERE trace_id IN "
+        f"(SELECT trace_id FROM _in) OR received_ns <= {expire_ns}",
+        "CREATE OR REPLACE TEMP TABLE _cand AS SELECT trace_id, span_id, parent_span_id FROM _in "
+        "WHERE agent_id IS NULL UNION ALL SELECT trace_id, span_id, parent_span_id FROM _held",
         # Everything an ancestor can be: this transaction's spans and the recently committed ones of
         # the same traces.
-        f"CREATE OR REPLACE TEMP TABLE _nodes AS SELECT DISTINCT ON (trace_id, span_id) * FROM ("
-        f"SELECT {_IDS} FROM _incoming UNION ALL SELECT {_IDS} FROM span_rows WHERE received_ns >= {lookback_ns} "
-        "AND trace_id IN (SELECT trace_id FROM _incoming WHERE agent_id IS NULL)) "
-        "ORDER BY trace_id, span_id, agent_id NULLS LAST",
+        # One row per span (a retried span may come twice): a hash aggregate, the copy with an agent first.
+        f"CREATE OR REPLACE TEMP TABLE _nodes AS SELECT trace_id, span_id, unnest(arg_max(struct_pack("
+        f"{_REST}), agent_id IS NOT NULL)) FROM (SELECT {_IDS} FROM _in UNION ALL SELECT {_IDS} FROM _held "
+        f"UNION ALL SELECT {_IDS} FROM span_rows WHERE received_ns >= {lookback_ns} "
+        "AND trace_id IN (SELECT trace_id FROM _cand)) GROUP BY trace_id, span_id",
         # Walk up from each span without an agent; `up` is the next ancestor to look at.
         f"""CREATE OR REPLACE TEMP TABLE _verdicts AS
 WITH RECURSIVE walk(trace_id, span_id, up, depth) AS (
-  SELECT DISTINCT trace_id, span_id, parent_span_id, 0 FROM _incoming WHERE agent_id IS NULL
+  SELECT DISTINCT trace_id, span_id, parent_span_id, 0 FROM _cand
   UNION ALL
   SELECT w.trace_id, w.span_id, n.parent_span_id, w.depth + 1 FROM walk w
   JOIN _nodes n ON n.trace_id = w.trace_id AND n.span_id = w.up
   WHERE n.agent_id IS NULL AND w.depth < {MAX_DEPTH}),
-last AS (SELECT DISTINCT ON (trace_id, span_id) * FROM walk ORDER BY trace_id, span_id, depth DESC)
+last AS (SELECT trace_id, span_id, arg_max(up, depth) AS up, max(depth) AS depth FROM walk
+          GROUP BY trace_id, span_id)
 SELECT l.trace_id, l.span_id,
   CASE WHEN n.agent_id IS NOT NULL THEN 'resolved'
        WHEN coalesce(l.up, '') = '' OR n.span_id IS NOT NULL OR l.depth >= {MAX_DEPTH} THEN 'root'
        ELSE 'wait' END AS verdict,
   {", ".join(f"n.{c}" for c in INHERITED)}
 FROM last l LEFT JOIN _nodes n ON n.trace_id = l.trace_id AND n.span_id = l.up""",
-        "DELETE FROM held_spans USING _incoming i WHERE held_spans.trace_id = i.trace_id "
-        "AND held_spans.span_id = i.span_id",
-        f"""INSERT INTO held_spans BY NAME SELECT i.* FROM _incoming i
-JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
-WHERE i.agent_id IS NULL AND s.verdict = 'wait' AND i.received_ns > {expire_ns}""",
         f"""CREATE OR REPLACE TEMP TABLE _ready AS
 SELECT i.* REPLACE (coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) AS agent_id, {inherit})
-FROM _incoming i LEFT JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
+FROM {both} i LEFT JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
 WHERE i.agent_id IS NOT NULL OR s.verdict IS DISTINCT FROM 'wait' OR i.received_ns <= {expire_ns}""",
+        "DELETE FROM held_spans USING _held h WHERE held_spans.trace_id = h.trace_id "
+        "AND held_spans.span_id = h.span_id",
+        f"""INSERT INTO held_spans BY NAME SELECT i.* FROM {both} i
+JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
+WHERE i.agent_id IS NULL AND s.verdict = 'wait' AND i.received_ns > {expire_ns}""",
         "CREATE OR REPLACE TEMP VIEW _batch AS SELECT * FROM _ready",
     ]
 
 
 # Dropped before the commit: temporary tables live in DuckDB's buffer pool (48 MB by default), and
 # a 16k-span batch with its attributes is a good part of it.
-CLEANUP = ("DROP VIEW IF EXISTS _batch", "DROP TABLE IF EXISTS _ready", "DROP TABLE IF EXISTS _incoming",
-           "DROP TABLE IF EXISTS _nodes", "DROP TABLE IF EXISTS _verdicts")
+CLEANUP = ("DROP VIEW IF EXISTS _batch", "DROP TABLE IF EXISTS _ready", "DROP TABLE IF EXISTS _held",
+           "DROP TABLE IF EXISTS _cand", "DROP TABLE IF EXISTS _nodes", "DROP TABLE IF EXISTS _verdicts")
 
 
 def direct_statement(now_ns: int) -> str:
