@@ -44,6 +44,9 @@ class DuckDBExporter(Exporter):
         host.provide(SpanStoreCapability, self.id, self.store)
         t = self.settings.telemetry
         t.exporter_queue.labels(str(self.id)).set_function(lambda: self.store.pending_spans if self.store else 0)
+        t.attribution_held.labels(str(self.id)).set_function(lambda: self.store.held_spans if self.store else 0)
+        t.attribution_unattributed.labels(str(self.id)).set_function(
+            lambda: self.store.unattributed_spans if self.store else 0)
         t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
                                                            if self.config.spool.enabled else 0)
         self._timer.start()

@@ -71,6 +71,12 @@ class Telemetry:
         self.exporter_queue = Gauge(
             "agent_sre_exporter_queue_size", "Spans an exporter has accepted durably but not yet delivered "
             "(the duckdb exporter: spooled, not yet inserted).", ["exporter"], registry=r)
+        self.attribution_held = Gauge(
+            "agent_sre_attribution_held_spans", "Spans without an agent waiting in the store for an ancestor "
+            "that has one.", ["exporter"], registry=r)
+        self.attribution_unattributed = Gauge(
+            "agent_sre_attribution_unattributed_spans", "Spans released without any agent since start (their "
+            "trace named none and their service has no name).", ["exporter"], registry=r)
         self.exporter_queue_capacity = Gauge(
             "agent_sre_exporter_queue_capacity", "Spans the exporter's queue holds before it refuses.",
             ["exporter"], registry=r)

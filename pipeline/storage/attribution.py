@@ -17,7 +17,7 @@ through other worker processes.  Attribution therefore runs in the store's inser
    parent is not here yet).  A span waits at most ``wait`` from its receipt, then is released
    with what it has.  Released spans without an agent fall back to their resource's
    ``service.name`` (unless it is the SDK's ``unknown_service…``), else stay unattributed
-   (``agent_id`` NULL, shown as ``(unattributed)`` and counted).
+   (``agent_id`` NULL; counted in ``agent_sre_attribution_unattributed_spans``).
 4. Released spans go to ``span_rows`` and are what every rollup, budget, breaker and SLI of this
    transaction sees (``_batch``); waiting spans go to ``held_spans`` (queried through the ``spans``
    view like any other).  Both in the same transaction as the spool position, so a crash and a

@@ -535,6 +535,11 @@ class SpanStore:
                 self._cond.wait(left)
 
     @property
+    def held_spans(self) -> int:
+        """Spans without an agent waiting for an ancestor (as of the last insert)."""
+        return self._held
+
+    @property
     def pending_spans(self) -> int:
         return self._pending_rows if self._spool is not None else 0
 

@@ -106,6 +106,11 @@ def test_the_embedded_default_runs_the_whole_loop_for_an_agent_named_only_on_its
         assert set(slos) == {"task-success", "tool-accuracy", "latency"}
         assert (slos["tool-accuracy"]["events"], slos["tool-accuracy"]["bad_events"]) == (6, 6)
         assert slos["task-success"]["events"] == 1
+        # Nothing waits for an ancestor and nothing stayed unattributed (the pipeline's own metrics).
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=10) as r:
+            own = r.read().decode()
+        assert 'agent_sre_attribution_held_spans{exporter="duckdb"} 0.0' in own
+        assert 'agent_sre_attribution_unattributed_spans{exporter="duckdb"} 0.0' in own
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
