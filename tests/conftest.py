@@ -144,6 +144,17 @@ def pipeline(start_pipeline) -> RunningPipeline:
     return start_pipeline()
 
 
+def eventually(check, timeout: float = 30.0, interval: float = 0.2):
+    """``check()``'s first truthy answer within ``timeout`` seconds, else its last (falsy) answer: for
+    what the pipeline does after the commit (rollups, breakers, alerts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer or time.monotonic() > deadline:
+            return answer
+        time.sleep(interval)
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from tests.conftest import Ports, wait_http
+from tests.conftest import Ports, eventually, wait_http
 
 CLI = [sys.executable, "-m", "agent_sre.pipeline.cli"]
 AGENT = "triage-bot"
@@ -51,16 +50,6 @@ def query(ports: Ports, sql: str) -> list[list]:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())["rows"]
-
-
-def eventually(check, timeout: float = 20.0):
-    """``check()``'s first truthy answer within ``timeout`` seconds (the loop works after the commit)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.2)
 
 
 def run_agent(port: int, failures: int) -> None:

@@ -15,19 +15,10 @@ import pytest
 from agent_sre.exporters.alerting.notifier import Notification
 from agent_sre.pipeline.service import Service
 from agent_sre.pipeline.service.config import parse_config
-from tests.conftest import Ports, free_port, pipeline_yaml, wait_http
+from tests.conftest import Ports, eventually, free_port, pipeline_yaml, wait_http
 from tests.exporters.alerting.test_channels import FIRING, Recorder, channel, server  # noqa: F401 - fixture
 from tests.processors.sli.test_sli import MINUTE, T0, TOOL, spans
 from tests.processors.slo.test_slo_processor import SLO_YAML
-
-
-def _until(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def _alertmanager_binary() -> str:
@@ -68,16 +59,16 @@ receivers:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/alerts", timeout=10) as r:
                 return [a for a in json.loads(r.read()) if a["labels"].get("slo") == "tools"]
 
-        (alert,) = _until(listed)
+        (alert,) = eventually(listed)
         assert alert["status"]["state"] == "active" and alert["labels"]["rule"] == "page:14.4x:1h/5m"
-        got = _until(lambda: [r["json"] for r in rec.requests if r["path"] == "/am"])
+        got = eventually(lambda: [r["json"] for r in rec.requests if r["path"] == "/am"])
         assert got and got[0]["status"] == "firing" and got[0]["alerts"][0]["labels"]["agent_id"] == "a1"
 
         resolved = replace(firing, state="resolved", ended_ns=time.time_ns())
         exporter.deliver(Notification("g", {"slo": "tools", "agent_id": "a1"}, [resolved]))
-        done = _until(lambda: [r["json"] for r in rec.requests if r["path"] == "/am" and r["json"]["status"] == "resolved"])
+        done = eventually(lambda: [r["json"] for r in rec.requests if r["path"] == "/am" and r["json"]["status"] == "resolved"])
         assert done and done[0]["alerts"][0]["status"] == "resolved"
-        assert _until(lambda: not listed())
+        assert eventually(lambda: not listed())
     finally:
         am.terminate()
         am.wait(timeout=30)
@@ -102,7 +93,7 @@ def test_an_slo_alert_travels_the_events_pipeline_to_a_channel(server, tmp_path)
                             + [(TOOL, False, 2)] * 90 + [(TOOL, True, 2)] * 10), "test")
         slo.clock = lambda: (T0 + 3 * MINUTE) / 1e9  # burn 5 over 2m, 3.67 over 5m: the 2x page fires
         slo.report()
-        got = _until(lambda: [r["json"] for r in rec.requests if r["path"] == "/events"])
+        got = eventually(lambda: [r["json"] for r in rec.requests if r["path"] == "/events"])
         assert got and got[0]["status"] == "firing"
         (alert,) = got[0]["alerts"]
         assert alert["labels"] == {"alertname": "AgentSloBurnRate", "slo": "tools", "sli": "tool_call_accuracy",
@@ -111,7 +102,7 @@ def test_an_slo_alert_travels_the_events_pipeline_to_a_channel(server, tmp_path)
         ingest.export(spans([(TOOL, False, m) for m in (3, 4) for _ in range(100)]), "test")
         slo.clock = lambda: (T0 + 5 * MINUTE) / 1e9
         slo.report()
-        done = _until(lambda: [r["json"] for r in rec.requests if r["path"] == "/events"
+        done = eventually(lambda: [r["json"] for r in rec.requests if r["path"] == "/events"
                                and r["json"]["status"] == "resolved"])
         assert done and done[0]["alerts"][0]["fingerprint"] == alert["fingerprint"]
     finally:
