@@ -28,10 +28,6 @@ from agent_sre.pipeline.cli.common import (
 )
 
 TRANSITIONS = ("ack", "investigate", "mitigate", "resolve")
-# The columns and limit of IncidentsProcessor.list (GET /v1/incidents): the same rows from the file.
-LIST_COLUMNS = ("id", "agent_id", "title", "priority", "state", "opened_ns", "updated_ns", "resolved_ns",
-                "last_signal_ns", "signals", "duplicates")
-LIST_LIMIT = 100
 
 
 def _quoted(incident_id: str) -> str:
@@ -91,7 +87,7 @@ def _transition(args: argparse.Namespace, cfg, action: str) -> int:
 
 def _from_file(cfg, db: str | None, action: str, args: argparse.Namespace) -> dict:
     """What GET /v1/incidents[/{id}] answers, from the stopped pipeline's file."""
-    from agent_sre.processors.incidents.factory import incident_detail
+    from agent_sre.processors.incidents.factory import incident_detail, incident_list
 
     try:
         con = open_store(cfg, db)
@@ -109,10 +105,7 @@ def _from_file(cfg, db: str | None, action: str, args: argparse.Namespace) -> di
             if body is None:
                 raise CliError(f"no incident {args.id!r}")
             return body
-        where = "" if args.all else "WHERE state <> 'resolved'"
-        return {"incidents": [dict(zip(LIST_COLUMNS, r, strict=True)) for r in read(
-            f"SELECT {', '.join(LIST_COLUMNS)} FROM incidents {where} ORDER BY opened_ns DESC LIMIT ?",
-            [LIST_LIMIT])]}
+        return {"incidents": incident_list(read, args.all)}
     except duckdb.CatalogException:
         raise CliError("the store has no incidents (no incidents processor has run on it)") from None
     finally:

@@ -359,11 +359,7 @@ class IncidentsProcessor(Stage):
     # --- the incident API (admin extension, CLI) --------------------------------------------
 
     def list(self, include_resolved: bool = False, limit: int = 100) -> list[dict]:
-        where = "" if include_resolved else "WHERE state <> 'resolved'"
-        cols = ("id", "agent_id", "title", "priority", "state", "opened_ns", "updated_ns", "resolved_ns",
-                "last_signal_ns", "signals", "duplicates")
-        return [dict(zip(cols, r, strict=True)) for r in self._store.read(
-            f"SELECT {', '.join(cols)} FROM incidents {where} ORDER BY opened_ns DESC LIMIT ?", [limit])]
+        return incident_list(self._store.read, include_resolved, limit)
 
     def show(self, incident_id: str) -> dict | None:
         return incident_detail(self._store.read, incident_id)
@@ -390,6 +386,16 @@ class IncidentsProcessor(Stage):
         return [f"incidents: correlation {self.config.correlation_window:g}s, dedup {self.config.dedup_window:g}s"
                 + breakers]
 
+
+
+def incident_list(read: Callable[..., list[tuple]], include_resolved: bool = False, limit: int = 100) -> list[dict]:
+    """The newest incidents (open ones only unless ``include_resolved``): ``GET /v1/incidents`` and
+    ``agent-sre incidents list`` on a stopped pipeline's file alike."""
+    where = "" if include_resolved else "WHERE state <> 'resolved'"
+    cols = ("id", "agent_id", "title", "priority", "state", "opened_ns", "updated_ns", "resolved_ns",
+            "last_signal_ns", "signals", "duplicates")
+    return [dict(zip(cols, r, strict=True)) for r in read(
+        f"SELECT {', '.join(cols)} FROM incidents {where} ORDER BY opened_ns DESC LIMIT ?", [limit])]
 
 
 def incident_detail(read: Callable[..., list[tuple]], incident_id: str) -> dict | None:
