@@ -1,6 +1,6 @@
 """Decisions benchmark: GET /v1/decisions/{agent_id} latency at a steady request rate.
 
-Starts `agent-sre run` on the embedded default config plus the `cost` processor with a daily
+Starts `agent-sre run` on config/store-only.yaml plus the `cost` processor with a daily
 budget and the `incidents` processor (so the decisions board combines both); sends spans of
 ``--agents`` agents (LLM calls with costs: budget accounts; failing tool calls: open breakers),
 then, while a background client keeps sending spans (``--ingest`` spans/s), a local client

@@ -1,7 +1,7 @@
 """Fan-out benchmark: committed spans/s with 1, 3 and 6 exporters on, and with one blackholed;
 the pipeline's peak RSS when that exporter's queue is full.
 
-Every run is `agent-sre run` on the embedded default config (duckdb, the durable point) plus N
+Every run is `agent-sre run` on config/store-only.yaml (duckdb, the durable point) plus N
 `otlphttp` exporters (protobuf, gzip) to local sinks (another process that reads each request and
 answers 200), loaded with gRPC at max rate as bench/ingest.py does (2 client processes x 4
 senders, 512-span requests); and once with the `file` exporter alone (OTLP/JSON lines).  "Blackholed" is 3 exporters of which one
@@ -53,7 +53,7 @@ def _serve_sinks(ports: list[int], blackhole: int | None, ready) -> None:
 
 
 def config(sink_ports: list[int], blackhole: int | None, file_dir: str, with_file: bool) -> str:
-    text = (Path(__file__).resolve().parent.parent / "config" / "default.yaml").read_text()
+    text = (Path(__file__).resolve().parent.parent / "config" / "store-only.yaml").read_text()
     names = ["duckdb"]
     blocks = []
     targets = [(f"otlphttp/s{i}", p) for i, p in enumerate(sink_ports)]
@@ -66,7 +66,7 @@ def config(sink_ports: list[int], blackhole: int | None, file_dir: str, with_fil
         blocks.append(f"  file:\n    path: {file_dir}/traces.jsonl\n    rotation: {{max_megabytes: 200, max_backups: 1}}\n")
         names.append("file")
     if "exporters: [duckdb]" not in text or "\nextensions:" not in text:
-        raise SystemExit("config/default.yaml changed shape; update bench/fanout.py")
+        raise SystemExit("config/store-only.yaml changed shape; update bench/fanout.py")
     text = text.replace("\nextensions:", "\n" + "".join(blocks) + "\nextensions:", 1)
     return text.replace("exporters: [duckdb]", f"exporters: [{', '.join(names)}]", 1)  # the traces pipeline
 

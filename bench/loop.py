@@ -3,8 +3,8 @@
 Runs `agent-sre run` twice on the same load (bench/agent_spans.py: 10 agents, 2 % failed spans, so
 the breakers do open and incidents do open — the slow paths run, not only the fast ones):
 
-  1. the embedded default config;
-  2. the embedded default plus `cost` (a daily budget per agent and a monthly one for the org),
+  1. config/store-only.yaml;
+  2. config/store-only.yaml plus `cost` (a daily budget per agent and a monthly one for the org),
      `anomaly` (all four series, evaluated every 5 s) and `incidents` (breakers on tool and LLM
      spans);
 
@@ -22,7 +22,14 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.ingest import phase_args, run_phase, start_pipeline, stop_pipeline, store_only_with  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    CONFIG,
+    phase_args,
+    run_phase,
+    start_pipeline,
+    stop_pipeline,
+    store_only_with,
+)
 
 LOOP_STAGES = """  cost:
     budgets:
@@ -37,14 +44,14 @@ LOOP_STAGES = """  cost:
 def main() -> None:
     args = phase_args(__doc__)
     results = {}
-    for name, config in (("without (embedded default)", None),
+    for name, config in (("without (store-only)", (CONFIG / "store-only.yaml").read_text()),
                          ("with cost + anomaly + incidents", store_only_with(LOOP_STAGES,
                                                                                  ["cost", "anomaly", "incidents"]))):
         p = start_pipeline(config)
         try:
             common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
             results[name] = run_phase(f"gRPC max rate, {name}", "grpc", p["grpc"], *common)["committed_spans_per_s"]
-            if config is not None:
+            if name.startswith("with "):  # the loop's own state under load
                 with urllib.request.urlopen(f"http://127.0.0.1:{p['admin']}/v1/incidents?all=true", timeout=30) as r:
                     incidents = json.loads(r.read())["incidents"]
                 with urllib.request.urlopen(f"http://127.0.0.1:{p['admin']}/v1/decisions", timeout=30) as r:
