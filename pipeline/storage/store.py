@@ -383,8 +383,12 @@ class SpanStore:
         self._finalized_at = time.monotonic()
 
     def finalize_tasks(self, now_ns: int | None = None) -> None:
-        """Count every task whose trace has been quiet for the grace period (task-scope SLIs)."""
+        """Count every task whose trace has been quiet for the grace period (task-scope SLIs).  Without
+        ``now_ns``, nothing is done if an insert transaction did it less than ``_FINALIZE_EVERY_S`` ago:
+        the SLO and anomaly stages ask every second, for the case with no traffic."""
         if self._finalize is None:
+            return
+        if now_ns is None and time.monotonic() - self._finalized_at < _FINALIZE_EVERY_S:
             return
         self.sync()
         with self._lock:
