@@ -11,13 +11,15 @@ every ack is appended to an ack log the same way.  At start, every record not ac
 again, oldest first (so an item taken but not acked when the process died is sent again: at least
 once).  On disk, in ``DIR``:
 
-    <first seq, 20 digits>.q    records: MAGIC | seq u64 | length u32 | crc32 u32 | Arrow IPC stream
+    <first seq, 20 digits>.q    checksummed records, each an Arrow IPC stream (the pipeline's segment
+                                log, shared with the span store's spool: pipeline/storage/segmentlog.py)
     acks                        acked seqs, u64 each
 
-A record whose checksum does not match (a corrupt entry) is skipped and counted, and reading
-resumes at the next record marker; a torn record at the end of a segment (a crash mid-write, never
-acknowledged) ends the segment.  A segment is deleted once every record in it is acked; the ack log
-is rewritten when it has grown past what is still pending.
+A record whose checksum does not match (a corrupt entry) is skipped and counted, reading resumes at
+the next record marker, and the damaged segment is copied to ``DIR/quarantine/`` (never deleted); a
+torn record at the end of the last segment (a crash mid-write, never acknowledged) ends it.  A
+segment is deleted once every record in it is acked; the ack log is rewritten when it has grown past
+what is still pending.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import logging
 import os
 import struct
 import threading
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,13 +35,18 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from agent_sre.pipeline.storage.spool import fsync_dir
+from agent_sre.pipeline.storage.segmentlog import (
+    SegmentWriter,
+    decode_table,
+    encode_table,
+    fsync_dir,
+    quarantine,
+    scan_all,
+)
 
 log = logging.getLogger("agent_sre.exporter.queue")
 
 SIZERS = ("requests", "items", "bytes")
-MAGIC = b"ASQ1"
-_HEADER = struct.Struct("<4sQII")  # magic, seq, payload length, crc32
 _ACK = struct.Struct("<Q")
 SUFFIX = ".q"
 
@@ -64,15 +70,11 @@ def _size(sizer: str, rows: int, nbytes: int) -> int:
     return 1 if sizer == "requests" else rows if sizer == "items" else nbytes
 
 
-def serialize(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+serialize = encode_table
 
 
 def deserialize(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+    return decode_table(pa.py_buffer(payload))
 
 
 class _Queue:
@@ -152,6 +154,7 @@ class _Segment:
     path: Path
     live: set[int] = field(default_factory=set)  # seqs in it not acked yet
     closed: bool = False
+    first: int = 0  # the seq in its name: its first record's
     last: int = 0  # the highest seq written to it
 
 
@@ -175,7 +178,7 @@ class PersistentQueue(_Queue):
         self._seq = 0
         self._acked_since_rewrite = 0
         self._recover()
-        self._file = None
+        self._writer = SegmentWriter(self.directory, SUFFIX, segment_bytes, fsync)
         self._current: _Segment | None = None
         self._acks = open(self.directory / "acks", "ab")
 
@@ -183,9 +186,17 @@ class PersistentQueue(_Queue):
 
     def _recover(self) -> None:
         acked = _read_acks(self.directory / "acks")
-        for path in sorted(p for p in self.directory.iterdir() if p.suffix == SUFFIX and p.stem.isdigit()):
-            seg = self._segments[path] = _Segment(path, closed=True)
-            for item in self._scan(path):
+        # Segments are deleted whenever all their records are acked, not oldest first: gaps are normal.
+        for scanned in scan_all(self.directory, SUFFIX, contiguous=False):
+            path = scanned.path
+            if scanned.problems:
+                self.corrupt += len(scanned.problems)
+                where = quarantine(path, scanned.problems)
+                for problem in scanned.problems:
+                    log.error("persistent queue %s: segment %s: %s; what is readable is sent, a copy is kept in %s",
+                              self.directory, path.name, problem, where)
+            seg = self._segments[path] = _Segment(path, closed=True, first=int(path.stem))
+            for item in self._items_of(scanned.records):
                 self._seq = max(self._seq, item.seq)
                 seg.last = max(seg.last, item.seq)
                 if item.seq in acked:
@@ -202,40 +213,16 @@ class PersistentQueue(_Queue):
                      len(self._items), sum(i.rows for i in self._items))
         self._rewrite_acks()
 
-    def _scan(self, path: Path) -> Iterator[Item]:
-        data = path.read_bytes()
-        pos = 0
-        while pos + _HEADER.size <= len(data):
-            magic, seq, length, crc = _HEADER.unpack_from(data, pos)
-            start = pos + _HEADER.size
-            if magic != MAGIC:
-                nxt = data.find(MAGIC, pos + 1)
-                if nxt < 0:
-                    return
-                pos = nxt
-                continue
-            if start + length > len(data):
-                return  # torn at the end: written by a crash, never acknowledged
-            payload = data[start:start + length]
-            if zlib.crc32(payload) != crc:
-                self.corrupt += 1
-                log.error("persistent queue %s: a corrupt record (seq %d) in %s is skipped", self.directory, seq,
-                          path.name)
-                nxt = data.find(MAGIC, pos + 1)
-                if nxt < 0:
-                    return
-                pos = nxt
-                continue
+    def _items_of(self, records) -> Iterator[Item]:
+        for rec in records:
             try:
-                rows = _rows_of(payload)
+                rows = _rows_of(rec.read())
             except (pa.ArrowInvalid, OSError) as exc:
                 self.corrupt += 1
-                log.error("persistent queue %s: record %d in %s does not decode (%s); skipped", self.directory, seq,
-                          path.name, exc)
-                pos = start + length
+                log.error("persistent queue %s: record %d in %s does not decode (%s); skipped", self.directory,
+                          rec.seq, rec.path.name, exc)
                 continue
-            yield Item(seq, rows, length, None, path, start, length)
-            pos = start + length
+            yield Item(rec.seq, rows, rec.length, None, rec.path, rec.offset, rec.length)
 
     # --- the queue ---------------------------------------------------------------------
 
@@ -247,46 +234,25 @@ class PersistentQueue(_Queue):
                 raise QueueFull("the queue is closed")
             if self._used + size > self.capacity and (self._items or self._in_flight):
                 raise QueueFull(f"sending queue is full ({self._used} of {self.capacity} {self.sizer})")
-            self._seq += 1
-            seq = self._seq
-            seg = self._writable()
-            offset = self._file.tell()
-            try:
-                self._file.write(_HEADER.pack(MAGIC, seq, len(payload), zlib.crc32(payload)) + payload)
-                self._file.flush()
-                if self.fsync:
-                    os.fdatasync(self._file.fileno())
-            except OSError:
-                self._abandon(offset)  # not taken: cut it off and never write after it
-                raise
+            seq = self._seq + 1
+            rec = self._writer.append(seq, payload)  # OSError: not taken (nothing of it stays)
+            self._seq = seq
+            seg = self._segments.get(rec.path)
+            if seg is None:
+                self._close_current()
+                seg = self._current = self._segments[rec.path] = _Segment(rec.path, first=seq)
             seg.live.add(seq)
             seg.last = seq
-            item = Item(seq, table.num_rows, len(payload), None, seg.path, offset + _HEADER.size, len(payload))
+            item = Item(seq, table.num_rows, len(payload), None, rec.path, rec.offset, rec.length)
             self._items.append(item)
             self._used += size
             self._cond.notify()
 
-    def _writable(self) -> _Segment:
-        if self._current is None or self._file.tell() >= self.segment_bytes:
-            if self._current is not None:
-                self._file.close()
-                self._current.closed = True
-                self._drop_if_done(self._current)
-            path = self.directory / f"{self._seq:020d}{SUFFIX}"
-            self._file = open(path, "ab")
-            self._current = self._segments[path] = _Segment(path)
-            fsync_dir(self.directory)
-        return self._current
-
-    def _abandon(self, offset: int) -> None:
-        try:
-            os.ftruncate(self._file.fileno(), offset)
-            self._file.close()
-        except (OSError, ValueError):
-            pass
-        assert self._current is not None
-        self._current.closed = True
-        self._current = self._file = None
+    def _close_current(self) -> None:
+        if self._current is not None:
+            self._current.closed = True
+            self._drop_if_done(self._current)
+        self._current = None
 
     def get(self, timeout: float | None = None) -> Item | None:
         item = self._take(timeout)
@@ -342,17 +308,15 @@ class PersistentQueue(_Queue):
 
     @staticmethod
     def _records_acked(seg: _Segment) -> set[int]:
-        """Seqs in ``seg`` that are acked: its records (seqs after the one in its name, up to the last
+        """Seqs in ``seg`` that are acked: its records (seqs from the one in its name up to the last
         written; one writer hands them out in order) that are neither pending nor in flight."""
-        return set(range(int(seg.path.stem) + 1, seg.last + 1)) - seg.live
+        return set(range(seg.first, seg.last + 1)) - seg.live
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._writer.close()
             self._acks.close()
 
 

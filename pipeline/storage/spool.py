@@ -1,4 +1,4 @@
-"""The span store's write-ahead spool: an append-only log of Arrow batches on disk.
+"""The span store's write-ahead spool: a segment log (segmentlog.py) of Arrow batches on disk.
 
 Why it exists: a DuckDB commit costs a few milliseconds however small it is,
 and its per-row cost falls as batches grow, but the group commit in front of
@@ -9,11 +9,10 @@ spool into DuckDB in large transactions behind it.  Each batch carries a
 sequence number; the store records the last applied one in DuckDB in the same
 transaction as the rows, so replay after a crash is exactly once.
 
-On disk: ``DIR/<first seq, 20 digits>.arrows``, each an Arrow IPC stream whose
-record batches carry ``{"seq": "<n>"}`` as custom metadata.  Only the segment
-being written can end in a torn message (a crash mid-write, never
-acknowledged); readers stop there, and a reopened spool never appends to an
-old segment.
+On disk: ``DIR/<first seq, 20 digits>.spool``, checksummed records each holding one batch as an
+Arrow IPC stream.  ``recover`` reads them back and says truthfully what could not be read (see
+segmentlog.py); damaged segments are copied to ``DIR/quarantine/``, never deleted.  Spools of
+older versions (``.arrows``: one IPC stream per segment, no checksums) are still read.
 """
 
 from __future__ import annotations
@@ -21,15 +20,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 
+from agent_sre.pipeline.storage.segmentlog import (
+    SegmentWriter,
+    decode_table,
+    encode_table,
+    fsync_dir,
+    quarantine,
+    scan_all,
+)
+
 log = logging.getLogger("agent_sre.spool")
 
-SUFFIX = ".arrows"
+SUFFIX = ".spool"
+LEGACY_SUFFIX = ".arrows"
 _SEQ_KEY = b"seq"
 
 
@@ -41,134 +49,140 @@ class SpooledBatch:
     seq: int
     path: Path
     offset: int
+    length: int
     rows: int
     schema: pa.Schema
 
 
-def load(items: list[SpooledBatch]) -> list[pa.RecordBatch]:
+def load(items: list[SpooledBatch]) -> list[pa.Table]:
     """The batches of ``items``, zero-copy from memory-mapped segments."""
-    out: list[pa.RecordBatch] = []
+    out: list[pa.Table] = []
     maps: dict[Path, pa.MemoryMappedFile] = {}
     for item in items:
         mm = maps.get(item.path)
         if mm is None:
             mm = maps[item.path] = pa.memory_map(str(item.path))
-        mm.seek(item.offset)
-        message = pa.ipc.read_message(mm)
-        if message.type == "schema":  # the stream's schema is written just before its first batch
-            message = pa.ipc.read_message(mm)
-        out.append(pa.ipc.read_record_batch(message, item.schema))
+        out.append(decode_table(mm.read_at(item.length, item.offset)))
     return out
 
 
-def _segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}{SUFFIX}"
-
-
 def segments(directory: Path) -> list[Path]:
-    """Segment files in sequence order."""
+    """Segment files (this version's and older ones) in sequence order."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.name.endswith(SUFFIX) and p.name[:-len(SUFFIX)].isdigit())
-
-
-def read_segment(path: Path) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(seq, batch) for every complete batch of one segment; stops quietly at a torn tail."""
-    try:
-        with open(path, "rb") as f:
-            reader = pa.ipc.open_stream(f)
-            while True:
-                try:
-                    batch, meta = reader.read_next_batch_with_custom_metadata()
-                except StopIteration:
-                    return
-                yield int(meta[_SEQ_KEY]), batch
-    except (pa.ArrowInvalid, OSError, KeyError, ValueError) as exc:
-        # A segment cut short by a crash (or empty: created, then killed before its first write).
-        log.warning("spool segment %s ends early (%s); later data in it was never acknowledged", path.name, exc)
-
-
-def read_after(directory: Path, applied_seq: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Every spooled batch with a sequence number above ``applied_seq``, in order."""
-    for path in segments(directory):
-        for seq, batch in read_segment(path):
-            if seq > applied_seq:
-                yield seq, batch
+    return sorted((p for p in directory.iterdir() if p.suffix in (SUFFIX, LEGACY_SUFFIX) and p.stem.isdigit()),
+                  key=lambda p: int(p.stem))
 
 
 @dataclass
-class _Segment:
-    """The segment being written: its file, the Arrow stream on it and that stream's schema."""
+class Recovery:
+    """What a spool holds after the last run: batches not yet applied, the segments they lie in
+    (path, last seq), and what could not be read (already logged and quarantined)."""
 
-    path: Path
-    file: BinaryIO
-    writer: pa.ipc.RecordBatchStreamWriter
-    schema: pa.Schema
+    batches: list[SpooledBatch] = field(default_factory=list)
+    segments: list[tuple[Path, int]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    last_seq: int = 0
+
+
+def recover(directory: Path, applied_seq: int) -> Recovery:
+    """Read the spool back: every intact batch above ``applied_seq``; damage is logged as what it is
+    (acknowledged spans that cannot be read), and each damaged segment is copied to quarantine."""
+    result = Recovery(last_seq=applied_seq)
+    for s in scan_all(directory, SUFFIX):
+        last = applied_seq
+        for rec in s.records:
+            last = max(last, rec.seq)
+            if rec.seq <= applied_seq:
+                continue
+            try:
+                table = decode_table(pa.py_buffer(rec.read()))
+            except (pa.ArrowInvalid, OSError) as exc:  # a checksum that matches garbage: written so
+                s.problems.append(f"record seq {rec.seq} passes its checksum but does not decode ({exc})")
+                continue
+            result.batches.append(SpooledBatch(rec.seq, rec.path, rec.offset, rec.length, table.num_rows,
+                                               table.schema))
+        result.segments.append((s.path, last))
+        result.last_seq = max(result.last_seq, last)
+        if s.problems:
+            where = quarantine(s.path, s.problems)
+            for problem in s.problems:
+                log.error("spool segment %s: %s. Spans in it were acknowledged to clients and may be lost; "
+                          "what is readable is loaded, and a copy of the segment is kept in %s",
+                          s.path.name, problem, where)
+            result.problems += [f"{s.path.name}: {p}" for p in s.problems]
+        elif s.torn_tail is not None:
+            log.info("spool segment %s ends in a record cut short by a crash before it was acknowledged "
+                     "(nothing lost)", s.path.name)
+    return result
+
+
+def read_legacy(directory: Path, applied_seq: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(seq, batch) above ``applied_seq`` from an older version's ``.arrows`` segments."""
+    for path in (p for p in segments(directory) if p.suffix == LEGACY_SUFFIX):
+        try:
+            with open(path, "rb") as f:
+                reader = pa.ipc.open_stream(f)
+                while True:
+                    try:
+                        batch, meta = reader.read_next_batch_with_custom_metadata()
+                    except StopIteration:
+                        break
+                    if int(meta[_SEQ_KEY]) > applied_seq:
+                        yield int(meta[_SEQ_KEY]), batch
+        except (pa.ArrowInvalid, OSError, KeyError, ValueError) as exc:
+            where = quarantine(path, [f"unreadable after its last whole batch: {exc}"])
+            log.error("spool segment %s (older format, no checksums) cannot be read to its end (%s); a copy is "
+                      "kept in %s", path.name, exc, where)
+
+
+def read_after(directory: Path, applied_seq: int) -> Iterator[tuple[int, pa.Table]]:
+    """Every spooled batch with a sequence number above ``applied_seq``, in order (read-only: for
+    readers of a stopped pipeline's store; nothing is quarantined)."""
+    for seq, batch in read_legacy(directory, applied_seq):
+        yield seq, pa.Table.from_batches([batch])
+    for s in scan_all(directory, SUFFIX):
+        for rec in s.records:
+            if rec.seq > applied_seq:
+                try:
+                    yield rec.seq, decode_table(pa.py_buffer(rec.read()))
+                except (pa.ArrowInvalid, OSError):
+                    continue
 
 
 class Spool:
     """The writer.  Not thread-safe: the store calls it under its own lock."""
 
-    def __init__(self, directory: str | os.PathLike, next_seq: int, segment_bytes: int = 64 << 20):
+    def __init__(self, directory: str | os.PathLike, next_seq: int, segment_bytes: int = 64 << 20,
+                 recovered: list[tuple[Path, int]] | None = None):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.segment_bytes = segment_bytes
+        self._writer = SegmentWriter(self.directory, SUFFIX, segment_bytes)
         self.next_seq = next_seq
-        self._segment: _Segment | None = None
-        self._closed_segments: list[tuple[Path, int]] = []  # (path, last seq in it)
+        # (path, last seq in it): segments no longer written to, deleted once applied.
+        self._closed_segments: list[tuple[Path, int]] = list(recovered or [])
+        self._current: Path | None = None
         self._current_last = 0
 
     def append(self, table: pa.Table) -> SpooledBatch:
-        """Write ``table`` as one record batch and make it durable."""
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
-        if batch is None:
+        """Write ``table`` as one record and make it durable (an ``OSError``: not written, not taken)."""
+        if not table.num_rows:
             raise ValueError("cannot spool an empty batch")
-        segment = self._segment
-        if segment is None or not table.schema.equals(segment.schema) or segment.file.tell() >= self.segment_bytes:
-            segment = self._rotate(table.schema)
-        seq = self.next_seq
-        offset = segment.file.tell()
         try:
-            segment.writer.write_batch(batch, custom_metadata={_SEQ_KEY: str(seq).encode()})
-            segment.file.flush()
-            os.fdatasync(segment.file.fileno())
+            rec = self._writer.append(self.next_seq, encode_table(table))
         except OSError:
-            # Disk full or an I/O error: this batch is not acknowledged.  Cut it off the segment (best
-            # effort; a torn message left behind is where readers stop) and never write after it: the
-            # next append starts a new segment.  Its sequence number is not reused.
-            self.next_seq += 1
-            self._abandon_current(segment, truncate_at=offset)
+            self._close_current()  # the writer abandoned it: the next append starts a new segment
             raise
+        if rec.path != self._current:
+            self._close_current()
+            self._current = rec.path
         self.next_seq += 1
-        self._current_last = seq
-        return SpooledBatch(seq, segment.path, offset, batch.num_rows, segment.schema)
-
-    def _rotate(self, schema: pa.Schema) -> _Segment:
-        self._close_current()
-        path = self.directory / _segment_name(self.next_seq)
-        file = open(path, "wb")
-        segment = self._segment = _Segment(path, file, pa.ipc.new_stream(file, schema), schema)
-        file.flush()
-        os.fdatasync(file.fileno())
-        fsync_dir(self.directory)  # the new file's name is durable too
-        return segment
+        self._current_last = rec.seq
+        return SpooledBatch(rec.seq, rec.path, rec.offset, rec.length, table.num_rows, table.schema)
 
     def _close_current(self) -> None:
-        segment = self._segment
-        if segment is not None:
-            segment.writer.close()
-            segment.file.close()
-            self._closed_segments.append((segment.path, self._current_last))
-        self._segment = None
-
-    def _abandon_current(self, segment: _Segment, truncate_at: int) -> None:
-        try:
-            os.ftruncate(segment.file.fileno(), truncate_at)
-            segment.file.close()
-        except (OSError, ValueError):
-            pass
-        self._closed_segments.append((segment.path, self._current_last))
-        self._segment = None
+        if self._current is not None:
+            self._closed_segments.append((self._current, self._current_last))
+        self._current = None
 
     def release(self, applied_seq: int) -> None:
         """Delete closed segments whose every batch is in the store."""
@@ -181,20 +195,13 @@ class Spool:
         self._closed_segments = keep
 
     def close(self) -> None:
+        self._writer.close()
         self._close_current()
 
 
 def remove_segments(directory: Path) -> None:
+    """Delete every segment (everything in them is stored); the quarantine is never touched."""
     for path in segments(directory):
         path.unlink(missing_ok=True)
     if directory.is_dir():
         fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (new, renamed or removed files) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

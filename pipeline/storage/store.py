@@ -46,7 +46,17 @@ from agent_sre.pipeline.storage.rollups import (
     validate_sql,
 )
 from agent_sre.pipeline.storage.sandbox import QueryError, QueryResult, check_read_only, run_query
-from agent_sre.pipeline.storage.spool import Spool, SpooledBatch, load, read_after, remove_segments
+from agent_sre.pipeline.storage.spool import (
+    LEGACY_SUFFIX,
+    Spool,
+    SpooledBatch,
+    load,
+    read_after,
+    read_legacy,
+    recover,
+    remove_segments,
+    segments,
+)
 
 log = logging.getLogger("agent_sre.store")
 
@@ -77,6 +87,9 @@ class SpoolSettings:
     flush_spans: int = 16_384  # insert once this many spans are spooled ...
     flush_interval: float = 0.5  # ... or the oldest has waited this long (seconds)
     max_pending_spans: int = 1_048_576  # spooled, not yet inserted (on disk, ~1 KB each); beyond it append() refuses
+    # Arrow bytes per insert transaction: DuckDB pins a transaction's large values in its buffer pool, so a few
+    # multi-MiB attributes must not share one.  Halved after each failed insert, doubled back after a success.
+    max_insert_bytes: int = 16 << 20
     segment_bytes: int = 64 << 20
 
 
@@ -155,14 +168,9 @@ class SpanStore:
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            self._con = duckdb.connect(str(self.path), config={
-                "memory_limit": memory_limit, "threads": threads, "checkpoint_threshold": checkpoint_threshold})
-        except duckdb.IOException as exc:
-            raise OSError(f"cannot open span store {self.path}: {exc}") from exc
-        self._con.execute(f"SET allowed_directories = {[str(self.directory)]!r}")
-        self._con.execute("SET enable_external_access = false")
-        self._con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
+        self._duckdb_config = {"memory_limit": memory_limit, "threads": threads,
+                               "checkpoint_threshold": checkpoint_threshold}
+        self._con = self._connect()
         self._lock = threading.Lock()  # the write connection
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
@@ -182,6 +190,30 @@ class SpanStore:
         self._spool: Spool | None = None
         if spool is not None:
             self._open_spool(spool)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(str(self.path), config=self._duckdb_config)
+        except duckdb.IOException as exc:
+            raise OSError(f"cannot open span store {self.path}: {exc}") from exc
+        con.execute(f"SET allowed_directories = {[str(self.directory)]!r}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
+        return con
+
+    def _reconnect(self) -> None:
+        """After a fatal error (disk full while DuckDB wrote) its instance refuses all work until it is
+        opened again; what it committed is in its file and WAL, and what it did not is still spooled."""
+        with self._lock:
+            try:
+                self._con.close()
+            except duckdb.Error:
+                pass
+            try:
+                self._con = self._connect()
+                log.warning("span store: reopened %s after a fatal error", self.path)
+            except OSError as exc:
+                log.error("span store: cannot reopen %s yet: %s", self.path, exc)
 
     def _ensure_schema(self) -> None:
         con = self._con
@@ -427,29 +459,36 @@ class SpanStore:
         directory = Path(settings.directory)
         applied = self._con.execute("SELECT applied_seq FROM spool_state").fetchall()[0][0]
         last = applied
-        replayed = 0
         chunk: list[pa.RecordBatch] = []
-        for seq, batch in read_after(directory, applied):
+        for seq, batch in read_legacy(directory, applied):  # an older version's spool: replayed first
             chunk.append(batch)
             last = seq
-            replayed += batch.num_rows
             if sum(b.num_rows for b in chunk) >= settings.flush_spans:
                 self._insert(chunk, seq)
                 chunk = []
         if chunk:
             self._insert(chunk, last)
-        if replayed:
-            log.info("span store: replayed %d acknowledged spans from the spool into %s", replayed, self.path)
-        remove_segments(directory)
+        for path in segments(directory):
+            if path.suffix == LEGACY_SUFFIX:
+                path.unlink()
+        recovery = recover(directory, last)
         self._spool_settings = settings
-        self._spool = spool = Spool(directory, last + 1, settings.segment_bytes)
-        self._pending = deque()
-        self._pending_rows = 0
-        self._appended_seq = self._applied_seq = last
+        self._insert_bytes = settings.max_insert_bytes
+        last = max(last, recovery.last_seq)
+        applied = recovery.batches[0].seq - 1 if recovery.batches else last
+        self._spool = spool = Spool(directory, last + 1, settings.segment_bytes, recovery.segments)
+        self._pending = deque((b, 0.0) for b in recovery.batches)
+        self._pending_rows = sum(b.rows for b in recovery.batches)
+        self._appended_seq, self._applied_seq = last, applied
+        self.problem: str | None = None  # why the loader cannot insert (None: it can)
+        self._failures = 0
         self._sync_wanted = 0
         self._closing = self._closed = False
         self._cond = threading.Condition()
-        self._dispatched_seq = last
+        self._dispatched_seq = applied
+        self._replay(recovery.batches)
+        spool.release(self._applied_seq)
+        self._dispatched_seq = self._applied_seq
         self._dispatch = queue.Queue(maxsize=8)
         self._dispatcher = threading.Thread(target=self._dispatch_committed, args=(self._dispatch,),
                                             name="span-store-callbacks", daemon=True)
@@ -472,10 +511,21 @@ class SpanStore:
                 or self._pending_rows >= self._spool_settings.flush_spans
                 or time.monotonic() - self._pending[0][1] >= self._spool_settings.flush_interval)
 
+    def _replay(self, batches: list[SpooledBatch]) -> None:
+        """What the last run acknowledged and did not insert, inserted before the pipeline starts.
+        If it cannot be (yet), it stays pending for the loader, which keeps trying: the pipeline
+        starts either way, reports the problem and refuses new data until it is solved."""
+        rows = sum(b.rows for b in batches)
+        attempts = 0
+        while self._pending and attempts < 6:
+            if not self._load_step(self._take(), self._spool):
+                attempts += 1
+        if rows and not self._pending:
+            log.info("span store: replayed %d acknowledged spans from the spool into %s", rows, self.path)
+
     def _load(self, spool: Spool) -> None:
         """Loader thread: spool -> DuckDB in large transactions, oldest first; with nothing spooled,
         it still releases held spans whose wait for an agent is over."""
-        backoff = 0.1
         while True:
             with self._cond:
                 while not self._due():
@@ -489,20 +539,25 @@ class SpanStore:
                         wait = min(wait, max(expiry, 0.05))
                     self._cond.wait(wait)
                 items = self._take()
-            last = items[-1].seq if items else None
-            try:
-                self._insert(load(items) if items else [], last)
-            except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
-                log.error("span store: insert of %d spooled spans failed (%s): %s", sum(i.rows for i in items),
-                          "they stay in the spool" if self._closing else "will retry", exc)
+            if not self._load_step(items, spool):
                 if self._closing:
                     return
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            if last is None:
-                continue
+                time.sleep(min(0.1 * 2 ** min(self._failures, 6), 5.0))
+
+    def _load_step(self, items: list[SpooledBatch], spool: Spool) -> bool:
+        """Insert ``items`` (none: release held spans that are due); False when it failed (logged):
+        they stay in the spool and pending, and the next try takes half as many bytes."""
+        last = items[-1].seq if items else None
+        try:
+            self._insert(load(items) if items else [], last)
+        except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
+            self._insert_failed(exc, items)
+            return False
+        if self._failures:
+            log.warning("span store: inserting works again after %d failed attempts", self._failures)
+        self._failures, self.problem = 0, None
+        self._insert_bytes = min(self._spool_settings.max_insert_bytes, self._insert_bytes * 2)
+        if last is not None:
             with self._cond:
                 for _ in items:
                     spooled, _ = self._pending.popleft()
@@ -510,17 +565,31 @@ class SpanStore:
                 self._applied_seq = last
                 spool.release(last)
                 self._cond.notify_all()
+        return True
+
+    def _insert_failed(self, exc: Exception, items: list[SpooledBatch]) -> None:
+        self._failures += 1
+        self.problem = f"cannot insert into {self.path}: {exc}"
+        size = sum(i.length for i in items)
+        if len(items) > 1:  # too big for the buffer pool, perhaps: smaller transactions next time
+            self._insert_bytes = max(1, size // 2)
+        log.error("span store: insert of %d spooled spans (%d bytes) failed (attempt %d; %s): %s",
+                  sum(i.rows for i in items), size, self._failures,
+                  "they stay in the spool" if self._closing else "will retry", exc)
+        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
+            self._reconnect()
 
     def _take(self) -> list[SpooledBatch]:
-        """The oldest pending batches, up to ``flush_spans`` rows (at least one)."""
+        """The oldest pending batches, up to ``flush_spans`` rows and the current byte budget (at least one)."""
         items: list[SpooledBatch] = []
-        rows = 0
+        rows = size = 0
         for spooled, _ in self._pending:
             if items and (rows + spooled.rows > self._spool_settings.flush_spans
-                          or not spooled.schema.equals(items[0].schema)):
+                          or size + spooled.length > self._insert_bytes):
                 break
             items.append(spooled)
             rows += spooled.rows
+            size += spooled.length
         return items
 
     def sync(self, timeout: float = 60.0) -> None:
@@ -738,7 +807,7 @@ def _overlay_spool(con: duckdb.DuckDBPyConnection, spool_dir: Path) -> None:
     batches = [b for _, b in read_after(spool_dir, applied)]
     if not batches:
         return
-    con.register("_spooled", to_storage(pa.Table.from_batches(batches)))
+    con.register("_spooled", to_storage(pa.concat_tables(batches, promote_options="default")))
     con.execute("CREATE TEMP TABLE spooled_rows AS SELECT * FROM _spooled")
     con.unregister("_spooled")
     held = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'held_spans'").fetchall()[0][0]

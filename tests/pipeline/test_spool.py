@@ -61,7 +61,7 @@ def test_closed_segments_are_deleted_once_applied(tmp_path):
         spool.append(_table(1, f"s{k}"))
     assert len(segments(tmp_path)) == 3
     spool.release(2)
-    assert [p.name for p in segments(tmp_path)] == ["00000000000000000003.arrows"]
+    assert [p.name for p in segments(tmp_path)] == ["00000000000000000003.spool"]
 
 
 def test_acknowledged_spans_are_replayed_exactly_once_after_a_crash(tmp_path):
@@ -136,4 +136,72 @@ def test_a_failed_write_never_has_later_batches_written_after_it(tmp_path, monke
     spool.close()
     assert len(segments(tmp_path)) == 2  # the failed segment was left, not appended to
     got = [(seq, b.column("name")[0].as_py()) for seq, b in read_after(tmp_path, 0)]
-    assert got == [(1, "before-0"), (3, "after-0")]  # the unacknowledged batch is gone, its number unused
+    # The unacknowledged batch is gone and its number is used again (so a gap in the numbers is loss).
+    assert got == [(1, "before-0"), (2, "after-0")]
+
+
+def _three_segments(tmp_path) -> list:
+    db = tmp_path / "spans.duckdb"
+    store = SpanStore(db, spool=_lazy(tmp_path, segment_bytes=1))  # one batch per segment
+    for tag in ("a", "b", "c"):
+        store.append(_table(4, tag))
+    _crash(store)
+    return segments(tmp_path / "spool")
+
+
+def _names(store: SpanStore) -> list[str]:
+    store.sync()
+    return [r[0] for r in store.read("SELECT name FROM spans ORDER BY name")]
+
+
+def test_a_flipped_byte_is_found_by_its_checksum_and_the_segment_is_quarantined(tmp_path, caplog):
+    first, second, third = _three_segments(tmp_path)
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the second batch
+    second.write_bytes(bytes(data))
+
+    store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path))  # starts: what is readable is loaded
+    assert _names(store) == [f"{t}-{i}" for t in "ac" for i in range(4)]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("fails its checksum" in m and "acknowledged to clients and may be lost" in m for m in errors)
+    kept = sorted((tmp_path / "spool" / "quarantine").iterdir())
+    assert [p.name.split(".")[0] for p in kept] == [second.name.split(".")[0]] * 2
+    assert kept[0].read_bytes() == bytes(data)  # the damaged segment as it was, never deleted
+    store.close()
+    assert (tmp_path / "spool" / "quarantine").is_dir() and len(list((tmp_path / "spool" / "quarantine").iterdir())) == 2
+
+
+def test_a_segment_cut_in_half_is_reported_as_loss_of_acknowledged_spans_not_as_never_acknowledged(tmp_path, caplog):
+    first, second, third = _three_segments(tmp_path)
+    data = second.read_bytes()
+    second.write_bytes(data[: len(data) // 2])
+
+    store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path))
+    assert _names(store) == [f"{t}-{i}" for t in "ac" for i in range(4)]  # the segments around it are kept
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "never acknowledged" not in messages
+    assert "not the last segment" in messages and "may be lost" in messages
+    assert len(list((tmp_path / "spool" / "quarantine").glob("*.why"))) == 1
+    store.close()
+
+
+def test_a_torn_end_of_the_last_segment_is_a_crash_mid_write_and_nothing_is_quarantined(tmp_path, caplog):
+    *_, third = _three_segments(tmp_path)
+    data = third.read_bytes()
+    third.write_bytes(data[: len(data) - 50])
+
+    store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path))
+    assert _names(store) == [f"{t}-{i}" for t in "ab" for i in range(4)]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not (tmp_path / "spool" / "quarantine").exists()
+    store.close()
+
+
+def test_a_missing_segment_is_reported_as_a_gap_in_the_sequence(tmp_path, caplog):
+    first, second, third = _three_segments(tmp_path)
+    second.unlink()
+
+    store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path))
+    assert _names(store) == [f"{t}-{i}" for t in "ac" for i in range(4)]
+    assert any("records seq 2..2 are missing" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    store.close()

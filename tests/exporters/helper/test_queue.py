@@ -7,7 +7,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from agent_sre.exporters.helper.queue import MAGIC, MemoryQueue, PersistentQueue, QueueFull, serialize
+from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull, serialize
+from agent_sre.pipeline.storage.segmentlog import MAGIC
 
 
 def batch(n: int, tag: str = "x") -> pa.Table:
@@ -69,3 +70,5 @@ def test_a_corrupt_record_is_skipped_and_counted_and_a_torn_tail_ends_the_segmen
         got.append(item.table.column("name")[0].as_py())
         again.ack(item)
     assert got == ["a0", "c0"] and again.corrupt == 1  # exported as agent_sre_exporter_queue_corrupt_records
+    kept = sorted(p.name for p in (tmp_path / "quarantine").iterdir())  # the damaged segment is kept, with why
+    assert len(kept) == 2 and kept[1].endswith(".why") and "checksum" in (tmp_path / "quarantine" / kept[1]).read_text()
