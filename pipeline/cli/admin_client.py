@@ -12,17 +12,28 @@ Two kinds of failure, both ``AdminError``:
     AdminError         the pipeline answered with an error status (``status``; the message is the
                        answer's ``{"error": ...}``), or with something that is not JSON
 
+With the admin API's ``auth`` on, the client sends the key in ``AGENT_SRE_ADMIN_TOKEN`` as
+``Authorization: Bearer``; with its ``tls`` on (an ``https://`` endpoint), it trusts the CA in
+``AGENT_SRE_ADMIN_CA_FILE`` (else the system's) and presents ``AGENT_SRE_ADMIN_CLIENT_CERT`` /
+``AGENT_SRE_ADMIN_CLIENT_KEY`` for mTLS.
+
 Standard library only: the CLI starts without importing the HTTP server's stack.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 
 DEFAULT_TIMEOUT = 60.0
+TOKEN_ENV = "AGENT_SRE_ADMIN_TOKEN"
+CA_FILE_ENV = "AGENT_SRE_ADMIN_CA_FILE"
+CLIENT_CERT_ENV = "AGENT_SRE_ADMIN_CLIENT_CERT"
+CLIENT_KEY_ENV = "AGENT_SRE_ADMIN_CLIENT_KEY"
 
 
 class AdminError(Exception):
@@ -38,12 +49,15 @@ class AdminUnreachable(AdminError):
 
 
 class AdminClient:
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
+        """``token``: the admin API key; None: ``AGENT_SRE_ADMIN_TOKEN`` if set."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.endpoint = endpoint
         self.base = endpoint.rstrip("/") if "://" in endpoint else f"http://{endpoint.rstrip('/')}"
         self.timeout = timeout
+        self._token = token if token is not None else (os.environ.get(TOKEN_ENV, "").strip() or None)
+        self._ssl = _tls_context() if self.base.startswith("https://") else None
 
     def __repr__(self) -> str:
         return f"AdminClient({self.base!r})"
@@ -65,12 +79,15 @@ class AdminClient:
         url = self.url(path, params)
         data = json.dumps(payload).encode() if payload is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
                 return resp.read()
         except urllib.error.HTTPError as exc:  # an answer: the pipeline runs and said no
-            raise AdminError(_error_text(exc), exc.code) from None
+            hint = f" (give the admin API key in {TOKEN_ENV})" if exc.code == 401 and not self._token else ""
+            raise AdminError(_error_text(exc) + hint, exc.code) from None
         except urllib.error.URLError as exc:
             raise AdminUnreachable(f"no pipeline answers at {self.endpoint}: {_reason(exc.reason)}") from None
         except (ConnectionError, TimeoutError) as exc:  # e.g. reset or timed out mid-answer
@@ -84,6 +101,15 @@ class AdminClient:
         if not isinstance(body, dict):
             raise AdminError(f"{self.base} answered JSON that is not an object: {raw[:200]!r}")
         return body
+
+
+def _tls_context() -> ssl.SSLContext:
+    """Trust the CA in AGENT_SRE_ADMIN_CA_FILE (else the system's); present the client certificate if set."""
+    context = ssl.create_default_context(cafile=os.environ.get(CA_FILE_ENV) or None)
+    cert = os.environ.get(CLIENT_CERT_ENV)
+    if cert:
+        context.load_cert_chain(cert, os.environ.get(CLIENT_KEY_ENV) or None)
+    return context
 
 
 def _reason(reason: object) -> str:

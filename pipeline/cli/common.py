@@ -64,7 +64,8 @@ def load(path: str | None) -> PipelineConfig:
 def admin_endpoint(cfg: PipelineConfig) -> str | None:
     for cc in cfg.extensions.values():
         if cc.factory.type == "admin":
-            return cc.settings.endpoint  # type: ignore[attr-defined]
+            scheme = "https://" if getattr(cc.settings, "tls", None) is not None else ""
+            return scheme + cc.settings.endpoint  # type: ignore[attr-defined]
     return None
 
 

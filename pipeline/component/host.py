@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from agent_sre.pipeline.component.admission import Admission
 from agent_sre.pipeline.component.decisions import DecisionBoard
 from agent_sre.pipeline.component.events import EventBus
 from agent_sre.pipeline.component.httpserver import HttpServers
@@ -30,12 +31,15 @@ class Host:
     ready: bool = False
     events: EventBus = field(default_factory=EventBus)  # derived events: alerts, budgets, decisions, ...
     decisions: DecisionBoard = field(init=False)  # per-agent decisions from cost budgets and breakers
+    admission: Admission = field(default_factory=Admission)  # the memory limiter's verdict, for receivers
 
     _capabilities: dict[type, dict[str, object]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.decisions = DecisionBoard(self.events)
+        closed = self.telemetry.http_connections_closed
+        self.http.count_closed = lambda endpoint, reason: closed.labels(endpoint, reason).inc()
 
     def provide(self, capability: type[T], id_: ComponentID | str, provider: T) -> None:
         """``provider`` offers ``capability`` under its component id (called from its start)."""
@@ -50,6 +54,11 @@ class Host:
         """Every provider of ``capability``, in the order they started."""
         with self._lock:
             return list(self._capabilities.get(capability, {}).values())  # type: ignore[arg-type]
+
+    def providers(self, capability: type[T]) -> dict[str, T]:
+        """Every provider of ``capability`` by component id, in the order they started."""
+        with self._lock:
+            return dict(self._capabilities.get(capability, {}))  # type: ignore[arg-type]
 
     def get(self, capability: type[T], id_: ComponentID | str = "", user: str = "") -> T:
         """The provider of ``capability`` with this id, or the only one when ``id_`` is empty;

@@ -29,6 +29,10 @@ class Telemetry:
         self.receiver_requests = Counter(
             "agent_sre_receiver_requests", "Export requests by outcome (OTLP status).",
             ["receiver", "transport", "outcome"], registry=r)
+        self.receiver_admission_refused = Counter(
+            "agent_sre_receiver_admission_refused_requests", "Requests refused before they were read: memory "
+            "pressure (memory_limiter) or too many request bytes in flight (inflight_bytes).",
+            ["receiver", "transport", "reason"], registry=r)
         self.receiver_accepted_points = Counter(
             "agent_sre_receiver_accepted_metric_points", "Metric data points a receiver accepted and the pipeline "
             "committed.", ["receiver", "transport"], registry=r)
@@ -41,6 +45,26 @@ class Telemetry:
         self.receiver_refused_logs = Counter(
             "agent_sre_receiver_refused_log_records", "Log records a receiver could not push into the pipeline, "
             "by reason.", ["receiver", "transport", "reason"], registry=r)
+        self.receiver_reattributed = Counter(
+            "agent_sre_receiver_reattributed_spans", "Spans that claimed an agent their API key may not speak "
+            "for, stored as the key's own agent (auth on_foreign_agent: reattribute).", ["receiver", "transport"],
+            registry=r)
+        self.auth_failures = Counter(
+            "agent_sre_auth_failures", "Requests refused for want of a valid API key (UNAUTHENTICATED / 401), "
+            "by component, transport and reason (missing, invalid).", ["component", "transport", "reason"],
+            registry=r)
+        self.receiver_dropped_attributes = Counter(
+            "agent_sre_receiver_dropped_attributes", "Attributes a receiver dropped over max_attributes_per_span "
+            "(span, event and link attributes; each owner's dropped_attributes_count grows).",
+            ["receiver", "transport"], registry=r)
+        self.receiver_truncated_values = Counter(
+            "agent_sre_receiver_truncated_attribute_values", "Attribute values a receiver cut to "
+            "max_attribute_value_length (keys listed in agent_sre.truncated_attributes).",
+            ["receiver", "transport"], registry=r)
+        self.http_connections_closed = Counter(
+            "agent_sre_http_connections_closed", "HTTP connections a listener closed or refused: "
+            "header_timeout, body_timeout, max_connections (idle ones closed after idle_timeout are not counted).",
+            ["endpoint", "reason"], registry=r)
         self.exporter_sent = Counter(
             "agent_sre_exporter_sent_spans", "Spans an exporter sent (or stored) successfully.",
             ["exporter"], registry=r)
@@ -86,6 +110,10 @@ class Telemetry:
         self.processor_refused = Counter(
             "agent_sre_processor_refused_spans", "Spans a processor refused (e.g. memory limiter).",
             ["processor"], registry=r)
+        self.processor_redacted = Counter(
+            "agent_sre_processor_redacted_values", "Values a redaction processor masked, hashed or dropped, by rule "
+            "(a pattern name, key, allow_keys or genai_content); never the values.", ["processor", "rule"],
+            registry=r)
         self.batch_size = Histogram(
             "agent_sre_processor_batch_batch_send_size", "Spans per batch sent on.",
             ["processor"], buckets=_SIZE_BUCKETS, registry=r)
@@ -100,6 +128,11 @@ class Telemetry:
             "agent_sre_processor_memory_limiter_refusing", "1 while the memory limiter refuses data.",
             ["processor"], registry=r)
 
+        self.admin_refused = Counter(
+            "agent_sre_admin_refused_requests", "Admin API requests refused or cut by a limit, by reason: host, "
+            "origin, content_type (cross-site guards); query_busy, query_queue_timeout, time, memory, read_only, "
+            "file_access, store_behind, no_store (ad hoc SQL); result_bytes (answered, truncated).", ["extension", "reason"],
+            registry=r)
         self.decision_latency = Histogram(
             "agent_sre_decisions_answer_seconds", "Server time of one GET /v1/decisions/{agent_id} answer.",
             buckets=_FAST_BUCKETS, registry=r)

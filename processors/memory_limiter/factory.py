@@ -1,10 +1,12 @@
 """memory_limiter: refuse data with the retryable OTLP answer instead of growing without bound.
 
-Like the collector's: the process's resident memory is sampled every
-``check_interval``; at or above the soft limit (``limit_mib - spike_limit_mib``)
-every batch is refused with ``RefusedError`` until usage drops below it again.
-Receivers answer a refusal with HTTP 503 + Retry-After / gRPC UNAVAILABLE with
-RetryInfo, so well-behaved clients back off and retry: nothing is lost.
+Like the collector's, but over every process of the pipeline: the resident memory of the pipeline
+process and of its receiver workers (its child processes) is summed every ``check_interval``; at or
+above the soft limit (``limit_mib - spike_limit_mib``) every batch is refused with ``RefusedError``,
+and the receivers in every process refuse new requests before reading them (the host's
+``Admission``), until usage drops below it again.  Receivers answer a refusal with HTTP 503 +
+Retry-After / gRPC UNAVAILABLE with RetryInfo, so well-behaved clients back off and retry: nothing is
+lost.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class MemoryLimiter(Processor):
         super().__init__(settings, config)
         self._process = psutil.Process()
         self._refusing = False
+        self._admission = None
         self._worker = PeriodicWorker(f"{self.id}-check", config.check_interval, self.check, self.logger)
         self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
         self._refused = settings.telemetry.processor_refused.labels(str(settings.id))
@@ -55,22 +58,37 @@ class MemoryLimiter(Processor):
     def refusing(self) -> bool:
         return self._refusing
 
+    def rss(self) -> int:
+        """Resident bytes of the pipeline: this process and its children (the receiver workers)."""
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:  # exited between the listing and the reading
+                pass
+        return total
+
     def check(self) -> None:
-        rss = self._process.memory_info().rss
+        rss = self.rss()
         refusing = rss >= self.config.soft_limit_bytes
         if refusing != self._refusing:
             self.logger.warning("memory usage %d MiB %s the soft limit of %d MiB: %s data", rss // _MIB,
                                 "is above" if refusing else "is back below", self.config.soft_limit_bytes // _MIB,
                                 "refusing" if refusing else "accepting")
         self._refusing = refusing
+        if self._admission is not None:
+            self._admission.refuse(refusing, self.config.retry_after, str(self.id))
         self._gauge.set(1 if refusing else 0)
 
     def _start(self, host) -> None:
+        self._admission = host.admission
         self.check()
         self._worker.start()
 
     def _shutdown(self) -> None:
         self._worker.stop(timeout=5)
+        if self._admission is not None:
+            self._admission.refuse(False, source=str(self.id))
 
     def process(self, batch: pa.Table) -> pa.Table | None:
         if self._refusing:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from agent_sre.pipeline.component import Receiver
+from agent_sre.pipeline.component.admission import InflightBytes
+from agent_sre.pipeline.component.auth import Authenticator
 from agent_sre.receivers.otlp.config import OtlpReceiverConfig
 
 # The servers, gRPC and the OTLP decoding are imported where they run: with worker processes the
@@ -31,7 +33,13 @@ class OtlpReceiver(Receiver):
         from agent_sre.receivers.otlp.ingest import CODECS, Ingest, TelemetryStats
 
         stats = TelemetryStats(self.settings.telemetry)
-        self.ingests = {s: Ingest(str(self.id), self.next, stats, self.logger, CODECS[s]) for s in self.signals}
+        auth = self.config.auth
+        authenticator = Authenticator(auth, str(self.id), self.logger) if auth is not None else None
+        reattribute = auth is not None and auth.on_foreign_agent == "reattribute"
+        inflight = InflightBytes(self.config.limits.max_inflight_bytes)  # one budget for the process
+        self.ingests = {s: Ingest(str(self.id), self.next, stats, self.logger, CODECS[s], authenticator, reattribute,
+                                  limits=self.config.limits, admission=host.admission, inflight=inflight)
+                        for s in self.signals}
         self.ingest = self.ingests.get("traces")
         protocols = self.config.protocols
         try:
@@ -55,10 +63,13 @@ class OtlpReceiver(Receiver):
         lines = []
         what = "/".join(self.signals)
         if p.grpc is not None:
-            lines.append(f"OTLP/gRPC on {p.grpc.endpoint} ({what})")
+            lines.append(f"OTLP/gRPC on {p.grpc.endpoint} ({what}{_tls(p.grpc.tls)})")
         if p.http is not None:
             paths = ", ".join(getattr(p.http, f"{s}_url_path") for s in self.signals)
-            lines.append(f"OTLP/HTTP on http://{p.http.endpoint} ({paths}; protobuf, JSON)")
+            scheme = "https" if p.http.tls is not None else "http"
+            lines.append(f"OTLP/HTTP on {scheme}://{p.http.endpoint} ({paths}; protobuf, JSON{_tls(p.http.tls)})")
+        if self.config.auth is not None:
+            lines.append(f"  (API keys required: {len(self.config.auth.keys)} configured)")
         if self.config.workers:
             lines.append(f"  ({self.config.workers} receiver worker processes)")
         return lines
@@ -73,3 +84,9 @@ class OtlpReceiver(Receiver):
         if self._http is not None:
             self._http.stop()
             self._http = None
+
+
+def _tls(tls) -> str:
+    if tls is None:
+        return ""
+    return "; mTLS" if tls.mutual else "; TLS"

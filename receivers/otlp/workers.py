@@ -35,7 +35,9 @@ from multiprocessing.connection import Client, Connection, Listener
 
 import pyarrow as pa
 
+from agent_sre.pipeline.component.auth import dump_with_secrets
 from agent_sre.pipeline.component.errors import PermanentError, RefusedError
+from agent_sre.receivers.otlp.ports import EndpointClaim
 
 _HEADER = struct.Struct(">cQ")
 _START_TIMEOUT_S = 60.0
@@ -80,19 +82,23 @@ class WorkerPool:
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="otlp-worker-batch")
         self._ready: list[Future] = []
         self._stopping = threading.Event()
+        self._claim: EndpointClaim | None = None
 
     def start(self) -> None:
         n = self.receiver.config.workers
+        protocols = self.receiver.config.protocols
+        # Before any worker binds with SO_REUSEPORT: fail, as any server would, when the ports are taken.
+        self._claim = EndpointClaim([p.endpoint for p in (protocols.grpc, protocols.http) if p is not None])
         self._listener = Listener(self._address, family="AF_UNIX", authkey=self._authkey)
         self._ready = [Future() for _ in range(n)]
         threading.Thread(target=self._accept, args=(n,), name="otlp-worker-accept", daemon=True).start()
         ctx = multiprocessing.get_context("spawn")
-        config_json = self.receiver.config.model_dump_json()
+        config_json = dump_with_secrets(self.receiver.config)  # over the spawn pipe, never argv or a file
         level = logging.getLogger("agent_sre").getEffectiveLevel()
         for i in range(n):
             proc = ctx.Process(target=worker_main, name=f"agent-sre-otlp-worker-{i}", daemon=True,
                                args=(config_json, self._address, self._authkey, str(self.receiver.id), i, level,
-                                     self.receiver.signals))
+                                     self.receiver.signals, self.host.admission.shared))
             proc.start()
             self._procs.append(proc)
         try:
@@ -173,6 +179,9 @@ class WorkerPool:
         if self._listener is not None:
             self._listener.close()
         self._pool.shutdown(wait=True)
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
         try:
             os.rmdir(self._dir)
         except OSError:
@@ -250,7 +259,9 @@ class RemoteConsumer:
 
 
 def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int,
-                signals: tuple[str, ...] = ("traces",)) -> None:
+                signals: tuple[str, ...] = ("traces",), admission_shared=None) -> None:
+    from agent_sre.pipeline.component.admission import Admission, InflightBytes
+    from agent_sre.pipeline.component.auth import Authenticator
     from agent_sre.pipeline.component.httpserver import HttpServers
     from agent_sre.pipeline.pdata.memory import use_system_allocator
     from agent_sre.receivers.otlp.config import OtlpReceiverConfig
@@ -268,10 +279,18 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     remote = RemoteConsumer(conn)
     config = OtlpReceiverConfig.model_validate_json(config_json)
     os.nice(config.workers_nice)
-    ingest = {s: Ingest(receiver_id, remote, remote, logger, CODECS[s]) for s in signals}
     http = HttpServers()
+    http.count_closed = lambda endpoint, reason: remote.count("connections_closed", (endpoint, reason))
     grpc_server = http_server = None
     try:
+        auth = config.auth
+        authenticator = Authenticator(auth, receiver_id, logger) if auth is not None else None
+        reattribute = auth is not None and auth.on_foreign_agent == "reattribute"
+        admission = Admission(admission_shared) if admission_shared is not None else None
+        inflight = InflightBytes(config.limits.max_inflight_bytes)
+        ingest = {s: Ingest(receiver_id, remote, remote, logger, CODECS[s], authenticator, reattribute,
+                            limits=config.limits, admission=admission, inflight=inflight)
+                  for s in signals}
         if config.protocols.grpc is not None:
             grpc_server = GrpcTraceServer(config.protocols.grpc, ingest, reuse_port=True)
             grpc_server.start()

@@ -205,11 +205,13 @@ def test_memory_limiter_refusal_is_503_with_retry_after(start_pipeline, content_
     assert st.code == code_pb2.UNAVAILABLE
     assert st.message
     assert count(p) == 0
-    assert 'agent_sre_receiver_refused_spans_total{reason="refused",receiver="otlp",transport="http"} 3.0' in p.metrics()
+    # Refused at admission, before the body was read or decoded (so no span count).
+    assert ('agent_sre_receiver_admission_refused_requests_total{reason="memory_limiter",receiver="otlp",'
+            'transport="http"} 1.0') in p.metrics()
 
 
 def test_unexpected_failure_is_500_with_a_status(pipeline, monkeypatch):
-    def broken(body: bytes, transport: str):
+    def broken(body: bytes, transport: str, principal=None):
         raise RuntimeError("converter bug")
 
     monkeypatch.setattr(pipeline.service.receivers[0].ingest, "export_protobuf", broken)
