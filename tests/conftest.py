@@ -42,8 +42,9 @@ class Ports:
 
 def pipeline_yaml(ports: Ports, data_dir: Path, *, workers: int = 0, processors: str = "memory_limiter, agent_semconv, batch",
                   exporters: str = "duckdb", extra: str = "", limit_mib: int = 4096, grpc_mib: float = 4,
-                  http_body: int = 20 << 20, batch_timeout: str = "5ms") -> str:
-    """The default config's shape, on free ports and a temporary store."""
+                  http_body: int = 20 << 20, batch_timeout: str = "5ms", admin: str = "") -> str:
+    """The default config's shape, on free ports and a temporary store; ``admin``: more lines of the
+    admin extension's settings (indented by four)."""
     return f"""
 receivers:
   otlp:
@@ -75,7 +76,7 @@ extensions:
     endpoint: 127.0.0.1:{ports.admin}
   admin:
     endpoint: 127.0.0.1:{ports.admin}
-service:
+{admin}service:
   extensions: [health_check, admin]
   pipelines:
     traces:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from agent_sre.pipeline.component.config import ConfigModel, Duration
@@ -48,6 +50,10 @@ class DuckDBExporterConfig(ConfigModel):
     # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the loader.
     checkpoint_threshold: str = Field(default=_S.checkpoint_threshold,
                                       pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+    # A store file that is missing (while its `<path>.created` marker says it existed) or corrupt:
+    # `refuse` to start (the default: starting silently empty loses data), or `start_new` (loudly;
+    # a corrupt file is renamed `<path>.corrupt-<time>`, never deleted).
+    on_damaged_store: Literal["refuse", "start_new"] = _S.on_damaged  # type: ignore[assignment]
     parquet: ParquetConfig | None = None
     spool: SpoolConfig = SpoolConfig()
     attribution: AttributionConfig = AttributionConfig()

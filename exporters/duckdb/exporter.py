@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from agent_sre.exporters.duckdb.config import DuckDBExporterConfig
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
+from agent_sre.pipeline.component.capabilities import Health
 from agent_sre.pipeline.component.capabilities import SpanStore as SpanStoreCapability
 from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.schema import signal_of
@@ -39,9 +40,11 @@ class DuckDBExporter(Exporter):
         a = self.config.attribution
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings(),
-                               AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans))
+                               AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
+                               self.config.on_damaged_store)
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
+        host.provide(Health, self.id, self.store)
         t = self.settings.telemetry
         t.exporter_queue.labels(str(self.id)).set_function(lambda: self.store.pending_spans if self.store else 0)
         t.attribution_held.labels(str(self.id)).set_function(lambda: self.store.held_spans if self.store else 0)
@@ -120,6 +123,7 @@ class DuckDBExporter(Exporter):
     def _shutdown(self) -> None:
         if self._host is not None:
             self._host.withdraw(SpanStoreCapability, self.id)
+            self._host.withdraw(Health, self.id)
         self._timer.stop()
         if self.store is not None:
             self.store.close()

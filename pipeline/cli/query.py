@@ -40,11 +40,15 @@ def run_sql(args: argparse.Namespace, sql: str) -> int:
         else:
             print_table(body, args.format)
             return 0
-    from agent_sre.pipeline.storage.sandbox import QueryError, run_query
+    from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits, run_query
 
+    try:
+        limits = QueryLimits(max_rows=args.max_rows, timeout_s=60)  # the API's byte and memory limits
+    except ValueError as exc:
+        raise CliError(f"query failed: {exc}") from None
     con = open_store(cfg, args.db)
     try:
-        result = run_query(con, sql, args.max_rows, 60)
+        result = run_query(con, sql, limits)
     except QueryError as exc:
         raise CliError(f"query failed: {exc}") from None
     finally:

@@ -10,6 +10,8 @@ Nobody scans for a type string or reaches into another component's attributes.
     SloReports      slo processor          admin (/v1/slos); prometheus, datadog, mlflow, wandb exporters
     CostReports     cost processor         admin (/v1/costs); incidents (postmortem budgets)
     Incidents       incidents processor    admin (/v1/incidents)
+    Health          duckdb exporter        health_check (503 while any reports a problem)
+    SendingQueue    queued exporters       admin (/v1/status: queue size, on_full, rows dropped)
 """
 
 from __future__ import annotations
@@ -29,11 +31,26 @@ class SpanStore(Protocol):
     def read(self, sql: str, params: list | None = None) -> list[tuple]: ...
     def write(self, statements: list[tuple[str, list]]) -> None: ...
     def sync(self, timeout: float = 60.0) -> None: ...
-    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> Any: ...
+    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0, limits: Any = None) -> Any: ...
     def on_commit(self, callback: Callable[[pa.Table], None]) -> None: ...
     def on_charges(self, callback: Callable[[list[tuple]], None], by_task: bool = False) -> None: ...
     def remove_callback(self, callback: Callable[..., None]) -> None: ...
     def record_events(self, events: pa.Table) -> None: ...
+
+
+@runtime_checkable
+class Health(Protocol):
+    """A component's own view of whether it does its job: ``None``, or what is wrong (health_check
+    answers 503 with it, as the Collector's health check does on a component's error status)."""
+
+    def health(self) -> str | None: ...
+
+
+@runtime_checkable
+class SendingQueue(Protocol):
+    """An exporter's sending queue as /v1/status shows it (exporters/helper)."""
+
+    def queue_status(self) -> dict: ...
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """admin: the query API over the running pipeline's span store.
 
-    POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated
+    POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated_by
     GET  /v1/status  components and store
     GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
     GET  /v1/decisions[/{agent_id}[?tool=&task=]]   per-agent decisions (cost budgets, breakers): allow,
@@ -11,42 +11,78 @@
     POST /v1/incidents/{id}/{action}     ack | investigate | mitigate | resolve, body {"by": ..., "why": ...}
     GET  /v1/incidents/{id}/postmortem   the postmortem, Markdown
 
-SQL is read-only (SELECT/EXPLAIN), row- and time-limited, and the database has
-no access to files outside the store (see pipeline/storage/store.py).
+SQL is read-only (SELECT/EXPLAIN), touches no file, and is limited in rows, answer bytes, time and
+memory (pipeline/storage/sandbox.py); it runs in its own bounded pool (admin_guard.QueryAdmission).
+Every route checks the Host header, and POSTs the Origin and Content-Type (admin_guard.RequestGuard).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
-from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SloReports, SpanStore
+from agent_sre.pipeline.component.auth import (
+    SECRET_SAFE_ERRORS,
+    AuthConfig,
+    Authenticator,
+    AuthFailure,
+    Principal,
+)
+from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SendingQueue, SloReports, SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort, parse_duration
 from agent_sre.pipeline.component.errors import TransitionError
 from agent_sre.pipeline.component.host import CapabilityError
-from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, read_body
-from agent_sre.pipeline.storage.sandbox import QueryError
+from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, Handler, read_body
+from agent_sre.pipeline.component.tls import TlsServerConfig
+from agent_sre.pipeline.service.admin_guard import QueryAdmission, RequestGuard
+from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
+
+
+class AdminAuthConfig(AuthConfig):
+    # false: a key is needed for the calls that change something (the incident lifecycle); true: for every call.
+    reads: bool = False
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)  # who an authenticated request speaks for (its tenant)
 
 
 class AdminConfig(ConfigModel):
+    model_config = ConfigDict(**ConfigModel.model_config, **SECRET_SAFE_ERRORS)  # keys never in an error's text
+
     endpoint: HostPort = "127.0.0.1:13133"
+    auth: AdminAuthConfig | None = None
+    tls: TlsServerConfig | None = None  # the whole endpoint (health check included) serves HTTPS
     # Which duckdb exporter's store to serve; empty: the only one configured.
     storage: str = ""
     max_rows: int = Field(default=10_000, gt=0)
     # The default is a duration's input form, parsed by validate_default; pydantic types only the output.
     query_timeout: Duration = Field(default="30s", gt=0)  # type: ignore[assignment]
+    # Ad hoc SQL's other limits (pipeline/storage/sandbox.py): the answer's size (Arrow bytes of its rows;
+    # cut beyond it), the process's growth while a query runs (stopped beyond it), and its pool: queries
+    # running at once and waiting; beyond both, 429 at once.
+    max_result_bytes: int = Field(default=QueryLimits.max_result_bytes, gt=0)
+    max_query_memory_mib: int = Field(default=QueryLimits.max_memory_bytes >> 20, gt=0)
+    max_concurrent_queries: int = Field(default=2, gt=0)
+    max_queued_queries: int = Field(default=4, ge=0)
+    # Host names clients may use besides the listener's own ("*": any), and origins (scheme://host:port)
+    # that may POST besides the API's own (admin_guard.py).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
 
-
-def _json_default(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_urls(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not origin.startswith(("http://", "https://")) or origin.count("/") > 3:
+                raise ValueError(f"an origin is scheme://host[:port], e.g. https://console.example.com (got {origin!r})")
+        return origins
 
 
 class AdminApi(Extension):
@@ -56,41 +92,121 @@ class AdminApi(Extension):
 
     def _start(self, host) -> None:
         self._host = host
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-query")
-        host.http.add_route(self.config.endpoint, "POST", "/v1/query", self._query)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/status", self._status)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/slos", self._slos)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/decisions", self._decisions)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/decisions/{agent_id}", self._decisions)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/costs", self._costs)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents", self._incidents)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents/{id}", self._incidents)
-        host.http.add_route(self.config.endpoint, "GET", "/v1/incidents/{id}/postmortem", self._postmortem)
-        host.http.add_route(self.config.endpoint, "POST", "/v1/incidents/{id}/{action}", self._transition)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-work")
+        self._queries = QueryAdmission(self.config.max_concurrent_queries, self.config.max_queued_queries)
+        self._guard = RequestGuard(self.config.endpoint, self.config.allowed_hosts, self.config.allowed_origins)
+        auth = self.config.auth
+        self._auth = Authenticator(auth, str(self.id), self.logger) if auth is not None else None
+        self._route("POST", "/v1/query", self._query)
+        self._route("GET", "/v1/status", self._status)
+        self._route("GET", "/v1/slos", self._slos)
+        self._route("GET", "/v1/decisions", self._decisions)
+        self._route("GET", "/v1/decisions/{agent_id}", self._decisions)
+        self._route("GET", "/v1/costs", self._costs)
+        self._route("GET", "/v1/incidents", self._incidents)
+        self._route("GET", "/v1/incidents/{id}", self._incidents)
+        self._route("GET", "/v1/incidents/{id}/postmortem", self._postmortem)
+        self._route("POST", "/v1/incidents/{id}/{action}", self._transition, mutating=True)
+
+    def _route(self, method: str, path: str, handler: Handler, mutating: bool = False) -> None:
+        """Serve ``handler``, behind the API key when the call changes something (or ``auth.reads``)."""
+        auth = self.config.auth
+        if auth is not None and (mutating or auth.reads):
+            handler = self._authenticated(handler)
+        handler = self._guarded(handler)  # first: a foreign Host or a cross-site POST learns nothing more
+        self._host.http.add_route(self.config.endpoint, method, path, handler, tls=self.config.tls)
+
+    def _authenticated(self, handler: Handler) -> Handler:
+        assert self._auth is not None
+        authenticator, failures = self._auth, self._host.telemetry.auth_failures
+
+        async def authenticated(request: web.Request) -> web.StreamResponse:
+            try:
+                request[PRINCIPAL] = authenticator.authenticate(request.headers.get("Authorization"),
+                                                                request.headers.get("X-Api-Key"))
+            except AuthFailure as exc:
+                authenticator.log_failure("http", exc, request.remote)
+                failures.labels(str(self.id), "http", exc.reason).inc()
+                return web.json_response({"error": str(exc)}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="agent-sre admin"'})
+            return await handler(request)
+
+        return authenticated
+
+    def _guarded(self, handler: Handler) -> Handler:
+        guard = self._guard
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            refusal = guard.check(request)
+            if refusal is not None:
+                self._refused(request, refusal.reason, refusal.message)
+                return web.json_response({"error": refusal.message}, status=refusal.status)
+            return await handler(request)
+
+        return guarded
+
+    def _refused(self, request: web.Request, reason: str, message: str) -> None:
+        """Count and log a refusal or a limit hit (this extension's logger names it)."""
+        self._host.telemetry.admin_refused.labels(str(self.id), reason).inc()
+        self.logger.warning("%s %s from %s refused (%s): %s", request.method, request.path, request.remote,
+                            reason, message)
 
     def _store(self):
         try:
             return self._host.get(SpanStore, self.config.storage, str(self.id))
         except CapabilityError as exc:
-            raise QueryError(f"no span store to query: {exc}", 503) from exc
+            raise QueryError(f"no span store to query: {exc}", 503, "no_store") from exc
+
+    def _limits(self, body: dict) -> QueryLimits:
+        """The request's limits, within the configured ones; 400 naming what is wrong."""
+        cfg = self.config
+        max_rows = body.get("max_rows", cfg.max_rows)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise QueryError(f'"max_rows" must be a positive integer (at most {cfg.max_rows}; got {max_rows!r})')
+        try:
+            timeout = parse_duration(body.get("timeout", cfg.query_timeout))
+        except ValueError as exc:
+            raise QueryError(f'"timeout" {exc}') from None
+        if timeout <= 0:
+            raise QueryError(f'"timeout" must be positive (at most {cfg.query_timeout:g}s; got {timeout:g}s)')
+        return QueryLimits(max_rows=min(max_rows, cfg.max_rows), timeout_s=min(timeout, cfg.query_timeout),
+                           max_result_bytes=cfg.max_result_bytes, max_memory_bytes=cfg.max_query_memory_mib << 20)
 
     async def _query(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()  # the time limit runs from here: the wait for a query slot counts
         try:
             body = json.loads(await read_body(request, 1 << 20) or b"{}")
             if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
                 raise QueryError('body must be a JSON object with "sql": "<statement>"')
-            max_rows = min(int(body.get("max_rows", self.config.max_rows)), self.config.max_rows)
-            timeout = min(parse_duration(body.get("timeout", self.config.query_timeout)), self.config.query_timeout)
-            store = self._store()
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, store.query, body["sql"], max_rows, timeout)
+            limits = self._limits(body)
+            deadline = arrived + limits.timeout_s
+            encoded, truncated_by = await self._queries.run(deadline, self._answer, self._store(), body["sql"],
+                                                            limits, deadline)
         except QueryError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
+            if exc.reason != "sql":
+                self._refused(request, exc.reason, str(exc))
+            retry = {"Retry-After": "1"} if exc.status in (429, 503) else None
+            return web.json_response({"error": str(exc)}, status=exc.status, headers=retry)
         except BodyTooLarge as exc:
             return web.json_response({"error": str(exc)}, status=413)
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
-        return web.json_response(result.to_json(), dumps=lambda o: json.dumps(o, default=_json_default))
+        if truncated_by == "max_result_bytes":
+            self._refused(request, "result_bytes", f"answer cut at max_result_bytes ({self.config.max_result_bytes})")
+        return web.Response(body=encoded, content_type="application/json")
+
+    @staticmethod
+    def _answer(store: SpanStore, sql: str, limits: QueryLimits, deadline: float) -> tuple[bytes, str | None]:
+        """In a query thread: the query and its JSON body, within what is left of the time limit."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise QueryError(f"no query slot came free within the time limit of {limits.timeout_s:g}s; try again",
+                             503, "query_queue_timeout")
+        result = store.query(sql, limits=dataclasses.replace(limits, timeout_s=left))
+        encoded = result.to_json_bytes()
+        if time.monotonic() > deadline:  # the time limit covers building the answer too
+            raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
+        return encoded, result.truncated_by
 
     async def _slos(self, request: web.Request) -> web.Response:
         processors = self._host.all(SloReports)
@@ -188,15 +304,18 @@ class AdminApi(Extension):
 
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
-        return web.json_response({"ready": self._host.ready, "components": comps})
+        queues = {id_: q.queue_status() for id_, q in self._host.providers(SendingQueue).items()}
+        return web.json_response({"ready": self._host.ready, "components": comps, "sending_queues": queues})
 
     def describe(self) -> list[str]:
-        return [f"admin/query API on http://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
+        scheme = "https" if self.config.tls is not None else "http"
+        return [f"admin/query API on {scheme}://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
                 "GET /v1/decisions, GET /v1/costs, /v1/incidents)"]
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))
         self._pool.shutdown(wait=False)
+        self._queries.shutdown()
 
 
 factory = Factory(type="admin", kind=Kind.EXTENSION, config_model=AdminConfig, create=AdminApi, signals=(),

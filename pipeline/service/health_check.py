@@ -1,4 +1,6 @@
-"""health_check: GET / answers 200 while the pipeline runs, 503 while it starts or stops."""
+"""health_check: GET / answers 200 while the pipeline runs, 503 while it starts or stops, and 503
+with the problems while a component reports one (the ``Health`` capability: a store that cannot
+write, for instance)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
+from agent_sre.pipeline.component.capabilities import Health
 from agent_sre.pipeline.component.config import ConfigModel, HostPort
 
 
@@ -26,10 +29,13 @@ class HealthCheck(Extension):
 
     async def _handle(self, request: web.Request) -> web.Response:
         up = datetime.fromtimestamp(self._since, timezone.utc).isoformat()
-        if self._host.ready:
+        problems = {id_: problem for id_, source in self._host.providers(Health).items()
+                    if (problem := source.health()) is not None}
+        if self._host.ready and not problems:
             return web.json_response({"status": "Server available", "upSince": up,
                                       "uptime": f"{time.time() - self._since:.3f}s"})
-        return web.json_response({"status": "Server not available", "upSince": up}, status=503)
+        body = {"status": "Server not available", "upSince": up}
+        return web.json_response({**body, "problems": problems} if problems else body, status=503)
 
     def describe(self) -> list[str]:
         return [f"health check on http://{self.config.endpoint}{self.config.path}"]

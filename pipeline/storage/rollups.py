@@ -152,17 +152,24 @@ AGENT_MINUTES_DDL = ("CREATE TABLE IF NOT EXISTS agent_minutes (minute BIGINT NO
                      "tasks BIGINT NOT NULL DEFAULT 0, task_duration_ns BIGINT NOT NULL DEFAULT 0, "
                      "tasks_done BIGINT NOT NULL DEFAULT 0, task_cost_usd DOUBLE NOT NULL DEFAULT 0, "
                      "PRIMARY KEY (minute, agent_id))")
-AGENT_ROLLUP_SQL = """INSERT INTO agent_minutes (minute, agent_id, spans, errors, llm_calls, tokens, tasks, task_duration_ns)
+# Token and duration sums are taken in HUGEINT and saturate at the int64 range: a client may send any
+# int64 token count or a 292-year span, and an overflow here failed the insert on every retry.
+def _saturated(expr: str) -> str:
+    return f"greatest(least({expr}, 9223372036854775807), -9223372036854775808)::BIGINT"
+
+
+AGENT_ROLLUP_SQL = f"""INSERT INTO agent_minutes (minute, agent_id, spans, errors, llm_calls, tokens, tasks, task_duration_ns)
 SELECT end_ns // 60000000000, coalesce(agent_id, ''), count(*), count(*) FILTER (WHERE status_code = 'error'),
   count(*) FILTER (WHERE span_role = 'llm'),
-  coalesce(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) FILTER (WHERE span_role = 'llm'), 0),
+  {_saturated("coalesce(sum(coalesce(input_tokens, 0)::HUGEINT + coalesce(output_tokens, 0))"
+              " FILTER (WHERE span_role = 'llm'), 0)")},
   count(*) FILTER (WHERE span_role = 'agent_task'),
-  coalesce(sum(duration_ns) FILTER (WHERE span_role = 'agent_task'), 0)
+  {_saturated("coalesce(sum(duration_ns::HUGEINT) FILTER (WHERE span_role = 'agent_task'), 0)")}
 FROM _batch WHERE end_ns IS NOT NULL GROUP BY ALL
 ON CONFLICT (minute, agent_id) DO UPDATE SET spans = agent_minutes.spans + excluded.spans,
   errors = agent_minutes.errors + excluded.errors, llm_calls = agent_minutes.llm_calls + excluded.llm_calls,
-  tokens = agent_minutes.tokens + excluded.tokens, tasks = agent_minutes.tasks + excluded.tasks,
-  task_duration_ns = agent_minutes.task_duration_ns + excluded.task_duration_ns"""
+  tokens = {_saturated("agent_minutes.tokens::HUGEINT + excluded.tokens")}, tasks = agent_minutes.tasks + excluded.tasks,
+  task_duration_ns = {_saturated("agent_minutes.task_duration_ns::HUGEINT + excluded.task_duration_ns")}"""
 
 # Spend per minute, agent, model and tenant, in every insert transaction: budgets are rebuilt from
 # it, so a restart keeps the spend and a spool replay counts it once.  The tenant is the `tenant.id`

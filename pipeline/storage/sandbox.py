@@ -1,8 +1,21 @@
-"""The SQL sandbox: ad hoc SQL is read-only by statement type and by transaction, row- and
-time-limited.  (The database instances themselves have external access switched off: see store.py.)"""
+"""The SQL sandbox: what ad hoc SQL may do, and how much of the process it may take.
+
+    statements   SELECT, and EXPLAIN of a SELECT, in a READ ONLY transaction
+    files        none: the parse tree may call only the table functions in ALLOWED_TABLE_FUNCTIONS
+                 (generators and the catalog's descriptions) and name tables, never paths.  The
+                 database instances also have external access off with no directory allowed
+                 (store.py); DuckDB still lets them open their own file, WAL and temp directory,
+                 which only this check keeps ad hoc SQL from reading raw (deleted rows included).
+    limits       QueryLimits: rows, result bytes (Arrow size of the rows kept), time (execution,
+                 fetch and conversion) and memory (the process's growth while the query runs)
+
+Refusals and limits raise ``QueryError`` with the HTTP status to answer and a ``reason`` for the
+self-metrics; a result cut by a limit is answered, with ``truncated_by`` naming the limit.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -10,15 +23,50 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import duckdb
+import numpy as np
+import psutil  # type: ignore[import-untyped]
 import pyarrow as pa
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-class QueryError(Exception):
-    """Bad SQL, a statement that is not read-only, or a limit exceeded; ``status`` is the HTTP answer."""
+# An allow-list: DuckDB adds table functions with each release, and most of the rest read files
+# (read_csv, read_blob, glob, parquet_metadata), run SQL from a string (query, json_execute_serialized_sql)
+# or change state (enable_logging, checkpoint).
+ALLOWED_TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree", "summary",
+    "histogram", "histogram_values", "test_all_types", "icu_calendar_names", "pg_timezone_names",
+    "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
+    "duckdb_indexes", "duckdb_keywords", "duckdb_memory", "duckdb_schemas", "duckdb_sequences",
+    "duckdb_settings", "duckdb_tables", "duckdb_types", "duckdb_views", "pragma_table_info",
+    "pragma_database_size", "pragma_storage_info", "pragma_version", "pragma_platform", "pragma_show",
+})
+# A table name with one of these is a path to DuckDB (a replacement scan: FROM 'x.csv').
+_PATH_CHARS = re.compile(r"[./\\:*?~]")
+_BATCH_ROWS = 1024  # the cut granularity of the row and byte limits
+_POLL_S = 0.01  # the watchdog's period: one period of growth is what the memory limit may overshoot
 
-    def __init__(self, message: str, status: int = 400):
+
+class QueryError(Exception):
+    """Bad SQL, a statement the sandbox refuses, or a limit exceeded; ``status`` is the HTTP answer,
+    ``reason`` the self-metrics label (``sql``, ``read_only``, ``file_access``, ``time``, ``memory``...)."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "sql"):
         super().__init__(message)
         self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    max_rows: int = 1000
+    timeout_s: float = 10.0
+    max_result_bytes: int = 16 << 20
+    max_memory_bytes: int = 256 << 20  # growth of the process's RSS while the query runs
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "timeout_s", "max_result_bytes", "max_memory_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number (got {value!r})")
 
 
 @dataclass
@@ -26,17 +74,31 @@ class QueryResult:
     columns: list[str]
     types: list[str]
     rows: list[list]
-    truncated: bool
+    truncated_by: str | None  # the limit that cut the result: max_rows or max_result_bytes
     elapsed_ms: float
 
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_by is not None
+
     def to_json(self) -> dict:
-        """JSON-ready: integral decimals (sum() of BIGINT) as ints, other decimals as floats."""
         return {"columns": self.columns, "types": self.types, "rows": self.rows,
-                "row_count": len(self.rows), "truncated": self.truncated,
+                "row_count": len(self.rows), "truncated": self.truncated, "truncated_by": self.truncated_by,
                 "elapsed_ms": round(self.elapsed_ms, 3)}
+
+    def to_json_bytes(self) -> bytes:
+        """The answer's body: blobs as hex, other non-JSON values (dates, UUIDs) as text."""
+        return json.dumps(self.to_json(), default=_json_default).encode()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def _plain(value):
+    """Integral decimals (sum() of BIGINT) as ints, other decimals as floats."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
@@ -46,62 +108,177 @@ def _plain(value):
 _EXPLAIN_HEAD = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE)
 
 
-def check_read_only(sql: str) -> None:
-    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement)."""
+def check_read_only(sql: str) -> list[str]:
+    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement); the SELECTs' text."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"SQL does not parse: {exc}") from exc
     if not statements:
         raise QueryError("no SQL statement given")
+    selects = []
     for st in statements:
         kind = str(st.type).rpartition(".")[2]
         if kind not in READ_ONLY_STATEMENTS:
-            raise QueryError(f"only read-only statements are allowed (SELECT, EXPLAIN); got {kind}", 403)
+            raise QueryError(f"only read-only statements are allowed (SELECT, EXPLAIN); got {kind}", 403,
+                             "read_only")
         if kind == "EXPLAIN":
             head = _EXPLAIN_HEAD.match(st.query)
             inner = duckdb.extract_statements(st.query[head.end():]) if head else []
             if len(inner) != 1 or str(inner[0].type).rpartition(".")[2] != "SELECT":
-                raise QueryError("EXPLAIN is allowed only of a SELECT statement", 403)
+                raise QueryError("EXPLAIN is allowed only of a SELECT statement", 403, "read_only")
+            selects.append(inner[0].query)
+        else:
+            selects.append(st.query)
+    return selects
 
 
-def run_query(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
-    """Run read-only SQL on ``con`` with a row limit and a time limit (interrupting DuckDB)."""
-    check_read_only(sql)
-    timer = threading.Timer(timeout_s, con.interrupt)
+def check_sandboxed(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Read-only statements that touch no file: checked on DuckDB's own parse tree."""
+    for select in check_read_only(sql):
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [select]).fetchall()[0][0])
+        if tree.get("error"):
+            raise QueryError(f"the SQL sandbox cannot check this statement: {tree.get('error_message')}", 403,
+                             "read_only")
+        _check_tree(tree)
+
+
+def _check_tree(tree: object) -> None:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "TABLE_FUNCTION":
+            name = str((node.get("function") or {}).get("function_name", "")).lower()
+            if name not in ALLOWED_TABLE_FUNCTIONS:
+                raise QueryError(f"table function {name}() is not allowed in ad hoc SQL: only generators and "
+                                 "catalog functions (range, unnest, duckdb_tables, ...); no SQL may read files",
+                                 403, "file_access")
+        elif node.get("type") == "BASE_TABLE" and _PATH_CHARS.search(str(node.get("table_name", ""))):
+            raise QueryError(f"{node['table_name']!r} is not a table: no SQL may read files", 403, "file_access")
+        stack.extend(node.values())
+
+
+class _Watchdog:
+    """Interrupts the query at its deadline, or once the process has grown by more than the memory
+    limit since the query started.  Needed beside DuckDB's memory_limit, which does not count the
+    strings of a vector: SELECT repeat('x', 10000000) FROM range(100) built 1 GiB before the first
+    row came out; polled every 10 ms, it is stopped about 260 MiB above where it started."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, deadline: float, max_growth: int):
+        self.reason: str | None = None
+        self._con, self._deadline = con, deadline
+        self._process = psutil.Process()
+        self._limit = self._process.memory_info().rss + max_growth
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="query-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(_POLL_S):
+            if time.monotonic() >= self._deadline:
+                self.reason = "time"
+            elif self._process.memory_info().rss > self._limit:
+                self.reason = "memory"
+            else:
+                continue
+            self._con.interrupt()
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> QueryResult:
+    """Run sandboxed SQL on ``con`` within ``limits``; the result streams in Arrow batches and is
+    cut (``truncated_by``) at the first limit of rows or bytes, so DuckDB stops producing it."""
     started = time.perf_counter()
-    timer.start()
-    # A read-only transaction as well as the statement check: whatever slips past the parser
-    # still cannot write.
-    con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
+    deadline = time.monotonic() + limits.timeout_s
+    check_sandboxed(con, sql)
+    watchdog = _Watchdog(con, deadline, limits.max_memory_bytes)
     try:
-        reader = con.sql(sql).to_arrow_reader(min(max_rows + 1, 100_000))
-        batches: list[pa.RecordBatch] = []
-        rows = 0
-        for batch in reader:
-            batches.append(batch)
-            rows += batch.num_rows
-            if rows > max_rows:
-                break
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-    except duckdb.InterruptException as exc:
-        raise QueryError(f"query exceeded the time limit of {timeout_s:g}s", 408) from exc
-    except duckdb.Error as exc:
-        if time.perf_counter() - started >= timeout_s:
-            raise QueryError(f"query exceeded the time limit of {timeout_s:g}s", 408) from exc
-        raise QueryError(str(exc)) from exc
+        # A read-only transaction as well as the statement check: whatever slips past the parser
+        # still cannot write.
+        con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
+        table, truncated_by = _fetch(con, sql, limits)
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        raise _limit_error(exc, watchdog.reason or ("time" if time.monotonic() >= deadline else None),
+                           limits) from exc
     finally:
-        timer.cancel()
+        watchdog.stop()
         try:
             con.execute("ROLLBACK").fetchall()
         except duckdb.Error:
             pass  # the failed query already ended the transaction
-    truncated = table.num_rows > max_rows
-    table = table.slice(0, max_rows)
-    return QueryResult(
-        columns=table.column_names,
-        types=[str(t) for t in table.schema.types],
-        rows=[[_plain(v) for v in r.values()] for r in table.to_pylist()],
-        truncated=truncated,
-        elapsed_ms=(time.perf_counter() - started) * 1000,
-    )
+    return QueryResult(columns=table.column_names, types=[str(t) for t in table.schema.types],
+                       rows=_rows(table, deadline, limits), truncated_by=truncated_by,
+                       elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> tuple[pa.Table, str | None]:
+    reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
+    batches: list[pa.RecordBatch] = []
+    rows = size = 0
+    truncated_by = None
+    try:
+        for batch in reader:
+            if rows + batch.num_rows > limits.max_rows:
+                batch, truncated_by = batch.slice(0, limits.max_rows - rows), "max_rows"
+            if size + batch.nbytes > limits.max_result_bytes:
+                batch, truncated_by = _fit(batch, limits.max_result_bytes - size), "max_result_bytes"
+            batches.append(batch)
+            rows += batch.num_rows
+            size += batch.nbytes
+            if truncated_by:
+                break
+    finally:
+        reader.close()  # DuckDB frees what it built for the rest at once
+    return pa.Table.from_batches(batches, schema=reader.schema), truncated_by
+
+
+def _fit(batch: pa.RecordBatch, budget: int) -> pa.RecordBatch:
+    """The longest head of ``batch`` within ``budget`` bytes, copied (a slice would keep the whole
+    batch's buffers alive)."""
+    lo, hi = 0, batch.num_rows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if batch.slice(0, mid).nbytes <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return batch.take(pa.array(np.arange(lo)))
+
+
+def _rows(table: pa.Table, deadline: float, limits: QueryLimits) -> list[list]:
+    """Row lists, column by column; the time limit covers this conversion too."""
+    columns = []
+    for column in table.columns:
+        values = column.to_pylist()
+        columns.append([_plain(v) for v in values] if pa.types.is_decimal(column.type) else values)
+        if time.monotonic() > deadline:
+            raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
+    return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _limit_error(exc: Exception, tripped: str | None, limits: QueryLimits) -> QueryError:
+    if tripped == "time" or isinstance(exc, duckdb.InterruptException) and tripped is None:
+        return QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
+    if tripped == "memory":
+        return QueryError(f"query stopped: the process grew by more than {limits.max_memory_bytes >> 20} MiB while "
+                          "it ran (max_query_memory); aggregate more or select less", 422, "memory")
+    if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in str(exc):
+        return QueryError(f"query needs more memory than the store's memory_limit allows: {exc}", 422, "memory")
+    return QueryError(str(exc))
+
+
+def restrict_file_access(con: duckdb.DuckDBPyConnection) -> None:
+    """Switch a database instance's file access off for good: no directory is allowed (DuckDB
+    still opens its own file, WAL and temp directory), and the configuration is locked so no SQL
+    can switch it on again.  The store reads its spool and writes Parquet with Python, not SQL."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")

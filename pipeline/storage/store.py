@@ -7,12 +7,13 @@ rolls them up (rollups.py) and records the spool position, so everything is exac
 callbacks (budgets, breakers, SLO wake-ups) run after it on their own thread.
 
 Ad hoc SQL (``query``) goes through the sandbox (sandbox.py), and the whole database instance has
-external access switched off, with only the store's own directory allowed: no SQL can read or
-write files elsewhere.
+external access switched off with no directory allowed: no SQL reads or writes any file (the
+spool is read and Parquet written by Python).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -45,7 +46,14 @@ from agent_sre.pipeline.storage.rollups import (
     rollup_sql,
     validate_sql,
 )
-from agent_sre.pipeline.storage.sandbox import QueryError, QueryResult, check_read_only, run_query
+from agent_sre.pipeline.storage.sandbox import (
+    QueryError,
+    QueryLimits,
+    QueryResult,
+    check_read_only,
+    restrict_file_access,
+    run_query,
+)
 from agent_sre.pipeline.storage.spool import (
     LEGACY_SUFFIX,
     Spool,
@@ -62,6 +70,10 @@ log = logging.getLogger("agent_sre.store")
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _FINALIZE_EVERY_S = 5.0  # how often inserts also count the tasks that became due
+# Consecutive failed inserts after which the store refuses new data (retryable) and reports unhealthy:
+# one failure is the large-value case the loader mends itself (see _insert_failed).
+_FAILURES_BEFORE_REFUSING = 3
+_RECOVERY_MEMORY = "2GB"  # the buffer pool for a WAL replay that does not fit the configured one (once, at open)
 
 
 class StoreBehind(Exception):
@@ -77,6 +89,7 @@ class StoreSettings:
     memory_limit: str = "48MB"
     threads: int = 1
     checkpoint_threshold: str = "96MB"
+    on_damaged: str = "refuse"  # a missing or corrupt store file: refuse to start, or start_new
 
 
 @dataclass(frozen=True)
@@ -164,13 +177,13 @@ class SpanStore:
     def __init__(self, path: str | os.PathLike, memory_limit: str = StoreSettings.memory_limit,
                  threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
                  spool: SpoolSettings | None = None,
-                 attribution: AttributionSettings | None = None):
+                 attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._duckdb_config = {"memory_limit": memory_limit, "threads": threads,
+        self._duckdb_config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": memory_limit, "threads": threads,
                                "checkpoint_threshold": checkpoint_threshold}
-        self._con = self._connect()
+        self._con = self._open_checked(on_damaged)
         self._lock = threading.Lock()  # the write connection
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
@@ -187,32 +200,113 @@ class SpanStore:
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
             "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position").fetchall()])
         self.settings = spool
+        self.corrupt: str | None = None  # set when DuckDB finds a block that fails its checksum
+        self._stop_verify = threading.Event()
+        self._verifier = threading.Thread(target=self._verify, name="span-store-verify", daemon=True)
+        self._verifier.start()
+        self.problem: str | None = None  # why the loader cannot insert (None: it can)
+        self._failures = 0
         self._spool: Spool | None = None
         if spool is not None:
             self._open_spool(spool)
 
+    def _open_checked(self, on_damaged: str) -> duckdb.DuckDBPyConnection:
+        """Open the file, refusing (unless ``on_damaged`` is ``start_new``) a store that is missing while
+        its marker says it existed, or that DuckDB finds corrupt: starting silently empty is data loss."""
+        marker = self.path.with_name(self.path.name + ".created")
+        damage = None
+        if not self.path.exists() and marker.exists():
+            damage = (f"span store {self.path} is missing, but {marker.name} says it was created on "
+                      f"{marker.read_text().strip()}: its spans are gone unless you restore the file")
+        else:
+            try:
+                con = self._connect()
+            except OSError as exc:
+                if "Corrupt database file" not in str(exc) and "not a valid DuckDB" not in str(exc):
+                    raise
+                damage = f"span store {self.path} is corrupt ({str(exc).splitlines()[0]})"
+            else:
+                if not marker.exists():
+                    marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+                return con
+        if on_damaged != "start_new":
+            raise OSError(f"{damage}. Refusing to start; to start a new, empty store instead, set "
+                          "exporters::duckdb::on_damaged_store: start_new (a corrupt file is kept aside)")
+        log.error("%s; starting a new, empty store (on_damaged_store: start_new)", damage)
+        if self.path.exists():
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            for part in (self.path, self.path.with_name(self.path.name + ".wal")):
+                if part.exists():
+                    os.replace(part, part.with_name(f"{part.name}.corrupt-{stamp}"))
+            log.error("span store: the corrupt file is kept as %s.corrupt-%s", self.path.name, stamp)
+        marker.unlink(missing_ok=True)
+        return self._open_checked("refuse")
+
+    def _verify(self) -> None:
+        """Read every stored block once, in the background after opening: DuckDB checks each block's
+        checksum as it reads it, and a corrupt one would otherwise surface only when a query happens to
+        scan it (the store answering healthy meanwhile)."""
+        started = time.monotonic()
+        try:
+            cursor = self._con.cursor()
+            try:
+                tables = [r[0] for r in cursor.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()]
+                for table in tables:
+                    for _ in cursor.sql(f'SELECT * FROM "{table}"').to_arrow_reader(8192):
+                        if self._stop_verify.is_set():
+                            return
+            finally:
+                cursor.close()
+        except (duckdb.Error, OSError) as exc:  # through the Arrow stream, DuckDB's error is an OSError
+            self._found_corrupt(exc)
+            return
+        log.debug("span store: %s verified in %.1fs", self.path, time.monotonic() - started)
+
+    def _found_corrupt(self, exc: BaseException) -> None:
+        if "Corrupt database file" in str(exc) and self.corrupt is None:
+            self.corrupt = f"span store {self.path} is corrupt: {str(exc).splitlines()[0]}"
+            log.error("%s. Its data cannot all be read; restore it from a backup, or move it aside and "
+                      "restart (exporters::duckdb::on_damaged_store: start_new does that)", self.corrupt)
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            con = duckdb.connect(str(self.path), config=self._duckdb_config)
-        except duckdb.IOException as exc:
+            try:
+                con = duckdb.connect(str(self.path), config=self._duckdb_config)
+            except duckdb.OutOfMemoryException as exc:
+                self._checkpoint_with_more_memory(exc)
+                con = duckdb.connect(str(self.path), config=self._duckdb_config)
+        except duckdb.Error as exc:
             raise OSError(f"cannot open span store {self.path}: {exc}") from exc
-        con.execute(f"SET allowed_directories = {[str(self.directory)]!r}")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")  # ad hoc SQL cannot undo the above
+        restrict_file_access(con)
         return con
 
-    def _reconnect(self) -> None:
+    def _checkpoint_with_more_memory(self, exc: duckdb.Error | None = None) -> None:
+        """A WAL written with large values may need more than the buffer pool to replay or checkpoint (a
+        commit that fit, a replay that does not): do it once with a larger pool, then open as usual."""
+        log.warning("span store: checkpointing %s with a %s buffer pool once (%s)", self.path, _RECOVERY_MEMORY,
+                    str(exc).splitlines()[0] if exc else "large values filled the configured one")
+        con = duckdb.connect(str(self.path), config={**self._duckdb_config, "memory_limit": _RECOVERY_MEMORY})
+        try:
+            con.execute("CHECKPOINT").fetchall()
+        finally:
+            con.close()
+
+    def _reconnect(self, checkpoint: bool = False) -> None:
         """After a fatal error (disk full while DuckDB wrote) its instance refuses all work until it is
-        opened again; what it committed is in its file and WAL, and what it did not is still spooled."""
+        opened again; what it committed is in its file and WAL, and what it did not is still spooled.
+        ``checkpoint``: write the WAL out first, with a pool large enough for it."""
         with self._lock:
             try:
                 self._con.close()
             except duckdb.Error:
                 pass
             try:
+                if checkpoint:
+                    self._checkpoint_with_more_memory()
                 self._con = self._connect()
-                log.warning("span store: reopened %s after a fatal error", self.path)
-            except OSError as exc:
+                log.warning("span store: reopened %s", self.path)
+            except OSError as exc:  # the loader's next failure tries again
                 log.error("span store: cannot reopen %s yet: %s", self.path, exc)
 
     def _ensure_schema(self) -> None:
@@ -444,6 +538,8 @@ class SpanStore:
         with self._cond:
             if self._closed:
                 raise StoreBehind("span store is closed")
+            if self._failures >= _FAILURES_BEFORE_REFUSING:
+                raise StoreBehind(f"span store cannot write ({self._failures} inserts failed): {self.problem}")
             if self._pending_rows + n > self._spool_settings.max_pending_spans and self._pending:
                 raise StoreBehind(f"span store is behind: {self._pending_rows} spans waiting to be written")
             spooled = self._spool.append(batch)  # under the lock: spool order = sequence order = insert order
@@ -480,13 +576,11 @@ class SpanStore:
         self._pending = deque((b, 0.0) for b in recovery.batches)
         self._pending_rows = sum(b.rows for b in recovery.batches)
         self._appended_seq, self._applied_seq = last, applied
-        self.problem: str | None = None  # why the loader cannot insert (None: it can)
-        self._failures = 0
         self._sync_wanted = 0
         self._closing = self._closed = False
         self._cond = threading.Condition()
         self._dispatched_seq = applied
-        self._replay(recovery.batches)
+        self._replay(recovery.batches, spool)
         spool.release(self._applied_seq)
         self._dispatched_seq = self._applied_seq
         self._dispatch = queue.Queue(maxsize=8)
@@ -511,14 +605,14 @@ class SpanStore:
                 or self._pending_rows >= self._spool_settings.flush_spans
                 or time.monotonic() - self._pending[0][1] >= self._spool_settings.flush_interval)
 
-    def _replay(self, batches: list[SpooledBatch]) -> None:
+    def _replay(self, batches: list[SpooledBatch], spool: Spool) -> None:
         """What the last run acknowledged and did not insert, inserted before the pipeline starts.
         If it cannot be (yet), it stays pending for the loader, which keeps trying: the pipeline
         starts either way, reports the problem and refuses new data until it is solved."""
         rows = sum(b.rows for b in batches)
         attempts = 0
         while self._pending and attempts < 6:
-            if not self._load_step(self._take(), self._spool):
+            if not self._load_step(self._take(), spool):
                 attempts += 1
         if rows and not self._pending:
             log.info("span store: replayed %d acknowledged spans from the spool into %s", rows, self.path)
@@ -569,6 +663,7 @@ class SpanStore:
 
     def _insert_failed(self, exc: Exception, items: list[SpooledBatch]) -> None:
         self._failures += 1
+        self._found_corrupt(exc)
         self.problem = f"cannot insert into {self.path}: {exc}"
         size = sum(i.length for i in items)
         if len(items) > 1:  # too big for the buffer pool, perhaps: smaller transactions next time
@@ -576,8 +671,12 @@ class SpanStore:
         log.error("span store: insert of %d spooled spans (%d bytes) failed (attempt %d; %s): %s",
                   sum(i.rows for i in items), size, self._failures,
                   "they stay in the spool" if self._closing else "will retry", exc)
-        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
-            self._reconnect()
+        if isinstance(exc, (duckdb.FatalException, duckdb.OutOfMemoryException)) or any(
+                m in str(exc) for m in ("invalidated", "failed to pin", "could not allocate")):
+            # Large values committed since the last checkpoint stay pinned in the buffer pool until a
+            # checkpoint writes them out (measured: two 15 MiB attributes filled the 48MB pool, every
+            # later insert failed "failed to pin block", and a checkpoint within it failed too).
+            self._reconnect(checkpoint=True)
 
     def _take(self) -> list[SpooledBatch]:
         """The oldest pending batches, up to ``flush_spans`` rows and the current byte budget (at least one)."""
@@ -607,6 +706,14 @@ class SpanStore:
                     raise StoreBehind(f"span store did not catch up within {timeout:g}s")
                 self._cond.wait(left)
 
+    def health(self) -> str | None:
+        """What keeps the store from storing (the health check's ``Health`` capability), or None."""
+        if self.corrupt is not None:
+            return self.corrupt
+        if self._spool is not None and self._failures >= _FAILURES_BEFORE_REFUSING:
+            return f"{self.problem} ({self._failures} attempts; {self._pending_rows} spans wait in the spool)"
+        return None
+
     @property
     def held_spans(self) -> int:
         """Spans without an agent waiting for an ancestor (as of the last insert)."""
@@ -629,7 +736,11 @@ class SpanStore:
         with self._lock:
             for table in ("metrics", "logs"):
                 self._con.execute(f"DELETE FROM {table} WHERE time_ns < ?", [cutoff]).fetchall()
-            return self._con.execute("DELETE FROM span_rows WHERE start_ns < ?", [cutoff]).fetchall()[0][0]
+            # By the time the pipeline received a span, not by the client's clock: a client 8 days behind
+            # must not have what it just sent deleted at the next pass (stores from before received_ns
+            # have it NULL: their spans go by start time).
+            return self._con.execute("DELETE FROM span_rows WHERE coalesce(received_ns, start_ns) < ?",
+                                     [cutoff]).fetchall()[0][0]
 
     def export_parquet(self, directory: str | os.PathLike, since_ns: int | None = None,
                        until_ns: int | None = None) -> list[str]:
@@ -692,15 +803,23 @@ class SpanStore:
             self._con.execute("INSERT OR REPLACE INTO parquet_exports VALUES (?, ?)",
                               [str(Path(directory).absolute()), until_ns]).fetchall()
 
-    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> QueryResult:
+    def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0,
+              limits: QueryLimits | None = None) -> QueryResult:
+        """Ad hoc SQL through the sandbox; ``limits`` (else ``max_rows`` and ``timeout_s`` with the
+        default byte and memory limits) bound it, the wait for the loader included."""
+        limits = limits or QueryLimits(max_rows=max_rows, timeout_s=timeout_s)
         check_read_only(sql)
+        started = time.monotonic()
         try:
-            self.sync(timeout_s)
+            self.sync(limits.timeout_s)
         except StoreBehind as exc:
-            raise QueryError(f"{exc}; try again later", 503) from exc
+            raise QueryError(f"{exc}; try again later", 503, "store_behind") from exc
+        left = limits.timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
         cursor = self._con.cursor()  # its own connection: readers never wait for the writer's lock
         try:
-            return run_query(cursor, sql, max_rows, timeout_s)
+            return run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         finally:
             cursor.close()
 
@@ -711,6 +830,8 @@ class SpanStore:
 
     def close(self) -> None:
         """Drain the spool into DuckDB, then close.  What cannot be drained stays in the spool."""
+        self._stop_verify.set()
+        self._verifier.join(timeout=30)
         if self._spool is not None and not self._closed:
             with self._cond:
                 self._closing = True
@@ -785,7 +906,7 @@ def default_spool_dir(store_path: str | os.PathLike) -> str:
 
 
 def open_read_only(path: str | os.PathLike, spool_dir: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
-    """Open a store no pipeline is running on, read-only, with no access to files outside it.
+    """Open a store no pipeline is running on, read-only, with no file access (restrict_file_access).
 
     Spans acknowledged but still in the spool (the pipeline was killed before its loader
     inserted them; the next start replays them) are shown too: ``spans`` is then a
@@ -795,9 +916,7 @@ def open_read_only(path: str | os.PathLike, spool_dir: str | os.PathLike | None 
         raise FileNotFoundError(f"no span store at {p}")
     con = duckdb.connect(str(p), read_only=True)
     _overlay_spool(con, Path(spool_dir or default_spool_dir(p)))
-    con.execute(f"SET allowed_directories = {[str(p.parent)]!r}")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    restrict_file_access(con)
     return con
 
 

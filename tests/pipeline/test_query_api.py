@@ -1,22 +1,38 @@
-"""The admin/query API: read-only SQL with row and time limits, no file access outside the store."""
+"""The admin/query API: read-only SQL that touches no file, limited in rows, bytes, time and memory, in its
+own bounded pool."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 
+import duckdb
+import psutil
+import pytest
+
+from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits, run_query
+from agent_sre.pipeline.storage.store import open_read_only
+from tests.conftest import eventually
 from tests.otlp_builders import request
 
 
-def query(p, payload: dict) -> tuple[int, dict]:
+def post(p, payload: dict) -> tuple[int, dict, bytes]:
+    """POST /v1/query: status, headers and the raw body."""
     req = urllib.request.Request(f"http://127.0.0.1:{p.ports.admin}/v1/query", data=json.dumps(payload).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def query(p, payload: dict) -> tuple[int, dict]:
+    status, _, raw = post(p, payload)
+    return status, json.loads(raw)
 
 
 def _load(p, n: int) -> None:
@@ -70,10 +86,10 @@ def test_files_outside_the_store_cannot_be_read(pipeline, tmp_path):
     secret = tmp_path.parent / "secret.csv"
     secret.write_text("a\n1\n")
     status, body = query(pipeline, {"sql": f"SELECT * FROM read_csv('{secret}')"})
-    assert status == 400
-    assert "file system operations are disabled" in body["error"] or "Permission" in body["error"]
+    assert status == 403
+    assert "no SQL may read files" in body["error"]
     status, body = query(pipeline, {"sql": "SELECT * FROM read_text('/etc/passwd')"})
-    assert status == 400
+    assert status == 403
 
 
 def test_time_limit_interrupts_long_queries(pipeline):
@@ -97,3 +113,156 @@ def test_health_and_metrics(pipeline):
     assert 'agent_sre_exporter_sent_spans_total{exporter="duckdb"} 2.0' in text
     assert "agent_sre_processor_batch_latency_seconds_bucket" in text
     assert "process_resident_memory_bytes" in text
+
+
+def refused(p, reason: str) -> float:
+    """The admin's refusal counter for ``reason`` (0 when never counted)."""
+    prefix = f'agent_sre_admin_refused_requests_total{{extension="admin",reason="{reason}"}} '
+    return next((float(line[len(prefix):]) for line in p.metrics().splitlines() if line.startswith(prefix)), 0.0)
+
+
+def test_files_in_the_data_directory_cannot_be_read(pipeline):
+    _load(pipeline, 1)
+    planted = pipeline.data_dir / "planted.csv"
+    planted.write_text("a\n1\n")
+    spool = pipeline.data_dir / "spans.duckdb.spool"
+    for sql in (f"SELECT * FROM read_csv('{planted}')", f"SELECT * FROM '{planted}'",
+                f"SELECT * FROM read_blob('{pipeline.data_dir}/spans.duckdb')",
+                f"SELECT * FROM read_blob('{pipeline.data_dir}/spans.duckdb.wal')",
+                f"SELECT * FROM read_text('{spool}/*')", f"SELECT * FROM glob('{pipeline.data_dir}/*')",
+                f"SELECT count(*) FROM spans WHERE name IN (SELECT content FROM read_text('{planted}'))",
+                f"EXPLAIN ANALYZE SELECT * FROM read_csv('{planted}')",
+                f"SELECT * FROM query('SELECT * FROM read_csv(''{planted}'')')"):
+        status, body = query(pipeline, {"sql": sql})
+        assert status == 403, sql
+        assert "no SQL may read files" in body["error"], sql
+    assert refused(pipeline, "file_access") == 9
+    status, body = query(pipeline, {"sql": "SELECT count(*) FROM range(3), duckdb_tables() t "
+                                           "WHERE t.table_name = 'span_rows'"})
+    assert (status, body["rows"]) == (200, [[3]])  # generators and the catalog stay available
+
+
+def test_the_store_database_itself_opens_no_file_in_the_data_directory(pipeline):
+    (pipeline.data_dir / "planted.csv").write_text("a\n1\n")
+    cursor = pipeline.store._con.cursor()
+    try:
+        with pytest.raises(duckdb.PermissionException):
+            cursor.execute(f"SELECT * FROM read_csv('{pipeline.data_dir}/planted.csv')").fetchall()
+    finally:
+        cursor.close()
+
+
+def test_a_stopped_store_opened_read_only_reads_no_file(start_pipeline):
+    p = start_pipeline()
+    _load(p, 2)
+    p.service.shutdown()
+    (p.data_dir / "planted.csv").write_text("a\n1\n")
+    con = open_read_only(p.data_dir / "spans.duckdb")
+    try:
+        with pytest.raises(duckdb.PermissionException):
+            con.execute(f"SELECT * FROM read_csv('{p.data_dir}/planted.csv')").fetchall()
+        with pytest.raises(QueryError, match="no SQL may read files") as refusal:
+            run_query(con, f"SELECT * FROM read_blob('{p.data_dir}/spans.duckdb')", QueryLimits())
+        assert refusal.value.status == 403
+        assert run_query(con, "SELECT count(*) FROM spans", QueryLimits()).rows == [[2]]
+    finally:
+        con.close()
+
+
+def test_max_rows_that_is_not_a_positive_integer_is_a_400_naming_it(pipeline):
+    for value in (-1, 0, True, "10", 2.5):
+        status, body = query(pipeline, {"sql": "SELECT 1", "max_rows": value})
+        assert status == 400, value
+        assert '"max_rows" must be a positive integer' in body["error"], value
+    status, body = query(pipeline, {"sql": "SELECT 1", "timeout": "-1s"})
+    assert status == 400 and '"timeout"' in body["error"]
+
+
+def test_an_answer_over_max_result_bytes_is_cut_counted_and_says_so(start_pipeline):
+    p = start_pipeline(admin="    max_result_bytes: 1048576\n")
+    status, _, raw = post(p, {"sql": "SELECT i, repeat('x', 1000) AS s FROM range(100000) t(i)"})
+    body = json.loads(raw)
+    assert status == 200
+    assert body["truncated"] is True and body["truncated_by"] == "max_result_bytes"
+    assert 900 < body["row_count"] < 1100  # ~1 KB of Arrow per row
+    assert len(raw) < 1.5 * 1048576
+    assert refused(p, "result_bytes") == 1
+    status, body = query(p, {"sql": "SELECT span_id FROM spans", "max_rows": 3})
+    assert body["truncated_by"] is None
+
+
+def test_a_query_building_gigabytes_is_stopped_and_ingest_goes_on(pipeline):
+    """Issue #11 defect 3: this query took the pipeline from 174 MiB to 4.45 GiB, and kept 1.69 GiB."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        status, body = query(pipeline, {"sql": "SELECT repeat('x', 10000000) FROM range(100)"})
+    finally:
+        done.set()
+        sampler.join()
+    assert status == 422 and "max_query_memory" in body["error"]
+    # DuckDB builds a vector (here all 100 rows: 1 GiB of strings) whole and does not count its strings
+    # against memory_limit; the watchdog stops the query after it, before any Python copy of it.
+    assert peak[0] - before < 1400 << 20, f"grew by {(peak[0] - before) >> 20} MiB"
+    assert eventually(lambda: process.memory_info().rss - before < 150 << 20, timeout=10)
+    assert refused(pipeline, "memory") == 1
+    _load(pipeline, 5)  # the memory limiter never engaged: ingest is accepted at once
+    assert pipeline.sql("SELECT count(*) FROM spans")[0][0] == 5
+
+
+def test_a_query_interrupted_while_its_rows_stream_is_a_408(pipeline):
+    status, body = query(pipeline, {"sql": "SELECT i FROM range(1000000000000) t(i) WHERE i % 1000000007 = 1",
+                                    "timeout": "300ms"})
+    assert status == 408 and "time limit" in body["error"]
+    assert refused(pipeline, "time") == 1
+
+
+def _slow_query(p, answers: list, timeout: str = "3s") -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.append(query(p, {
+        "sql": "SELECT count(*) FROM range(1000000000000)", "timeout": timeout})))
+    thread.start()
+    return thread
+
+
+def _query_threads() -> int:
+    return sum(t.name.startswith("admin-query") for t in threading.enumerate())
+
+
+def test_queries_beyond_the_running_and_waiting_bound_are_refused_at_once_with_retry_after(start_pipeline):
+    p = start_pipeline(admin="    max_concurrent_queries: 1\n    max_queued_queries: 0\n")
+    answers: list = []
+    slow = _slow_query(p, answers)
+    assert eventually(_query_threads, timeout=10)  # the slow query holds the only slot
+
+    started = time.monotonic()
+    status, headers, raw = post(p, {"sql": "SELECT 1"})
+    assert status == 429 and time.monotonic() - started < 1
+    assert headers["Retry-After"] == "1"
+    assert "1 queries are running and 0 waiting" in json.loads(raw)["error"]
+    assert refused(p, "query_busy") == 1
+    slow.join()
+    assert answers[0][0] == 408
+    assert query(p, {"sql": "SELECT 1"})[0] == 200  # the slot is free again
+
+
+def test_a_query_waiting_for_a_slot_is_answered_503_at_its_time_limit(start_pipeline):
+    p = start_pipeline(admin="    max_concurrent_queries: 1\n    max_queued_queries: 1\n")
+    answers: list = []
+    slow = _slow_query(p, answers)
+    assert eventually(_query_threads, timeout=10)
+
+    started = time.monotonic()
+    status, headers, raw = post(p, {"sql": "SELECT 1", "timeout": "500ms"})
+    waited = time.monotonic() - started
+    assert status == 503 and 0.4 < waited < 2, waited
+    assert headers["Retry-After"] == "1" and "no query slot came free" in json.loads(raw)["error"]
+    assert refused(p, "query_queue_timeout") == 1
+    slow.join()

@@ -1,7 +1,9 @@
-"""duckdb exporter housekeeping: retention by span start time, hourly Parquet that a restart neither
+"""duckdb exporter housekeeping: retention by the time spans were received, hourly Parquet that a restart neither
 repeats nor skips, into a directory outside the store."""
 
 from __future__ import annotations
+
+import time
 
 import pyarrow.parquet as pq
 
@@ -64,14 +66,17 @@ def test_completed_hours_are_exported_once_across_restarts(tmp_path, tmp_path_fa
     assert len(after) == 3
 
 
-def test_retention_deletes_spans_that_started_before_the_cutoff(tmp_path, tmp_path_factory):
+def test_retention_deletes_by_the_time_spans_were_received_not_by_the_clients_clock(tmp_path, tmp_path_factory):
     service = _service(tmp_path, tmp_path_factory.mktemp("pq"), retention="1d")
     try:
-        _send(service, 3, T0)
-        _send(service, 2, T0 + 30 * HOUR)
+        now = time.time_ns()
+        _send(service, 3, now - 8 * 24 * HOUR)  # a client whose clock is 8 days behind
+        _send(service, 2, now)
         exporter = service.exporters["duckdb"]
-        exporter.run_housekeeping(now_ns=T0 + 26 * HOUR)  # cutoff: T0 + 2h
+        exporter.run_housekeeping(now_ns=now + HOUR)
         store = exporter.store
-        assert store.query("SELECT min(start_ns), count(*) FROM spans").rows == [[T0 + 30 * HOUR, 2]]
+        assert store.query("SELECT count(*) FROM spans").rows == [[5]]  # just received: kept
+        exporter.run_housekeeping(now_ns=now + 25 * HOUR)  # a day after they arrived
+        assert store.query("SELECT count(*) FROM spans").rows == [[0]]
     finally:
         service.shutdown()
