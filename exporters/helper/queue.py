@@ -96,6 +96,10 @@ class _Queue:
         """Items waiting or being sent."""
         return len(self._items) + len(self._in_flight)
 
+    @property
+    def full(self) -> bool:
+        return self._used >= self.capacity
+
     def _take(self, timeout: float | None) -> Item | None:
         """The oldest waiting item, now in flight (None on timeout or once closed and empty)."""
         with self._cond:
@@ -122,13 +126,14 @@ class MemoryQueue(_Queue):
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, table: pa.Table) -> None:
+    def put(self, table: pa.Table, force: bool = False) -> None:
+        """Take ``table``; ``force``: even past the capacity (admitted while there was room)."""
         nbytes = table.nbytes
         size = _size(self.sizer, table.num_rows, nbytes)
         with self._cond:
             if self._closed:
                 raise QueueFull("the queue is closed")
-            if self._used + size > self.capacity and (self._items or self._in_flight):
+            if not force and self._used + size > self.capacity and (self._items or self._in_flight):
                 raise QueueFull(f"sending queue is full ({self._used} of {self.capacity} {self.sizer})")
             self._seq += 1
             self._items.append(Item(self._seq, table.num_rows, nbytes, table))
@@ -226,13 +231,13 @@ class PersistentQueue(_Queue):
 
     # --- the queue ---------------------------------------------------------------------
 
-    def put(self, table: pa.Table) -> None:
+    def put(self, table: pa.Table, force: bool = False) -> None:
         payload = serialize(table)
         size = _size(self.sizer, table.num_rows, len(payload))
         with self._cond:
             if self._closed:
                 raise QueueFull("the queue is closed")
-            if self._used + size > self.capacity and (self._items or self._in_flight):
+            if not force and self._used + size > self.capacity and (self._items or self._in_flight):
                 raise QueueFull(f"sending queue is full ({self._used} of {self.capacity} {self.sizer})")
             seq = self._seq + 1
             rec = self._writer.append(seq, payload)  # OSError: not taken (nothing of it stays)

@@ -15,8 +15,10 @@ queue, never the receiver's time or another exporter's.  ``num_consumers`` threa
 from the queue and send them, retrying a retryable failure with exponential backoff and jitter —
 never sooner than the backend's ``Retry-After`` / ``RetryInfo`` — until it succeeds, fails for
 good, or ``max_elapsed_time`` has passed since the first attempt; a batch given up is counted in
-``send_failed`` and logged.  A full queue refuses the batch (``enqueue_failed``).  With the queue
-disabled, ``export`` sends (and retries) in the caller's thread.
+``send_failed`` and logged.  A full queue (``on_full``) either holds the client back — the fan-out
+asks ``has_room`` before anything is stored and refuses the request retryably — or drops the batch
+for this exporter, counted (``enqueue_failed``, ``/v1/status``) and logged.  With the queue disabled,
+``export`` sends (and retries) in the caller's thread.
 
 Self-metrics per exporter: ``agent_sre_exporter_sent_{spans,...}``, ``..._send_failed_...``,
 ``..._enqueue_failed_...``, ``agent_sre_exporter_retries``, ``agent_sre_exporter_queue_size`` and
@@ -36,7 +38,7 @@ from pydantic import Field, model_validator
 
 from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, ExportStatus
-from agent_sre.pipeline.component.capabilities import SloReports
+from agent_sre.pipeline.component.capabilities import SendingQueue, SloReports
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.schema import signal_of
@@ -53,6 +55,10 @@ class SendingQueueConfig(ConfigModel):
     queue_size: int = Field(default=20_000, gt=0)  # in the sizer's unit
     sizer: Literal["requests", "items", "bytes"] = "items"
     storage: QueueStorage | None = None  # a persistent queue, on disk
+    # A full queue: `block` refuses the client's request (retryable) before anything is stored, so the
+    # client retries and this exporter gets every span (backpressure); `drop` stores the batch and this
+    # exporter loses it, counted (agent_sre_exporter_enqueue_failed_*, /v1/status) and logged.
+    on_full: Literal["block", "drop"] = "block"
     drain_timeout: Duration = Field(default="10s", ge=0)  # at shutdown, how long to keep sending what is queued
 
 
@@ -116,6 +122,10 @@ class QueuedExporter(Exporter):
         self._retries = t.exporter_retries.labels(name)
         self._latency = t.exporter_latency.labels(name)
         self.queued = config.sending_queue.enabled
+        self.blocks = self.queued and config.sending_queue.on_full == "block"  # the fan-out asks has_room()
+        self.dropped = 0  # rows a full queue (on_full: drop) did not take
+        self._host = None
+        self._drop_logged = 0.0
 
     # --- what subclasses implement --------------------------------------------------------
 
@@ -147,10 +157,14 @@ class QueuedExporter(Exporter):
                                for i in range(q.num_consumers)]
             for c in self._consumers:
                 c.start()
+            host.provide(SendingQueue, self.id, self)
+            self._host = host
         self._accepting = True
 
     def _shutdown(self) -> None:
         self._accepting = False
+        if self._host is not None:
+            self._host.withdraw(SendingQueue, self.id)
         queue = self._queue
         if queue is not None:
             deadline = time.monotonic() + self.config.sending_queue.drain_timeout
@@ -169,15 +183,31 @@ class QueuedExporter(Exporter):
 
     # --- the data path -----------------------------------------------------------------------
 
+    def has_room(self) -> bool:
+        """Whether the queue takes more now (asked before the batch is stored anywhere, with ``block``)."""
+        return self._queue is None or not self._queue.full
+
+    def queue_status(self) -> dict:
+        q = self._queue
+        return {"on_full": self.config.sending_queue.on_full, "size": q.size if q else 0,
+                "capacity": self.config.sending_queue.queue_size, "sizer": self.config.sending_queue.sizer,
+                "persistent": bool(q and q.persistent), "dropped": self.dropped}
+
     def export(self, batch: pa.Table) -> ExportResult:
         if not self._accepting:
             return ExportResult(ExportStatus.RETRYABLE, f"{self.id} is not running", 1.0)
         if self._queue is None:
             return self._deliver(batch)
         try:
-            self._queue.put(batch)
+            # Admitted by has_room() before the batch was stored: taken even if others filled it since.
+            self._queue.put(batch, force=self.blocks)
         except (QueueFull, OSError) as exc:
             self._enqueue_failed.inc(batch.num_rows)
+            self.dropped += batch.num_rows
+            if time.monotonic() - self._drop_logged >= 10:  # one line per 10 s, with the running total
+                self._drop_logged = time.monotonic()
+                self.logger.error("sending queue full (on_full: drop): %d rows dropped for this exporter so "
+                                  "far; they are stored by the pipeline's other exporters (%s)", self.dropped, exc)
             return ExportResult(ExportStatus.RETRYABLE, f"{self.id}: {exc}", 1.0)
         return SUCCESS
 

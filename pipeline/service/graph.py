@@ -42,10 +42,11 @@ class ExporterFanout:
 
     Synchronous exporters (the duckdb store: the durable point the client waits for) go first; if
     one fails, the batch is refused (retryable) and nothing was queued anywhere, so the client's
-    retry sends nothing twice.  Then every queued exporter (the exporter helper) takes the batch
-    into its own queue; a full queue is that exporter's loss, counted as ``enqueue_failed`` and
-    logged, and refuses the batch only when no other exporter took it (a retry would then
-    duplicate nothing)."""
+    retry sends nothing twice.  Before them, a queued exporter with ``on_full: block`` whose queue is
+    full refuses the batch (retryable: the client backs off and nobody has stored it yet).  Then every
+    queued exporter (the exporter helper) takes the batch into its own queue; a full queue with
+    ``on_full: drop`` is that exporter's loss, counted as ``enqueue_failed`` and logged, and refuses
+    the batch only when no other exporter took it (a retry would then duplicate nothing)."""
 
     def __init__(self, exporters: list[Exporter], telemetry: Telemetry):
         self.sync = [e for e in exporters if not getattr(e, "queued", False)]
@@ -54,6 +55,10 @@ class ExporterFanout:
         self.telemetry = telemetry
 
     def consume(self, batch: pa.Table) -> None:
+        full = [e for e in self.queued if getattr(e, "blocks", False) and not e.has_room()]
+        if full:
+            raise RefusedError("; ".join(f"{e.id}: sending queue is full (on_full: block); retry when it drains"
+                                         for e in full), 1.0)
         self._consume_sync(batch)
         refused = []
         for exp in self.queued:
