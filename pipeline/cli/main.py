@@ -2,6 +2,7 @@
 
     agent-sre run [--config FILE]            run the pipeline (embedded default without --config)
     agent-sre validate --config FILE         report every config problem with its YAML path
+    agent-sre config [--config FILE]         the effective config, defaults filled in, secrets masked
     agent-sre components                     list the component types
     agent-sre query "SQL" [--config FILE]    read-only SQL: through the running pipeline's API, or the file
     agent-sre export-parquet [--out DIR]     hourly Parquet files of the stored spans
@@ -22,7 +23,7 @@ import os
 import sys
 
 from agent_sre.pipeline.cli.common import CliError, note
-from agent_sre.pipeline.cli.config import cmd_components, cmd_validate
+from agent_sre.pipeline.cli.config import cmd_components, cmd_config, cmd_validate
 from agent_sre.pipeline.cli.cost import cmd_cost_summary, cmd_cost_unknown_models
 from agent_sre.pipeline.cli.incidents import cmd_incidents, cmd_postmortem
 from agent_sre.pipeline.cli.query import cmd_export_parquet, cmd_query
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a pipeline YAML")
     v.add_argument("--config", help="pipeline YAML (default: the embedded default)")
     v.set_defaults(fn=cmd_validate)
+    ec = sub.add_parser("config", help="print the effective config: defaults filled in, secrets masked")
+    ec.add_argument("--config", help="pipeline YAML (default: the embedded default)")
+    ec.set_defaults(fn=cmd_config)
     c = sub.add_parser("components", help="list component types")
     c.set_defaults(fn=cmd_components)
     q = sub.add_parser("query", help="read-only SQL over the span store")

@@ -20,11 +20,13 @@ def _setup_logging(level: str = "info") -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent_sre.pipeline.pdata.memory import use_system_allocator
     from agent_sre.pipeline.service import Service
+    from agent_sre.pipeline.service.config import install_secret_log_filter
 
     use_system_allocator()
     cfg = load(args.config)
     assert cfg.service is not None
     _setup_logging(cfg.service.telemetry.logs.level)
+    install_secret_log_filter(cfg)  # the config's secrets never reach the log
     service = Service(cfg)
     # A plain flag, not threading.Event: a handler runs between any two bytecodes of the main thread,
     # also inside Event.wait() while it holds the Event's lock, and Event.set() there deadlocks
@@ -36,11 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         service.start()
     except Exception as exc:  # noqa: BLE001 - a start failure is reported, not a traceback
         logging.getLogger("agent_sre").debug("start failed", exc_info=True)
-        print(f"agent-sre: cannot start: {exc}", file=sys.stderr)
+        print(f"agent-sre: cannot start: {cfg.mask(str(exc))}", file=sys.stderr)
         return EXIT_RUNTIME
     print(f"agent-sre running ({cfg.source}); Ctrl-C to stop", flush=True)
     for line in service.describe():
-        print(f"  {line}", flush=True)
+        print(f"  {cfg.mask(str(line))}", flush=True)
     while not stopping:
         time.sleep(0.2)  # a signal interrupts the sleep; the flag ends the loop
     print("agent-sre: shutting down (draining batches)", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ BUILTIN = (
     "agent_sre.processors.memory_limiter.factory:factory",
     "agent_sre.processors.batch.factory:factory",
     "agent_sre.processors.agent_semconv.factory:factory",
+    "agent_sre.processors.redaction.factory:factory",
     "agent_sre.processors.sli.factory:factory",
     "agent_sre.processors.cost.factory:factory",
     "agent_sre.processors.anomaly.factory:factory",
