@@ -252,6 +252,7 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
     ``columnar_attributes``: ``request`` is a ShadowExportTraceServiceRequest; returns None
     when its attributes must be converted the plain way."""
     raw_attrs: list[bytes] | None = [] if columnar_attributes else None
+    unchecked: list[bytes] = []  # the rejected spans' attribute bytes (shadow request)
     per_span: list[int] = []
     tids: list[bytes] = []
     sids: list[bytes] = []
@@ -293,6 +294,8 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
                     rejected += 1
                     if len(reasons) < _MAX_REJECT_REASONS:
                         reasons.append(_reject_reason(span, tid, sid, parent) or "invalid span")
+                    if raw_attrs is not None:  # still parsed, as protobuf's parser would
+                        unchecked.extend(span.attributes)  # type: ignore[arg-type]
                     continue
                 tids.append(tid)
                 sids.append(sid)
@@ -339,7 +342,7 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
                     any_links = True
 
     if raw_attrs is not None:
-        decoded = decode_key_values(raw_attrs, per_span, value_to_str, _double_str)
+        decoded = decode_key_values(raw_attrs, per_span, value_to_str, _double_str, unchecked)
         if decoded is None:
             return None
         offsets = np.zeros(len(per_span) + 1, dtype=np.int32)

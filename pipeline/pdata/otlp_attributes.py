@@ -14,15 +14,20 @@ bytes.  This module decodes all of a request's KeyValues at once with numpy:
 
 The common shapes above are decoded vectorised; a record that departs from
 them (field order, unknown fields, arrays, kvlists, bytes) is decoded by the
-real protobuf ``KeyValue`` class.  Anything a vectorised answer could get wrong
-(invalid UTF-8, a key repeated within a span) returns None, and the caller
-converts the request the plain way, so results are always those of
-``value_to_str`` (a property test checks both paths give the same rows).
+real protobuf classes, at the depth it has in a request: decoded on its own, a
+KeyValue would be allowed four more levels of nesting than protobuf allows it
+inside its request (found by tests/receivers/otlp/test_fuzz.py).  The attributes
+of spans the converter rejects are checked the same way, so a request is
+refused as undecodable exactly when protobuf's own parser refuses it.  Anything
+a vectorised answer could get wrong (invalid UTF-8, a key repeated within a
+span) returns None, and the caller converts the request the plain way, so
+results are always those of ``value_to_str`` (a property test checks both paths
+give the same rows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +40,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 __all__ = ["ShadowExportTraceServiceRequest", "decode_key_values"]
 
 _KEY_TAG, _VALUE_TAG = 0x0A, 0x12
+_REPEATED_1_TAG, _REPEATED_2_TAG, _SPAN_ATTRIBUTES_TAG = b"\x0a", b"\x12", b"\x4a"  # fields 1, 2 and 9
+# Nesting protobuf allows below a span attribute: its limit (100) less the 4 messages above it.  Each
+# level takes at least 2 bytes (tag, length), so a shorter KeyValue cannot reach the limit.
+_SHALLOW_BYTES = 2 * (100 - 4)
 _STRING, _BOOL, _INT, _DOUBLE = 0x0A, 0x10, 0x18, 0x21
 
 
@@ -76,24 +85,48 @@ def _varint(buf: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarra
     return value, end, done
 
 
+_GATHER_MAX = 1 << 16  # longer strings are copied as slices, not gathered byte by byte
+
+
 def _strings(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """Gather byte ranges of ``buf`` into a string array (UTF-8 is checked by the caller)."""
+    """Gather byte ranges of ``buf`` into a string array (UTF-8 is checked by the caller).
+
+    Short strings in one vectorised gather (a byte index per byte); long ones as slices, because the
+    index costs 8 bytes per byte (measured: one 15 MiB value took 120 MiB of index to convert)."""
     offsets = np.zeros(len(starts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf[idx]))
+    long_ = lengths > _GATHER_MAX
+    if not long_.any():
+        idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf[idx]))
+    out = np.empty(offsets[-1], dtype=np.uint8)
+    short = ~long_
+    s_len = lengths[short]
+    s_dst = np.repeat(offsets[:-1][short], s_len)
+    if len(s_dst):
+        s_ofs = np.zeros(len(s_len) + 1, dtype=np.int64)
+        np.cumsum(s_len, out=s_ofs[1:])
+        within = np.arange(s_ofs[-1], dtype=np.int64) - np.repeat(s_ofs[:-1], s_len)
+        out[s_dst + within] = buf[np.repeat(starts[short], s_len) + within]
+    for i in np.flatnonzero(long_):  # few by definition: a request holds at most size / _GATHER_MAX of them
+        out[offsets[i]:offsets[i + 1]] = buf[starts[i]:starts[i] + lengths[i]]
+    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(out))
 
 
 def decode_key_values(raw: list[bytes], per_span: list[int],
                       render_any: Callable[[common_pb2.AnyValue], str | None],
-                      render_double: Callable[[float], str]) -> tuple[pa.Array, pa.Array] | None:
+                      render_double: Callable[[float], str],
+                      unchecked: Sequence[bytes] = ()) -> tuple[pa.Array, pa.Array] | None:
     """(keys, values) as string arrays for every attribute, in order; None: convert the plain way.
 
     ``raw`` holds each KeyValue's bytes and ``per_span`` how many belong to each span.  Values
     are rendered as the plain path renders them: ``render_double`` for doubles, ``render_any``
-    (given a decoded AnyValue) for the shapes not handled here."""
+    (given a decoded AnyValue) for the shapes not handled here.  ``unchecked``: KeyValues not
+    needed (a rejected span's) but which must be valid protobuf.  Raises ``DecodeError`` as
+    protobuf's parser of the whole request would."""
     n = len(raw)
     if n == 0:
+        _as_span_attributes(unchecked)
         return pa.array([], pa.string()), pa.array([], pa.string())
     lengths = np.fromiter(map(len, raw), dtype=np.int64, count=n)
     buf = np.frombuffer(b"".join(raw) + b"\x00", dtype=np.uint8)  # a pad byte keeps gathers in range
@@ -154,8 +187,11 @@ def decode_key_values(raw: list[bytes], per_span: list[int],
             where[i] = np.arange(base, base + len(i))
             base += len(i)
     keys = _strings(buf, np.where(fast, kstart, 0), np.where(fast, klen, 0))
+    _as_span_attributes(unchecked)
     if len(slow):
-        decoded = [common_pb2.KeyValue.FromString(raw[i]) for i in slow]
+        # A record too short to nest past the limit is decoded alone, which is faster.
+        decoded = [common_pb2.KeyValue.FromString(raw[i]) if len(raw[i]) < _SHALLOW_BYTES
+                   else _as_span_attributes([raw[i]])[0] for i in slow]
         parts.append(pa.array([render_any(kv.value) for kv in decoded], pa.large_string()))
         where[slow] = np.arange(base, base + len(slow))
         key_where = np.arange(n, dtype=np.int64)
@@ -171,6 +207,28 @@ def decode_key_values(raw: list[bytes], per_span: list[int],
     if _repeated_keys(keys, per_span):
         return None
     return keys.cast(pa.string()), values.cast(pa.string())
+
+
+def _as_span_attributes(records: Sequence[bytes]) -> Sequence[common_pb2.KeyValue]:
+    """KeyValue records decoded as the attributes of a span in a request: protobuf's checks and its
+    nesting limit, counted from the request (request > resource_spans > scope_spans > span)."""
+    if not records:
+        return []
+    span = b"".join(_SPAN_ATTRIBUTES_TAG + _varint_bytes(len(r)) + r for r in records)
+    scope = _REPEATED_2_TAG + _varint_bytes(len(span)) + span  # ScopeSpans.spans
+    resource = _REPEATED_2_TAG + _varint_bytes(len(scope)) + scope  # ResourceSpans.scope_spans
+    request = _REPEATED_1_TAG + _varint_bytes(len(resource)) + resource  # resource_spans
+    parsed = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
+    return parsed.resource_spans[0].scope_spans[0].spans[0].attributes
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _string_at(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
