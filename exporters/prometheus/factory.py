@@ -6,7 +6,9 @@ counters summed from the rollups (``agent_sre_sli_events_total``,
 ``agent_sre_sli_good_events_total``: what generated Prometheus rules compute
 burn rates from).  Per exported batch, column-wise: RED metrics for agent spans
 (calls and duration by agent, role, model, tool and status) and the OpenTelemetry
-GenAI client histograms (token usage, operation duration).
+GenAI client histograms (token usage, operation duration).  Each metric keeps at most
+``max_series_per_metric`` distinct values of its client-data labels; later ones fold into
+its overflow series (``cardinality.py``).
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from pydantic import Field
 
-from agent_sre.exporters.prometheus.metrics import AgentMetrics
+from agent_sre.exporters.prometheus.cardinality import MAX_SERIES_PER_METRIC
+from agent_sre.exporters.prometheus.metrics import agent_metrics
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
 from agent_sre.pipeline.component.config import ConfigModel, HostPort
 
 
 class PrometheusExporterConfig(ConfigModel):
     endpoint: HostPort = "127.0.0.1:8889"  # the Collector's prometheus exporter convention
-    # Label sets per metric; spans beyond are counted in agent_sre_prometheus_dropped_series_spans_total.
-    max_series: int = Field(default=2000, gt=0)
+    # Distinct values of each metric's client-data labels; later ones fold into its overflow series.
+    max_series_per_metric: int = Field(default=MAX_SERIES_PER_METRIC, gt=0)
 
 
 class PrometheusExporter(Exporter):
@@ -35,7 +38,7 @@ class PrometheusExporter(Exporter):
 
     def __init__(self, settings, config: PrometheusExporterConfig):
         super().__init__(settings, config)
-        self.metrics = AgentMetrics(config.max_series)
+        self.metrics = agent_metrics(settings, config.max_series_per_metric)
         self._host = None
 
     def _start(self, host) -> None:

@@ -2,17 +2,28 @@
 
 ``observe(batch)`` accumulates RED and GenAI histograms column-wise; ``families(host)``
 returns every metric family as of now: those histograms, the SLI event counters
-summed from the rollups, and the SLO gauges of each ``slo`` processor's latest report.
+summed from the rollups, and the SLO gauges of each ``slo`` processor's latest report.  Each metric
+keeps at most ``max_series`` combinations of its client-data labels; later ones fold into its overflow
+series (``cardinality.py``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agent_sre.exporters.prometheus.cardinality import (
+    MAX_SERIES_PER_METRIC,
+    OnOverflow,
+    OverflowReport,
+    SeriesLimit,
+    label_table,
+)
 from agent_sre.exporters.prometheus.histograms import DURATION_BUCKETS, TOKEN_BUCKETS, HistogramSet
 from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
 
@@ -26,19 +37,24 @@ def _seconds(table: pa.Table) -> pa.ChunkedArray:
 
 
 class AgentMetrics:
-    def __init__(self, max_series: int):
+    def __init__(self, max_series: int = MAX_SERIES_PER_METRIC, on_overflow: OnOverflow | None = None):
+        """``max_series``: label sets per metric; ``on_overflow(metric, values)`` hears what is folded beyond."""
         self._lock = threading.Lock()
         self._pending: list[tuple[pa.Table, pa.Table | None]] = []  # (RED columns, LLM rows' columns)
         self._pending_rows = 0
-        n = max_series
+        n, cb = max_series, on_overflow
         self.calls = HistogramSet("agent_sre_span_duration_seconds", "Agent spans by agent, role, model, tool and "
-                                  "status: count (calls) and duration.", RED_LABELS, DURATION_BUCKETS, n)
+                                  "status: count (calls) and duration.", RED_LABELS, DURATION_BUCKETS, n,
+                                  kept=("status_code",), on_overflow=cb)
         self.tokens = HistogramSet("gen_ai_client_token_usage", "Tokens used per GenAI operation "
                                    "(OpenTelemetry gen_ai.client.token.usage).", (*GENAI_LABELS, "gen_ai_token_type"),
-                                   TOKEN_BUCKETS, n)
+                                   TOKEN_BUCKETS, n, kept=("gen_ai_token_type",), on_overflow=cb)
         self.durations = HistogramSet("gen_ai_client_operation_duration_seconds", "GenAI operation duration "
                                       "(OpenTelemetry gen_ai.client.operation.duration).", GENAI_LABELS,
-                                      DURATION_BUCKETS, n)
+                                      DURATION_BUCKETS, n, on_overflow=cb)
+        self.sli = _SliCounters(n, cb)
+        self.slo = _SloGauges(n, cb)
+        self._collect_lock = threading.Lock()
 
     def observe(self, batch: pa.Table) -> None:
         """Keep the columns the metrics need; they are folded into the histograms once ``FOLD_ROWS``
@@ -75,49 +91,118 @@ class AgentMetrics:
         with self._lock:
             self._fold()
             out = [self.calls.family(), self.tokens.family(), self.durations.family()]
-            dropped = self.calls.dropped + self.tokens.dropped + self.durations.dropped
-        d = CounterMetricFamily("agent_sre_prometheus_dropped_series_spans", "Observations not recorded because "
-                                "their metric reached max_series label sets.")
-        d.add_metric([], dropped)
-        out.append(d)
         if host is not None:
-            out += _sli_counters(host) + _slo_gauges(host)
+            with self._collect_lock:  # the limits' state; not self._lock, which would hold exports for a query
+                out += self.sli.families(host) + self.slo.families(host)
         return out
 
 
-def _sli_counters(host) -> list:
-    stores = host.all(SpanStore)
-    events = CounterMetricFamily("agent_sre_sli_events", "SLI events (the rollups' totals).",
-                                 labels=["sli", "agent_id", "agent_version"])
-    good = CounterMetricFamily("agent_sre_sli_good_events", "Good SLI events.",
-                               labels=["sli", "agent_id", "agent_version"])
-    for store in stores:
-        for sli, agent, version, g, t in store.read(
-                "SELECT sli, agent_id, agent_version, sum(good), sum(total) FROM sli_minutes GROUP BY ALL"):
-            events.add_metric([sli, agent, version], t)
-            good.add_metric([sli, agent, version], g)
-    return [events, good]
+def agent_metrics(settings, max_series: int) -> AgentMetrics:
+    """An exporter's metrics, what they fold into overflow series counted in its self-telemetry and logged."""
+    report = OverflowReport(str(settings.id), settings.telemetry.exporter_series_overflow, settings.logger,
+                            max_series)
+    return AgentMetrics(max_series, report)
 
 
-def _slo_gauges(host) -> list:
-    labels = ["slo", "sli", "agent_id", "agent_version"]  # agent_version: "" unless the SLO is per version
-    value = GaugeMetricFamily("agent_sre_slo_sli_value", "SLI value over the objective's window.", labels=labels)
-    objective = GaugeMetricFamily("agent_sre_slo_objective", "The objective's target.", labels=labels)
-    budget = GaugeMetricFamily("agent_sre_slo_error_budget_remaining", "Error budget left (0..1).", labels=labels)
-    burn = GaugeMetricFamily("agent_sre_slo_burn_rate", "Burn rate over a window.", labels=[*labels, "window"])
-    firing = GaugeMetricFamily("agent_sre_slo_alert_firing", "1 while a burn-rate rule fires.",
-                               labels=[*labels, "rule"])
-    status = GaugeMetricFamily("agent_sre_slo_status", "1 for the SLO's current status.", labels=[*labels, "status"])
-    for proc in host.all(SloReports):
-        for row in proc.last_report:
-            key = [row["slo"], row["sli"], row["agent_id"], row.get("agent_version") or ""]
-            if row["sli_value"] is not None:
-                value.add_metric(key, row["sli_value"])
-            objective.add_metric(key, row["target"])
-            budget.add_metric(key, row["budget_remaining"])
-            for window, rate in row["burn_rates"].items():
-                burn.add_metric([*key, window], rate)
-            for rule in row["firing"]:
-                firing.add_metric([*key, rule], 1)
-            status.add_metric([*key, row["status"]], 1)
-    return [value, objective, budget, burn, firing, status]
+class _Recomputed:
+    """A counter or gauge family recomputed at every collection, under its cardinality limit: values of
+    label sets beyond it are folded into an overflow series by ``fold`` ("sum" for counters; for gauges
+    the worst of the folded values, "min" or "max").  What is counted as folded: for a counter, how much
+    its overflow series grew since the last collection; for a gauge, the values folded at this one."""
+
+    def __init__(self, family, name: str, documentation: str, names: Sequence[str], max_series: int, fold: str,
+                 kept: Sequence[str], on_overflow: OnOverflow | None):
+        self._family, self.name, self.documentation = family, name, documentation
+        self.names, self.fold, self.on_overflow = list(names), fold, on_overflow
+        self.counter = family is CounterMetricFamily
+        self.limit = SeriesLimit(name, names, max_series, kept)
+        self._reported: dict[int, float] = {}
+
+    def family(self, columns: Sequence[list], values: list[float]):
+        """``columns``: one list of label values per label name; ``values``: one value per row."""
+        name = self.name
+        fam = self._family(name, self.documentation, labels=self.names)
+        if not values:
+            return fam
+        labels = label_table(self.names, [pa.array(c, pa.string()) for c in columns])
+        own, over = self.limit.assign(labels)
+        v = np.asarray(values, dtype=np.float64)
+        mine = own >= 0
+        for row, value in zip(labels.filter(pa.array(mine)).to_pylist(), v[mine].tolist(), strict=True):
+            fam.add_metric([row[n] for n in self.names], value)
+        if not mine.all():
+            folded = pa.table({"p": over[~mine], "v": v[~mine]}).group_by("p").aggregate([("v", self.fold)])
+            overflow_labels = self.limit.overflow_labels()
+            sample = name + ("_total" if self.counter else "")
+            grew = 0.0
+            for p, value in zip(folded.column("p").to_pylist(), folded.column(f"v_{self.fold}").to_pylist(),
+                                strict=True):
+                fam.add_sample(sample, overflow_labels[p], value)
+                grew += max(0.0, value - self._reported.get(p, 0.0))
+                self._reported[p] = value
+            if self.on_overflow is not None:
+                self.on_overflow(name, grew if self.counter else int((~mine).sum()))
+        return fam
+
+
+SLI_LABELS = ("sli", "agent_id", "agent_version")
+
+
+class _SliCounters:
+    """The SLI event counters summed from the rollups (what generated Prometheus rules compute burn rates
+    from); their agent ids come from client data, hence the limit."""
+
+    def __init__(self, max_series: int, on_overflow: OnOverflow | None):
+        self.events = _Recomputed(CounterMetricFamily, "agent_sre_sli_events", "SLI events (the rollups' totals).",
+                                  SLI_LABELS, max_series, "sum", ("sli",), on_overflow)
+        self.good = _Recomputed(CounterMetricFamily, "agent_sre_sli_good_events", "Good SLI events.",
+                                SLI_LABELS, max_series, "sum", ("sli",), on_overflow)
+
+    def families(self, host) -> list:
+        rows = [r for store in host.all(SpanStore) for r in store.read(
+            "SELECT sli, agent_id, agent_version, sum(good), sum(total) FROM sli_minutes GROUP BY ALL")]
+        sli, agent, version, good, total = _columns(rows, 5)
+        return [self.events.family([sli, agent, version], total), self.good.family([sli, agent, version], good)]
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+SLO_LABELS = ("slo", "sli", "agent_id", "agent_version")  # agent_version: "" unless the SLO is per version
+# name, help, extra labels, fold: the overflow series shows the worst of the agents folded into it
+_SLO_GAUGES = (
+    ("agent_sre_slo_sli_value", "SLI value over the objective's window.", (), "min"),
+    ("agent_sre_slo_objective", "The objective's target.", (), "max"),
+    ("agent_sre_slo_error_budget_remaining", "Error budget left (0..1).", (), "min"),
+    ("agent_sre_slo_burn_rate", "Burn rate over a window.", ("window",), "max"),
+    ("agent_sre_slo_alert_firing", "1 while a burn-rate rule fires.", ("rule",), "max"),
+    ("agent_sre_slo_status", "1 for the SLO's current status.", ("status",), "max"),
+)
+
+
+class _SloGauges:
+    """The SLO gauges of each ``slo`` processor's latest report, one series per (objective, agent)."""
+
+    def __init__(self, max_series: int, on_overflow: OnOverflow | None):
+        self.gauges = [_Recomputed(GaugeMetricFamily, name, doc, [*SLO_LABELS, *extra], max_series, fold,
+                                   ("slo", "sli", *extra), on_overflow)
+                       for name, doc, extra, fold in _SLO_GAUGES]
+
+    def families(self, host) -> list:
+        rows: list[list] = [[] for _ in _SLO_GAUGES]  # per gauge: (label values..., value)
+        for proc in host.all(SloReports):
+            for r in proc.last_report:
+                key = [r["slo"], r["sli"], r["agent_id"], r.get("agent_version") or ""]
+                if r["sli_value"] is not None:
+                    rows[0].append((*key, r["sli_value"]))
+                rows[1].append((*key, r["target"]))
+                rows[2].append((*key, r["budget_remaining"]))
+                rows[3] += [(*key, window, rate) for window, rate in r["burn_rates"].items()]
+                rows[4] += [(*key, rule, 1) for rule in r["firing"]]
+                rows[5].append((*key, r["status"], 1))
+        out = []
+        for gauge, mine in zip(self.gauges, rows, strict=True):
+            *labels, values = _columns(mine, len(gauge.names) + 1)
+            out.append(gauge.family(labels, values))
+        return out

@@ -12,7 +12,8 @@ import time
 import pyarrow as pa
 from pydantic import Field
 
-from agent_sre.exporters.prometheus.metrics import AgentMetrics
+from agent_sre.exporters.prometheus.cardinality import MAX_SERIES_PER_METRIC
+from agent_sre.exporters.prometheus.metrics import agent_metrics
 from agent_sre.exporters.prometheusremotewrite.remote_write import encode, push, write_request
 from agent_sre.pipeline.component import SUCCESS, Exporter, ExportResult, Factory, Kind
 from agent_sre.pipeline.component.config import ConfigModel, Duration
@@ -25,7 +26,7 @@ class RemoteWriteConfig(ConfigModel):
     timeout: Duration = Field(default="10s", gt=0)
     max_attempts: int = Field(default=5, ge=1)
     headers: dict[str, str] = {}
-    max_series: int = Field(default=2000, gt=0)
+    max_series_per_metric: int = Field(default=MAX_SERIES_PER_METRIC, gt=0)
 
 
 class RemoteWriteExporter(Exporter):
@@ -33,7 +34,7 @@ class RemoteWriteExporter(Exporter):
 
     def __init__(self, settings, config: RemoteWriteConfig):
         super().__init__(settings, config)
-        self.metrics = AgentMetrics(config.max_series)
+        self.metrics = agent_metrics(settings, config.max_series_per_metric)
         self._host = None
         self._worker = PeriodicWorker(f"{self.id}-push", config.interval, self.push_now, self.logger)
         t = settings.telemetry

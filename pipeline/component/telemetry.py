@@ -86,6 +86,11 @@ class Telemetry:
         self.exporter_failed_points = Counter(
             "agent_sre_exporter_send_failed_metric_points", "Metric points an exporter failed to send.",
             ["exporter"], registry=r)
+        self.exporter_series_overflow = Counter(
+            "agent_sre_exporter_series_overflow", "What a metrics exporter folded into a metric's overflow series "
+            "(otel_metric_overflow=\"true\") because the metric reached max_series_per_metric: observations "
+            "for histograms, the overflow's growth for counters, values per collection for gauges.",
+            ["exporter", "metric"], registry=r)
         self.exporter_sent_logs = Counter(
             "agent_sre_exporter_sent_log_records", "Log records an exporter sent (or stored) successfully.",
             ["exporter"], registry=r)
