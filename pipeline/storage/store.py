@@ -296,6 +296,7 @@ class SpanStore:
         """After a fatal error (disk full while DuckDB wrote) its instance refuses all work until it is
         opened again; what it committed is in its file and WAL, and what it did not is still spooled.
         ``checkpoint``: write the WAL out first, with a pool large enough for it."""
+        self._stop_verifier()  # its connection would keep the invalidated instance alive
         with self._lock:
             try:
                 self._con.close()
@@ -828,10 +829,14 @@ class SpanStore:
         with self._lock:
             self._con.execute("CHECKPOINT")
 
+    def _stop_verifier(self) -> None:
+        self._stop_verify.set()
+        if self._verifier is not threading.current_thread():
+            self._verifier.join(timeout=30)
+
     def close(self) -> None:
         """Drain the spool into DuckDB, then close.  What cannot be drained stays in the spool."""
-        self._stop_verify.set()
-        self._verifier.join(timeout=30)
+        self._stop_verifier()
         if self._spool is not None and not self._closed:
             with self._cond:
                 self._closing = True

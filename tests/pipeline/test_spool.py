@@ -23,6 +23,7 @@ def _table(n: int, prefix: str) -> pa.Table:
 
 def _crash(store: SpanStore) -> None:
     """What kill -9 leaves: the DuckDB file and the spool, with no drain and no checkpoint."""
+    store._stop_verifier()  # its connection would keep the database instance open in this process
     store._con.close()
 
 

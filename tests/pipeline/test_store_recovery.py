@@ -36,6 +36,7 @@ def test_values_too_large_for_the_buffer_pool_together_are_stored_and_the_store_
         store.append(_big_span(i, 15))
     store.sync(120)
     assert store.count() == 8 and store.health() is None
+    store._stop_verifier()
     store._con.close()  # a crash: no checkpoint, the WAL holds the large values
 
     again = SpanStore(db, spool=SpoolSettings(directory=str(tmp_path / "spool")))

@@ -114,6 +114,7 @@ def test_spool_replay_after_a_crash_rolls_up_exactly_once(tmp_path):
     store.set_sli_rollups([SliRollup("tools", "span_role = 'tool'", "status_code <> 'error'")])
     table = normalize(request_to_table(spans([(TOOL, False, 0)] * 3 + [(TOOL, True, 0)])).table, load_conventions())
     store.append(table)
+    store._stop_verifier()
     store._con.close()  # kill -9: the batch is only in the spool
     reopened = SpanStore(db, spool=settings)  # no SLIs set yet: the last run's roll up the replay
     assert reopened.read("SELECT good, total FROM sli_minutes") == [(3, 4)]
