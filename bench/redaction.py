@@ -26,6 +26,7 @@ from agent_sre.processors.redaction.factory import factory
 from bench.agent_spans import _kv, make_request
 
 SETUPS = {
+    "secrets": {"presets": ["secrets"]},
     "secrets, pii (default)": {},
     "secrets, pii, genai-content": {"presets": ["secrets", "pii", "genai-content"]},
     "secrets, pii, hash": {"action": "hash", "hash_key": "bench-hmac-key-0123456789"},
