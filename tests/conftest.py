@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,28 +113,52 @@ class RunningPipeline:
             return r.read().decode()
 
 
+def start_on_free_ports(make_text: Callable[[Ports, int], str]) -> tuple[Service, Ports, str]:
+    """Start a Service in this process from ``make_text(ports, attempt)``: (service, ports, its YAML).
+
+    A port found free can be taken (e.g. as the local port of an outgoing connection) before the
+    service binds it: try again on fresh ports rather than fail the test for it."""
+    for attempt in range(3):
+        ports = Ports.allocate()
+        text = make_text(ports, attempt)
+        service = Service(parse_config(text, "test"))
+        try:
+            service.start()
+        except OSError:
+            service.shutdown()
+            if attempt == 2:
+                raise
+            continue
+        return service, ports, text
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import trustme
+
+    ca = trustme.CA()
+    d = tmp_path_factory.mktemp("pki")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
+    server.private_key_pem.write_to_path(str(d / "server.key"))
+    client = ca.issue_cert("agent@example.com")
+    client.cert_chain_pems[0].write_to_path(str(d / "client.crt"))
+    client.private_key_pem.write_to_path(str(d / "client.key"))
+    return d
+
+
 @pytest.fixture
 def start_pipeline(tmp_path):
     """Start a Service in this process from pipeline_yaml(**kwargs); shut down after the test."""
     services: list[Service] = []
 
     def start(**kwargs) -> RunningPipeline:
-        # A port found free can be taken (e.g. as the local port of an outgoing connection) before
-        # the service binds it: try again on fresh ports rather than fail the test for it.
-        for attempt in range(3):
-            ports = Ports.allocate()
-            cfg = parse_config(pipeline_yaml(ports, tmp_path, **kwargs), "test")
-            service = Service(cfg)
-            try:
-                service.start()
-            except OSError:
-                service.shutdown()
-                if attempt == 2:
-                    raise
-                continue
-            services.append(service)
-            return RunningPipeline(service, ports, tmp_path)
-        raise AssertionError("unreachable")
+        service, ports, _ = start_on_free_ports(lambda ports, _attempt: pipeline_yaml(ports, tmp_path, **kwargs))
+        services.append(service)
+        return RunningPipeline(service, ports, tmp_path)
 
     yield start
     for s in services:

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-import trustme
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,24 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from agent_sre.pipeline.cli.admin_client import AdminClient, AdminError
 from agent_sre.pipeline.component.capabilities import Incidents
 from agent_sre.pipeline.service import Service
-from agent_sre.pipeline.service.config import parse_config
-from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml
+from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml, start_on_free_ports
 
 TOKEN = "admin-token-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    ca = trustme.CA()
-    d = tmp_path_factory.mktemp("pki")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
-    server.private_key_pem.write_to_path(str(d / "server.key"))
-    client = ca.issue_cert("oncall@example.com")
-    client.cert_chain_pems[0].write_to_path(str(d / "client.crt"))
-    client.private_key_pem.write_to_path(str(d / "client.key"))
-    return d
 
 
 def admin_yaml(reads: bool = False, tls: str = "") -> str:
@@ -57,27 +41,20 @@ def start(tmp_path, monkeypatch):
     services: list[Service] = []
 
     def run(admin: str) -> tuple[RunningPipeline, object]:
-        for attempt in range(3):
-            ports = Ports.allocate()
-            data = tmp_path / f"data-{len(services)}-{attempt}"  # one store per pipeline
-            data.mkdir()
+        data = tmp_path / f"data-{len(services)}"  # one store per pipeline
+        data.mkdir()
+
+        def text(ports: Ports, _attempt: int) -> str:
             text = pipeline_yaml(ports, data, processors="memory_limiter, agent_semconv, incidents, batch")
             text = text.replace("  agent_semconv: {}\n", "  agent_semconv: {}\n  incidents: {}\n")
-            text = text.replace(f"  admin:\n    endpoint: 127.0.0.1:{ports.admin}\n",
+            return text.replace(f"  admin:\n    endpoint: 127.0.0.1:{ports.admin}\n",
                                 f"  admin:\n    endpoint: 127.0.0.1:{ports.admin}\n{admin}")
-            service = Service(parse_config(text, "test"))
-            try:
-                service.start()
-            except OSError:
-                service.shutdown()
-                if attempt == 2:
-                    raise
-                continue
-            services.append(service)
-            config = data / "pipeline.yaml"
-            config.write_text(text)
-            return RunningPipeline(service, ports, data), config
-        raise AssertionError("unreachable")
+
+        service, ports, yaml_text = start_on_free_ports(text)
+        services.append(service)
+        config = data / "pipeline.yaml"
+        config.write_text(yaml_text)
+        return RunningPipeline(service, ports, data), config
 
     yield run
     for s in services:

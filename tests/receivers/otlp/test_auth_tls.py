@@ -10,7 +10,6 @@ import urllib.request
 
 import grpc
 import pytest
-import trustme
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
@@ -25,9 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import ValidationError
 
 from agent_sre.pipeline.service import Service
-from agent_sre.pipeline.service.config import parse_config
 from agent_sre.receivers.otlp.config import OtlpReceiverConfig
-from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml
+from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml, start_on_free_ports
 from tests.otlp_builders import kv, request
 
 KEY = "billing-key-0123456789abcdef"
@@ -53,21 +51,6 @@ def auth_yaml(on_foreign_agent: str = "reject") -> str:
 """
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    ca = trustme.CA()
-    d = tmp_path_factory.mktemp("pki")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
-    server.private_key_pem.write_to_path(str(d / "server.key"))
-    client = ca.issue_cert("agent@example.com")
-    client.cert_chain_pems[0].write_to_path(str(d / "client.crt"))
-    client.private_key_pem.write_to_path(str(d / "client.key"))
-    return d
-
-
 def tls_yaml(pki, mutual: bool = False, min_version: str = "1.2") -> str:
     ca = f", client_ca_file: {pki / 'ca.pem'}" if mutual else ""
     return (f"        tls: {{cert_file: {pki / 'server.crt'}, key_file: {pki / 'server.key'}{ca}, "
@@ -84,26 +67,18 @@ def start(tmp_path, monkeypatch):
 
     def run(receiver: str = "", grpc_tls: str = "", http_tls: str = "", workers: int = 0,
             logs: bool = False) -> RunningPipeline:
-        for attempt in range(3):
-            ports = Ports.allocate()
+        def text(ports: Ports, _attempt: int) -> str:
             text = pipeline_yaml(ports, tmp_path, workers=workers)
             if logs:
                 text = text.replace("  telemetry:\n", LOGS_PIPELINE + "  telemetry:\n", 1)
             text = text.replace(f"    workers: {workers}\n", f"    workers: {workers}\n{receiver}")
             text = text.replace("        max_recv_msg_size_mib: 4\n", f"        max_recv_msg_size_mib: 4\n{grpc_tls}")
-            text = text.replace(f"        max_request_body_size: {20 << 20}\n",
+            return text.replace(f"        max_request_body_size: {20 << 20}\n",
                                 f"        max_request_body_size: {20 << 20}\n{http_tls}")
-            service = Service(parse_config(text, "test"))
-            try:
-                service.start()
-            except OSError:
-                service.shutdown()
-                if attempt == 2:
-                    raise
-                continue
-            services.append(service)
-            return RunningPipeline(service, ports, tmp_path)
-        raise AssertionError("unreachable")
+
+        service, ports, _ = start_on_free_ports(text)
+        services.append(service)
+        return RunningPipeline(service, ports, tmp_path)
 
     yield run
     for s in services:
