@@ -14,6 +14,7 @@
 SQL is read-only (SELECT/EXPLAIN), touches no file, and is limited in rows, answer bytes, time and
 memory (pipeline/storage/sandbox.py); it runs in its own bounded pool (admin_guard.QueryAdmission).
 Every route checks the Host header, and POSTs the Origin and Content-Type (admin_guard.RequestGuard).
+A caller whose key carries a tenant sees that tenant's data only (admin_tenants.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
 from agent_sre.pipeline.component.auth import (
@@ -35,19 +36,34 @@ from agent_sre.pipeline.component.auth import (
     AuthFailure,
     Principal,
 )
-from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SendingQueue, SloReports, SpanStore
+from agent_sre.pipeline.component.capabilities import (
+    CostReports,
+    Incidents,
+    SendingQueue,
+    SloReports,
+    SpanStore,
+)
 from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort, parse_duration
 from agent_sre.pipeline.component.errors import TransitionError
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, Handler, read_body
 from agent_sre.pipeline.component.tls import TlsServerConfig
 from agent_sre.pipeline.service.admin_guard import QueryAdmission, RequestGuard
+from agent_sre.pipeline.service.admin_tenants import TenantAgents, tenant_costs
 from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
 
 
 class AdminAuthConfig(AuthConfig):
     # false: a key is needed for the calls that change something (the incident lifecycle); true: for every call.
     reads: bool = False
+
+    @model_validator(mode="after")
+    def _tenants_need_reads(self) -> AdminAuthConfig:
+        tenants = sorted({k.tenant for k in self.keys if k.tenant})
+        if tenants and not self.reads:
+            raise ValueError(f"keys with a tenant ({', '.join(tenants)}) need reads: true: without it, a caller "
+                             "with no key reads every tenant's data")
+        return self
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # who an authenticated request speaks for (its tenant)
@@ -97,6 +113,7 @@ class AdminApi(Extension):
         self._guard = RequestGuard(self.config.endpoint, self.config.allowed_hosts, self.config.allowed_origins)
         auth = self.config.auth
         self._auth = Authenticator(auth, str(self.id), self.logger) if auth is not None else None
+        self._tenant_agents: TenantAgents | None = None
         self._route("POST", "/v1/query", self._query)
         self._route("GET", "/v1/status", self._status)
         self._route("GET", "/v1/slos", self._slos)
@@ -157,7 +174,33 @@ class AdminApi(Extension):
         except CapabilityError as exc:
             raise QueryError(f"no span store to query: {exc}", 503, "no_store") from exc
 
-    def _limits(self, body: dict) -> QueryLimits:
+    @staticmethod
+    def _tenant(request: web.Request) -> str | None:
+        """The caller's tenant (its key's), or None: every tenant's data."""
+        principal = request.get(PRINCIPAL)
+        return principal.tenant if principal is not None else None
+
+    async def _agents_of(self, tenant: str, agent: str | None = None) -> frozenset[str]:
+        """The tenant's agents (``agent``: the one asked for): from memory when read lately, else read in a
+        worker thread."""
+        if self._tenant_agents is None:
+            try:
+                self._tenant_agents = TenantAgents(self._store().read)
+            except QueryError:
+                return frozenset()  # no store: nothing stored, no agent is anyone's
+        found = self._tenant_agents.cached(tenant, agent)
+        if found is None:
+            found = await asyncio.get_running_loop().run_in_executor(self._pool, self._tenant_agents.of, tenant,
+                                                                     agent)
+        return found
+
+    def _not_the_tenants(self, request: web.Request, tenant: str, what: str) -> web.Response:
+        """404 for another tenant's (or nobody's) agent or incident: the same answer either way, counted."""
+        message = f"{what} is not one of tenant {tenant!r}'s"
+        self._refused(request, "tenant_scope", message)
+        return web.json_response({"error": message}, status=404)
+
+    def _limits(self, body: dict, tenant: str | None = None) -> QueryLimits:
         """The request's limits, within the configured ones; 400 naming what is wrong."""
         cfg = self.config
         max_rows = body.get("max_rows", cfg.max_rows)
@@ -170,7 +213,8 @@ class AdminApi(Extension):
         if timeout <= 0:
             raise QueryError(f'"timeout" must be positive (at most {cfg.query_timeout:g}s; got {timeout:g}s)')
         return QueryLimits(max_rows=min(max_rows, cfg.max_rows), timeout_s=min(timeout, cfg.query_timeout),
-                           max_result_bytes=cfg.max_result_bytes, max_memory_bytes=cfg.max_query_memory_mib << 20)
+                           max_result_bytes=cfg.max_result_bytes, max_memory_bytes=cfg.max_query_memory_mib << 20,
+                           tenant=tenant)
 
     async def _query(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()  # the time limit runs from here: the wait for a query slot counts
@@ -178,7 +222,7 @@ class AdminApi(Extension):
             body = json.loads(await read_body(request, 1 << 20) or b"{}")
             if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
                 raise QueryError('body must be a JSON object with "sql": "<statement>"')
-            limits = self._limits(body)
+            limits = self._limits(body, self._tenant(request))
             deadline = arrived + limits.timeout_s
             encoded, truncated_by = await self._queries.run(deadline, self._answer, self._store(), body["sql"],
                                                             limits, deadline)
@@ -213,6 +257,10 @@ class AdminApi(Extension):
         loop = asyncio.get_running_loop()
         try:
             rows = [row for proc in processors for row in await loop.run_in_executor(self._pool, proc.report)]
+            tenant = self._tenant(request)
+            if tenant is not None:
+                agents = await self._agents_of(tenant)
+                rows = [row for row in rows if row.get("agent_id") in agents]
         except Exception as exc:  # noqa: BLE001 - e.g. the store did not catch up in time
             return web.json_response({"error": f"SLO evaluation failed: {exc}"}, status=503)
         return web.json_response({"slos": rows, "configured": bool(processors)})
@@ -224,13 +272,20 @@ class AdminApi(Extension):
             return web.json_response({"error": "no decision sources configured (cost budgets or incidents "
                                                "breakers)"}, status=404)
         agent = request.get(PATH_PARAM)
+        tenant = self._tenant(request)
+        agents = await self._agents_of(tenant, agent) if tenant is not None else None
         if agent is not None:
+            if agents is not None and agent not in agents:
+                return self._not_the_tenants(request, str(tenant), f"agent {agent!r}")
             started = time.perf_counter()
             answer = web.json_response(board.decide(agent, request.query.get("tool") or None,
                                                     request.query.get("task") or None))
             self._host.telemetry.decision_latency.observe(time.perf_counter() - started)
             return answer
-        return web.json_response({"decisions": board.all()})
+        decisions = board.all()
+        if agents is not None:
+            decisions = [d for d in decisions if d["agent_id"] in agents]
+        return web.json_response({"decisions": decisions})
 
     async def _costs(self, request: web.Request) -> web.Response:
         costs = self._host.all(CostReports)
@@ -244,8 +299,12 @@ class AdminApi(Extension):
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
         loop = asyncio.get_running_loop()
         answers = [await loop.run_in_executor(self._pool, c.costs, days) for c in costs]
-        return web.json_response({"summary": [r for a in answers for r in a["summary"]],
-                                  "budgets": [b for a in answers for b in a["budgets"]]})
+        answer = {"summary": [r for a in answers for r in a["summary"]],
+                  "budgets": [b for a in answers for b in a["budgets"]]}
+        tenant = self._tenant(request)
+        if tenant is not None:
+            answer = tenant_costs(answer, tenant, await self._agents_of(tenant))
+        return web.json_response(answer)
 
     def _incidents_processor(self):
         found = self._host.all(Incidents)
@@ -261,9 +320,24 @@ class AdminApi(Extension):
             found = await loop.run_in_executor(self._pool, proc.show, params["id"])
             if found is None:
                 return web.json_response({"error": f"no incident {params['id']!r}"}, status=404)
-            return web.json_response(found)
+            return await self._outside_tenant(request, proc, params["id"]) or web.json_response(found)
         every = request.query.get("all", "false").lower() in ("1", "true", "yes")
-        return web.json_response({"incidents": await loop.run_in_executor(self._pool, proc.list, every)})
+        listed = await loop.run_in_executor(self._pool, proc.list, every)
+        tenant = self._tenant(request)
+        if tenant is not None:
+            agents = await self._agents_of(tenant)
+            listed = [row for row in listed if row.get("agent_id") in agents]
+        return web.json_response({"incidents": listed})
+
+    async def _outside_tenant(self, request: web.Request, proc, incident: str) -> web.Response | None:
+        """404 when the caller has a tenant and the incident is not of one of its agents; else None."""
+        tenant = self._tenant(request)
+        if tenant is None:
+            return None
+        found = await asyncio.get_running_loop().run_in_executor(self._pool, proc.show, incident)
+        if found is not None and found.get("agent_id") in await self._agents_of(tenant, found.get("agent_id")):
+            return None
+        return self._not_the_tenants(request, tenant, f"incident {incident!r}")
 
     async def _transition(self, request: web.Request) -> web.Response:
         proc = self._incidents_processor()
@@ -280,6 +354,9 @@ class AdminApi(Extension):
                 raise ValueError('body must be a JSON object {"by": "<who>", "why": "<reason>"}')
             if not body.get("by"):
                 raise ValueError('say who: {"by": "<who>"}')
+            outside = await self._outside_tenant(request, proc, params["id"])
+            if outside is not None:
+                return outside
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(self._pool, proc.transition, params["id"], params["action"],
                                                body["by"], body.get("why", ""))
@@ -296,6 +373,9 @@ class AdminApi(Extension):
         if proc is None:
             return web.json_response({"error": "no incidents processor configured"}, status=404)
         incident = request[PATH_PARAMS]["id"]
+        outside = await self._outside_tenant(request, proc, incident)
+        if outside is not None:
+            return outside
         loop = asyncio.get_running_loop()
         text = await loop.run_in_executor(self._pool, proc.postmortem, incident)
         if text is None:

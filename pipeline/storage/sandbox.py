@@ -8,6 +8,9 @@
                  which only this check keeps ad hoc SQL from reading raw (deleted rows included).
     limits       QueryLimits: rows, result bytes (Arrow size of the rows kept), time (execution,
                  fetch and conversion) and memory (the process's growth while the query runs)
+    tenant       QueryLimits.tenant: the caller reads that tenant's rows only (tenants.py): the relation
+                 names it may use are views of its rows, and the parse tree may name no other relation,
+                 no schema or catalog, no catalog function, SHOW/DESCRIBE/SUMMARIZE or EXPLAIN
 
 Refusals and limits raise ``QueryError`` with the HTTP status to answer and a ``reason`` for the
 self-metrics; a result cut by a limit is answered, with ``truncated_by`` naming the limit.
@@ -26,6 +29,8 @@ import duckdb
 import numpy as np
 import psutil  # type: ignore[import-untyped]
 import pyarrow as pa
+
+from agent_sre.pipeline.storage.tenants import TENANT_TABLE_FUNCTIONS, scope_to_tenant
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 # An allow-list: DuckDB adds table functions with each release, and most of the rest read files
@@ -61,12 +66,15 @@ class QueryLimits:
     timeout_s: float = 10.0
     max_result_bytes: int = 16 << 20
     max_memory_bytes: int = 256 << 20  # growth of the process's RSS while the query runs
+    tenant: str | None = None  # rows of this tenant only (tenants.py); None: every row
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "timeout_s", "max_result_bytes", "max_memory_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number (got {value!r})")
+        if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant):
+            raise ValueError(f"tenant must be a non-empty string or None (got {self.tenant!r})")
 
 
 @dataclass
@@ -133,25 +141,77 @@ def check_read_only(sql: str) -> list[str]:
     return selects
 
 
-def check_sandboxed(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Read-only statements that touch no file: checked on DuckDB's own parse tree."""
-    for select in check_read_only(sql):
+def check_sandboxed(con: duckdb.DuckDBPyConnection, sql: str, tenant: TenantScope | None = None) -> None:
+    """Read-only statements that touch no file (and with ``tenant``, read only its relations): checked
+    on DuckDB's own parse tree."""
+    selects = check_read_only(sql)
+    if tenant is not None and any(str(st.type).endswith("EXPLAIN") for st in duckdb.extract_statements(sql)):
+        # A plan shows the views' definitions and the row counts of the tables under them.
+        raise QueryError(f"EXPLAIN is not allowed with the key of tenant {tenant.name!r}", 403, "tenant_scope")
+    for select in selects:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [select]).fetchall()[0][0])
         if tree.get("error"):
             raise QueryError(f"the SQL sandbox cannot check this statement: {tree.get('error_message')}", 403,
                              "read_only")
         _check_tree(tree)
+        if tenant is not None:
+            tenant.check(con, tree)
 
 
-def _check_tree(tree: object) -> None:
+@dataclass(frozen=True)
+class TenantScope:
+    """A tenant caller's relations: views of its rows (tenants.scope_to_tenant) on the query's connection."""
+
+    name: str
+    relations: frozenset[str]
+
+    def check(self, con: duckdb.DuckDBPyConnection, tree: dict) -> None:
+        """Only the tenant's relations (and the query's own CTEs), unqualified; generators only."""
+        nodes = list(_nodes(tree))
+        ctes = {str(entry.get("key", "")).lower() for node in nodes
+                for entry in (node.get("cte_map") or {}).get("map", [])}
+        if ctes - self.relations:
+            # A CTE's name reaches the catalog outside the CTE's scope: it must name nothing there.
+            taken = {name for (name,) in con.execute(
+                "SELECT lower(table_name) FROM duckdb_tables() UNION SELECT lower(view_name) FROM duckdb_views() "
+                "UNION SELECT lower(function_name) FROM duckdb_functions()").fetchall()}
+            ctes -= taken
+        readable = self.relations | ctes
+        for node in nodes:
+            kind = node.get("type")
+            if kind == "TABLE_FUNCTION":
+                name = str((node.get("function") or {}).get("function_name", "")).lower()
+                if name not in TENANT_TABLE_FUNCTIONS:
+                    self._refuse(f"table function {name}() is")
+            elif kind == "SHOW_REF":
+                self._refuse("SHOW, DESCRIBE and SUMMARIZE are")
+            elif kind == "BASE_TABLE":
+                name = str(node.get("table_name", ""))
+                path = (node.get("qualified_name") or {}).get("path") or [name]
+                if node.get("schema_name") or node.get("catalog_name") or len(path) > 1:
+                    self._refuse(f"{'.'.join(str(p) for p in path)} is")
+                if name.lower() not in readable or node.get("at_clause"):
+                    self._refuse(f"{name} is")
+
+    def _refuse(self, what: str) -> None:
+        raise QueryError(f"{what} not readable with the key of tenant {self.name!r}: it reads its own rows of "
+                         f"{', '.join(sorted(self.relations))} and generators (range, unnest)", 403, "tenant_scope")
+
+
+def _nodes(tree: object):
+    """Every object of a serialized parse tree."""
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+        elif isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+
+
+def _check_tree(tree: object) -> None:
+    for node in _nodes(tree):
         if node.get("type") == "TABLE_FUNCTION":
             name = str((node.get("function") or {}).get("function_name", "")).lower()
             if name not in ALLOWED_TABLE_FUNCTIONS:
@@ -160,7 +220,6 @@ def _check_tree(tree: object) -> None:
                                  403, "file_access")
         elif node.get("type") == "BASE_TABLE" and _PATH_CHARS.search(str(node.get("table_name", ""))):
             raise QueryError(f"{node['table_name']!r} is not a table: no SQL may read files", 403, "file_access")
-        stack.extend(node.values())
 
 
 class _Watchdog:
@@ -199,7 +258,11 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> 
     cut (``truncated_by``) at the first limit of rows or bytes, so DuckDB stops producing it."""
     started = time.perf_counter()
     deadline = time.monotonic() + limits.timeout_s
-    check_sandboxed(con, sql)
+    tenant = None
+    if limits.tenant is not None:
+        check_read_only(sql)  # before anything is created on the connection
+        tenant = TenantScope(limits.tenant, scope_to_tenant(con, limits.tenant))
+    check_sandboxed(con, sql, tenant)
     watchdog = _Watchdog(con, deadline, limits.max_memory_bytes)
     try:
         # A read-only transaction as well as the statement check: whatever slips past the parser
@@ -279,6 +342,10 @@ def _limit_error(exc: Exception, tripped: str | None, limits: QueryLimits) -> Qu
 def restrict_file_access(con: duckdb.DuckDBPyConnection) -> None:
     """Switch a database instance's file access off for good: no directory is allowed (DuckDB
     still opens its own file, WAL and temp directory), and the configuration is locked so no SQL
-    can switch it on again.  The store reads its spool and writes Parquet with Python, not SQL."""
+    can switch it on again.  The store reads its spool and writes Parquet with Python, not SQL.
+    Idempotent: a second connection to an instance already locked down (reopened in the same
+    process while another connection keeps it alive) finds it so."""
+    if con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
+        return
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

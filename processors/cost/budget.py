@@ -7,11 +7,13 @@ utilisation steps and at its throttle and kill points.
     model_day  model_month     each model            tenant_day  tenant_month  each tenant
     task                       each task (trace), for as long as it runs
 
-a limit in USD, utilisation steps that raise alerts (default 50/75/90 %), and the points where
-the decision for an agent becomes ``throttle`` (85 %) and ``kill`` (95 %).  An agent's decision is
-the strictest over the budgets it spends from: its own, the org's, and those of the models and
-tenants it charged in their current period.  Periods follow the calendar of ``tz`` (UTC unless
-configured) and reset by the clock; ``expire`` reports the budgets whose period ended.
+a limit in USD (a tenant budget may give some tenants limits of their own), utilisation steps that
+raise alerts (default 50/75/90 %), and the points where the decision for an agent becomes
+``throttle`` (85 %) and ``kill`` (95 %).  An agent's decision is the strictest over the budgets it
+spends from: its own, the org's, those of the models it charged in their current period, and those of
+the tenants it charged within the last month (an agent belongs to its tenant: once the tenant's budget
+kills, so is its agent that has not spent yet this period).  Periods follow the calendar of ``tz``
+(UTC unless configured) and reset by the clock; ``expire`` reports the budgets whose period ended.
 
 ``try_charge`` checks and charges under one lock: a charge is refused once the agent's decision
 is ``kill``, so concurrent callers can overshoot the kill point by at most one charge.  The spend
@@ -44,14 +46,25 @@ class BudgetSpec:
     throttle_at: float = 0.85
     kill_at: float = 0.95
     tz: str = "UTC"
+    tenant_limits: tuple[tuple[str, float], ...] = ()  # (tenant, USD): limits other than limit_usd
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
-        if self.limit_usd <= 0:
+        if self.limit_usd <= 0 or any(limit <= 0 for _, limit in self.tenant_limits):
             raise ValueError("limit_usd must be positive")
         if not 0 < self.throttle_at <= self.kill_at:
             raise ValueError("need 0 < throttle_at <= kill_at")
+        if self.tenant_limits and self.subject_kind != "tenant":
+            raise ValueError(f"tenant limits need a tenant scope (tenant_day, tenant_month); got {self.scope!r}")
+
+    @cached_property
+    def _limits(self) -> dict[str, float]:
+        return dict(self.tenant_limits)
+
+    def limit(self, subject: str) -> float:
+        """The subject's limit in USD: its own (a tenant listed in ``tenant_limits``) or ``limit_usd``."""
+        return self._limits.get(subject, self.limit_usd)
 
     @cached_property  # read for every charge
     def steps(self) -> tuple[float, ...]:
@@ -97,6 +110,7 @@ class BudgetDecision:
     budget: str = ""
     utilisation: float = 0.0
     suggested_rate_per_min: float | None = None  # for throttle: see the module docstring
+    tenant: str | None = None  # the tenant whose budget decided, for a tenant budget
 
 
 @dataclass
@@ -131,10 +145,12 @@ class BudgetLedger:
     def _binding(self, spec: BudgetSpec, agent: str, task: str | None, now: float) -> list[str]:
         """The subjects of ``spec`` whose decision applies to ``agent`` now."""
         kind = spec.subject_kind
-        if kind in ("model", "tenant"):
+        if kind == "model":
             label = self._period(spec, now)[0]
             return [s for (k, s), at in self._uses.get(agent, {}).items()
                     if k == kind and spec.period(at)[0] == label]
+        if kind == "tenant":  # any tenant it charged within the last month (expire forgets older ones)
+            return [s for (k, s) in self._uses.get(agent, {}) if k == kind]
         return self._subjects(spec, agent, task, None, None)
 
     def _period(self, spec: BudgetSpec, now: float) -> tuple[str, float]:
@@ -184,7 +200,8 @@ class BudgetLedger:
                 acc = self._current(spec, subject, now)
                 if acc is None:
                     continue  # nothing spent this period
-                u = acc.spent / spec.limit_usd + _EPS
+                limit = spec.limit(subject)
+                u = acc.spent / limit + _EPS
                 action = "kill" if u >= spec.kill_at else "throttle" if u >= spec.throttle_at else "allow"
                 rank = (ACTIONS.index(action), u)  # the strictest action; among equals, the fullest budget
                 if action == "allow" or rank <= worst_rank:
@@ -192,9 +209,10 @@ class BudgetLedger:
                 worst_rank = rank
                 whose = "" if spec.subject_kind in ("agent", "org", "task") else f" for {spec.subject_kind} {subject}"
                 worst = BudgetDecision(
-                    action, f"budget {spec.name} ({spec.scope}){whose} at {u:.0%} of ${spec.limit_usd:g}",
+                    action, f"budget {spec.name} ({spec.scope}){whose} at {u:.0%} of ${limit:g}",
                     acc.ends if acc.ends != float("inf") else None, spec.name, u,
-                    _suggested_rate(spec, acc, now) if action == "throttle" else None)
+                    _suggested_rate(spec, acc, limit, now) if action == "throttle" else None,
+                    subject if spec.subject_kind == "tenant" else None)
         return worst
 
     def try_charge(self, agent: str, amount: float, now: float, task: str | None = None,
@@ -227,7 +245,7 @@ class BudgetLedger:
             spec = next(s for s in self.specs if s.name == budget)
             acc = self._account(spec, subject, now)
             acc.spent, acc.calls, acc.last_charge = spent, calls, now
-            acc.steps_crossed = {st for st in spec.steps if spent / spec.limit_usd + _EPS >= st}
+            acc.steps_crossed = {st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st}
             for agent in agents:  # who spent from it (model and tenant budgets bind them)
                 uses = self._uses.setdefault(agent, {})
                 uses[("agent", "")] = now
@@ -256,7 +274,7 @@ class BudgetLedger:
                 acc.spent += amount
                 acc.calls += calls
                 acc.last_charge = now
-                u = acc.spent / spec.limit_usd + _EPS
+                u = acc.spent / spec.limit(subject) + _EPS
                 for step in spec.steps:
                     if u >= step and step not in acc.steps_crossed:
                         acc.steps_crossed.add(step)
@@ -282,7 +300,7 @@ class BudgetLedger:
                     self._task_agents.pop(key[1], None)
                 if acc.steps_crossed:
                     events.append(BudgetEvent("reset", spec.name, key[1], acc.period,
-                                              acc.spent / spec.limit_usd, acc.period))
+                                              acc.spent / spec.limit(key[1]), acc.period))
             horizon = now - 32 * 86400  # no period is longer than a month
             for agent, uses in list(self._uses.items()):
                 for k, at in list(uses.items()):
@@ -324,11 +342,14 @@ class BudgetLedger:
                 spec = specs[name]
                 if spec.scope != "task" and acc.period != spec.period(now)[0]:
                     continue
-                u = acc.spent / spec.limit_usd
-                out.append({"budget": name, "scope": spec.scope, "subject": subject, "period": acc.period,
-                            "spent_usd": round(acc.spent, 9), "limit_usd": spec.limit_usd,
-                            "utilisation": round(u, 6), "calls": acc.calls,
-                            "resets_at": acc.ends if acc.ends != float("inf") else None})
+                limit = spec.limit(subject)
+                account = {"budget": name, "scope": spec.scope, "subject": subject, "period": acc.period,
+                           "spent_usd": round(acc.spent, 9), "limit_usd": limit,
+                           "utilisation": round(acc.spent / limit, 6), "calls": acc.calls,
+                           "resets_at": acc.ends if acc.ends != float("inf") else None}
+                if spec.scope == "task":
+                    account["agent_id"] = self._task_agents.get(subject)
+                out.append(account)
             return out
 
     # --- persistence: what a restart needs ---------------------------------------------
@@ -346,12 +367,12 @@ class BudgetLedger:
         return ledger
 
 
-def _suggested_rate(spec: BudgetSpec, acc: _Account, now: float) -> float | None:
+def _suggested_rate(spec: BudgetSpec, acc: _Account, limit: float, now: float) -> float | None:
     """Calls per minute that reach the kill point only at the reset (None: no average or no reset)."""
     if acc.calls <= 0 or acc.spent <= 0 or acc.ends == float("inf"):
         return None
     minutes_left = max((acc.ends - now) / 60.0, 1.0)
-    headroom = max(spec.kill_at * spec.limit_usd - acc.spent, 0.0)
+    headroom = max(spec.kill_at * limit - acc.spent, 0.0)
     return float(f"{headroom / (acc.spent / acc.calls) / minutes_left:.2g}")  # two significant digits
 
 

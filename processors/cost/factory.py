@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -56,10 +56,12 @@ class BudgetConfig(ConfigModel):
     throttle_at: float = Field(default=0.85, gt=0)
     kill_at: float = Field(default=0.95, gt=0)
     tz: str = "UTC"
+    # tenant -> its own limit (USD), for a tenant_day/tenant_month budget; other tenants get limit_usd.
+    tenant_limits_usd: dict[str, Annotated[float, Field(gt=0)]] = {}
 
     def spec(self) -> BudgetSpec:
         return BudgetSpec(self.name, self.scope, self.limit_usd, tuple(self.alert_steps), self.throttle_at,
-                          self.kill_at, self.tz)
+                          self.kill_at, self.tz, tuple(sorted(self.tenant_limits_usd.items())))
 
     @model_validator(mode="after")
     def _valid(self) -> BudgetConfig:
@@ -236,7 +238,7 @@ class CostProcessor(Processor):
             if ev.kind == "alert":
                 self.logger.warning("budget %s: %s%s at %.0f%% of $%g (period %s)", ev.budget,
                                     spec.subject_kind, "" if ev.subject == "org" else f" {ev.subject}",
-                                    100 * ev.utilisation, spec.limit_usd, ev.period)
+                                    100 * ev.utilisation, spec.limit(ev.subject), ev.period)
             rows.append(budget_event(spec, ev, int(now * 1e9)))
         if rows and self._host is not None:
             self._host.events.publish(rows)
@@ -250,7 +252,9 @@ class CostProcessor(Processor):
         d = self.ledger.assess(agent, self.clock(), task)
         if d.action == "allow":
             return ALLOW
-        details = {"budget": d.budget, "utilisation": round(d.utilisation, 6)}
+        details: dict = {"budget": d.budget, "utilisation": round(d.utilisation, 6)}
+        if d.tenant is not None:
+            details["tenant"] = d.tenant
         if d.suggested_rate_per_min is not None:
             details["suggested_rate_per_min"] = d.suggested_rate_per_min
             details["suggested_rate"] = readable_rate(d.suggested_rate_per_min)
@@ -275,20 +279,21 @@ class CostProcessor(Processor):
 
 def budget_event(spec: BudgetSpec, ev: BudgetEvent, now_ns: int) -> dict:
     """A ``budget`` event: a step crossed (firing; ``page`` once at the kill point) or the period's reset."""
+    limit = spec.limit(ev.subject)
     labels = {"budget": spec.name, "scope": spec.scope, "subject": ev.subject, "period": ev.period,
-              "utilisation": f"{ev.utilisation:.4f}", "limit_usd": f"{spec.limit_usd:g}"}
-    if spec.subject_kind == "agent":
-        labels["agent_id"] = ev.subject
+              "utilisation": f"{ev.utilisation:.4f}", "limit_usd": f"{limit:g}"}
+    if spec.subject_kind in ("agent", "tenant"):
+        labels["agent_id" if spec.subject_kind == "agent" else "tenant"] = ev.subject
     identity = {"budget": spec.name, "subject": ev.subject, "period": ev.period}
     who = f"{spec.subject_kind} {ev.subject}" if spec.subject_kind != "org" else "the org"
     if ev.kind == "reset":
         return event("budget", "resolved", "ticket", f"{spec.name} reset", labels,
                      f"budget {spec.name} ({spec.scope}) of {who}: period {ev.period} ended at "
-                     f"{ev.utilisation:.0%} of ${spec.limit_usd:g}", identity, now_ns)
+                     f"{ev.utilisation:.0%} of ${limit:g}", identity, now_ns)
     labels["step"] = ev.detail
     severity = "page" if ev.utilisation >= spec.kill_at else "ticket"
     return event("budget", "firing", severity, f"{spec.name} {float(ev.detail):.0%}", labels,
-                 f"budget {spec.name} ({spec.scope}) of {who} at {ev.utilisation:.0%} of ${spec.limit_usd:g} "
+                 f"budget {spec.name} ({spec.scope}) of {who} at {ev.utilisation:.0%} of ${limit:g} "
                  f"(crossed {float(ev.detail):.0%}; throttle at {spec.throttle_at:.0%}, kill at {spec.kill_at:.0%})",
                  identity, now_ns)
 
