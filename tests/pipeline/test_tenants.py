@@ -19,9 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from agent_sre.pipeline.component.capabilities import Incidents
-from agent_sre.pipeline.service import Service
 from agent_sre.pipeline.service.config import parse_config
-from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml
+from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml, start_on_free_ports
 
 ACME_OTLP, GLOBEX_OTLP, GLOBEX_ANY_OTLP = "acme-otlp-0123456789abcdef", "globex-otlp-0123456789abcdef", \
     "globex-any-0123456789abcdef"
@@ -56,22 +55,14 @@ PROCESSORS = """  cost:
 
 
 def start(data: Path) -> RunningPipeline:
-    for attempt in range(3):
-        ports = Ports.allocate()
+    def text(ports: Ports, _attempt: int) -> str:
         text = pipeline_yaml(ports, data, processors="memory_limiter, agent_semconv, cost, sli, slo, incidents, batch",
                              admin=ADMIN_AUTH)
         text = text.replace("    workers: 0\n", "    workers: 0\n" + RECEIVER_AUTH, 1)
-        text = text.replace("  batch:\n", PROCESSORS + "  batch:\n", 1)
-        service = Service(parse_config(text, "test"))
-        try:
-            service.start()
-        except OSError:
-            service.shutdown()
-            if attempt == 2:
-                raise
-            continue
-        return RunningPipeline(service, ports, data)
-    raise AssertionError("unreachable")
+        return text.replace("  batch:\n", PROCESSORS + "  batch:\n", 1)
+
+    service, ports, _ = start_on_free_ports(text)
+    return RunningPipeline(service, ports, data)
 
 
 def send(p: RunningPipeline, key: str, agent: str, llm_usd: list[float], tools: int = 2) -> None:
