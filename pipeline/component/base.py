@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pyarrow as pa
-from pydantic import BaseModel
+if TYPE_CHECKING:  # annotations only: importing the framework must not load Arrow (agent-sre query starts fast)
+    import pyarrow as pa
+    from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from agent_sre.pipeline.component.host import Host
@@ -176,10 +177,17 @@ SUCCESS = ExportResult(ExportStatus.SUCCESS)
 
 
 class Exporter(Component):
-    """``export`` returns its failures; it never raises into the data path."""
+    """``export`` returns its failures; it never raises into the data path.  An exporter that
+    ``blocks`` is asked ``has_room`` before a batch is stored anywhere (back-pressure: the fan-out
+    refuses the batch, retryably, while it says no)."""
+
+    blocks = False
 
     def export(self, batch: pa.Table) -> ExportResult:
         raise NotImplementedError
+
+    def has_room(self) -> bool:
+        return True
 
 
 class Extension(Component):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pyarrow as pa
 
@@ -18,7 +19,7 @@ def use_system_allocator() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-_libc = None
+_libc: Any = None  # ctypes.CDLL once loaded; False where there is no malloc_trim
 
 
 def release_freed_memory() -> None:

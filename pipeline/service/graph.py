@@ -55,7 +55,7 @@ class ExporterFanout:
         self.telemetry = telemetry
 
     def consume(self, batch: pa.Table) -> None:
-        full = [e for e in self.queued if getattr(e, "blocks", False) and not e.has_room()]
+        full = [e for e in self.queued if e.blocks and not e.has_room()]
         if full:
             raise RefusedError("; ".join(f"{e.id}: sending queue is full (on_full: block); retry when it drains"
                                          for e in full), 1.0)
