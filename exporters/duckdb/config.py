@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from agent_sre.exporters.duckdb.defaults import STORE_PATH
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.storage.attribution import AttributionSettings
 from agent_sre.pipeline.storage.store import SpoolSettings, StoreSettings
@@ -40,7 +41,7 @@ class AttributionConfig(ConfigModel):
 
 
 class DuckDBExporterConfig(ConfigModel):
-    path: str = "./agent-sre-data/spans.duckdb"
+    path: str = STORE_PATH
     # Spans whose start is older than this are deleted; 0 keeps everything.
     retention: Duration = Field(default="7d", ge=0)
     retention_check_interval: Duration = Field(default="1h", gt=0)

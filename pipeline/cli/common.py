@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,47 @@ def load(path: str | None) -> PipelineConfig:
 
 # --- what the config says ------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Targets:
+    """Where a config's store and admin API are: all ``agent-sre query`` needs of it."""
+
+    store: str | None
+    spool: str | None
+    admin: str | None  # host:port, with https:// when the admin listener has tls
+
+
+def targets(path: str | None) -> Targets:
+    """The config's store and admin API, read without building the config (the standard library and
+    PyYAML only, so ``agent-sre query`` answers in a fraction of a second); a config that does not read
+    cleanly goes through ``load`` for its errors."""
+    import yaml
+
+    from agent_sre.exporters.duckdb.defaults import STORE_PATH
+    from agent_sre.pipeline.service.defaults import ADMIN_ENDPOINT
+    from agent_sre.pipeline.service.yaml_source import default_config_text, read_config_source
+
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path else default_config_text()
+        raw, problems, _ = read_config_source(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        problems, raw = [], None
+    if problems or not isinstance(raw, dict):
+        cfg = load(path)  # raises CliError with every problem
+        return Targets(store_path(cfg), None, admin_endpoint(cfg))
+    store = spool = admin = None
+    for key, settings in (raw.get("exporters") or {}).items():
+        if str(key).partition("/")[0] == "duckdb":
+            settings = settings if isinstance(settings, dict) else {}
+            store = settings.get("path") or STORE_PATH
+            spool = (settings.get("spool") or {}).get("directory") or None
+            break
+    for key, settings in (raw.get("extensions") or {}).items():
+        if str(key).partition("/")[0] == "admin":
+            settings = settings if isinstance(settings, dict) else {}
+            admin = ("https://" if settings.get("tls") else "") + str(settings.get("endpoint") or ADMIN_ENDPOINT)
+            break
+    return Targets(store, spool, admin)
+
 def admin_endpoint(cfg: PipelineConfig) -> str | None:
     for cc in cfg.extensions.values():
         if cc.factory.type == "admin":
@@ -91,27 +133,32 @@ def processor_settings(cfg: PipelineConfig, type_: str) -> list:
 
 # --- the running pipeline, or its file ------------------------------------------------------
 
-def admin_client(args: argparse.Namespace, cfg: PipelineConfig) -> AdminClient | None:
+def admin_client(args: argparse.Namespace, cfg: PipelineConfig | Targets) -> AdminClient | None:
     """The client of the running pipeline's admin API: ``--endpoint``, else the config's admin
     extension; None with ``--db`` (read that file) or without an endpoint."""
     if getattr(args, "db", None):
         return None
-    endpoint = getattr(args, "endpoint", None) or admin_endpoint(cfg)
+    endpoint = getattr(args, "endpoint", None) or (cfg.admin if isinstance(cfg, Targets) else admin_endpoint(cfg))
     return AdminClient(endpoint) if endpoint else None
 
 
-def open_store(cfg: PipelineConfig, db: str | None = None) -> duckdb.DuckDBPyConnection:
+def open_store(cfg: PipelineConfig | Targets, db: str | None = None) -> duckdb.DuckDBPyConnection:
     """``db``, else the config's store, opened read-only (no pipeline runs on it).  Raises
     ``StoreMissing`` when the config's store does not exist yet, ``CliError`` otherwise."""
     from agent_sre.pipeline.storage.store import open_read_only
 
-    path = db or store_path(cfg)
+    path = db or (cfg.store if isinstance(cfg, Targets) else store_path(cfg))
     if not path:
         raise CliError("no duckdb exporter in the config and no --db given", EXIT_CONFIG)
     if not db and not Path(path).exists():
         raise StoreMissing(path)
     try:
-        return open_read_only(path, spool_dir(cfg, path))
+        if isinstance(cfg, Targets):
+            same = cfg.store is not None and Path(cfg.store).absolute() == Path(path).absolute()
+            spool = cfg.spool if same else None
+        else:
+            spool = spool_dir(cfg, path)
+        return open_read_only(path, spool)
     except FileNotFoundError as exc:  # --db names no file
         raise CliError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - missing, or locked by a pipeline whose API we could not reach

@@ -18,6 +18,7 @@ from agent_sre.pipeline.cli.common import (
     print_table,
     spool_dir,
     store_path,
+    targets,
 )
 
 
@@ -28,7 +29,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def run_sql(args: argparse.Namespace, sql: str) -> int:
     """``sql`` through the running pipeline's ``POST /v1/query``, else over its file; printed in
     ``args.format`` (``args``: config, endpoint, db, max_rows, format)."""
-    cfg = load(args.config)
+    cfg = targets(args.config)  # not load(): a query needs only where the API and the store are
     client = admin_client(args, cfg)
     if client is not None:
         try:

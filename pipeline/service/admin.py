@@ -50,6 +50,7 @@ from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, Bod
 from agent_sre.pipeline.component.tls import TlsServerConfig
 from agent_sre.pipeline.service.admin_guard import QueryAdmission, RequestGuard
 from agent_sre.pipeline.service.admin_tenants import TenantAgents, tenant_costs
+from agent_sre.pipeline.service.defaults import ADMIN_ENDPOINT
 from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
 
 
@@ -72,7 +73,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)  # who an authenticated reque
 class AdminConfig(ConfigModel):
     model_config = ConfigDict(**ConfigModel.model_config, **SECRET_SAFE_ERRORS)  # keys never in an error's text
 
-    endpoint: HostPort = "127.0.0.1:13133"
+    endpoint: HostPort = ADMIN_ENDPOINT
     auth: AdminAuthConfig | None = None
     tls: TlsServerConfig | None = None  # the whole endpoint (health check included) serves HTTPS
     # Which duckdb exporter's store to serve; empty: the only one configured.

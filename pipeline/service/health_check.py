@@ -12,10 +12,11 @@ from aiohttp import web
 from agent_sre.pipeline.component import Extension, Factory, Kind
 from agent_sre.pipeline.component.capabilities import Health
 from agent_sre.pipeline.component.config import ConfigModel, HostPort
+from agent_sre.pipeline.service.defaults import ADMIN_ENDPOINT
 
 
 class HealthCheckConfig(ConfigModel):
-    endpoint: HostPort = "127.0.0.1:13133"
+    endpoint: HostPort = ADMIN_ENDPOINT
     path: str = "/"
 
 
