@@ -124,12 +124,16 @@ class RssSampler(threading.Thread):
     both as summed RSS (counts the shared library pages once per process) and as summed PSS
     (each shared page split between the processes that map it: what the group really uses)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, limit_bytes: int | None = None):
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid)
         self.peak_main = 0
         self.peak_total = 0
         self.peak_pss = 0
+        self.peak_each: dict[int, int] = {}  # pid -> peak RSS of that process
+        self.limit_bytes = limit_bytes
+        self.samples = 0
+        self.samples_over = 0  # samples whose summed RSS was at or above limit_bytes
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -137,15 +141,19 @@ class RssSampler(threading.Thread):
         while not self._stop.wait(0.1):
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                main = self.proc.memory_info().rss
-                total = main + sum(c.memory_info().rss for c in procs[1:])
+                each = {p.pid: p.memory_info().rss for p in procs}
                 if tick % 5 == 0:  # PSS reads /proc/*/smaps: slower, so sampled less often
                     self.peak_pss = max(self.peak_pss, sum(p.memory_full_info().pss for p in procs))
             except psutil.Error:
                 continue
             tick += 1
-            self.peak_main = max(self.peak_main, main)
+            total = sum(each.values())
+            self.peak_main = max(self.peak_main, each[self.proc.pid])
             self.peak_total = max(self.peak_total, total)
+            for pid, rss in each.items():
+                self.peak_each[pid] = max(self.peak_each.get(pid, 0), rss)
+            self.samples += 1
+            self.samples_over += self.limit_bytes is not None and total >= self.limit_bytes
 
     def stop(self) -> None:
         self._stop.set()
