@@ -18,7 +18,7 @@ from agent_sre.pipeline.component.admission import InflightBytes
 from agent_sre.pipeline.component.base import ComponentID, Settings
 from agent_sre.pipeline.component.errors import RefusedError
 from agent_sre.pipeline.component.telemetry import Telemetry
-from agent_sre.processors.memory_limiter.factory import MemoryLimiter, MemoryLimiterConfig
+from agent_sre.processors.memory_limiter.factory import MemoryLimiter, MemoryLimiterConfig, held_bytes
 from tests.conftest import Ports, eventually, pipeline_yaml, spawn_pipeline
 from tests.otlp_builders import request
 
@@ -97,12 +97,12 @@ def test_large_concurrent_requests_keep_every_process_of_the_pipeline_within_its
     peak = 0
     stop = threading.Event()
 
-    def sample() -> None:
+    def sample() -> None:  # what the limiter counts: every process's own memory, not the libraries' code
         nonlocal peak
         proc = psutil.Process(p.proc.pid)
         while not stop.is_set():
             try:
-                total = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                total = held_bytes(proc) + sum(held_bytes(c) for c in proc.children(recursive=True))
             except psutil.Error:
                 continue
             peak = max(peak, total)
