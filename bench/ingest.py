@@ -39,6 +39,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent_sre.processors.memory_limiter.factory import held_bytes  # noqa: E402
 from bench.agent_spans import make_request  # noqa: E402
 
 SPANS_PER_REQUEST = 512
@@ -121,8 +123,9 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
 
 class RssSampler(threading.Thread):
     """Peak memory of the pipeline: RSS of its main process, and of all its processes together
-    both as summed RSS (counts the shared library pages once per process) and as summed PSS
-    (each shared page split between the processes that map it: what the group really uses)."""
+    both as summed RSS (counts the shared library pages once per process), as summed PSS (each
+    shared page split between the processes that map it: what the group really uses) and as summed
+    held memory (RssAnon + RssShmem: what the memory limiter counts)."""
 
     def __init__(self, pid: int, limit_bytes: int | None = None):
         super().__init__(daemon=True)
@@ -132,8 +135,9 @@ class RssSampler(threading.Thread):
         self.peak_pss = 0
         self.peak_each: dict[int, int] = {}  # pid -> peak RSS of that process
         self.limit_bytes = limit_bytes
+        self.peak_held = 0  # summed RssAnon + RssShmem: what the memory limiter counts
         self.samples = 0
-        self.samples_over = 0  # samples whose summed RSS was at or above limit_bytes
+        self.samples_over = 0  # samples whose summed held memory was at or above limit_bytes
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -148,12 +152,14 @@ class RssSampler(threading.Thread):
                 continue
             tick += 1
             total = sum(each.values())
+            held = sum(held_bytes(p) for p in procs)
+            self.peak_held = max(self.peak_held, held)
             self.peak_main = max(self.peak_main, each[self.proc.pid])
             self.peak_total = max(self.peak_total, total)
             for pid, rss in each.items():
                 self.peak_each[pid] = max(self.peak_each.get(pid, 0), rss)
             self.samples += 1
-            self.samples_over += self.limit_bytes is not None and total >= self.limit_bytes
+            self.samples_over += self.limit_bytes is not None and held >= self.limit_bytes
 
     def stop(self) -> None:
         self._stop.set()

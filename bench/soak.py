@@ -280,12 +280,15 @@ def verify_store(db: Path, acked: pa.Table, since: float = 0.0) -> dict:
             "acked_since": acked_since, "missing_since": missing_since}
 
 
-def soak_config(limit_mib: int | None, workers: int) -> str:
+def soak_config(limit_mib: int | None, workers: int, spike_mib: int | None = None) -> str:
     """config/default.yaml (its endpoints and data dir come from the environment) with the memory limit
     (None: the shipped one) and the receiver workers."""
     cfg = yaml.safe_load((CONFIG / "default.yaml").read_text())
     if limit_mib is not None:
-        cfg["processors"]["memory_limiter"] = {"check_interval": "1s", "limit_mib": limit_mib}  # spike: 20 %
+        # The Collector's guidance: a spike limit of ~20 % for bursty loads; with a limit this small the
+        # pipeline's own warm footprint (~220 MiB held with the whole loop) needs it smaller (--spike-mib).
+        cfg["processors"]["memory_limiter"] = {"check_interval": "1s", "limit_mib": limit_mib,
+                                               "spike_limit_mib": spike_mib if spike_mib is not None else limit_mib // 5}
     cfg["receivers"]["otlp"]["workers"] = workers
     return yaml.safe_dump(cfg, sort_keys=False)
 
@@ -340,14 +343,14 @@ def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
 
 
 def phase_a(args) -> dict:
-    with pipeline(soak_config(args.limit_mib, args.workers)) as p:
+    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib)) as p:
         return _overload(args, p)
 
 
 def _overload(args, p: dict) -> dict:
     baseline = summed_rss(p) / _MIB
     print(f"phase A: pipeline up, idle RSS {baseline:.0f} MiB (all processes); limit {args.limit_mib} MiB, "
-          f"soft limit {args.limit_mib - args.limit_mib // 5} MiB; {args.clients} clients x {args.threads} "
+          f"soft limit {args.limit_mib - (args.spike_mib if args.spike_mib is not None else args.limit_mib // 5)} MiB; {args.clients} clients x {args.threads} "
           f"senders for {args.duration:g}s", flush=True)
     sampler = RssSampler(p["server"].pid, limit_bytes=args.limit_mib * _MIB)
     sampler.start()
@@ -377,9 +380,9 @@ def report_a(a: dict, limit_mib: int) -> None:
     unexpected = {k: v for k, v in got.items() if k not in _REFUSALS}
     per_proc = ", ".join(f"{v / _MIB:.0f}" for v in s.peak_each.values())
     rows = [
-        ("memory limit (summed RSS of all pipeline processes)", f"{limit_mib} MiB"),
+        ("memory limit (summed held memory, RssAnon + RssShmem, of all processes)", f"{limit_mib} MiB"),
         ("idle RSS before the load", f"{a['baseline_mib']:.0f} MiB"),
-        ("max summed RSS (100 ms samples)", f"{s.peak_total / _MIB:.0f} MiB"),
+        ("max summed held memory / RSS (100 ms samples)", f"{s.peak_held / _MIB:.0f} / {s.peak_total / _MIB:.0f} MiB"),
         ("max RSS per process", f"{per_proc} MiB ({len(s.peak_each)} processes)"),
         ("samples at/over the limit", f"{s.samples_over} of {s.samples}"),
         ("summed RSS when sending stopped / after the drain (soft limit)",
@@ -607,6 +610,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=6, help="client processes in phase A (half HTTP, half gRPC)")
     ap.add_argument("--threads", type=int, default=4, help="concurrent senders per client process")
     ap.add_argument("--limit-mib", type=int, default=256, help="memory_limiter.limit_mib (all processes summed)")
+    ap.add_argument("--spike-mib", type=int, default=None, help="memory_limiter.spike_limit_mib (default: 20 %% of the limit)")
     ap.add_argument("--workers", type=int, default=0, help="receiver worker processes")
     ap.add_argument("--disk-mib", type=int, default=512, help="phase B: size of the store's tmpfs")
     ap.add_argument("--b-rate", type=int, default=5_000, help="phase B: spans/s the clients offer")
