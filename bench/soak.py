@@ -281,7 +281,7 @@ def verify_store(db: Path, acked: pa.Table, since: float = 0.0) -> dict:
 
 
 def soak_config(limit_mib: int | None, workers: int, spike_mib: int | None = None,
-                store: dict | None = None) -> str:
+                store: dict | None = None, inflight_mib: float | None = None) -> str:
     """config/default.yaml (its endpoints and data dir come from the environment) with the memory limit
     (None: the shipped one) and the receiver workers."""
     cfg = yaml.safe_load((CONFIG / "default.yaml").read_text())
@@ -291,6 +291,8 @@ def soak_config(limit_mib: int | None, workers: int, spike_mib: int | None = Non
         cfg["processors"]["memory_limiter"] = {"check_interval": "1s", "limit_mib": limit_mib,
                                                "spike_limit_mib": spike_mib if spike_mib is not None else limit_mib // 5}
     cfg["receivers"]["otlp"]["workers"] = workers
+    if inflight_mib is not None:
+        cfg["receivers"]["otlp"]["limits"] = {"max_inflight_mib": inflight_mib}
     cfg["exporters"]["duckdb"].update(store or {})  # e.g. a smaller buffer pool for a small memory budget
     return yaml.safe_dump(cfg, sort_keys=False)
 
@@ -347,7 +349,7 @@ def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
 def phase_a(args) -> dict:
     store = {k: v for k, v in (("memory_limit", args.store_memory_limit),
                                ("checkpoint_threshold", args.checkpoint_threshold)) if v}
-    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store)) as p:
+    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store, args.inflight_mib)) as p:
         return _overload(args, p)
 
 
@@ -616,6 +618,7 @@ def main() -> None:
     ap.add_argument("--limit-mib", type=int, default=256, help="memory_limiter.limit_mib (all processes summed)")
     ap.add_argument("--store-memory-limit", help="exporters::duckdb::memory_limit (default: the shipped 48MB)")
     ap.add_argument("--checkpoint-threshold", help="exporters::duckdb::checkpoint_threshold (default: 96MB)")
+    ap.add_argument("--inflight-mib", type=float, help="receivers::otlp::limits::max_inflight_mib (default 64)")
     ap.add_argument("--spike-mib", type=int, default=None, help="memory_limiter.spike_limit_mib (default: 20 %% of the limit)")
     ap.add_argument("--workers", type=int, default=0, help="receiver worker processes")
     ap.add_argument("--disk-mib", type=int, default=512, help="phase B: size of the store's tmpfs")
