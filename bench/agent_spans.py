@@ -81,3 +81,29 @@ def make_request(n_spans: int = 512, seed: int = 0, base_ns: int | None = None) 
             sp.status.code = Status.STATUS_CODE_ERROR
             sp.status.message = "tool timeout"
     return req
+
+
+def request_bodies(seed: int, count: int = 8, n_spans: int = 512, base_ns: int | None = None) -> list[bytes]:
+    """The pre-serialised requests one benchmark client sends in turn (``count`` different ones)."""
+    return [make_request(n_spans, seed=seed * 100 + i, base_ns=base_ns).SerializeToString() for i in range(count)]
+
+
+def upb_parse_us_per_span(bodies: list[bytes], repeats: int = 15) -> float:
+    """CPU-independent yardstick for a run: µs per span that upb (google.protobuf's C backend) takes to
+    parse ``bodies`` on one core, best of ``repeats`` passes (the least disturbed by other load)."""
+    import time
+
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() != "upb":
+        raise SystemExit(f"protobuf runs the {api_implementation.Type()!r} backend, not upb: the calibration "
+                         "would not be upb's parse rate (unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION)")
+    spans = sum(len(r.spans) for b in bodies[:1] for rs in ExportTraceServiceRequest.FromString(b).resource_spans
+                for r in rs.scope_spans) * len(bodies)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for body in bodies:
+            ExportTraceServiceRequest.FromString(body)
+        best = min(best, time.perf_counter() - started)
+    return best / spans * 1e6

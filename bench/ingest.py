@@ -7,15 +7,22 @@ processes with pre-serialised ExportTraceServiceRequests of 512 agent spans
 (~12 attributes each), for a bounded time per phase:
 
   1. gRPC, as fast as the pipeline takes it
-  2. with --full: HTTP/protobuf, as fast as the pipeline takes it
-  3. with --full: gRPC paced at half the rate of phase 1, for export-call latency
+  2. gRPC paced at half the rate of phase 1, for export-call latency (--no-half skips it)
+  3. with --full: HTTP/protobuf, as fast as the pipeline takes it
 
 and prints, per phase: accepted spans/s (acknowledged to clients, over the
 sending window), committed spans/s (counted in DuckDB through the query API,
 which first waits until the spool is inserted: spans / time from the first send
 until that count returns), p50/p99 export-call latency, CPU per committed span of all
-pipeline processes (from /proc), and the peak RSS of the pipeline (main process, and with its
-receiver workers); then the median committed rate of each config and what the loop costs.
+pipeline processes (from /proc), that CPU as a multiple of upb's parse time for the same
+spans ("x parse"), and the peak RSS and PSS of the pipeline (main process, and with its
+receiver workers); then a table of every phase and, per config, the committed rate
+(min-median-max), p99 at max / at half rate, PSS, CPU per span and what the loop costs.
+
+The parse-rate calibration: before each pipeline starts (no pipeline running, clients gone) the
+bench process times `ExportTraceServiceRequest.FromString` (upb) on the very requests the clients
+send, on one core, best of several passes; each phase's CPU per span is divided by the calibration
+taken just before its pipeline started, so the ratio holds on any machine.
 
     .venv/bin/python bench/ingest.py [--seconds 20] [--clients 2] [--threads 4] [--rounds 3] [--full]
 """
@@ -41,7 +48,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_sre.processors.memory_limiter.factory import held_bytes  # noqa: E402
-from bench.agent_spans import make_request  # noqa: E402
+from bench.agent_spans import request_bodies, upb_parse_us_per_span  # noqa: E402
 
 SPANS_PER_REQUEST = 512
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -56,8 +63,7 @@ def free_port() -> int:
 def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thread: float, seed: int,
             out: mp.Queue) -> None:
     """One client process: `threads` senders, each with its own connection, until the deadline."""
-    bodies = [make_request(SPANS_PER_REQUEST, seed=seed * 100 + i, base_ns=time.time_ns()).SerializeToString()
-              for i in range(8)]
+    bodies = request_bodies(seed, n_spans=SPANS_PER_REQUEST, base_ns=time.time_ns())
     latencies: list[float] = []
     acked = [0]
     errors = [0]
@@ -121,6 +127,36 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
     out.put({"acked": acked[0], "errors": errors[0], "latencies": latencies, "first": first, "last": time.time()})
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (shared pages split between their users), from
+    /proc/<pid>/smaps_rollup; 0 once the process has gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    proc = psutil.Process(pid)
+    return [proc, *proc.children(recursive=True)]
+
+
+def tree_cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU of these processes, from /proc (a process that has gone counts 0)."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 class RssSampler(threading.Thread):
     """Peak memory of the pipeline: RSS of its main process, and of all its processes together
     both as summed RSS (counts the shared library pages once per process), as summed PSS (each
@@ -146,8 +182,8 @@ class RssSampler(threading.Thread):
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 each = {p.pid: p.memory_info().rss for p in procs}
-                if tick % 5 == 0:  # PSS reads /proc/*/smaps: slower, so sampled less often
-                    self.peak_pss = max(self.peak_pss, sum(p.memory_full_info().pss for p in procs))
+                if tick % 5 == 0:  # PSS sums every mapping in the kernel: slower, so sampled less often
+                    self.peak_pss = max(self.peak_pss, sum(pss_bytes(p.pid) for p in procs))
             except psutil.Error:
                 continue
             tick += 1
@@ -192,19 +228,12 @@ def _delta(after: dict, before: dict, key: str) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of the pipeline process and its receiver workers, from /proc."""
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in (proc, *proc.children(recursive=True)):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    return tree_cpu_seconds(process_tree(pid))
 
 
 def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds: float, clients: int,
-              threads: int, metrics_port: int, rate: float = 0.0) -> dict:
+              threads: int, metrics_port: int, rate: float = 0.0, parse_us: float = 0.0) -> dict:
+    """One phase; ``parse_us`` (upb's parse time per span, this run) adds CPU as a multiple of it."""
     before = count_spans(admin)
     cpu_before = cpu_seconds(pid)
     m_before = pipeline_metrics(metrics_port)
@@ -245,10 +274,13 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
            "wall_s": elapsed,
            "commits": flushes, "spans_per_commit": committed / flushes if flushes else 0.0,
            "store_busy_fraction": commit_s / sending_s,
-           "cpu_us_per_span": cpu / committed * 1e6 if committed else float("nan")}
+           "cpu_us_per_span": cpu / committed * 1e6 if committed else float("nan"),
+           "parse_us_per_span": parse_us}
+    row["x_parse"] = row["cpu_us_per_span"] / parse_us if parse_us else float("nan")
+    of_parse = f" = x{row['x_parse']:.0f} of upb parse ({parse_us:.2f} us)" if parse_us else ""
     print(f"{name:<28} accepted {row['accepted_spans_per_s']:>9,.0f} spans/s | committed "
           f"{row['committed_spans_per_s']:>9,.0f} spans/s | export p50 {row['p50_ms']:6.1f} ms p99 "
-          f"{row['p99_ms']:6.1f} ms | CPU {row['cpu_us_per_span']:.0f} us/span (all pipeline processes) | "
+          f"{row['p99_ms']:6.1f} ms | CPU {row['cpu_us_per_span']:.0f} us/span (all pipeline processes){of_parse} | "
           f"{row['requests']} calls, {row['errors']} errors | peak RSS "
           f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB summed with workers "
           f"(PSS {row['peak_pss_total_mib']:.0f} MiB) | "
@@ -319,10 +351,45 @@ def stop_pipeline(pipeline: dict) -> None:
     pipeline["server"].wait(timeout=60)
 
 
+def calibrate(clients: int) -> float:
+    """upb's parse time per span for the requests the clients send (all of them, seeds as in `_client`)."""
+    bodies = [b for c in range(clients) for b in request_bodies(c, n_spans=SPANS_PER_REQUEST, base_ns=time.time_ns())]
+    us = upb_parse_us_per_span(bodies)
+    print(f"upb parse (one core, best of 15 passes over {len(bodies)} requests): {us:.2f} us/span", flush=True)
+    return us
+
+
+def _spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    v = sorted(values)
+    return " – ".join(fmt.format(x) for x in (v[0], v[len(v) // 2], v[-1])) if len(v) > 2 else \
+        " · ".join(fmt.format(x) for x in v)
+
+
+def print_table(rows: list[dict], configs: list[str]) -> None:
+    """Every phase, then one line per config with the issue's columns (markdown, to paste)."""
+    print("\n| phase | committed spans/s | accepted spans/s | p99 export | CPU per committed span | upb parse "
+          "| x parse | peak PSS all processes |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['phase']} | {r['committed_spans_per_s']:,.0f} | {r['accepted_spans_per_s']:,.0f} | "
+              f"{r['p99_ms']:.0f} ms | {r['cpu_us_per_span']:.0f} µs | {r['parse_us_per_span']:.2f} µs | "
+              f"×{r['x_parse']:.0f} | {r['peak_pss_total_mib']:.0f} MiB |")
+    print("\n| config | committed spans/s at max, min – median – max | p99 at max / at half rate "
+          "| PSS all processes | CPU per committed span | x upb parse |\n|---|---|---|---|---|---|")
+    for label in configs:
+        top = [r for r in rows if r["config"] == label and r["phase"].endswith("gRPC max")]
+        half = [r for r in rows if r["config"] == label and "/s" in r["phase"]]
+        p99h = _spread([r["p99_ms"] for r in half], "{:.0f}") + " ms" if half else "—"
+        pss = [r["peak_pss_total_mib"] for r in top + half]
+        print(f"| {label} | {_spread([r['committed_spans_per_s'] for r in top])} | "
+              f"{_spread([r['p99_ms'] for r in top], '{:.0f}')} ms / {p99h} | {min(pss):.0f}–{max(pss):.0f} MiB | "
+              f"{_spread([r['cpu_us_per_span'] for r in top])} µs | ×{_spread([r['x_parse'] for r in top])} |")
+
+
 def main() -> None:
     args = phase_args(__doc__, **{"--workers": {"help": "override receiver workers (AGENT_SRE_RECEIVER_WORKERS)"},
                                   "--rounds": {"type": int, "default": 1, "help": "interleaved rounds of both configs"},
-                                  "--full": {"action": "store_true", "help": "also HTTP and paced phases"},
+                                  "--full": {"action": "store_true", "help": "also an HTTP/protobuf max-rate phase"},
+                                  "--no-half": {"action": "store_true", "help": "skip the phase paced at half rate"},
                                   "--json": {"help": "also write the results to this file"}})
     configs = [("default (full SRE loop)", None), ("store-only", (CONFIG / "store-only.yaml").read_text())]
     print(f"{args.clients} client processes x {args.threads} senders, {args.seconds:g}s per phase, "
@@ -330,32 +397,32 @@ def main() -> None:
     rows = []
     for _ in range(args.rounds):
         for label, config in configs:
+            parse_us = calibrate(args.clients)  # a quiet moment: no pipeline, no clients
             p = start_pipeline(config, workers=args.workers)
             try:
                 common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
-                row = run_phase(f"{label}: gRPC max", "grpc", p["grpc"], *common)
+                row = run_phase(f"{label}: gRPC max", "grpc", p["grpc"], *common, parse_us=parse_us)
                 rows.append({"config": label, **row})
-                if args.full:
-                    rows.append({"config": label, **run_phase(f"{label}: HTTP max", "http", p["http"], *common)})
+                if not args.no_half:
                     half = row["committed_spans_per_s"] / 2
                     rows.append({"config": label, **run_phase(f"{label}: gRPC at {half:,.0f}/s", "grpc",
-                                                              p["grpc"], *common, rate=half)})
+                                                              p["grpc"], *common, rate=half, parse_us=parse_us)})
+                if args.full:
+                    rows.append({"config": label, **run_phase(f"{label}: HTTP max", "http", p["http"], *common,
+                                                              parse_us=parse_us)})
             finally:
                 stop_pipeline(p)
+    print_table(rows, [label for label, _ in configs])
     median = {}
     for label, _ in configs:
-        mine = sorted(r["committed_spans_per_s"] for r in rows if r["config"] == label and "max" in r["phase"]
-                      and "gRPC" in r["phase"])
+        mine = sorted(r["committed_spans_per_s"] for r in rows if r["config"] == label
+                      and r["phase"].endswith("gRPC max"))
         median[label] = mine[len(mine) // 2]
-        cpu = sorted(r["cpu_us_per_span"] for r in rows if r["config"] == label and "gRPC max" in r["phase"])
-        print(f"{label:<24} committed (gRPC max, median of {len(mine)}): {median[label]:>9,.0f} spans/s, "
-              f"CPU {cpu[len(cpu) // 2]:.0f} us/span")
     full, bare = median[configs[0][0]], median[configs[1][0]]
-    print(f"the SRE loop costs {1 - full / bare:.1%} of the store-only throughput (full / store-only = "
+    print(f"\nthe SRE loop costs {1 - full / bare:.1%} of the store-only throughput (full / store-only = "
           f"{full / bare:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-
 
 if __name__ == "__main__":
     main()
