@@ -680,12 +680,14 @@ class SpanStore:
             self._reconnect(checkpoint=True)
 
     def _take(self) -> list[SpooledBatch]:
-        """The oldest pending batches, up to ``flush_spans`` rows and the current byte budget (at least one)."""
+        """The oldest pending batches of one schema, up to ``flush_spans`` rows and the current byte budget
+        (at least one): a spool written by an older version may hold batches of fewer columns."""
         items: list[SpooledBatch] = []
         rows = size = 0
         for spooled, _ in self._pending:
             if items and (rows + spooled.rows > self._spool_settings.flush_spans
-                          or size + spooled.length > self._insert_bytes):
+                          or size + spooled.length > self._insert_bytes
+                          or not spooled.schema.equals(items[0].schema)):
                 break
             items.append(spooled)
             rows += spooled.rows
