@@ -5,17 +5,31 @@ from __future__ import annotations
 import os
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 
-def kv(key: str, value) -> KeyValue:
+def kv(key: str, value: object) -> KeyValue:
+    """A KeyValue of any AnyValue kind: bool, int, float, bytes, str, list (array), dict (kvlist),
+    None (an empty AnyValue)."""
+    return KeyValue(key=key, value=any_value(value))
+
+
+def any_value(value: object) -> AnyValue:
+    if value is None:
+        return AnyValue()
     if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
+        return AnyValue(bool_value=value)
     if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
+        return AnyValue(int_value=value)
     if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
+        return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, list):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=[kv(k, v) for k, v in value.items()]))
+    return AnyValue(string_value=str(value))
 
 
 def request(n: int = 3, service: str = "svc", attrs: dict | None = None, bad_trace_ids: int = 0,

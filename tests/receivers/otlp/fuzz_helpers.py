@@ -38,10 +38,11 @@ from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from agent_sre.pipeline.pdata.otlp_json import encode_trace_request
+from tests.otlp_builders import kv
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 
@@ -775,28 +776,6 @@ def _break_span(rng: random.Random, span: Span) -> None:
 # --- the seed corpus -------------------------------------------------------------------------
 
 
-def _kv(key: str, value: object) -> KeyValue:
-    return KeyValue(key=key, value=_any(value))
-
-
-def _any(value: object) -> AnyValue:
-    if value is None:
-        return AnyValue()
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list):
-        return AnyValue(array_value=ArrayValue(values=[_any(v) for v in value]))
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=[_kv(k, v) for k, v in value.items()]))
-    return AnyValue(string_value=str(value))
-
-
 ALL_KINDS = {"s": "prompt ✓ ünïcode", "empty": "", "b": True, "i": -(2**63), "u": 2**63 - 1, "d": 0.25,
              "nan": math.nan, "inf": math.inf, "ninf": -math.inf, "bytes": b"\x00\xff\x10", "none": None,
              "arr": [1, "two", 3.5, False, None, [b"\x01", {"k": [[]]}]],
@@ -860,11 +839,11 @@ def _any_values_request() -> ExportTraceServiceRequest:
     """Every AnyValue kind, nested kvlists and arrays, on every attribute holder."""
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
-    rs.resource.attributes.extend([_kv("service.name", "kinds"), *(_kv(k, v) for k, v in ALL_KINDS.items())])
+    rs.resource.attributes.extend([kv("service.name", "kinds"), *(kv(k, v) for k, v in ALL_KINDS.items())])
     rs.resource.dropped_attributes_count = 1
     ss = rs.scope_spans.add()
     ss.scope.name, ss.scope.version = "kinds", "0.1"
-    ss.scope.attributes.extend(_kv(k, v) for k, v in ALL_KINDS.items())
+    ss.scope.attributes.extend(kv(k, v) for k, v in ALL_KINDS.items())
     for i in range(3):
         span = ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes([i + 1] * 8), name=f"kinds-{i}",
                             kind=i + 1, start_time_unix_nano=1_700_000_000_000_000_000 + i,
@@ -872,11 +851,11 @@ def _any_values_request() -> ExportTraceServiceRequest:
                             dropped_attributes_count=i, dropped_events_count=1, dropped_links_count=2)
         if i:
             span.parent_span_id = bytes([1] * 8)
-        span.attributes.extend(_kv(k, v) for k, v in ALL_KINDS.items())
+        span.attributes.extend(kv(k, v) for k, v in ALL_KINDS.items())
         event = span.events.add(time_unix_nano=1_700_000_000_050_000_000, name="gen_ai.choice")
-        event.attributes.extend(_kv(k, v) for k, v in ALL_KINDS.items())
+        event.attributes.extend(kv(k, v) for k, v in ALL_KINDS.items())
         link = span.links.add(trace_id=bytes(range(16, 32)), span_id=bytes(range(8)), trace_state="x=y", flags=1)
-        link.attributes.extend([_kv("arr", ALL_KINDS["arr"]), _kv("kv", ALL_KINDS["kv"])])
+        link.attributes.extend([kv("arr", ALL_KINDS["arr"]), kv("kv", ALL_KINDS["kv"])])
         span.status.code, span.status.message = Status.STATUS_CODE_ERROR, "boom"
     return req
 
@@ -886,7 +865,7 @@ def _multi_resource_request() -> ExportTraceServiceRequest:
     rng = random.Random(5)
     for r in range(3):
         rs = req.resource_spans.add(schema_url="https://opentelemetry.io/schemas/1.26.0")
-        rs.resource.attributes.extend([_kv("service.name", f"svc-{r}"), _kv("deployment.environment", "dev")])
+        rs.resource.attributes.extend([kv("service.name", f"svc-{r}"), kv("deployment.environment", "dev")])
         for s in range(2):
             ss = rs.scope_spans.add()
             ss.scope.name = f"lib-{s}"
@@ -928,7 +907,7 @@ def _regression_requests() -> dict[str, bytes]:
                 + tag(5, LEN) + varint(len(name)) + name
                 + b"".join(tag(9, LEN) + varint(len(a)) + a for a in attributes))
 
-    model = _kv("gen_ai.request.model", "gpt-4o").SerializeToString()
+    model = kv("gen_ai.request.model", "gpt-4o").SerializeToString()
     # A KeyValue whose value claims 2^31 bytes: not protobuf.  The columnar path never parsed the
     # attributes of spans it rejected (here: a 15-byte trace id), so it answered 200 + partial_success
     # where protobuf's parser (and so the JSON path) refuses the request: 400.
@@ -954,9 +933,9 @@ def _overflow_request() -> ExportTraceServiceRequest:
                                                      ("invoke_agent", (0, 0), 1), ("invoke_agent", (0, 0), big)]):
         span = ss.spans.add(trace_id=bytes([i + 1] * 16), span_id=bytes([i + 1] * 8), name=f"overflow-{i}",
                             start_time_unix_nano=start, end_time_unix_nano=big if start == 1 else 0)
-        span.attributes.extend([_kv("gen_ai.operation.name", operation), _kv("gen_ai.request.model", "m"),
-                                _kv("gen_ai.usage.input_tokens", tokens[0]),
-                                _kv("gen_ai.usage.output_tokens", tokens[1])])
+        span.attributes.extend([kv("gen_ai.operation.name", operation), kv("gen_ai.request.model", "m"),
+                                kv("gen_ai.usage.input_tokens", tokens[0]),
+                                kv("gen_ai.usage.output_tokens", tokens[1])])
     return req
 
 
