@@ -35,10 +35,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from agent_sre.pipeline.pdata.ipc import decode_table, encode_table
 from agent_sre.pipeline.storage.segmentlog import (
     SegmentWriter,
-    decode_table,
-    encode_table,
     fsync_dir,
     quarantine,
     scan_all,
@@ -68,13 +67,6 @@ class Item:
 
 def _size(sizer: str, rows: int, nbytes: int) -> int:
     return 1 if sizer == "requests" else rows if sizer == "items" else nbytes
-
-
-serialize = encode_table
-
-
-def deserialize(payload: bytes) -> pa.Table:
-    return decode_table(pa.py_buffer(payload))
 
 
 class _Queue:
@@ -232,7 +224,7 @@ class PersistentQueue(_Queue):
     # --- the queue ---------------------------------------------------------------------
 
     def put(self, table: pa.Table, force: bool = False) -> None:
-        payload = serialize(table)
+        payload = encode_table(table)
         size = _size(self.sizer, table.num_rows, len(payload))
         with self._cond:
             if self._closed:
@@ -266,7 +258,7 @@ class PersistentQueue(_Queue):
         try:
             with open(item.segment, "rb") as f:
                 f.seek(item.offset)
-                item.table = deserialize(f.read(item.length))
+                item.table = decode_table(f.read(item.length))
         except (OSError, pa.ArrowInvalid) as exc:  # checked at recovery; a disk error now: give it up
             self.corrupt += 1
             log.error("persistent queue %s: record %d cannot be read back (%s); skipped", self.directory, item.seq, exc)
@@ -326,7 +318,7 @@ class PersistentQueue(_Queue):
 
 
 def _rows_of(payload: bytes) -> int:
-    return deserialize(payload).num_rows
+    return decode_table(payload).num_rows
 
 
 def _read_acks(path: Path) -> set[int]:

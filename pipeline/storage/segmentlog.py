@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import pyarrow as pa
-
 log = logging.getLogger("agent_sre.segmentlog")
 
 MAGIC = b"ASR1"
@@ -47,18 +45,6 @@ QUARANTINE = "quarantine"
 
 def _crc(seq: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(_CHECKED.pack(seq, len(payload))))
-
-
-def encode_table(table: pa.Table | pa.RecordBatch) -> bytes:
-    """One Arrow IPC stream (schema and batches): a record that reads back on its own."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write(table)
-    return sink.getvalue().to_pybytes()
-
-
-def decode_table(payload: bytes | pa.Buffer) -> pa.Table:
-    return pa.ipc.open_stream(payload).read_all()
 
 
 @dataclass(frozen=True)

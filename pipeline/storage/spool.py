@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from agent_sre.pipeline.pdata.ipc import decode_table, encode_table
 from agent_sre.pipeline.storage.segmentlog import (
     SegmentWriter,
-    decode_table,
-    encode_table,
     fsync_dir,
     quarantine,
     scan_all,
@@ -96,7 +95,7 @@ def recover(directory: Path, applied_seq: int) -> Recovery:
             if rec.seq <= applied_seq:
                 continue
             try:
-                table = decode_table(pa.py_buffer(rec.read()))
+                table = decode_table(rec.read())
             except (pa.ArrowInvalid, OSError) as exc:  # a checksum that matches garbage: written so
                 s.problems.append(f"record seq {rec.seq} passes its checksum but does not decode ({exc})")
                 continue
@@ -145,7 +144,7 @@ def read_after(directory: Path, applied_seq: int) -> Iterator[tuple[int, pa.Tabl
         for rec in s.records:
             if rec.seq > applied_seq:
                 try:
-                    yield rec.seq, decode_table(pa.py_buffer(rec.read()))
+                    yield rec.seq, decode_table(rec.read())
                 except (pa.ArrowInvalid, OSError):
                     continue
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from agent_sre.pipeline.component.auth import dump_with_secrets
 from agent_sre.pipeline.component.errors import PermanentError, RefusedError
+from agent_sre.pipeline.pdata.ipc import decode_table, encode_table
 from agent_sre.receivers.otlp.ports import EndpointClaim
 
 _HEADER = struct.Struct(">cQ")
@@ -50,17 +51,6 @@ def _pack(kind: bytes, req_id: int, payload: bytes = b"") -> bytes:
 def _unpack(message: bytes) -> tuple[bytes, int, memoryview]:
     kind, req_id = _HEADER.unpack_from(message)
     return kind, req_id, memoryview(message)[_HEADER.size:]
-
-
-def table_to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def ipc_to_table(payload) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
 
 
 # --- the pipeline side ---------------------------------------------------------------
@@ -142,7 +132,7 @@ class WorkerPool:
 
     def _consume(self, conn: Connection, send_lock: threading.Lock, req_id: int, payload: bytes) -> None:
         try:
-            self.receiver.next.consume(ipc_to_table(payload))
+            self.receiver.next.consume(decode_table(payload))
             reply = _pack(b"O", req_id)
         except RefusedError as exc:
             reply = _pack(b"F", req_id, json.dumps({"message": str(exc), "retry_after": exc.retry_after}).encode())
@@ -215,7 +205,7 @@ class RemoteConsumer:
             fut: Future = Future()
             self._pending[req_id] = fut
         try:
-            self.send(_pack(b"B", req_id, table_to_ipc(batch)))
+            self.send(_pack(b"B", req_id, encode_table(batch)))
         except (OSError, ValueError) as exc:
             self._pending.pop(req_id, None)
             raise RefusedError("the pipeline process is not reachable", 1.0) from exc

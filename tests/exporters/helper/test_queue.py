@@ -7,7 +7,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull, serialize
+from agent_sre.exporters.helper.queue import MemoryQueue, PersistentQueue, QueueFull
+from agent_sre.pipeline.pdata.ipc import encode_table
 from agent_sre.pipeline.storage.segmentlog import MAGIC
 
 
@@ -19,7 +20,7 @@ def batch(n: int, tag: str = "x") -> pa.Table:
 def test_a_full_queue_refuses_by_its_sizer(sizer, tmp_path):
     one = {"requests": 1, "items": 10}
     memory = MemoryQueue(int(2.5 * one.get(sizer, batch(10).nbytes)), sizer)
-    disk = PersistentQueue(tmp_path, int(2.5 * one.get(sizer, len(serialize(batch(10))))), sizer)
+    disk = PersistentQueue(tmp_path, int(2.5 * one.get(sizer, len(encode_table(batch(10))))), sizer)
     for q in (memory, disk):
         q.put(batch(10))
         q.put(batch(10))
