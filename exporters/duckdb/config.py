@@ -58,3 +58,6 @@ class DuckDBExporterConfig(ConfigModel):
     parquet: ParquetConfig | None = None
     spool: SpoolConfig = SpoolConfig()
     attribution: AttributionConfig = AttributionConfig()
+    # Spans of a replay's re-run (`agent-sre replay`: `agent_sre.replay.of` on the resource or span) are
+    # stored but left out of SLIs, budgets, anomaly series, breakers and incidents; true counts them.
+    count_replays: bool = False

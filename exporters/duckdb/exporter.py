@@ -41,7 +41,7 @@ class DuckDBExporter(Exporter):
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
-                               self.config.on_damaged_store)
+                               self.config.on_damaged_store, self.config.count_replays)
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)

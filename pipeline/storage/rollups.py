@@ -42,6 +42,17 @@ def _on_stored_layout(predicate: str) -> str:
     return _ATTRIBUTE.sub(r"list_filter(attributes, lambda e: e.key = \1)[1].value", predicate)
 
 
+# Spans of a replay's re-run (``agent-sre replay``) carry this key, on the resource or the span: they are
+# stored like any other, but the rollups (SLIs, budgets, anomaly series) and the commit callbacks
+# (budgets, breakers, incidents, metrics) see only ``_counted``, the batch without them, unless the
+# store counts replays.  The predicate is only used for a batch that holds such spans.
+REPLAY_KEY = "agent_sre.replay.of"
+_HAS_REPLAY_KEY = (f"(list_contains(list_transform(resource_attributes, lambda e: e.key), '{REPLAY_KEY}') "
+                   f"OR list_contains(list_transform(attributes, lambda e: e.key), '{REPLAY_KEY}'))")
+COUNTED_ALL = "CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch"
+COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch WHERE NOT {_HAS_REPLAY_KEY}"
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -51,8 +62,8 @@ def _span_select(slis: list[SliRollup]) -> str:
     preds = [(x, _on_stored_layout(x.total), _on_stored_layout(x.good)) for x in slis]
     # Any other use of attributes (map functions, a computed key) gets the column as a MAP.
     mapped = any(re.search(r"(?<![.\w])attributes\b(?!, lambda e)", f"{t} {g}") for _, t, g in preds)
-    source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _batch)" if mapped
-              else "_batch")
+    source = ("(SELECT * REPLACE (map_from_entries(attributes) AS attributes) FROM _counted)" if mapped
+              else "_counted")
     if mapped:
         preds = [(x, x.total, x.good) for x in slis]
     parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
@@ -89,7 +100,7 @@ SELECT trace_id,
   count(*) FILTER (WHERE span_role = 'delegation'),
   max(end_ns) FILTER (WHERE span_role = 'agent_task'),
   ?
-FROM _batch GROUP BY trace_id
+FROM _counted GROUP BY trace_id
 ON CONFLICT (trace_id) DO UPDATE SET
   agent_id = coalesce(trace_rollups.agent_id, excluded.agent_id),
   agent_version = coalesce(trace_rollups.agent_version, excluded.agent_version),
@@ -165,7 +176,7 @@ SELECT end_ns // 60000000000, coalesce(agent_id, ''), count(*), count(*) FILTER 
               " FILTER (WHERE span_role = 'llm'), 0)")},
   count(*) FILTER (WHERE span_role = 'agent_task'),
   {_saturated("coalesce(sum(duration_ns::HUGEINT) FILTER (WHERE span_role = 'agent_task'), 0)")}
-FROM _batch WHERE end_ns IS NOT NULL GROUP BY ALL
+FROM _counted WHERE end_ns IS NOT NULL GROUP BY ALL
 ON CONFLICT (minute, agent_id) DO UPDATE SET spans = agent_minutes.spans + excluded.spans,
   errors = agent_minutes.errors + excluded.errors, llm_calls = agent_minutes.llm_calls + excluded.llm_calls,
   tokens = {_saturated("agent_minutes.tokens::HUGEINT + excluded.tokens")}, tasks = agent_minutes.tasks + excluded.tasks,
@@ -188,14 +199,14 @@ COST_MINUTES_MIGRATION = (
 TENANT_SQL = "coalesce(list_filter(resource_attributes, lambda e: e.key = 'tenant.id')[1].value, '')"
 COST_ROLLUP_SQL = f"""INSERT INTO cost_minutes
 SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*)
-FROM _batch WHERE cost_usd IS NOT NULL GROUP BY ALL
+FROM _counted WHERE cost_usd IS NOT NULL GROUP BY ALL
 ON CONFLICT (minute, agent_id, model, tenant) DO UPDATE SET
   cost_usd = cost_minutes.cost_usd + excluded.cost_usd, spans = cost_minutes.spans + excluded.spans"""
 # What the batch charges, for budgets after the commit: per agent, model and tenant, and per task
 # (trace) only when a task budget needs it (a batch holds ~1k traces but ~10 agents).
 # The minute is that of cost_minutes: a budget charges what was spent in its current period, as the
 # rebuild from cost_minutes does.
-_CHARGED = "FROM _batch WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL"
+_CHARGED = "FROM _counted WHERE cost_usd IS NOT NULL AND cost_usd > 0 GROUP BY ALL"
 CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), NULL, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*), "
                "end_ns // 60000000000 " + _CHARGED)
 CHARGES_BY_TASK_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.storage import attribution
@@ -37,6 +39,9 @@ from agent_sre.pipeline.storage.rollups import (
     COST_MINUTES_DDL,
     COST_MINUTES_MIGRATION,
     COST_ROLLUP_SQL,
+    COUNTED_ALL,
+    COUNTED_WITHOUT_REPLAYS,
+    REPLAY_KEY,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
     TRACE_ROLLUPS_DDL,
@@ -121,6 +126,24 @@ STORAGE_SCHEMA = pa.schema([
 STORED_SCHEMA = STORAGE_SCHEMA.append(pa.field("received_ns", pa.int64()))
 
 
+def replay_mask(rows: pa.Table) -> pa.Array | None:
+    """Which rows (storage layout) are spans of a replay's re-run (``REPLAY_KEY`` on their resource or
+    on the span); None when there are none.  Columnar: one comparison per attribute key."""
+    mask = None
+    for column in ("resource_attributes", "attributes"):
+        if column not in rows.column_names:
+            continue
+        offset = 0
+        for chunk in rows.column(column).chunks:
+            hit = pc.equal(pc.list_flatten(chunk).field("key"), REPLAY_KEY)
+            if pc.any(hit).as_py():
+                if mask is None:
+                    mask = np.zeros(rows.num_rows, dtype=bool)
+                mask[offset + pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()] = True
+            offset += len(chunk)
+    return None if mask is None else pa.array(mask)
+
+
 def to_storage(batch: pa.Table) -> pa.Table:
     """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
 
@@ -177,7 +200,8 @@ class SpanStore:
     def __init__(self, path: str | os.PathLike, memory_limit: str = StoreSettings.memory_limit,
                  threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
                  spool: SpoolSettings | None = None,
-                 attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged):
+                 attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged,
+                 count_replays: bool = False):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -192,9 +216,13 @@ class SpanStore:
         self._loader = None
         self.attribution = attribution or AttributionSettings()
         self.unattributed_spans = 0  # released without an agent since start (a self-metric)
+        # Spans of replays' re-runs count in SLIs, budgets and incidents only when this is set.
+        self.count_replays = count_replays
+        self._replays_seen = False  # set once a batch held any: held spans released later are filtered too
         self._ensure_schema()
         self._held, self._held_oldest_ns = self._con.execute(
             "SELECT count(*), min(received_ns) FROM held_spans").fetchall()[0]
+        self._replays_seen = self._held > 0  # what the last run held may be replays: filtered when released
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
@@ -374,6 +402,8 @@ class SpanStore:
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
         now_ns = time.time_ns()
         attribute = self._held > 0 or rows.column("agent_id").null_count > 0
+        replays = None if self.count_replays else replay_mask(rows)
+        self._replays_seen = self._replays_seen or replays is not None
         with self._lock:
             con = self._con
             con.register("_in", rows)
@@ -384,6 +414,9 @@ class SpanStore:
                             else [attribution.direct_statement(now_ns)]):
                     con.execute(sql).fetchall()
                 con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
+                # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
+                filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
+                con.execute(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL).fetchall()
                 for sql in self._rollup_sqls:
                     con.execute(sql, [now_ns] if sql is SPAN_ROLLUP_SQL else []).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
@@ -398,12 +431,14 @@ class SpanStore:
                         "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)").fetchall()[0]
                     if held > self.attribution.max_held_spans:
                         con.execute(attribution.overflow_statement(self.attribution)).fetchall()
-                    released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _batch").to_arrow_table()
+                    released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
                                 if self._on_commit else rows)
+                    con.execute("DROP VIEW IF EXISTS _counted").fetchall()
                     for sql in attribution.CLEANUP:
                         con.execute(sql).fetchall()
                 else:
-                    held, oldest, released = 0, None, rows
+                    held, oldest = 0, None
+                    released = rows if replays is None else rows.filter(pc.invert(replays))
                     unattributed = rows.column("agent_id").null_count
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
@@ -478,13 +513,13 @@ class SpanStore:
         with self._lock:
             con = self._con
             for sli in slis:  # bind each on an empty batch: a bad column name is named here, not at insert
-                con.register("_batch", STORAGE_SCHEMA.empty_table())
+                con.register("_counted", STORAGE_SCHEMA.empty_table())
                 try:
                     con.execute(validate_sql(sli)).fetchall()
                 except duckdb.Error as exc:
                     raise ValueError(f"SLI {sli.name!r}: {exc}") from exc
                 finally:
-                    con.unregister("_batch")
+                    con.unregister("_counted")
             con.execute("BEGIN TRANSACTION").fetchall()
             con.execute("DELETE FROM sli_rollups").fetchall()
             for i, sli in enumerate(slis):
