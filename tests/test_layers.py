@@ -89,5 +89,5 @@ def test_the_client_side_package_needs_only_the_standard_library(path):
                  else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
         for name in names:
             top = name.split(".")[0]
-            assert top in stdlib or top == "__future__" or name.startswith(("agent_sre.pipeline.client", "agent_sre.replay")), (
+            assert top in stdlib or top == "__future__" or name.startswith(("agent_sre.pipeline.client", "agent_sre.replay", "agent_sre.chaos", "agent_sre.delivery")), (
                 f"{path.name}:{node.lineno} imports {name}")

@@ -1,0 +1,1 @@
+"""``agent_sre.chaos``: fault injection inside an agent (standard library only at import)."""

@@ -1,0 +1,1 @@
+"""chaos: experiments declared to the pipeline, judged from the stored spans."""
