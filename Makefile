@@ -39,7 +39,18 @@ $(SERVERS)/%/.installed:
 	$(SERVERS)/$*/bin/pip install --quiet $(if $(filter phoenix,$*),arize-phoenix,$*)
 	touch $@
 
-test-deps: setup debian-deps $(SERVERS)/phoenix/.installed $(SERVERS)/mlflow/.installed
+# Agent frameworks, each in its own virtualenv (their dependencies fight each other and ours): the
+# tests run a real agent of each in a subprocess of $(SERVERS)/fw-NAME, from tests/frameworks/NAME/.
+FRAMEWORK_VENVS := $(patsubst tests/frameworks/%/requirements.txt,$(SERVERS)/fw-%/.installed,\
+                     $(wildcard tests/frameworks/*/requirements.txt))
+
+$(SERVERS)/fw-%/.installed: tests/frameworks/%/requirements.txt
+	$(PYTHON) -m venv $(SERVERS)/fw-$*
+	$(SERVERS)/fw-$*/bin/pip install --quiet --upgrade pip
+	$(SERVERS)/fw-$*/bin/pip install --quiet -r $<
+	touch $@
+
+test-deps: setup debian-deps $(SERVERS)/phoenix/.installed $(SERVERS)/mlflow/.installed $(FRAMEWORK_VENVS)
 
 lint: setup
 	$(BIN)/ruff check pipeline receivers processors exporters config tests bench
