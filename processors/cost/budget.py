@@ -255,34 +255,68 @@ class BudgetLedger:
     def _charge(self, agent: str, amount: float, now: float, task: str | None, model: str | None,
                 tenant: str | None, calls: int, at: float | None = None,
                 only: str | None = None) -> list[BudgetEvent]:
-        before = self._decision(agent, task, now).action
+        charged = [(spec, subject) for spec in self.specs
+                   if (only is None or (spec.scope == "task") == (only == "task"))
+                   # spent in another period than the current one: not charged to it
+                   and (at is None or spec.scope == "task" or self._label_at(spec, at) == self._period(spec, now)[0])
+                   for subject in self._subjects(spec, agent, task, model, tenant)]
+        uses = self._uses.setdefault(agent, {})
+        # The agent's decision can only change if this charge takes an account over its throttle or kill
+        # line, or binds the agent to a model or tenant budget it was not bound to: otherwise the two
+        # assessments around the charge (most of a charge's cost, thousands per commit) are skipped.
+        may_change = (self._binds_anew(uses, model, tenant, now)
+                      or any(self._crosses(spec, subject, amount, now) for spec, subject in charged))
+        before = self._decision(agent, task, now).action if may_change else None
         if task:
             self._task_agents[task] = agent
-        uses = self._uses.setdefault(agent, {})
         uses[("agent", "")] = now  # the agent is known while it spends (and a month after)
         for kind, value in (("model", model), ("tenant", tenant)):
             if value:
                 uses[(kind, value)] = now
         events = []
-        for spec in self.specs:
-            if only is not None and (spec.scope == "task") != (only == "task"):
-                continue
-            if at is not None and spec.scope != "task" and self._label_at(spec, at) != self._period(spec, now)[0]:
-                continue  # spent in another period than the current one
-            for subject in self._subjects(spec, agent, task, model, tenant):
-                acc = self._account(spec, subject, now)
-                acc.spent += amount
-                acc.calls += calls
-                acc.last_charge = now
-                u = acc.spent / spec.limit(subject) + _EPS
-                for step in spec.steps:
-                    if u >= step and step not in acc.steps_crossed:
-                        acc.steps_crossed.add(step)
-                        events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
-        after = self._decision(agent, task, now).action
-        if after != before:
-            events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
+        for spec, subject in charged:
+            acc = self._account(spec, subject, now)
+            acc.spent += amount
+            acc.calls += calls
+            acc.last_charge = now
+            u = acc.spent / spec.limit(subject) + _EPS
+            for step in spec.steps:
+                if u >= step and step not in acc.steps_crossed:
+                    acc.steps_crossed.add(step)
+                    events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
+        if may_change:
+            after = self._decision(agent, task, now).action
+            if after != before:
+                events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
         return events
+
+    def _crosses(self, spec: BudgetSpec, subject: str, amount: float, now: float) -> bool:
+        """Whether charging ``amount`` takes the subject's account over ``spec``'s throttle or kill line
+        (an account of an ended period starts again from zero: counted as a change, it is rare)."""
+        acc = self._accounts.get((spec.name, subject))
+        spent = 0.0
+        if acc is not None:
+            if acc.period != self._period(spec, now)[0]:
+                return True
+            spent = acc.spent
+        limit = spec.limit(subject)
+        before, after = spent / limit + _EPS, (spent + amount) / limit + _EPS
+        return any(before < line <= after for line in (spec.throttle_at, spec.kill_at))
+
+    def _binds_anew(self, uses: dict[tuple[str, str], float], model: str | None, tenant: str | None,
+                    now: float) -> bool:
+        """Whether the charge binds the agent to a model or tenant budget that did not bind it (see
+        ``_binding``): a model it has not charged in the budget's current period, a tenant not charged."""
+        for kind, value in (("model", model), ("tenant", tenant)):
+            if not value or not any(spec.subject_kind == kind for spec in self.specs):
+                continue
+            last = uses.get((kind, value))
+            if last is None:
+                return True
+            if kind == "model" and any(spec.subject_kind == "model" and
+                                       self._label_at(spec, last) != self._period(spec, now)[0] for spec in self.specs):
+                return True
+        return False
 
     def expire(self, now: float) -> list[BudgetEvent]:
         """Forget accounts whose period ended (and idle task accounts); a ``reset`` event for each

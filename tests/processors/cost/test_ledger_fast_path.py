@@ -1,0 +1,48 @@
+"""The ledger skips assessing an agent around a charge that cannot change its decision (no throttle or
+kill line crossed, no new model or tenant budget bound): the events and decisions must be exactly those
+of a ledger that always assesses, whatever the sequence of charges, clocks and expiries."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_sre.processors.cost.budget import BudgetLedger
+from agent_sre.processors.cost.factory import BudgetConfig
+
+SPECS = [BudgetConfig(name="per-task", scope="task", limit_usd=2).spec(),
+         BudgetConfig(name="agent-daily", scope="agent_day", limit_usd=10).spec(),
+         BudgetConfig(name="org-monthly", scope="org_month", limit_usd=40).spec(),
+         BudgetConfig(name="model-day", scope="model_day", limit_usd=6).spec(),
+         BudgetConfig(name="tenant-day", scope="tenant_day", limit_usd=8).spec()]
+
+
+class AlwaysAssessing(BudgetLedger):
+    """The reference: every charge is assessed before and after."""
+
+    def _crosses(self, spec, subject, amount, now):
+        return True
+
+
+charge = st.tuples(
+    st.sampled_from(["task", "period", "both"]),
+    st.sampled_from(["a1", "a2", "a3"]), st.sampled_from(["t1", "t2", "t3", "t4"]),
+    st.sampled_from([None, "gpt-4o", "gpt-4o-mini"]), st.sampled_from([None, "acme", "globex"]),
+    st.floats(0, 3, allow_nan=False), st.integers(0, 30 * 3600), st.booleans(), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(charge, max_size=60))
+def test_the_fast_path_announces_exactly_what_assessing_every_charge_announces(charges):
+    fast, reference = BudgetLedger(SPECS), AlwaysAssessing(SPECS)
+    now = 1_796_200_000.0
+    for only, agent, task, model, tenant, usd, advance, late, expire in charges:
+        now += advance
+        at = now - 86_400 if late else now
+        kw = dict(task=task if only != "period" else None, model=model, tenant=tenant, calls=1, at=at,
+                  only=None if only == "both" else only)
+        assert fast.charge(agent, usd, now, **kw) == reference.charge(agent, usd, now, **kw)
+        for a in ("a1", "a2", "a3"):
+            assert fast.assess(a, now, task) == reference.assess(a, now, task)
+        if expire:
+            assert fast.expire(now) == reference.expire(now)
