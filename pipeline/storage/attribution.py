@@ -98,7 +98,8 @@ SELECT l.trace_id, l.span_id,
   {", ".join(f"n.{c}" for c in INHERITED)}
 FROM last l LEFT JOIN _nodes n ON n.trace_id = l.trace_id AND n.span_id = l.up""",
         f"""CREATE OR REPLACE TEMP TABLE _ready AS
-SELECT i.* REPLACE (coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) AS agent_id, {inherit})
+SELECT i.* REPLACE (coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) AS agent_id, {inherit},
+  abs(i.received_ns) AS received_ns)
 FROM {both} i LEFT JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
 WHERE i.agent_id IS NOT NULL OR s.verdict IS DISTINCT FROM 'wait' OR i.received_ns <= {expire_ns}""",
         "DELETE FROM held_spans USING _held h WHERE held_spans.trace_id = h.trace_id "
@@ -122,7 +123,8 @@ def direct_statement(now_ns: int) -> str:
 
 
 def overflow_statement(settings: AttributionSettings) -> str:
-    """Held beyond ``max_held_spans``: the oldest are released with the next transaction (their
-    receipt is moved back past the wait)."""
-    return (f"UPDATE held_spans SET received_ns = 0 WHERE rowid IN (SELECT rowid FROM held_spans "
+    """Held beyond ``max_held_spans``: the oldest are released with the next transaction.  Their receipt
+    is negated, which puts it past any wait and is undone on release (``abs`` in ``_ready``): a receipt
+    of 0 would have stored them as received in 1970, and the next retention pass deleted them."""
+    return (f"UPDATE held_spans SET received_ns = -received_ns WHERE received_ns > 0 AND rowid IN (SELECT rowid FROM held_spans "
             f"ORDER BY received_ns LIMIT (SELECT greatest(count(*) - {settings.max_held_spans}, 0) FROM held_spans))")

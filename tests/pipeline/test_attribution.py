@@ -211,3 +211,18 @@ def test_held_spans_of_a_trace_that_gets_nothing_new_stay_held_and_resolve_when_
     got = dict(((t, s), a) for t, s, a in store.read("SELECT trace_id, span_id, agent_id FROM spans"))
     assert got == {**{(T, k): v for k, v in e1.items()}, **{(other, k): v for k, v in e2.items()}}
     store.close()
+
+
+def test_spans_released_because_too_many_are_held_keep_their_receipt_and_survive_retention(tmp_path):
+    """Beyond max_held_spans the oldest held spans are released at once: with their own receipt time,
+    so retention (by receipt) keeps them as long as any other span."""
+    store = open_store(tmp_path, max_held_spans=2)
+    orphans = [span(f"00000000000000c{i}", "00000000000000ff", "tool", trace=f"{i:032x}") for i in range(1, 5)]
+    before = time.time_ns()
+    store.append(batch(*orphans))  # four wait for a parent that never comes; two are too many
+    store.append(batch(span("00000000000000d1", None, "agent_task", trace="e" * 32, agent_id="other")))
+    assert store.read("SELECT count(*) FROM held_spans")[0][0] == 2
+    released = store.read("SELECT received_ns FROM span_rows WHERE span_id LIKE '00000000000000c%'")
+    assert len(released) == 2 and all(received >= before for (received,) in released)
+    assert store.delete_older_than(7) == 0  # nothing is a week old
+    assert store.read("SELECT count(*) FROM spans WHERE span_id LIKE '00000000000000c%'")[0][0] == 4
