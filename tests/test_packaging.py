@@ -24,6 +24,11 @@ SOURCE_PACKAGES = {
     "processors": "agent_sre/processors",
     "exporters": "agent_sre/exporters",
     "config": "agent_sre/config",
+    # what runs inside an agent, importable under short names (agent_sre.replay.tools, agent_sre.chaos, ...)
+    "pipeline/client/replay": "agent_sre/replay",
+    "pipeline/client/chaos": "agent_sre/chaos",
+    "pipeline/client/delivery": "agent_sre/delivery",
+    "pipeline/client/instrument": "agent_sre/instrument",
 }
 # What the Dockerfile's build stage copies; building from a copy also keeps a stale build/ out of the wheel.
 BUILD_CONTEXT_FILES = ("pyproject.toml", "README.md")
@@ -53,10 +58,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 def source_files() -> set[str]:
     """Every module and YAML file in the source tree, as its path inside the wheel."""
     files = set()
-    for directory, package in SOURCE_PACKAGES.items():
+    for directory in SOURCE_PACKAGES:
         for path in (REPO / directory).rglob("*"):
             if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
-                files.add(f"{package}/{path.relative_to(REPO / directory).as_posix()}")
+                # the most specific mapping wins: pipeline/client/chaos is agent_sre/chaos, not agent_sre/pipeline/...
+                source = max((d for d in SOURCE_PACKAGES if path.is_relative_to(REPO / d)), key=len)
+                files.add(f"{SOURCE_PACKAGES[source]}/{path.relative_to(REPO / source).as_posix()}")
     return files
 
 

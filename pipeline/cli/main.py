@@ -10,8 +10,14 @@
     agent-sre cost unknown-models|summary    unpriced models; spend per day, agent and model
     agent-sre incidents list|show|ack|investigate|mitigate|resolve
     agent-sre postmortem INCIDENT_ID         the incident's postmortem in Markdown
+    agent-sre trace show|export|import       one stored trace as a tree, as OTLP/JSON, and back
+    agent-sre replay TRACE_ID [-- CMD]       serve a trace's recorded LLM and tool answers; re-run and diff
+    agent-sre diff A B | --baseline --candidate   what changed between two traces or two sets
+    agent-sre golden add|check|list          golden suites of traces with tolerances (exit 1 on a regression)
+    agent-sre what-if --since 24h ...        re-priced, tools removed or slowed, other targets and budgets
 
-One module per command group (run, config, query, slo, cost, incidents); every command talks to a
+One module per command group (run, config, query, slo, cost, incidents, trace, replay, diff, golden,
+whatif); every command talks to a
 running pipeline through ``admin_client.AdminClient``.  The modules import the pipeline, the store
 and the processors inside the commands that use them: ``--help`` starts at once.
 """
@@ -25,10 +31,15 @@ import sys
 from agent_sre.pipeline.cli.common import CliError, note
 from agent_sre.pipeline.cli.config import cmd_components, cmd_config, cmd_validate
 from agent_sre.pipeline.cli.cost import cmd_cost_summary, cmd_cost_unknown_models
+from agent_sre.pipeline.cli.diff import register as register_diff
+from agent_sre.pipeline.cli.golden import register as register_golden
 from agent_sre.pipeline.cli.incidents import cmd_incidents, cmd_postmortem
 from agent_sre.pipeline.cli.query import cmd_export_parquet, cmd_query
+from agent_sre.pipeline.cli.replay import register as register_replay
 from agent_sre.pipeline.cli.run import cmd_run
 from agent_sre.pipeline.cli.slo import cmd_slo_rules, cmd_slo_status
+from agent_sre.pipeline.cli.trace import register as register_trace
+from agent_sre.pipeline.cli.whatif import register as register_whatif
 
 
 def _days(text: str) -> int:
@@ -128,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="directory (default: parquet/ next to the store)")
     e.add_argument("--since-hours-ago", type=float, default=0)
     e.set_defaults(fn=cmd_export_parquet)
+    register_trace(sub)
+    register_replay(sub)
+    register_diff(sub)
+    register_golden(sub)
+    register_whatif(sub)
     return p
 
 

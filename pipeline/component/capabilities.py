@@ -12,6 +12,7 @@ Nobody scans for a type string or reaches into another component's attributes.
     Incidents       incidents processor    admin (/v1/incidents)
     Health          duckdb exporter        health_check (503 while any reports a problem)
     SendingQueue    queued exporters       admin (/v1/status: queue size, on_full, rows dropped)
+    TraceAnalysis   replay extension       admin (/v1/traces/{id}, /v1/diff, /v1/golden/check, /v1/what-if)
 """
 
 from __future__ import annotations
@@ -56,19 +57,40 @@ class SendingQueue(Protocol):
 @runtime_checkable
 class SloReports(Protocol):
     last_report: list[dict]
+    config: Any  # the processor's SloConfig (what-if recomputes with its objectives)
 
     def report(self) -> list[dict]: ...
 
 
 @runtime_checkable
 class CostReports(Protocol):
+    config: Any  # the processor's CostConfig (what-if re-prices and replays its budgets)
+
     def costs(self, days: int = 7) -> dict: ...
     def budget_specs(self) -> Sequence[Any]: ...
 
 
 @runtime_checkable
 class Incidents(Protocol):
+    config: Any  # the processor's IncidentsConfig (what-if replays its breakers)
+
     def list(self, every: bool = False) -> list[dict]: ...
     def show(self, incident_id: str) -> dict | None: ...
     def transition(self, incident_id: str, action: str, who: str, why: str = "") -> dict: ...
     def postmortem(self, incident_id: str) -> str | None: ...
+
+
+@runtime_checkable
+class TraceAnalysis(Protocol):
+    """One stored trace, or a delegation chain across traces, as a tree (processors/replay/traces.py) or
+    as OTLP/JSON (processors/replay/otlp_io.py); None for a trace that is not stored.  ``agents``: only
+    traces all of whose agents are among them (a tenant's), the others are left out of a chain."""
+
+    def trace(self, trace_id: str, follow_links: bool = True,
+              agents: frozenset[str] | None = None) -> dict | None: ...
+    def export(self, trace_id: str, agents: frozenset[str] | None = None, follow_links: bool = False) -> dict | None: ...
+    # The questions (processors/replay: diff.py, golden.py, whatif.py), each raising ``QuestionError``
+    # with the HTTP status to answer when it cannot be answered as asked.
+    def diff(self, body: dict, agents: frozenset[str] | None = None) -> dict: ...
+    def golden_check(self, body: dict, agents: frozenset[str] | None = None) -> dict: ...
+    def what_if(self, body: dict) -> dict: ...

@@ -3,6 +3,7 @@
     AgentSreError
     ├── ConfigError          the pipeline YAML is invalid; carries every problem with its YAML path
     ├── TransitionError      an incident lifecycle change that is not allowed (``status``: 404, 409, 400)
+    ├── QuestionError        a question a component cannot answer as asked (``status``: 400, 403, 404, 503)
     └── ConsumeError         a batch could not be taken
         ├── RefusedError     retryable: memory limit, queue full, store busy (OTLP: 503 / UNAVAILABLE)
         └── PermanentError   the data can never be taken (OTLP: 400 / INVALID_ARGUMENT)
@@ -41,6 +42,16 @@ class ConfigError(AgentSreError):
 class TransitionError(AgentSreError, ValueError):
     """An incident state change that is not allowed: ``status`` 404 (no such open incident), 409 (not
     from its current state) or 400 (an unknown action or state)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class QuestionError(AgentSreError, ValueError):
+    """A question to a component (a diff, a what-if, a golden check) that it cannot answer as asked: the
+    admin API answers ``status`` with the message (400 a bad question, 403 not for this caller, 404 what
+    it asks about is not stored, 503 too big for the store's memory now)."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)

@@ -45,6 +45,7 @@ BUILTIN = (
     "agent_sre.receivers.alerts.factory:factory",
     "agent_sre.pipeline.service.health_check:factory",
     "agent_sre.pipeline.service.admin:factory",
+    "agent_sre.processors.replay.factory:factory",
 )
 
 ENTRY_POINT_GROUP = "agent_sre.components"

@@ -10,6 +10,13 @@
     GET  /v1/incidents/{id}              one incident with its log
     POST /v1/incidents/{id}/{action}     ack | investigate | mitigate | resolve, body {"by": ..., "why": ...}
     GET  /v1/incidents/{id}/postmortem   the postmortem, Markdown
+    GET  /v1/traces/{id}[?format=otlp][&links=false]   the span tree of a trace, its delegation chain across
+                                      traces included (the replay extension); format=otlp: OTLP/JSON (the one
+                                      trace; links=true: with the traces tied to it)
+    POST /v1/diff         {"trace_a", "trace_b"} or {"baseline", "candidate", "task"}: what changed
+    POST /v1/golden/check {"suite", "candidate" | "candidate_trace" | "replays"}: a golden suite's verdict
+    POST /v1/what-if      {"since_ns", "reprice", "remove_tools", "slow_tools", "slo", "budgets"}: what would
+                          have happened (the replay extension, processors/replay)
 
 SQL is read-only (SELECT/EXPLAIN), touches no file, and is limited in rows, answer bytes, time and
 memory (pipeline/storage/sandbox.py); it runs in its own bounded pool (admin_guard.QueryAdmission).
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,9 +50,10 @@ from agent_sre.pipeline.component.capabilities import (
     SendingQueue,
     SloReports,
     SpanStore,
+    TraceAnalysis,
 )
 from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort, parse_duration
-from agent_sre.pipeline.component.errors import TransitionError
+from agent_sre.pipeline.component.errors import QuestionError, TransitionError
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, Handler, read_body
 from agent_sre.pipeline.component.tls import TlsServerConfig
@@ -67,6 +76,7 @@ class AdminAuthConfig(AuthConfig):
         return self
 
 
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")  # as the store keeps trace ids (OTLP/JSON's hex)
 PRINCIPAL = web.RequestKey("principal", Principal)  # who an authenticated request speaks for (its tenant)
 
 
@@ -105,7 +115,8 @@ class AdminConfig(ConfigModel):
 class AdminApi(Extension):
     config: AdminConfig
     ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs",
-              "/v1/incidents", "/v1/incidents/{id}", "/v1/incidents/{id}/{action}", "/v1/incidents/{id}/postmortem")
+              "/v1/incidents", "/v1/incidents/{id}", "/v1/incidents/{id}/{action}", "/v1/incidents/{id}/postmortem",
+              "/v1/traces/{id}", "/v1/diff", "/v1/golden/check", "/v1/what-if")
 
     def _start(self, host) -> None:
         self._host = host
@@ -125,6 +136,10 @@ class AdminApi(Extension):
         self._route("GET", "/v1/incidents/{id}", self._incidents)
         self._route("GET", "/v1/incidents/{id}/postmortem", self._postmortem)
         self._route("POST", "/v1/incidents/{id}/{action}", self._transition, mutating=True)
+        self._route("GET", "/v1/traces/{id}", self._trace)
+        self._route("POST", "/v1/diff", self._question("diff", tenants=True))
+        self._route("POST", "/v1/golden/check", self._question("golden_check", tenants=True))
+        self._route("POST", "/v1/what-if", self._question("what_if", tenants=False))
 
     def _route(self, method: str, path: str, handler: Handler, mutating: bool = False) -> None:
         """Serve ``handler``, behind the API key when the call changes something (or ``auth.reads``)."""
@@ -383,6 +398,71 @@ class AdminApi(Extension):
             return web.json_response({"error": f"no incident {incident!r}"}, status=404)
         return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
+    async def _trace(self, request: web.Request) -> web.Response:
+        """One trace as a tree (its delegation chain across traces included unless ``links=false``), or as
+        OTLP/JSON with ``format=otlp``; read in the admin's pool.  A tenant's caller sees the trace when
+        all its agents are the tenant's (other traces of a chain are left out); any other is 404."""
+        found = self._host.all(TraceAnalysis)
+        if not found:
+            return web.json_response({"error": "no replay extension configured (extensions: replay: {} and "
+                                               "service::extensions)"}, status=404)
+        trace_id = request[PATH_PARAM].lower()
+        fmt = request.query.get("format", "tree")
+        links = request.query.get("links", "true").lower() not in ("0", "false", "no")
+        if not _TRACE_ID.fullmatch(trace_id):
+            return web.json_response({"error": f"bad request: a trace id is 32 hex digits (got {trace_id!r})"},
+                                     status=400)
+        if fmt not in ("tree", "otlp"):
+            return web.json_response({"error": f"bad request: format is tree or otlp (got {fmt!r})"}, status=400)
+        tenant = self._tenant(request)
+        agents = await self._agents_of(tenant) if tenant is not None else None
+        loop = asyncio.get_running_loop()
+        try:
+            if fmt == "otlp":  # the one trace unless links=true is asked for
+                follow = request.query.get("links", "false").lower() in ("1", "true", "yes")
+                doc = await loop.run_in_executor(self._pool, found[0].export, trace_id, agents, follow)
+            else:
+                doc = await loop.run_in_executor(self._pool, found[0].trace, trace_id, links, agents)
+        except CapabilityError as exc:
+            return web.json_response({"error": f"no span store to read: {exc}"}, status=503)
+        if doc is None:
+            if tenant is not None:
+                return self._not_the_tenants(request, tenant, f"trace {trace_id!r}")
+            return web.json_response({"error": f"no trace {trace_id!r} in the store"}, status=404)
+        return web.json_response(doc)
+
+    def _question(self, method: str, tenants: bool) -> Handler:
+        """A POST answered by the replay extension's ``method`` (a JSON body in, a JSON answer out), in the
+        admin's pool; a tenant's caller gets its agents' traces only (``tenants``) or, where the answer
+        spans the whole store (what-if), a 403."""
+
+        async def handle(request: web.Request) -> web.Response:
+            found = self._host.all(TraceAnalysis)
+            if not found:
+                return web.json_response({"error": "no replay extension configured (extensions: replay: {} and "
+                                                   "service::extensions)"}, status=404)
+            try:
+                body = json.loads(await read_body(request, 16 << 20) or b"{}")
+            except BodyTooLarge as exc:
+                return web.json_response({"error": str(exc)}, status=413)
+            except ValueError as exc:
+                return web.json_response({"error": f"bad request: the body is not JSON: {exc}"}, status=400)
+            tenant = self._tenant(request)
+            if tenant is not None and not tenants:
+                return web.json_response({"error": "what-if reads every agent's spans: not for a tenant's key"},
+                                         status=403)
+            args = [body] + ([await self._agents_of(tenant) if tenant is not None else None] if tenants else [])
+            loop = asyncio.get_running_loop()
+            try:
+                answer = await loop.run_in_executor(self._pool, getattr(found[0], method), *args)
+            except QuestionError as exc:
+                return web.json_response({"error": str(exc)}, status=exc.status)
+            except CapabilityError as exc:
+                return web.json_response({"error": f"no span store to read: {exc}"}, status=503)
+            return web.json_response(answer)
+
+        return handle
+
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
         queues = {id_: q.queue_status() for id_, q in self._host.providers(SendingQueue).items()}
@@ -391,7 +471,7 @@ class AdminApi(Extension):
     def describe(self) -> list[str]:
         scheme = "https" if self.config.tls is not None else "http"
         return [f"admin/query API on {scheme}://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
-                "GET /v1/decisions, GET /v1/costs, /v1/incidents)"]
+                "GET /v1/decisions, GET /v1/costs, /v1/incidents, GET /v1/traces/{id})"]
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))

@@ -47,6 +47,11 @@ class PriceOverride(ConfigModel):
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)  # default: the input price
 
+    def linear(self) -> LinearPrice:
+        """USD per token (what ``priced`` applies), from these USD per million tokens."""
+        cached = self.cached_input_per_mtok if self.cached_input_per_mtok is not None else self.input_per_mtok
+        return LinearPrice(self.input_per_mtok / 1e6, self.output_per_mtok / 1e6, cached / 1e6)
+
 
 class BudgetConfig(ConfigModel):
     name: str
@@ -116,8 +121,7 @@ class Pricer:
             return mp  # tiered: priced span by span by the package
         o = self.overrides.get(model)
         if o is not None:
-            cached = o.cached_input_per_mtok if o.cached_input_per_mtok is not None else o.input_per_mtok
-            return LinearPrice(o.input_per_mtok / 1e6, o.output_per_mtok / 1e6, cached / 1e6)
+            return o.linear()
         return None
 
 

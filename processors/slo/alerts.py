@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+
 from agent_sre.processors.slo.budget import MinuteSeries, window_label
 
 __all__ = ["DEFAULT_RULES", "AlertEvent", "AlertTracker", "BurnRateRule", "SloStatus", "slo_status"]
@@ -49,8 +51,13 @@ class BurnRateRule:
         return long, short
 
     def firing(self, series: MinuteSeries, at_minute: int, target: float) -> bool:
-        long, short = self.burns(series, at_minute, target)
-        return long >= self.factor and short >= self.factor
+        return bool(self.firing_at(series, at_minute, target))
+
+    def firing_at(self, series: MinuteSeries, minutes, target: float) -> np.ndarray:
+        """``firing`` at each of ``minutes`` (vectorised: a what-if replays a day of minutes at once)."""
+        long = series.burn_rates(minutes, self.long_minutes, target)
+        short = series.burn_rates(minutes, self.short_minutes, target)
+        return (long >= self.factor) & (short >= self.factor)
 
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from agent_sre.pipeline.component import FunctionConsumer, Kind, Settings
@@ -85,9 +87,9 @@ def test_every_component_type_has_a_readme_with_a_yaml_example():
 
     root = Path(__file__).parents[2]
     for factory in registry.all():
-        folder = {"receiver": "receivers", "processor": "processors", "exporter": "exporters"}.get(factory.kind.value)
-        readme = root / folder / factory.type / "README.md" if folder else root / "pipeline" / "service" / "README.md"
-        assert readme.exists(), f"{readme} is missing"
+        # next to the module that defines the component (extensions: pipeline/service, or their engine's folder)
+        readme = Path(sys.modules[factory.create.__module__].__file__).parent / "README.md"
+        assert root in readme.parents and readme.exists(), f"{readme} is missing"
         assert "```yaml" in readme.read_text() and factory.type in readme.read_text()
 
 

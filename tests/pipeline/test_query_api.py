@@ -266,3 +266,200 @@ def test_a_query_waiting_for_a_slot_is_answered_503_at_its_time_limit(start_pipe
     assert headers["Retry-After"] == "1" and "no query slot came free" in json.loads(raw)["error"]
     assert refused(p, "query_queue_timeout") == 1
     slow.join()
+
+
+# --- GET /v1/traces/{id}: the replay extension's trace trees -------------------------------------
+
+ACME_KEY, OPS_KEY = "acme-admin-0123456789abcdef", "ops-admin-0123456789abcdef"
+TRACE_AUTH = f"""    auth:
+      reads: true
+      keys:
+        - {{name: acme, key: {ACME_KEY}, tenant: acme}}
+        - {{name: ops, key: {OPS_KEY}}}
+"""
+
+
+def _replay_pipeline(tmp_path, admin: str = "", loop: bool = False):
+    """A pipeline with the replay extension; ``loop``: with the cost, sli and slo processors too."""
+    from tests.conftest import RunningPipeline, pipeline_yaml, start_on_free_ports
+
+    def text(ports, _attempt):
+        yaml = pipeline_yaml(ports, tmp_path, admin=admin + "  replay: {}\n",
+                             processors="memory_limiter, agent_semconv, batch" + (", cost, sli, slo" if loop else ""))
+        if loop:
+            yaml = yaml.replace("  agent_semconv: {}\n", "  agent_semconv: {}\n  cost: {}\n  sli: {}\n  slo:\n"
+                                "    objectives: [{name: tool-accuracy, sli: tool_call_accuracy, target: 0.99}]\n")
+        return yaml.replace("extensions: [health_check, admin]", "extensions: [health_check, admin, replay]")
+
+    service, ports, _ = start_on_free_ports(text)
+    return RunningPipeline(service, ports, tmp_path)
+
+
+def _get(p, path: str, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{p.ports.admin}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _two_agents(p, tenants: tuple[str, str] = ("", "")) -> tuple[str, str]:
+    """Agent triage's trace (a root, an LLM call) and agent billing's, whose root links back to triage's
+    LLM span; with ``tenants``, each service's resource carries its tenant.  Returns both trace ids."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.otlp_builders import kv
+
+    t1, t2 = bytes.fromhex("a1" * 16), bytes.fromhex("b2" * 16)
+    req = ExportTraceServiceRequest()
+    for trace, agent, tenant, base in ((t1, "triage", tenants[0], 1), (t2, "billing", tenants[1], 10)):
+        rs = req.resource_spans.add()
+        rs.resource.attributes.append(kv("service.name", agent))
+        if tenant:
+            rs.resource.attributes.append(kv("tenant.id", tenant))
+        ss = rs.scope_spans.add()
+        root, llm = ss.spans.add(), ss.spans.add()
+        for i, sp in enumerate((root, llm)):
+            sp.trace_id, sp.span_id = trace, (base + i).to_bytes(8, "big")
+            sp.start_time_unix_nano, sp.end_time_unix_nano = 1_700_000_000_000_000_000 + i, 1_700_000_000_005_000_000
+        root.name, llm.name, llm.parent_span_id = f"invoke_agent {agent}", "chat", root.span_id
+        root.attributes.extend([kv("gen_ai.operation.name", "invoke_agent"), kv("gen_ai.agent.id", agent)])
+        llm.attributes.extend([kv("gen_ai.operation.name", "chat"), kv("gen_ai.request.model", "gpt-4o"),
+                               kv("gen_ai.usage.input_tokens", 100), kv("gen_ai.usage.output_tokens", 10)])
+        if trace == t2:
+            root.links.add(trace_id=t1, span_id=(2).to_bytes(8, "big"))
+    p.service.receivers[0].ingest.export(req, "test")
+    p.store.sync()  # in DuckDB, where the tenants' agents are read from (not only in the spool)
+    return t1.hex(), t2.hex()
+
+
+@pytest.mark.slow
+def test_a_trace_is_served_as_its_delegation_tree_and_as_otlp_json(tmp_path):
+    p = _replay_pipeline(tmp_path)
+    try:
+        t1, t2 = _two_agents(p)
+        status, doc = _get(p, f"/v1/traces/{t2}")
+        assert status == 200 and doc["trace_id"] == t2 and doc["traces"] == [t1, t2]
+        (root,) = doc["roots"]
+        assert (root["trace_id"], root["name"], root["agent"]) == (t1, "invoke_agent triage", "triage")
+        billing = root["children"][0]["children"][0]  # under triage's LLM span, which it links back to
+        assert (billing["trace_id"], billing["linked"]["via"], billing["agent"]) == (t2, "link", "billing")
+        assert doc["totals"]["spans"] == 4 and doc["totals"]["tokens"] == 220
+        status, doc = _get(p, f"/v1/traces/{t2.upper()}?links=false")
+        assert status == 200 and doc["traces"] == [t2]
+        status, doc = _get(p, f"/v1/traces/{t1}?format=otlp")
+        spans = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+        assert status == 200 and sorted(s["name"] for s in spans) == ["chat", "invoke_agent triage"]
+        assert _get(p, f"/v1/traces/{'cd' * 16}") == (404, {"error": f"no trace {'cd' * 16!r} in the store"})
+        status, doc = _get(p, "/v1/traces/xyz")
+        assert status == 400 and "32 hex digits" in doc["error"]
+        status, doc = _get(p, f"/v1/traces/{t1}?format=svg")
+        assert status == 400 and "tree or otlp" in doc["error"]
+    finally:
+        p.service.shutdown()
+
+
+@pytest.mark.slow
+def test_without_the_replay_extension_traces_are_a_404_that_says_so(pipeline):
+    status, doc = _get(pipeline, f"/v1/traces/{'a1' * 16}")
+    assert status == 404 and doc["error"].startswith("no replay extension configured")
+
+
+@pytest.mark.slow
+def test_a_tenant_sees_its_own_agents_traces_only(tmp_path):
+    p = _replay_pipeline(tmp_path, admin=TRACE_AUTH)
+    try:
+        t1, t2 = _two_agents(p, tenants=("acme", "globex"))
+        status, doc = _get(p, f"/v1/traces/{t1}", ACME_KEY)
+        assert status == 200 and doc["traces"] == [t1]  # globex's linked trace is left out of the chain
+        status, doc = _get(p, f"/v1/traces/{t2}", ACME_KEY)
+        assert status == 404 and doc["error"] == f"trace {t2!r} is not one of tenant 'acme''s"
+        assert _get(p, f"/v1/traces/{t2}?format=otlp", ACME_KEY)[0] == 404
+        status, doc = _get(p, f"/v1/traces/{t2}", OPS_KEY)
+        assert status == 200 and doc["traces"] == [t1, t2]
+    finally:
+        p.service.shutdown()
+
+
+# --- POST /v1/diff, /v1/golden/check, /v1/what-if: the replay extension's questions --------------
+
+def _post(p, path: str, body: dict, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{p.ports.admin}{path}", data=json.dumps(body).encode(),
+                                 headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _two_runs(p) -> tuple[str, str]:
+    """Agent triage ran twice: (search, gpt-4o), then (search, web, gpt-4o-mini)."""
+    import time as _time
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.otlp_builders import kv
+
+    now = _time.time_ns() - 120 * 10**9
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(kv("service.name", "triage"))
+    ss = rs.scope_spans.add()
+    runs = ((bytes.fromhex("c1" * 16), [("tool", "search"), ("llm", "gpt-4o")]),
+            (bytes.fromhex("d2" * 16), [("tool", "search"), ("tool", "web"), ("llm", "gpt-4o-mini")]))
+    for n, (trace, steps) in enumerate(runs):
+        root = ss.spans.add()
+        root.trace_id, root.span_id, root.name = trace, (100 * n + 1).to_bytes(8, "big"), "invoke_agent triage"
+        root.start_time_unix_nano, root.end_time_unix_nano = now, now + 10**9
+        root.attributes.extend([kv("gen_ai.operation.name", "invoke_agent"), kv("gen_ai.agent.id", "triage")])
+        for i, (role, name) in enumerate(steps):
+            sp = ss.spans.add()
+            sp.trace_id, sp.span_id, sp.parent_span_id = trace, (100 * n + 2 + i).to_bytes(8, "big"), root.span_id
+            sp.start_time_unix_nano, sp.end_time_unix_nano = now + i * 10**8, now + (i + 1) * 10**8
+            if role == "tool":
+                sp.name = f"execute_tool {name}"
+                sp.attributes.extend([kv("gen_ai.operation.name", "execute_tool"), kv("gen_ai.tool.name", name)])
+            else:
+                sp.name = f"chat {name}"
+                sp.attributes.extend([kv("gen_ai.operation.name", "chat"), kv("gen_ai.request.model", name),
+                                      kv("gen_ai.provider.name", "openai"),
+                                      kv("gen_ai.usage.input_tokens", 1000), kv("gen_ai.usage.output_tokens", 100)])
+    p.service.receivers[0].ingest.export(req, "test")
+    p.store.sync()
+    return runs[0][0].hex(), runs[1][0].hex()
+
+
+@pytest.mark.slow
+def test_the_replay_questions_are_answered_as_the_engine_answers_them_over_the_store(tmp_path):
+    from agent_sre.processors.replay.diff import diff_request
+
+    p = _replay_pipeline(tmp_path, loop=True)
+    try:
+        a, b = _two_runs(p)
+        status, doc = _post(p, "/v1/diff", {"trace_a": a, "trace_b": b})
+        assert status == 200 and doc == json.loads(json.dumps(diff_request(p.store.read, {"trace_a": a, "trace_b": b})))
+        assert [(o["op"], o["name_a"], o["name_b"]) for o in doc["tools"]["ops"]] == [
+            ("equal", "search", "search"), ("inserted", None, "web")]
+        assert doc["models"]["changed_steps"][0]["a"] == "gpt-4o" and doc["models"]["changed_steps"][0]["b"] == "gpt-4o-mini"
+        assert _post(p, "/v1/diff", {"trace_a": a, "trace_b": "ee" * 16})[0] == 404
+        assert _post(p, "/v1/diff", {"nonsense": 1})[0] == 400
+
+        # What-if through the running pipeline: the processors' own configs; re-pricing gpt-4o as gpt-4o-mini
+        # makes the first run cost what the second run's LLM call (same tokens) cost.
+        ask = {"since_ns": p.store.read("SELECT min(start_ns) FROM spans", [])[0][0] - 60 * 10**9,
+               "reprice": ["gpt-4o=gpt-4o-mini"]}
+        status, doc = _post(p, "/v1/what-if", ask)
+        assert status == 200, doc
+        mini = p.store.read("SELECT cost_usd FROM spans WHERE model = 'gpt-4o-mini'", [])[0][0]
+        full = p.store.read("SELECT cost_usd FROM spans WHERE model = 'gpt-4o'", [])[0][0]
+        assert full > mini > 0
+        assert doc["cost"]["actual_usd"] == pytest.approx(full + mini)
+        assert doc["cost"]["what_if_usd"] == pytest.approx(2 * mini)
+        status, doc = _post(p, "/v1/what-if", {**ask, "reprice": ["gpt-4o=no-such-model-xyz"]})
+        assert status == 400 and "no-such-model-xyz" in doc["error"]
+    finally:
+        p.service.shutdown()
