@@ -23,10 +23,13 @@ import os
 import random
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from bench.store10m import DEFAULT_DIR, build, describe
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/replay.py` as well as `-m`
+
+from bench.store10m import DEFAULT_DIR, build, describe  # noqa: E402
 
 SET_BASELINE = "agent_version = '1.4.0'"
 SET_CANDIDATE = "agent_version = '1.5.0'"

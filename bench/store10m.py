@@ -148,6 +148,7 @@ def build(directory: str, spans: int, rebuild: bool = False, threads: int = 2) -
         finally:
             con.close()
         if meta and meta[0][0] == spans:
+            _locate(path)
             return path
     for stale in (path, path.with_name(path.name + ".wal"), path.with_name(path.name + ".created")):
         stale.unlink(missing_ok=True)
@@ -161,6 +162,7 @@ def build(directory: str, spans: int, rebuild: bool = False, threads: int = 2) -
             done = min(first + CHUNK_TRACES, n_traces)
             print(f"  {done:>9,} / {n_traces:,} traces  {time.monotonic() - started:6.1f}s", flush=True)
         con.execute("CHECKPOINT")
+        _locate_with(con)
         built = con.execute("SELECT count(*), count(DISTINCT trace_id) FROM span_rows").fetchall()[0]
         build_s = time.monotonic() - started
         con.execute("CREATE TABLE bench_meta (spans BIGINT, traces BIGINT, stored_spans BIGINT, build_s DOUBLE)")
@@ -169,6 +171,29 @@ def build(directory: str, spans: int, rebuild: bool = False, threads: int = 2) -
     finally:
         con.close()
     return path
+
+
+def _locate_with(con) -> None:
+    """The store's trace locator (what the pipeline's inserts write as they go), for every stored trace."""
+    from agent_sre.pipeline.storage.store import locate_sql
+
+    if con.execute("SELECT count(*) FROM trace_locator").fetchall()[0][0] == 0:
+        con.execute(locate_sql("span_rows", "received_ns"))
+        con.execute("CHECKPOINT")
+
+
+def _locate(path: Path) -> None:
+    """A store built before the locator existed gets it (opened by the real store: it adds the table)."""
+    import duckdb
+
+    from agent_sre.pipeline.storage.store import SpanStore
+
+    SpanStore(path).close()
+    con = duckdb.connect(str(path))
+    try:
+        _locate_with(con)
+    finally:
+        con.close()
 
 
 def describe(path: Path) -> dict:
