@@ -15,9 +15,11 @@
     agent-sre diff A B | --baseline --candidate   what changed between two traces or two sets
     agent-sre golden add|check|list          golden suites of traces with tolerances (exit 1 on a regression)
     agent-sre what-if --since 24h ...        re-priced, tools removed or slowed, other targets and budgets
+    agent-sre chaos templates|start|stop|list|report   chaos experiments, injected by agent_sre.chaos
+    agent-sre rollout start|status|promote|pause|resume|abort   canary and shadow rollouts of agent versions
 
 One module per command group (run, config, query, slo, cost, incidents, trace, replay, diff, golden,
-whatif); every command talks to a
+whatif, chaos, rollout); every command talks to a
 running pipeline through ``admin_client.AdminClient``.  The modules import the pipeline, the store
 and the processors inside the commands that use them: ``--help`` starts at once.
 """
@@ -28,6 +30,7 @@ import argparse
 import os
 import sys
 
+from agent_sre.pipeline.cli.chaos import register as register_chaos
 from agent_sre.pipeline.cli.common import CliError, note
 from agent_sre.pipeline.cli.config import cmd_components, cmd_config, cmd_validate
 from agent_sre.pipeline.cli.cost import cmd_cost_summary, cmd_cost_unknown_models
@@ -36,6 +39,7 @@ from agent_sre.pipeline.cli.golden import register as register_golden
 from agent_sre.pipeline.cli.incidents import cmd_incidents, cmd_postmortem
 from agent_sre.pipeline.cli.query import cmd_export_parquet, cmd_query
 from agent_sre.pipeline.cli.replay import register as register_replay
+from agent_sre.pipeline.cli.rollout import register as register_rollout
 from agent_sre.pipeline.cli.run import cmd_run
 from agent_sre.pipeline.cli.slo import cmd_slo_rules, cmd_slo_status
 from agent_sre.pipeline.cli.trace import register as register_trace
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_diff(sub)
     register_golden(sub)
     register_whatif(sub)
+    register_chaos(sub)
+    register_rollout(sub)
     return p
 
 

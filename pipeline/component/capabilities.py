@@ -13,6 +13,8 @@ Nobody scans for a type string or reaches into another component's attributes.
     Health          duckdb exporter        health_check (503 while any reports a problem)
     SendingQueue    queued exporters       admin (/v1/status: queue size, on_full, rows dropped)
     TraceAnalysis   replay extension       admin (/v1/traces/{id}, /v1/diff, /v1/golden/check, /v1/what-if)
+    Rollouts        delivery processor     admin (/v1/rollouts: list, show, start, promote, pause, abort)
+    ChaosExperiments  chaos processor      admin (/v1/chaos: templates, start, stop, list, report); incidents
 """
 
 from __future__ import annotations
@@ -94,3 +96,37 @@ class TraceAnalysis(Protocol):
     def diff(self, body: dict, agents: frozenset[str] | None = None) -> dict: ...
     def golden_check(self, body: dict, agents: frozenset[str] | None = None) -> dict: ...
     def what_if(self, body: dict) -> dict: ...
+
+
+@runtime_checkable
+class Rollouts(Protocol):
+    """Canary and shadow rollouts of agent versions (processors/delivery): listed, shown with their last
+    analysis and history, started from a Rollout document (YAML text; ``ConfigError`` with every problem
+    and its path; ``agents``: only rollouts of these, a tenant's), and moved by a person: ``act`` with
+    promote (``full``: straight to 100 %), pause, resume or abort; ``TransitionError`` 404 (no such
+    rollout, or not the tenant's agent), 409 (not now: e.g. a promote refused while the agent's releases
+    are frozen, with the reason) or 400 (an unknown action)."""
+
+    def rollouts(self) -> list[dict]: ...
+    def rollout(self, name: str) -> dict | None: ...
+    def start_rollout(self, document: str, who: str = "", agents: frozenset[str] | None = None) -> dict: ...
+    def act(self, name: str, action: str, who: str, why: str = "", full: bool = False) -> dict: ...
+
+
+@runtime_checkable
+class ChaosExperiments(Protocol):
+    """Chaos experiments (processors/chaos): the templates; experiments started on agents (``duration``:
+    '10m' or seconds, else the template's; ``overrides``: template fields laid over it), stopped,
+    listed (running ones unless ``include_ended``) and shown; their report from the stored spans (None
+    for an unknown id).  A request that is not valid raises ``ValueError`` (400), an unknown id
+    ``LookupError`` (404).  ``feed_incidents``: injected faults feed breakers and policy signals."""
+
+    feed_incidents: bool
+
+    def templates(self) -> list[dict]: ...
+    def start_experiment(self, template: str, agents: list[str] | str, duration: str | float | None = None,
+                         overrides: dict | None = None, by: str = "") -> dict: ...
+    def stop_experiment(self, experiment_id: str, by: str = "", why: str = "") -> dict: ...
+    def experiments(self, include_ended: bool = False) -> list[dict]: ...
+    def experiment(self, experiment_id: str) -> dict | None: ...
+    def report(self, experiment_id: str) -> dict | None: ...

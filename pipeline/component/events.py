@@ -2,7 +2,7 @@
 
 Processors derive events from what they see; every event is one row:
 
-    kind       alert | budget | decision | anomaly | circuit | incident
+    kind       alert | budget | decision | anomaly | circuit | incident | chaos | rollout
     state      firing | resolved          (what channels notify and resolve)
     severity   page | ticket | info       (what channels filter on)
     name       what fired: a burn-rate rule, a budget step, an action, a series, a breaker ...
@@ -16,6 +16,8 @@ Who publishes what:
     decisions  decision  an agent's decision left / came back to allow
     anomaly    anomaly   a series point outside its expected range (resolved when back inside)
     incidents  circuit   a breaker opened / closed;  incident: opened, changed, resolved
+    chaos      chaos     an experiment started / ended, stopped or aborted (with its result)
+    delivery   rollout   a rollout started, advanced, paused, rolled back or promoted
 
 ``EventBus.publish`` appends the events to the store's ``events`` table (the
 history, and what processors resume from after a restart), then hands them to
@@ -37,7 +39,7 @@ from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA
 
 log = logging.getLogger("agent_sre.events")
 
-EVENT_KINDS = ("alert", "budget", "decision", "anomaly", "circuit", "incident")
+EVENT_KINDS = ("alert", "budget", "decision", "anomaly", "circuit", "incident", "chaos", "rollout")
 SEVERITIES = ("page", "ticket", "info")
 Subscriber = Callable[[list[dict]], None]
 

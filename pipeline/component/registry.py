@@ -46,6 +46,8 @@ BUILTIN = (
     "agent_sre.pipeline.service.health_check:factory",
     "agent_sre.pipeline.service.admin:factory",
     "agent_sre.processors.replay.factory:factory",
+    "agent_sre.processors.chaos.factory:factory",
+    "agent_sre.processors.delivery.factory:factory",
 )
 
 ENTRY_POINT_GROUP = "agent_sre.components"

@@ -17,6 +17,14 @@
     POST /v1/golden/check {"suite", "candidate" | "candidate_trace" | "replays"}: a golden suite's verdict
     POST /v1/what-if      {"since_ns", "reprice", "remove_tools", "slow_tools", "slo", "budgets"}: what would
                           have happened (the replay extension, processors/replay)
+    GET  /v1/chaos/templates                     the chaos templates (the chaos processor)
+    GET  /v1/chaos/experiments[?all=true]        running experiments (all: ended ones too); /{id}: one
+    POST /v1/chaos/experiments                   {"template", "agents", "duration", "overrides", "by"}: start one
+    POST /v1/chaos/experiments/{id}/stop         {"by", "why"}: stop it (injection ends at the agents' next refresh)
+    GET  /v1/chaos/experiments/{id}/report       baseline / during / after, recovery, resilience score
+    GET  /v1/rollouts[/{name}]                   rollouts, newest first; one with its last analysis and history
+    POST /v1/rollouts                            {"document": "<Rollout YAML>", "by"}: start one (the delivery processor)
+    POST /v1/rollouts/{name}/{action}            promote | pause | resume | abort, body {"by", "why", "full"}
 
 SQL is read-only (SELECT/EXPLAIN), touches no file, and is limited in rows, answer bytes, time and
 memory (pipeline/storage/sandbox.py); it runs in its own bounded pool (admin_guard.QueryAdmission).
@@ -45,15 +53,17 @@ from agent_sre.pipeline.component.auth import (
     Principal,
 )
 from agent_sre.pipeline.component.capabilities import (
+    ChaosExperiments,
     CostReports,
     Incidents,
+    Rollouts,
     SendingQueue,
     SloReports,
     SpanStore,
     TraceAnalysis,
 )
 from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort, parse_duration
-from agent_sre.pipeline.component.errors import QuestionError, TransitionError
+from agent_sre.pipeline.component.errors import ConfigError, QuestionError, TransitionError
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.httpserver import PATH_PARAM, PATH_PARAMS, BodyTooLarge, Handler, read_body
 from agent_sre.pipeline.component.tls import TlsServerConfig
@@ -116,7 +126,10 @@ class AdminApi(Extension):
     config: AdminConfig
     ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs",
               "/v1/incidents", "/v1/incidents/{id}", "/v1/incidents/{id}/{action}", "/v1/incidents/{id}/postmortem",
-              "/v1/traces/{id}", "/v1/diff", "/v1/golden/check", "/v1/what-if")
+              "/v1/traces/{id}", "/v1/diff", "/v1/golden/check", "/v1/what-if",
+              "/v1/chaos/templates", "/v1/chaos/experiments", "/v1/chaos/experiments/{id}",
+              "/v1/chaos/experiments/{id}/stop", "/v1/chaos/experiments/{id}/report",
+              "/v1/rollouts", "/v1/rollouts/{name}", "/v1/rollouts/{name}/{action}")
 
     def _start(self, host) -> None:
         self._host = host
@@ -140,6 +153,16 @@ class AdminApi(Extension):
         self._route("POST", "/v1/diff", self._question("diff", tenants=True))
         self._route("POST", "/v1/golden/check", self._question("golden_check", tenants=True))
         self._route("POST", "/v1/what-if", self._question("what_if", tenants=False))
+        self._route("GET", "/v1/chaos/templates", self._chaos_templates)
+        self._route("GET", "/v1/chaos/experiments", self._chaos_experiments)
+        self._route("POST", "/v1/chaos/experiments", self._chaos_start, mutating=True)
+        self._route("GET", "/v1/chaos/experiments/{id}", self._chaos_experiments)
+        self._route("POST", "/v1/chaos/experiments/{id}/stop", self._chaos_stop, mutating=True)
+        self._route("GET", "/v1/chaos/experiments/{id}/report", self._chaos_report)
+        self._route("GET", "/v1/rollouts", self._rollouts)
+        self._route("GET", "/v1/rollouts/{name}", self._rollouts)
+        self._route("POST", "/v1/rollouts", self._start_rollout, mutating=True)
+        self._route("POST", "/v1/rollouts/{name}/{action}", self._rollout_action, mutating=True)
 
     def _route(self, method: str, path: str, handler: Handler, mutating: bool = False) -> None:
         """Serve ``handler``, behind the API key when the call changes something (or ``auth.reads``)."""
@@ -463,6 +486,184 @@ class AdminApi(Extension):
 
         return handle
 
+    # --- chaos experiments (the chaos processor: ChaosExperiments) ----------------------------------
+
+    def _chaos(self):
+        found = self._host.all(ChaosExperiments)
+        return found[0] if found else None
+
+    async def _chaos_call(self, call, *args) -> web.Response:
+        """``call(processor, *args)`` in the admin's pool: 404 without a chaos processor or for an unknown
+        id, 400 for a request the processor finds invalid."""
+        chaos = self._chaos()
+        if chaos is None:
+            return web.json_response({"error": "no chaos processor configured (add `chaos: {}` to a pipeline's "
+                                               "processors)"}, status=404)
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(self._pool, call, chaos, *args)
+        except LookupError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except ValueError as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        if found is None:
+            return web.json_response({"error": f"no chaos experiment {args[0]!r}"}, status=404)
+        return web.json_response(found)
+
+    async def _json_object(self, request: web.Request, limit: int = 64 << 10) -> tuple[dict | None, web.Response | None]:
+        """The JSON object of a POST, or the error answer."""
+        try:
+            body = json.loads(await read_body(request, limit) or b"{}")
+        except BodyTooLarge as exc:
+            return None, web.json_response({"error": str(exc)}, status=413)
+        except ValueError as exc:
+            return None, web.json_response({"error": f"bad request: {exc}"}, status=400)
+        if not isinstance(body, dict):
+            return None, web.json_response({"error": "bad request: the body must be a JSON object"}, status=400)
+        return body, None
+
+    async def _chaos_outside_tenant(self, request: web.Request, agents) -> web.Response | None:
+        """404 when the caller has a tenant and any of ``agents`` is not the tenant's; else None."""
+        tenant = self._tenant(request)
+        if tenant is None:
+            return None
+        mine = await self._agents_of(tenant)
+        outside = sorted(set(agents) - set(mine))
+        return self._not_the_tenants(request, tenant, f"agent {outside[0]!r}") if outside else None
+
+    async def _chaos_templates(self, request: web.Request) -> web.Response:
+        return await self._chaos_call(lambda c: {"templates": c.templates()})
+
+    async def _chaos_experiments(self, request: web.Request) -> web.Response:
+        params = request.get(PATH_PARAMS)
+        if params:
+            return await self._chaos_call(lambda c, i: c.experiment(i), params["id"])
+        every = request.query.get("all", "false").lower() in ("1", "true", "yes")
+        answer = await self._chaos_call(lambda c: {"experiments": c.experiments(every)})
+        tenant = self._tenant(request)
+        if tenant is None or answer.status != 200:
+            return answer
+        mine = await self._agents_of(tenant)
+        listed = json.loads(answer.body)["experiments"]
+        return web.json_response({"experiments": [e for e in listed if set(e["agents"]) <= set(mine)]})
+
+    async def _chaos_start(self, request: web.Request) -> web.Response:
+        body, error = await self._json_object(request)
+        if body is None:
+            assert error is not None
+            return error
+        agents = body.get("agents") or body.get("agent") or []
+        agents = [agents] if isinstance(agents, str) else agents
+        if not isinstance(body.get("template"), str) or not isinstance(agents, list):
+            return web.json_response({"error": 'bad request: body must be {"template": "...", "agents": ["..."], '
+                                               '"duration": "10m", "overrides": {...}, "by": "..."}'}, status=400)
+        outside = await self._chaos_outside_tenant(request, agents)
+        if outside is not None:
+            return outside
+        return await self._chaos_call(lambda c: c.start_experiment(body["template"], agents, body.get("duration"),
+                                                                   body.get("overrides"), str(body.get("by") or "")))
+
+    async def _chaos_stop(self, request: web.Request) -> web.Response:
+        body, error = await self._json_object(request)
+        if body is None:
+            assert error is not None
+            return error
+        experiment = request[PATH_PARAMS]["id"]
+        chaos = self._chaos()
+        found = chaos.experiment(experiment) if chaos is not None else None
+        outside = await self._chaos_outside_tenant(request, found["agents"]) if found else None
+        if outside is not None:
+            return outside
+        return await self._chaos_call(lambda c, i: c.stop_experiment(i, str(body.get("by") or ""),
+                                                                     str(body.get("why") or "")), experiment)
+
+    async def _chaos_report(self, request: web.Request) -> web.Response:
+        experiment = request[PATH_PARAMS]["id"]
+        chaos = self._chaos()
+        found = chaos.experiment(experiment) if chaos is not None else None
+        outside = await self._chaos_outside_tenant(request, found["agents"]) if found else None
+        if outside is not None:
+            return outside
+        return await self._chaos_call(lambda c, i: c.report(i), experiment)
+
+    # --- rollouts (the delivery processor: Rollouts) -------------------------------------------------
+
+    def _rollouts_processor(self):
+        found = self._host.all(Rollouts)
+        return found[0] if found else None
+
+    async def _rollouts(self, request: web.Request) -> web.Response:
+        """GET /v1/rollouts (newest first) and GET /v1/rollouts/{name} (with its last analysis and history);
+        a tenant's caller sees its agents' rollouts only."""
+        proc = self._rollouts_processor()
+        if proc is None:
+            return web.json_response({"error": "no delivery processor configured"}, status=404)
+        loop = asyncio.get_running_loop()
+        tenant = self._tenant(request)
+        agents = await self._agents_of(tenant) if tenant is not None else None
+        params = request.get(PATH_PARAMS)
+        if params:
+            found = await loop.run_in_executor(self._pool, proc.rollout, params["name"])
+            if found is None or (agents is not None and found["agent_id"] not in agents):
+                return web.json_response({"error": f"no rollout {params['name']!r}"}, status=404)
+            return web.json_response(found)
+        listed = await loop.run_in_executor(self._pool, proc.rollouts)
+        if agents is not None:
+            listed = [r for r in listed if r["agent_id"] in agents]
+        return web.json_response({"rollouts": listed})
+
+    async def _start_rollout(self, request: web.Request) -> web.Response:
+        """POST /v1/rollouts {"document": "<Rollout YAML>", "by": "<who>"}."""
+        proc = self._rollouts_processor()
+        if proc is None:
+            return web.json_response({"error": "no delivery processor configured"}, status=404)
+        try:
+            body = json.loads(await read_body(request, 1 << 20) or b"{}")
+            if not isinstance(body, dict) or not isinstance(body.get("document"), str) \
+                    or not isinstance(body.get("by", ""), str):
+                raise ValueError('body must be a JSON object {"document": "<Rollout YAML>", "by": "<who>"}')
+            tenant = self._tenant(request)
+            agents = await self._agents_of(tenant) if tenant is not None else None
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._pool, proc.start_rollout, body["document"],
+                                               body.get("by", ""), agents)
+        except ConfigError as exc:
+            return web.json_response({"error": str(exc), "problems": [str(p) for p in exc.problems]}, status=400)
+        except TransitionError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except BodyTooLarge as exc:
+            return web.json_response({"error": str(exc)}, status=413)
+        except ValueError as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        return web.json_response(found, status=201)
+
+    async def _rollout_action(self, request: web.Request) -> web.Response:
+        """POST /v1/rollouts/{name}/{action}: promote | pause | resume | abort, body {"by", "why", "full"}."""
+        proc = self._rollouts_processor()
+        if proc is None:
+            return web.json_response({"error": "no delivery processor configured"}, status=404)
+        params = request[PATH_PARAMS]
+        try:
+            body = json.loads(await read_body(request, 64 << 10) or b"{}")
+            if not isinstance(body, dict) or not isinstance(body.get("by", ""), str) \
+                    or not isinstance(body.get("why", ""), str) or not isinstance(body.get("full", False), bool):
+                raise ValueError('body must be a JSON object {"by": "<who>", "why": "<reason>", "full": false}')
+            if not body.get("by"):
+                raise ValueError('say who: {"by": "<who>"}')
+            loop = asyncio.get_running_loop()
+            shown = await loop.run_in_executor(self._pool, proc.rollout, params["name"])
+            tenant = self._tenant(request)
+            if shown is not None and tenant is not None and shown["agent_id"] not in await self._agents_of(tenant):
+                return self._not_the_tenants(request, tenant, f"rollout {params['name']!r}")
+            found = await loop.run_in_executor(self._pool, lambda: proc.act(
+                params["name"], params["action"], body["by"], body.get("why", ""), body.get("full", False)))
+        except TransitionError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except BodyTooLarge as exc:
+            return web.json_response({"error": str(exc)}, status=413)
+        except ValueError as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        return web.json_response(found)
+
     async def _status(self, request: web.Request) -> web.Response:
         comps = {key: [str(line) for line in comp.describe()] for key, comp in self._host.components.items()}
         queues = {id_: q.queue_status() for id_, q in self._host.providers(SendingQueue).items()}
@@ -471,7 +672,8 @@ class AdminApi(Extension):
     def describe(self) -> list[str]:
         scheme = "https" if self.config.tls is not None else "http"
         return [f"admin/query API on {scheme}://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
-                "GET /v1/decisions, GET /v1/costs, /v1/incidents, GET /v1/traces/{id})"]
+                "GET /v1/decisions, GET /v1/costs, /v1/incidents, GET /v1/traces/{id}, POST /v1/diff, "
+                "/v1/golden/check, /v1/what-if, /v1/chaos, /v1/rollouts)"]
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Stage
-from agent_sre.pipeline.component.capabilities import CostReports, Incidents, SpanStore
+from agent_sre.pipeline.component.capabilities import ChaosExperiments, CostReports, Incidents, SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event, fingerprint
@@ -231,10 +231,26 @@ class IncidentsProcessor(Stage):
 
     def _committed(self, rows: pa.Table) -> None:
         now = self.clock()
+        rows = self._without_injected_faults(rows)
         policy = self._policy_signals(rows)
         transitions = self._feed_breakers(rows, now) if self.config.breakers.enabled else []
         if policy or transitions:
             self._change(policy, transitions, now)
+
+    def _without_injected_faults(self, rows: pa.Table) -> pa.Table:
+        """Spans of faults a chaos experiment injected (``chaos.fault.type``) open no breaker and raise no
+        policy signal, unless a chaos processor asks for it (``feed_incidents``).  Columnar, as the
+        store's replay_mask: one comparison per attribute key, and a batch without them is returned."""
+        if self._host is not None and any(c.feed_incidents for c in self._host.all(ChaosExperiments)):
+            return rows
+        offset, mask = 0, None
+        for chunk in rows.column("attributes").chunks:
+            hit = pc.equal(pc.list_flatten(chunk).field("key"), "chaos.fault.type")
+            if pc.any(hit).as_py():
+                mask = np.zeros(rows.num_rows, dtype=bool) if mask is None else mask
+                mask[offset + pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()] = True
+            offset += len(chunk)
+        return rows if mask is None else rows.filter(pa.array(~mask))
 
     def _policy_signals(self, rows: pa.Table) -> list[Signal]:
         # Only the columns read here are filtered (the rows carry every attribute list).

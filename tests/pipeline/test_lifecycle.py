@@ -68,7 +68,7 @@ def test_component_lifecycle(factory, tmp_path):
         host.http.shutdown()
 
 
-NEEDS_STORE = ("sli", "slo", "anomaly", "incidents")  # processors that keep their state in the duckdb exporter's store
+NEEDS_STORE = ("sli", "slo", "anomaly", "incidents", "chaos", "delivery")  # processors that keep their state in the duckdb exporter's store
 
 
 def _duckdb_exporter(telemetry, tmp_path):
