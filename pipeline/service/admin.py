@@ -538,13 +538,10 @@ class AdminApi(Extension):
         if params:
             return await self._chaos_call(lambda c, i: c.experiment(i), params["id"])
         every = request.query.get("all", "false").lower() in ("1", "true", "yes")
-        answer = await self._chaos_call(lambda c: {"experiments": c.experiments(every)})
         tenant = self._tenant(request)
-        if tenant is None or answer.status != 200:
-            return answer
-        mine = await self._agents_of(tenant)
-        listed = json.loads(answer.body)["experiments"]
-        return web.json_response({"experiments": [e for e in listed if set(e["agents"]) <= set(mine)]})
+        mine = await self._agents_of(tenant) if tenant is not None else None
+        return await self._chaos_call(lambda c: {"experiments": [
+            e for e in c.experiments(every) if mine is None or set(e["agents"]) <= set(mine)]})
 
     async def _chaos_start(self, request: web.Request) -> web.Response:
         body, error = await self._json_object(request)
