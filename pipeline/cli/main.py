@@ -17,9 +17,10 @@
     agent-sre what-if --since 24h ...        re-priced, tools removed or slowed, other targets and budgets
     agent-sre chaos templates|start|stop|list|report   chaos experiments, injected by agent_sre.chaos
     agent-sre rollout start|status|promote|pause|resume|abort   canary and shadow rollouts of agent versions
+    agent-sre mcp [--transport stdio|http]   the SRE state as MCP tools for agents and IDE assistants
 
 One module per command group (run, config, query, slo, cost, incidents, trace, replay, diff, golden,
-whatif, chaos, rollout); every command talks to a
+whatif, chaos, rollout, mcp); every command talks to a
 running pipeline through ``admin_client.AdminClient``.  The modules import the pipeline, the store
 and the processors inside the commands that use them: ``--help`` starts at once.
 """
@@ -37,6 +38,7 @@ from agent_sre.pipeline.cli.cost import cmd_cost_summary, cmd_cost_unknown_model
 from agent_sre.pipeline.cli.diff import register as register_diff
 from agent_sre.pipeline.cli.golden import register as register_golden
 from agent_sre.pipeline.cli.incidents import cmd_incidents, cmd_postmortem
+from agent_sre.pipeline.cli.mcp import register as register_mcp
 from agent_sre.pipeline.cli.query import cmd_export_parquet, cmd_query
 from agent_sre.pipeline.cli.replay import register as register_replay
 from agent_sre.pipeline.cli.rollout import register as register_rollout
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_whatif(sub)
     register_chaos(sub)
     register_rollout(sub)
+    register_mcp(sub)
     return p
 
 
