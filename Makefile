@@ -1,12 +1,16 @@
 # The README's two commands are `make run` and `make test`.  `make test` installs everything its
 # tests need (idempotently, each step skipped when its result is already there): the project's
-# virtualenv, the Debian packages of the servers the tests start (Prometheus, Alertmanager), and
-# Arize Phoenix and MLflow, each in its own virtualenv under .servers/ so our dependencies stay clean.
+# virtualenv, the Debian packages of the servers the tests start (Prometheus, Alertmanager, Redis,
+# ClickHouse, Chromium and its driver), and Arize Phoenix, MLflow and the agent frameworks, each in its
+# own virtualenv under .servers/ so our dependencies stay clean.
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 SERVERS ?= .servers
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager
+# Debian package:the binary that shows it is installed
+DEBIAN_PACKAGES := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
+                   redis-server:redis-server clickhouse-server:clickhouse-server \
+                   chromium:chromium chromium-driver:chromedriver
 
 .PHONY: run test setup test-deps debian-deps lint typecheck bench
 
@@ -23,7 +27,7 @@ run: setup
 
 # Debian packages: installed only when a binary is missing (apt-get as root, else through sudo).
 debian-deps:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for pb in $(DEBIAN_PACKAGES); do command -v $${pb#*:} >/dev/null 2>&1 || missing="$$missing $${pb%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
