@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,16 +25,19 @@ def binary(name: str = "prometheus") -> str:
 
 
 @contextmanager
-def prometheus(tmp_path: Path, target_port: int, rule_files: list[Path] = (), remote_write_receiver: bool = False):
-    """Scrapes 127.0.0.1:target_port every second and evaluates rule_files every second; with
-    ``remote_write_receiver`` it also accepts remote writes at /api/v1/write."""
+def prometheus(tmp_path: Path, target_port: int | Sequence[int], rule_files: list[Path] = (),
+               remote_write_receiver: bool = False):
+    """Scrapes 127.0.0.1:target_port (or each of several ports) every second and evaluates rule_files every
+    second; with ``remote_write_receiver`` it also accepts remote writes at /api/v1/write."""
     port = free_port()
     rules = "".join(f"  - {p}\n" for p in rule_files)
+    ports = [target_port] if isinstance(target_port, int) else list(target_port)
+    targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports)
     config = tmp_path / "prometheus.yml"
     config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
                       + (f"rule_files:\n{rules}" if rules else "")
                       + f"scrape_configs:\n  - job_name: agent_sre\n"
-                        f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
+                        f"    static_configs: [{{targets: [{targets}]}}]\n")
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([binary(), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
