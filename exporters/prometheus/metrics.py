@@ -25,7 +25,7 @@ from agent_sre.exporters.prometheus.cardinality import (
     label_table,
 )
 from agent_sre.exporters.prometheus.histograms import DURATION_BUCKETS, TOKEN_BUCKETS, HistogramSet
-from agent_sre.pipeline.component.capabilities import SloReports, SpanStore
+from agent_sre.pipeline.component.capabilities import CostReports, SloReports, SpanStore
 
 RED_LABELS = ("agent_id", "span_role", "model", "tool_name", "status_code")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
@@ -54,6 +54,7 @@ class AgentMetrics:
                                       DURATION_BUCKETS, n, on_overflow=cb)
         self.sli = _SliCounters(n, cb)
         self.slo = _SloGauges(n, cb)
+        self.cost = _CostMetrics(n, cb)
         self._collect_lock = threading.Lock()
 
     def observe(self, batch: pa.Table) -> None:
@@ -93,7 +94,7 @@ class AgentMetrics:
             out = [self.calls.family(), self.tokens.family(), self.durations.family()]
         if host is not None:
             with self._collect_lock:  # the limits' state; not self._lock, which would hold exports for a query
-                out += self.sli.families(host) + self.slo.families(host)
+                out += self.sli.families(host) + self.slo.families(host) + self.cost.families(host)
         return out
 
 
@@ -163,6 +164,48 @@ class _SliCounters:
             "SELECT sli, agent_id, agent_version, sum(good), sum(total) FROM sli_minutes GROUP BY ALL")]
         sli, agent, version, good, total = _columns(rows, 5)
         return [self.events.family([sli, agent, version], total), self.good.family([sli, agent, version], good)]
+
+
+class _CostMetrics:
+    """Spend per agent and model, summed from the store's cost rollup (every priced span, exactly once, as
+    budgets count it), and each budget of the current period (agent, org, model and tenant budgets; task
+    budgets are one per task, so only their count at throttle or kill is a gauge)."""
+
+    def __init__(self, max_series: int, on_overflow: OnOverflow | None):
+        self.spend = _Recomputed(CounterMetricFamily, "agent_sre_llm_cost_usd", "LLM spend in USD (the cost "
+                                 "rollup: client-reported cost, else tokens x prices).", ("agent_id", "model"),
+                                 max_series, "sum", (), on_overflow)
+        labels = ("budget", "scope", "subject")
+        self.budget = [_Recomputed(GaugeMetricFamily, name, doc, labels, max_series, fold, ("budget", "scope"),
+                                   on_overflow) for name, doc, fold in (
+            ("agent_sre_cost_budget_spent_usd", "Spend in the budget's current period (USD).", "max"),
+            ("agent_sre_cost_budget_limit_usd", "The budget's limit (USD).", "max"),
+            ("agent_sre_cost_budget_utilisation", "Spend / limit (throttle at 0.85, kill at 0.95 by default).",
+             "max"))]
+        self.tasks = _Recomputed(GaugeMetricFamily, "agent_sre_cost_task_budgets_limited", "Tasks whose own "
+                                 "budget throttles or kills them now.",
+                                 ("budget", "action"), max_series, "sum", ("action",), on_overflow)
+
+    def families(self, host) -> list:
+        rows = [r for store in host.all(SpanStore) for r in store.read(
+            "SELECT agent_id, model, sum(cost_usd) FROM cost_minutes GROUP BY ALL")]
+        agent, model, usd = _columns(rows, 3)
+        procs = host.all(CostReports)
+        accounts = [a for proc in procs for a in proc.costs(1)["budgets"]]
+        lines = {s.name: (s.throttle_at, s.kill_at) for proc in procs for s in proc.budget_specs()}
+        kept = [a for a in accounts if a["scope"] != "task"]
+        gauges = [self.budget[i].family([[a["budget"] for a in kept], [a["scope"] for a in kept],
+                                         [a["subject"] for a in kept]], [a[key] for a in kept])
+                  for i, key in enumerate(("spent_usd", "limit_usd", "utilisation"))]
+        limited: dict[tuple[str, str], int] = {}
+        for a in accounts:
+            throttle, kill = lines.get(a["budget"], (0.85, 0.95))
+            if a["scope"] == "task" and a["utilisation"] >= throttle:
+                key = (a["budget"], "kill" if a["utilisation"] >= kill else "throttle")
+                limited[key] = limited.get(key, 0) + 1
+        budget, action = [k[0] for k in limited], [k[1] for k in limited]
+        return [self.spend.family([agent, model], usd), *gauges,
+                self.tasks.family([budget, action], list(limited.values()))]
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:

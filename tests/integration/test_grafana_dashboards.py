@@ -109,10 +109,13 @@ def config_text(tmp_path: Path, ports: Ports, metrics_port: int, dead_port: int)
     (so exporter failures are real)."""
     down = (f"  otlp/down:\n    endpoint: 127.0.0.1:{dead_port}\n    tls: {{insecure: true}}\n    timeout: 1s\n"
             "    retry_on_failure: {enabled: false}\n    sending_queue: {drain_timeout: 0s}\n")
-    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, sli, slo, batch",
+    text = pipeline_yaml(ports, tmp_path, processors="memory_limiter, agent_semconv, cost, sli, slo, batch",
                          exporters="duckdb, prometheus, otlp/down",
                          extra=f"  prometheus:\n    endpoint: 127.0.0.1:{metrics_port}\n{down}")
-    return text.replace("  batch:\n", SLO_YAML + "  batch:\n", 1)
+    # budgets small enough that the traffic's tasks pass their throttle line (the task gauge has data)
+    cost = ("  cost:\n    budgets:\n      - {name: agent-daily, scope: agent_day, limit_usd: 100}\n"
+            "      - {name: per-task, scope: task, limit_usd: 0.0001}\n")
+    return text.replace("  batch:\n", cost + SLO_YAML + "  batch:\n", 1)
 
 
 def span(ss, attrs: dict, failed: bool, now: int, trace_id: bytes | None = None) -> None:

@@ -3,6 +3,7 @@ values; a real Prometheus (Debian's) scrapes it and answers queries for our SLO 
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
@@ -95,5 +96,36 @@ def test_a_real_prometheus_scrapes_our_slo_series(tmp_path):
             (result,) = prom.query_until('agent_sre_slo_burn_rate{slo="tools",agent_id="a1",window="1h"}')
         assert float(result["value"][1]) == pytest.approx(2.0)
         assert result["metric"]["job"] == "agent_sre"
+    finally:
+        service.shutdown()
+
+
+def test_scrape_carries_spend_per_agent_and_model_and_every_budget(tmp_path):
+    """3 gpt-4o calls of 100 input / 20 output tokens at $2.50 / $10 per million: $0.0013500 spent by a1,
+    against an agent-day budget of $0.001 (135 % used: past its kill line) and a task budget per call."""
+    port = free_port()
+    text = pipeline_yaml(Ports.allocate(), tmp_path, processors="memory_limiter, agent_semconv, cost, batch",
+                         exporters="duckdb, prometheus")
+    text = text.replace("  batch:\n", "  cost:\n    budgets:\n      - {name: day, scope: agent_day, limit_usd: 0.001}\n"
+                        "      - {name: task, scope: task, limit_usd: 0.0004}\n  batch:\n", 1)
+    text = text.replace("  debug:\n", f"  prometheus:\n    endpoint: 127.0.0.1:{port}\n  debug:\n", 1)
+    service = Service(parse_config(text, "test"))
+    service.start()
+    try:
+        request = spans([(LLM, False, 0)] * 3)
+        for sp in request.resource_spans[0].scope_spans[0].spans:  # spent now: in the budgets' current period
+            sp.start_time_unix_nano, sp.end_time_unix_nano = time.time_ns() - 10**6, time.time_ns()
+        service.receivers[0].ingest.export(request, "test")
+        service.exporters["duckdb"].store.sync()
+        f = scrape(port)
+        per_call = (100 * 2.5 + 20 * 10) / 1e6
+        assert sample(f, "agent_sre_llm_cost_usd", "agent_sre_llm_cost_usd_total", agent_id="a1",
+                      model="gpt-4o") == pytest.approx(3 * per_call)
+        day = {"budget": "day", "scope": "agent_day", "subject": "a1"}
+        assert sample(f, "agent_sre_cost_budget_spent_usd", **day) == pytest.approx(3 * per_call)
+        assert sample(f, "agent_sre_cost_budget_limit_usd", **day) == 0.001
+        assert sample(f, "agent_sre_cost_budget_utilisation", **day) == pytest.approx(3 * per_call / 0.001, rel=1e-4)
+        # each call is its own task (its own trace) at $0.00045 of $0.0004: every one is killed
+        assert sample(f, "agent_sre_cost_task_budgets_limited", budget="task", action="kill") == 3
     finally:
         service.shutdown()
