@@ -133,6 +133,12 @@ class BudgetLedger:
         self._labels_at: dict[tuple[str, int], str] = {}  # (budget, second) -> period label
         self._task_agents: dict[str, str] = {}  # task -> the agent that spends in it
         self._lock = threading.Lock()
+        # Fleet mode (``FleetBudgets``): this pipeline's own spend per (budget, subject, period), what Redis
+        # acknowledged of it, and what changed since; alerts then come from the fleet's totals only.
+        self.fleet_alerts = False
+        self._own: dict[tuple[str, str, str], list] = {}  # -> [spent, calls, period end]
+        self._pushed: dict[tuple[str, str, str], float] = {}
+        self._dirty: set[tuple[str, str, str]] = set()
 
     def _subjects(self, spec: BudgetSpec, agent: str, task: str | None, model: str | None,
                   tenant: str | None) -> list[str]:
@@ -246,6 +252,9 @@ class BudgetLedger:
             acc = self._account(spec, subject, now)
             acc.spent, acc.calls, acc.last_charge = spent, calls, now
             acc.steps_crossed = {st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st}
+            key = (spec.name, subject, acc.period)  # the store holds this pipeline's own spend
+            self._own[key] = [spent, calls, acc.ends]
+            self._dirty.add(key)
             for agent in agents:  # who spent from it (model and tenant budgets bind them)
                 uses = self._uses.setdefault(agent, {})
                 uses[("agent", "")] = now
@@ -279,6 +288,12 @@ class BudgetLedger:
             acc.spent += amount
             acc.calls += calls
             acc.last_charge = now
+            own = self._own.setdefault((spec.name, subject, acc.period), [0.0, 0, acc.ends])
+            own[0] += amount
+            own[1] += calls
+            self._dirty.add((spec.name, subject, acc.period))
+            if self.fleet_alerts:
+                continue  # announced by whichever pipeline's contribution crosses the step (FleetBudgets)
             u = acc.spent / spec.limit(subject) + _EPS
             for step in spec.steps:
                 if u >= step and step not in acc.steps_crossed:
@@ -330,6 +345,10 @@ class BudgetLedger:
                 if not ended:
                     continue
                 del self._accounts[key]
+                own = (key[0], key[1], acc.period)
+                self._own.pop(own, None)
+                self._pushed.pop(own, None)
+                self._dirty.discard(own)
                 if spec.scope == "task":
                     self._task_agents.pop(key[1], None)
                 if acc.steps_crossed:
@@ -386,6 +405,119 @@ class BudgetLedger:
                 out.append(account)
             return out
 
+    # --- fleet mode: what FleetBudgets exchanges with the shared state ------------------
+
+    def contributions(self, now: float, everything: bool = False) -> list[tuple[str, str, str, float, int, float]]:
+        """(budget, period, subject, own spend, own calls, expire at) of this pipeline's accounts changed
+        since Redis last acknowledged them (``everything``: of all of them, for a reconcile)."""
+        with self._lock:
+            out = []
+            for key in list(self._own) if everything else list(self._dirty):
+                own = self._own.get(key)
+                if own is not None:
+                    name, subject, period = key
+                    expire = now + TASK_IDLE_S if period == "task" else own[2] + 2 * 86400
+                    out.append((name, period, subject, own[0], own[1], expire))
+            return out
+
+    def plan(self, agent: str, amount: float, now: float, task: str | None, model: str | None,
+             tenant: str | None, calls: int) -> list[tuple[str, str, str, float, int, float]]:
+        """The contributions this pipeline would hold after charging ``amount`` (for an atomic fleet charge)."""
+        with self._lock:
+            out = []
+            for spec in self.specs:
+                for subject in self._subjects(spec, agent, task, model, tenant):
+                    label, ends = self._period(spec, now)
+                    own = self._own.get((spec.name, subject, label), [0.0, 0, ends])
+                    expire = now + TASK_IDLE_S if label == "task" else ends + 2 * 86400
+                    out.append((spec.name, label, subject, own[0] + amount, own[1] + calls, expire))
+            return out
+
+    def kill_lines(self, agent: str, now: float, task: str | None = None) -> list[tuple[str, str, str, float]]:
+        """(budget, period, subject, USD) of every account whose kill point kills ``agent``."""
+        with self._lock:
+            return [(spec.name, self._period(spec, now)[0], subject, (spec.kill_at - _EPS) * spec.limit(subject))
+                    for spec in self.specs for subject in self._binding(spec, agent, task, now)]
+
+    def acknowledged(self, sent: list[tuple[str, str, str, float, int, float]], totals: list, now: float) -> list[BudgetEvent]:
+        """Redis holds ``sent`` and answered the fleet's ``totals`` (before, after, calls): they become the
+        local view (plus what was charged here since), and each step that *this* contribution took the
+        fleet over is announced here: the script's atomic before/after makes that one pipeline."""
+        events = []
+        with self._lock:
+            specs = {s.name: s for s in self.specs}
+            for (name, period, subject, spent, _calls, _), total in zip(sent, totals, strict=True):
+                key = (name, subject, period)
+                own = self._own.get(key)
+                self._pushed[key] = spent
+                if own is not None and own[0] == spent:
+                    self._dirty.discard(key)
+                spec = specs[name]
+                acc = self._current(spec, subject, now)
+                if acc is None or acc.period != period:
+                    continue
+                acc.spent = total.after + ((own[0] if own else spent) - spent)
+                acc.calls = max(acc.calls, total.calls)
+                limit = spec.limit(subject)
+                before, after = total.before / limit + _EPS, total.after / limit + _EPS
+                for step in spec.steps:
+                    if before < step <= after and step not in acc.steps_crossed:
+                        events.append(BudgetEvent("alert", name, subject, period, after, f"{step:g}"))
+                    if step <= after:
+                        acc.steps_crossed.add(step)
+        return events
+
+    def local_alerts(self, now: float) -> list[BudgetEvent]:
+        """While the fleet is unreachable: the steps this pipeline's local view crossed (each pipeline
+        announces its own, so an outage can announce a step once per pipeline)."""
+        events = []
+        with self._lock:
+            specs = {s.name: s for s in self.specs}
+            for name, subject, period in list(self._dirty):
+                spec = specs[name]
+                acc = self._current(spec, subject, now)
+                if acc is None:
+                    continue
+                u = acc.spent / spec.limit(subject) + _EPS
+                for step in spec.steps:
+                    if u >= step and step not in acc.steps_crossed:
+                        acc.steps_crossed.add(step)
+                        events.append(BudgetEvent("alert", name, subject, period, u, f"{step:g}"))
+        return events
+
+    def fleet_accounts(self, now: float) -> list[tuple[str, str, list[str]]]:
+        """What a refresh reads: each period budget's current period whole, each task budget's local tasks."""
+        with self._lock:
+            return [(spec.name, self._period(spec, now)[0],
+                     [s for (n, s) in self._accounts if n == spec.name] if spec.scope == "task" else [])
+                    for spec in self.specs]
+
+    def forget_pushed(self) -> None:
+        """Redis lost its data (a restart without persistence): nothing of ours is there any more."""
+        with self._lock:
+            self._pushed.clear()
+            self._dirty.update(self._own)
+
+    def fleet_view(self, totals: dict[tuple[str, str, str], tuple[float, int]], now: float) -> bool:
+        """The fleet's totals as the local view (plus this pipeline's spend Redis does not hold yet);
+        steps the fleet passed are marked without announcing (the pipeline that crossed them did).
+        Whether any account changed."""
+        changed = False
+        with self._lock:
+            specs = {s.name: s for s in self.specs}
+            for (name, period, subject), (spent, calls) in totals.items():
+                spec = specs.get(name)
+                if spec is None or (spec.scope != "task" and period != self._period(spec, now)[0]):
+                    continue
+                key = (name, subject, period)
+                own = self._own.get(key)
+                view = spent + (max(own[0] - self._pushed.get(key, 0.0), 0.0) if own else 0.0)
+                acc = self._account(spec, subject, now)
+                changed |= abs(acc.spent - view) > 1e-12
+                acc.spent, acc.calls = view, max(acc.calls, calls)
+                acc.steps_crossed |= {st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st}
+        return changed
+
     # --- persistence: what a restart needs ---------------------------------------------
 
     def state(self) -> list[tuple[str, str, str, float, float, list[float]]]:
@@ -427,3 +559,87 @@ def readable_rate(per_min: float) -> str:
 def utc(*args) -> float:
     """A UTC instant as a Unix time (for tests and callers with calendar times)."""
     return datetime(*args, tzinfo=timezone.utc).timestamp()
+
+
+class FleetBudgets:
+    """A ledger whose spend is the fleet's (``state: redis://…``): every pipeline adds its own spend to
+    shared totals (``pipeline/storage/shared_state.py``) and decides from its ledger, which holds the
+    fleet's totals as of the last ``refresh`` plus its own spend since: decisions stay memory-fast, and
+    are at most one refresh interval (plus one round trip) behind the fleet.
+
+    Unreachable Redis: charges go on in the local ledger (the pipeline's last fleet view plus its own
+    spend) and step alerts come from that view.  Reconcile, at the next refresh that reaches Redis:
+    every contribution of this pipeline is set again (idempotent: Redis adds only what it does not hold
+    of it), so spend counted locally during the outage is counted in the fleet once; if Redis lost its
+    data meanwhile (``epoch`` changed), every pipeline sends all of its current periods' spend again and
+    the totals are whole once all of them have reconciled.  Until then, each pipeline's view is its own.
+    """
+
+    def __init__(self, ledger: BudgetLedger, state):  # state: agent_sre.pipeline.storage.shared_state.SharedState
+        from agent_sre.pipeline.storage.shared_state import Contribution
+
+        self.ledger, self.state = ledger, state
+        self._contribution = Contribution
+        ledger.fleet_alerts = True
+        self._reconcile = True
+        self._lock = threading.Lock()  # one exchange with Redis at a time: views are applied in order
+
+    def _send(self, sent: list, checks: tuple | list = ()):
+        return self.state.contribute([self._contribution(*c) for c in sent], list(checks))
+
+    def push(self, now: float) -> list[BudgetEvent]:
+        """After a commit's charges: this pipeline's changed contributions into the fleet totals."""
+        with self._lock:
+            if not self.state.available:
+                return self.ledger.local_alerts(now)  # the refresh reconnects
+            sent = self.ledger.contributions(now)
+            reply = self._send(sent) if sent else (True, [])
+            if reply is None:
+                self._reconcile = True
+                return self.ledger.local_alerts(now)
+            return self.ledger.acknowledged(sent, reply[1], now)
+
+    def refresh(self, now: float) -> tuple[bool, list[BudgetEvent]]:
+        """Every refresh interval: reconnect and reconcile if needed, then the fleet's totals as the local
+        view.  (whether the view changed, step alerts of a reconcile)."""
+        with self._lock:
+            epoch_changed = self.state.check_epoch()
+            if epoch_changed is None:
+                self._reconcile = True
+                return False, []
+            if epoch_changed:
+                self.ledger.forget_pushed()
+            everything = epoch_changed or self._reconcile
+            sent = self.ledger.contributions(now, everything)
+            events: list[BudgetEvent] = []
+            if sent:
+                reply = self._send(sent)
+                if reply is None:
+                    return False, []
+                events = self.ledger.acknowledged(sent, reply[1], now)
+            self._reconcile = False
+            totals = self.state.totals(self.ledger.fleet_accounts(now))
+            if totals is None:
+                self._reconcile = True
+                return False, events
+            return self.ledger.fleet_view(totals, now), events
+
+    def try_charge(self, agent: str, amount: float, now: float, task: str | None = None,
+                   model: str | None = None, tenant: str | None = None,
+                   calls: int = 1) -> tuple[bool, list[BudgetEvent]]:
+        """Check and charge atomically across the fleet (one Lua script): refused while any account that
+        kills the agent is at its kill point in the fleet's totals.  Unreachable Redis: the local ledger's
+        ``try_charge``."""
+        if amount < 0:
+            raise ValueError("a charge cannot be negative")
+        with self._lock:
+            planned = self.ledger.plan(agent, amount, now, task, model, tenant, calls)
+            reply = self._send(planned, self.ledger.kill_lines(agent, now, task)) if self.state.available else None
+            if reply is None:
+                self._reconcile = True
+                ok, events = self.ledger.try_charge(agent, amount, now, task, model, tenant, calls)
+                return ok, events + (self.ledger.local_alerts(now) if ok else [])
+            if not reply[0]:
+                return False, []
+            events = self.ledger.charge(agent, amount, now, task, model, tenant, calls)
+            return True, events + self.ledger.acknowledged(planned, reply[1], now)

@@ -14,6 +14,7 @@ calculation.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,19 +25,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from genai_prices import Usage, calc_price
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.component.capabilities import CostReports, SpanStore
-from agent_sre.pipeline.component.config import ConfigModel
+from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event
 from agent_sre.pipeline.component.host import CapabilityError
+from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.processors.cost.budget import (
     SCOPES,
     BudgetEvent,
     BudgetLedger,
     BudgetSpec,
+    FleetBudgets,
     readable_rate,
 )
 from agent_sre.processors.cost.summary import cost_summary, restore_budgets
@@ -82,6 +85,20 @@ class CostConfig(ConfigModel):
     overrides: dict[str, PriceOverride] = {}  # model name -> price, for models genai-prices does not know
     budgets: list[BudgetConfig] = []  # charged from the store as spans are committed (needs a duckdb exporter)
     storage: str = ""  # which duckdb exporter's store (its id); empty: the only one
+    # Budgets shared by the fleet: redis://host:port/db.  Decisions read the local view, refreshed every
+    # state_refresh (their staleness bound); state_instance names this pipeline (default: the host name).
+    state: str = ""
+    state_refresh: Duration = Field(default="250ms", gt=0)
+    state_instance: str = ""
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str) -> str:
+        if v:
+            from agent_sre.pipeline.storage.shared_state import parse_state_url
+
+            parse_state_url(v)
+        return v
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ class CostProcessor(Processor):
         self.ledger = BudgetLedger([b.spec() for b in config.budgets])
         self._store = None
         self._host = None
+        self.fleet: FleetBudgets | None = None
+        self._refresher: PeriodicWorker | None = None
 
     def _start(self, host) -> None:
         self._host = host
@@ -186,10 +205,42 @@ class CostProcessor(Processor):
         if not self.config.budgets:
             return
         self._rebuild(self._store)
+        if self.config.state:
+            self._share(host)
         self._store.on_charges(self._charged, by_task=any(s.scope == "task" for s in self.ledger.specs))
         host.decisions.register(str(self.id), self)
 
+    def _share(self, host) -> None:
+        """Budgets on the fleet's Redis: this pipeline's spend (rebuilt from its store) is reconciled into
+        the shared totals now (or at the first refresh that reaches Redis), then refreshed on a timer."""
+        from agent_sre.pipeline.storage.shared_state import SharedState
+
+        state = SharedState(self.config.state, self.config.state_instance, component=str(self.id))
+        state.bind_metrics(host.telemetry.registry)
+        self.fleet = FleetBudgets(self.ledger, state)
+        self._refresh()
+        self._refresher = PeriodicWorker(f"{self.id}-state", self.config.state_refresh, self._refresh,
+                                         logging.getLogger(f"agent_sre.{self.id}"))
+        self._refresher.start()
+
+    def _refresh(self) -> None:
+        fleet = self.fleet
+        if fleet is None:
+            return  # shut down meanwhile
+        now = self.clock()
+        changed, events = fleet.refresh(now)
+        self._publish(events, now)
+        if changed and self._host is not None:
+            self._host.decisions.check(self.ledger.known_agents())
+
     def _shutdown(self) -> None:
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
+        if self.fleet is not None:
+            self.fleet.push(self.clock())  # what the last commits charged
+            self.fleet.state.close()
+            self.fleet = None
         if self._host is not None:
             self._host.withdraw(CostReports, self.id)
         if self._store is not None:
@@ -226,6 +277,8 @@ class CostProcessor(Processor):
                                          at=minute * 60.0, only="period" if tasks else None)
         for (agent, trace), (usd, calls, minute) in tasks.items():
             events += self.ledger.charge(agent, usd, now, task=trace, calls=calls, at=minute * 60.0, only="task")
+        if self.fleet is not None:
+            events += self.fleet.push(now)  # the fleet's totals, and the steps this pipeline took it over
         self._publish(events, now)
         if self._host is not None:
             self._host.decisions.check(agents)  # a charge that throttles or kills is announced now
@@ -279,6 +332,23 @@ class CostProcessor(Processor):
 
     def process(self, batch: pa.Table) -> pa.Table:
         return priced(batch, self.pricer)
+
+    def describe(self) -> list[str]:
+        """What /v1/status shows: the budgets, and with shared state whose view decides now."""
+        lines: list[str] = []
+        if self.fleet is not None:
+            st = self.fleet.state.status()
+            lines.append(f"shared state {st['url']} as {st['instance']}: " + (
+                f"fleet view (refreshed every {self.config.state_refresh:g}s)"
+                + (" — ANOTHER LIVE PIPELINE HAS THIS NAME: set state_instance" if st["instance_name_clash"] else "")
+                if st["available"] else
+                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): deciding from the local view, "
+                "reconciled when Redis returns"))
+        return lines
+
+    def state_status(self) -> dict | None:
+        """The shared state's status (None without ``state``): for /v1/status."""
+        return self.fleet.state.status() if self.fleet is not None else None
 
 
 def budget_event(spec: BudgetSpec, ev: BudgetEvent, now_ns: int) -> dict:

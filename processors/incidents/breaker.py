@@ -12,12 +12,19 @@ timeout on the clock (``tick``).  In the closed state only failures matter, so a
 failures costs one numpy test; the search for the point where the threshold is reached is
 vectorised.  Calls seen while open are ignored (they were made before or despite the decision);
 in half-open, calls that ended since it began are the probes.
+
+Shared by a fleet (``fleet``: a ``FleetBreaker``, e.g. ``SharedState.breaker(agent, tool)`` on Redis):
+failures are counted over every pipeline's (a sorted set trimmed to the window, so the run that opens
+the breaker may span pipelines), every transition is published, and a pipeline adopts a later
+transition made elsewhere before it records calls (``sync``).  When the fleet does not answer, the
+breaker counts its own failures as without a fleet.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -47,6 +54,15 @@ class Transition:
     reason: str
 
 
+class FleetBreaker(Protocol):
+    """One breaker's state shared by the fleet (``pipeline/storage/shared_state.py``)."""
+
+    def failures(self, end_ns: np.ndarray, window_s: float) -> np.ndarray | None: ...
+    def clear_failures(self) -> None: ...
+    def publish(self, state: str, since: float, open_until: float | None, ttl_s: float, reason: str = "") -> None: ...
+    def read(self) -> dict | None: ...
+
+
 @dataclass
 class CircuitBreaker:
     settings: BreakerSettings
@@ -56,10 +72,11 @@ class CircuitBreaker:
     failures: deque = field(default_factory=deque)  # end_ns of recent failures (closed state)
     probes: int = 0  # calls seen in half-open
     successes: int = 0
+    fleet: FleetBreaker | None = None
 
     def record(self, end_ns: np.ndarray, failed: np.ndarray, now: float) -> list[Transition]:
         """Feed one batch of calls (sorted by end time); returns the transitions it caused."""
-        out: list[Transition] = []
+        out = self.sync(now)
         i = 0
         while i < len(end_ns):
             if self.state == CLOSED:
@@ -76,8 +93,11 @@ class CircuitBreaker:
             return len(end_ns)
         n, window = self.settings.failure_threshold, int(self.settings.window_s * 1e9)
         # Sorted: a late batch can hold failures from before the ones kept (a run of old ones alone
-        # would have opened the breaker already, so any run found includes a new failure).
-        times = np.sort(np.concatenate([np.fromiter(self.failures, np.int64, len(self.failures)), fails]))
+        # would have opened the breaker already, so any run found includes a new failure).  With a
+        # fleet, the fleet's failures within the window (ours included), else our own.
+        shared = self.fleet.failures(fails, self.settings.window_s) if self.fleet is not None else None
+        times = shared if shared is not None and len(shared) else \
+            np.sort(np.concatenate([np.fromiter(self.failures, np.int64, len(self.failures)), fails]))
         # the first failure that closes a run of n failures within the window
         ends = np.arange(n - 1, len(times))
         hit = ends[times[ends] - times[ends - (n - 1)] <= window]
@@ -85,8 +105,10 @@ class CircuitBreaker:
             self.failures = deque(times[times >= times[-1] - window][-(n - 1):] if n > 1 else [], maxlen=None)
             return len(end_ns)
         at_ns = times[hit[0]]
-        self._go(OPEN, now, f"{n} failed calls within {self.settings.window_s:g}s", out)
-        self.open_until = now + self.settings.recovery_timeout_s
+        if self.fleet is not None:
+            self.fleet.clear_failures()  # they opened it: the next run starts after it closes
+        self._go(OPEN, now, f"{n} failed calls within {self.settings.window_s:g}s", out,
+                 now + self.settings.recovery_timeout_s)
         return i + int(np.searchsorted(end_ns[i:], at_ns, side="right"))
 
     def _half_open(self, end_ns: np.ndarray, failed: np.ndarray, i: int, now: float, out: list) -> int:
@@ -94,8 +116,7 @@ class CircuitBreaker:
         for j in range(start, len(end_ns)):  # probes are few (half_open_max_calls)
             self.probes += 1
             if failed[j]:
-                self._go(OPEN, now, "a probe call failed", out)
-                self.open_until = now + self.settings.recovery_timeout_s
+                self._go(OPEN, now, "a probe call failed", out, now + self.settings.recovery_timeout_s)
                 return j + 1
             self.successes += 1
             if self.successes >= self.settings.success_threshold:
@@ -111,12 +132,28 @@ class CircuitBreaker:
             self._go(HALF_OPEN, now, f"recovery timeout of {self.settings.recovery_timeout_s:g}s passed", out)
         return out
 
-    def _go(self, new: str, now: float, reason: str, out: list) -> None:
+    def _go(self, new: str, now: float, reason: str, out: list, open_until: float | None = None) -> None:
         out.append(Transition(self.state, new, now, reason))
         self.state, self.since = new, now
         self.probes = self.successes = 0
-        if new != OPEN:
-            self.open_until = None
+        self.open_until = open_until if new == OPEN else None
+        if self.fleet is not None:
+            ttl = self.settings.recovery_timeout_s + self.settings.window_s + 3600
+            self.fleet.publish(new, now, self.open_until, ttl, reason)
+
+    def sync(self, now: float) -> list[Transition]:
+        """Adopt the fleet's transition of this breaker if it is later than ours (another pipeline opened
+        or closed it); its transition, or nothing."""
+        remote = self.fleet.read() if self.fleet is not None else None
+        if remote is None or remote["since"] <= self.since or remote["state"] == self.state:
+            return []
+        t = Transition(self.state, remote["state"], now,
+                       f"{remote.get('reason') or remote['state']} (seen by pipeline {remote.get('by', '?')})")
+        self.state, self.since, self.open_until = remote["state"], remote["since"], remote["open_until"]
+        self.probes = self.successes = 0
+        if self.state == CLOSED:
+            self.failures.clear()
+        return [t]
 
     def probes_left(self) -> int:
         return max(self.settings.half_open_max_calls - self.probes, 0) if self.state == HALF_OPEN else 0

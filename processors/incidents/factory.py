@@ -97,6 +97,18 @@ class IncidentsConfig(ConfigModel):
     policy_violations: list[str] = ["deny", "denied", "block", "blocked", "violation", "fail", "failed"]
     breakers: BreakerConfig = BreakerConfig()
     storage: str = ""
+    # Breakers shared by the fleet: redis://host:port/db (failure counts and transitions on Redis).
+    state: str = ""
+    state_instance: str = ""  # this pipeline in the fleet (default: the host name)
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str) -> str:
+        if v:
+            from agent_sre.pipeline.storage.shared_state import parse_state_url
+
+            parse_state_url(v)
+        return v
 
     @field_validator("priorities")
     @classmethod
@@ -147,6 +159,11 @@ class IncidentsProcessor(Stage):
         self._publish_lock = threading.Lock()  # changes are stored and announced in the order they happened
         self._store = None
         self._host = None
+        self._state = None  # SharedState with `state:`
+
+    def _breaker(self, key: tuple[str, str]) -> CircuitBreaker:
+        fleet = self._state.breaker(*key) if self._state is not None else None
+        return CircuitBreaker(self.config.breakers.settings(), fleet=fleet)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -154,6 +171,11 @@ class IncidentsProcessor(Stage):
         self._host = host
         self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._store.write([(sql, []) for sql in DDL])
+        if self.config.state:
+            from agent_sre.pipeline.storage.shared_state import SharedState
+
+            self._state = SharedState(self.config.state, self.config.state_instance, component=str(self.id))
+            self._state.bind_metrics(host.telemetry.registry)
         self._restore()
         host.events.subscribe(self._on_events, ("alert", "budget", "decision", "anomaly"))
         self._store.on_commit(self._committed)
@@ -162,6 +184,9 @@ class IncidentsProcessor(Stage):
             host.decisions.register(str(self.id), self)
 
     def _shutdown(self) -> None:
+        if self._state is not None:
+            self._state.close()
+            self._state = None
         if self._host is not None:
             self._host.withdraw(Incidents, self.id)
             self._host.events.unsubscribe(self._on_events)
@@ -193,7 +218,8 @@ class IncidentsProcessor(Stage):
                 "SELECT agent_id, tool, state, since, open_until, probes, successes FROM breakers "
                 "WHERE processor = ?", [str(self.id)]):
             self.breakers[(agent, tool)] = CircuitBreaker(settings, state, since, until, probes=probes,
-                                                          successes=successes)
+                                                          successes=successes,
+                                                          fleet=self._state.breaker(agent, tool) if self._state else None)
             self._index((agent, tool))
 
     # --- signals from events ------------------------------------------------------------
@@ -296,7 +322,7 @@ class IncidentsProcessor(Stage):
                     continue  # a call without a tool name has no per-tool breaker
                 mine = np.flatnonzero(ids == i)
                 order = mine[np.argsort(end_ns[mine], kind="stable")]
-                breaker = self.breakers.setdefault(keys[i], CircuitBreaker(cfg.settings()))
+                breaker = self.breakers.get(keys[i]) or self.breakers.setdefault(keys[i], self._breaker(keys[i]))
                 out += [(keys[i], t) for t in breaker.record(end_ns[order], failed[order], now)]
                 self._index(keys[i])
         return out
@@ -317,8 +343,15 @@ class IncidentsProcessor(Stage):
         whose signals aged out."""
         now = self.clock()
         horizon = int((now - self.config.breakers.window) * 1e9)
+        remote = self._state.breakers_not_closed() if self._state is not None else None
         with self._lock:
             transitions = []
+            # breakers the fleet opened (or moved) elsewhere: adopted, also for agents not seen here
+            mine = {(agent, tool) for agent, tools in self._not_closed.items() for tool in tools}
+            for key in (set(remote) | mine) if remote is not None else ():
+                b = self.breakers.get(key) or self.breakers.setdefault(key, self._breaker(key))
+                transitions += [(key, t) for t in b.sync(now)]
+                self._index(key)
             for agent, tools in list(self._not_closed.items()):
                 for tool, b in list(tools.items()):
                     transitions += [((agent, tool), t) for t in b.tick(now)]
@@ -399,8 +432,14 @@ class IncidentsProcessor(Stage):
         b = self.config.breakers
         breakers = (f"; breakers per {'tool' if b.per_tool else 'agent'} on {', '.join(b.roles)} spans "
                     f"({b.failure_threshold} failures in {b.window:g}s)" if b.enabled else "")
-        return [f"incidents: correlation {self.config.correlation_window:g}s, dedup {self.config.dedup_window:g}s"
-                + breakers]
+        lines = [f"incidents: correlation {self.config.correlation_window:g}s, dedup {self.config.dedup_window:g}s"
+                 + breakers]
+        if self._state is not None:
+            st = self._state.status()
+            lines.append(f"shared breakers {st['url']} as {st['instance']}: " + (
+                "fleet view" if st["available"] else
+                f"UNREACHABLE ({st['last_error']}): counting this pipeline's failures only"))
+        return lines
 
 
 
