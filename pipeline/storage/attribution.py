@@ -99,7 +99,11 @@ SELECT l.trace_id, l.span_id,
 FROM last l LEFT JOIN _nodes n ON n.trace_id = l.trace_id AND n.span_id = l.up""",
         f"""CREATE OR REPLACE TEMP TABLE _ready AS
 SELECT i.* REPLACE (coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) AS agent_id, {inherit},
-  abs(i.received_ns) AS received_ns)
+  abs(i.received_ns) AS received_ns,
+  -- a delegation that names no delegator was sent by its own agent (normalize.py does the same for
+  -- spans that carry their agent; these inherit it here)
+  CASE WHEN i.delegation_from IS NULL AND i.delegation_to IS NOT NULL AND i.span_role = 'delegation'
+       THEN coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) ELSE i.delegation_from END AS delegation_from)
 FROM {both} i LEFT JOIN _verdicts s ON s.trace_id = i.trace_id AND s.span_id = i.span_id
 WHERE i.agent_id IS NOT NULL OR s.verdict IS DISTINCT FROM 'wait' OR i.received_ns <= {expire_ns}""",
         "DELETE FROM held_spans USING _held h WHERE held_spans.trace_id = h.trace_id "

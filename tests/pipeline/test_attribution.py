@@ -226,3 +226,16 @@ def test_spans_released_because_too_many_are_held_keep_their_receipt_and_survive
     assert len(released) == 2 and all(received >= before for (received,) in released)
     assert store.delete_older_than(7) == 0  # nothing is a week old
     assert store.read("SELECT count(*) FROM spans WHERE span_id LIKE '00000000000000c%'")[0][0] == 4
+
+
+def test_a_delegation_without_a_delegator_is_its_inherited_agents(tmp_path):
+    """A handoff recorded as a tool call names its target only (Semantic Kernel, LlamaIndex): it was sent
+    by the agent it belongs to through the trace; a delegator the span names is kept."""
+    store = open_store(tmp_path)
+    store.append(batch(span("00000000000000b1", "00000000000000a1", "delegation", delegation_to="NetworkAgent"),
+                       span("00000000000000b2", "00000000000000a1", "delegation", delegation_to="X",
+                            delegation_from="given")))
+    store.append(batch(span("00000000000000a1", None, "agent_task", agent_id="triage-agent")))
+    assert store.read("SELECT span_id, delegation_from FROM spans ORDER BY span_id") == [
+        ("00000000000000a1", None), ("00000000000000b1", "triage-agent"), ("00000000000000b2", "given")]
+    store.close()

@@ -39,7 +39,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
 provider = TracerProvider(resource=Resource.create({"service.name": "market-research", "service.version": "0.9.2"}))
 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # OTEL_EXPORTER_OTLP_ENDPOINT
 trace.set_tracer_provider(provider)
-CrewAIInstrumentor().instrument(tracer_provider=provider, use_event_listener=True)
+# CREWAI_EVENT_LISTENER=false: the instrumentation's default mode, whose delegation is only the
+# lead's `Delegate work to coworker` tool call (the test checks that edge too).
+CrewAIInstrumentor().instrument(tracer_provider=provider,
+                                use_event_listener=os.environ.get("CREWAI_EVENT_LISTENER", "true") != "false")
 
 
 @tool("fetch_sales_figures")
