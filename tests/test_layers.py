@@ -30,6 +30,7 @@ BUILT_ON = {("exporters.langfuse", "exporters.otlphttp"),  # langfuse is otlphtt
             ("exporters.wandb", "exporters.mlflow"),  # the same metric rows as the mlflow runs
             ("exporters.prometheusremotewrite", "exporters.prometheus"),  # the same metrics, pushed
             # what-if recomputes with the very math of the stages it asks "what if" of
+            ("exporters.loadbalancing", "exporters.otlp"), ("exporters.loadbalancing", "exporters.otlphttp"),  # each gateway is an otlp/otlphttp exporter
             ("processors.replay", "processors.cost"), ("processors.replay", "processors.sli"),
             ("processors.replay", "processors.slo"), ("processors.replay", "processors.incidents")}
 

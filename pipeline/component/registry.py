@@ -30,6 +30,7 @@ BUILTIN = (
     "agent_sre.exporters.otlp.factory:factory",
     "agent_sre.exporters.otlphttp.factory:factory",
     "agent_sre.exporters.langfuse.factory:factory",
+    "agent_sre.exporters.loadbalancing.factory:factory",
     "agent_sre.exporters.datadog.factory:factory",
     "agent_sre.exporters.file.factory:factory",
     "agent_sre.exporters.mlflow.factory:factory",
