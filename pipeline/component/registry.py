@@ -46,6 +46,7 @@ BUILTIN = (
     "agent_sre.receivers.alerts.factory:factory",
     "agent_sre.pipeline.service.health_check:factory",
     "agent_sre.pipeline.service.admin:factory",
+    "agent_sre.pipeline.service.console:factory",
     "agent_sre.processors.replay.factory:factory",
     "agent_sre.processors.chaos.factory:factory",
     "agent_sre.processors.delivery.factory:factory",

@@ -65,6 +65,26 @@ class Replay(Extension):
 
         return export_trace(self._read(), trace_id, follow_links=follow_links, agents=agents)
 
+    def contents(self, trace_id: str, agents: frozenset[str] | None = None) -> dict[str, dict]:
+        """What each LLM and tool span of the trace (its delegation chain included) was asked and answered,
+        where recorded (processors/replay/contents.py): {span_id: {"input": [messages], "output": text}}."""
+        from agent_sre.processors.replay.contents import llm_contents, span_output, tool_contents
+        from agent_sre.processors.replay.traces import owned_by, trace_spans
+
+        spans = trace_spans(self._read(), trace_id, follow_links=True)
+        if agents is not None:
+            spans = owned_by(spans, agents)
+        found: dict[str, dict] = {}
+        for span in spans:
+            attributes, events = span.get("attributes") or {}, span.get("events") or []
+            llm = llm_contents(attributes, events)
+            tool = tool_contents(attributes) if llm is None else None
+            asked = list(llm[1]) if llm else [{"role": "tool", "content": tool[1]}] if tool and tool[1] is not None else []
+            answered = span_output(attributes, events)
+            if asked or answered is not None:
+                found[span["span_id"]] = {"input": asked, "output": answered}
+        return found
+
     def diff(self, body: dict, agents: frozenset[str] | None = None) -> dict:
         from agent_sre.processors.replay.diff import DiffError, NotForTenants, TraceNotFound, diff_request
 
