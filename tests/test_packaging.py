@@ -41,7 +41,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     src = tmp_path_factory.mktemp("src")
     for name in BUILD_CONTEXT_FILES:
         shutil.copy2(REPO / name, src / name)
-    for name in SOURCE_PACKAGES:
+    for name in {n.split("/")[0] for n in SOURCE_PACKAGES}:  # the top-level folders (the client's are inside)
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
     # No build isolation: the build backend comes from this environment (the `test` extra), not the network.
