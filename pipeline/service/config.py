@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from agent_sre.pipeline.component import ComponentID, Factory, Kind
-from agent_sre.pipeline.component.config import ConfigModel, HostPort, parse_duration  # noqa: F401
+from agent_sre.pipeline.component.config import ConfigModel, HostPort, parse_duration, pydantic_problems  # noqa: F401
 from agent_sre.pipeline.component.errors import ConfigError, ConfigProblem
 from agent_sre.pipeline.service.yaml_source import (  # noqa: F401 - re-exported: the config's public names
     MASK,
@@ -247,58 +247,3 @@ def _check_reference(cfg: PipelineConfig, kind: Kind, name: str, where: str,
     return comp
 
 
-def pydantic_problems(exc: ValidationError, prefix: str, model: type[BaseModel]) -> list[ConfigProblem]:
-    """Turn pydantic errors into collector-style problems; unknown keys are grouped per mapping."""
-    problems: list[ConfigProblem] = []
-    extra: dict[tuple, list[str]] = {}
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            extra.setdefault(loc[:-1], []).append(str(loc[-1]))
-            continue
-        path = _loc_path(prefix, loc)
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if err["type"] == "missing":
-            msg = "is required"
-        elif "input" in err and "(got " not in msg and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"
-        problems.append(ConfigProblem(path, msg))
-    for loc, keys in extra.items():
-        valid = _valid_keys(model, loc)
-        parent = str(loc[-1]) if loc else prefix.rpartition("::")[2]
-        hint = f" (valid keys: {', '.join(valid)})" if valid else ""
-        problems.append(ConfigProblem(_loc_path(prefix, loc), f"'{parent}' has invalid keys: {', '.join(keys)}{hint}"))
-    return problems
-
-
-def _loc_path(prefix: str, loc: tuple) -> str:
-    path = prefix
-    for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else join_key(path, str(part))
-    return path
-
-
-def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return []
-        current = _model_in(info.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

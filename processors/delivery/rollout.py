@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.component.config import ConfigModel, Duration, pydantic_problems
 from agent_sre.pipeline.component.errors import ConfigError, ConfigProblem
 
 API_VERSION = "agent-sre.io/v1"
@@ -230,55 +230,5 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def problems(exc: ValidationError, model: type[ConfigModel]) -> list[ConfigProblem]:
-    """Pydantic's errors as the pipeline config reports them (pipeline/service/config.py, which this
-    layer may not import): ``a::b[0]::c: message``, unknown keys grouped with the valid ones."""
-    out: list[ConfigProblem] = []
-    extra: dict[tuple, list[str]] = {}
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            extra.setdefault(loc[:-1], []).append(str(loc[-1]))
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            msg = "is required"
-        elif "input" in err and "(got " not in msg and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        out.append(ConfigProblem(_path(loc), msg))
-    for loc, keys in extra.items():
-        valid = _fields_at(model, loc)
-        hint = f" (valid keys: {', '.join(valid)})" if valid else ""
-        parent = _path(loc).rpartition("::")[2] or "document"
-        out.append(ConfigProblem(_path(loc), f"'{parent}' has invalid keys: {', '.join(keys)}{hint}"))
-    return out
-
-
-def _path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not str(part).startswith(("function-", "literal[")):  # pydantic's union/validator branches
-            path = f"{path}::{part}" if path else str(part)
-    return path
-
-
-def _fields_at(model: Any, loc: tuple) -> list[str]:
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        info = getattr(model, "model_fields", {}).get(str(part))
-        if info is None:
-            return []
-        model = _model_in(info.annotation)
-    return list(getattr(model, "model_fields", {}))
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, ConfigModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+    """Pydantic's errors as the pipeline config reports them: ``a::b[0]::c: message``."""
+    return pydantic_problems(exc, "", model)
