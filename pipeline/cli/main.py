@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--db", help="read this DuckDB file directly (pipeline stopped)")
     q.add_argument("--max-rows", type=int, default=1000)
     q.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    q.add_argument("--store", help="a fleet store to query instead: clickhouse://[user[:password]@]host[:port]/db")
     q.set_defaults(fn=cmd_query)
     slo = sub.add_parser("slo", help="service level objectives")
     slo_sub = slo.add_subparsers(dest="slo_command", required=True)

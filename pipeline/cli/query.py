@@ -28,7 +28,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def run_sql(args: argparse.Namespace, sql: str) -> int:
     """``sql`` through the running pipeline's ``POST /v1/query``, else over its file; printed in
-    ``args.format`` (``args``: config, endpoint, db, max_rows, format)."""
+    ``args.format`` (``args``: config, endpoint, db, max_rows, format; ``store``: a fleet store instead)."""
+    if getattr(args, "store", None):
+        from agent_sre.pipeline.cli.fleet import run_fleet_sql
+
+        return run_fleet_sql(args, sql)
     cfg = targets(args.config)  # not load(): a query needs only where the API and the store are
     client = admin_client(args, cfg)
     if client is not None:

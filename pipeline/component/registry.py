@@ -32,6 +32,7 @@ BUILTIN = (
     "agent_sre.exporters.langfuse.factory:factory",
     "agent_sre.exporters.loadbalancing.factory:factory",
     "agent_sre.exporters.datadog.factory:factory",
+    "agent_sre.exporters.clickhouse.factory:factory",
     "agent_sre.exporters.file.factory:factory",
     "agent_sre.exporters.mlflow.factory:factory",
     "agent_sre.exporters.wandb.factory:factory",

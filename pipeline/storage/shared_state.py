@@ -150,7 +150,7 @@ class SharedState:
         try:
             import redis  # only pipelines with `state:` need it
         except ImportError as exc:
-            raise ImportError("`state: redis://…` needs the Redis client: pip install 'redis>=5'") from exc
+            raise ImportError("`state: redis://…` needs the Redis client: pip install 'agent-sre[fleet]' (redis>=5)") from exc
 
         self.url = parse_state_url(url)
         self.instance = instance or socket.gethostname()

@@ -25,7 +25,8 @@ def _config(factory, tmp_path):
                 "otlphttp": {"endpoint": url}, "langfuse": {"host": url, "public_key": "pk", "secret_key": "sk"},
                 "datadog": {"api_key": "k", "api_url": url}, "mlflow": {"tracking_uri": url, "traces": "off"},
                 "wandb": {"dir": str(tmp_path / "wandb")},
-                "loadbalancing": {"resolver": {"static": {"hostnames": [f"127.0.0.1:{free_port()}"]}}}}
+                "loadbalancing": {"resolver": {"static": {"hostnames": [f"127.0.0.1:{free_port()}"]}}},
+                "clickhouse": {"endpoint": f"clickhouse://127.0.0.1:{free_port()}/agent_sre"}}
     if factory.type in required and factory.kind is Kind.EXPORTER:
         return factory.config_model(**required[factory.type])
     if factory.type == "slo":  # an SLO processor has at least one objective

@@ -1,0 +1,98 @@
+"""The ClickHouse tables: one schema for the ClickHouse users run today, one for 18.16 (Debian's).
+
+``current`` (ClickHouse >= 22.2, checked with chdb 26.x in the tests):
+    spans          MergeTree, PARTITION BY day, ORDER BY (agent_id, start_time), TTL, a bloom-filter
+                   skip index on trace_id, ``Map(LowCardinality(String), String)`` attributes,
+                   ``LowCardinality`` enums, ``DateTime64(9)`` start_time (materialised from start_ns);
+                   inserts are deduplicated by ``insert_deduplication_token`` (= the batch id) within
+                   ``non_replicated_deduplication_window`` blocks.
+    rollup_minute  SummingMergeTree per (agent_id, minute, model, span_role): spans, errors, tokens,
+                   cost, duration, task outcomes — fed by a materialised view on spans, so it follows
+                   the spans insert (and its deduplication) and can never count a batch the spans table
+                   did not take.  Rows of one key merge eventually: query with ``sum()``.
+    events         MergeTree of alerts, budgets, decisions, incidents (EVENT_SCHEMA).
+``compat`` (18.16): the same tables and columns without Map (attributes as ``Nested(key, value)``),
+    LowCardinality, DateTime64, TTL or skip indexes; spans are not partitioned, so one insert of up to
+    ``max_insert_block_size`` rows is one part (atomic); exactly-once is the exporter's check of the
+    batch id before the insert (see factory.py).
+"""
+
+from __future__ import annotations
+
+SPAN_STRINGS = ("parent_span_id", "trace_state", "status_message", "service_version", "environment", "scope_name",
+                "scope_version", "agent_name", "agent_version", "session_id", "task_name", "tool_name", "provider",
+                "delegation_from", "delegation_to", "policy_name", "policy_decision", "error_type")
+LOW_CARDINALITY = ("name", "kind", "status_code", "service_name", "span_role", "model")
+SPAN_INTS = ("flags", "start_ns", "end_ns", "duration_ns", "input_tokens", "output_tokens", "cached_tokens",
+             "dropped_attributes_count", "dropped_events_count", "dropped_links_count")
+SPAN_FLOATS = ("cost_usd", "trust_score")
+MAPS = ("attributes", "resource_attributes", "scope_attributes")
+# Columns the exporter inserts, in order (span events and links are not stored: see README).
+SPAN_COLUMNS = ("trace_id", "span_id", "agent_id", *LOW_CARDINALITY, *SPAN_STRINGS, *SPAN_INTS, *SPAN_FLOATS,
+                "task_success", *MAPS, "batch_id")
+EVENT_COLUMNS = ("time_ns", "kind", "state", "severity", "name", "fingerprint", "summary", "labels", "started_ns",
+                 "batch_id")
+
+
+def _span_columns(current: bool) -> list[str]:
+    lc = "LowCardinality(Nullable(String))" if current else "Nullable(String)"
+    cols = ["trace_id String", "span_id String", "agent_id String"]  # agent_id: a sort key, '' when unknown
+    cols += [f"{c} {lc}" for c in LOW_CARDINALITY]
+    cols += [f"{c} Nullable(String)" for c in SPAN_STRINGS]
+    cols += [f"{c} Nullable(Int64)" for c in SPAN_INTS]
+    cols += [f"{c} Nullable(Float64)" for c in SPAN_FLOATS]
+    cols += ["task_success Nullable(UInt8)"]
+    if current:
+        cols += [f"{m} Map(LowCardinality(String), String)" for m in MAPS]
+        cols += ["start_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(ifNull(start_ns, 0))"]
+    else:
+        cols += [f"{m} Nested(key String, value String)" for m in MAPS]
+        cols += ["start_time DateTime MATERIALIZED toDateTime(intDiv(ifNull(start_ns, 0), 1000000000))"]
+    cols += ["batch_id String"]
+    return cols
+
+
+ROLLUP_COLUMNS = ("minute DateTime", "agent_id String", "model String", "span_role String", "spans UInt64",
+                  "errors UInt64", "input_tokens Int64", "output_tokens Int64", "cost_usd Float64",
+                  "duration_ns Int64", "tasks UInt64", "task_successes UInt64")
+
+ROLLUP_SELECT = """SELECT toStartOfMinute(toDateTime(intDiv(ifNull(start_ns, 0), 1000000000))) AS minute, agent_id,
+       ifNull(model, '') AS model, ifNull(span_role, '') AS span_role, count() AS spans,
+       countIf(ifNull(status_code, '') = 'error') AS errors, sum(ifNull(input_tokens, 0)) AS input_tokens,
+       sum(ifNull(output_tokens, 0)) AS output_tokens, sum(ifNull(cost_usd, 0)) AS cost_usd,
+       sum(ifNull(duration_ns, 0)) AS duration_ns, countIf(ifNull(span_role, '') = 'agent_task') AS tasks,
+       countIf(ifNull(span_role, '') = 'agent_task' AND ifNull(task_success, 0) = 1) AS task_successes
+FROM {db}.spans GROUP BY minute, agent_id, model, span_role"""
+
+
+def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> list[str]:
+    """The statements that create the schema (idempotent: IF NOT EXISTS)."""
+    body = ",\n  ".join(_span_columns(current))
+    event_labels = "labels Map(LowCardinality(String), String)" if current else "labels Nested(key String, value String)"
+    lc = "LowCardinality(String)" if current else "String"
+    events = (f"time_ns Int64, kind {lc}, state {lc}, severity Nullable(String), name Nullable(String), "
+              f"fingerprint String, summary Nullable(String), {event_labels}, started_ns Nullable(Int64), "
+              "batch_id String")
+    rollup = ", ".join(ROLLUP_COLUMNS)
+    if current:
+        spans = (f"CREATE TABLE IF NOT EXISTS {db}.spans (\n  {body},\n"
+                 "  INDEX trace_id_bloom trace_id TYPE bloom_filter(0.001) GRANULARITY 4\n)"
+                 " ENGINE = MergeTree PARTITION BY toDate(start_time) ORDER BY (agent_id, start_time)"
+                 f" TTL toDateTime(start_time) + INTERVAL {ttl_days} DAY"
+                 f" SETTINGS non_replicated_deduplication_window = {dedup_window}, ttl_only_drop_parts = 1")
+        tail = (f" TTL minute + INTERVAL {ttl_days} DAY" if ttl_days else "")
+        rollups = (f"CREATE TABLE IF NOT EXISTS {db}.rollup_minute ({rollup}) ENGINE = SummingMergeTree"
+                   f" PARTITION BY toYYYYMM(minute) ORDER BY (agent_id, minute, model, span_role){tail}"
+                   f" SETTINGS non_replicated_deduplication_window = {dedup_window}")
+        ev = (f"CREATE TABLE IF NOT EXISTS {db}.events ({events}) ENGINE = MergeTree ORDER BY (kind, time_ns)"
+              f" TTL toDateTime(intDiv(time_ns, 1000000000)) + INTERVAL {ttl_days} DAY"
+              f" SETTINGS non_replicated_deduplication_window = {dedup_window}")
+    else:
+        spans = (f"CREATE TABLE IF NOT EXISTS {db}.spans (\n  {body}\n) ENGINE = MergeTree PARTITION BY tuple()"
+                 " ORDER BY (agent_id, start_time)")
+        rollups = (f"CREATE TABLE IF NOT EXISTS {db}.rollup_minute ({rollup}) ENGINE = SummingMergeTree"
+                   " PARTITION BY toYYYYMM(minute) ORDER BY (agent_id, minute, model, span_role)")
+        ev = f"CREATE TABLE IF NOT EXISTS {db}.events ({events}) ENGINE = MergeTree PARTITION BY tuple() ORDER BY (kind, time_ns)"
+    view = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_minute_mv TO {db}.rollup_minute AS "
+            + ROLLUP_SELECT.format(db=db))
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, ev]

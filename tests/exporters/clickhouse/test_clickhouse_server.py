@@ -1,0 +1,158 @@
+"""The clickhouse exporter against a real ClickHouse 18.16 (Debian's clickhouse-server; the compat schema):
+the network path, batching through the exporter helper, retries across an outage, exactly-once per batch,
+and fleet SQL over two pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pyarrow as pa
+import pytest
+
+from agent_sre.pipeline.cli.common import CliError
+from tests.conftest import RunningPipeline, eventually, pipeline_yaml, start_on_free_ports
+from tests.otlp_builders import request
+
+pytestmark = pytest.mark.slow
+
+
+def exporter_yaml(server, db: str, **extra: str) -> str:
+    lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
+    return (f"  clickhouse:\n    endpoint: {server.url(db)}\n    create_schema: true\n"
+            "    retry_on_failure: {initial_interval: 100ms, max_interval: 500ms}\n" + lines)
+
+
+@pytest.fixture
+def pipelines(tmp_path):
+    started: list[RunningPipeline] = []
+
+    def start(server, db: str, name: str, **extra: str) -> RunningPipeline:
+        data = tmp_path / name
+        data.mkdir()
+        service, ports, _ = start_on_free_ports(lambda p, _a: pipeline_yaml(
+            p, data, exporters="duckdb, clickhouse", extra=exporter_yaml(server, db, **extra)))
+        started.append(RunningPipeline(service, ports, data))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.service.shutdown()
+
+
+def send(p: RunningPipeline, n: int, agent: str) -> None:
+    p.service.receivers[0].ingest.export(request(n, attrs={"agent.did": agent, "gen_ai.request.model": "m1",
+                                                          "gen_ai.usage.input_tokens": 3}), "test")
+
+
+def count(server, db: str, sql: str = "SELECT count() FROM {db}.spans") -> int:
+    """The answer, or -1 while the exporter has not created the schema yet."""
+    from clickhouse_driver.errors import ServerException
+
+    try:
+        return server.client().execute(sql.format(db=db))[0][0]
+    except ServerException as exc:
+        if exc.code in (60, 81):  # UNKNOWN_TABLE, UNKNOWN_DATABASE
+            return -1
+        raise
+
+
+def test_two_pipelines_are_counted_once_each_in_fleet_sql(clickhouse, pipelines, capsys):
+    a, b = pipelines(clickhouse, "fleet2", "a"), pipelines(clickhouse, "fleet2", "b")
+    for _ in range(5):
+        send(a, 200, "agent-a")
+        send(b, 300, "agent-b")
+    assert eventually(lambda: count(clickhouse, "fleet2") == 2500, timeout=30), count(clickhouse, "fleet2")
+    rows = clickhouse.client().execute("SELECT agent_id, count(), sum(input_tokens) FROM fleet2.spans "
+                                       "GROUP BY agent_id ORDER BY agent_id")
+    assert rows == [("agent-a", 1000, 3000), ("agent-b", 1500, 4500)]
+    expected = [("agent-a", 1000, 3000), ("agent-b", 1500, 4500)]
+    rollup = eventually(lambda: clickhouse.client().execute(  # the view's part lands just after the spans' part
+        "SELECT agent_id, sum(spans), sum(input_tokens) FROM fleet2.rollup_minute GROUP BY agent_id "
+        "ORDER BY agent_id") == expected, timeout=10)
+    assert rollup
+    from agent_sre.pipeline.cli.fleet import FLEET_QUESTIONS, fleet_query, run_fleet_sql
+
+    args = argparse.Namespace(store=clickhouse.url("fleet2"), max_rows=1000, format="json")
+    assert run_fleet_sql(args, "SELECT agent_id, count() AS n FROM spans GROUP BY agent_id ORDER BY agent_id") == 0
+    out = capsys.readouterr().out
+    assert '"agent-a",\n      1000' in out and '"agent-b",\n      1500' in out
+    since_2023 = 30 * 24 * 365  # hours: the test spans start in 2023
+    cost = fleet_query(clickhouse.url("fleet2"), FLEET_QUESTIONS["cost_by_agent_model"].format(hours=since_2023), 100)
+    assert [r[:4] for r in cost["rows"]] == [["agent-a", "m1", 1000, 3000], ["agent-b", "m1", 1500, 4500]]
+    errors = fleet_query(clickhouse.url("fleet2"), FLEET_QUESTIONS["error_rate_by_agent"].format(hours=since_2023), 100)
+    assert [(r[0], r[1], r[3]) for r in errors["rows"]] == [("agent-a", 1000, 0.0), ("agent-b", 1500, 0.0)]
+    slow = fleet_query(clickhouse.url("fleet2"), FLEET_QUESTIONS["slowest_llm_calls"].format(hours=since_2023), 100)
+    assert slow["columns"] == ["agent_id", "model", "trace_id", "span_id", "duration_ms"]
+
+
+def test_a_retried_batch_is_stored_once(clickhouse, pipelines):
+    p = pipelines(clickhouse, "retry", "a")
+    exporter = p.service.exporters["clickhouse"]
+    sent: list[pa.Table] = []
+    real_send = exporter.send
+    exporter.send = lambda batch: (sent.append(batch), real_send(batch))[1]
+    send(p, 50, "agent-r")
+    assert eventually(lambda: count(clickhouse, "retry") == 50)
+    assert exporter.deduplicated == 0 and sum(t.num_rows for t in sent) == 50
+    # The same batches again, as a retry after a lost answer or a restart from the persistent queue sends them:
+    for batch in list(sent):
+        assert real_send(batch).ok
+    assert exporter.deduplicated == len(sent) >= 1
+    assert count(clickhouse, "retry") == 50
+    assert eventually(lambda: count(clickhouse, "retry", "SELECT sum(spans) FROM {db}.rollup_minute") == 50)
+    time.sleep(0.5)
+    assert count(clickhouse, "retry", "SELECT sum(spans) FROM {db}.rollup_minute") == 50
+
+
+def test_spans_sent_during_an_outage_arrive_once_after_it(clickhouse, pipelines):
+    p = pipelines(clickhouse, "outage", "a")
+    send(p, 10, "agent-o")
+    assert eventually(lambda: count(clickhouse, "outage") == 10)
+    clickhouse.stop()
+    try:
+        for _ in range(3):
+            send(p, 100, "agent-o")  # acknowledged by the pipeline (duckdb), queued for ClickHouse
+        time.sleep(1.0)  # a few failed attempts, retried
+    finally:
+        clickhouse.start_again()
+    assert eventually(lambda: count(clickhouse, "outage") == 310, timeout=30), count(clickhouse, "outage")
+    assert count(clickhouse, "outage", "SELECT uniqExact(span_id) FROM {db}.spans") == 310
+    retries = [line for line in p.metrics().splitlines()
+               if line.startswith('agent_sre_exporter_retries_total{exporter="clickhouse"}')]
+    assert retries and float(retries[0].split()[-1]) >= 1  # the outage was met and retried, not skipped
+
+
+def test_fleet_sql_is_read_only_and_row_limited(clickhouse, pipelines, capsys):
+    from agent_sre.pipeline.cli.fleet import run_fleet_sql
+
+    p = pipelines(clickhouse, "ro", "a")
+    send(p, 30, "agent-x")
+    assert eventually(lambda: count(clickhouse, "ro") == 30)
+    args = argparse.Namespace(store=clickhouse.url("ro"), max_rows=5, format="json")
+    assert run_fleet_sql(args, "SELECT span_id FROM spans") == 0
+    out = capsys.readouterr().out
+    assert '"row_count": 5' in out and '"truncated": true' in out
+    for sql in ("DROP TABLE spans", "INSERT INTO spans (trace_id) VALUES ('x')", "SET max_threads = 1"):
+        with pytest.raises(CliError, match="read-only|readonly"):
+            run_fleet_sql(args, sql)
+    assert count(clickhouse, "ro") == 30
+
+
+
+def test_a_persistent_queue_delivers_after_a_restart_once(clickhouse, pipelines, tmp_path):
+    queue = tmp_path / "queue"
+    p = pipelines(clickhouse, "restart", "a", sending_queue=f"{{storage: {{directory: {queue}}}, drain_timeout: 0s}}")
+    send(p, 20, "agent-p")
+    assert eventually(lambda: count(clickhouse, "restart") == 20)
+    clickhouse.stop()
+    try:
+        send(p, 70, "agent-p")  # acknowledged, on disk in the exporter's queue, not in ClickHouse
+        p.service.shutdown()
+    finally:
+        clickhouse.start_again()
+    assert count(clickhouse, "restart") == 20
+    pipelines(clickhouse, "restart", "b", sending_queue=f"{{storage: {{directory: {queue}}}}}")
+    assert eventually(lambda: count(clickhouse, "restart") == 90, timeout=30), count(clickhouse, "restart")
+    time.sleep(0.5)
+    assert count(clickhouse, "restart", "SELECT uniqExact(span_id) FROM {db}.spans") == 90 == count(clickhouse, "restart")

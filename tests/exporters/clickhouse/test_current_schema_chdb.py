@@ -1,0 +1,99 @@
+"""The current schema (Map, LowCardinality, DateTime64, TTL, a bloom-filter skip index, dedup tokens,
+SummingMergeTree rollups) and the fleet questions, on the ClickHouse engine in process: chdb (ClickHouse
+26.x).  The network path is tested against a real 18.16 server in test_clickhouse_server.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+import pytest
+from chdb import session
+
+from agent_sre.exporters.clickhouse.factory import batch_id
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
+from agent_sre.pipeline.cli.fleet import FLEET_QUESTIONS
+from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+
+
+@pytest.fixture
+def db(tmp_path):
+    sess = session.Session(str(tmp_path / "chdb"))
+    for statement in ddl("fleet", current=True, ttl_days=30):
+        sess.query(statement)
+    yield sess
+    sess.close()
+
+
+def spans(n: int, agent: str, start_ns: int, errors_every: int = 0) -> pa.Table:
+    rows = [{"trace_id": f"{hash((agent, i // 4)) & (2**64 - 1):032x}", "span_id": f"{i:016x}", "agent_id": agent,
+             "start_ns": start_ns + i, "duration_ns": 1_000_000 * (i % 7 + 1), "model": "gpt-4o", "span_role": "llm",
+             "input_tokens": 10, "output_tokens": 2, "cost_usd": 0.25,
+             "status_code": "error" if errors_every and i % errors_every == 0 else "ok",
+             "attributes": [("gen_ai.system", "openai"), ("tenant", agent)]} for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)
+
+
+def insert(db, batch: pa.Table) -> None:
+    """What the exporter's insert does on current ClickHouse: the batch id as row column and dedup token."""
+    bid = batch_id(batch, "traces")
+    rows = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
+    rows = rows.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
+    db.query(f"INSERT INTO fleet.spans ({', '.join(SPAN_COLUMNS)}) SETTINGS insert_deduplication_token = '{bid}' "
+             "SELECT * FROM Python(rows)")
+
+
+def one(db, sql: str) -> list[list]:
+    return json.loads(db.query(sql, "JSONCompact").data())["data"]
+
+
+def test_the_schema_uses_what_current_clickhouse_offers(db):
+    create = db.query("SHOW CREATE TABLE fleet.spans", "TabSeparatedRaw").data()
+    for feature in ("Map(LowCardinality(String), String)", "LowCardinality(Nullable(String))", "DateTime64(9, 'UTC')",
+                    "TTL toDateTime(start_time) + toIntervalDay(30)", "TYPE bloom_filter(0.001)",
+                    "ORDER BY (agent_id, start_time)", "non_replicated_deduplication_window = 10000"):
+        assert feature in create, feature
+    assert "SummingMergeTree" in db.query("SHOW CREATE TABLE fleet.rollup_minute", "TabSeparatedRaw").data()
+    version = one(db, "SELECT version()")[0][0]
+    assert tuple(int(p) for p in version.split(".")[:2]) >= (22, 2), version  # the engine these tests cover
+
+
+def test_a_retried_batch_is_counted_once_in_spans_and_rollups(db):
+    now = time.time_ns()
+    first, second = spans(100, "a1", now), spans(50, "a2", now)
+    insert(db, first)
+    insert(db, first)  # the retry of a batch whose answer was lost
+    insert(db, second)
+    assert one(db, "SELECT count() FROM fleet.spans") == [[150]]
+    assert one(db, "SELECT sum(spans), sum(input_tokens) FROM fleet.rollup_minute") == [[150, 1500]]
+
+
+def test_fleet_questions_answer_over_rollups_and_spans(db):
+    now = time.time_ns()
+    insert(db, spans(40, "a1", now, errors_every=4))
+    insert(db, spans(10, "a2", now))
+    db.query("OPTIMIZE TABLE fleet.rollup_minute FINAL")
+    cost = one(db, FLEET_QUESTIONS["cost_by_agent_model"].format(hours=1).replace("FROM rollup_minute",
+                                                                                  "FROM fleet.rollup_minute"))
+    assert [r[:5] for r in cost] == [["a1", "gpt-4o", 40, 400, 80], ["a2", "gpt-4o", 10, 100, 20]]
+    assert [r[5] for r in cost] == [10, 2.5]
+    errors = one(db, FLEET_QUESTIONS["error_rate_by_agent"].format(hours=1).replace("FROM rollup_minute",
+                                                                                   "FROM fleet.rollup_minute"))
+    assert [(r[0], r[3]) for r in errors] == [("a1", 0.25), ("a2", 0)]
+    slow = one(db, FLEET_QUESTIONS["slowest_llm_calls"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
+    assert len(slow) == 20 and slow[0][4] == 7.0
+
+
+def test_a_trace_lookup_is_pruned_by_the_skip_index(db):
+    now = time.time_ns()
+    for i in range(4):
+        insert(db, spans(5000, f"agent{i}", now + i * 10_000))
+    trace = spans(1, "agent2", now + 20_000).column("trace_id")[0].as_py()
+    plan = db.query(f"EXPLAIN indexes = 1 SELECT * FROM fleet.spans WHERE trace_id = '{trace}'",
+                    "TabSeparatedRaw").data()
+    skip = plan[plan.index("Name: trace_id_bloom"):].splitlines()
+    kept, total = (int(x) for x in next(line for line in skip if "Parts:" in line).split(":")[1].split("/"))
+    assert kept < total == 4, plan  # the parts whose bloom filter cannot hold the trace are not read
+    assert one(db, f"SELECT count(), any(attributes['tenant']) FROM fleet.spans WHERE trace_id = '{trace}'") \
+        == [[4, "agent2"]]
