@@ -16,6 +16,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="pip install seleni
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
@@ -88,8 +90,11 @@ def test_each_page_shows_the_apis_numbers_and_the_overview_leads_to_a_trace(scen
 
     # From the overview to the planner's trace: its agent, then the trace, by clicking.
     browser.get(scenario.url("/ui"))
+    # A click starts a navigation and returns: each next step waits for its page (a loaded box is slow).
     browser.find_element(By.CSS_SELECTOR, 'tr[data-agent="planner"] a.agent').click()
-    browser.find_element(By.CSS_SELECTOR, "#traces a.trace").click()
+    WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#traces a.trace"))).click()
+    WebDriverWait(browser, 30).until(EC.url_contains(f"/ui/traces/{scenario.traces['planner']}"))
+    WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#waterfall tbody tr")))
     tree = scenario.api(f"/v1/traces/{scenario.traces['planner']}")
     assert browser.current_url.endswith(f"/ui/traces/{scenario.traces['planner']}")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#waterfall tbody tr")) == tree["totals"]["spans"]
@@ -98,6 +103,7 @@ def test_each_page_shows_the_apis_numbers_and_the_overview_leads_to_a_trace(scen
 
     browser.get(scenario.url("/ui/sql"))
     browser.find_element(By.CSS_SELECTOR, "form button").click()
+    WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#result tbody tr")))
     assert browser.find_elements(By.CSS_SELECTOR, "#result tbody tr")
     shot(browser, "sql")
     assert errors(browser) == []
