@@ -122,6 +122,16 @@ class AdminConfig(ConfigModel):
         return origins
 
 
+def _refusal(exc: Exception) -> web.Response:
+    """A lifecycle change the caller may not make (its status), a body over the limit (413) or a bad
+    request (400), as every mutating route answers them."""
+    if isinstance(exc, TransitionError):
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    if isinstance(exc, BodyTooLarge):
+        return web.json_response({"error": str(exc)}, status=413)
+    return web.json_response({"error": f"bad request: {exc}"}, status=400)
+
+
 class AdminApi(Extension):
     config: AdminConfig
     ROUTES = ("/v1/query", "/v1/status", "/v1/slos", "/v1/decisions", "/v1/decisions/{agent_id}", "/v1/costs",
@@ -399,12 +409,8 @@ class AdminApi(Extension):
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(self._pool, proc.transition, params["id"], params["action"],
                                                body["by"], body.get("why", ""))
-        except TransitionError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
-        except BodyTooLarge as exc:
-            return web.json_response({"error": str(exc)}, status=413)
-        except ValueError as exc:
-            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        except (TransitionError, BodyTooLarge, ValueError) as exc:
+            return _refusal(exc)
         return web.json_response(found)
 
     async def _postmortem(self, request: web.Request) -> web.Response:
@@ -625,12 +631,8 @@ class AdminApi(Extension):
                                                body.get("by", ""), agents)
         except ConfigError as exc:
             return web.json_response({"error": str(exc), "problems": [str(p) for p in exc.problems]}, status=400)
-        except TransitionError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
-        except BodyTooLarge as exc:
-            return web.json_response({"error": str(exc)}, status=413)
-        except ValueError as exc:
-            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        except (TransitionError, BodyTooLarge, ValueError) as exc:
+            return _refusal(exc)
         return web.json_response(found, status=201)
 
     async def _rollout_action(self, request: web.Request) -> web.Response:
@@ -653,12 +655,8 @@ class AdminApi(Extension):
                 return self._not_the_tenants(request, tenant, f"rollout {params['name']!r}")
             found = await loop.run_in_executor(self._pool, lambda: proc.act(
                 params["name"], params["action"], body["by"], body.get("why", ""), body.get("full", False)))
-        except TransitionError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
-        except BodyTooLarge as exc:
-            return web.json_response({"error": str(exc)}, status=413)
-        except ValueError as exc:
-            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        except (TransitionError, BodyTooLarge, ValueError) as exc:
+            return _refusal(exc)
         return web.json_response(found)
 
     async def _status(self, request: web.Request) -> web.Response:
