@@ -30,10 +30,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
+from pydantic import AfterValidator
 
 log = logging.getLogger("agent_sre.shared_state")
 T = TypeVar("T")
@@ -87,6 +88,14 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
+
+
+def _state_url_or_none(url: str) -> str:
+    return parse_state_url(url) if url else url
+
+
+# A config's ``state:`` setting: "" (no shared state) or a Redis URL, checked when the config is read.
+StateUrl = Annotated[str, AfterValidator(_state_url_or_none)]
 
 
 def parse_state_url(url: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from genai_prices import Usage, calc_price
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
 from agent_sre.pipeline.component.capabilities import CostReports, SpanStore
@@ -34,6 +34,7 @@ from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.storage.shared_state import StateUrl
 from agent_sre.processors.cost.budget import (
     SCOPES,
     BudgetEvent,
@@ -87,18 +88,10 @@ class CostConfig(ConfigModel):
     storage: str = ""  # which duckdb exporter's store (its id); empty: the only one
     # Budgets shared by the fleet: redis://host:port/db.  Decisions read the local view, refreshed every
     # state_refresh (their staleness bound); state_instance names this pipeline (default: the host name).
-    state: str = ""
+    state: StateUrl = ""
     state_refresh: Duration = Field(default="250ms", gt=0)
     state_instance: str = ""
 
-    @field_validator("state")
-    @classmethod
-    def _state(cls, v: str) -> str:
-        if v:
-            from agent_sre.pipeline.storage.shared_state import parse_state_url
-
-            parse_state_url(v)
-        return v
 
 
 @dataclass(frozen=True)

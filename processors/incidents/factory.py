@@ -25,6 +25,7 @@ from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event, fingerprint
 from agent_sre.pipeline.pdata.schema import SPAN_ROLES
+from agent_sre.pipeline.storage.shared_state import StateUrl
 from agent_sre.processors.incidents.breaker import (
     CLOSED,
     HALF_OPEN,
@@ -54,6 +55,7 @@ DDL = (
     "CREATE TABLE IF NOT EXISTS breakers (processor VARCHAR, agent_id VARCHAR, tool VARCHAR, state VARCHAR, "
     "since DOUBLE, open_until DOUBLE, probes BIGINT, successes BIGINT, PRIMARY KEY (processor, agent_id, tool))",
 )
+
 _PRIORITY = {"P1": 1, "P2": 2, "P3": 3, "P4": 4}
 _EVENT_SEVERITY = {1: "page", 2: "page", 3: "ticket", 4: "info"}
 ACTIONS = {"ack": "acknowledged", "acknowledge": "acknowledged", "investigate": "investigating",
@@ -98,17 +100,9 @@ class IncidentsConfig(ConfigModel):
     breakers: BreakerConfig = BreakerConfig()
     storage: str = ""
     # Breakers shared by the fleet: redis://host:port/db (failure counts and transitions on Redis).
-    state: str = ""
+    state: StateUrl = ""
     state_instance: str = ""  # this pipeline in the fleet (default: the host name)
 
-    @field_validator("state")
-    @classmethod
-    def _state(cls, v: str) -> str:
-        if v:
-            from agent_sre.pipeline.storage.shared_state import parse_state_url
-
-            parse_state_url(v)
-        return v
 
     @field_validator("priorities")
     @classmethod
