@@ -304,13 +304,13 @@ CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
 def store_only_with(processors_yaml: str, names: list[str]) -> str:
-    """config/store-only.yaml with extra processors (their YAML, and their names placed before batch)."""
+    """config/store-only.yaml with extra processors (their YAML, and their names placed after agent_semconv)."""
     text = (CONFIG / "store-only.yaml").read_text()
-    pipeline = "processors: [memory_limiter, agent_semconv, batch]"
+    pipeline = "processors: [memory_limiter, batch, agent_semconv]"
     if pipeline not in text or "  batch:\n" not in text:
         raise SystemExit("config/store-only.yaml changed shape; update bench/ingest.py:store_only_with")
     text = text.replace("  batch:\n", processors_yaml + "  batch:\n", 1)
-    return text.replace(pipeline, f"processors: [memory_limiter, agent_semconv, {', '.join(names)}, batch]")
+    return text.replace(pipeline, f"processors: [memory_limiter, batch, agent_semconv, {', '.join(names)}]")
 
 
 def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None,
