@@ -31,7 +31,7 @@ SOURCE_PACKAGES = {
     "pipeline/client/instrument": "agent_sre/instrument",
 }
 # What the Dockerfile's build stage copies; building from a copy also keeps a stale build/ out of the wheel.
-BUILD_CONTEXT_FILES = ("pyproject.toml", "README.md")
+BUILD_CONTEXT_FILES = ("pyproject.toml", "README.md", "setup.py")
 
 pytestmark = pytest.mark.slow
 

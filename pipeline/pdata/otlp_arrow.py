@@ -8,19 +8,29 @@ docs/benchmarks.md; keep the per-span body small.
 Invalid spans (ids of the wrong length or all zero, times past int64) are
 rejected one by one and counted, as OTLP ``partial_success`` wants; the rest of
 the request is kept.
+
+Encoded requests go first to the C decoder (``_otlp_decode.c``, built when a C compiler is
+there): it walks the protobuf bytes with the GIL released and hands back the columns as Arrow
+buffers; whatever it does not handle exactly as the Python path would (invalid spans, unusual
+protobuf, arrays in span attributes) it returns None for, and the Python path answers.
+``AGENT_SRE_PURE_PYTHON_DECODER=1`` skips it.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
 
@@ -39,6 +49,12 @@ _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _INT64_MAX = 2**63 - 1
 _MAX_REJECT_REASONS = 3
+PURE_PYTHON_DECODER_ENV = "AGENT_SRE_PURE_PYTHON_DECODER"  # "1": never the C decoder (tests, A/B)
+
+try:
+    from agent_sre.pipeline.pdata import _otlp_decode  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the Python path alone
+    _otlp_decode = None
 
 
 @dataclass(frozen=True)
@@ -131,16 +147,19 @@ def _map_array(dicts: list[dict[str, str | None]]) -> pa.MapArray:
 def _hex_column(raw: bytes, width: int, valid: np.ndarray | None = None) -> pa.Array:
     """Fixed-width binary ids, concatenated, to a lowercase hex string column."""
     n = len(raw) // width
-    data = raw.hex().encode("ascii")
-    offsets = np.arange(0, n * 2 * width + 1, 2 * width, dtype=np.int32)
     validity = None
     null_count = 0
     if valid is not None and not valid.all():
-        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        validity = np.packbits(valid, bitorder="little").tobytes()
         null_count = int(n - valid.sum())
-    return pa.StringArray.from_buffers(
-        n, pa.py_buffer(offsets), pa.py_buffer(data), validity, null_count
-    )
+    return _hex_strings(n, raw.hex().encode("ascii"), width, validity, null_count)
+
+
+def _hex_strings(n: int, hex_data: bytes, width: int, validity: bytes | None = None,
+                 null_count: int = 0) -> pa.Array:
+    offsets = np.arange(0, n * 2 * width + 1, 2 * width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(hex_data),
+                                       pa.py_buffer(validity) if null_count else None, null_count)
 
 
 def _enum_column(codes: np.ndarray, names: tuple[str, ...], prefix: str) -> pa.Array:
@@ -155,42 +174,56 @@ def _enum_column(codes: np.ndarray, names: tuple[str, ...], prefix: str) -> pa.A
 
 
 def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(
-        pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], item_type)
-    )
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), _no_items(item_type))
 
 
-def _events_array(per_span: list) -> pa.Array:
-    offsets = [0]
+@functools.cache
+def _no_items(item_type: pa.DataType) -> pa.Array:
+    """An empty array of ``item_type``, made once (it costs ~20 µs, once per request and list column)."""
+    return pa.array([], item_type)
+
+
+def _list_offsets(n: int, per_span: list[tuple[int, int]]) -> pa.Array:
+    """List offsets for ``n`` spans from (span index, item count) of the spans that have items."""
+    counts = np.zeros(n, dtype=np.int32)
+    if per_span:
+        at, count = zip(*per_span, strict=True)
+        counts[list(at)] = count
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.array(offsets)
+
+
+def _events_array(n: int, per_span: list[tuple[int, Sequence]]) -> pa.Array:
+    """The events column: ``per_span`` holds (span index, its events) for the spans that have some."""
     times: list[int | None] = []
     names: list[str] = []
     attrs: list[dict] = []
     dropped: list[int] = []
-    for events in per_span:
+    for _, events in per_span:
         for ev in events:
             t = ev.time_unix_nano
             times.append(t if t <= _INT64_MAX else None)  # unrepresentable: NULL, not a wrong time
             names.append(ev.name)
             attrs.append(attributes_to_dict(ev.attributes))
             dropped.append(ev.dropped_attributes_count)
-        offsets.append(len(times))
     values = pa.StructArray.from_arrays(
         [pa.array(times, pa.int64()), pa.array(names, pa.string()), _map_array(attrs),
          pa.array(dropped, pa.int64())],
         fields=list(EVENT_TYPE),
     )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+    return pa.ListArray.from_arrays(_list_offsets(n, [(i, len(e)) for i, e in per_span]), values)
 
 
-def _links_array(per_span: list) -> pa.Array:
-    offsets = [0]
+def _links_array(n: int, per_span: list[tuple[int, Sequence]]) -> pa.Array:
+    """The links column: ``per_span`` holds (span index, its links) for the spans that have some."""
     tids: list[str] = []
     sids: list[str] = []
     states: list[str] = []
     attrs: list[dict] = []
     dropped: list[int] = []
     flags: list[int] = []
-    for links in per_span:
+    for _, links in per_span:
         for ln in links:
             tids.append(ln.trace_id.hex())
             sids.append(ln.span_id.hex())
@@ -198,13 +231,12 @@ def _links_array(per_span: list) -> pa.Array:
             attrs.append(attributes_to_dict(ln.attributes))
             dropped.append(ln.dropped_attributes_count)
             flags.append(ln.flags)
-        offsets.append(len(tids))
     values = pa.StructArray.from_arrays(
         [pa.array(tids, pa.string()), pa.array(sids, pa.string()), pa.array(states, pa.string()),
          _map_array(attrs), pa.array(dropped, pa.int64()), pa.array(flags, pa.int64())],
         fields=list(LINK_TYPE),
     )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+    return pa.ListArray.from_arrays(_list_offsets(n, [(i, len(ln)) for i, ln in per_span]), values)
 
 
 # --- the conversion ------------------------------------------------------------
@@ -227,12 +259,80 @@ def _reject_reason(span, tid: bytes, sid: bytes, parent: bytes) -> str | None:
 def protobuf_to_table(body: bytes) -> Conversion:
     """Convert an encoded ExportTraceServiceRequest; raises ``DecodeError`` for bad protobuf.
 
-    Parsed as the shadow request so span attributes are decoded column-wise
-    (``otlp_attributes``); where that cannot answer exactly, the plain way."""
+    By the C decoder if built (not with ``AGENT_SRE_PURE_PYTHON_DECODER=1``); else, or where it
+    cannot answer exactly, parsed as the shadow request so span attributes are decoded column-wise
+    (``otlp_attributes``); where that cannot answer exactly either, the plain way."""
+    if _otlp_decode is not None and os.environ.get(PURE_PYTHON_DECODER_ENV) != "1":
+        conv = _decoded_to_table(body)
+        if conv is not None:
+            return conv
     conv = request_to_table(ShadowExportTraceServiceRequest.FromString(body), columnar_attributes=True)
     if conv is None:
         conv = request_to_table(ExportTraceServiceRequest.FromString(body))
     return conv
+
+
+# The buffers _otlp_decode.decode returns, in order (after n, the parent ids' and the values' null counts).
+_DECODED = ("trace_id", "span_id", "parent_id", "parent_valid", "name_off", "name", "state_off", "state",
+            "msg_off", "msg", "flags", "kind", "start", "end", "status_code", "dropped_a", "dropped_e",
+            "dropped_l", "owner", "attr_off", "key_off", "key", "value_off", "value", "value_valid",
+            "event_spans", "skeleton")
+
+
+def _decoded_to_table(body: bytes) -> Conversion | None:
+    """The C decoder's columns as the canonical table; None: the Python path must convert ``body``."""
+    decoded = _otlp_decode.decode(body)
+    if decoded is None:
+        return None
+    n, parent_nulls, value_nulls = decoded[:3]
+    b = dict(zip(_DECODED, decoded[3:], strict=True))
+    try:  # resources, scopes, events and links: few, and left to upb (its checks, its nesting limit)
+        skeleton = ExportTraceServiceRequest.FromString(b["skeleton"])
+    except DecodeError:
+        return None  # the Python path raises protobuf's own error
+
+    def strings(name: str, count: int = n, validity: bytes | None = None, nulls: int = 0) -> pa.Array:
+        return pa.StringArray.from_buffers(count, pa.py_buffer(b[name + "_off"]), pa.py_buffer(b[name]),
+                                           pa.py_buffer(validity) if nulls else None, nulls)
+
+    def ints(name: str, dtype: str = "<i8") -> np.ndarray:
+        return np.frombuffer(b[name], dtype=dtype)
+
+    groups: list[tuple[dict, InstrumentationScope, dict]] = []
+    skeleton_spans: list = []  # the spans with events or links, in span order
+    for rs in skeleton.resource_spans:
+        res_attrs = attributes_to_dict(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            groups.append((res_attrs, ss.scope, attributes_to_dict(ss.scope.attributes)))
+            skeleton_spans.extend(ss.spans)
+    with_items = ints("event_spans", "<i4").tolist()
+    span_events = [(i, sp.events) for i, sp in zip(with_items, skeleton_spans, strict=True) if sp.events]
+    span_links = [(i, sp.links) for i, sp in zip(with_items, skeleton_spans, strict=True) if sp.links]
+
+    n_attrs = len(b["key_off"]) // 4 - 1
+    start, end = ints("start"), ints("end")
+    columns: dict[str, pa.Array] = {
+        "trace_id": _hex_strings(n, b["trace_id"], 16),
+        "span_id": _hex_strings(n, b["span_id"], 8),
+        "parent_span_id": _hex_strings(n, b["parent_id"], 8, b["parent_valid"], parent_nulls),
+        "trace_state": strings("state"),
+        "flags": pa.array(ints("flags")),
+        "name": strings("name"),
+        "kind": _enum_column(ints("kind", "<i4").astype(np.int64), SPAN_KINDS, "kind"),
+        "start_ns": pa.array(start),
+        "end_ns": pa.array(end),
+        "duration_ns": pa.array(end - start),
+        "status_code": _enum_column(ints("status_code", "<i4").astype(np.int64), STATUS_CODES, "status"),
+        "status_message": strings("msg"),
+        "attributes": pa.MapArray.from_arrays(pa.array(ints("attr_off", "<i4")), strings("key", n_attrs),
+                                              strings("value", n_attrs, b["value_valid"], value_nulls),
+                                              type=STRING_MAP),
+        "dropped_attributes_count": pa.array(ints("dropped_a")),
+        "dropped_events_count": pa.array(ints("dropped_e")),
+        "dropped_links_count": pa.array(ints("dropped_l")),
+    }
+    table = _table(columns, groups, ints("owner", "<i4"), span_events, span_links)
+    return Conversion(table=table, rejected=0, message="")
 
 
 def _double_str(v: float) -> str:
@@ -272,9 +372,8 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
     attr_keys: list[str] = []
     attr_vals: list[str | None] = []
     attr_offsets: list[int] = [0]
-    span_events: list = []
-    span_links: list = []
-    any_events = any_links = False
+    span_events: list[tuple[int, Sequence]] = []  # (span index, its events) for the spans that have some
+    span_links: list[tuple[int, Sequence]] = []
     owner: list[int] = []  # (resource, scope) group index per span
     groups: list[tuple[dict, InstrumentationScope, dict]] = []
     reasons: list[str] = []
@@ -334,12 +433,10 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
                     attr_offsets.append(len(attr_keys))
                 events = span.events
                 links = span.links
-                span_events.append(events)
-                span_links.append(links)
                 if events:
-                    any_events = True
+                    span_events.append((len(tids) - 1, events))
                 if links:
-                    any_links = True
+                    span_links.append((len(tids) - 1, links))
 
     if raw_attrs is not None:
         decoded = decode_key_values(raw_attrs, per_span, value_to_str, _double_str, unchecked)
@@ -352,21 +449,11 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
         attributes = pa.MapArray.from_arrays(pa.array(np.array(attr_offsets, dtype=np.int32)),
                                              pa.array(attr_keys, pa.string()), pa.array(attr_vals, pa.string()),
                                              type=STRING_MAP)
-    n = len(tids)
     start_u = np.array(starts, dtype=np.uint64)
     end_u = np.array(ends, dtype=np.uint64)
     bad_time = (start_u > _INT64_MAX) | (end_u > _INT64_MAX)
     start = start_u.astype(np.int64)
     end = end_u.astype(np.int64)
-    owner_idx = pa.array(np.array(owner, dtype=np.int32))
-
-    res_dicts = [g[0] for g in groups]
-    scopes = [g[1] for g in groups]
-
-    def per_group(values: list) -> pa.Array:
-        return pc.take(pa.array(values, pa.string()), owner_idx)
-
-    env = [d.get("deployment.environment.name", d.get("deployment.environment")) for d in res_dicts]
     columns: dict[str, pa.Array] = {
         "trace_id": _hex_column(b"".join(tids), 16),
         "span_id": _hex_column(b"".join(sids), 8),
@@ -380,23 +467,12 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
         "duration_ns": pa.array(end - start),
         "status_code": _enum_column(np.array(st_codes, dtype=np.int64), STATUS_CODES, "status"),
         "status_message": pa.array(st_msgs, pa.string()),
-        "service_name": per_group([d.get("service.name") for d in res_dicts]),
-        "service_version": per_group([d.get("service.version") for d in res_dicts]),
-        "environment": per_group(env),
-        "scope_name": per_group([s.name for s in scopes]),
-        "scope_version": per_group([s.version for s in scopes]),
         "attributes": attributes,
-        "resource_attributes": pc.take(_map_array(res_dicts), owner_idx),
-        "scope_attributes": pc.take(_map_array([g[2] for g in groups]), owner_idx),
-        "events": _events_array(span_events) if any_events else _empty_lists(n, EVENT_TYPE),
-        "links": _links_array(span_links) if any_links else _empty_lists(n, LINK_TYPE),
         "dropped_attributes_count": pa.array(dropped_a, pa.int64()),
         "dropped_events_count": pa.array(dropped_e, pa.int64()),
         "dropped_links_count": pa.array(dropped_l, pa.int64()),
     }
-    for name in AGENT_COLUMNS:
-        columns[name] = pa.nulls(n, SPAN_SCHEMA.field(name).type)
-    table = pa.Table.from_arrays([columns[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
+    table = _table(columns, groups, np.array(owner, dtype=np.int32), span_events, span_links)
 
     if bad_time.any():
         count = int(bad_time.sum())
@@ -407,3 +483,35 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
     if rejected:
         message = f"rejected {rejected} invalid span(s): " + "; ".join(reasons[:_MAX_REJECT_REASONS])
     return Conversion(table=table, rejected=rejected, message=message)
+
+
+def _table(columns: dict[str, pa.Array], groups: list[tuple[dict, InstrumentationScope, dict]],
+           owner: np.ndarray, span_events: list[tuple[int, Sequence]],
+           span_links: list[tuple[int, Sequence]]) -> pa.Table:
+    """The span-level ``columns`` plus the per-group, event, link and (null) agent columns, as a table.
+
+    ``groups``: (resource attributes, scope, scope attributes) per ScopeSpans; ``owner``: each span's."""
+    n = len(owner)
+    owner_idx = pa.array(owner)
+    res_dicts = [g[0] for g in groups]
+    scopes = [g[1] for g in groups]
+
+    def per_group(values: list) -> pa.Array:
+        return pc.take(pa.array(values, pa.string()), owner_idx)
+
+    env = [d.get("deployment.environment.name", d.get("deployment.environment")) for d in res_dicts]
+    columns = {
+        **columns,
+        "service_name": per_group([d.get("service.name") for d in res_dicts]),
+        "service_version": per_group([d.get("service.version") for d in res_dicts]),
+        "environment": per_group(env),
+        "scope_name": per_group([s.name for s in scopes]),
+        "scope_version": per_group([s.version for s in scopes]),
+        "resource_attributes": pc.take(_map_array(res_dicts), owner_idx),
+        "scope_attributes": pc.take(_map_array([g[2] for g in groups]), owner_idx),
+        "events": _events_array(n, span_events) if span_events else _empty_lists(n, EVENT_TYPE),
+        "links": _links_array(n, span_links) if span_links else _empty_lists(n, LINK_TYPE),
+    }
+    for name in AGENT_COLUMNS:
+        columns[name] = pa.nulls(n, SPAN_SCHEMA.field(name).type)
+    return pa.Table.from_arrays([columns[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
