@@ -102,7 +102,7 @@ class RunningPipeline:
 
     def sql(self, query: str, params: list | None = None) -> list[tuple]:
         self.store.sync()  # what was acknowledged is in DuckDB, not only in the spool
-        cur = self.store._con.cursor()
+        cur = self.store._cursor()
         try:
             return cur.execute(query, params or []).fetchall()
         finally:

@@ -189,6 +189,10 @@ def _view_sql(source: str = _STORED, temp: bool = False) -> str:
     return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
 
 
+_VERIFY_ROWS = 122_880  # rows per read of the background verification (~60 ms of CPU; the rowid range prunes the rest)
+_VERIFY_DUTY = 0.1  # the verification is busy at most this share of the time: it waits 9x each read
+
+
 class SpanStore:
     """The writer side of one DuckDB file.
 
@@ -289,20 +293,28 @@ class SpanStore:
     def _verify(self) -> None:
         """Read every stored block once, in the background after opening: DuckDB checks each block's
         checksum as it reads it, and a corrupt one would otherwise surface only when a query happens to
-        scan it (the store answering healthy meanwhile)."""
+        scan it (the store answering healthy meanwhile).  One row group at a time (the rowid range prunes
+        the others), every value hashed inside DuckDB rather than converted to Arrow, and busy at most
+        _VERIFY_DUTY of the time.  Measured on bench/console.py's 10M-span store: the unthrottled Arrow
+        pass took 8.7 s of CPU right after opening (the pipeline's busiest thread while the console's
+        first pages were timed); hashing takes half of that, spread over ~3 minutes."""
         started = time.monotonic()
         try:
-            cursor = self._con.cursor()
+            cursor = self._cursor()
             try:
                 tables = [r[0] for r in cursor.execute(
-                    "SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()]
+                    "SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database()").fetchall()]
                 for table in tables:
-                    for _ in cursor.sql(f'SELECT * FROM "{table}"').to_arrow_reader(8192):
-                        if self._stop_verify.is_set():
+                    (last,) = cursor.execute(f'SELECT max(rowid) FROM "{table}"').fetchall()[0]
+                    for first in range(0, -1 if last is None else int(last) + 1, _VERIFY_ROWS):
+                        began = time.monotonic()
+                        cursor.execute(f'SELECT max(hash(COLUMNS(*))) FROM "{table}" '
+                                       f"WHERE rowid >= {first} AND rowid < {first + _VERIFY_ROWS}").fetchall()
+                        if self._stop_verify.wait((time.monotonic() - began) * (1 / _VERIFY_DUTY - 1)):
                             return
             finally:
                 cursor.close()
-        except (duckdb.Error, OSError) as exc:  # through the Arrow stream, DuckDB's error is an OSError
+        except (duckdb.Error, OSError) as exc:
             self._found_corrupt(exc)
             return
         log.debug("span store: %s verified in %.1fs", self.path, time.monotonic() - started)
@@ -316,14 +328,18 @@ class SpanStore:
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
             try:
-                con = duckdb.connect(str(self.path), config=self._duckdb_config)
+                con = attach_store(self.path, self._duckdb_config)
             except duckdb.OutOfMemoryException as exc:
                 self._checkpoint_with_more_memory(exc)
-                con = duckdb.connect(str(self.path), config=self._duckdb_config)
+                con = attach_store(self.path, self._duckdb_config)
         except duckdb.Error as exc:
             raise OSError(f"cannot open span store {self.path}: {exc}") from exc
         restrict_file_access(con)
         return con
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the store (readers never wait for the writer's lock)."""
+        return cursor_on_store(self._con)
 
     def _checkpoint_with_more_memory(self, exc: duckdb.Error | None = None) -> None:
         """A WAL written with large values may need more than the buffer pool to replay or checkpoint (a
@@ -846,7 +862,7 @@ class SpanStore:
 
     def read(self, sql: str, params: list | None = None) -> list[tuple]:
         """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""
-        cursor = self._con.cursor()
+        cursor = self._cursor()
         try:
             return cursor.execute(sql, params or []).fetchall()
         finally:
@@ -878,7 +894,7 @@ class SpanStore:
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
-        cursor = self._con.cursor()  # its own connection: readers never wait for the writer's lock
+        cursor = self._cursor()
         try:
             return run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         finally:
@@ -948,7 +964,7 @@ def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, 
     def write() -> None:
         import pyarrow.dataset as pads  # here: Parquet/dataset libraries cost ~15 MiB RSS once loaded
 
-        cur = con.cursor()
+        cur = cursor_on_store(con)
         try:
             reader = cur.sql(sql, params=params).to_arrow_reader(65_536)
             pads.write_dataset(reader, out, format="parquet", partitioning=["date", "hour"],
@@ -964,6 +980,54 @@ def export_parquet(con: duckdb.DuckDBPyConnection, lock: threading.Lock | None, 
         with lock:
             write()
     return sorted(written)
+
+
+# DuckDB's row group size for the store (its default: 122,880 rows).  An insert of at least a row group is
+# written to the database file compressed, at once ("optimistic write"), instead of row by row into the WAL
+# and compressed again at the next checkpoint.  The loader inserts up to SpoolSettings.flush_spans rows per
+# transaction, or what came in during flush_interval: under load, several thousand.  Measured on bench spans
+# (whole insert transaction, CPU per span, 393k spans; scratch script): 8,192-span inserts 22.2 us with row
+# groups of 8,192 against 27.2 with DuckDB's default, 12,000-span inserts 18.1; in the running pipeline at
+# max rate the loader thread went from 28 to 20 us per span.  Smaller groups than this compress worse.  It
+# is an option of ATTACH (not of a connection's config, and not kept in the file), hence the in-memory
+# instance the store is attached to.
+ROW_GROUP_SIZE = 8_192
+
+
+def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnection:
+    """An instance with the store file attached (row groups of ROW_GROUP_SIZE) as its default database,
+    under the name a plain ``duckdb.connect(path)`` gives it (the file's stem)."""
+    p = Path(path)
+    con = duckdb.connect(config=config)
+    try:
+        name = _ident(p.stem)
+        con.execute(f"ATTACH {_literal(str(p))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
+        con.execute(f"USE {name}").fetchall()
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def cursor_on_store(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A new connection to ``con``'s instance on ``con``'s database: a cursor starts on the instance's
+    default (for an attached store, the empty in-memory one), not on the database ``con`` uses."""
+    cur = con.cursor()
+    (name,) = cur.execute("SELECT current_database()").fetchall()[0]
+    if name == "memory":
+        dbs = [r[0] for r in cur.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal "
+                                         "AND database_name <> 'memory'").fetchall()]
+        if len(dbs) == 1:
+            cur.execute(f"USE {_ident(dbs[0])}").fetchall()
+    return cur
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def default_spool_dir(store_path: str | os.PathLike) -> str:

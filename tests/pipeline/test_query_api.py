@@ -144,7 +144,7 @@ def test_files_in_the_data_directory_cannot_be_read(pipeline):
 
 def test_the_store_database_itself_opens_no_file_in_the_data_directory(pipeline):
     (pipeline.data_dir / "planted.csv").write_text("a\n1\n")
-    cursor = pipeline.store._con.cursor()
+    cursor = pipeline.store._cursor()
     try:
         with pytest.raises(duckdb.PermissionException):
             cursor.execute(f"SELECT * FROM read_csv('{pipeline.data_dir}/planted.csv')").fetchall()
