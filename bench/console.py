@@ -42,10 +42,69 @@ def prepare(src: Path, dst: Path) -> None:
     con.close()
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by thread name (/proc/self/task)."""
+    import os
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(tid)) or f"(native) {comm}"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def idle_cpu(seconds: float) -> None:
+    """The pipeline's CPU while nobody asks anything, in total and per thread (DuckDB's own threads are
+    native ones: counted by their name, together)."""
+    before, wall, cpu = thread_cpu(), time.perf_counter(), time.process_time()
+    time.sleep(seconds)
+    after, wall, cpu = thread_cpu(), time.perf_counter() - wall, time.process_time() - cpu
+    per_thread(f"pipeline process CPU while nobody asks anything: {cpu / wall * 100:.1f}% of a core over {wall:.0f}s",
+               before, after, wall, cpu)
+
+
+def per_thread(title: str, before: dict[str, float], after: dict[str, float], wall: float, cpu: float) -> None:
+    """Each thread's share of a core over ``wall`` seconds; what threads that ended meanwhile used (e.g.
+    span-store-verify finishing its pass) is the process's ``cpu`` the live ones do not account for."""
+    print(title)
+    used = {n: after[n] - before.get(n, 0.0) for n in after}
+    for name, seconds in sorted(used.items(), key=lambda x: -x[1]):
+        if seconds > 0:
+            print(f"  {seconds / wall * 100:5.1f}% of a core  {name}")
+    ended = cpu - sum(max(s, 0.0) for s in used.values())
+    if ended > 0.01 * wall:
+        print(f"  {ended / wall * 100:5.1f}% of a core  (threads that ended meanwhile)")
+
+
+def page_work(service, runs: int) -> None:
+    """The overview's own work (reads and rows, no HTTP), in this thread: wall and this thread's CPU
+    (DuckDB's own threads excluded; on a shared box the CPU figure is the steadier one)."""
+    (console,) = service.components_of("console")
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        console.overview_rows()
+        walls.append((time.perf_counter() - wall) * 1000)
+        cpus.append((time.thread_time() - cpu) * 1000)
+    print(f"overview rows in-process: wall median {statistics.median(walls):.1f} ms (min {min(walls):.1f}), "
+          f"CPU median {statistics.median(cpus):.1f} ms (min {min(cpus):.1f}) over {runs} runs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default="/tmp/agent-sre-bench")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measured after the requests")
     args = parser.parse_args()
     from agent_sre.pipeline.service.config import parse_config
     from agent_sre.pipeline.service.graph import Service
@@ -95,17 +154,19 @@ service:
             time.sleep(1)
         shown = page.count("<tr data-agent=")
         times = []
+        during = thread_cpu(), time.perf_counter(), time.process_time()
         for _ in range(args.runs):
             t0 = time.perf_counter()
             with urllib.request.urlopen(url, timeout=60) as r:
                 r.read()
             times.append((time.perf_counter() - t0) * 1000)
-        import psutil
-
-        me = psutil.Process()
-        me.cpu_percent(None)
-        time.sleep(5)
-        print(f"pipeline process CPU while nobody asks anything: {me.cpu_percent(None):.0f}%")
+        after = thread_cpu()
+        per_thread("CPU per thread while the requests were timed (the bench's client is MainThread)", during[0],
+                   after, time.perf_counter() - during[1], time.process_time() - during[2])
+        serving = sum(after[n] - during[0].get(n, 0.0) for n in after if n.startswith(("console", "agent-sre-http")))
+        print(f"CPU per request (console workers and the HTTP loop): {serving / args.runs * 1000:.1f} ms")
+        page_work(service, args.runs)
+        idle_cpu(args.idle)
         spans = service.exporters["duckdb"].store.read("SELECT count(*) FROM span_rows", [])[0][0]
         times.sort()
         print(f"GET /ui: {shown} agents, {spans:,} spans stored: median {statistics.median(times):.1f} ms, "

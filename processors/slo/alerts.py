@@ -20,7 +20,7 @@ from enum import Enum
 
 import numpy as np
 
-from agent_sre.processors.slo.budget import MinuteSeries, window_label
+from agent_sre.processors.slo.budget import EventWindows, MinuteSeries, window_label
 
 __all__ = ["DEFAULT_RULES", "AlertEvent", "AlertTracker", "BurnRateRule", "SloStatus", "slo_status"]
 
@@ -45,13 +45,14 @@ class BurnRateRule:
         long, short = window_label(self.long_minutes), window_label(self.short_minutes)
         return f"{self.severity}:{self.factor:g}x:{long}/{short}"
 
-    def burns(self, series: MinuteSeries, at_minute: int, target: float) -> tuple[float, float]:
+    def burns(self, series: EventWindows, at_minute: int, target: float) -> tuple[float, float]:
         long = float(series.burn_rates(at_minute, self.long_minutes, target))
         short = float(series.burn_rates(at_minute, self.short_minutes, target))
         return long, short
 
-    def firing(self, series: MinuteSeries, at_minute: int, target: float) -> bool:
-        return bool(self.firing_at(series, at_minute, target))
+    def firing(self, series: EventWindows, at_minute: int, target: float) -> bool:
+        long, short = self.burns(series, at_minute, target)
+        return long >= self.factor and short >= self.factor
 
     def firing_at(self, series: MinuteSeries, minutes, target: float) -> np.ndarray:
         """``firing`` at each of ``minutes`` (vectorised: a what-if replays a day of minutes at once)."""
@@ -76,7 +77,7 @@ class SloStatus(str, Enum):
     EXHAUSTED = "exhausted"  # no budget left over the SLO window
 
 
-def slo_status(series: MinuteSeries, at_minute: int, target: float, window_minutes: int,
+def slo_status(series: EventWindows, at_minute: int, target: float, window_minutes: int,
                rules: tuple[BurnRateRule, ...] = DEFAULT_RULES) -> SloStatus:
     if series.budget(at_minute, window_minutes, target).exhausted:
         return SloStatus.EXHAUSTED
@@ -105,7 +106,7 @@ class AlertTracker:
     rules: tuple[BurnRateRule, ...] = DEFAULT_RULES
     firing: set[BurnRateRule] = field(default_factory=set)
 
-    def evaluate(self, series: MinuteSeries, at_minute: int) -> list[AlertEvent]:
+    def evaluate(self, series: EventWindows, at_minute: int) -> list[AlertEvent]:
         events = []
         for rule in self.rules:
             long, short = rule.burns(series, at_minute, self.target)

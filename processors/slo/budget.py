@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BudgetStatus", "MinuteSeries", "allowed_error_rate", "burn_rate", "error_budget", "window_label"]
+__all__ = ["BudgetStatus", "EventWindows", "MinuteSeries", "WindowCounts", "allowed_error_rate", "burn_rate", "error_budget",
+           "window_label"]
 
 _EPSILON = 1e-9  # a budget spent to within this is spent
 
@@ -87,8 +88,41 @@ def error_budget(good: int, total: int, target: float) -> BudgetStatus:
     return BudgetStatus(total=int(total), bad=int(total - good), target=target)
 
 
+class EventWindows:
+    """Burn rates and budgets from ``window``: the one data access of MinuteSeries and WindowCounts."""
+
+    def window(self, end_minute, minutes: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def burn_rates(self, end_minute, minutes: int, target: float) -> np.ndarray:
+        """Burn rate over the window ending at each of ``end_minute`` (vectorised)."""
+        allowed = allowed_error_rate(target)
+        good, total = self.window(end_minute, minutes)
+        return np.where(total > 0, (total - good) / np.maximum(total, 1) / allowed, 0.0)
+
+    def budget(self, end_minute: int, minutes: int, target: float) -> BudgetStatus:
+        good, total = self.window(end_minute, minutes)
+        return error_budget(int(good), int(total), target)
+
+
 @dataclass(frozen=True)
-class MinuteSeries:
+class WindowCounts(EventWindows):
+    """(good, total) of one subject over a few windows, all ending at ``end_minute``: what a whole
+    evaluation needs, summed in the store (one aggregate per window) instead of minute by minute."""
+
+    end_minute: int
+    counts: dict[int, tuple[int, int]]  # window minutes -> (good, total)
+
+    def window(self, end_minute, minutes: int) -> tuple[np.ndarray, np.ndarray]:
+        if end_minute != self.end_minute or minutes not in self.counts:
+            raise ValueError(f"counted the windows {sorted(self.counts)} ending at minute {self.end_minute}, "
+                             f"not {minutes} ending at {end_minute}")
+        good, total = self.counts[minutes]
+        return np.asarray(good, dtype=np.int64), np.asarray(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class MinuteSeries(EventWindows):
     """Per-minute (good, total) counts of one SLI for one subject, from ``start_minute`` on.
 
     Minutes are integers (Unix time // 60).  Window sums use prefix sums, so evaluating
@@ -134,13 +168,3 @@ class MinuteSeries:
         end = np.clip(end_at, 0, n)
         begin = np.clip(end_at - minutes, 0, n)
         return self._cum_good[end] - self._cum_good[begin], self._cum_total[end] - self._cum_total[begin]
-
-    def burn_rates(self, end_minute, minutes: int, target: float) -> np.ndarray:
-        """Burn rate over the window ending at each of ``end_minute`` (vectorised)."""
-        allowed = allowed_error_rate(target)
-        good, total = self.window(end_minute, minutes)
-        return np.where(total > 0, (total - good) / np.maximum(total, 1) / allowed, 0.0)
-
-    def budget(self, end_minute: int, minutes: int, target: float) -> BudgetStatus:
-        good, total = self.window(end_minute, minutes)
-        return error_budget(int(good), int(total), target)

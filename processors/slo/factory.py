@@ -26,7 +26,7 @@ from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.processors.slo.alerts import DEFAULT_RULES, AlertEvent, AlertTracker, BurnRateRule, slo_status
-from agent_sre.processors.slo.budget import MinuteSeries, allowed_error_rate, window_label
+from agent_sre.processors.slo.budget import WindowCounts, allowed_error_rate, window_label
 from agent_sre.processors.slo.openslo import load_openslo
 
 log = logging.getLogger("agent_sre.slo")
@@ -120,19 +120,11 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
     for obj in objectives:
         rules = obj.burn_rules
         window = _minutes(obj.window)
-        longest = max([window, *(r.long_minutes for r in rules)])
-        version = "agent_version" if obj.per_version else "''"
-        data = query(f"SELECT agent_id, {version}, minute, sum(good), sum(total) FROM sli_minutes WHERE sli = ? "
-                     "AND minute >= ? AND minute < ? GROUP BY ALL ORDER BY ALL",
-                     [obj.sli, now_minute - longest, now_minute])
-        for subject in sorted({(r[0], r[1]) for r in data}):
-            agent, ver = subject
-            mine = [r for r in data if (r[0], r[1]) == subject]
-            series = MinuteSeries.from_minutes([r[2] for r in mine], [r[3] for r in mine], [r[4] for r in mine])
+        alerting = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
+        for (agent, ver), series in sorted(window_counts(query, obj, sorted({window, *alerting}), now_minute).items()):
+            subject = (agent, ver)
+            burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6) for m in alerting}
             budget = series.budget(now_minute, window, obj.target)
-            windows = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
-            burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6)
-                     for m in windows}
             who = (agent or "(none)") + (f"@{ver}" if obj.per_version else "")
             if trackers is not None:
                 tracker = trackers.setdefault((obj.name, agent, ver), AlertTracker(obj.target, rules))
@@ -155,6 +147,20 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
             })
     return rows
 
+
+def window_counts(query: Query, obj: Objective, windows: list[int], now_minute: int) -> dict[tuple[str, str], WindowCounts]:
+    """(good, total) of each subject over each of ``windows`` ending at ``now_minute``, in one aggregate over
+    the rollup: one row per subject, whatever the number of minutes.  Measured (100 agents, a week of
+    minutes, bench/console.py): fetching every (agent, minute) row and summing in Python took 0.6 s of
+    CPU per evaluation, and evaluations run after every commit (at most once per min_interval)."""
+    version = "agent_version" if obj.per_version else "''"
+    sums = ", ".join(f"coalesce(sum(good) FILTER (WHERE minute >= {now_minute - m}), 0), "
+                     f"coalesce(sum(total) FILTER (WHERE minute >= {now_minute - m}), 0)" for m in windows)
+    data = query(f"SELECT agent_id, {version}, {sums} FROM sli_minutes WHERE sli = ? AND minute >= ? AND minute < ? "
+                 "GROUP BY ALL", [obj.sli, now_minute - windows[-1], now_minute])
+    return {(r[0], r[1]): WindowCounts(now_minute, {m: (int(r[2 + 2 * i]), int(r[3 + 2 * i]))
+                                                    for i, m in enumerate(windows)})
+            for r in data}
 
 
 class SloProcessor(Stage):

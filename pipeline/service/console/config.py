@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from agent_sre.pipeline.component.auth import SECRET_SAFE_ERRORS
 from agent_sre.pipeline.component.config import ConfigModel, Duration, HostPort
@@ -17,6 +17,7 @@ class ConsoleConfig(ConfigModel):
     endpoint: HostPort = ADMIN_ENDPOINT
     # The same keys as the admin API's `auth`; with reads: true every page needs one (Authorization:
     # Bearer, or X-Api-Key, e.g. set by a reverse proxy), else pages are open like the admin API's GETs.
+    # A key with a tenant (which needs reads: true) sees that tenant's data only (scope.py).
     auth: AdminAuthConfig | None = None
     allowed_hosts: list[str] = Field(default_factory=list)  # as the admin API's (admin_guard.py)
     storage: str = ""  # which duckdb exporter's store; empty: the only one
@@ -25,10 +26,3 @@ class ConsoleConfig(ConfigModel):
     # The SQL box's limits (the sandbox of POST /v1/query): rows shown and downloaded, time.
     max_rows: int = Field(default=1_000, gt=0)
     query_timeout: Duration = Field(default="10s", gt=0)  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _no_tenant_keys(self) -> ConsoleConfig:
-        if self.auth is not None and any(k.tenant for k in self.auth.keys):
-            raise ValueError("the console shows every tenant's data: keys with a tenant are not supported here "
-                             "(use the admin API for a tenant's callers)")
-        return self

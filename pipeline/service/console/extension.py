@@ -1,4 +1,5 @@
-"""The console extension: the pages' routes on the admin API's listener, behind the same guard and keys."""
+"""The console extension: the pages' routes on the admin API's listener, behind the same guard and keys.
+A key with a tenant sees that tenant's data only (scope.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from agent_sre.pipeline.component.capabilities import (
 )
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.httpserver import PATH_PARAMS, Handler
+from agent_sre.pipeline.service.admin import PRINCIPAL
 from agent_sre.pipeline.service.admin_guard import QueryAdmission, RequestGuard
+from agent_sre.pipeline.service.admin_tenants import TenantAgents, tenant_costs
 from agent_sre.pipeline.service.console import fleet, pages
 from agent_sre.pipeline.service.console.config import ConsoleConfig
+from agent_sre.pipeline.service.console.scope import EVERYONE, Viewer
 from agent_sre.pipeline.service.console.search import SearchError, TraceSearch
 from agent_sre.pipeline.service.console.static import CSS, JS
 from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
@@ -54,6 +58,7 @@ class Console(Extension):
         self._guard = RequestGuard(self.config.endpoint, self.config.allowed_hosts, [])
         auth = self.config.auth
         self._auth = Authenticator(auth, str(self.id), self.logger) if auth is not None and auth.reads else None
+        self._tenant_agents: TenantAgents | None = None
         for path, handler in (("/ui", self._overview), ("/ui/slo", self._slo), ("/ui/costs", self._costs),
                               ("/ui/incidents", self._incidents), ("/ui/incidents/{id}", self._incident),
                               ("/ui/traces", self._traces), ("/ui/traces/{id}", self._trace), ("/ui/sql", self._sql),
@@ -73,7 +78,8 @@ class Console(Extension):
                 return web.Response(text=refusal.message, status=refusal.status, headers=HEADERS)
             if authenticator is not None:
                 try:
-                    authenticator.authenticate(request.headers.get("Authorization"), request.headers.get("X-Api-Key"))
+                    request[PRINCIPAL] = authenticator.authenticate(request.headers.get("Authorization"),
+                                                                    request.headers.get("X-Api-Key"))
                 except AuthFailure as exc:
                     authenticator.log_failure("http", exc, request.remote)
                     self._host.telemetry.auth_failures.labels(str(self.id), "http", exc.reason).inc()
@@ -102,6 +108,27 @@ class Console(Extension):
         except CapabilityError:
             return None
 
+    async def _viewer(self, request: web.Request, agent: str | None = None) -> Viewer:
+        """Who asks: everyone's data without a tenant, else the tenant's agents (``agent``: the one asked
+        for), from memory when read lately (admin_tenants.py), else read in the pool."""
+        principal = request.get(PRINCIPAL)
+        if principal is None or principal.tenant is None:
+            return EVERYONE
+        if self._tenant_agents is None:
+            read = self._read()
+            if read is None:
+                return Viewer(principal.tenant, frozenset())  # nothing stored: no agent is anyone's
+            self._tenant_agents = TenantAgents(read)
+        found = self._tenant_agents.cached(principal.tenant, agent)
+        if found is None:
+            found = await self._run(self._tenant_agents.of, principal.tenant, agent)
+        return Viewer(principal.tenant, found)
+
+    def _not_the_tenants(self, viewer: Viewer, what: str) -> web.Response:
+        """404 for another tenant's agent, incident or trace: the same answer as for none, counted."""
+        self._host.telemetry.admin_refused.labels(str(self.id), "tenant_scope").inc()
+        return self._page("Not found", "/ui", pages.note(pages.escape(viewer.refusal(what))), 404)
+
     # --- pages ---------------------------------------------------------------------------------
 
     def overview_rows(self, now_s: float | None = None) -> tuple[list[dict], list[str]]:
@@ -125,20 +152,26 @@ class Console(Extension):
 
     async def _overview(self, request: web.Request) -> web.Response:
         sort, text = request.query.get("sort", "status"), request.query.get("q", "")
+        viewer = await self._viewer(request)
         rows, notes = await self._run(self.overview_rows)
+        rows = viewer.mine(rows)
         try:
             rows = fleet.sort_and_filter(rows, sort, text)
         except ValueError as exc:
             return self._page("Fleet", "/ui", pages.note(str(exc)), status=400)
-        return self._page("Fleet", "/ui", pages.overview(rows, notes, sort, text, self.config.refresh),
-                          refresh=self.config.refresh)
+        # Rendered in the pool too: ~10 ms for 100 agents' sparklines would hold the admin API's event loop.
+        body = await self._run(pages.overview, rows, notes, sort, text, self.config.refresh)
+        return self._page("Fleet", "/ui", body, refresh=self.config.refresh)
 
     async def _slo(self, request: web.Request) -> web.Response:
         procs = self._host.all(SloReports)
         if not procs:
             return self._page("SLOs", "/ui/slo", pages.note(f"No SLOs: {TURN_ON['slo']}."))
         agent, slo = request.query.get("agent", ""), request.query.get("slo", "")
-        rows = [r for p in procs for r in p.last_report if not agent or r["agent_id"] == agent]
+        viewer = await self._viewer(request, agent or None)
+        if agent and not viewer.sees(agent):
+            return self._not_the_tenants(viewer, f"agent {agent!r}")
+        rows = viewer.mine([r for p in procs for r in p.last_report if not agent or r["agent_id"] == agent])
         if not slo:
             return self._page("SLOs" + (f" of {agent}" if agent else ""), "/ui/slo", pages.slo_list(rows))
         found = next((r for r in rows if r["slo"] == slo), None)
@@ -162,13 +195,16 @@ class Console(Extension):
         except ValueError:
             return self._page("Costs", "/ui/costs", pages.note("days is a whole number from 1 to 366"), 400)
         read = self._read()
+        viewer = await self._viewer(request)
 
         def gather():
             answers = [p.costs(days) for p in procs]
+            if viewer.tenant is not None:
+                answers = [tenant_costs(a, viewer.tenant, viewer.agents or frozenset()) for a in answers]
             answer = {"summary": [r for a in answers for r in a["summary"]],
                       "budgets": fleet.marked([b for a in answers for b in a["budgets"]], fleet.budget_marks(procs))}
-            extra = (fleet.anomaly_days(read, days), fleet.top_tasks(read, days), fleet.spend_per_tenant(read, days)) \
-                if read else (set(), [], [])
+            extra = (fleet.anomaly_days(read, days, viewer.agents), fleet.top_tasks(read, days, agents=viewer.agents),
+                     fleet.spend_per_tenant(read, days, viewer.tenant)) if read else (set(), [], [])
             return answer, *extra
 
         answer, anomalies, top, tenants = await self._run(gather)
@@ -183,7 +219,8 @@ class Console(Extension):
             return self._page("Incidents", "/ui/incidents", pages.note(f"No incidents: {TURN_ON['incidents']}."))
         every = request.query.get("all", "false").lower() in ("1", "true", "yes")
         agent = request.query.get("agent", "")
-        listed = [i for i in await self._run(procs[0].list, every) if not agent or i["agent_id"] == agent]
+        viewer = await self._viewer(request)
+        listed = viewer.mine([i for i in await self._run(procs[0].list, every) if not agent or i["agent_id"] == agent])
         return self._page("Incidents" if not every else "All incidents", "/ui/incidents", pages.incidents(listed))
 
     async def _incident(self, request: web.Request) -> web.Response:
@@ -191,7 +228,11 @@ class Console(Extension):
         if not procs:
             return self._page("Incidents", "/ui/incidents", pages.note(f"No incidents: {TURN_ON['incidents']}."))
         ident = request[PATH_PARAMS]["id"]
-        found, postmortem = await self._run(lambda: (procs[0].show(ident), procs[0].postmortem(ident)))
+        found = await self._run(procs[0].show, ident)
+        viewer = await self._viewer(request, found.get("agent_id") if found else None)
+        if viewer.tenant is not None and (found is None or not viewer.sees(found.get("agent_id"))):
+            return self._not_the_tenants(viewer, f"incident {ident!r}")  # absent or another's: one answer
+        postmortem = await self._run(procs[0].postmortem, ident) if found is not None else None
         if found is None:
             return self._page("Incidents", "/ui/incidents", pages.note(f"no incident {pages.escape(ident)}"), 404)
         return self._page(f"Incident {ident}", "/ui/incidents", pages.incident(found, postmortem or ""))
@@ -205,7 +246,7 @@ class Console(Extension):
             search = TraceSearch.parse(form)
         except SearchError as exc:
             return self._page("Traces", "/ui/traces", pages.note(pages.escape(str(exc))) + pages.trace_search(form, [], ""), 400)
-        sql, params = search.sql()
+        sql, params = search.sql((await self._viewer(request)).agents)
         found = await self._run(read, sql, params)
         return self._page("Traces", "/ui/traces", pages.trace_search(form, found, search.describe()))
 
@@ -217,25 +258,31 @@ class Console(Extension):
         if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
             return self._page("Trace", "/ui/traces", pages.note("a trace id is 32 hex digits"), 400)
         analysis = found[0]
+        viewer = await self._viewer(request)
 
         def gather():
-            doc = analysis.trace(trace_id, True, None)
-            contents = analysis.contents(trace_id, None) if doc else {}
+            doc = analysis.trace(trace_id, True, viewer.agents)
+            contents = analysis.contents(trace_id, viewer.agents) if doc else {}
             return doc, contents
 
         try:
             doc, contents = await self._run(gather)
         except CapabilityError:
             return self._page("Trace", "/ui/traces", pages.note(f"No span store: {TURN_ON['store']}."), 503)
+        if doc is None and viewer.tenant is not None:
+            return self._not_the_tenants(viewer, f"trace {trace_id!r}")
         if doc is None:
             return self._page("Trace", "/ui/traces", pages.note(f"no trace {trace_id} in the store"), 404)
         return self._page(f"Trace {trace_id}", "/ui/traces", pages.waterfall(doc, contents))
 
     # --- SQL -----------------------------------------------------------------------------------
 
-    async def _answer(self, sql: str):
+    async def _answer(self, request: web.Request, sql: str):
+        """The SQL box's answer, through the sandbox (a tenant's key: scoped to its rows, tenants.py)."""
         store = self._host.get(SpanStore, self.config.storage, str(self.id))
-        limits = QueryLimits(max_rows=self.config.max_rows, timeout_s=self.config.query_timeout)
+        principal = request.get(PRINCIPAL)
+        limits = QueryLimits(max_rows=self.config.max_rows, timeout_s=self.config.query_timeout,
+                             tenant=principal.tenant if principal is not None else None)
         return await self._queries.run(time.monotonic() + limits.timeout_s, store.query, sql, 0, 0.0, limits)
 
     async def _sql(self, request: web.Request) -> web.Response:
@@ -246,7 +293,7 @@ class Console(Extension):
             return self._page("SQL", "/ui/sql", pages.sql("SELECT agent_id, count(*) AS spans FROM spans GROUP BY ALL "
                                                           "ORDER BY spans DESC", None, None))
         try:
-            result = await self._answer(text)
+            result = await self._answer(request, text)
         except QueryError as exc:
             return self._page("SQL", "/ui/sql", pages.sql(text, None, str(exc)), status=exc.status)
         return self._page("SQL", "/ui/sql", pages.sql(text, result, None))
@@ -256,7 +303,7 @@ class Console(Extension):
         try:
             if self._read() is None:
                 raise QueryError("no span store configured", 503)
-            result = await self._answer(text)
+            result = await self._answer(request, text)
         except QueryError as exc:
             return web.Response(text=str(exc), status=exc.status, headers=HEADERS)
         out = io.StringIO()

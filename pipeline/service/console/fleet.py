@@ -174,18 +174,28 @@ def spend_per_day(summary: list[dict]) -> list[tuple[str, float]]:
     return sorted((d, round(v, 6)) for d, v in days.items())
 
 
-def anomaly_days(read: Read, days: int) -> set[str]:
+def _of(column: str, agents: frozenset[str] | None) -> tuple[str, list]:
+    """A condition keeping ``agents``' rows (none: every row), and its parameter."""
+    return ("", []) if agents is None else (f" AND list_contains(?::VARCHAR[], {column})", [sorted(agents)])
+
+
+def anomaly_days(read: Read, days: int, agents: frozenset[str] | None = None) -> set[str]:
     since = int((time.time() - days * 86400) * 1e9)
+    mine, params = _of("labels['agent_id']", agents)
     return {d for (d,) in read("SELECT DISTINCT strftime(to_timestamp(time_ns / 1e9), '%Y-%m-%d') FROM events "
-                               "WHERE kind = 'anomaly' AND state = 'firing' AND time_ns >= ?", [since])}
+                               f"WHERE kind = 'anomaly' AND state = 'firing' AND time_ns >= ?{mine}", [since, *params])}
 
 
-def top_tasks(read: Read, days: int, limit: int = 10) -> list[tuple]:
+def top_tasks(read: Read, days: int, limit: int = 10, agents: frozenset[str] | None = None) -> list[tuple]:
     since = int((time.time() - days * 86400) * 1e9)
-    return read("SELECT trace_id, agent_id, NULL, cost_usd FROM trace_rollups WHERE last_seen_ns >= ? AND cost_usd > 0 "
-                "ORDER BY cost_usd DESC LIMIT ?", [since, limit])
+    mine, params = _of("agent_id", agents)
+    return read("SELECT trace_id, agent_id, NULL, cost_usd FROM trace_rollups WHERE last_seen_ns >= ? AND cost_usd > 0"
+                f"{mine} ORDER BY cost_usd DESC LIMIT ?", [since, *params, limit])
 
 
-def spend_per_tenant(read: Read, days: int) -> list[tuple]:
+def spend_per_tenant(read: Read, days: int, tenant: str | None = None) -> list[tuple]:
+    """Spend per tenant (``tenant``: that one's line only)."""
     first = int(time.time() // 60) - days * 1440
-    return read("SELECT tenant, sum(cost_usd) FROM cost_minutes WHERE minute >= ? GROUP BY 1 ORDER BY 2 DESC", [first])
+    mine, params = ("", []) if tenant is None else (" AND tenant = ?", [tenant])
+    return read(f"SELECT tenant, sum(cost_usd) FROM cost_minutes WHERE minute >= ?{mine} GROUP BY 1 ORDER BY 2 DESC",
+                [first, *params])

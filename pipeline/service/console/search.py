@@ -44,7 +44,9 @@ class TraceSearch:
         a, b = (dt.datetime.fromtimestamp(t / 1e9, dt.timezone.utc).strftime(fmt) for t in (self.start_ns, self.end_ns))
         return f"traces started {a} – {b} UTC, newest first, at most {MAX_TRACES}"
 
-    def sql(self) -> tuple[str, list]:
+    def sql(self, agents: frozenset[str] | None = None) -> tuple[str, list]:
+        """The statement and its parameters; ``agents``: only traces every agent of which is among them (a
+        tenant's, as the admin API shows a tenant a trace)."""
         where, params = ["start_ns >= ?", "start_ns < ?"], [self.start_ns, self.end_ns]
         roots = ["parent_span_id IS NULL"]
         if self.agent:
@@ -55,7 +57,11 @@ class TraceSearch:
         if self.task:
             roots.append("task_name = ?")
             params_roots.append(self.task)
-        having, params_having = [], []
+        having: list[str] = []
+        params_having: list = []
+        if agents is not None:
+            having.append("bool_and(agent_id IS NULL OR list_contains(?::VARCHAR[], agent_id))")
+            params_having.append(sorted(agents))
         if self.status == "error":
             having.append("errors > 0")
         elif self.status == "ok":
