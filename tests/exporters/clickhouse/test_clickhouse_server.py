@@ -1,6 +1,7 @@
 """The clickhouse exporter against a real ClickHouse 18.16 (Debian's clickhouse-server; the compat schema):
-the network path, batching through the exporter helper, retries across an outage, exactly-once per batch,
-and fleet SQL over two pipelines."""
+the network path, batching through the exporter helper, merged inserts, retries across an outage,
+exactly-once per batch (also when a restart merges the pending batches differently), and fleet SQL over
+two pipelines."""
 
 from __future__ import annotations
 
@@ -96,28 +97,34 @@ def test_a_retried_batch_is_stored_once(clickhouse, pipelines):
     assert eventually(lambda: count(clickhouse, "retry") == 50)
     assert exporter.deduplicated == 0 and sum(t.num_rows for t in sent) == 50
     # The same batches again, as a retry after a lost answer or a restart from the persistent queue sends them:
+    queued = sum(len(set(t.column("batch_id").to_pylist())) for t in sent)  # each send: merged queued batches
     for batch in list(sent):
         assert real_send(batch).ok
-    assert exporter.deduplicated == len(sent) >= 1
+    assert exporter.deduplicated == queued >= 1
     assert count(clickhouse, "retry") == 50
     assert eventually(lambda: count(clickhouse, "retry", "SELECT sum(spans) FROM {db}.rollup_minute") == 50)
     time.sleep(0.5)
     assert count(clickhouse, "retry", "SELECT sum(spans) FROM {db}.rollup_minute") == 50
 
 
-def test_spans_sent_during_an_outage_arrive_once_after_it(clickhouse, pipelines):
-    p = pipelines(clickhouse, "outage", "a")
+def test_spans_sent_during_an_outage_arrive_once_after_it_in_merged_inserts(clickhouse, pipelines):
+    p = pipelines(clickhouse, "outage", "a", sending_queue="{num_consumers: 1}")
     send(p, 10, "agent-o")
     assert eventually(lambda: count(clickhouse, "outage") == 10)
     clickhouse.stop()
     try:
-        for _ in range(3):
-            send(p, 100, "agent-o")  # acknowledged by the pipeline (duckdb), queued for ClickHouse
+        for _ in range(6):
+            send(p, 50, "agent-o")  # acknowledged by the pipeline (duckdb), queued for ClickHouse
+            time.sleep(0.05)  # past the batch processor's 5 ms timeout: a queued batch each
         time.sleep(1.0)  # a few failed attempts, retried
     finally:
         clickhouse.start_again()
     assert eventually(lambda: count(clickhouse, "outage") == 310, timeout=30), count(clickhouse, "outage")
     assert count(clickhouse, "outage", "SELECT uniqExact(span_id) FROM {db}.spans") == 310
+    # The consumer took the first queued batch (and what came within merge_timeout) and retried it; the
+    # rest waited and went out as one insert after the outage: at most 3 inserts for 7 queued batches.
+    exporter = p.service.exporters["clickhouse"]
+    assert exporter.inserts <= 3 < count(clickhouse, "outage", "SELECT uniqExact(batch_id) FROM {db}.spans")
     retries = [line for line in p.metrics().splitlines()
                if line.startswith('agent_sre_exporter_retries_total{exporter="clickhouse"}')]
     assert retries and float(retries[0].split()[-1]) >= 1  # the outage was met and retried, not skipped
@@ -156,3 +163,30 @@ def test_a_persistent_queue_delivers_after_a_restart_once(clickhouse, pipelines,
     assert eventually(lambda: count(clickhouse, "restart") == 90, timeout=30), count(clickhouse, "restart")
     time.sleep(0.5)
     assert count(clickhouse, "restart", "SELECT uniqExact(span_id) FROM {db}.spans") == 90 == count(clickhouse, "restart")
+
+
+def test_a_restart_that_merges_the_pending_batches_differently_stores_each_batch_once(clickhouse, pipelines):
+    """Batches a, b went out in one insert whose answer was lost; after a restart the queue holds a, b, c and
+    merges b with c: only c is new.  Each row carries its own batch's id, so the check finds a and b."""
+    from agent_sre.exporters.clickhouse.factory import with_batch_ids
+
+    p = pipelines(clickhouse, "regroup", "a")
+    exporter = p.service.exporters["clickhouse"]
+    first = [spans_table(n, f"agent-{k}", 1_700_000_000_000_000_000 + k * 10**9) for k, n in enumerate((30, 40, 50))]
+    a, b, c = first
+    assert exporter.send(with_batch_ids([a, b], "traces")).ok
+    assert count(clickhouse, "regroup") == 70
+    assert exporter.send(with_batch_ids([b, c], "traces")).ok
+    assert exporter.deduplicated == 1 and count(clickhouse, "regroup") == 120
+    assert exporter.send(with_batch_ids([c, a, b], "traces")).ok and exporter.send(b).ok
+    assert exporter.deduplicated == 5 and count(clickhouse, "regroup") == 120
+    assert count(clickhouse, "regroup", "SELECT uniqExact(agent_id, span_id) FROM {db}.spans") == 120
+    assert eventually(lambda: count(clickhouse, "regroup", "SELECT sum(spans) FROM {db}.rollup_minute") == 120)
+
+
+def spans_table(n: int, agent: str, start_ns: int) -> pa.Table:
+    from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+
+    return pa.Table.from_pylist([{"trace_id": f"{hash(agent) & 0xFFFF:028x}{i // 4:04x}", "span_id": f"{i:016x}",
+                                  "agent_id": agent, "start_ns": start_ns + i, "attributes": [("k", str(i))]}
+                                 for i in range(n)], schema=SPAN_SCHEMA)
