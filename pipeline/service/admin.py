@@ -509,6 +509,8 @@ class AdminApi(Extension):
             found = await asyncio.get_running_loop().run_in_executor(self._pool, call, chaos, *args)
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=404)
+        except TransitionError as exc:  # e.g. 503: the fleet's shared state is unreachable
+            return web.json_response({"error": str(exc)}, status=exc.status)
         except ValueError as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
         if found is None:

@@ -23,6 +23,7 @@ say which view decides.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -87,6 +88,50 @@ if last[2] then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+# Shared records (chaos experiments, rollouts): KEYS[1] the records hash (v:<id> version, d:<id> JSON
+# document, f:<id> 1 when final), KEYS[2] its change counter, KEYS[3] final ids by when they became final.
+# ARGV: mode, id, version, document, final (0/1), retention (s; from Redis's own clock).  mode "cas": write version
+# ARGV[3] + 1 only if the stored version is ARGV[3] (-1: absent).  mode "merge" (a reconcile): write
+# ARGV[3] as it is if the id is absent, or the stored record is not final and this one is final or newer
+# (a final one then gets the next version, so every pipeline adopts it).  Returns {written, version,
+# document, final} of what Redis holds afterwards.
+_RECORD = """
+local id, v, final = ARGV[2], tonumber(ARGV[3]), ARGV[5]
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v:' .. id) or '-1')
+local stored_final = redis.call('HGET', KEYS[1], 'f:' .. id) == '1'
+local new
+if ARGV[1] == 'cas' then
+  if cur == v then new = v + 1 end
+elseif cur < 0 then
+  new = v
+elseif not stored_final and (final == '1' or v > cur) then
+  new = math.max(v, cur + 1)
+end
+if not new then
+  return {0, cur, redis.call('HGET', KEYS[1], 'd:' .. id) or '', stored_final and 1 or 0}
+end
+redis.call('HSET', KEYS[1], 'v:' .. id, new, 'd:' .. id, ARGV[4], 'f:' .. id, final)
+local now = tonumber(redis.call('TIME')[1])
+if final == '1' then redis.call('ZADD', KEYS[3], now, id) else redis.call('ZREM', KEYS[3], id) end
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
+for _, o in ipairs(old) do
+  redis.call('HDEL', KEYS[1], 'v:' .. o, 'd:' .. o, 'f:' .. o)
+  redis.call('ZREM', KEYS[3], o)
+end
+redis.call('INCR', KEYS[2])
+return {1, new, ARGV[4], tonumber(final)}
+"""
+
+# KEYS[1] the last number given, KEYS[2] the records hash; ARGV[1] a floor (the caller's own highest
+# number: Redis may have restarted empty), ARGV[2] the id format.  The next number whose id is not taken.
+_NEXT_ID = """
+local n = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1]))
+repeat n = n + 1 until redis.call('HEXISTS', KEYS[2], 'v:' .. string.format(ARGV[2], n)) == 0
+redis.call('SET', KEYS[1], n)
+return n
 """
 
 
@@ -170,6 +215,8 @@ class SharedState:
         self._errors = (redis.RedisError, OSError)
         self._contribute = self._redis.register_script(_CONTRIBUTE)
         self._failures = self._redis.register_script(_FAILURES)
+        self._record = self._redis.register_script(_RECORD)
+        self._next_id = self._redis.register_script(_NEXT_ID)
         self.available = False
         self.down_since: float | None = time.time()  # not yet reached
         self.last_error = "not connected yet"
@@ -224,11 +271,16 @@ class SharedState:
         if self._gauge is not None:
             self._gauge.set(1)
 
-    def check_epoch(self) -> bool | None:
+    def check_epoch(self, claim_instance: bool = True) -> bool | None:
         """Whether Redis holds other data than when last asked (it restarted empty, or this is the first
-        call): then every contribution must be sent again.  None when unreachable."""
+        call): then every contribution must be sent again.  None when unreachable.  ``claim_instance``:
+        also claim (renew) this pipeline's instance name, which only per-instance data (contributions)
+        needs; shared records (``records``) are not per instance, so their users do not claim it (two
+        components of one pipeline claiming one name would be told they clash)."""
         def epoch(r) -> str:
             key, mine = f"{self.prefix}:epoch", f"{self.prefix}:instance:{self.instance}"
+            if not claim_instance:
+                return (r.set(key, uuid.uuid4().hex, nx=True, get=True) or r.get(key)).decode()
             pipe = r.pipeline(transaction=False)
             pipe.set(key, uuid.uuid4().hex, nx=True)
             pipe.get(key)
@@ -318,6 +370,11 @@ class SharedState:
                     out[(budget, period, subject)] = (float(value), int(fields.get(f"calls:{subject}", 0)))
         return out
 
+    # --- records (chaos experiments, rollouts) -------------------------------------------
+
+    def records(self, kind: str, retention_s: float = 86400.0) -> SharedRecords:
+        return SharedRecords(self, kind, retention_s)
+
     # --- breakers ----------------------------------------------------------------------
 
     def breaker(self, agent: str, tool: str = "") -> SharedBreaker:
@@ -386,3 +443,106 @@ class SharedBreaker:
         return {"state": f["state"], "since": float(f["since"]),
                 "open_until": float(f["open_until"]) if f.get("open_until") else None, "by": f.get("by", ""),
                 "reason": f.get("reason", "")}
+
+
+@dataclass(frozen=True)
+class SharedRecord:
+    """One record as the fleet holds it: a version bumped by every change, and the document."""
+
+    version: int
+    final: bool  # no change after this one (an ended experiment, a finished rollout)
+    doc: dict
+
+
+class SharedRecords:
+    """Records of one kind every pipeline of the fleet changes (chaos experiments, rollouts), each
+    changed by compare-and-set on its version, so a change computed from version v is applied once and
+    only if nobody changed the record since (``put``).
+
+    Each pipeline keeps its records in memory (what it decides from) and calls ``sync`` every refresh:
+    one GET of the change counter, and the whole hash only when it moved, so the staleness of a
+    pipeline's view is its refresh interval.  While Redis is unreachable a pipeline may make *final*
+    changes only (end an experiment, roll back, abort: changes that stop something); ``sync`` merges
+    them when Redis is back (a final record wins over a running one; between two final ones the first
+    in Redis stays), and, after Redis restarted empty, writes every local record back.  Final records
+    are forgotten ``retention_s`` after they became final.
+    """
+
+    def __init__(self, state: SharedState, kind: str, retention_s: float = 86400.0):
+        self.state, self.kind, self.retention_s = state, kind, retention_s
+        base = f"{state.prefix}:{kind}"
+        self._keys = [base, f"{base}:changes", f"{base}:finals"]
+        self._seen: int | None = None  # the change counter at the last read
+        self._synced = False  # whether the last sync reached Redis (else the next one reconciles)
+
+    def _call(self, mode: str, record_id: str, version: int, doc: dict, final: bool) -> tuple[bool, SharedRecord] | None:
+        args: list[str | int] = [mode, record_id, version, json.dumps(doc, sort_keys=True), int(final), repr(self.retention_s)]
+        reply = self.state.run(lambda r: self.state._record(keys=self._keys, args=args))
+        if reply is None:
+            return None
+        written, now_version, text, now_final = reply
+        held = SharedRecord(int(now_version), bool(int(now_final)), json.loads(text) if text else {})
+        return bool(int(written)), held
+
+    def put(self, record_id: str, expected: int, doc: dict, final: bool = False) -> tuple[bool, SharedRecord] | None:
+        """Write ``doc`` as version ``expected + 1`` if the record is still at ``expected`` (-1: absent):
+        (written, what Redis holds now: this version, or the other pipeline's), None when unreachable."""
+        return self._call("cas", record_id, expected, doc, final)
+
+    def merge(self, record_id: str, version: int, doc: dict, final: bool) -> tuple[bool, SharedRecord] | None:
+        """A reconcile: write a local record Redis lacks, or a final one over a running one."""
+        return self._call("merge", record_id, version, doc, final)
+
+    def next_number(self, floor: int, id_format: str) -> int | None:
+        """A number no other pipeline gets, above ``floor``, whose ``id_format % n`` is not a record."""
+        keys = [f"{self._keys[0]}:next", self._keys[0]]
+        reply = self.state.run(lambda r: self.state._next_id(keys=keys, args=[int(floor), id_format]))
+        return None if reply is None else int(reply)
+
+    def all(self) -> dict[str, SharedRecord] | None:
+        def read(r) -> tuple[Any, dict]:
+            pipe = r.pipeline(transaction=True)  # the counter and the hash as of one moment
+            pipe.get(self._keys[1])
+            pipe.hgetall(self._keys[0])
+            return tuple(pipe.execute())
+
+        reply = self.state.run(read)
+        if reply is None:
+            return None
+        counter, raw = reply
+        self._seen = int(counter or 0)
+        fields = {k.decode(): v for k, v in raw.items()}
+        return {k[2:]: SharedRecord(int(fields[k]), fields.get(f"f:{k[2:]}") == b"1", json.loads(fields[f"d:{k[2:]}"]))
+                for k in fields if k.startswith("v:") and f"d:{k[2:]}" in fields}
+
+    def sync(self, local: dict[str, SharedRecord], final_at: Callable[[SharedRecord], float],
+             now: float) -> dict[str, SharedRecord] | None:
+        """Every refresh: reconcile if Redis came back (or restarted empty) by merging ``local`` (this
+        pipeline's records), then the records of the fleet that differ from ``local`` (to adopt); {}
+        when nothing changed, None when Redis is unreachable.  ``final_at``: when a final record
+        became final on the caller's clock, ``now`` (a final record older than the retention is not
+        written back)."""
+        changed = self.state.check_epoch(claim_instance=False)
+        if changed is None:
+            self._synced = False
+            return None
+        if changed or not self._synced:
+            for record_id, rec in local.items():
+                if rec.final and final_at(rec) < now - self.retention_s:
+                    continue
+                if self.merge(record_id, rec.version, rec.doc, rec.final) is None:
+                    return None
+            self._seen = None  # read everything: what the merges kept may be another pipeline's
+        counter = self.state.run(lambda r: r.get(self._keys[1]))
+        if counter is None and not self.state.available:
+            self._synced = False
+            return None
+        self._synced = True
+        if self._seen is not None and int(counter or 0) == self._seen:
+            return {}
+        fleet = self.all()
+        if fleet is None:
+            self._synced = False
+            return None
+        # the document too: two pipelines that ended one record while Redis was away hold one version
+        return {k: v for k, v in fleet.items() if k not in local or (local[k].version, local[k].doc) != (v.version, v.doc)}

@@ -16,6 +16,16 @@ with the experiment.  Experiments are ``chaos`` events: ``started`` (firing), ``
 Spans of injected faults (``chaos.fault.type``) feed no circuit breaker or policy signal of the
 incidents processor unless ``feed_incidents`` is set; they do count in SLIs, SLOs and budgets: that
 is what an experiment measures.
+
+With ``state: redis://…`` the experiments are the fleet's (``pipeline/storage/shared_state.py``,
+``SharedRecords``): one started on any pipeline is adopted by every pipeline with the same ``state``
+within ``state_refresh`` (each serves it from memory in its decisions), and it is ended once: the
+first pipeline whose schedule, abort condition or stop request ends it writes the end to Redis
+(final wins, atomically) and announces it; the others adopt that end silently.  Abort conditions
+are judged by each pipeline over the spans *it* receives.  Redis unreachable: each pipeline keeps
+serving, ending and aborting from its local view (``/v1/status`` says so) and refuses new
+experiments; its ends are merged when Redis is back (a Redis restarted empty gets every running
+experiment back from the pipelines).
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import ChaosExperiments, SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration, parse_duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
+from agent_sre.pipeline.component.errors import TransitionError
 from agent_sre.pipeline.component.events import event
 from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.storage.shared_state import SharedRecord, StateUrl
 from agent_sre.processors.chaos.monitor import Monitor, SpanSli, tally_input, tally_sql
 from agent_sre.processors.chaos.report import (
     EXPERIMENT_COLUMNS,
@@ -75,6 +87,11 @@ class ChaosConfig(ConfigModel):
     settle: Duration = Field(default="5s", ge=0)  # after the after window, before the result is computed
     recovery_tolerance: float = Field(default=0.05, ge=0, le=1)  # SLIs back within this of the baseline
     feed_incidents: bool = False  # injected faults feed circuit breakers and policy signals too
+    # Experiments shared by the fleet: redis://host:port/db.  Decisions serve the local view, refreshed
+    # every state_refresh (the staleness bound across the fleet); state_instance names this pipeline.
+    state: StateUrl = ""
+    state_refresh: Duration = Field(default="250ms", gt=0)
+    state_instance: str = ""
 
     @model_validator(mode="after")
     def _templates_load(self) -> ChaosConfig:
@@ -112,6 +129,15 @@ class ChaosProcessor(Stage):
         self._store: Any = None
         self._host: Any = None
         self._worker = PeriodicWorker(f"chaos-{settings.id}", config.check_interval, self.check, self.logger)
+        # with `state:` (the fleet's experiments on Redis)
+        self._state: Any = None
+        self._fleet: Any = None  # SharedRecords
+        self._versions: dict[str, int] = {}  # experiment -> the fleet's version this pipeline last saw
+        self._finals: dict[str, SharedRecord] = {}  # ends this pipeline made or saw: merged at a reconcile
+        self._docs: dict[str, dict] = {}  # running experiment -> its record as the fleet holds it
+        self._announced_end: set[str] = set()  # ends this pipeline announced (so announces the result too)
+        self._end_lock = threading.RLock()  # one end at a time: who announces it is decided under it
+        self._refresher: PeriodicWorker | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -120,14 +146,30 @@ class ChaosProcessor(Stage):
         self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._store.write([(EXPERIMENTS_DDL, [])])
         self._con = duckdb.connect(config={"threads": 1, "memory_limit": "64MB"})
+        if self.config.state:
+            from agent_sre.pipeline.storage.shared_state import SharedState
+
+            self._state = SharedState(self.config.state, self.config.state_instance, component=str(self.id))
+            self._state.bind_metrics(host.telemetry.registry)
+            self._fleet = self._state.records("chaos")
         self._restore()
         self._store.on_commit(self._committed)
         host.provide(ChaosExperiments, self.id, self)
         host.decisions.register(str(self.id), self)
         self._worker.start()
+        if self._fleet is not None:
+            self.sync_fleet()
+            self._refresher = PeriodicWorker(f"chaos-{self.id}-state", self.config.state_refresh,
+                                             self.sync_fleet, self.logger)
+            self._refresher.start()
 
     def _shutdown(self) -> None:
         self._worker.stop()
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
+        if self._state is not None:
+            self._state.close()
         if self._store is not None:
             self._store.remove_callback(self._committed)
         if self._host is not None:
@@ -199,9 +241,7 @@ class ChaosProcessor(Stage):
         agents = [agents] if isinstance(agents, str) else list(agents or tpl.blast_radius.agents)
         self._check_slis([*tpl.abort, *self.config.abort])
         now = self.clock()
-        with self._lock:
-            exp_id = f"CHX-{self._next:05d}"
-            self._next += 1
+        exp_id = self._new_id()
         spec = experiment_spec(tpl, exp_id, agents, now, seconds, self.config.abort)
         row = (exp_id, tpl.name, spec["blast_radius"]["agents"], "running", None, int(now * _NS),
                int(spec["start"] * _NS), int(spec["until"] * _NS), None, by or None, json.dumps(spec), None)
@@ -212,12 +252,31 @@ class ChaosProcessor(Stage):
         with self._lock:
             self._running[exp_id] = _Running(rec, announced(spec), monitor)
             self._index()
+        if self._fleet is not None:  # unreachable now: merged at the reconcile, as a running record
+            self._versions[exp_id] = 0
+            self._fleet.put(exp_id, -1, self._stored_doc(exp_id))
         self.logger.info("chaos experiment %s (%s) started on %s for %gs%s", exp_id, tpl.name,
                          ", ".join(rec["agents"]), seconds, f" by {by}" if by else "")
         self._announce(rec, "started", "firing", "info",
                        f"chaos experiment {exp_id} ({tpl.name}) started on {', '.join(rec['agents'])} for {seconds:g}s",
                        int(now * _NS))
         return rec
+
+    def _new_id(self) -> str:
+        """The next experiment id: from the fleet's counter with ``state``, so no two pipelines give one id."""
+        if self._fleet is None:
+            with self._lock:
+                self._next += 1
+                return f"CHX-{self._next - 1:05d}"
+        n = self._fleet.next_number(self._next - 1, "CHX-%05d")
+        if n is None:
+            st = self._state.status()
+            raise TransitionError(f"shared state {st['url']} is unreachable ({st['last_error']}): an experiment "
+                                  "started now would run on this pipeline only; start it when Redis is back "
+                                  "(GET /v1/status shows the state)", 503)
+        with self._lock:
+            self._next = max(self._next, n + 1)
+        return f"CHX-{n:05d}"
 
     def _check_slis(self, conditions: list[AbortCondition]) -> None:
         named = {c.metric[4:] for c in conditions if c.metric.startswith("sli:")}
@@ -259,6 +318,65 @@ class ChaosProcessor(Stage):
         except StoreBehind:
             self.logger.warning("span store is behind: the report of %s is of what it has inserted", experiment_id)
         return experiment_report(self._store.read, found, int(self.clock() * _NS), self.config.recovery_tolerance)
+
+    # --- the fleet's experiments (state: redis://…) ---------------------------------------------------
+
+    def _stored_doc(self, experiment_id: str) -> dict:
+        """An experiment's row (all but its result) as the fleet's record holds it."""
+        cols = EXPERIMENT_COLUMNS[:-1]
+        (row,) = self._store.read(f"SELECT {', '.join(cols)} FROM chaos_experiments WHERE id = ?", [experiment_id])
+        return {**dict(zip(cols, row, strict=True)), "agents": list(row[2] or [])}
+
+    def _running_doc(self, experiment_id: str) -> dict:
+        """A running experiment's record (it does not change while it runs: read from the store once)."""
+        found = self._docs.get(experiment_id)
+        if found is None:
+            found = self._docs[experiment_id] = self._stored_doc(experiment_id)
+        return found
+
+    def sync_fleet(self) -> None:
+        """Every ``state_refresh``: reconcile with Redis when it is back, then adopt what other pipelines
+        started or ended (started: served and monitored here; ended: ended here without an announcement)."""
+        if self._fleet is None:
+            return
+        with self._end_lock:
+            with self._lock:
+                running = list(self._running)
+            horizon = self.clock() - self._fleet.retention_s
+            self._finals = {i: f for i, f in self._finals.items() if f.doc["ended_ns"] / _NS >= horizon}
+            local = {i: SharedRecord(self._versions.get(i, 0), False, self._running_doc(i)) for i in running}
+            local.update(self._finals)
+            remote = self._fleet.sync(local, lambda rec: rec.doc["ended_ns"] / _NS, self.clock())
+            for experiment_id, held in (remote or {}).items():
+                self._versions[experiment_id] = held.version
+                self._adopt(experiment_id, held)
+
+    def _adopt(self, experiment_id: str, held: SharedRecord) -> None:
+        doc = held.doc
+        if experiment_id in self._running:
+            if held.final:
+                self._end(experiment_id, doc["state"], doc["reason"], int(doc["ended_ns"]), adopted=True)
+            return
+        known = self.experiment(experiment_id)
+        if held.final:
+            self._finals[experiment_id] = held
+        if known is not None:
+            if held.final and [known[k] for k in ("state", "reason", "ended_ns")] != [doc[k] for k in ("state", "reason", "ended_ns")]:
+                # two ends made while Redis was unreachable: the fleet keeps the first in Redis
+                self._store.write([("UPDATE chaos_experiments SET state = ?, reason = ?, ended_ns = ? WHERE id = ?",
+                                    [doc["state"], doc["reason"], doc["ended_ns"], experiment_id])])
+            return
+        row = [doc[c] for c in EXPERIMENT_COLUMNS[:-1]] + [None]
+        self._store.write([(f"INSERT OR IGNORE INTO chaos_experiments ({', '.join(EXPERIMENT_COLUMNS)}) VALUES "
+                            f"({', '.join('?' * len(EXPERIMENT_COLUMNS))})", row)])
+        rec = experiment_row(tuple(row))
+        if held.final:
+            self._pending[experiment_id] = rec  # judged here too, from this pipeline's spans
+            return
+        self._resume(rec)
+        self._rebuild(self._running[experiment_id].monitor)
+        self.logger.info("chaos experiment %s (%s) on %s adopted from the fleet (started by %s)", experiment_id,
+                         rec["template"], ", ".join(rec["agents"]), rec["created_by"] or "another pipeline")
 
     # --- decisions ----------------------------------------------------------------------------------
 
@@ -323,23 +441,52 @@ class ChaosProcessor(Stage):
             if now * _NS >= rec["ended_ns"] + (rec["ended_ns"] - rec["start_ns"]) + self.config.settle * _NS:
                 self._judge(rec)
 
-    def _end(self, experiment_id: str, state: str, reason: str, ended_ns: int) -> bool:
-        with self._lock:
-            run = self._running.pop(experiment_id, None)
+    def _end(self, experiment_id: str, state: str, reason: str, ended_ns: int, adopted: bool = False) -> bool:
+        """End a running experiment (False: it was not running).  With ``state``, the end is the fleet's
+        first: a pipeline that finds one already in Redis adopts it and does not announce it again
+        (``adopted``: the end came from the fleet)."""
+        with self._end_lock:
+            with self._lock:
+                run = self._running.get(experiment_id)
             if run is None:
                 return False
-            self._index()
-        ended_ns = max(ended_ns, run.record["start_ns"])
+            ended_ns = max(ended_ns, run.record["start_ns"])
+            if self._fleet is not None:
+                state, reason, ended_ns, adopted = self._fleet_end(experiment_id, state, reason, ended_ns, adopted)
+            with self._lock:
+                self._running.pop(experiment_id, None)
+                self._index()
+            self._docs.pop(experiment_id, None)
+            self._ended(run, state, reason, ended_ns, announce=not adopted)
+        return True
+
+    def _fleet_end(self, experiment_id: str, state: str, reason: str, ended_ns: int,
+                   adopted: bool) -> tuple[str, str, int, bool]:
+        """(state, reason, ended_ns, adopted) of the end the fleet keeps: this one if it is the first."""
+        doc = {**self._stored_doc(experiment_id), "state": state, "reason": reason, "ended_ns": ended_ns}
+        version = self._versions.get(experiment_id, 0)
+        reply = None if adopted else self._fleet.merge(experiment_id, version, doc, True)
+        if reply is not None:
+            written, held = reply
+            version, doc = held.version, held.doc
+            adopted = not written
+        self._versions[experiment_id] = version  # unreachable: this end is merged at the reconcile
+        self._finals[experiment_id] = SharedRecord(version, True, doc)
+        return doc["state"], doc["reason"], int(doc["ended_ns"]), adopted
+
+    def _ended(self, run: _Running, state: str, reason: str, ended_ns: int, announce: bool) -> None:
+        experiment_id = run.record["id"]
         self._store.write([("UPDATE chaos_experiments SET state = ?, reason = ?, ended_ns = ? WHERE id = ?",
                             [state, reason, ended_ns, experiment_id])])
         rec = {**run.record, "state": state, "reason": reason, "ended_ns": ended_ns}
         self._pending[experiment_id] = rec
         log = self.logger.warning if state == "aborted" else self.logger.info
-        log("chaos experiment %s %s: %s", experiment_id, state, reason)
-        self._announce(rec, state, "firing", "ticket" if state == "aborted" else "info",
-                       f"chaos experiment {experiment_id} ({rec['template']}) {state}: {reason}", ended_ns,
-                       {"reason": reason})
-        return True
+        log("chaos experiment %s %s: %s%s", experiment_id, state, reason, "" if announce else " (by the fleet)")
+        if announce:
+            self._announced_end.add(experiment_id)
+            self._announce(rec, state, "firing", "ticket" if state == "aborted" else "info",
+                           f"chaos experiment {experiment_id} ({rec['template']}) {state}: {reason}", ended_ns,
+                           {"reason": reason})
 
     def _judge(self, rec: dict) -> None:
         """The report once the after window has passed: kept with the experiment, announced as its result."""
@@ -354,6 +501,9 @@ class ChaosProcessor(Stage):
                       cost_impact=doc["cost"]["impact"])
         self._store.write([("UPDATE chaos_experiments SET result = ? WHERE id = ?", [json.dumps(result), rec["id"]])])
         score = doc["resilience_score"]
+        if self._fleet is not None and rec["id"] not in self._announced_end:
+            return  # the pipeline that announced the end announces the result (each keeps its own report)
+        self._announced_end.discard(rec["id"])
         self._announce(rec, "result", "resolved", "ticket" if rec["state"] == "aborted" else "info",
                        f"chaos experiment {rec['id']} ({rec['template']}): resilience score "
                        f"{'-' if score is None else score}", int(self.clock() * _NS),
@@ -368,8 +518,15 @@ class ChaosProcessor(Stage):
                                          started_ns=rec["start_ns"])])
 
     def describe(self) -> list[str]:
-        return [f"chaos: {len(self._templates)} templates; experiments announced at /v1/decisions/{{agent}}, "
-                f"abort conditions checked every {self.config.check_interval:g}s"]
+        lines = [f"chaos: {len(self._templates)} templates; experiments announced at /v1/decisions/{{agent}}, "
+                 f"abort conditions checked every {self.config.check_interval:g}s"]
+        if self._state is not None:
+            st = self._state.status()
+            lines.append(f"shared experiments {st['url']} as {st['instance']}: " + (
+                f"fleet view (refreshed every {self.config.state_refresh:g}s)" if st["available"] else
+                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): serving, ending and aborting "
+                "from the local view, new experiments refused; reconciled when Redis returns"))
+        return lines
 
 
 factory = Factory(

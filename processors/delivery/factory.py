@@ -16,6 +16,18 @@ promotes, with its reason.
       delivery:
         rollouts: [deploy/support-bot-1.5.yaml]   # started when the pipeline starts (GitOps)
         interval: 30s
+        state: redis://redis:6379/0               # optional: rollouts shared by the fleet
+
+With ``state`` (``pipeline/storage/shared_state.py``, ``SharedRecords``) a rollout is the fleet's:
+its step, weight and state live in Redis, each pipeline routes from its copy (refreshed every
+``state_refresh``: the staleness bound of the weight ``agent_sre.delivery.route()`` sees, plus the
+client's own decision cache), and every change (start, advance, pause, resume, promote, rollback,
+abort) is a compare-and-set on the rollout's version: every pipeline may analyse, the first change
+computed from a version is applied, and one computed from a version that has moved on is dropped
+(that pipeline adopts the fleet's rollout instead).  So a step changes once, never twice or
+backwards.  Redis unreachable: only changes that stop a rollout (rollback, fail, abort) are made
+from the local view, advances wait and requests that move a rollout on are refused (503); a stop is
+merged when Redis returns (a finished rollout wins over a progressing one).
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -34,6 +48,7 @@ from agent_sre.pipeline.component.errors import ConfigError, TransitionError
 from agent_sre.pipeline.component.events import event
 from agent_sre.pipeline.component.host import Host
 from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.storage.shared_state import SharedRecord, StateUrl
 from agent_sre.processors.delivery import records
 from agent_sre.processors.delivery.analysis import Verdict, analyse, judge
 from agent_sre.processors.delivery.machine import FINAL, Change, RolloutRun, act, begin, on_analysis
@@ -47,6 +62,11 @@ class DeliveryConfig(ConfigModel):
     rollouts: list[str] = []  # Rollout files started at start (one whose name the store knows resumes instead)
     interval: Duration = Field(default=30.0, gt=0)  # seconds (or "30s"): how often active rollouts are analysed
     storage: str = ""  # which duckdb exporter; empty: the only one
+    # Rollouts shared by the fleet: redis://host:port/db.  Routes serve the local view, refreshed every
+    # state_refresh (the staleness bound across the fleet); state_instance names this pipeline.
+    state: StateUrl = ""
+    state_refresh: Duration = Field(default="250ms", gt=0)
+    state_instance: str = ""
 
     @field_validator("rollouts")
     @classmethod
@@ -77,6 +97,10 @@ class DeliveryProcessor(Stage):
         self._host: Host | None = None
         self._collector = RolloutCollector(lambda: list(self._runs.values()), lambda: dict(self._counts))
         self._worker: PeriodicWorker | None = None
+        self._state: Any = None  # SharedState with `state:`
+        self._fleet: Any = None  # its SharedRecords("rollouts")
+        self._versions: dict[str, int] = {}  # rollout -> the fleet's version this pipeline's copy is of
+        self._refresher: PeriodicWorker | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -90,6 +114,16 @@ class DeliveryProcessor(Stage):
             self._pending_files = [r for r in (load_rollout(p) for p in self.config.rollouts)
                                    if r.name not in self._runs]
             self._refresh_routes()
+        if self.config.state:
+            from agent_sre.pipeline.storage.shared_state import SharedState
+
+            self._state = SharedState(self.config.state, self.config.state_instance, component=str(self.id))
+            self._state.bind_metrics(host.telemetry.registry)
+            self._fleet = self._state.records("rollouts")
+            self.sync_fleet()
+            self._refresher = PeriodicWorker(f"{self.id}-state", self.config.state_refresh, self.sync_fleet,
+                                             self.logger)
+            self._refresher.start()
         host.decisions.register(str(self.id), self)
         host.provide(Rollouts, self.id, self)  # type: ignore[type-abstract]  # a Protocol (python/mypy#4717)
         self.settings.telemetry.registry.register(self._collector)
@@ -99,6 +133,11 @@ class DeliveryProcessor(Stage):
     def _shutdown(self) -> None:
         if self._worker is not None:
             self._worker.stop()
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
+        if self._state is not None:
+            self._state.close()
         if self._host is not None:
             self._host.withdraw(Rollouts, self.id)
         try:
@@ -108,8 +147,15 @@ class DeliveryProcessor(Stage):
 
     def describe(self) -> list[str]:
         active = [r.name for r in self._runs.values() if r.active]
-        return [f"delivery: rollouts analysed every {self.config.interval:g}s"
-                + (f" (active: {', '.join(active)})" if active else "")]
+        lines = [f"delivery: rollouts analysed every {self.config.interval:g}s"
+                 + (f" (active: {', '.join(active)})" if active else "")]
+        if self._state is not None:
+            st = self._state.status()
+            lines.append(f"shared rollouts {st['url']} as {st['instance']}: " + (
+                f"fleet view (refreshed every {self.config.state_refresh:g}s)" if st["available"] else
+                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): routing from the local view; "
+                "rollbacks and aborts only, advances wait; reconciled when Redis returns"))
+        return lines
 
     # --- the Rollouts capability (admin API) --------------------------------------------------
 
@@ -140,8 +186,16 @@ class DeliveryProcessor(Stage):
             if run is None:
                 raise TransitionError(f"no rollout {name!r}", 404)
             frozen = self._frozen(run.spec.agent) if action == "promote" else None
-            change = act(run, action, now_ns, frozen, who, why, full)
-            self._record(run, change, now_ns)
+            trial = replace(run)
+            change = act(trial, action, now_ns, frozen, who, why, full)
+            shared = self._share(trial)
+            if shared == "moved":
+                raise TransitionError(f"rollout {name} was changed by another pipeline meanwhile (now {self._runs[name].state}, "
+                                      f"step {self._runs[name].step}: {self._runs[name].reason}); ask again", 409)
+            if shared == "held":
+                raise TransitionError(f"{action} of rollout {name} refused: the shared state is unreachable "
+                                      f"({self._state.status()['last_error']}); only abort works until Redis is back", 503)
+            self._apply(trial, change, now_ns)
         return self.rollout(name) or {}
 
     # --- the loop -----------------------------------------------------------------------------
@@ -178,12 +232,19 @@ class DeliveryProcessor(Stage):
         frozen = self._frozen(run.spec.agent) if needs_freeze else None
         run.analysis = {**result, "at_ns": now_ns, "step": run.step,
                         "verdict": {"outcome": verdict.outcome, "reasons": verdict.reasons}}
-        change = on_analysis(run, verdict, now_ns, frozen)
-        if change is not None:
-            self._record(run, change, now_ns)
-        else:
-            store.write([records.save(str(self.id), run)])  # the latest analysis, for `rollout status`
-        return change
+        trial = replace(run)
+        change = on_analysis(trial, verdict, now_ns, frozen)
+        shared = self._share(trial) if change is not None else "none"
+        if change is not None and shared == "applied":
+            self._apply(trial, change, now_ns)
+            return change
+        if shared == "none":
+            run.reason = trial.reason
+        elif shared == "held" and change is not None:
+            run.reason = f"{change.reason}; {change.decision} waits for the shared state (Redis unreachable)"
+            self.logger.warning("rollout %s: %s", run.name, run.reason)
+        self._started_store().write([records.save(str(self.id), self._runs[run.name])])  # the latest analysis
+        return None
 
     def _begin(self, rollout: Rollout, who: str) -> Change:
         now_ns = self._now_ns()
@@ -200,8 +261,16 @@ class DeliveryProcessor(Stage):
             if frozen is not None:
                 raise TransitionError(f"rollout {rollout.name} refused: {frozen}", 409)
             run, change = begin(rollout, now_ns, who)
-            self._runs[run.name] = run
-            self._record(run, change, now_ns)
+            shared = self._share(run)
+            if shared == "moved" and not self._runs[run.name].active:
+                shared = self._share(run)  # an earlier run of this name, finished, was not adopted yet
+            if shared == "moved":
+                raise TransitionError(f"rollout {rollout.name} was started by another pipeline meanwhile", 409)
+            if shared == "held":
+                raise TransitionError(f"rollout {rollout.name} refused: the shared state is unreachable "
+                                      f"({self._state.status()['last_error']}); a rollout started now would route "
+                                      "on this pipeline only", 503)
+            self._apply(run, change, now_ns)
             return change
 
     # --- decisions ----------------------------------------------------------------------------
@@ -233,6 +302,64 @@ class DeliveryProcessor(Stage):
     def _now_ns(self) -> int:
         return int(self.clock() * 1e9)
 
+    def _apply(self, run: RolloutRun, change: Change, now_ns: int) -> None:
+        self._runs[run.name] = run
+        self._record(run, change, now_ns)
+
+    # --- the fleet's rollouts (state: redis://…) --------------------------------------------------
+
+    def _share(self, run: RolloutRun) -> str:
+        """Write a changed rollout to the fleet if its copy here is still the fleet's: "applied" (also
+        without ``state``, and for a stop made while Redis is unreachable, merged at the reconcile),
+        "moved" (another pipeline changed it first: its rollout is adopted here) or "held" (Redis is
+        unreachable and the change moves the rollout on)."""
+        if self._fleet is None:
+            return "applied"
+        final = run.state in FINAL
+        expected = self._versions.get(run.name, 0 if run.name in self._runs else -1)
+        reply = self._fleet.put(run.name, expected, _doc(run), final)
+        if reply is not None and not reply[0] and reply[1].version < 0:  # Redis restarted empty, not reconciled
+            reply = self._fleet.merge(run.name, max(expected, 0), _doc(run), final)
+        if reply is None:
+            return "applied" if final else "held"
+        written, held = reply
+        if not written:
+            self._adopt(run.name, held)
+            return "moved"
+        self._versions[run.name] = held.version
+        return "applied"
+
+    def sync_fleet(self) -> None:
+        """Every ``state_refresh``: reconcile with Redis when it is back, then adopt the rollouts other
+        pipelines started or changed (stored and routed here; their decisions were announced there)."""
+        if self._fleet is None:
+            return
+        with self._lock:
+            local = {name: SharedRecord(self._versions.get(name, 0), run.state in FINAL, _doc(run))
+                     for name, run in self._runs.items()}
+        remote = self._fleet.sync(local, lambda rec: rec.doc["updated_ns"] / 1e9, self.clock())
+        if remote:
+            with self._lock:
+                for name, held in remote.items():
+                    self._adopt(name, held)
+
+    def _adopt(self, name: str, held: SharedRecord) -> None:
+        """The fleet's copy of a rollout replaces this pipeline's (under the lock)."""
+        mine = self._runs.get(name)
+        known = self._versions.get(name, -1)
+        if not held.doc or (mine is not None and (held.version < known or (held.version == known and _doc(mine) == held.doc))):
+            return  # this pipeline changed it since (its own write is newer), or holds it already
+        run = _run(held.doc)
+        if mine is not None and mine.started_ns == run.started_ns:
+            run.analysis = mine.analysis  # each pipeline keeps its own last analysis
+        self._runs[name] = run
+        self._versions[name] = held.version
+        self._pending_files = [r for r in self._pending_files if r.name != name]
+        self._refresh_routes()
+        self._started_store().write([records.save(str(self.id), run)])
+        self.logger.info("rollout %s (agent %s) from the fleet: %s, step %d, %g%% to the candidate", name,
+                         run.spec.agent, run.state, run.step, run.weight)
+
     def _record(self, run: RolloutRun, change: Change, now_ns: int) -> None:
         """Store, count, route and announce one decision (under the lock: in the order taken)."""
         self._started_store().write([records.save(str(self.id), run)])
@@ -250,6 +377,19 @@ class DeliveryProcessor(Stage):
             if best is None or (run.active, run.updated_ns) > (best.active, best.updated_ns):
                 latest[run.spec.agent] = run
         self._routes = {agent: run.route() for agent, run in latest.items()}
+
+
+def _doc(run: RolloutRun) -> dict:
+    """A rollout as the fleet's record holds it (its analysis stays with each pipeline)."""
+    return {"document": run.rollout.document(), "state": run.state, "step": run.step, "paused_by": run.paused_by,
+            "reason": run.reason, "started_ns": run.started_ns, "step_started_ns": run.step_started_ns,
+            "updated_ns": run.updated_ns}
+
+
+def _run(doc: dict) -> RolloutRun:
+    return RolloutRun(Rollout.model_validate(doc["document"]), started_ns=doc["started_ns"], state=doc["state"],
+                      step=doc["step"], step_started_ns=doc["step_started_ns"], paused_by=doc["paused_by"],
+                      reason=doc["reason"], updated_ns=doc["updated_ns"])
 
 
 def _event(run: RolloutRun, change: Change, now_ns: int) -> dict:
