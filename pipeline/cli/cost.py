@@ -6,6 +6,10 @@ and ``budget_accounts``, the accounts a cost processor starting now would rebuil
 periods (agent, org, model, tenant) are one row per account; a task budget has an account per
 task (trace), so it is one row per budget: how many tasks, their total and largest spend, and how
 many reached its throttle and its kill point.
+
+``cost summary --store clickhouse://…`` gives the same tables over every pipeline's spend in the
+fleet store (its per-minute rollup; see fleet.py), with the config's budgets (the embedded
+default's without ``--config``), by the same ``cost_summary`` and ``budget_accounts``.
 """
 
 from __future__ import annotations
@@ -46,9 +50,13 @@ def cmd_cost_summary(args: argparse.Namespace) -> int:
     or the file."""
     cfg = load(args.config)
     specs = budget_specs(cfg)
-    client = admin_client(args, cfg)
+    fleet = getattr(args, "store", None)
+    client = None if fleet else admin_client(args, cfg)
     answer = None
-    if client is not None:
+    empty: str | None
+    if fleet:
+        rows, accounts, empty = _from_fleet(fleet, specs, args.days)
+    elif client is not None:
         try:
             answer = client.get_json("/v1/costs", {"days": args.days})
         except AdminUnreachable:
@@ -59,7 +67,7 @@ def cmd_cost_summary(args: argparse.Namespace) -> int:
             raise CliError(f"cost summary failed ({exc.status}): {exc}") from None
     if answer is not None:
         rows, accounts, empty = answer["summary"], answer["budgets"], None
-    else:
+    elif not fleet:
         rows, accounts, empty = _from_file(cfg, args.db, specs, args.days)
     budgets = [a for a in accounts if a["scope"] != "task"]
     tasks = task_budgets(accounts, specs)
@@ -106,6 +114,30 @@ def _from_file(cfg, db: str | None, specs: list, days: int) -> tuple[list[dict],
     try:
         read, now = reader(con), time.time()
         return cost_summary(read, specs, now, days), budget_accounts(read, specs, now), None
+    finally:
+        con.close()
+
+
+def _from_fleet(url: str, specs: list, days: int) -> tuple[list[dict], list[dict], str | None]:
+    """(summary rows, budget accounts, what to say when both are empty) over the fleet store."""
+    from agent_sre.pipeline.cli.fleet import fleet_cost_tables
+    from agent_sre.processors.cost.budget import TASK_IDLE_S
+    from agent_sre.processors.cost.summary import budget_accounts, cost_summary
+
+    tenant = [s.name for s in specs if s.subject_kind == "tenant"]
+    if tenant:
+        note(f"tenant budgets are not answered from the fleet store (its rollup has no tenant): {', '.join(tenant)}")
+        specs = [s for s in specs if s.subject_kind != "tenant"]
+    now = time.time()
+    # From a day before the first day shown (any budget's calendar) and every budget's period start:
+    # cost_summary and budget_accounts pick their minutes from these.
+    since = min([now - (days + 1) * 86400, *(s.period_start(now).timestamp() for s in specs if s.scope != "task")])
+    running = int((now - TASK_IDLE_S) * 1e9) if any(s.scope == "task" for s in specs) else None
+    con = fleet_cost_tables(url, int(since // 60), running)
+    try:
+        read = reader(con)
+        return (cost_summary(read, specs, now, days), budget_accounts(read, specs, now),
+                f"no LLM spend in the fleet store in the last {days} day(s)")
     finally:
         con.close()
 

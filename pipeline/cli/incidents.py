@@ -2,6 +2,10 @@
 
 list, show and postmortem read the running pipeline's API, or its file when none answers; changing
 an incident needs the running pipeline (it holds the incident).
+
+``incidents list --store clickhouse://…`` lists every pipeline's incidents from the ``incident``
+events in the fleet store (fleet.py says what those carry); ``show`` and ``postmortem`` need an
+incident's log, which only its pipeline keeps.
 """
 
 from __future__ import annotations
@@ -41,8 +45,21 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     action = args.incidents_command
     if action in TRANSITIONS:
         return _transition(args, cfg, action)
-    client = admin_client(args, cfg)
-    body = None
+    body: dict | None
+    if getattr(args, "store", None):
+        if action != "list":
+            raise CliError(f"incidents {action} --store: the fleet store keeps incident events, not an "
+                           "incident's log; ask the pipeline that opened it (--endpoint or --config)", EXIT_CONFIG)
+        from agent_sre.pipeline.cli.fleet import fleet_incidents
+
+        body = {"incidents": fleet_incidents(args.store, args.all)}
+        if not body["incidents"]:
+            note("no incidents in the fleet store (incident events reach it through an events pipeline "
+                 "from the alerts receiver to the clickhouse exporter)")
+        client = None
+    else:
+        client = admin_client(args, cfg)
+        body = None
     if client is not None:
         path = f"/v1/incidents/{_quoted(args.id)}" if action == "show" else "/v1/incidents"
         try:
@@ -65,7 +82,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
              e["why"] or e["summary"] or "-"] for e in body["log"]]}, "table")
         return 0
     print_table({"columns": ["id", "priority", "state", "agent", "opened (UTC)", "signals", "title"], "rows": [
-        [i["id"], i["priority"], i["state"], i["agent_id"] or "-", utc(i["opened_ns"]), i["signals"], i["title"]]
+        [i["id"], i["priority"], i["state"], i["agent_id"] or "-", utc(i["opened_ns"]),
+         "-" if i["signals"] is None else i["signals"], i["title"]]
         for i in body["incidents"]]}, args.format)
     return 0
 

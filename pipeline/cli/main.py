@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", help="pipeline YAML (default: the embedded default)")
     st.add_argument("--endpoint", help="admin API of a running pipeline (default: from the config)")
     st.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    st.add_argument("--store", help="the fleet store instead: clickhouse://[user[:password]@]host[:port]/db (every pipeline)")
     st.set_defaults(fn=cmd_slo_status)
     ru = slo_sub.add_parser("rules", help="Prometheus recording/alerting rules for the SLOs (from the SLI counters)")
     ru.add_argument("--config", help="pipeline YAML (default: the embedded default)")
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--endpoint", {"help": "admin API of a running pipeline (default: from the config)"}),
                      ("--db", {"help": "a DuckDB store to read when no pipeline runs"}),
                      ("--days", {"type": _days, "default": 7, "help": "how many days back (default 7)"}),
-                     ("--format", {"choices": ["table", "json", "csv"], "default": "table"})):
+                     ("--format", {"choices": ["table", "json", "csv"], "default": "table"}),
+                     ("--store", {"help": "the fleet store instead: clickhouse://[user[:password]@]host[:port]/db "
+                                          "(every pipeline)"})):
         cs.add_argument(flag, **kw)
     cs.set_defaults(fn=cmd_cost_summary)
     common = (("--config", {"help": "pipeline YAML (default: the embedded default)"}),
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(flag, **kw)
         if name == "list":
             cmd.add_argument("--all", action="store_true", help="resolved incidents too")
+            cmd.add_argument("--store", help="the fleet store instead: clickhouse://.../db (every pipeline's incident events)")
         else:
             cmd.add_argument("id")
         if name in ("ack", "investigate", "mitigate", "resolve"):

@@ -4,6 +4,10 @@
 or, when none answers, the same evaluation (``processors.slo.factory.evaluate`` at ``window_end``,
 as the processor's ``report``) over its file.  Without data it says so and exits 0; without an
 slo processor (in the running pipeline, or the config) it says so and exits 2.
+
+``slo status --store clickhouse://…`` evaluates the config's objectives (the embedded default's
+without ``--config``) over every pipeline's spans in the fleet store, with the same ``evaluate``:
+the SLI events per minute are counted by ClickHouse with the config's sli definitions (see fleet.py).
 """
 
 from __future__ import annotations
@@ -38,8 +42,12 @@ def _objectives(cfg) -> list:
 def cmd_slo_status(args: argparse.Namespace) -> int:
     """SLOs per agent: from the running pipeline's /v1/slos, or computed from the file when stopped."""
     cfg = load(args.config)
-    client = admin_client(args, cfg)
-    rows = None
+    if getattr(args, "store", None):
+        rows, empty = _rows_from_fleet(cfg, args.store)
+        client = None
+    else:
+        client = admin_client(args, cfg)
+        rows = None
     if client is not None:
         try:
             body = client.get_json("/v1/slos")
@@ -75,6 +83,40 @@ def _rows_from_file(cfg) -> tuple[list[dict], str]:
         return [], f"no SLO data yet: {exc} (no pipeline has run with this config)"
     try:
         return evaluate(reader(con), objectives, window_end(time.time())), NO_EVENTS
+    finally:
+        con.close()
+
+
+def _sli_definitions(cfg) -> list:
+    """The SLIs as the config's sli processor rolls them up (the built-in definitions without one)."""
+    from agent_sre.pipeline.storage.rollups import SliRollup
+    from agent_sre.processors.sli.factory import SliConfig, builtin_slis
+
+    settings = processor_settings(cfg, "sli") or [SliConfig()]
+    return [x for s in settings for x in
+            builtin_slis(s) + [SliRollup(c.name, c.total, c.good, c.scope) for c in s.custom]]
+
+
+def _rows_from_fleet(cfg, url: str) -> tuple[list[dict], str]:
+    """The rows of every pipeline's spans in the fleet store, evaluated at ``window_end`` as the processor."""
+    from agent_sre.pipeline.cli.fleet import fleet_sli_minutes, skipped_note
+    from agent_sre.processors.slo.factory import evaluate, window_end
+
+    objectives = _objectives(cfg)
+    if not objectives:
+        raise CliError("the config has no slo processor with objectives", EXIT_CONFIG)
+    lookback: dict[str, int] = {}
+    for o in objectives:  # the longest window each SLI is read over (the objective's or a rule's)
+        longest = max([int(o.window // 60), *(r.long_minutes for r in o.burn_rules)])
+        lookback[o.sli] = max(lookback.get(o.sli, 0), longest)
+    now_minute, slis = window_end(time.time()), _sli_definitions(cfg)
+    con, skipped = fleet_sli_minutes(url, slis, lookback, now_minute)
+    unknown = sorted(set(lookback) - {x.name for x in slis})
+    skipped.update({name: "the config defines no such SLI" for name in unknown})
+    skipped_note(skipped, objectives)
+    try:
+        return (evaluate(reader(con), [o for o in objectives if o.sli not in skipped], now_minute),
+                "no SLO data yet: no agent has SLI events in the fleet store in the objectives' windows")
     finally:
         con.close()
 

@@ -482,7 +482,8 @@ def _news(inc: Incident, entries: list[Entry]) -> bool:
 
 def incident_event(inc: Incident, entries: list[Entry]) -> dict:
     last = [e for e in entries if e.incident_id == inc.id and e.entry in ("state", "priority")][-1]
-    labels = {"agent_id": inc.agent_id, "incident_id": inc.id, "priority": inc.label, "incident_state": inc.state}
+    labels = {"agent_id": inc.agent_id, "incident_id": inc.id, "priority": inc.label, "incident_state": inc.state,
+              "title": inc.title}
     state = "resolved" if inc.state == "resolved" else "firing"
     verb = {"open": "opened", "resolved": "resolved"}.get(inc.state, inc.state) if last.entry == "state" \
         else f"raised to {inc.label}"

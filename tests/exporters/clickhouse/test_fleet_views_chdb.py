@@ -1,0 +1,109 @@
+"""The fleet views' SQL (fleet.py) on the current schema (Map, LowCardinality, DateTime64), on the
+ClickHouse engine in process: chdb (ClickHouse 26.x).  The same views over the network, against
+18.16 and the compat schema, are in test_fleet_views.py."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pyarrow as pa
+import pytest
+from chdb import session
+from chdb._exceptions import ChdbError
+
+from agent_sre.exporters.clickhouse.factory import batch_id
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
+from agent_sre.pipeline.cli.fleet import FleetSqlError, fleet_cost_tables, fleet_incidents, fleet_sli_minutes
+from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.processors.sli.factory import SliConfig, builtin_slis
+from agent_sre.processors.slo.factory import Objective, evaluate, window_end
+
+
+class ChdbStore:
+    """FleetStore's reading methods over a chdb session (parameters substituted as clickhouse-driver does)."""
+
+    def __init__(self, sess):
+        self.sess = sess
+
+    def execute(self, sql: str, params: dict | None = None, columnar: bool = False, **_kw):
+        from clickhouse_driver.util.escape import escape_params
+
+        text = sql % escape_params(params, None) if params else sql
+        try:
+            table = self.sess.query(text, "ArrowTable")
+        except ChdbError as exc:  # as FleetStore maps the server's error
+            code = re.search(r"Code: (\d+)", str(exc))
+            raise FleetSqlError(str(exc), int(code.group(1)) if code else 0) from None
+        columns = [c.to_pylist() for c in table.columns]
+        return columns if columnar else list(zip(*columns, strict=True))
+
+    def arrow(self, sql: str, params: dict, names: list[str]) -> pa.Table:
+        return pa.table(dict(zip(names, self.execute(sql, params, columnar=True), strict=True)))
+
+    def has_column(self, table: str, column: str) -> bool:
+        return bool(self.execute("SELECT count() FROM system.columns WHERE database = 'fleet' AND table = %(t)s "
+                                 "AND name = %(c)s", {"t": table, "c": column})[0][0])
+
+
+@pytest.fixture
+def store(tmp_path):
+    sess = session.Session(str(tmp_path / "chdb"))
+    for statement in ddl("fleet", current=True, ttl_days=30):
+        sess.query(statement)
+    sess.query("USE fleet")
+    yield ChdbStore(sess)
+    sess.close()
+
+
+def insert(store: ChdbStore, rows: list[dict]) -> None:
+    batch = pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)
+    bid = batch_id(batch, "traces")
+    data = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
+    data = data.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
+    store.sess.query(f"INSERT INTO fleet.spans ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(data)")
+
+
+def tool_call(agent: str, i: int, end_ns: int, failed: bool, replay: bool = False) -> dict:
+    return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": agent, "span_role": "tool",
+            "start_ns": end_ns - 10**9, "end_ns": end_ns, "duration_ns": 10**9, "status_code": "error" if failed
+            else "ok", "attributes": [("agent_sre.replay.of", "t")] if replay else [("gen_ai.tool.name", "x")]}
+
+
+def test_slo_rows_on_current_clickhouse_count_every_pipeline_and_skip_replays(store):
+    end = (int(time.time()) // 60 - 10) * 60 * 10**9
+    insert(store, [tool_call("a", i, end + i, failed=i < 1) for i in range(4)])  # one pipeline's batch
+    insert(store, [tool_call("a", 10 + i, end + i, failed=i < 2) for i in range(6)])  # another's
+    insert(store, [tool_call("a", 20, end, failed=True, replay=True)])  # a replay's re-run: not an SLI event
+    now_minute = window_end(time.time())
+    con, skipped = fleet_sli_minutes(store, builtin_slis(SliConfig()), {"tool_call_accuracy": 43200,
+                                                                        "hallucination_rate": 60}, now_minute)
+    assert set(skipped) == {"hallucination_rate"}  # reads span events, which the fleet store does not keep
+    (row,) = evaluate(lambda sql, params: con.execute(sql, params).fetchall(),
+                      [Objective(name="tools", sli="tool_call_accuracy", target=0.9)], now_minute)
+    assert (row["agent_id"], row["events"], row["bad_events"], row["sli_value"]) == ("a", 10, 3, 0.7)
+
+
+def test_cost_minutes_on_current_clickhouse_come_from_the_rollup(store):
+    end = (int(time.time()) // 60 - 5) * 60 * 10**9
+    insert(store, [{"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": "a", "span_role": "llm",
+                    "model": "m", "start_ns": end - 10**9, "end_ns": end, "cost_usd": 0.25} for i in range(3)])
+    con = fleet_cost_tables(store, int(time.time() // 60) - 60, time.time_ns() - 3600 * 10**9)
+    assert con.execute("SELECT agent_id, model, sum(cost_usd), sum(spans) FROM cost_minutes GROUP BY ALL").fetchall() \
+        == [("a", "m", 0.75, 3)]
+    assert con.execute("SELECT count(*), sum(cost_usd) FROM span_rows").fetchall() == [(3, 0.75)]
+
+
+def test_incidents_on_current_clickhouse_are_one_row_per_pipelines_incident(store):
+    def ev(t: int, state: str, inc_state: str, opened: int, agent: str) -> str:
+        return (f"({t}, 'incident', '{state}', 'page', 'INC-00001 P2', 'fp1', 'incident INC-00001 (P2) {inc_state}: "
+                f"x', map('agent_id', '{agent}', 'incident_id', 'INC-00001', 'priority', 'P2', 'incident_state', "
+                f"'{inc_state}'), {opened}, 'b{t}')")
+
+    t0 = time.time_ns() - 60 * 10**9  # recent: the events table's TTL drops old rows
+    store.sess.query("INSERT INTO fleet.events VALUES " + ", ".join([
+        ev(t0, "firing", "open", t0, "a"), ev(t0 + 2, "resolved", "resolved", t0, "a"),  # pipeline 1's INC-00001
+        ev(t0 + 1, "firing", "open", t0 + 1, "b")]))  # pipeline 2's INC-00001
+    assert [(i["agent_id"], i["state"], i["opened_ns"], i["resolved_ns"]) for i in fleet_incidents(store, True)] == [
+        ("b", "open", t0 + 1, None), ("a", "resolved", t0, t0 + 2)]
+    assert [i["agent_id"] for i in fleet_incidents(store, False)] == ["b"]
