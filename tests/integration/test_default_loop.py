@@ -33,7 +33,10 @@ def run_default(tmp_path, ports: Ports) -> subprocess.Popen:
            "AGENT_SRE_ADMIN_ENDPOINT": f"127.0.0.1:{ports.admin}",
            "AGENT_SRE_METRICS_ADDRESS": f"127.0.0.1:{ports.metrics}",
            "AGENT_SRE_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports.prometheus}",
-           "AGENT_SRE_DATA": str(tmp_path / "data")}
+           "AGENT_SRE_DATA": str(tmp_path / "data"),
+           # The embedded default runs no receiver workers since the C decoder; here two, so children and
+           # roots reach the pipeline through different processes (tests/pipeline/test_cli.py runs it with none).
+           "AGENT_SRE_RECEIVER_WORKERS": "2"}
     proc = subprocess.Popen([*CLI, "run"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "pipeline.log", "ab"))
     wait_http(f"http://127.0.0.1:{ports.admin}/", timeout=60)

@@ -38,7 +38,7 @@ def test_embedded_default_is_valid():
     traces = cfg.service.pipelines["traces"]
     assert traces.exporters == ["duckdb", "prometheus"]
     # The whole SRE loop is the default.
-    assert traces.processors == ["memory_limiter", "agent_semconv", "batch", "cost", "sli", "slo", "anomaly", "chaos",
+    assert traces.processors == ["memory_limiter", "batch", "agent_semconv", "cost", "sli", "slo", "anomaly", "chaos",
                                  "incidents", "delivery"]
     assert cfg.exporters["prometheus"].settings.endpoint == "127.0.0.1:8889"
     assert cfg.exporters["duckdb"].settings.path == "./agent-sre-data/spans.duckdb"
