@@ -120,26 +120,13 @@ def _from_file(cfg, db: str | None, specs: list, days: int) -> tuple[list[dict],
 
 def _from_fleet(url: str, specs: list, days: int) -> tuple[list[dict], list[dict], str | None]:
     """(summary rows, budget accounts, what to say when both are empty) over the fleet store."""
-    from agent_sre.pipeline.cli.fleet import fleet_cost_tables
-    from agent_sre.processors.cost.budget import TASK_IDLE_S
-    from agent_sre.processors.cost.summary import budget_accounts, cost_summary
+    from agent_sre.pipeline.cli.fleet import cli_errors
+    from agent_sre.processors.cost.fleet import fleet_costs
 
-    tenant = [s.name for s in specs if s.subject_kind == "tenant"]
+    rows, accounts, tenant = cli_errors(lambda: fleet_costs(url, specs, time.time(), days))
     if tenant:
         note(f"tenant budgets are not answered from the fleet store (its rollup has no tenant): {', '.join(tenant)}")
-        specs = [s for s in specs if s.subject_kind != "tenant"]
-    now = time.time()
-    # From a day before the first day shown (any budget's calendar) and every budget's period start:
-    # cost_summary and budget_accounts pick their minutes from these.
-    since = min([now - (days + 1) * 86400, *(s.period_start(now).timestamp() for s in specs if s.scope != "task")])
-    running = int((now - TASK_IDLE_S) * 1e9) if any(s.scope == "task" for s in specs) else None
-    con = fleet_cost_tables(url, int(since // 60), running)
-    try:
-        read = reader(con)
-        return (cost_summary(read, specs, now, days), budget_accounts(read, specs, now),
-                f"no LLM spend in the fleet store in the last {days} day(s)")
-    finally:
-        con.close()
+    return rows, accounts, f"no LLM spend in the fleet store in the last {days} day(s)"
 
 
 def task_budgets(accounts: list[dict], specs: list) -> list[dict]:

@@ -99,26 +99,16 @@ def _sli_definitions(cfg) -> list:
 
 def _rows_from_fleet(cfg, url: str) -> tuple[list[dict], str]:
     """The rows of every pipeline's spans in the fleet store, evaluated at ``window_end`` as the processor."""
-    from agent_sre.pipeline.cli.fleet import fleet_sli_minutes, skipped_note
-    from agent_sre.processors.slo.factory import evaluate, window_end
+    from agent_sre.pipeline.cli.fleet import cli_errors, skipped_note
+    from agent_sre.processors.slo.factory import window_end
+    from agent_sre.processors.slo.fleet import fleet_slos
 
     objectives = _objectives(cfg)
     if not objectives:
         raise CliError("the config has no slo processor with objectives", EXIT_CONFIG)
-    lookback: dict[str, int] = {}
-    for o in objectives:  # the longest window each SLI is read over (the objective's or a rule's)
-        longest = max([int(o.window // 60), *(r.long_minutes for r in o.burn_rules)])
-        lookback[o.sli] = max(lookback.get(o.sli, 0), longest)
-    now_minute, slis = window_end(time.time()), _sli_definitions(cfg)
-    con, skipped = fleet_sli_minutes(url, slis, lookback, now_minute)
-    unknown = sorted(set(lookback) - {x.name for x in slis})
-    skipped.update({name: "the config defines no such SLI" for name in unknown})
+    rows, skipped = cli_errors(lambda: fleet_slos(url, objectives, _sli_definitions(cfg), window_end(time.time())))
     skipped_note(skipped, objectives)
-    try:
-        return (evaluate(reader(con), [o for o in objectives if o.sli not in skipped], now_minute),
-                "no SLO data yet: no agent has SLI events in the fleet store in the objectives' windows")
-    finally:
-        con.close()
+    return rows, "no SLO data yet: no agent has SLI events in the fleet store in the objectives' windows"
 
 
 def _print_slos(rows: list[dict], fmt: str) -> None:

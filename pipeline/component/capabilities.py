@@ -62,6 +62,9 @@ class SloReports(Protocol):
     config: Any  # the processor's SloConfig (what-if recomputes with its objectives)
 
     def report(self) -> list[dict]: ...
+    # Every pipeline's SLOs from the fleet store (``source``: its URL or an open FleetStore), with these
+    # objectives and the SLIs this pipeline's store rolls up: {"slos": rows, "skipped": {sli: why}}.
+    def fleet_report(self, source: Any) -> dict: ...
 
 
 @runtime_checkable
@@ -71,6 +74,9 @@ class CostReports(Protocol):
     def costs(self, days: int = 7) -> dict: ...
     def budgets(self) -> list[dict]: ...  # every budget's account of the current period, from memory
     def budget_specs(self) -> Sequence[Any]: ...
+    # Every pipeline's spend from the fleet store, with these budgets: what costs() answers, and
+    # "skipped": the tenant budgets left out (the fleet's rollup has no tenant).
+    def fleet_costs(self, source: Any, days: int = 7) -> dict: ...
 
 
 @runtime_checkable

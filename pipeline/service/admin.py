@@ -28,6 +28,14 @@
 
 SQL is read-only (SELECT/EXPLAIN), touches no file, and is limited in rows, answer bytes, time and
 memory (pipeline/storage/sandbox.py); it runs in its own bounded pool (admin_guard.QueryAdmission).
+
+With ``fleet_store: clickhouse://…`` set, ``{"sql": ..., "store": "fleet"}`` runs on the fleet's
+ClickHouse instead (pipeline/storage/fleet.py: ``readonly = 1``, the same row, byte, time and memory
+limits, the same pool); ``GET /v1/slos?store=fleet`` and ``GET /v1/costs?store=fleet`` answer every
+pipeline's SLOs and spend with this pipeline's objectives and budgets (processors/slo/fleet.py,
+processors/cost/fleet.py; ``skipped``: what the fleet store cannot answer, and why), and
+``GET /v1/incidents?store=fleet`` lists every pipeline's incidents from the ``incident`` events there.  Without the setting ``store=fleet`` is 404; a tenant's key gets 403 (the
+fleet store is not tenant-scoped).
 Every route checks the Host header, and POSTs the Origin and Content-Type (admin_guard.RequestGuard).
 A caller whose key carries a tenant sees that tenant's data only (admin_tenants.py).
 """
@@ -42,7 +50,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from agent_sre.pipeline.component import Extension, Factory, Kind
 from agent_sre.pipeline.component.auth import (
@@ -70,6 +78,14 @@ from agent_sre.pipeline.component.tls import TlsServerConfig
 from agent_sre.pipeline.service.admin_guard import QueryAdmission, RequestGuard
 from agent_sre.pipeline.service.admin_tenants import TenantAgents, tenant_costs
 from agent_sre.pipeline.service.defaults import ADMIN_ENDPOINT
+from agent_sre.pipeline.storage.fleet import (
+    FleetStore,
+    FleetStoreError,
+    fleet_incidents,
+    fleet_query,
+    parse_store,
+    redacted,
+)
 from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
 
 
@@ -112,6 +128,20 @@ class AdminConfig(ConfigModel):
     # that may POST besides the API's own (admin_guard.py).
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
+    # The fleet's ClickHouse, clickhouse://[user[:password]@]host[:port]/db (a read-only user is best):
+    # what ``store: fleet`` asks.  A secret: the password shows as ``***`` in messages and ``**********``
+    # in the config's dump.
+    fleet_store: SecretStr | None = None
+
+    @field_validator("fleet_store")
+    @classmethod
+    def _fleet_store_is_clickhouse(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            try:
+                parse_store(url.get_secret_value())
+            except FleetStoreError as exc:
+                raise ValueError(str(exc)) from None
+        return url
 
     @field_validator("allowed_origins")
     @classmethod
@@ -223,6 +253,32 @@ class AdminApi(Extension):
         except CapabilityError as exc:
             raise QueryError(f"no span store to query: {exc}", 503, "no_store") from exc
 
+    def _fleet_url(self, request: web.Request, store: object) -> str | None:
+        """None: answer from this pipeline; the fleet store's URL for ``store`` "fleet".  Refused with
+        ``FleetStoreError``: an unknown store (400), no ``fleet_store`` configured (404), a tenant's key
+        (403: the fleet store holds every tenant's rows, unscoped)."""
+        if store in (None, "", "local"):
+            return None
+        if store != "fleet":
+            raise FleetStoreError(f'bad request: store is "local" or "fleet" (got {store!r})', 400, "bad_store")
+        if self.config.fleet_store is None:
+            raise FleetStoreError("no fleet store configured: set fleet_store: clickhouse://[user[:password]@]"
+                                  "host[:port]/db in the admin extension's config", 404, "no_fleet_store")
+        if self._tenant(request) is not None:
+            raise FleetStoreError("the fleet store is not tenant-scoped: store=fleet is not for a tenant's key",
+                                  403, "tenant_scope")
+        return self.config.fleet_store.get_secret_value()
+
+    def _fleet_refusal(self, request: web.Request, exc: FleetStoreError) -> web.Response:
+        """A store=fleet request refused or failed, counted and logged (the URL's password never is)."""
+        self._refused(request, exc.reason, str(exc))
+        return web.json_response({"error": str(exc)}, status=exc.status,
+                                 headers={"Retry-After": "1"} if exc.status == 503 else None)
+
+    def _fleet_store(self, url: str) -> FleetStore:
+        """A connection to the fleet store within the ad-hoc SQL's time and memory limits."""
+        return FleetStore(url, self.config.query_timeout, self.config.max_query_memory_mib << 20)
+
     @staticmethod
     def _tenant(request: web.Request) -> str | None:
         """The caller's tenant (its key's), or None: every tenant's data."""
@@ -271,10 +327,11 @@ class AdminApi(Extension):
             body = json.loads(await read_body(request, 1 << 20) or b"{}")
             if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
                 raise QueryError('body must be a JSON object with "sql": "<statement>"')
-            limits = self._limits(body, self._tenant(request))
+            fleet = self._fleet_url(request, body.get("store"))
+            limits = self._limits(body, None if fleet else self._tenant(request))
             deadline = arrived + limits.timeout_s
-            encoded, truncated_by = await self._queries.run(deadline, self._answer, self._store(), body["sql"],
-                                                            limits, deadline)
+            encoded, truncated_by = await self._queries.run(deadline, self._answer, fleet or self._store(),
+                                                            body["sql"], limits, deadline)
         except QueryError as exc:
             if exc.reason != "sql":
                 self._refused(request, exc.reason, str(exc))
@@ -289,13 +346,15 @@ class AdminApi(Extension):
         return web.Response(body=encoded, content_type="application/json")
 
     @staticmethod
-    def _answer(store: SpanStore, sql: str, limits: QueryLimits, deadline: float) -> tuple[bytes, str | None]:
-        """In a query thread: the query and its JSON body, within what is left of the time limit."""
+    def _answer(store: SpanStore | str, sql: str, limits: QueryLimits, deadline: float) -> tuple[bytes, str | None]:
+        """In a query thread: the query (``store``: the span store, or the fleet store's URL) and its JSON
+        body, within what is left of the time limit."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise QueryError(f"no query slot came free within the time limit of {limits.timeout_s:g}s; try again",
                              503, "query_queue_timeout")
-        result = store.query(sql, limits=dataclasses.replace(limits, timeout_s=left))
+        limits = dataclasses.replace(limits, timeout_s=left)
+        result = fleet_query(store, sql, limits) if isinstance(store, str) else store.query(sql, limits=limits)
         encoded = result.to_json_bytes()
         if time.monotonic() > deadline:  # the time limit covers building the answer too
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
@@ -303,6 +362,13 @@ class AdminApi(Extension):
 
     async def _slos(self, request: web.Request) -> web.Response:
         processors = self._host.all(SloReports)
+        try:
+            url = self._fleet_url(request, request.query.get("store"))
+        except FleetStoreError as exc:
+            return self._fleet_refusal(request, exc)
+        if url is not None:
+            return await self._from_fleet(request, url, [lambda s, p=p: p.fleet_report(s) for p in processors],
+                                          {"slos": [], "configured": bool(processors)})
         loop = asyncio.get_running_loop()
         try:
             rows = [row for proc in processors for row in await loop.run_in_executor(self._pool, proc.report)]
@@ -336,7 +402,29 @@ class AdminApi(Extension):
             decisions = [d for d in decisions if d["agent_id"] in agents]
         return web.json_response({"decisions": decisions})
 
+    async def _from_fleet(self, request: web.Request, url: str, asks: list, answer: dict) -> web.Response:
+        """``answer`` with what each of ``asks`` (``ask(store)``, in the admin's pool, on one connection to
+        the fleet store) adds to its lists and to ``skipped``; 503 when the fleet store cannot answer."""
+        def ask_all() -> list[dict]:
+            with self._fleet_store(url) as store:
+                return [ask(store) for ask in asks]
+
+        try:
+            parts = await asyncio.get_running_loop().run_in_executor(self._pool, ask_all)
+        except FleetStoreError as exc:
+            return self._fleet_refusal(request, exc)
+        skipped: dict[str, str] = {}
+        for part in parts:
+            skipped.update(part.pop("skipped", {}))
+            for key, rows in part.items():
+                answer[key] = answer.get(key, []) + rows
+        return web.json_response({**answer, "store": "fleet", "skipped": skipped})
+
     async def _costs(self, request: web.Request) -> web.Response:
+        try:
+            url = self._fleet_url(request, request.query.get("store"))
+        except FleetStoreError as exc:
+            return self._fleet_refusal(request, exc)
         costs = self._host.all(CostReports)
         if not costs:
             return web.json_response({"error": "no cost processor configured"}, status=404)
@@ -346,6 +434,9 @@ class AdminApi(Extension):
                 raise ValueError("days must be 1 to 366")
         except ValueError as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        if url is not None:
+            return await self._from_fleet(request, url, [lambda s, c=c: c.fleet_costs(s, days) for c in costs],
+                                          {"summary": [], "budgets": []})
         loop = asyncio.get_running_loop()
         answers = [await loop.run_in_executor(self._pool, c.costs, days) for c in costs]
         answer = {"summary": [r for a in answers for r in a["summary"]],
@@ -360,6 +451,8 @@ class AdminApi(Extension):
         return found[0] if found else None
 
     async def _incidents(self, request: web.Request) -> web.Response:
+        if request.query.get("store", "local") not in ("", "local"):
+            return await self._fleet_incidents(request)
         proc = self._incidents_processor()
         if proc is None:
             return web.json_response({"error": "no incidents processor configured"}, status=404)
@@ -377,6 +470,22 @@ class AdminApi(Extension):
             agents = await self._agents_of(tenant)
             listed = [row for row in listed if row.get("agent_id") in agents]
         return web.json_response({"incidents": listed})
+
+    async def _fleet_incidents(self, request: web.Request) -> web.Response:
+        """GET /v1/incidents?store=fleet[&all=true]: every pipeline's incidents from the fleet store's
+        ``incident`` events (pipeline/storage/fleet.py says what those carry), newest first."""
+        try:
+            url = self._fleet_url(request, request.query.get("store"))
+            assert url is not None  # store=local is answered by _incidents
+            if request.get(PATH_PARAMS):
+                raise FleetStoreError("one incident (its log, its postmortem) is read from the pipeline that opened "
+                                      "it: the fleet store keeps incident events, not the log", 400, "bad_store")
+            every = request.query.get("all", "false").lower() in ("1", "true", "yes")
+            listed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: fleet_incidents(self._fleet_store(url), every))
+        except FleetStoreError as exc:
+            return self._fleet_refusal(request, exc)
+        return web.json_response({"incidents": listed, "store": "fleet"})
 
     async def _outside_tenant(self, request: web.Request, proc, incident: str) -> web.Response | None:
         """404 when the caller has a tenant and the incident is not of one of its agents; else None."""
@@ -668,9 +777,12 @@ class AdminApi(Extension):
 
     def describe(self) -> list[str]:
         scheme = "https" if self.config.tls is not None else "http"
-        return [f"admin/query API on {scheme}://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
-                "GET /v1/decisions, GET /v1/costs, /v1/incidents, GET /v1/traces/{id}, POST /v1/diff, "
-                "/v1/golden/check, /v1/what-if, /v1/chaos, /v1/rollouts)"]
+        lines = [f"admin/query API on {scheme}://{self.config.endpoint} (POST /v1/query, GET /v1/status, GET /v1/slos, "
+                 "GET /v1/decisions, GET /v1/costs, /v1/incidents, GET /v1/traces/{id}, POST /v1/diff, "
+                 "/v1/golden/check, /v1/what-if, /v1/chaos, /v1/rollouts)"]
+        if self.config.fleet_store is not None:
+            lines.append(f"store=fleet: {redacted(self.config.fleet_store.get_secret_value())}")
+        return lines
 
     def _shutdown(self) -> None:
         self._host.http.remove_routes(self.config.endpoint, list(self.ROUTES))

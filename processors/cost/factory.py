@@ -323,6 +323,14 @@ class CostProcessor(Processor):
         rows = cost_summary(self._store.read, self.ledger.specs, now, days) if self._store is not None else []
         return {"summary": rows, "budgets": self.ledger.accounts(now)}
 
+    def fleet_costs(self, source, days: int = 7) -> dict:
+        """What costs() answers, over every pipeline's spend in the fleet store (processors/cost/fleet.py)."""
+        from agent_sre.processors.cost.fleet import fleet_costs
+
+        summary, budgets, tenant = fleet_costs(source, list(self.ledger.specs), self.clock(), days)
+        return {"summary": summary, "budgets": budgets,
+                "skipped": {name: "the fleet store's rollup has no tenant" for name in tenant}}
+
     def budgets(self) -> list[dict]:
         """Every budget's account of the current period, from memory (what /v1/costs lists under "budgets")."""
         return self.ledger.accounts(self.clock())

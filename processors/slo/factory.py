@@ -214,6 +214,18 @@ class SloProcessor(Stage):
             tracker.firing.add(rule)
             self._alert_started[(obj.name, agent, version, rule.name)] = started
 
+    def fleet_report(self, source) -> dict:
+        """Every pipeline's SLOs from the fleet store (processors/slo/fleet.py), evaluated now with these
+        objectives and the SLIs this pipeline's store rolls up (its ``sli_rollups``)."""
+        from agent_sre.pipeline.storage.rollups import SliRollup
+        from agent_sre.processors.slo.fleet import fleet_slos
+
+        slis = ([SliRollup(*r) for r in self._store.read(
+            "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position")]
+                if self._store is not None else [])
+        rows, skipped = fleet_slos(source, self.config.objectives, slis, window_end(self.clock()))
+        return {"slos": rows, "skipped": skipped}
+
     def subscribe(self, callback: Callable[[list[dict]], None]) -> None:
         """``callback(alerts)`` after every evaluation that fired or resolved alerts (the alerts receiver)."""
         self._subscribers.append(callback)
