@@ -10,8 +10,9 @@ from agent_sre.exporters.clickhouse.config import ClickHouseConfig
 from agent_sre.exporters.clickhouse.factory import batch_id, insert_columns
 from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS
 from agent_sre.pipeline.cli.common import CliError
-from agent_sre.pipeline.cli.fleet import parse_store
+from agent_sre.pipeline.cli.fleet import cli_errors
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage.fleet import parse_store
 
 
 def spans(n: int) -> pa.Table:
@@ -73,5 +74,5 @@ def test_columns_for_current_use_map_dicts_and_for_compat_nested_arrays():
 
 def test_a_bad_store_url_is_refused():
     with pytest.raises(CliError, match="--store must be clickhouse://"):
-        parse_store("duckdb:///tmp/x")
+        cli_errors(lambda: parse_store("duckdb:///tmp/x"))
     assert parse_store("clickhouse://reader@ch:9000/fleet")["user"] == "reader"
