@@ -1000,13 +1000,17 @@ def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnec
     p = Path(path)
     con = duckdb.connect(config=config)
     try:
-        name = _ident(p.stem)
+        # DuckDB's own catalogs cannot be reused (a store at memory.duckdb would clash with the instance's).
+        name = _ident(p.stem if p.stem.lower() not in _RESERVED_CATALOGS else f"{p.stem}_store")
         con.execute(f"ATTACH {_literal(str(p))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
         con.execute(f"USE {name}").fetchall()
     except BaseException:
         con.close()
         raise
     return con
+
+
+_RESERVED_CATALOGS = {"memory", "system", "temp", "main"}
 
 
 def cursor_on_store(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

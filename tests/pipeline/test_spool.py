@@ -206,3 +206,16 @@ def test_a_missing_segment_is_reported_as_a_gap_in_the_sequence(tmp_path, caplog
     assert _names(store) == [f"{t}-{i}" for t in "ac" for i in range(4)]
     assert any("records seq 2..2 are missing" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     store.close()
+
+
+def test_a_store_named_like_duckdbs_own_catalogs_opens_and_reads(tmp_path):
+    """The store is attached to an in-memory instance under its file's stem: a file called memory.duckdb
+    (the in-memory database's own name) must still open, take spans and answer reads."""
+    from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+
+    for stem in ("memory", "system", "temp", "main"):
+        store = SpanStore(tmp_path / f"{stem}.duckdb")
+        store.append(pa.Table.from_pylist([{"trace_id": "1" * 32, "span_id": "2" * 16, "name": "x",
+                                            "start_ns": 1, "end_ns": 2}], schema=SPAN_SCHEMA))
+        assert store.read("SELECT count(*) FROM spans") == [(1,)]
+        store.close()
