@@ -338,8 +338,11 @@ class SpanStore:
         return con
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own to the store (readers never wait for the writer's lock)."""
-        return cursor_on_store(self._con)
+        """A connection of its own to the store (readers never wait for the writer's lock), on the store's
+        database (a cursor starts on the instance's default, the empty in-memory one)."""
+        cur = self._con.cursor()
+        cur.execute(f"USE {catalog_name(self.path)}").fetchall()
+        return cur
 
     def _checkpoint_with_more_memory(self, exc: duckdb.Error | None = None) -> None:
         """A WAL written with large values may need more than the buffer pool to replay or checkpoint (a
@@ -1000,8 +1003,7 @@ def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnec
     p = Path(path)
     con = duckdb.connect(config=config)
     try:
-        # DuckDB's own catalogs cannot be reused (a store at memory.duckdb would clash with the instance's).
-        name = _ident(p.stem if p.stem.lower() not in _RESERVED_CATALOGS else f"{p.stem}_store")
+        name = catalog_name(p)
         con.execute(f"ATTACH {_literal(str(p))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
         con.execute(f"USE {name}").fetchall()
     except BaseException:
@@ -1011,6 +1013,13 @@ def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnec
 
 
 _RESERVED_CATALOGS = {"memory", "system", "temp", "main"}
+
+
+def catalog_name(path: str | os.PathLike) -> str:
+    """The attached store's database name, quoted: the file's stem, as ``duckdb.connect(path)`` names it,
+    unless that is one of DuckDB's own catalogs (a store at memory.duckdb would clash with the instance's)."""
+    stem = Path(path).stem
+    return _ident(stem if stem.lower() not in _RESERVED_CATALOGS else f"{stem}_store")
 
 
 def cursor_on_store(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
