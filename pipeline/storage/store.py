@@ -293,8 +293,8 @@ class SpanStore:
     def _verify(self) -> None:
         """Read every stored block once, in the background after opening: DuckDB checks each block's
         checksum as it reads it, and a corrupt one would otherwise surface only when a query happens to
-        scan it (the store answering healthy meanwhile).  One row group at a time (the rowid range prunes
-        the others), every value hashed inside DuckDB rather than converted to Arrow, and busy at most
+        scan it (the store answering healthy meanwhile).  One range of rows at a time (the rowid range prunes
+        the other row groups), every value hashed inside DuckDB rather than converted to Arrow, and busy at most
         _VERIFY_DUTY of the time.  Measured on bench/console.py's 10M-span store: the unthrottled Arrow
         pass took 8.7 s of CPU right after opening (the pipeline's busiest thread while the console's
         first pages were timed); hashing takes half of that, spread over ~3 minutes."""
