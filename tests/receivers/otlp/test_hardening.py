@@ -41,14 +41,24 @@ def start(tmp_path):
     services: list[Service] = []
 
     def start_(*, ports: Ports | None = None, before_start=None, **kwargs) -> RunningPipeline:
-        ports = ports or Ports.allocate()
-        service = Service(parse_config(_yaml(ports, tmp_path / f"p{len(services)}", **kwargs), "test"))
-        (tmp_path / f"p{len(services)}").mkdir(exist_ok=True)
-        services.append(service)
-        if before_start is not None:
-            before_start(service)
-        service.start()
-        return RunningPipeline(service, ports, tmp_path / f"p{len(services) - 1}")
+        given = ports
+        for attempt in range(3):
+            # A port found free can be taken before the service binds it (seen in CI): fresh ports and try
+            # again, unless the test gave its ports (then the bind error is what it tests).
+            ports = given or Ports.allocate()
+            service = Service(parse_config(_yaml(ports, tmp_path / f"p{len(services)}", **kwargs), "test"))
+            (tmp_path / f"p{len(services)}").mkdir(exist_ok=True)
+            services.append(service)
+            if before_start is not None:
+                before_start(service)
+            try:
+                service.start()
+            except OSError:
+                if given is not None or attempt == 2:
+                    raise
+                continue
+            return RunningPipeline(service, ports, tmp_path / f"p{len(services) - 1}")
+        raise AssertionError("unreachable")
 
     yield start_
     for s in services:
