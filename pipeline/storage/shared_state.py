@@ -18,7 +18,10 @@ counting locally, and ``reconnect`` retries; ``status()`` and the ``agent_sre_sh
 say which view decides.
 
 ``instance`` names the pipeline in the fleet: it must be stable across restarts of the same pipeline
-(its store rebuilds its contribution at start) and unique in the fleet (default: the host name).
+(its store rebuilds its contribution at start) and unique in the fleet (default: the host name).  A
+pipeline claims its name in Redis with a token kept in its store (``kept_claim_token``): the token names
+the pipeline's data, not its process, so a pipeline restarted after kill -9 takes over its own claim, while
+a second live pipeline with the name (its own store: DuckDB lets one process open a store) is told it clashes.
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import AfterValidator
+
+if TYPE_CHECKING:
+    from agent_sre.pipeline.component.capabilities import SpanStore
 
 log = logging.getLogger("agent_sre.shared_state")
 T = TypeVar("T")
@@ -195,12 +201,39 @@ def _gauges(registry) -> Any:
 _GAUGES: dict[int, tuple[Any, Any]] = {}
 INSTANCE_TTL_S = 15  # a pipeline's claim on its instance name outlives a few missed refreshes, not a restart
 
+# One claim token per component, in the component's store: written once (the first start), read at every start.
+_CLAIMS_DDL = "CREATE TABLE IF NOT EXISTS shared_state_claims (component VARCHAR PRIMARY KEY, token VARCHAR NOT NULL)"
+
+
+def kept_claim_token(store: SpanStore, component: str) -> str:
+    """The token with which ``component`` claims its instance name, kept in ``store`` so that it
+    outlives the process: a pipeline restarted within INSTANCE_TTL_S of its kill (kill -9, OOM) finds its
+    own claim, not another pipeline's.  Written atomically once (one transaction, on the store's write
+    lock), reused by every restart.  Two live pipelines cannot share a store (DuckDB locks the file), so
+    theirs differ; two components of one pipeline have a token each (they would overwrite each other's
+    contributions too).  A store that cannot be written gives "" (a token per process, as without a
+    store), with a warning."""
+    import duckdb  # the store's own library: its errors are what a failed write raises
+
+    try:
+        store.write([(_CLAIMS_DDL, []), ("INSERT INTO shared_state_claims VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                         [component, uuid.uuid4().hex])])
+        return store.read("SELECT token FROM shared_state_claims WHERE component = ?", [component])[0][0]
+    except (duckdb.Error, OSError) as exc:
+        log.warning("shared state: %s cannot keep its instance claim in its store (%s): a restart within %d s "
+                    "of a kill is told that another live pipeline has its name until the old claim expires",
+                    component, exc, INSTANCE_TTL_S)
+        return ""
+
 
 class SharedState:
     """One Redis connection pool, the fleet's scripts, and whether Redis is reachable now."""
 
     def __init__(self, url: str, instance: str = "", prefix: str = "agent_sre", timeout_s: float = 0.25,
-                 component: str = ""):
+                 component: str = "", claim_token: str = ""):
+        """``claim_token``: what this pipeline claims its instance name with, from ``kept_claim_token``
+        (its data's); "" makes one per process, so a restart within INSTANCE_TTL_S of a kill is told it
+        clashes with its dead self until that claim expires."""
         try:
             import redis  # only pipelines with `state:` need it
         except ImportError as exc:
@@ -223,7 +256,7 @@ class SharedState:
         self.epoch: str | None = None
         self.outages = 0
         self.name_clash = False
-        self._token = uuid.uuid4().hex
+        self._token = claim_token or uuid.uuid4().hex
         self._warned = False
         self._gauge: Any = None
         self._lock = threading.Lock()

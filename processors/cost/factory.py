@@ -206,9 +206,11 @@ class CostProcessor(Processor):
     def _share(self, host) -> None:
         """Budgets on the fleet's Redis: this pipeline's spend (rebuilt from its store) is reconciled into
         the shared totals now (or at the first refresh that reaches Redis), then refreshed on a timer."""
-        from agent_sre.pipeline.storage.shared_state import SharedState
+        from agent_sre.pipeline.storage.shared_state import SharedState, kept_claim_token
 
-        state = SharedState(self.config.state, self.config.state_instance, component=str(self.id))
+        # the name's claim token is the store's: a restart after kill -9 is not told it clashes with itself
+        state = SharedState(self.config.state, self.config.state_instance, component=str(self.id),
+                            claim_token=kept_claim_token(self._store, str(self.id)))
         state.bind_metrics(host.telemetry.registry)
         self.fleet = FleetBudgets(self.ledger, state)
         self._refresh()
