@@ -83,9 +83,10 @@ class SloConfig(ConfigModel):
     objectives: list[Objective] = []
     openslo: list[str] = []  # OpenSLO v1 files whose SLOs are added to objectives (see openslo.py)
     # Evaluated after every commit of new spans (at most once per min_interval), and at least every
-    # interval with no traffic: an alert leaves within about a second of its condition holding.
+    # interval with no traffic: an alert leaves within about half a second of its condition holding
+    # (bench/slo.py: acknowledged -> paged, which adds the spool's commit delay).
     interval: Duration = Field(default="30s", gt=0)
-    min_interval: Duration = Field(default="1s", gt=0)
+    min_interval: Duration = Field(default="500ms", gt=0)
     storage: str = ""  # which duckdb exporter; empty: the only one
 
     @model_validator(mode="after")
