@@ -337,6 +337,16 @@ class SharedState:
         changed, self.epoch = now != self.epoch, now
         return changed
 
+    def describe_line(self, what: str, refresh_s: float, when_down: str) -> str:
+        """The component's /v1/status line: ``what`` (e.g. "shared budgets") is decided from the fleet's view,
+        refreshed every ``refresh_s``, or, Redis unreachable, as ``when_down`` says."""
+        st = self.status()
+        if not st["available"]:
+            return (f"{what} {st['url']} as {st['instance']}: UNREACHABLE since {st['down_since']:.0f} "
+                    f"({st['last_error']}): {when_down}; reconciled when Redis returns")
+        return (f"{what} {st['url']} as {st['instance']}: fleet view (refreshed every {refresh_s:g}s)"
+                + (" — ANOTHER LIVE PIPELINE HAS THIS NAME: set state_instance" if st["instance_name_clash"] else ""))
+
     def status(self) -> dict:
         return {"url": self.url, "instance": self.instance, "available": self.available,
                 "view": "fleet" if self.available else "local", "down_since": self.down_since,

@@ -521,11 +521,9 @@ class ChaosProcessor(Stage):
         lines = [f"chaos: {len(self._templates)} templates; experiments announced at /v1/decisions/{{agent}}, "
                  f"abort conditions checked every {self.config.check_interval:g}s"]
         if self._state is not None:
-            st = self._state.status()
-            lines.append(f"shared experiments {st['url']} as {st['instance']}: " + (
-                f"fleet view (refreshed every {self.config.state_refresh:g}s)" if st["available"] else
-                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): serving, ending and aborting "
-                "from the local view, new experiments refused; reconciled when Redis returns"))
+            lines.append(self._state.describe_line(
+                "shared experiments", self.config.state_refresh,
+                "serving, ending and aborting from the local view, new experiments refused"))
         return lines
 
 

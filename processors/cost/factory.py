@@ -344,13 +344,8 @@ class CostProcessor(Processor):
         """What /v1/status shows: the budgets, and with shared state whose view decides now."""
         lines: list[str] = []
         if self.fleet is not None:
-            st = self.fleet.state.status()
-            lines.append(f"shared state {st['url']} as {st['instance']}: " + (
-                f"fleet view (refreshed every {self.config.state_refresh:g}s)"
-                + (" — ANOTHER LIVE PIPELINE HAS THIS NAME: set state_instance" if st["instance_name_clash"] else "")
-                if st["available"] else
-                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): deciding from the local view, "
-                "reconciled when Redis returns"))
+            lines.append(self.fleet.state.describe_line("shared state", self.config.state_refresh,
+                                                         "deciding from the local view"))
         return lines
 
     def state_status(self) -> dict | None:

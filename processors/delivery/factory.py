@@ -150,11 +150,9 @@ class DeliveryProcessor(Stage):
         lines = [f"delivery: rollouts analysed every {self.config.interval:g}s"
                  + (f" (active: {', '.join(active)})" if active else "")]
         if self._state is not None:
-            st = self._state.status()
-            lines.append(f"shared rollouts {st['url']} as {st['instance']}: " + (
-                f"fleet view (refreshed every {self.config.state_refresh:g}s)" if st["available"] else
-                f"UNREACHABLE since {st['down_since']:.0f} ({st['last_error']}): routing from the local view; "
-                "rollbacks and aborts only, advances wait; reconciled when Redis returns"))
+            lines.append(self._state.describe_line(
+                "shared rollouts", self.config.state_refresh,
+                "routing from the local view; rollbacks and aborts only, advances wait"))
         return lines
 
     # --- the Rollouts capability (admin API) --------------------------------------------------
