@@ -21,6 +21,11 @@ batch at a time, so nothing races the check.
     drops a repeated insert and the rollup view's block with it.
   - compat schema (18.16, tokens only for replicated tables): spans are not partitioned, so one insert
     of up to ``max_insert_block_size`` (1,048,576) rows is one part; the check alone does it.
+
+Once per span, for reads.  The batch check cannot see a span a client re-sent (its OK lost when a
+pipeline was killed) in another batch, to this pipeline or another one: that copy is inserted.  Spans go
+to ``spans_raw``, a ReplacingMergeTree keyed by the span's identity, and are read through the view
+``spans`` (``FINAL``): the copies are one row to every reader at once, and merges drop them (schema.py).
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ import pyarrow.compute as pc
 
 from agent_sre.exporters.clickhouse import native
 from agent_sre.exporters.clickhouse.config import ClickHouseConfig
-from agent_sre.exporters.clickhouse.schema import EVENT_COLUMNS, MAPS, SPAN_COLUMNS, ddl
+from agent_sre.exporters.clickhouse.schema import (
+    EVENT_COLUMNS,
+    LEGACY_SPANS_SQL,
+    MAPS,
+    RAW_SPANS,
+    SPAN_COLUMNS,
+    ddl,
+    legacy_spans,
+)
 from agent_sre.exporters.helper.sender import QueuedExporter
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
 from agent_sre.pipeline.pdata.schema import signal_of
@@ -134,6 +147,7 @@ class ClickHouseExporter(QueuedExporter):
         self._local = threading.local()  # clickhouse-driver clients are not thread-safe: one per consumer
         self._ready_lock = threading.Lock()
         self._current: bool | None = None
+        self._spans_table = RAW_SPANS  # ``spans`` when that is an older version's MergeTree (see _ready)
         self.deduplicated = 0  # queued batches found already stored and not inserted again
         self.inserts = 0  # inserts sent (merged batches count once)
         self._fallback_logged = False
@@ -156,13 +170,24 @@ class ClickHouseExporter(QueuedExporter):
                 version = tuple(int(p) for p in client.execute("SELECT version()")[0][0].split(".")[:2])
                 mode = self.config.schema_version
                 current = version >= CURRENT_FROM if mode == "auto" else mode == "current"
+                db = self.config.database
+                engine = client.execute(LEGACY_SPANS_SQL, {"db": db})
+                legacy = legacy_spans(engine[0][0] if engine else None)
                 if self.config.create_schema:
-                    for statement in ddl(self.config.database, current, self.config.ttl_days,
-                                         self.config.dedup_window):
-                        client.execute(statement)
+                    for statement in ddl(db, current, self.config.ttl_days, self.config.dedup_window):
+                        if not (legacy and RAW_SPANS in statement):  # nothing read from a second spans table
+                            client.execute(statement)
+                if legacy:
+                    self._spans_table = "spans"
+                    self.logger.warning(
+                        "%s.spans is a %s table created by an older agent-sre: spans go on into it, and a span "
+                        "a client re-sent is stored and counted by fleet SQL once per copy. To count each span "
+                        "once, move it to %s.%s and the view spans (exporters/clickhouse/README.md: "
+                        "Tables of an older version)", db, engine[0][0], db, RAW_SPANS)
                 self._current = current
-                self.logger.info("ClickHouse %s at %s: %s schema", ".".join(map(str, version)),
-                                 self.config.endpoint.split("@")[-1], "current" if current else "compat")
+                self.logger.info("ClickHouse %s at %s: %s schema, spans into %s", ".".join(map(str, version)),
+                                 self.config.endpoint.split("@")[-1], "current" if current else "compat",
+                                 self._spans_table)
             return self._current
 
     # --- merging queued batches into large inserts ---------------------------------------------
@@ -233,7 +258,7 @@ class ClickHouseExporter(QueuedExporter):
         return SUCCESS
 
     def _insert(self, client, batch: pa.Table, signal: str, current: bool) -> None:
-        table, columns = ("spans", SPAN_COLUMNS) if signal == "traces" else ("events", EVENT_COLUMNS)
+        table, columns = (self._spans_table, SPAN_COLUMNS) if signal == "traces" else ("events", EVENT_COLUMNS)
         target = f"{self.config.database}.{table}"
         by_day = signal == "traces" and current  # current spans: one part per day partition
         keys = _part_keys(batch, by_day)

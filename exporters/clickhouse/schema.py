@@ -1,23 +1,30 @@
 """The ClickHouse tables: one schema for the ClickHouse users run today, one for 18.16 (Debian's).
 
 ``current`` (ClickHouse >= 22.2, checked with chdb 26.x in the tests):
-    spans          MergeTree, PARTITION BY day, ORDER BY (agent_id, start_time), TTL, a bloom-filter
-                   skip index on trace_id, ``Map(LowCardinality(String), String)`` attributes,
-                   ``LowCardinality`` enums, ``DateTime64(9)`` start_time (materialised from start_ns);
-                   inserts are deduplicated by ``insert_deduplication_token`` (= the batch id) within
-                   ``non_replicated_deduplication_window`` blocks.
+    spans_raw      ReplacingMergeTree, PARTITION BY day, PRIMARY KEY (agent_id, start_time), ORDER BY
+                   (agent_id, start_time, trace_id, span_id), TTL, a bloom-filter skip index on trace_id,
+                   ``Map(LowCardinality(String), String)`` attributes, ``LowCardinality`` enums,
+                   ``DateTime64(9)`` start_time (materialised from start_ns); inserts are deduplicated by
+                   ``insert_deduplication_token`` (= the batch id) within ``non_replicated_deduplication_window``
+                   blocks.  Every copy of one span has one sorting key: merges keep one.
+    spans          a view: ``SELECT *, start_time FROM spans_raw FINAL`` -- one row per span before merges
+                   too.  What fleet SQL and the fleet views read.
     rollup_minute  SummingMergeTree per (agent_id, minute, model, span_role): spans, errors, tokens,
-                   cost, duration, task outcomes — fed by a materialised view on spans, so it follows
-                   the spans insert (and its deduplication) and can never count a batch the spans table
-                   did not take.  Rows of one key merge eventually: query with ``sum()``.
+                   cost, duration, task outcomes -- fed by a materialised view on spans_raw, so it follows
+                   the spans insert (and its batch deduplication) and can never count a batch the spans table
+                   did not take; but a span's copy inserted in another batch (a client's re-send) is
+                   summed again.  Rows of one key merge eventually: query with ``sum()``.
     events         MergeTree of alerts, budgets, decisions, incidents (EVENT_SCHEMA).
-``compat`` (18.16): the same tables and columns without Map (attributes as ``Nested(key, value)``),
-    LowCardinality, DateTime64, TTL or skip indexes; spans are not partitioned, so one insert of up to
-    ``max_insert_block_size`` rows is one part (atomic); exactly-once is the exporter's check of the
-    batch id before the insert (see factory.py).
+``compat`` (18.16): the same tables, view and columns without Map (attributes as ``Nested(key, value)``),
+    LowCardinality, DateTime64, TTL or skip indexes; spans_raw is not partitioned, so one insert of up to
+    ``max_insert_block_size`` rows is one part (atomic); exactly-once per batch is the exporter's check of
+    the batch id before the insert (see factory.py).
+Tables of an older version (``spans`` a MergeTree table) are not changed: see ``legacy_spans`` and README.
 """
 
 from __future__ import annotations
+
+from agent_sre.pipeline.storage.fleet import RAW_SPANS
 
 SPAN_STRINGS = ("parent_span_id", "trace_state", "status_message", "service_version", "environment", "scope_name",
                 "scope_version", "agent_name", "agent_version", "session_id", "task_name", "tool_name", "provider",
@@ -52,6 +59,14 @@ def _span_columns(current: bool) -> list[str]:
     return cols
 
 
+# Spans are stored in ``spans_raw``, a ReplacingMergeTree whose sorting key ends with the span's identity
+# (trace_id, span_id): every copy of a span (an OTLP client's re-send after a lost OK, to any pipeline)
+# has the same key -- the same agent_id and start_time, derived from the span itself -- so merges keep
+# one, and ``FINAL`` reads one before they happen.  The view ``spans`` is ``spans_raw FINAL``: what fleet
+# SQL reads.  The primary index stays (agent_id, start_time): time and agent ranges prune as before.
+SPAN_IDENTITY = ("trace_id", "span_id")
+SPANS_KEY = f"PRIMARY KEY (agent_id, start_time) ORDER BY (agent_id, start_time, {', '.join(SPAN_IDENTITY)})"
+
 ROLLUP_COLUMNS = ("minute DateTime", "agent_id String", "model String", "span_role String", "spans UInt64",
                   "errors UInt64", "input_tokens Int64", "output_tokens Int64", "cost_usd Float64",
                   "duration_ns Int64", "tasks UInt64", "task_successes UInt64")
@@ -62,11 +77,12 @@ ROLLUP_SELECT = """SELECT toStartOfMinute(toDateTime(intDiv(ifNull(start_ns, 0),
        sum(ifNull(output_tokens, 0)) AS output_tokens, sum(ifNull(cost_usd, 0)) AS cost_usd,
        sum(ifNull(duration_ns, 0)) AS duration_ns, countIf(ifNull(span_role, '') = 'agent_task') AS tasks,
        countIf(ifNull(span_role, '') = 'agent_task' AND ifNull(task_success, 0) = 1) AS task_successes
-FROM {db}.spans GROUP BY minute, agent_id, model, span_role"""
+FROM {db}.{spans} GROUP BY minute, agent_id, model, span_role"""
 
 
 def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> list[str]:
-    """The statements that create the schema (idempotent: IF NOT EXISTS)."""
+    """The statements that create the schema (idempotent: IF NOT EXISTS): the database, ``spans_raw``,
+    ``rollup_minute`` and the view feeding it, the view ``spans`` (one row per span), ``events``."""
     body = ",\n  ".join(_span_columns(current))
     event_labels = "labels Map(LowCardinality(String), String)" if current else "labels Nested(key String, value String)"
     lc = "LowCardinality(String)" if current else "String"
@@ -75,9 +91,9 @@ def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> li
               "batch_id String")
     rollup = ", ".join(ROLLUP_COLUMNS)
     if current:
-        spans = (f"CREATE TABLE IF NOT EXISTS {db}.spans (\n  {body},\n"
+        spans = (f"CREATE TABLE IF NOT EXISTS {db}.{RAW_SPANS} (\n  {body},\n"
                  "  INDEX trace_id_bloom trace_id TYPE bloom_filter(0.001) GRANULARITY 4\n)"
-                 " ENGINE = MergeTree PARTITION BY toDate(start_time) ORDER BY (agent_id, start_time)"
+                 f" ENGINE = ReplacingMergeTree PARTITION BY toDate(start_time) {SPANS_KEY}"
                  f" TTL toDateTime(start_time) + INTERVAL {ttl_days} DAY"
                  f" SETTINGS non_replicated_deduplication_window = {dedup_window}, ttl_only_drop_parts = 1")
         tail = (f" TTL minute + INTERVAL {ttl_days} DAY" if ttl_days else "")
@@ -88,11 +104,22 @@ def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> li
               f" TTL toDateTime(intDiv(time_ns, 1000000000)) + INTERVAL {ttl_days} DAY"
               f" SETTINGS non_replicated_deduplication_window = {dedup_window}")
     else:
-        spans = (f"CREATE TABLE IF NOT EXISTS {db}.spans (\n  {body}\n) ENGINE = MergeTree PARTITION BY tuple()"
-                 " ORDER BY (agent_id, start_time)")
+        spans = (f"CREATE TABLE IF NOT EXISTS {db}.{RAW_SPANS} (\n  {body}\n) ENGINE = ReplacingMergeTree"
+                 f" PARTITION BY tuple() {SPANS_KEY}")
         rollups = (f"CREATE TABLE IF NOT EXISTS {db}.rollup_minute ({rollup}) ENGINE = SummingMergeTree"
                    " PARTITION BY toYYYYMM(minute) ORDER BY (agent_id, minute, model, span_role)")
         ev = f"CREATE TABLE IF NOT EXISTS {db}.events ({events}) ENGINE = MergeTree PARTITION BY tuple() ORDER BY (kind, time_ns)"
     view = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_minute_mv TO {db}.rollup_minute AS "
-            + ROLLUP_SELECT.format(db=db))
-    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, ev]
+            + ROLLUP_SELECT.format(db=db, spans=RAW_SPANS))
+    once = f"CREATE VIEW IF NOT EXISTS {db}.spans AS SELECT *, start_time FROM {db}.{RAW_SPANS} FINAL"
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, once, ev]
+
+
+LEGACY_SPANS_SQL = "SELECT engine FROM system.tables WHERE database = %(db)s AND name = 'spans'"
+
+
+def legacy_spans(engine: str | None) -> bool:
+    """Whether ``spans`` (its engine, from ``LEGACY_SPANS_SQL``; None: no such table) is the MergeTree table
+    an older version created, which keeps every copy of a span: ClickHouse cannot change a table's engine,
+    so that table stays until moved (README: "Tables of an older version")."""
+    return engine is not None and engine != "View"

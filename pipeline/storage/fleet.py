@@ -2,13 +2,24 @@
 ``agent-sre query|slo status|cost summary|incidents list --store clickhouse://[user[:password]@]host[:port]/db``
 (pipeline/cli/fleet.py) and the admin API's ``store: fleet`` answers (``fleet_store`` in its config).
 
-The same questions as the local store, asked of the fleet's ClickHouse (tables ``spans``,
-``rollup_minute``, ``events`` written by the clickhouse exporter).  Every query runs with
+The same questions as the local store, asked of the fleet's ClickHouse (``spans_raw`` and its view
+``spans``, ``rollup_minute``, ``events``, written by the clickhouse exporter).  Every query runs with
 ``readonly = 1`` (no writes, no settings changed; the server refuses them), ``max_execution_time``
 and ``max_memory_usage``; ad-hoc SQL also with the row limit (``max_result_rows`` with
 ``result_overflow_mode = 'break'``, then cut here to exactly ``max_rows``).  For production, also
 give the user a read-only profile on the server: the settings here are the client's request, the
 profile is the server's rule.
+
+Each span once.  OTLP is at-least-once: a client re-sends a request whose OK it did not get (its
+pipeline was killed after committing it), to that pipeline or another, so ClickHouse may hold copies
+of a span.  The exporter stores spans in ``spans_raw``, a ReplacingMergeTree keyed by the span's
+identity, and ``spans`` is the view ``spans_raw FINAL``: ad-hoc SQL reading ``spans`` sees each span
+once, and the views read ``spans_raw FINAL`` with their own filters.  ``FINAL`` costs CPU mostly while
+copies sit in unmerged parts (1M spans in 32 parts: ~0.3-0.4 s of CPU per question against ~0.01-0.1 s
+without, on chdb and on 18.16; once merged, the same as without on chdb, ~2x on 18.16; the exporter's
+README has the figures).  ``rollup_minute`` sums what each insert brought, copies included: no view
+reads it any more.  Tables of an older version (``spans`` a MergeTree) are read as they are, every copy
+counted (``spans_source``).
 
 The views do not compute SLOs, spend or budgets again: ClickHouse answers the small per-minute
 tables the local functions read (``sli_minutes``, ``cost_minutes``, ``span_rows``), which are put in
@@ -21,9 +32,9 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
                  cannot hold.  Task SLIs (per-trace rollups) and predicates ClickHouse cannot run
                  (hallucination_rate reads span events, which the fleet store does not keep) are
                  left out, and said so.
-    cost_minutes ``rollup_minute``: spend per minute, agent and model; the LLM-span count is the
-                 rollup's ``llm`` spans.  It has no tenant (tenant budgets are left out, and said so)
-                 and its minute is the span's start (one pipeline's store: its end).
+    cost_minutes spend per minute (of the span's start; one pipeline's store: its end), agent and model
+                 and the LLM-span count, over ``spans`` (each span once; ``rollup_minute`` would count a
+                 re-sent span's copy again).  No tenant column (tenant budgets are left out, and said so).
     span_rows    the running tasks' priced spans (the last ``TASK_IDLE_S``), for task budgets.
     incidents    the ``incident`` events (only when an events pipeline sends the alerts receiver's
                  events to the clickhouse exporter): one row per incident from its latest event.
@@ -45,18 +56,24 @@ if TYPE_CHECKING:
     from agent_sre.pipeline.storage.rollups import SliRollup
 
 STORE_FORM = "clickhouse://[user[:password]@]host[:port]/database"
+# The clickhouse exporter's span table (exporters/clickhouse/schema.py); ``spans`` is the view over it.
+RAW_SPANS = "spans_raw"
+SPAN_TABLES_SQL = ("SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+                   f"AND name IN ('spans', '{RAW_SPANS}')")
 TIMEOUT_S = 60
 
-# The fleet views, in SQL that runs on both schemas (ClickHouse 18.16 to today); rollups are summed
-# because SummingMergeTree merges rows of one key only eventually.
+# The fleet views, in SQL that runs on both schemas (ClickHouse 18.16 to today), over the view ``spans``:
+# each span once (``rollup_minute`` is cheaper but sums a re-sent span's copies again).
 FLEET_QUESTIONS = {
-    "cost_by_agent_model": """SELECT agent_id, model, sum(spans) AS spans, sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
-FROM rollup_minute WHERE minute >= now() - INTERVAL {hours} HOUR
+    "cost_by_agent_model": """SELECT agent_id, ifNull(model, '') AS model, count() AS spans,
+       sum(ifNull(input_tokens, 0)) AS input_tokens, sum(ifNull(output_tokens, 0)) AS output_tokens,
+       sum(ifNull(cost_usd, 0)) AS cost_usd
+FROM spans WHERE start_time >= now() - INTERVAL {hours} HOUR
 GROUP BY agent_id, model ORDER BY cost_usd DESC, agent_id, model""",
-    "error_rate_by_agent": """SELECT agent_id, sum(spans) AS spans, sum(errors) AS errors, errors / spans AS error_rate,
-       sum(task_successes) / greatest(sum(tasks), 1) AS task_success_rate
-FROM rollup_minute WHERE minute >= now() - INTERVAL {hours} HOUR
+    "error_rate_by_agent": """SELECT agent_id, count() AS spans, countIf(ifNull(status_code, '') = 'error') AS errors,
+       errors / spans AS error_rate, countIf(ifNull(span_role, '') = 'agent_task' AND ifNull(task_success, 0) = 1)
+       / greatest(countIf(ifNull(span_role, '') = 'agent_task'), 1) AS task_success_rate
+FROM spans WHERE start_time >= now() - INTERVAL {hours} HOUR
 GROUP BY agent_id ORDER BY error_rate DESC, agent_id""",
     "slowest_llm_calls": """SELECT agent_id, model, trace_id, span_id, duration_ns / 1e6 AS duration_ms
 FROM spans WHERE span_role = 'llm' AND start_ns >= (toUInt64(now()) - {hours} * 3600) * 1000000000
@@ -121,6 +138,7 @@ class FleetStore:
         self.settings = {"readonly": 1, "max_execution_time": max(1, math.ceil(timeout_s)),
                          "max_memory_usage": max_memory}
         self.client = Client(**parse_store(url, timeout_s))
+        self._spans: str | None = None
 
     def __enter__(self) -> FleetStore:
         return self
@@ -153,10 +171,22 @@ class FleetStore:
             columns = [[] for _ in names]
         return pa.table({name: list(col) for name, col in zip(names, columns, strict=True)})
 
+    def spans_source(self) -> str:
+        """What the views read spans from (asked once): ``spans_raw FINAL`` -- or ``spans`` when that is
+        the MergeTree table of an older version (every copy of a span counted: README)."""
+        if self._spans is None:
+            self._spans = spans_source(dict(self.execute(SPAN_TABLES_SQL)))
+        return self._spans
+
     def has_column(self, table: str, column: str) -> bool:
         """Whether ``table`` has ``column`` (a Map column ``labels``, or the compat schema's ``labels.key``)."""
         return bool(self.execute("SELECT count() FROM system.columns WHERE database = currentDatabase() "
                                  "AND table = %(t)s AND name = %(c)s", {"t": table, "c": column})[0][0])
+
+
+def spans_source(engines: dict[str, str]) -> str:
+    """``spans_raw FINAL``, or ``spans`` when it is an older version's table ({table: engine} of the two)."""
+    return "spans" if engines.get("spans", "View") != "View" else f"{RAW_SPANS} FINAL"
 
 
 def fleet_query(source: str | FleetStore, sql: str, limits: QueryLimits) -> QueryResult:
@@ -187,16 +217,16 @@ SLI_MINUTES_COLUMNS = ["minute", "sli", "agent_id", "agent_version", "good", "to
 # spans (``agent-sre replay``) are not counted, as in the store.
 SLI_MINUTES_SQL = """SELECT intDiv(end_ns, 60000000000) AS minute, %(sli)s AS sli, agent_id,
        ifNull(agent_version, '') AS agent_version, countIf(ifNull(({good}), 0)) AS good, count() AS total
-FROM spans WHERE end_ns >= %(lo)s AND end_ns < %(hi)s AND ifNull(({total}), 0)
+FROM {spans} WHERE end_ns >= %(lo)s AND end_ns < %(hi)s AND ifNull(({total}), 0)
   AND NOT has(resource_attributes.{keys}, %(replay)s) AND NOT has(attributes.{keys}, %(replay)s)
 GROUP BY minute, agent_id, agent_version"""
 COST_MINUTES_COLUMNS = ["minute", "agent_id", "model", "tenant", "cost_usd", "spans"]
-COST_MINUTES_SQL = """SELECT intDiv(toUInt32(minute), 60) AS m, agent_id, model, '' AS tenant, sum(cost_usd) AS cost,
-       sumIf(spans, span_role = 'llm') AS llm_spans
-FROM rollup_minute WHERE minute >= toDateTime(%(lo)s) GROUP BY m, agent_id, model HAVING cost > 0 OR llm_spans > 0"""
+COST_MINUTES_SQL = """SELECT intDiv(ifNull(start_ns, 0), 60000000000) AS m, agent_id, ifNull(model, '') AS model_, '' AS tenant,
+       sum(ifNull(cost_usd, 0)) AS cost, countIf(ifNull(span_role, '') = 'llm') AS llm_spans
+FROM {spans} WHERE start_time >= toDateTime(%(lo)s) GROUP BY m, agent_id, model_ HAVING cost > 0 OR llm_spans > 0"""
 SPAN_ROWS_COLUMNS = ["trace_id", "cost_usd", "end_ns"]
-RUNNING_TASKS_SQL = """SELECT trace_id, cost_usd, end_ns FROM spans WHERE cost_usd > 0
-  AND trace_id IN (SELECT trace_id FROM spans WHERE cost_usd > 0 AND end_ns >= %(since)s)"""
+RUNNING_TASKS_SQL = """SELECT trace_id, cost_usd, end_ns FROM {spans} WHERE cost_usd > 0
+  AND trace_id IN (SELECT trace_id FROM {spans} WHERE cost_usd > 0 AND end_ns >= %(since)s)"""
 
 
 def _opened(source: str | FleetStore):
@@ -238,7 +268,7 @@ def fleet_sli_minutes(source: str | FleetStore, slis: Iterable[SliRollup], lookb
             if sli.scope == "task":
                 skipped[sli.name] = "a task SLI is counted from per-trace rollups, which the fleet store does not keep"
                 continue
-            sql = SLI_MINUTES_SQL.format(good=sli.good, total=sli.total, keys=keys)
+            sql = SLI_MINUTES_SQL.format(good=sli.good, total=sli.total, keys=keys, spans=store.spans_source())
             params = {"sli": sli.name, "lo": (now_minute - lookback[sli.name]) * 60_000_000_000,
                       "hi": now_minute * 60_000_000_000, "replay": REPLAY_KEY}
             try:
@@ -262,8 +292,11 @@ def fleet_cost_tables(source: str | FleetStore, since_minute: int, running_since
                              ("tenant", pa.string()), ("cost_usd", pa.float64()), ("spans", pa.int64())])
     span_schema = pa.schema([("trace_id", pa.string()), ("cost_usd", pa.float64()), ("end_ns", pa.int64())])
     with _opened(source) as store:
-        cost = store.arrow(COST_MINUTES_SQL, {"lo": since_minute * 60}, COST_MINUTES_COLUMNS).cast(cost_schema)
-        spans = (store.arrow(RUNNING_TASKS_SQL, {"since": running_since_ns}, SPAN_ROWS_COLUMNS).cast(span_schema)
+        source = store.spans_source()
+        cost = store.arrow(COST_MINUTES_SQL.format(spans=source), {"lo": since_minute * 60},
+                           COST_MINUTES_COLUMNS).cast(cost_schema)
+        spans = (store.arrow(RUNNING_TASKS_SQL.format(spans=source), {"since": running_since_ns},
+                             SPAN_ROWS_COLUMNS).cast(span_schema)
                  if running_since_ns is not None else span_schema.empty_table())
     return _views_db({"cost_minutes": cost, "span_rows": spans})
 

@@ -1,6 +1,7 @@
 """Spend and budgets of every pipeline writing to the fleet store (pipeline/storage/fleet.py): the same
-``cost_summary`` and ``budget_accounts`` over the fleet's per-minute rollup.  Asked by ``agent-sre cost
-summary --store`` and the admin API's ``GET /v1/costs?store=fleet``."""
+``cost_summary`` and ``budget_accounts`` over the fleet's spend per minute, each span counted once (read
+from ``spans_raw FINAL``: a span a client re-sent to two pipelines is not charged twice here).  Asked by
+``agent-sre cost summary --store`` and the admin API's ``GET /v1/costs?store=fleet``."""
 
 from __future__ import annotations
 

@@ -69,21 +69,21 @@ def test_a_type_it_does_not_write_is_refused_by_name():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("table", "columns", "make"), [("spans", SPAN_COLUMNS, tricky_spans),
+@pytest.mark.parametrize(("table", "columns", "make"), [("spans_raw", SPAN_COLUMNS, tricky_spans),
                                                         ("events", EVENT_COLUMNS, tricky_events)])
 def test_native_blocks_store_what_the_driver_stores_on_18_16(clickhouse, table, columns, make):
     client = clickhouse.client()
     for db in ("by_native", "by_driver"):
         for statement in ddl(db, current=False, ttl_days=30):
             client.execute(statement)
-    signal = "traces" if table == "spans" else "events"
+    signal = "traces" if table == "spans_raw" else "events"
     batch = with_batch_ids([make()], signal)
     names = ", ".join(_insert_names(columns, current=False))
     assert native.insert(client, f"INSERT INTO by_native.{table} ({names}) VALUES",
                          arrow_columns(batch, columns, current=False)) == batch.num_rows
     data = insert_columns(batch, columns, batch.column("batch_id").to_pylist(), current=False)
     client.execute(f"INSERT INTO by_driver.{table} ({names}) VALUES", list(data.values()), columnar=True)
-    order = "span_id" if table == "spans" else "fingerprint"
+    order = "span_id" if table == "spans_raw" else "fingerprint"
     stored = [client.execute(f"SELECT * FROM {db}.{table} ORDER BY {order}") for db in ("by_native", "by_driver")]
     assert stored[0] == stored[1] and len(stored[0]) == batch.num_rows
     assert client.execute("SELECT count() FROM by_native.rollup_minute_mv")[0][0] > 0 or table == "events"
@@ -98,9 +98,9 @@ def test_native_column_bytes_read_back_on_current_clickhouse_as_the_arrow_rows(t
     try:
         for statement in ddl("fleet", current=True, ttl_days=30):
             db.query(statement)
-        db.query("CREATE TABLE fleet.by_arrow AS fleet.spans")
+        db.query("CREATE TABLE fleet.by_arrow AS fleet.spans_raw")
         types = dict(json.loads(db.query("SELECT name, type FROM system.columns WHERE database = 'fleet' AND "
-                                         "table = 'spans'", "JSONCompact").data())["data"])
+                                         "table = 'spans_raw'", "JSONCompact").data())["data"])
         batch = with_batch_ids([tricky_spans()], "traces")
         columns = arrow_columns(batch, SPAN_COLUMNS, current=True)
         assert types["attributes"] == "Map(LowCardinality(String), String)"
@@ -114,12 +114,12 @@ def test_native_column_bytes_read_back_on_current_clickhouse_as_the_arrow_rows(t
             block.write(native.encode_column(arr, types[name]))
         (tmp_path / "block.native").write_bytes(block.getvalue())
         names = ", ".join(columns)
-        db.query(f"INSERT INTO fleet.spans ({names}) SELECT * FROM file('{tmp_path}/block.native', 'Native')")
+        db.query(f"INSERT INTO fleet.spans_raw ({names}) SELECT * FROM file('{tmp_path}/block.native', 'Native')")
         # the reference: the same rows from Arrow, NULL map values written as '' (what the exporter stores)
         rows = with_batch_ids([tricky_spans(null_value="")], "traces").select(list(columns))  # noqa: F841
         db.query(f"INSERT INTO fleet.by_arrow ({names}) SELECT * FROM Python(rows)")
         query = "SELECT * FROM fleet.{} ORDER BY span_id FORMAT JSONCompact"
-        native_rows, arrow_rows = (json.loads(db.query(query.format(t)).data())["data"] for t in ("spans", "by_arrow"))
+        native_rows, arrow_rows = (json.loads(db.query(query.format(t)).data())["data"] for t in ("spans_raw", "by_arrow"))
         assert native_rows == arrow_rows
         assert len(native_rows) == batch.num_rows - 1  # the span without start_ns is at 1970: past the TTL
         assert any(r for r in native_rows if r[SPAN_COLUMNS.index("model")] is None)
@@ -138,7 +138,7 @@ def test_native_blocks_go_through_lz4_compression_on_18_16(clickhouse):
         client.execute(statement)
     batch = with_batch_ids([tricky_spans()], "traces")
     names = ", ".join(_insert_names(SPAN_COLUMNS, current=False))
-    native.insert(client, f"INSERT INTO lz4.spans ({names}) VALUES", arrow_columns(batch, SPAN_COLUMNS, current=False))
+    native.insert(client, f"INSERT INTO lz4.spans_raw ({names}) VALUES", arrow_columns(batch, SPAN_COLUMNS, current=False))
     stored = client.execute("SELECT span_id, name, length(status_message), attributes.value FROM lz4.spans "
                             "ORDER BY span_id")
     assert len(stored) == batch.num_rows
@@ -177,9 +177,9 @@ def test_the_stored_check_finds_merged_batches_per_day_partition_on_current_clic
                                           "start_ns": start + i * 10**9} for i in range(10)], schema=SPAN_SCHEMA)
                    for k, start in ((1, midnight - 3600 * 10**9), (2, midnight - 5 * 10**9), (3, midnight)))
         rows = with_batch_ids([a, b], "traces").select(list(SPAN_COLUMNS))  # noqa: F841 - read by chdb
-        db.query(f"INSERT INTO fleet.spans ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(rows)")
+        db.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(rows)")
         later = with_batch_ids([b, c], "traces")
-        stored = ClickHouseExporter._stored(ChdbClient(db), "fleet.spans", later, "traces", by_day=True)
+        stored = ClickHouseExporter._stored(ChdbClient(db), "fleet.spans_raw", later, "traces", by_day=True)
         keys = _part_keys(later, by_day=True).to_pylist()
         assert stored == set(keys[:10]) and len(stored) == 2  # b's two days
         assert not stored & set(keys[10:])  # c is new

@@ -190,3 +190,81 @@ def spans_table(n: int, agent: str, start_ns: int) -> pa.Table:
     return pa.Table.from_pylist([{"trace_id": f"{hash(agent) & 0xFFFF:028x}{i // 4:04x}", "span_id": f"{i:016x}",
                                   "agent_id": agent, "start_ns": start_ns + i, "attributes": [("k", str(i))]}
                                  for i in range(n)], schema=SPAN_SCHEMA)
+
+
+def test_a_request_sent_three_times_by_two_pipelines_is_counted_once_on_18_16(clickhouse, pipelines):
+    """A client's request re-sent after lost OKs, to p0 alone, to p1 inside another client's batch, to p0
+    again with others: three batch ids, so the batch check inserts every copy into spans_raw.  Fleet SQL
+    over ``spans``, the SLO view's SLI minutes and the cost view's minutes and running-task spans count
+    each span once (FINAL), before and after 18.16 merges the copies away."""
+    from agent_sre.exporters.clickhouse.factory import with_batch_ids
+    from agent_sre.pipeline.cli.fleet import fleet_cost_tables, fleet_query, fleet_sli_minutes
+    from agent_sre.processors.sli.factory import SliConfig, builtin_slis
+    from agent_sre.processors.slo.factory import Objective, evaluate, window_end
+    from tests.exporters.clickhouse import resent
+
+    p0, p1 = pipelines(clickhouse, "copies", "p0"), pipelines(clickhouse, "copies", "p1")
+    end = (int(time.time()) // 60 - 3) * 60 * 10**9
+    for p, rows in zip((p0, p1, p0), resent.three_batches(end), strict=True):
+        assert p.service.exporters["clickhouse"].send(with_batch_ids([resent.table(rows)], "traces")).ok
+    assert sum(p.service.exporters["clickhouse"].deduplicated for p in (p0, p1)) == 0  # no batch was repeated
+    url, unique = clickhouse.url("copies"), resent.SPANS + resent.OTHER_SPANS
+    for merged in (False, True):
+        raw = count(clickhouse, "copies", "SELECT count() FROM {db}.spans_raw")
+        assert raw == (unique if merged else 3 * resent.SPANS + resent.OTHER_SPANS)
+        answer = fleet_query(url, "SELECT count(), uniqExact(span_id), sum(cost_usd) FROM spans", 10)
+        assert answer["rows"] == [[unique, unique, resent.COST + resent.OTHER_COST]]
+        now_minute = window_end(time.time())
+        con, _ = fleet_sli_minutes(url, builtin_slis(SliConfig()), {"tool_call_accuracy": 60}, now_minute)
+        (row,) = evaluate(lambda sql, params, con=con: con.execute(sql, params).fetchall(),
+                          [Objective(name="tools", sli="tool_call_accuracy", target=0.9)], now_minute)
+        assert (row["events"], row["bad_events"]) == (11, 2)
+        con = fleet_cost_tables(url, int(time.time() // 60) - 60, time.time_ns() - 3600 * 10**9)
+        assert con.execute("SELECT sum(cost_usd), sum(spans) FROM cost_minutes").fetchall() == [(7.0, 24)]
+        assert con.execute("SELECT count(*), sum(cost_usd) FROM span_rows").fetchall() == [(24, 7.0)]
+        clickhouse.client().execute("OPTIMIZE TABLE copies.spans_raw FINAL")
+    # rollup_minute sums what each insert brought: the copies too (the views no longer read it)
+    assert count(clickhouse, "copies", "SELECT sum(spans) FROM {db}.rollup_minute WHERE span_role = 'llm'") == 64
+
+
+def legacy_ddl(db: str) -> list[str]:
+    """The compat schema as an older version created it: ``spans`` a MergeTree, the rollup view reading it."""
+    from agent_sre.exporters.clickhouse.schema import RAW_SPANS, SPANS_KEY, ddl
+
+    return [s.replace("ReplacingMergeTree", "MergeTree").replace(SPANS_KEY, "ORDER BY (agent_id, start_time)")
+            .replace(f"{db}.{RAW_SPANS}", f"{db}.spans") for s in ddl(db, False, 30) if "CREATE VIEW" not in s]
+
+
+def test_an_older_versions_spans_table_is_written_read_as_it_is_and_moved_as_the_readme_says(
+        clickhouse, pipelines, caplog):
+    """``spans`` created by an older version (a MergeTree: ClickHouse cannot change its engine): the exporter
+    says so and goes on inserting into it, creates no second table, and fleet SQL and the views read it
+    without FINAL (every copy counted, as before).  Then the README's move: every row once in spans_raw,
+    read through the view, the rollups rebuilt, new spans into spans_raw."""
+    from agent_sre.pipeline.cli.fleet import fleet_cost_tables, fleet_query
+
+    client = clickhouse.client()
+    for statement in legacy_ddl("old"):
+        client.execute(statement)
+    with caplog.at_level("WARNING"):
+        a = pipelines(clickhouse, "old", "a")
+        send(a, 40, "agent-l")
+        assert eventually(lambda: count(clickhouse, "old") == 40)
+    assert "old.spans is a MergeTree table created by an older agent-sre" in caplog.text
+    assert [t for (t,) in client.execute("SHOW TABLES FROM old")] == ["events", "rollup_minute", "rollup_minute_mv",
+                                                                       "spans"]
+    assert fleet_query(clickhouse.url("old"), "SELECT count() FROM spans", 10)["rows"] == [[40]]
+    con = fleet_cost_tables(clickhouse.url("old"), int(time.time() // 60) - 60, None)
+    assert con.execute("SELECT count(*) FROM cost_minutes").fetchall() == [(0,)]  # read: no FINAL error
+    a.service.shutdown()
+    for sql in ("RENAME TABLE old.spans TO old.spans_v1", "DROP TABLE old.rollup_minute_mv",
+                "TRUNCATE TABLE old.rollup_minute"):
+        client.execute(sql)
+    b = pipelines(clickhouse, "old", "b")
+    send(b, 10, "agent-m")
+    assert eventually(lambda: count(clickhouse, "old", "SELECT count() FROM {db}.spans_raw") == 10)
+    client.execute("INSERT INTO old.spans_raw SELECT * FROM old.spans_v1")
+    client.execute("DROP TABLE old.spans_v1")
+    assert fleet_query(clickhouse.url("old"), "SELECT agent_id, count() FROM spans GROUP BY agent_id ORDER BY agent_id",
+                       10)["rows"] == [["agent-l", 40], ["agent-m", 10]]
+    assert eventually(lambda: count(clickhouse, "old", "SELECT sum(spans) FROM {db}.rollup_minute") == 50)

@@ -1,6 +1,7 @@
 """The current schema (Map, LowCardinality, DateTime64, TTL, a bloom-filter skip index, dedup tokens,
-SummingMergeTree rollups) and the fleet questions, on the ClickHouse engine in process: chdb (ClickHouse
-26.x).  The network path is tested against a real 18.16 server in test_clickhouse_server.py."""
+SummingMergeTree rollups, spans kept once per span id) and the fleet questions, on the ClickHouse engine
+in process: chdb (ClickHouse 26.x).  The network path is tested against a real 18.16 server in
+test_clickhouse_server.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from agent_sre.exporters.clickhouse.factory import batch_id
 from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
 from agent_sre.pipeline.cli.fleet import FLEET_QUESTIONS
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage.fleet import spans_source
 
 
 @pytest.fixture
@@ -40,8 +42,8 @@ def insert(db, batch: pa.Table) -> None:
     bid = batch_id(batch, "traces")
     rows = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
     rows = rows.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
-    db.query(f"INSERT INTO fleet.spans ({', '.join(SPAN_COLUMNS)}) SETTINGS insert_deduplication_token = '{bid}' "
-             "SELECT * FROM Python(rows)")
+    db.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SETTINGS insert_deduplication_token = "
+             f"'{bid}' SELECT * FROM Python(rows)")
 
 
 def one(db, sql: str) -> list[list]:
@@ -49,11 +51,13 @@ def one(db, sql: str) -> list[list]:
 
 
 def test_the_schema_uses_what_current_clickhouse_offers(db):
-    create = db.query("SHOW CREATE TABLE fleet.spans", "TabSeparatedRaw").data()
+    create = db.query("SHOW CREATE TABLE fleet.spans_raw", "TabSeparatedRaw").data()
     for feature in ("Map(LowCardinality(String), String)", "LowCardinality(Nullable(String))", "DateTime64(9, 'UTC')",
                     "TTL toDateTime(start_time) + toIntervalDay(30)", "TYPE bloom_filter(0.001)",
-                    "ORDER BY (agent_id, start_time)", "non_replicated_deduplication_window = 10000"):
+                    "ENGINE = ReplacingMergeTree", "PRIMARY KEY (agent_id, start_time)",
+                    "ORDER BY (agent_id, start_time, trace_id, span_id)", "non_replicated_deduplication_window = 10000"):
         assert feature in create, feature
+    assert "FROM fleet.spans_raw\nFINAL" in db.query("SHOW CREATE TABLE fleet.spans", "TabSeparatedRaw").data()
     assert "SummingMergeTree" in db.query("SHOW CREATE TABLE fleet.rollup_minute", "TabSeparatedRaw").data()
     version = one(db, "SELECT version()")[0][0]
     assert tuple(int(p) for p in version.split(".")[:2]) >= (22, 2), version  # the engine these tests cover
@@ -65,21 +69,42 @@ def test_a_retried_batch_is_counted_once_in_spans_and_rollups(db):
     insert(db, first)
     insert(db, first)  # the retry of a batch whose answer was lost
     insert(db, second)
-    assert one(db, "SELECT count() FROM fleet.spans") == [[150]]
+    assert one(db, "SELECT count() FROM fleet.spans_raw") == [[150]]  # the token dropped the retry
     assert one(db, "SELECT sum(spans), sum(input_tokens) FROM fleet.rollup_minute") == [[150, 1500]]
 
 
-def test_fleet_questions_answer_over_rollups_and_spans(db):
+def test_a_request_sent_three_times_in_different_batches_is_one_row_per_span(db):
+    """A client re-sends a request whose OK it lost: once alone, then inside other pipelines' batches
+    (three batch ids: no token or batch check drops them).  Before any merge (merges stopped) the copies
+    are in spans_raw, and ``spans``, FINAL and the fleet questions count each span once; merges then
+    keep one row.  ``rollup_minute`` sums every copy: what the views no longer read."""
+    now = time.time_ns()
+    resent = spans(30, "a1", now)
+    db.query("SYSTEM STOP MERGES fleet.spans_raw")
+    insert(db, resent)  # pipeline p0
+    insert(db, pa.concat_tables([spans(10, "a2", now + 100), resent]))  # p1, with another client's spans
+    insert(db, pa.concat_tables([resent, spans(5, "a3", now + 200)]))  # p0 again, after its restart
+    assert one(db, "SELECT count() FROM fleet.spans_raw") == [[105]]  # 3 copies of 30, stored
+    assert one(db, "SELECT count(), uniqExact(agent_id, span_id), sum(cost_usd) FROM fleet.spans") == [[45, 45, 11.25]]
+    assert one(db, f"SELECT count() FROM fleet.{spans_source({'spans': 'View'})}") == [[45]]
+    cost = one(db, FLEET_QUESTIONS["cost_by_agent_model"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
+    assert [(r[0], r[2], r[5]) for r in cost] == [("a1", 30, 7.5), ("a2", 10, 2.5), ("a3", 5, 1.25)]
+    errors = one(db, FLEET_QUESTIONS["error_rate_by_agent"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
+    assert [(r[0], r[1]) for r in errors] == [("a1", 30), ("a2", 10), ("a3", 5)]
+    assert one(db, "SELECT sum(spans) FROM fleet.rollup_minute") == [[105]]  # what each insert brought
+    db.query("SYSTEM START MERGES fleet.spans_raw")
+    db.query("OPTIMIZE TABLE fleet.spans_raw FINAL")
+    assert one(db, "SELECT count(), sum(cost_usd) FROM fleet.spans_raw") == [[45, 11.25]]  # merged: one row each
+
+
+def test_fleet_questions_answer_over_spans(db):
     now = time.time_ns()
     insert(db, spans(40, "a1", now, errors_every=4))
     insert(db, spans(10, "a2", now))
-    db.query("OPTIMIZE TABLE fleet.rollup_minute FINAL")
-    cost = one(db, FLEET_QUESTIONS["cost_by_agent_model"].format(hours=1).replace("FROM rollup_minute",
-                                                                                  "FROM fleet.rollup_minute"))
+    cost = one(db, FLEET_QUESTIONS["cost_by_agent_model"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
     assert [r[:5] for r in cost] == [["a1", "gpt-4o", 40, 400, 80], ["a2", "gpt-4o", 10, 100, 20]]
     assert [r[5] for r in cost] == [10, 2.5]
-    errors = one(db, FLEET_QUESTIONS["error_rate_by_agent"].format(hours=1).replace("FROM rollup_minute",
-                                                                                   "FROM fleet.rollup_minute"))
+    errors = one(db, FLEET_QUESTIONS["error_rate_by_agent"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
     assert [(r[0], r[3]) for r in errors] == [("a1", 0.25), ("a2", 0)]
     slow = one(db, FLEET_QUESTIONS["slowest_llm_calls"].format(hours=1).replace("FROM spans", "FROM fleet.spans"))
     assert len(slow) == 20 and slow[0][4] == 7.0
@@ -90,7 +115,7 @@ def test_a_trace_lookup_is_pruned_by_the_skip_index(db):
     for i in range(4):
         insert(db, spans(5000, f"agent{i}", now + i * 10_000))
     trace = spans(1, "agent2", now + 20_000).column("trace_id")[0].as_py()
-    plan = db.query(f"EXPLAIN indexes = 1 SELECT * FROM fleet.spans WHERE trace_id = '{trace}'",
+    plan = db.query(f"EXPLAIN indexes = 1 SELECT * FROM fleet.spans_raw WHERE trace_id = '{trace}'",
                     "TabSeparatedRaw").data()
     skip = plan[plan.index("Name: trace_id_bloom"):].splitlines()
     kept, total = (int(x) for x in next(line for line in skip if "Parts:" in line).split(":")[1].split("/"))

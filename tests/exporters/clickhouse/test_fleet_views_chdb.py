@@ -16,8 +16,12 @@ from agent_sre.exporters.clickhouse.factory import batch_id
 from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
 from agent_sre.pipeline.cli.fleet import FleetSqlError, fleet_cost_tables, fleet_incidents, fleet_sli_minutes
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage.fleet import SPAN_TABLES_SQL, fleet_query, spans_source
+from agent_sre.pipeline.storage.sandbox import QueryLimits
 from agent_sre.processors.sli.factory import SliConfig, builtin_slis
 from agent_sre.processors.slo.factory import Objective, evaluate, window_end
+from tests.exporters.clickhouse import resent
+from tests.exporters.clickhouse.resent import tool_call
 
 
 class ChdbStore:
@@ -26,7 +30,8 @@ class ChdbStore:
     def __init__(self, sess):
         self.sess = sess
 
-    def execute(self, sql: str, params: dict | None = None, columnar: bool = False, **_kw):
+    def execute(self, sql: str, params: dict | None = None, columnar: bool = False, with_column_types: bool = False,
+                **_kw):
         from clickhouse_driver.util.escape import escape_params
 
         text = sql % escape_params(params, None) if params else sql
@@ -36,7 +41,11 @@ class ChdbStore:
             code = re.search(r"Code: (\d+)", str(exc))
             raise FleetSqlError(str(exc), int(code.group(1)) if code else 0) from None
         columns = [c.to_pylist() for c in table.columns]
-        return columns if columnar else list(zip(*columns, strict=True))
+        out = columns if columnar else list(zip(*columns, strict=True))
+        return (out, [(f.name, str(f.type)) for f in table.schema]) if with_column_types else out
+
+    def spans_source(self) -> str:
+        return spans_source(dict(self.execute(SPAN_TABLES_SQL)))
 
     def arrow(self, sql: str, params: dict, names: list[str]) -> pa.Table:
         return pa.table(dict(zip(names, self.execute(sql, params, columnar=True), strict=True)))
@@ -61,13 +70,7 @@ def insert(store: ChdbStore, rows: list[dict]) -> None:
     bid = batch_id(batch, "traces")
     data = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
     data = data.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
-    store.sess.query(f"INSERT INTO fleet.spans ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(data)")
-
-
-def tool_call(agent: str, i: int, end_ns: int, failed: bool, replay: bool = False) -> dict:
-    return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": agent, "span_role": "tool",
-            "start_ns": end_ns - 10**9, "end_ns": end_ns, "duration_ns": 10**9, "status_code": "error" if failed
-            else "ok", "attributes": [("agent_sre.replay.of", "t")] if replay else [("gen_ai.tool.name", "x")]}
+    store.sess.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(data)")
 
 
 def test_slo_rows_on_current_clickhouse_count_every_pipeline_and_skip_replays(store):
@@ -84,7 +87,7 @@ def test_slo_rows_on_current_clickhouse_count_every_pipeline_and_skip_replays(st
     assert (row["agent_id"], row["events"], row["bad_events"], row["sli_value"]) == ("a", 10, 3, 0.7)
 
 
-def test_cost_minutes_on_current_clickhouse_come_from_the_rollup(store):
+def test_cost_minutes_on_current_clickhouse_come_from_the_spans(store):
     end = (int(time.time()) // 60 - 5) * 60 * 10**9
     insert(store, [{"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": "a", "span_role": "llm",
                     "model": "m", "start_ns": end - 10**9, "end_ns": end, "cost_usd": 0.25} for i in range(3)])
@@ -92,6 +95,33 @@ def test_cost_minutes_on_current_clickhouse_come_from_the_rollup(store):
     assert con.execute("SELECT agent_id, model, sum(cost_usd), sum(spans) FROM cost_minutes GROUP BY ALL").fetchall() \
         == [("a", "m", 0.75, 3)]
     assert con.execute("SELECT count(*), sum(cost_usd) FROM span_rows").fetchall() == [(3, 0.75)]
+
+
+def test_a_request_sent_three_times_is_counted_once_by_fleet_sql_and_every_span_view(store):
+    """One client's request (20 priced LLM spans, 10 tool calls) re-sent after lost OKs: stored by p0,
+    then inside p1's batch with other spans, then by p0 again with others -- three batch ids, three
+    copies before merges (merges stopped).  Ad-hoc fleet SQL, the SLO view's SLI minutes, and the cost
+    view's minutes and running-task spans count each span once."""
+    end = (int(time.time()) // 60 - 3) * 60 * 10**9
+    store.sess.query("SYSTEM STOP MERGES fleet.spans_raw")
+    for rows in resent.three_batches(end):
+        insert(store, rows)
+    assert store.execute("SELECT count() FROM spans_raw") == [(3 * resent.SPANS + resent.OTHER_SPANS,)]  # stored
+
+    limits = QueryLimits(max_rows=100, timeout_s=10, max_result_bytes=1 << 20, max_memory_bytes=1 << 30)
+    answer = fleet_query(store, "SELECT count(), uniqExact(span_id), sum(cost_usd) FROM spans", limits)
+    assert answer.rows == [[35, 35, resent.COST + resent.OTHER_COST]]
+
+    now_minute = window_end(time.time())
+    con, _ = fleet_sli_minutes(store, builtin_slis(SliConfig()), {"tool_call_accuracy": 60}, now_minute)
+    (row,) = evaluate(lambda sql, params: con.execute(sql, params).fetchall(),
+                      [Objective(name="tools", sli="tool_call_accuracy", target=0.9)], now_minute)
+    assert (row["events"], row["bad_events"]) == (11, 2)
+
+    con = fleet_cost_tables(store, int(time.time() // 60) - 60, time.time_ns() - 3600 * 10**9)
+    assert con.execute("SELECT sum(cost_usd), sum(spans) FROM cost_minutes").fetchall() == [(7.0, 24)]
+    assert con.execute("SELECT count(*), sum(cost_usd) FROM span_rows").fetchall() == [(24, 7.0)]
+    assert store.execute("SELECT sum(spans) FROM rollup_minute WHERE span_role = 'llm'") == [(64,)]  # copies
 
 
 def test_incidents_on_current_clickhouse_are_one_row_per_pipelines_incident(store):
