@@ -1,7 +1,7 @@
-"""The optional C decoder of OTLP trace requests; everything else is in pyproject.toml.
+"""The optional C decoder and encoder of OTLP trace requests; everything else is in pyproject.toml.
 
-Optional: without a C compiler or Python's headers the build skips it and the pure-Python
-decoder (pipeline/pdata/otlp_arrow.py) does the work.
+Optional: without a C compiler or Python's headers the build skips them and the pure-Python
+decoder (pipeline/pdata/otlp_arrow.py) and encoder (pipeline/pdata/arrow_otlp.py) do the work.
 """
 
 from setuptools import Extension, setup
@@ -9,10 +9,11 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "agent_sre.pipeline.pdata._otlp_decode",
-            ["pipeline/pdata/_otlp_decode.c"],
+            f"agent_sre.pipeline.pdata.{name}",
+            [f"pipeline/pdata/{name}.c"],
             extra_compile_args=["-O2"],
             optional=True,
         )
+        for name in ("_otlp_decode", "_otlp_encode")
     ]
 )

@@ -1,0 +1,123 @@
+"""OTLP trace encoding for exporters: the column-wise Python encoder and the C encoder, in one run.
+
+On the requests of bench/agent_spans.py (512 agent spans, ~12 attributes each), converted and normalised
+as the pipeline does, with a computed cost on two spans in three (sent as ``agent_sre.cost_usd``), µs of
+CPU per span (``time.process_time``; wall time alongside) for:
+
+- Python: ``table_to_bytes`` with ``AGENT_SRE_PURE_PYTHON_ENCODER=1`` (Arrow kernels and numpy);
+- C: ``table_to_bytes`` through ``_otlp_encode`` (the whole ExportTraceServiceRequest), and
+  ``span_fields`` alone by each path;
+- C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL.
+
+Best (min) and median of ``--passes`` passes over ``--count`` tables.
+
+    .venv/bin/python -m bench.encode [--passes 15] [--count 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from agent_sre.pipeline.pdata.arrow_otlp import (
+    PURE_PYTHON_ENCODER_ENV,
+    _c_span_fields,
+    span_fields,
+    table_to_bytes,
+)
+from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
+from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table
+from bench.agent_spans import request_bodies
+
+try:
+    from agent_sre.pipeline.pdata import _otlp_encode  # noqa: F401
+except ImportError as exc:
+    raise SystemExit("the C encoder is not built: `.venv/bin/pip install -e .` with gcc and Python's headers") from exc
+
+
+def _tables(count: int) -> list[pa.Table]:
+    out = []
+    for body in request_bodies(seed=1, count=count):
+        table = normalize(protobuf_to_table(body).table, load_conventions())
+        cost = pa.array([0.0004 * (i % 7) if i % 3 else None for i in range(table.num_rows)], pa.float64())
+        out.append(table.set_column(table.schema.get_field_index("cost_usd"), "cost_usd", cost))
+    return out
+
+
+def _passes(fn: Callable[[], object], passes: int, spans: int) -> tuple[list[float], list[float]]:
+    """(CPU µs per span, wall µs per span) of each pass."""
+    cpu, wall = [], []
+    for _ in range(passes):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append((time.process_time() - c0) / spans * 1e6)
+        wall.append((time.perf_counter() - w0) / spans * 1e6)
+    return cpu, wall
+
+
+def _in_threads(fn: Callable[[], object], threads: int) -> Callable[[], None]:
+    def run() -> None:
+        workers = [threading.Thread(target=fn) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passes", type=int, default=15)
+    ap.add_argument("--count", type=int, default=8, help="tables of 512 spans per pass")
+    args = ap.parse_args()
+    tables = _tables(args.count)
+    spans = sum(t.num_rows for t in tables)
+    assert all(_c_span_fields(t) is not None for t in tables), "the C encoder fell back"
+
+    def each(encode: Callable[[pa.Table], object], pure: bool = False) -> Callable[[], None]:
+        def run() -> None:
+            if pure:
+                os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
+            try:
+                for t in tables:  # each result dropped at once
+                    encode(t)
+            finally:
+                os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
+        return run
+
+    os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
+    each(table_to_bytes, pure=True)()  # warm up imports and caches
+    each(table_to_bytes)()
+    same = all(each_bytes == table_to_bytes(t) for t, each_bytes in zip(tables, _pure_bytes(tables), strict=True))
+    rows = {
+        "Python table_to_bytes": _passes(each(table_to_bytes, pure=True), args.passes, spans),
+        "C table_to_bytes": _passes(each(table_to_bytes), args.passes, spans),
+        "Python span_fields": _passes(each(span_fields, pure=True), args.passes, spans),
+        "C span_fields": _passes(each(span_fields), args.passes, spans),
+        "C table_to_bytes, 2 threads": _passes(_in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
+    }
+    print(f"{spans} spans per pass ({args.count} tables), {args.passes} passes; µs per span, min / median;"
+          f" same bytes by both paths: {same}")
+    print(f"{'':28} {'CPU min':>8} {'CPU med':>8} {'wall min':>9} {'wall med':>9}")
+    for name, (cpu, wall) in rows.items():
+        print(f"{name:28} {min(cpu):8.3f} {statistics.median(cpu):8.3f} {min(wall):9.3f} {statistics.median(wall):9.3f}")
+    py, c = min(rows["Python table_to_bytes"][0]), min(rows["C table_to_bytes"][0])
+    print(f"Python / C table_to_bytes (CPU): {py / c:.1f}x")
+
+
+def _pure_bytes(tables: list[pa.Table]) -> list[bytes]:
+    os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
+    try:
+        return [table_to_bytes(t) for t in tables]
+    finally:
+        del os.environ[PURE_PYTHON_ENCODER_ENV]
+
+
+if __name__ == "__main__":
+    main()
