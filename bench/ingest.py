@@ -48,7 +48,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_sre.processors.memory_limiter.factory import held_bytes  # noqa: E402
-from bench.agent_spans import request_bodies, upb_parse_us_per_span  # noqa: E402
+from bench.agent_spans import FreshIds, request_bodies, upb_parse_us_per_span  # noqa: E402
 
 SPANS_PER_REQUEST = 512
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -71,6 +71,7 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
     deadline = time.monotonic() + seconds  # from the moment this client is ready to send
 
     def sender(k: int) -> None:
+        fresh = stampers[k]
         local: list[float] = []
         ok = err = 0
         if protocol == "grpc":
@@ -106,7 +107,7 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
                     time.sleep(next_at - now)
                 next_at += interval
             started = time.perf_counter()
-            good = send(bodies[i % len(bodies)])
+            good = send(fresh[i % len(fresh)].next())
             local.append(time.perf_counter() - started)
             i += 1
             if good:
@@ -118,6 +119,8 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
             acked[0] += ok * SPANS_PER_REQUEST
             errors[0] += err
 
+    # New span ids at every send (the store stores a re-sent span once): one stamper per sender and body.
+    stampers = [[FreshIds(b, seed * threads + k) for b in bodies] for k in range(threads)]
     workers = [threading.Thread(target=sender, args=(k,)) for k in range(threads)]
     first = time.time()
     for w in workers:

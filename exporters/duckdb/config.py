@@ -7,9 +7,10 @@ from pydantic import Field
 from agent_sre.exporters.duckdb.defaults import STORE_PATH
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.storage.attribution import AttributionSettings
+from agent_sre.pipeline.storage.dedup import DedupSettings
 from agent_sre.pipeline.storage.store import SpoolSettings, StoreSettings
 
-_A, _S, _P = AttributionSettings, StoreSettings, SpoolSettings  # one set of defaults: the storage layer's
+_A, _S, _P, _D = AttributionSettings, StoreSettings, SpoolSettings, DedupSettings  # one set of defaults: the storage layer's
 
 
 class ParquetConfig(ConfigModel):
@@ -40,6 +41,16 @@ class AttributionConfig(ConfigModel):
     max_held_spans: int = Field(default=_A.max_held_spans, gt=0)
 
 
+class DedupConfig(ConfigModel):
+    """A client's re-send (spans with the trace and span ids of spans already stored, e.g. after the pipeline
+    was killed before its OK left) within ``window`` is stored, counted and charged once; ``window: 0`` stores
+    every copy.  ``max_spans`` identities at most are remembered (8 bytes each): at a higher rate the window
+    is shorter (the store's status line says how long it reaches now)."""
+
+    window: Duration = Field(default=_D.window, ge=0)
+    max_spans: int = Field(default=_D.max_spans, gt=0)
+
+
 class DuckDBExporterConfig(ConfigModel):
     path: str = STORE_PATH
     # Spans whose start is older than this are deleted; 0 keeps everything.
@@ -58,6 +69,7 @@ class DuckDBExporterConfig(ConfigModel):
     parquet: ParquetConfig | None = None
     spool: SpoolConfig = SpoolConfig()
     attribution: AttributionConfig = AttributionConfig()
+    dedup: DedupConfig = DedupConfig()
     # Spans of a replay's re-run (`agent-sre replay`: `agent_sre.replay.of` on the resource or span) are
     # stored but left out of SLIs, budgets, anomaly series, breakers and incidents; true counts them.
     count_replays: bool = False

@@ -19,6 +19,7 @@ from agent_sre.pipeline.component.capabilities import SpanStore as SpanStoreCapa
 from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.schema import signal_of
 from agent_sre.pipeline.storage.attribution import AttributionSettings
+from agent_sre.pipeline.storage.dedup import DedupSettings
 from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
 _NS_PER_HOUR = 3600 * 1_000_000_000
@@ -41,7 +42,8 @@ class DuckDBExporter(Exporter):
         self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
-                               self.config.on_damaged_store, self.config.count_replays)
+                               self.config.on_damaged_store, self.config.count_replays,
+                               DedupSettings(self.config.dedup.window, self.config.dedup.max_spans))
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)
@@ -50,6 +52,7 @@ class DuckDBExporter(Exporter):
         t.attribution_held.labels(str(self.id)).set_function(lambda: self.store.held_spans if self.store else 0)
         t.attribution_unattributed.labels(str(self.id)).set_function(
             lambda: self.store.unattributed_spans if self.store else 0)
+        t.store_resent_spans.labels(str(self.id)).set_function(lambda: self.store.recent.dropped if self.store else 0)
         t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
                                                            if self.config.spool.enabled else 0)
         self._timer.start()
@@ -66,6 +69,11 @@ class DuckDBExporter(Exporter):
         lines = [f"spans, metrics and logs stored in DuckDB at {Path(self.config.path).absolute()}"]
         if self.store is not None and self.store.settings is not None:
             lines.append(f"  (write-ahead spool in {self.store.settings.directory})")
+        if self.store is not None and self.store.recent.enabled:
+            st = self.store.recent.stats(time.time())
+            lines.append(f"  re-sent spans stored once: {st['remembered_spans']} identities remembered, reaching "
+                         f"{st['window_s']:.0f}s back (window {self.config.dedup.window:g}s); "
+                         f"{st['dropped_copies']} copies not stored again")
         return lines
 
     def export(self, batch: pa.Table) -> ExportResult:

@@ -106,6 +106,9 @@ class Telemetry:
         self.attribution_unattributed = Gauge(
             "agent_sre_attribution_unattributed_spans", "Spans released without any agent since start (their "
             "trace named none and their service has no name).", ["exporter"], registry=r)
+        self.store_resent_spans = Gauge(
+            "agent_sre_store_resent_spans", "Spans not stored again since start: copies a client re-sent of spans "
+            "the store already had (same trace and span ids, within the dedup window).", ["exporter"], registry=r)
         self.exporter_queue_capacity = Gauge(
             "agent_sre_exporter_queue_capacity", "Spans the exporter's queue holds before it refuses.",
             ["exporter"], registry=r)

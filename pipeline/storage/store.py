@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.storage import attribution
 from agent_sre.pipeline.storage.attribution import HELD_DDL, AttributionSettings
+from agent_sre.pipeline.storage.dedup import DedupSettings, RecentSpans, span_keys
 from agent_sre.pipeline.storage.rollups import (
     AGENT_MINUTES_DDL,
     AGENT_ROLLUP_SQL,
@@ -221,7 +222,7 @@ class SpanStore:
                  threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
                  spool: SpoolSettings | None = None,
                  attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged,
-                 count_replays: bool = False):
+                 count_replays: bool = False, dedup: DedupSettings | None = None):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -248,6 +249,9 @@ class SpanStore:
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
             "SELECT name, total, good, coalesce(scope, 'span') FROM sli_rollups ORDER BY position").fetchall()])
         self.settings = spool
+        # Identities of the spans taken recently: a client's re-send is stored once (pipeline/storage/dedup.py).
+        self.recent = RecentSpans(dedup or DedupSettings())
+        self._remember_stored()
         self.corrupt: str | None = None  # set when DuckDB finds a block that fails its checksum
         self._stop_verify = threading.Event()
         self._verifier = threading.Thread(target=self._verify, name="span-store-verify", daemon=True)
@@ -432,6 +436,32 @@ class SpanStore:
 
     # --- writing ----------------------------------------------------------------
 
+    def _remember_stored(self) -> None:
+        """At start: the identities of the spans stored or held within the dedup window, read back a
+        record batch at a time (received_ns prunes the older row groups) into the window's generations."""
+        recent = self.recent
+        if not recent.enabled:
+            return
+        now_ns = time.time_ns()
+        step_ns = max(1, int(recent.settings.window * 1e9) // 4)
+        since = now_ns - 4 * step_ns
+        parts: dict[int, list[np.ndarray]] = {}
+        reader = self._con.sql(
+            "SELECT trace_id, span_id, received_ns FROM span_rows WHERE received_ns >= $1 "
+            "UNION ALL SELECT trace_id, span_id, received_ns FROM held_spans WHERE received_ns >= $1",
+            params=[since]).to_arrow_reader(65_536)
+        for batch in reader:
+            keys, has_key = span_keys(batch.column(0), batch.column(1))
+            generation = np.clip((batch.column(2).to_numpy(zero_copy_only=False) - since) // step_ns, 0, 3)
+            for g in np.unique(generation[has_key]):
+                parts.setdefault(int(g), []).append(keys[has_key & (generation == g)])
+        for g in sorted(parts):  # oldest first, each stamped with its generation's start
+            keys = np.concatenate(parts[g])
+            recent.add(keys, np.ones(len(keys), dtype=bool), (since + g * step_ns) / 1e9)
+        if parts:
+            log.info("span store: %d span identities of the last %gs remembered (a client's re-send is stored once)",
+                     recent.stats(now_ns / 1e9)["remembered_spans"], recent.settings.window)
+
     def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None) -> None:
         """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
 
@@ -441,6 +471,13 @@ class SpanStore:
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
         now_ns = time.time_ns()
+        keys, has_key = span_keys(rows.column("trace_id"), rows.column("span_id"))
+        keep = self.recent.fresh(keys, has_key)
+        if not keep.all():  # a client's re-send of spans already taken: stored, counted and charged once
+            dropped = len(keep) - int(keep.sum())
+            rows, keys, has_key = rows.filter(pa.array(keep)), keys[keep], has_key[keep]
+            self.recent.dropped += dropped
+            log.info("span store: %d spans already stored (a client's re-send) not stored again", dropped)
         attribute = self._held > 0 or rows.column("agent_id").null_count > 0
         replays = None if self.count_replays else replay_mask(rows)
         self._replays_seen = self._replays_seen or replays is not None
@@ -494,6 +531,7 @@ class SpanStore:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
             self.unattributed_spans += unattributed
+            self.recent.add(keys, has_key, now_ns / 1e9)
         # After the commit (what is charged is stored) and outside the lock: callbacks may publish
         # events, which the store records.  From the loader, they run on the dispatcher thread, so
         # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.

@@ -376,8 +376,9 @@ def test_a_request_re_sent_to_another_pipeline_is_counted_once_by_fleet_sql(rese
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "real, unfixed (issue #16): each pipeline's DuckDB store keeps every copy a client re-sends (p0 holds "
-    "two, p1 one) and each pipeline's contribution to the fleet budget in Redis is its store's spend: "
-    "3 sends of one request, 3x its cost in Redis (ClickHouse's fleet SQL counts it once)"))
+    "real, unfixed (issue #16): each pipeline's DuckDB store keeps one copy of a re-sent span (a store drops "
+    "copies of spans it already has: p0 keeps one of its two, p1 its one) and each pipeline's contribution to "
+    "the fleet budget in Redis is its store's spend: 3 sends of one request to two pipelines, 2x its cost in "
+    "Redis (ClickHouse's fleet SQL counts it once)"))
 def test_a_request_re_sent_to_another_pipeline_is_charged_once(resent):
     assert resent.spend == pytest.approx(sum(resent.costs.values()), abs=1e-9)
