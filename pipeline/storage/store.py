@@ -26,7 +26,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCHEMA, SPAN_SCHEMA
 from agent_sre.pipeline.storage import attribution
@@ -127,9 +126,16 @@ STORAGE_SCHEMA = pa.schema([
 STORED_SCHEMA = STORAGE_SCHEMA.append(pa.field("received_ns", pa.int64()))
 
 
+def _invert(mask: pa.Array) -> pa.Array:
+    import pyarrow.compute as pc  # see replay_mask
+
+    return pc.invert(mask)
+
+
 def replay_mask(rows: pa.Table) -> pa.Array | None:
     """Which rows (storage layout) are spans of a replay's re-run (``REPLAY_KEY`` on their resource or
     on the span); None when there are none.  Columnar: one comparison per attribute key."""
+    import pyarrow.compute as pc  # here, not at the top: ~40 ms of `agent-sre query --db`'s start-up
     mask = None
     for column in ("resource_attributes", "attributes"):
         if column not in rows.column_names:
@@ -374,7 +380,9 @@ class SpanStore:
                     self._checkpoint_with_more_memory()
                 self._con = self._connect()
                 log.warning("span store: reopened %s", self.path)
-            except OSError as exc:  # the loader's next failure tries again
+            except (OSError, duckdb.Error) as exc:  # the loader's next failure tries again
+                # duckdb.Error: "Unique file handle conflict" while an ad hoc query's cursor keeps the instance
+                # (and so the file) attached; uncaught, it ended the loader thread for good (bench/query10m.py).
                 log.error("span store: cannot reopen %s yet: %s", self.path, exc)
 
     def _ensure_schema(self) -> None:
@@ -516,7 +524,7 @@ class SpanStore:
                         con.execute(sql).fetchall()
                 else:
                     held, oldest = 0, None
-                    released = rows if replays is None else rows.filter(pc.invert(replays))
+                    released = rows if replays is None else rows.filter(_invert(replays))
                     unattributed = rows.column("agent_id").null_count
                 if seq is not None:
                     con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
@@ -748,7 +756,12 @@ class SpanStore:
                         wait = min(wait, max(expiry, 0.05))
                     self._cond.wait(wait)
                 items = self._take()
-            if not self._load_step(items, spool):
+            try:
+                loaded = self._load_step(items, spool)
+            except Exception:  # noqa: BLE001 - a bug in the failure handling must not end the loader
+                log.exception("span store: the loader's failure handling failed; retrying")
+                loaded = False
+            if not loaded:
                 if self._closing:
                     return
                 time.sleep(min(0.1 * 2 ** min(self._failures, 6), 5.0))
@@ -786,8 +799,11 @@ class SpanStore:
         log.error("span store: insert of %d spooled spans (%d bytes) failed (attempt %d; %s): %s",
                   sum(i.rows for i in items), size, self._failures,
                   "they stay in the spool" if self._closing else "will retry", exc)
-        if isinstance(exc, (duckdb.FatalException, duckdb.OutOfMemoryException)) or any(
-                m in str(exc) for m in ("invalidated", "failed to pin", "could not allocate")):
+        pinned = isinstance(exc, duckdb.OutOfMemoryException) or any(
+            m in str(exc) for m in ("failed to pin", "could not allocate"))
+        # Out of memory once may be an ad hoc query holding the shared pool (quantile_cont over 10M spans needs
+        # ~128 MB): retried as is; twice in a row, large values pinned until a checkpoint (below).
+        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc) or (pinned and self._failures >= 2):
             # Large values committed since the last checkpoint stay pinned in the buffer pool until a
             # checkpoint writes them out (measured: two 15 MiB attributes filled the 48MB pool, every
             # later insert failed "failed to pin block", and a checkpoint within it failed too).

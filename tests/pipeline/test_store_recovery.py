@@ -56,10 +56,11 @@ _DISK_FULL = textwrap.dedent("""
     # disk needs a mount this test cannot make); in a subprocess, so only the store sees the limit.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     store = SpanStore(d / "s.duckdb", spool=SpoolSettings(directory=str(d / "spool"), flush_interval=0.05))
-    batch = request_to_table(request(200)).table
+    def batch():  # new span ids each time: the store keeps one copy of spans sent again
+        return request_to_table(request(200)).table
     acked = 0
     for _ in range(5):
-        store.append(batch); acked += 200
+        store.append(batch()); acked += 200
     store.sync()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     largest = max(p.stat().st_size for p in d.rglob("*") if p.is_file())
@@ -67,13 +68,13 @@ _DISK_FULL = textwrap.dedent("""
     deadline = time.time() + 30
     while time.time() < deadline and store.health() is None:
         try:
-            store.append(batch); acked += 200
+            store.append(batch()); acked += 200
         except (StoreBehind, OSError):
             pass
         time.sleep(0.05)
     unhealthy = store.health()
     try:
-        store.append(batch); acked += 200; refused = False
+        store.append(batch()); acked += 200; refused = False
     except StoreBehind:
         refused = True
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is back
@@ -82,7 +83,7 @@ _DISK_FULL = textwrap.dedent("""
         time.sleep(0.1)
     healthy_again = store.health() is None
     for _ in range(5):
-        store.append(batch); acked += 200
+        store.append(batch()); acked += 200
     store.sync(30)
     print(json.dumps({"unhealthy": unhealthy, "refused": refused, "healthy_again": healthy_again,
                       "acked": acked, "stored": store.count()}))
@@ -177,4 +178,35 @@ def test_a_corrupt_data_block_makes_the_store_report_unhealthy_soon_after_it_ope
         eventually(lambda: store.health() is not None, timeout=30)  # ... and its background scan finds it
         assert "is corrupt" in store.health() and "checksum" in store.health()
     finally:
+        store.close()
+
+
+def test_a_failure_while_handling_a_failed_insert_does_not_end_the_loader(tmp_path):
+    """Seen with an ad hoc query over 10M spans during ingest: the insert ran out of the shared buffer pool,
+    the reopen that followed failed ("Unique file handle conflict": the query's cursor held the file) with a
+    duckdb.Error nothing caught, and the loader thread ended: nothing was inserted again until a restart."""
+    import duckdb
+
+    store = SpanStore(tmp_path / "s.duckdb", spool=SpoolSettings(directory=str(tmp_path / "spool"),
+                                                                 flush_interval=0.05))
+    real_insert, real_reconnect = store._insert, store._reconnect
+    calls = {"insert": 0}
+
+    def failing_insert(*args, **kwargs):
+        calls["insert"] += 1
+        if calls["insert"] <= 2:
+            raise duckdb.OutOfMemoryException("could not allocate block of size 256.0 KiB")
+        return real_insert(*args, **kwargs)
+
+    def failing_reconnect(*args, **kwargs):
+        raise duckdb.IOException("Unique file handle conflict: the file is already attached")
+
+    store._insert, store._reconnect = failing_insert, failing_reconnect
+    store.append(request_to_table(request(30)).table)
+    try:
+        store.sync(30)  # the third try inserts: the loader lived through both failures
+        assert store._loader is not None and store._loader.is_alive()
+        assert store.count() == 30
+    finally:
+        store._reconnect = real_reconnect
         store.close()
