@@ -108,13 +108,15 @@ def test_large_concurrent_requests_keep_every_process_of_the_pipeline_within_its
             peak = max(peak, total)
             time.sleep(0.02)
 
-    body = gzip.compress(request(1, attrs={"gen_ai.prompt": "x" * (15 * _MIB)}).SerializeToString())
+    # A span of its own in each request (the store keeps one copy of spans sent again).
+    bodies = [gzip.compress(request(1, attrs={"gen_ai.prompt": "x" * (15 * _MIB)}).SerializeToString())
+              for _ in range(24)]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     results: list[int] = []
     try:
-        threads = [threading.Thread(target=lambda: results.append(_post(ports.http, body, gz=True)[0]))
-                   for _ in range(24)]
+        threads = [threading.Thread(target=lambda b=b: results.append(_post(ports.http, b, gz=True)[0]))
+                   for b in bodies]
         for t in threads:
             t.start()
         for t in threads:

@@ -252,10 +252,12 @@ def test_mutated_json_requests_are_answered_ok_or_invalid_and_every_span_is_acco
 def _start(tmp_path_factory, name: str, workers: int) -> Iterator[PipelineProcess]:
     data_dir = tmp_path_factory.mktemp(name)
     ports = Ports.allocate()
-    # Retention off: fuzzed spans may carry any timestamp, and every acknowledged one is counted.
+    # Retention off: fuzzed spans may carry any timestamp, and every acknowledged one is counted.  Dedup
+    # off: mutations of one request keep its valid spans' ids, and each acknowledged copy is counted here
+    # (tests/pipeline/storage/test_dedup.py holds the store to one copy of a re-send).
     config = pipeline_yaml(ports, data_dir, workers=workers, grpc_mib=BODY_LIMIT_MIB,
                            http_body=int(BODY_LIMIT_MIB * (1 << 20))).replace(
-        "spans.duckdb\n", "spans.duckdb\n    retention: 0s\n", 1)
+        "spans.duckdb\n", "spans.duckdb\n    retention: 0s\n    dedup: {window: 0s}\n", 1)
     process = spawn_pipeline(config, ports, data_dir, data_dir / "pipeline.log")
     yield process
     process.proc.terminate()
@@ -500,8 +502,19 @@ def test_token_and_duration_sums_past_int64_saturate_and_the_store_keeps_committ
     for _ in range(2):  # the second batch adds to the first one's per-minute rows
         status, _, answer = _post(p.ports.http, body, content_type)
         assert status == 200, answer
+        body = _new_span_ids(body, content_type)  # not the same spans again: the store would keep one copy
     assert p.sql("SELECT count(*) FROM spans") == [(12,)]
     assert p.sql("SELECT max(tokens), max(task_duration_ns) FROM agent_minutes") == [(2**63 - 1, 2**63 - 1)]
+
+
+def _new_span_ids(body: bytes, content_type: str) -> bytes:
+    """The same request with new span ids (the store keeps one copy of a span sent again)."""
+    req = decode_trace_request(body) if content_type == JSON else ExportTraceServiceRequest.FromString(body)
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.span_id = os.urandom(8)
+    return encode_trace_request(req) if content_type == JSON else req.SerializeToString()
 
 
 @functools.cache
