@@ -26,7 +26,6 @@ request must then carry as ``Authorization: Bearer``).  Every tool only reads.
 # No `from __future__ import annotations`: the SDK reads the tools' parameter types from their annotations,
 # which name types local to build_server.
 import argparse
-import hmac
 import ipaddress
 import json
 import os
@@ -235,14 +234,14 @@ class SreState:
                 return {**body, "source": f"the running pipeline at {client.endpoint}"}
             except AdminUnreachable:
                 pass  # no pipeline running: the sandbox over its file (it needs the connection, not read)
-        from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits, run_query
+        from agent_sre.pipeline.storage.sandbox import QueryError, file_query_limits, run_query
 
         try:
             con = open_store(self.cfg, self.db)
         except StoreMissing as exc:
             raise CliError(f"no data to query yet: {exc}") from None
         try:
-            result = run_query(con, sql, QueryLimits(max_rows=max_rows, timeout_s=60))  # the CLI's limits
+            result = run_query(con, sql, file_query_limits(max_rows))  # the CLI's limits
         except QueryError as exc:
             raise CliError(f"query failed: {exc}") from None
         finally:
@@ -429,6 +428,8 @@ def _serve_http(server, listen: str, allowed_hosts: list[str]) -> int:
 
 def _bearer_only(app, token: str):
     """``app`` behind ``Authorization: Bearer <token>`` (compared in constant time)."""
+    import hmac  # here: it loads OpenSSL's hashes (~10 ms of every command's start-up otherwise)
+
     expected = f"Bearer {token}".encode()
 
     async def guarded(scope, receive, send) -> None:

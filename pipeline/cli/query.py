@@ -12,6 +12,7 @@ from agent_sre.pipeline.cli.admin_client import AdminError, AdminUnreachable
 from agent_sre.pipeline.cli.common import (
     EXIT_CONFIG,
     CliError,
+    Targets,
     admin_client,
     load,
     open_store,
@@ -33,7 +34,10 @@ def run_sql(args: argparse.Namespace, sql: str) -> int:
         from agent_sre.pipeline.cli.fleet import run_fleet_sql
 
         return run_fleet_sql(args, sql)
-    cfg = targets(args.config)  # not load(): a query needs only where the API and the store are
+    if getattr(args, "db", None) and not getattr(args, "config", None):
+        cfg = Targets(None, None, None)  # the file is named: the embedded default's API and store do not matter
+    else:
+        cfg = targets(args.config)  # not load(): a query needs only where the API and the store are
     client = admin_client(args, cfg)
     if client is not None:
         try:
@@ -45,10 +49,10 @@ def run_sql(args: argparse.Namespace, sql: str) -> int:
         else:
             print_table(body, args.format)
             return 0
-    from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits, run_query
+    from agent_sre.pipeline.storage.sandbox import QueryError, file_query_limits, run_query
 
     try:
-        limits = QueryLimits(max_rows=args.max_rows, timeout_s=60)  # the API's byte and memory limits
+        limits = file_query_limits(args.max_rows)
     except ValueError as exc:
         raise CliError(f"query failed: {exc}") from None
     con = open_store(cfg, args.db)

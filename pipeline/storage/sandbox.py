@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import duckdb
-import numpy as np
 import psutil  # type: ignore[import-untyped]
 import pyarrow as pa
 
@@ -77,6 +76,18 @@ class QueryLimits:
             raise ValueError(f"tenant must be a non-empty string or None (got {self.tenant!r})")
 
 
+def file_query_limits(max_rows: int, timeout_s: float = 60.0) -> QueryLimits:
+    """The limits of ad hoc SQL over a stopped pipeline's file, in the caller's own process (``agent-sre query``
+    and the MCP server when no pipeline answers): the API's byte limit, and for memory half of what the machine
+    has available (at least the API's).  The API's 256 MiB guards a pipeline's ingest; here DuckDB's buffer pool
+    (its default limit: 80 % of RAM) caches the file's blocks in this process as it reads them, and that counts as
+    growth: measured on bench/store10m.py's 10M spans, the agent/model group-by with quantile_cont grew the
+    process by 236-241 MiB, and the CLI refused it."""
+    available = psutil.virtual_memory().available // 2
+    return QueryLimits(max_rows=max_rows, timeout_s=timeout_s,
+                       max_memory_bytes=max(QueryLimits.max_memory_bytes, available))
+
+
 @dataclass
 class QueryResult:
     columns: list[str]
@@ -116,10 +127,18 @@ def _plain(value):
 _EXPLAIN_HEAD = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\b|\([^)]*\))?", re.IGNORECASE)
 
 
-def check_read_only(sql: str) -> list[str]:
-    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement); the SELECTs' text."""
+def _parser(con) -> duckdb.DuckDBPyConnection:
+    """``con`` when it is a DuckDB connection (callers may pass an object with ``execute`` alone)."""
+    return con if con is not None and hasattr(con, "extract_statements") else duckdb  # type: ignore[return-value]
+
+
+def check_read_only(sql: str, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+    """Only SELECT, and EXPLAIN of a SELECT (EXPLAIN ANALYZE runs its statement); the SELECTs' text.  Parsed
+    on ``con`` when given: without it, DuckDB's module-level parser opens its default in-memory instance
+    (~20 ms the first time: a fifth of ``agent-sre query``'s start-up budget)."""
+    parser = _parser(con)
     try:
-        statements = duckdb.extract_statements(sql)
+        statements = parser.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(f"SQL does not parse: {exc}") from exc
     if not statements:
@@ -132,7 +151,7 @@ def check_read_only(sql: str) -> list[str]:
                              "read_only")
         if kind == "EXPLAIN":
             head = _EXPLAIN_HEAD.match(st.query)
-            inner = duckdb.extract_statements(st.query[head.end():]) if head else []
+            inner = parser.extract_statements(st.query[head.end():]) if head else []
             if len(inner) != 1 or str(inner[0].type).rpartition(".")[2] != "SELECT":
                 raise QueryError("EXPLAIN is allowed only of a SELECT statement", 403, "read_only")
             selects.append(inner[0].query)
@@ -144,8 +163,8 @@ def check_read_only(sql: str) -> list[str]:
 def check_sandboxed(con: duckdb.DuckDBPyConnection, sql: str, tenant: TenantScope | None = None) -> None:
     """Read-only statements that touch no file (and with ``tenant``, read only its relations): checked
     on DuckDB's own parse tree."""
-    selects = check_read_only(sql)
-    if tenant is not None and any(str(st.type).endswith("EXPLAIN") for st in duckdb.extract_statements(sql)):
+    selects = check_read_only(sql, con)
+    if tenant is not None and any(str(st.type).endswith("EXPLAIN") for st in _parser(con).extract_statements(sql)):
         # A plan shows the views' definitions and the row counts of the tables under them.
         raise QueryError(f"EXPLAIN is not allowed with the key of tenant {tenant.name!r}", 403, "tenant_scope")
     for select in selects:
@@ -260,7 +279,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> 
     deadline = time.monotonic() + limits.timeout_s
     tenant = None
     if limits.tenant is not None:
-        check_read_only(sql)  # before anything is created on the connection
+        check_read_only(sql, con)  # before anything is created on the connection
         tenant = TenantScope(limits.tenant, scope_to_tenant(con, limits.tenant))
     check_sandboxed(con, sql, tenant)
     watchdog = _Watchdog(con, deadline, limits.max_memory_bytes)
@@ -314,7 +333,7 @@ def _fit(batch: pa.RecordBatch, budget: int) -> pa.RecordBatch:
             lo = mid
         else:
             hi = mid - 1
-    return batch.take(pa.array(np.arange(lo)))
+    return batch.take(pa.array(range(lo), pa.int64()))  # at most _BATCH_ROWS indices
 
 
 def _rows(table: pa.Table, deadline: float, limits: QueryLimits) -> list[list]:

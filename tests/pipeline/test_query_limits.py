@@ -1,0 +1,50 @@
+"""Ad hoc SQL's limits outside a running pipeline, and what `agent-sre query` loads to start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import psutil
+
+from agent_sre.pipeline.storage.sandbox import QueryLimits, file_query_limits, restrict_file_access, run_query
+
+
+def test_a_result_over_the_byte_limit_is_cut_to_its_first_whole_rows():
+    con = duckdb.connect()
+    restrict_file_access(con)
+    result = run_query(con, "SELECT range AS i, repeat('x', 100) AS pad FROM range(5000)",
+                       QueryLimits(max_rows=10_000, max_result_bytes=50_000))
+    assert result.truncated_by == "max_result_bytes"
+    assert 0 < len(result.rows) < 5000
+    assert [row[0] for row in result.rows] == list(range(len(result.rows)))
+
+
+def test_a_query_over_a_stopped_store_may_grow_the_process_by_half_the_memory_available():
+    before = psutil.virtual_memory().available // 2
+    limits = file_query_limits(7)
+    after = psutil.virtual_memory().available // 2
+    assert (limits.max_rows, limits.timeout_s, limits.max_result_bytes) == (7, 60.0, QueryLimits.max_result_bytes)
+    low = max(QueryLimits.max_memory_bytes, int(min(before, after) * 0.9))
+    high = max(QueryLimits.max_memory_bytes, int(max(before, after) * 1.1))
+    assert low <= limits.max_memory_bytes <= high
+
+
+def test_the_command_line_starts_without_the_http_client_or_tls():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, agent_sre.pipeline.cli.main; "
+                             "print(sorted(m for m in ('ssl', 'urllib.request', 'hmac', 'numpy', 'duckdb') "
+                             "if m in sys.modules))"], capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_query_with_db_reads_that_file_without_a_config(tmp_path):
+    store = tmp_path / "elsewhere.duckdb"
+    with duckdb.connect(str(store)) as con:  # any DuckDB file: a store's own tables are not needed to query it
+        con.execute("CREATE TABLE spans AS SELECT * FROM range(0) t(span_id)")
+    done = subprocess.run([sys.executable, "-m", "agent_sre.pipeline.cli", "query", "--db", str(store), "--format",
+                           "csv", "SELECT count(*) AS spans, 41 + 1 AS answer FROM spans"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["spans,answer", "0,42"]
