@@ -93,10 +93,10 @@ class FreshIds:
     """One pre-serialised request sent again and again with new span ids each time: the store keeps one
     copy of a span re-sent with the same ids (its dedup), so a benchmark resending the same bytes would
     measure the dropping of copies.  The first 4 bytes of every span id are overwritten in place with a
-    per-process counter and the sender's ``stamp`` (the other 4 stay random): no re-encoding, ~30 KB
-    copied per 512-span request."""
+    counter that starts at a random point (the other 4 stay the body's own): ids differ between sends,
+    senders and benchmark phases (new processes), with no re-encoding (~30 KB copied per 512 spans)."""
 
-    def __init__(self, body: bytes, stamp: int):
+    def __init__(self, body: bytes):
         ids = [sp.span_id for rs in ExportTraceServiceRequest.FromString(body).resource_spans
                for ss in rs.scope_spans for sp in ss.spans]
         offsets, start = [], 0
@@ -106,12 +106,11 @@ class FreshIds:
             start = at + 10
         self._template = np.frombuffer(body, dtype=np.uint8).copy()
         self._offsets = np.array(offsets, dtype=np.int64)
-        self._stamp = stamp & 0xFF
-        self._sent = 0
+        self._sent = int.from_bytes(os.urandom(4), "little")
 
     def next(self) -> bytes:
-        self._sent += 1
-        word = np.array([(self._sent << 8) | self._stamp], dtype="<u4").view(np.uint8)
+        self._sent = (self._sent + 1) & 0xFFFFFFFF
+        word = np.array([self._sent], dtype="<u4").view(np.uint8)
         out = self._template.copy()
         for j in range(4):
             out[self._offsets + j] = word[j]

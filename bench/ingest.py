@@ -120,7 +120,7 @@ def _client(protocol: str, port: int, seconds: float, threads: int, rate_per_thr
             errors[0] += err
 
     # New span ids at every send (the store stores a re-sent span once): one stamper per sender and body.
-    stampers = [[FreshIds(b, seed * threads + k) for b in bodies] for k in range(threads)]
+    stampers = [[FreshIds(b) for b in bodies] for _ in range(threads)]
     workers = [threading.Thread(target=sender, args=(k,)) for k in range(threads)]
     first = time.time()
     for w in workers:
