@@ -19,40 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
-import time
 from collections.abc import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent_sre.pipeline.pdata.otlp_arrow import PURE_PYTHON_DECODER_ENV, protobuf_to_table
 from bench.agent_spans import request_bodies, upb_parse_us_per_span
+from bench.timing import in_threads, passes
 
 try:
     from agent_sre.pipeline.pdata import _otlp_decode
 except ImportError as exc:
     raise SystemExit("the C decoder is not built: `.venv/bin/pip install -e .` with gcc and Python's headers") from exc
-
-
-def _passes(fn: Callable[[], object], passes: int, spans: int) -> tuple[list[float], list[float]]:
-    """(CPU µs per span, wall µs per span) of each pass."""
-    cpu, wall = [], []
-    for _ in range(passes):
-        c0, w0 = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append((time.process_time() - c0) / spans * 1e6)
-        wall.append((time.perf_counter() - w0) / spans * 1e6)
-    return cpu, wall
-
-
-def _in_threads(fn: Callable[[], object], threads: int) -> Callable[[], None]:
-    def run() -> None:
-        workers = [threading.Thread(target=fn) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    return run
 
 
 def main() -> None:
@@ -83,11 +61,11 @@ def main() -> None:
     each(protobuf_to_table)()
     upb = upb_parse_us_per_span(bodies, repeats=args.passes)
     rows = {
-        "upb parse (FromString)": _passes(each(ExportTraceServiceRequest.FromString), args.passes, spans),
-        "Python protobuf_to_table": _passes(each(pure), args.passes, spans),
-        "C protobuf_to_table": _passes(each(protobuf_to_table), args.passes, spans),
-        "C decode() alone": _passes(each(_otlp_decode.decode), args.passes, spans),
-        "C decode(), 2 threads": _passes(_in_threads(each(_otlp_decode.decode), 2), args.passes, 2 * spans),
+        "upb parse (FromString)": passes(each(ExportTraceServiceRequest.FromString), args.passes, spans),
+        "Python protobuf_to_table": passes(each(pure), args.passes, spans),
+        "C protobuf_to_table": passes(each(protobuf_to_table), args.passes, spans),
+        "C decode() alone": passes(each(_otlp_decode.decode), args.passes, spans),
+        "C decode(), 2 threads": passes(in_threads(each(_otlp_decode.decode), 2), args.passes, 2 * spans),
     }
     print(f"{spans} spans per pass ({args.count} requests), {args.passes} passes; µs per span, min / median")
     print(f"upb_parse_us_per_span (wall, best): {upb:.3f}")

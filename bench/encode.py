@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
-import time
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -34,6 +32,7 @@ from agent_sre.pipeline.pdata.arrow_otlp import (
 from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
 from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table
 from bench.agent_spans import request_bodies
+from bench.timing import in_threads, passes
 
 try:
     from agent_sre.pipeline.pdata import _otlp_encode  # noqa: F401
@@ -48,27 +47,6 @@ def _tables(count: int) -> list[pa.Table]:
         cost = pa.array([0.0004 * (i % 7) if i % 3 else None for i in range(table.num_rows)], pa.float64())
         out.append(table.set_column(table.schema.get_field_index("cost_usd"), "cost_usd", cost))
     return out
-
-
-def _passes(fn: Callable[[], object], passes: int, spans: int) -> tuple[list[float], list[float]]:
-    """(CPU µs per span, wall µs per span) of each pass."""
-    cpu, wall = [], []
-    for _ in range(passes):
-        c0, w0 = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append((time.process_time() - c0) / spans * 1e6)
-        wall.append((time.perf_counter() - w0) / spans * 1e6)
-    return cpu, wall
-
-
-def _in_threads(fn: Callable[[], object], threads: int) -> Callable[[], None]:
-    def run() -> None:
-        workers = [threading.Thread(target=fn) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    return run
 
 
 def main() -> None:
@@ -96,11 +74,11 @@ def main() -> None:
     each(table_to_bytes)()
     same = all(each_bytes == table_to_bytes(t) for t, each_bytes in zip(tables, _pure_bytes(tables), strict=True))
     rows = {
-        "Python table_to_bytes": _passes(each(table_to_bytes, pure=True), args.passes, spans),
-        "C table_to_bytes": _passes(each(table_to_bytes), args.passes, spans),
-        "Python span_fields": _passes(each(span_fields, pure=True), args.passes, spans),
-        "C span_fields": _passes(each(span_fields), args.passes, spans),
-        "C table_to_bytes, 2 threads": _passes(_in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
+        "Python table_to_bytes": passes(each(table_to_bytes, pure=True), args.passes, spans),
+        "C table_to_bytes": passes(each(table_to_bytes), args.passes, spans),
+        "Python span_fields": passes(each(span_fields, pure=True), args.passes, spans),
+        "C span_fields": passes(each(span_fields), args.passes, spans),
+        "C table_to_bytes, 2 threads": passes(in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
     }
     print(f"{spans} spans per pass ({args.count} tables), {args.passes} passes; µs per span, min / median;"
           f" same bytes by both paths: {same}")
