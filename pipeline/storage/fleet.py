@@ -29,9 +29,10 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
     sli_minutes  the sli processor's own predicates, run by ClickHouse over ``spans`` (one GROUP BY
                  per SLI over the objectives' longest window).  Not from ``rollup_minute``: an SLI's
                  predicate is configuration (the latency threshold, custom SLIs) that a fixed rollup
-                 cannot hold.  Task SLIs (per-trace rollups) and predicates ClickHouse cannot run
-                 (hallucination_rate reads span events, which the fleet store does not keep) are
-                 left out, and said so.
+                 cannot hold.  Task SLIs (cost_per_task, delegation_chain_depth: over the store's
+                 per-trace rollup) over a per-trace GROUP BY of the spans, for traces quiet for a
+                 minute.  Predicates ClickHouse cannot run (hallucination_rate reads span events,
+                 which the fleet store does not keep) are left out, and said so.
     cost_minutes spend per minute (of the span's start; one pipeline's store: its end), agent and model
                  and the LLM-span count, over ``spans`` (each span once; ``rollup_minute`` would count a
                  re-sent span's copy again).  No tenant column (tenant budgets are left out, and said so).
@@ -42,6 +43,7 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
 from __future__ import annotations
 
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -220,6 +222,22 @@ SLI_MINUTES_SQL = """SELECT intDiv(end_ns, 60000000000) AS minute, %(sli)s AS sl
 FROM {spans} WHERE end_ns >= %(lo)s AND end_ns < %(hi)s AND ifNull(({total}), 0)
   AND NOT has(resource_attributes.{keys}, %(replay)s) AND NOT has(attributes.{keys}, %(replay)s)
 GROUP BY minute, agent_id, agent_version"""
+# A task SLI's events per minute of the task's end: the store's per-trace rollup (``trace_rollups``:
+# agent and version of its agent_task span, cost summed over the trace, delegation spans, the task's
+# end) computed by ClickHouse over the trace's spans, for tasks whose trace has been quiet (its last
+# span ended) for ``TASK_GRACE_NS`` -- the store waits that long after the last span's arrival.
+TASK_SLI_MINUTES_SQL = """SELECT intDiv(task_end_ns, 60000000000) AS minute, %(sli)s AS sli, agent_id, agent_version,
+       countIf(ifNull(({good}), 0)) AS good, count() AS total
+FROM (SELECT trace_id, argMinIf(agent_id, start_ns, ifNull(span_role, '') = 'agent_task') AS agent_id,
+             argMinIf(ifNull(agent_version, ''), start_ns, ifNull(span_role, '') = 'agent_task') AS agent_version,
+             sum(ifNull(cost_usd, 0)) AS cost_usd, countIf(ifNull(span_role, '') = 'delegation') AS delegations,
+             maxIf(end_ns, ifNull(span_role, '') = 'agent_task') AS task_end_ns, max(end_ns) AS last_seen_ns,
+             countIf(ifNull(span_role, '') = 'agent_task') AS roots
+      FROM {spans} WHERE end_ns >= %(lo)s - 3600000000000
+        AND NOT has(resource_attributes.{keys}, %(replay)s) AND NOT has(attributes.{keys}, %(replay)s)
+      GROUP BY trace_id)
+WHERE roots > 0 AND task_end_ns >= %(lo)s AND task_end_ns < %(hi)s AND last_seen_ns <= %(due)s AND ifNull(({total}), 0)
+GROUP BY minute, agent_id, agent_version"""
 COST_MINUTES_COLUMNS = ["minute", "agent_id", "model", "tenant", "cost_usd", "spans"]
 COST_MINUTES_SQL = """SELECT intDiv(ifNull(start_ns, 0), 60000000000) AS m, agent_id, ifNull(model, '') AS model_, '' AS tenant,
        sum(ifNull(cost_usd, 0)) AS cost, countIf(ifNull(span_role, '') = 'llm') AS llm_spans
@@ -251,13 +269,25 @@ def _map_keys(store: FleetStore, table: str, column: str) -> str:
     return "key" if store.has_column(table, f"{column}.key") else "keys"
 
 
+_QUOTED = re.compile(r"('(?:[^']|'')*')")
+_BOOLEAN = re.compile(r"\b(true|false)\b", re.IGNORECASE)
+
+
+def _predicate(sql: str) -> str:
+    """An SLI predicate for ClickHouse: its boolean literals as 1 and 0 outside quoted strings (18.16 knows
+    no ``true``; current servers read 1 and 0 the same)."""
+    parts = _QUOTED.split(sql)
+    return "".join(part if i % 2 else _BOOLEAN.sub(lambda m: "1" if m.group(1).lower() == "true" else "0", part)
+                   for i, part in enumerate(parts))
+
+
 def fleet_sli_minutes(source: str | FleetStore, slis: Iterable[SliRollup], lookback: dict[str, int],
                       now_minute: int) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
     """(a DuckDB with ``sli_minutes`` over the fleet, {SLI left out: why}); ``lookback``: minutes
     before ``now_minute`` each SLI needs (the longest window of the objectives on it)."""
     import pyarrow as pa
 
-    from agent_sre.pipeline.storage.rollups import REPLAY_KEY
+    from agent_sre.pipeline.storage.rollups import REPLAY_KEY, TASK_GRACE_NS
 
     parts, skipped = [], {}
     with _opened(source) as store:
@@ -265,12 +295,12 @@ def fleet_sli_minutes(source: str | FleetStore, slis: Iterable[SliRollup], lookb
         for sli in slis:
             if sli.name not in lookback:
                 continue
-            if sli.scope == "task":
-                skipped[sli.name] = "a task SLI is counted from per-trace rollups, which the fleet store does not keep"
-                continue
-            sql = SLI_MINUTES_SQL.format(good=sli.good, total=sli.total, keys=keys, spans=store.spans_source())
+            template = TASK_SLI_MINUTES_SQL if sli.scope == "task" else SLI_MINUTES_SQL
+            sql = template.format(good=_predicate(sli.good), total=_predicate(sli.total), keys=keys,
+                                  spans=store.spans_source())
             params = {"sli": sli.name, "lo": (now_minute - lookback[sli.name]) * 60_000_000_000,
-                      "hi": now_minute * 60_000_000_000, "replay": REPLAY_KEY}
+                      "hi": now_minute * 60_000_000_000, "replay": REPLAY_KEY,
+                      "due": time.time_ns() - TASK_GRACE_NS}
             try:
                 parts.append(store.arrow(sql, params, SLI_MINUTES_COLUMNS))
             except FleetSqlError as exc:

@@ -216,7 +216,7 @@ def test_incident_show_needs_the_pipeline_that_opened_it(fleet):
                                          id="INC-00001", endpoint=None, db=None, format="table", all=False))
 
 
-def test_slos_the_fleet_store_cannot_answer_are_named(fleet, tmp_path, capsys):
+def test_task_slis_are_answered_and_slos_the_fleet_store_cannot_answer_are_named(fleet, tmp_path, capsys):
     cfg = tmp_path / "slos.yaml"
     text = open(fleet["local"]).read().replace(
         "      - {name: latency, sli: response_latency, target: 0.99, window: 30d}",
@@ -225,10 +225,15 @@ def test_slos_the_fleet_store_cannot_answer_are_named(fleet, tmp_path, capsys):
         "      - {name: truthful, sli: hallucination_rate, target: 0.9, window: 1d}")
     cfg.write_text(text)
     answer = _json(capsys, cmd_slo_status, config=str(cfg), store=fleet["url"])
-    assert {r["slo"] for r in answer["slos"]} == {"task-success", "tool-accuracy", "latency"}
+    assert {r["slo"] for r in answer["slos"]} == {"task-success", "tool-accuracy", "latency", "cheap-tasks"}, answer["stderr"]
     err = answer["stderr"]
-    assert "SLO cheap-tasks (SLI cost_per_task) is not answered from the fleet store: a task SLI" in err
+    assert "cheap-tasks" not in err
     assert "SLO truthful (SLI hallucination_rate) is not answered from the fleet store: its predicates" in err
+    # A task SLI over the fleet, by hand (cost_per_task: a task costing at most $1.00 is good): agent-a's
+    # tasks cost 0.5, 0.25, 0.125, 1.0 on sidecar a and 0.75, 0.5, 2.0 on b; agent-b's 1.5 and 0.5.
+    by = {r["agent_id"]: r for r in answer["slos"] if r["slo"] == "cheap-tasks"}
+    assert (by["agent-a"]["events"], by["agent-a"]["bad_events"]) == (7, 1)
+    assert (by["agent-b"]["events"], by["agent-b"]["bad_events"]) == (2, 1)
 
 
 def test_a_fleet_store_without_the_exporters_tables_says_so(clickhouse):

@@ -87,6 +87,37 @@ def test_slo_rows_on_current_clickhouse_count_every_pipeline_and_skip_replays(st
     assert (row["agent_id"], row["events"], row["bad_events"], row["sli_value"]) == ("a", 10, 3, 0.7)
 
 
+def _task(agent: str, trace: int, end_ns: int, cost: float, delegations: int = 0) -> list[dict]:
+    """One task: its agent_task root, a priced LLM call and ``delegations`` delegation spans."""
+    t = f"{trace:032x}"
+    rows = [{"trace_id": t, "span_id": f"{trace:012x}0000", "agent_id": agent, "agent_version": "1.0",
+             "span_role": "agent_task", "start_ns": end_ns - 5 * 10**9, "end_ns": end_ns, "duration_ns": 5 * 10**9},
+            {"trace_id": t, "span_id": f"{trace:012x}0001", "agent_id": agent, "span_role": "llm",
+             "start_ns": end_ns - 4 * 10**9, "end_ns": end_ns - 10**9, "cost_usd": cost}]
+    rows += [{"trace_id": t, "span_id": f"{trace:012x}{2 + d:04x}", "agent_id": agent, "span_role": "delegation",
+              "start_ns": end_ns - 3 * 10**9, "end_ns": end_ns - 2 * 10**9} for d in range(delegations)]
+    return rows
+
+
+def test_task_slis_on_current_clickhouse_come_from_a_per_trace_rollup_of_the_spans(store):
+    end = (int(time.time()) // 60 - 10) * 60 * 10**9
+    a = _task("a", 1, end, 0.5) + _task("a", 2, end, 1.5, delegations=4) + _task("a", 3, end + 60 * 10**9, 0.25)
+    insert(store, a)
+    insert(store, _task("a", 2, end, 1.5, delegations=4))  # a client's re-send: one task, once
+    insert(store, _task("b", 4, end, 3.0))
+    just_ended = int(time.time() * 1e9) - 10**9  # its trace is not quiet yet: counted a minute later
+    insert(store, _task("b", 5, just_ended, 0.1))
+    now_minute = window_end(time.time())
+    con, skipped = fleet_sli_minutes(store, builtin_slis(SliConfig()), {"cost_per_task": 120,
+                                                                        "delegation_chain_depth": 120}, now_minute)
+    assert not skipped
+    rows = con.execute("SELECT sli, agent_id, agent_version, sum(good), sum(total) FROM sli_minutes "
+                       "GROUP BY ALL ORDER BY ALL").fetchall()
+    # By hand: cost_per_task good at <= $1.00 (a: 0.5, 1.5, 0.25; b: 3.0), delegation depth good at <= 3.
+    assert rows == [("cost_per_task", "a", "1.0", 2, 3), ("cost_per_task", "b", "1.0", 0, 1),
+                    ("delegation_chain_depth", "a", "1.0", 2, 3), ("delegation_chain_depth", "b", "1.0", 1, 1)]
+
+
 def test_cost_minutes_on_current_clickhouse_come_from_the_spans(store):
     end = (int(time.time()) // 60 - 5) * 60 * 10**9
     insert(store, [{"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": "a", "span_role": "llm",
