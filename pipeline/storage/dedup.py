@@ -91,6 +91,18 @@ class RecentSpans:
     def enabled(self) -> bool:
         return self.settings.window > 0 and self.settings.max_spans > 0
 
+    def drop_copies(self, rows: pa.Table) -> tuple[pa.Table, tuple[np.ndarray, np.ndarray] | None]:
+        """``rows`` without the spans already taken (and without repeats within them), and the kept rows'
+        (keys, has_key) for ``add`` once they are committed; nothing is computed when dedup is off."""
+        if not self.enabled:
+            return rows, None
+        keys, has_key = span_keys(rows.column("trace_id"), rows.column("span_id"))
+        keep = self.fresh(keys, has_key)
+        if keep.all():
+            return rows, (keys, has_key)
+        self.dropped += len(keep) - int(keep.sum())
+        return rows.filter(pa.array(keep)), (keys[keep], has_key[keep])
+
     def fresh(self, keys: np.ndarray, has_key: np.ndarray) -> np.ndarray:
         """Which rows to keep: not remembered, and the first of their key within ``keys``."""
         keep = np.ones(len(keys), dtype=bool)

@@ -479,13 +479,11 @@ class SpanStore:
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
         now_ns = time.time_ns()
-        keys, has_key = span_keys(rows.column("trace_id"), rows.column("span_id"))
-        keep = self.recent.fresh(keys, has_key)
-        if not keep.all():  # a client's re-send of spans already taken: stored, counted and charged once
-            dropped = len(keep) - int(keep.sum())
-            rows, keys, has_key = rows.filter(pa.array(keep)), keys[keep], has_key[keep]
-            self.recent.dropped += dropped
-            log.info("span store: %d spans already stored (a client's re-send) not stored again", dropped)
+        before = rows.num_rows
+        rows, taken = self.recent.drop_copies(rows)  # a client's re-send: stored, counted and charged once
+        if rows.num_rows < before:
+            log.info("span store: %d spans already stored (a client's re-send) not stored again",
+                     before - rows.num_rows)
         attribute = self._held > 0 or rows.column("agent_id").null_count > 0
         replays = None if self.count_replays else replay_mask(rows)
         self._replays_seen = self._replays_seen or replays is not None
@@ -539,7 +537,8 @@ class SpanStore:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
             self.unattributed_spans += unattributed
-            self.recent.add(keys, has_key, now_ns / 1e9)
+            if taken is not None:
+                self.recent.add(*taken, now_ns / 1e9)
         # After the commit (what is charged is stored) and outside the lock: callbacks may publish
         # events, which the store records.  From the loader, they run on the dispatcher thread, so
         # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.
