@@ -264,14 +264,14 @@ class CostProcessor(Processor):
             p[0] += usd
             p[1] += calls
             if trace is not None:
-                t = tasks.setdefault((agent, trace), [0.0, 0, minute])
+                t = tasks.setdefault((agent, trace), [0.0, 0])
                 t[0] += usd
                 t[1] += calls
         for (agent, model, tenant, minute), (usd, calls) in periods.items():
             events += self.ledger.charge(agent, usd, now, model=model or None, tenant=tenant or None, calls=calls,
                                          at=minute * 60.0, only="period" if tasks else None)
-        for (agent, trace), (usd, calls, minute) in tasks.items():
-            events += self.ledger.charge(agent, usd, now, task=trace, calls=calls, at=minute * 60.0, only="task")
+        events += self.ledger.charge_tasks([(agent, trace, usd, calls) for (agent, trace), (usd, calls) in tasks.items()],
+                                           now)
         if self.fleet is not None:
             events += self.fleet.push(now)  # the fleet's totals, and the steps this pipeline took it over
         self._publish(events, now)

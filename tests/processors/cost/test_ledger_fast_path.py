@@ -46,3 +46,35 @@ def test_the_fast_path_announces_exactly_what_assessing_every_charge_announces(c
             assert fast.assess(a, now, task) == reference.assess(a, now, task)
         if expire:
             assert fast.expire(now) == reference.expire(now)
+
+
+task_batch = st.lists(st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.sampled_from(["t1", "t2", "t3", "t4", ""]),
+                                st.floats(0, 1.5, allow_nan=False), st.integers(0, 5)), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(task_batch, st.sampled_from([None, "gpt-4o"]), st.floats(0, 3, allow_nan=False),
+                          st.integers(0, 2 * 3600), st.booleans(), st.booleans()), max_size=20))
+def test_a_commits_task_charges_in_one_call_are_those_charged_one_by_one(commits):
+    """charge_tasks (the cost processor's path for a commit's thousand tasks) against charge(only="task")."""
+    bulk, one_by_one = BudgetLedger(SPECS), AlwaysAssessing(SPECS)
+    now = 1_796_200_000.0
+    for tasks, model, usd, advance, fleet, expire in commits:
+        now += advance
+        bulk.fleet_alerts = one_by_one.fleet_alerts = fleet
+        # the period budgets of the same commit first, as the cost processor charges them
+        assert bulk.charge("a1", usd, now, model=model, only="period") == one_by_one.charge(
+            "a1", usd, now, model=model, only="period")
+        expected = []
+        for agent, task, amount, calls in tasks:
+            expected += one_by_one.charge(agent, amount, now, task=task or None, calls=calls, only="task")
+        assert bulk.charge_tasks(tasks, now) == expected
+        for agent in ("a1", "a2", "a3"):
+            for task in ("t1", "t2", None):
+                assert bulk.assess(agent, now, task) == one_by_one.assess(agent, now, task)
+        assert bulk.accounts(now) == one_by_one.accounts(now)
+        assert bulk.contributions(now) == one_by_one.contributions(now)
+        assert bulk.known_agents() == one_by_one.known_agents()
+        assert bulk.limited_tasks(now) == one_by_one.limited_tasks(now)
+        if expire:
+            assert bulk.expire(now) == one_by_one.expire(now)
