@@ -29,6 +29,7 @@ import duckdb
 import psutil  # type: ignore[import-untyped]
 import pyarrow as pa
 
+from agent_sre.pipeline.storage.map_reads import stored_reads
 from agent_sre.pipeline.storage.tenants import TENANT_TABLE_FUNCTIONS, scope_to_tenant
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
@@ -282,12 +283,21 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> 
         check_read_only(sql, con)  # before anything is created on the connection
         tenant = TenantScope(limits.tenant, scope_to_tenant(con, limits.tenant))
     check_sandboxed(con, sql, tenant)
+    # Lookups of one attribute read from the stored lists (map_reads.py): checked above as written.
+    stored = stored_reads(con, sql) if _one_select(con, sql) else None
     watchdog = _Watchdog(con, deadline, limits.max_memory_bytes)
     try:
         # A read-only transaction as well as the statement check: whatever slips past the parser
         # still cannot write.
         con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
-        table, truncated_by = _fetch(con, sql, limits)
+        try:
+            table, truncated_by = _fetch(con, stored or sql, limits)
+        except duckdb.BinderException:
+            if stored is None:
+                raise
+            con.execute("ROLLBACK").fetchall()  # a rewrite the binder refuses: the query as written
+            con.execute("BEGIN TRANSACTION READ ONLY").fetchall()
+            table, truncated_by = _fetch(con, sql, limits)
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
         raise _limit_error(exc, watchdog.reason or ("time" if time.monotonic() >= deadline else None),
                            limits) from exc
@@ -300,6 +310,11 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> 
     return QueryResult(columns=table.column_names, types=[str(t) for t in table.schema.types],
                        rows=_rows(table, deadline, limits), truncated_by=truncated_by,
                        elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def _one_select(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
+    statements = _parser(con).extract_statements(sql)
+    return len(statements) == 1 and str(statements[0].type).rpartition(".")[2] == "SELECT"
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, limits: QueryLimits) -> tuple[pa.Table, str | None]:

@@ -31,6 +31,7 @@ from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, LOG_SCHEMA, METRIC_SCH
 from agent_sre.pipeline.storage import attribution
 from agent_sre.pipeline.storage.attribution import HELD_DDL, AttributionSettings
 from agent_sre.pipeline.storage.dedup import DedupSettings, RecentSpans, span_keys
+from agent_sre.pipeline.storage.map_reads import stored_view_sql
 from agent_sre.pipeline.storage.rollups import (
     AGENT_MINUTES_DDL,
     AGENT_ROLLUP_SQL,
@@ -191,9 +192,10 @@ def locate_sql(source: str, received: str) -> str:
 
 def _view_sql(source: str = _STORED, temp: bool = False) -> str:
     """``spans``: the stored rows (those still waiting for their agent included) with their
-    attribute lists presented as maps."""
+    attribute lists presented as maps; and ``spans_stored``, the same rows as stored."""
     replaced = ", ".join(f"map_from_entries({c}) AS {c}" for c in MAP_COLUMNS)
-    return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source}"
+    return (f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW spans AS SELECT * REPLACE ({replaced}) FROM {source};\n"
+            + stored_view_sql(source, temp))  # what ad hoc lookups of one attribute read (map_reads.py)
 
 
 _VERIFY_ROWS = 122_880  # rows per read of the background verification (~60 ms of CPU; the rowid range prunes the rest)
@@ -1111,6 +1113,11 @@ def open_read_only(path: str | os.PathLike, spool_dir: str | os.PathLike | None 
         raise FileNotFoundError(f"no span store at {p}")
     con = duckdb.connect(str(p), read_only=True)
     _overlay_spool(con, Path(spool_dir or default_spool_dir(p)))
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if "spans_stored" not in views and "spans" in views:  # a file of an older version: the rows as stored
+        held = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'held_spans'").fetchall()[0][0]
+        con.execute(stored_view_sql("(SELECT * FROM main.span_rows"
+                                    + (" UNION ALL BY NAME SELECT * FROM main.held_spans)" if held else ")"), temp=True))
     restrict_file_access(con)
     return con
 
