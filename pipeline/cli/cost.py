@@ -123,9 +123,7 @@ def _from_fleet(url: str, specs: list, days: int) -> tuple[list[dict], list[dict
     from agent_sre.pipeline.cli.fleet import cli_errors
     from agent_sre.processors.cost.fleet import fleet_costs
 
-    rows, accounts, tenant = cli_errors(lambda: fleet_costs(url, specs, time.time(), days))
-    if tenant:
-        note(f"tenant budgets are not answered from the fleet store (its rollup has no tenant): {', '.join(tenant)}")
+    rows, accounts = cli_errors(lambda: fleet_costs(url, specs, time.time(), days))
     return rows, accounts, f"no LLM spend in the fleet store in the last {days} day(s)"
 
 

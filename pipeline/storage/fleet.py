@@ -33,9 +33,9 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
                  per-trace rollup) over a per-trace GROUP BY of the spans, for traces quiet for a
                  minute.  Predicates ClickHouse cannot run (hallucination_rate reads span events,
                  which the fleet store does not keep) are left out, and said so.
-    cost_minutes spend per minute (of the span's start; one pipeline's store: its end), agent and model
-                 and the LLM-span count, over ``spans`` (each span once; ``rollup_minute`` would count a
-                 re-sent span's copy again).  No tenant column (tenant budgets are left out, and said so).
+    cost_minutes spend per minute (of the span's start; one pipeline's store: its end), agent, model and
+                 tenant (the resource's ``tenant.id``) and the LLM-span count, over ``spans`` (each span
+                 once; ``rollup_minute`` would count a re-sent span's copy again).
     span_rows    the running tasks' priced spans (the last ``TASK_IDLE_S``), for task budgets.
     incidents    the ``incident`` events (only when an events pipeline sends the alerts receiver's
                  events to the clickhouse exporter): one row per incident from its latest event.
@@ -239,9 +239,13 @@ FROM (SELECT trace_id, argMinIf(agent_id, start_ns, ifNull(span_role, '') = 'age
 WHERE roots > 0 AND task_end_ns >= %(lo)s AND task_end_ns < %(hi)s AND last_seen_ns <= %(due)s AND ifNull(({total}), 0)
 GROUP BY minute, agent_id, agent_version"""
 COST_MINUTES_COLUMNS = ["minute", "agent_id", "model", "tenant", "cost_usd", "spans"]
-COST_MINUTES_SQL = """SELECT intDiv(ifNull(start_ns, 0), 60000000000) AS m, agent_id, ifNull(model, '') AS model_, '' AS tenant,
+# The tenant as the local store has it (rollups.TENANT_SQL): the resource's tenant.id, '' when none (an index of 0,
+# indexOf's "not there", reads the default value).
+COST_MINUTES_SQL = """SELECT intDiv(ifNull(start_ns, 0), 60000000000) AS m, agent_id, ifNull(model, '') AS model_,
+       resource_attributes.{values}[indexOf(resource_attributes.{keys}, 'tenant.id')] AS tenant_,
        sum(ifNull(cost_usd, 0)) AS cost, countIf(ifNull(span_role, '') = 'llm') AS llm_spans
-FROM {spans} WHERE start_time >= toDateTime(%(lo)s) GROUP BY m, agent_id, model_ HAVING cost > 0 OR llm_spans > 0"""
+FROM {spans} WHERE start_time >= toDateTime(%(lo)s) GROUP BY m, agent_id, model_, tenant_
+HAVING cost > 0 OR llm_spans > 0"""
 SPAN_ROWS_COLUMNS = ["trace_id", "cost_usd", "end_ns"]
 RUNNING_TASKS_SQL = """SELECT trace_id, cost_usd, end_ns FROM {spans} WHERE cost_usd > 0
   AND trace_id IN (SELECT trace_id FROM {spans} WHERE cost_usd > 0 AND end_ns >= %(since)s)"""
@@ -323,8 +327,9 @@ def fleet_cost_tables(source: str | FleetStore, since_minute: int, running_since
     span_schema = pa.schema([("trace_id", pa.string()), ("cost_usd", pa.float64()), ("end_ns", pa.int64())])
     with _opened(source) as store:
         source = store.spans_source()
-        cost = store.arrow(COST_MINUTES_SQL.format(spans=source), {"lo": since_minute * 60},
-                           COST_MINUTES_COLUMNS).cast(cost_schema)
+        keys = _map_keys(store, "spans", "resource_attributes")
+        cost = store.arrow(COST_MINUTES_SQL.format(spans=source, keys=keys, values=keys.replace("key", "value")),
+                           {"lo": since_minute * 60}, COST_MINUTES_COLUMNS).cast(cost_schema)
         spans = (store.arrow(RUNNING_TASKS_SQL.format(spans=source), {"since": running_since_ns},
                              SPAN_ROWS_COLUMNS).cast(span_schema)
                  if running_since_ns is not None else span_schema.empty_table())

@@ -329,9 +329,8 @@ class CostProcessor(Processor):
         """What costs() answers, over every pipeline's spend in the fleet store (processors/cost/fleet.py)."""
         from agent_sre.processors.cost.fleet import fleet_costs
 
-        summary, budgets, tenant = fleet_costs(source, list(self.ledger.specs), self.clock(), days)
-        return {"summary": summary, "budgets": budgets,
-                "skipped": {name: "the fleet store's rollup has no tenant" for name in tenant}}
+        summary, budgets = fleet_costs(source, list(self.ledger.specs), self.clock(), days)
+        return {"summary": summary, "budgets": budgets}
 
     def budgets(self) -> list[dict]:
         """Every budget's account of the current period, from memory (what /v1/costs lists under "budgets")."""

@@ -11,10 +11,9 @@ from agent_sre.processors.cost.summary import budget_accounts, cost_summary
 
 
 def fleet_costs(source: str | FleetStore, specs: list[BudgetSpec], now: float,
-                days: int) -> tuple[list[dict], list[dict], list[str]]:
-    """(summary rows, budget accounts, the tenant budgets left out: the rollup has no tenant)."""
-    tenant = [s.name for s in specs if s.subject_kind == "tenant"]
-    specs = [s for s in specs if s.subject_kind != "tenant"]
+                days: int) -> tuple[list[dict], list[dict]]:
+    """(summary rows, budget accounts) over the fleet: every budget, tenant budgets included (the
+    fleet's spend per minute carries the resource's tenant.id, as the local store's does)."""
     # From a day before the first day shown (any budget's calendar) and every budget's period start:
     # cost_summary and budget_accounts pick their minutes from these.
     since = min([now - (days + 1) * 86400, *(s.period_start(now).timestamp() for s in specs if s.scope != "task")])
@@ -22,6 +21,6 @@ def fleet_costs(source: str | FleetStore, specs: list[BudgetSpec], now: float,
     con = fleet_cost_tables(source, int(since // 60), running)
     try:
         read = lambda sql, params: con.execute(sql, params).fetchall()  # noqa: E731
-        return cost_summary(read, specs, now, days), budget_accounts(read, specs, now), tenant
+        return cost_summary(read, specs, now, days), budget_accounts(read, specs, now)
     finally:
         con.close()

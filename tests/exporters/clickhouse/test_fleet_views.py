@@ -28,6 +28,7 @@ PROCESSORS = """processors:
       - {{name: per-task, scope: task, limit_usd: 2}}
       - {{name: agent-daily, scope: agent_day, limit_usd: 10}}
       - {{name: org-monthly, scope: org_month, limit_usd: 100}}
+      - {{name: tenant-daily, scope: tenant_day, limit_usd: 20}}
   sli: {{}}
   slo:
     objectives:
@@ -59,6 +60,9 @@ def config(ports, data, clickhouse_url: str | None) -> str:
             + f"  telemetry:\n    metrics:\n      address: 127.0.0.1:{ports.metrics}\n")
 
 
+TENANTS = {"agent-a": "acme", "agent-b": "globex"}  # the resource's tenant.id of each agent's spans
+
+
 def tasks_request(agent: str, tasks: list[dict], start_s: int):
     """One trace per task: invoke_agent (agent_task), a chat (llm) reporting its cost, a tool call.
     ``task``: cost, chat_s (the chat's seconds; the task lasts it plus 5), tool_failed, task_failed."""
@@ -69,6 +73,7 @@ def tasks_request(agent: str, tasks: list[dict], start_s: int):
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.append(kv("service.name", "support"))
+    rs.resource.attributes.append(kv("tenant.id", TENANTS[agent]))
     ss = rs.scope_spans.add()
     for i, task in enumerate(tasks):
         trace, root = os.urandom(16), os.urandom(8)
@@ -184,6 +189,8 @@ def test_cost_summary_over_the_fleet_store_equals_one_pipeline_given_all_spans(f
     assert spend == {"agent-a": (5.125, 7), "agent-b": (2.0, 2)}  # 1.875 on a + 3.25 on b; 2.0 on b
     budgets = {(b["budget"], b["subject"]): b["spent_usd"] for b in fleet_body["budgets"]}
     assert budgets[("agent-daily", "agent-a")] == 5.125 and budgets[("org-monthly", "org")] == 7.125
+    # tenant budgets from the fleet's spend per tenant (the resource's tenant.id), as the local store has them
+    assert (budgets[("tenant-daily", "acme")], budgets[("tenant-daily", "globex")]) == (5.125, 2.0)
     (task,) = fleet_body["task_budgets"]
     assert (task["tasks"], task["max_spent_usd"], task["killed"]) == (9, 2.0, 1)
 

@@ -120,11 +120,14 @@ def test_task_slis_on_current_clickhouse_come_from_a_per_trace_rollup_of_the_spa
 
 def test_cost_minutes_on_current_clickhouse_come_from_the_spans(store):
     end = (int(time.time()) // 60 - 5) * 60 * 10**9
+    tenants = [[("tenant.id", "acme")], [("service.name", "s"), ("tenant.id", "globex")], []]
     insert(store, [{"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": "a", "span_role": "llm",
-                    "model": "m", "start_ns": end - 10**9, "end_ns": end, "cost_usd": 0.25} for i in range(3)])
+                    "model": "m", "start_ns": end - 10**9, "end_ns": end, "cost_usd": 0.25,
+                    "resource_attributes": tenants[i]} for i in range(3)])
     con = fleet_cost_tables(store, int(time.time() // 60) - 60, time.time_ns() - 3600 * 10**9)
-    assert con.execute("SELECT agent_id, model, sum(cost_usd), sum(spans) FROM cost_minutes GROUP BY ALL").fetchall() \
-        == [("a", "m", 0.75, 3)]
+    assert con.execute("SELECT agent_id, model, tenant, sum(cost_usd), sum(spans) FROM cost_minutes GROUP BY ALL "
+                       "ORDER BY tenant").fetchall() == [("a", "m", "", 0.25, 1), ("a", "m", "acme", 0.25, 1),
+                                                         ("a", "m", "globex", 0.25, 1)]
     assert con.execute("SELECT count(*), sum(cost_usd) FROM span_rows").fetchall() == [(3, 0.75)]
 
 
