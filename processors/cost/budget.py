@@ -292,13 +292,8 @@ class BudgetLedger:
             own[0] += amount
             own[1] += calls
             self._dirty.add((spec.name, subject, acc.period))
-            if self.fleet_alerts:
-                continue  # announced by whichever pipeline's contribution crosses the step (FleetBudgets)
-            u = acc.spent / spec.limit(subject) + _EPS
-            for step in spec.steps:
-                if u >= step and step not in acc.steps_crossed:
-                    acc.steps_crossed.add(step)
-                    events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
+            if not self.fleet_alerts:  # else announced by whichever pipeline's contribution crosses the step
+                _step_alerts(spec, subject, acc, events)
         if may_change:
             after = self._decision(agent, task, now).action
             if after != before:
@@ -344,13 +339,8 @@ class BudgetLedger:
                     own[0] += amount
                     own[1] += calls
                     dirty.add(key)
-                    if self.fleet_alerts:
-                        continue
-                    u = acc.spent / spec.limit_usd + _EPS
-                    for step in spec.steps:
-                        if u >= step and step not in acc.steps_crossed:
-                            acc.steps_crossed.add(step)
-                            events.append(BudgetEvent("alert", spec.name, task, acc.period, u, f"{step:g}"))
+                    if not self.fleet_alerts:
+                        _step_alerts(spec, task, acc, events)
                 if may_change:
                     after_action = self._decision(agent, task, now).action
                     if after_action != action:
@@ -583,6 +573,15 @@ class BudgetLedger:
         for name, subject, period, ends, spent, steps in rows:
             ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, set(steps))
         return ledger
+
+
+def _step_alerts(spec: BudgetSpec, subject: str, acc: _Account, events: list[BudgetEvent]) -> None:
+    """An alert for each step of ``spec`` the account has now reached and had not (added to ``events``)."""
+    u = acc.spent / spec.limit(subject) + _EPS
+    for step in spec.steps:
+        if u >= step and step not in acc.steps_crossed:
+            acc.steps_crossed.add(step)
+            events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
 
 
 def _suggested_rate(spec: BudgetSpec, acc: _Account, limit: float, now: float) -> float | None:
