@@ -369,7 +369,10 @@ def _limit_error(exc: Exception, tripped: str | None, limits: QueryLimits) -> Qu
         return QueryError(f"query stopped: the process grew by more than {limits.max_memory_bytes >> 20} MiB while "
                           "it ran (max_query_memory); aggregate more or select less", 422, "memory")
     if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in str(exc):
-        return QueryError(f"query needs more memory than the store's memory_limit allows: {exc}", 422, "memory")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return QueryError(f"query needs more memory than the store's memory_limit allows (the duckdb exporter's "
+                          f"memory_limit); exact quantiles and sorts over many spans need the most: approx_quantile, "
+                          f"or a narrower time range, fits: {first}", 422, "memory")
     return QueryError(str(exc))
 
 

@@ -48,3 +48,26 @@ def test_query_with_db_reads_that_file_without_a_config(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["spans,answer", "0,42"]
+
+
+def test_a_query_beyond_the_stores_pool_is_told_what_fits(tmp_path):
+    """An exact quantile over millions of spans does not fit a small pool: 422, naming the setting and
+    what fits instead (approx_quantile answers the same question within the pool)."""
+    from agent_sre.pipeline.storage.sandbox import QueryError
+    from agent_sre.pipeline.storage.store import SpanStore
+
+    store = SpanStore(tmp_path / "s.duckdb", memory_limit="8MB")
+    try:
+        store.write([("INSERT INTO span_rows (trace_id, span_id, duration_ns) SELECT 't' || (i // 10), 's' || i, "
+                      "hash(i) % 1000000000 FROM range(1500000) r(i)", [])])
+        limits = QueryLimits(max_rows=10, timeout_s=60)
+        try:
+            store.query("SELECT quantile_cont(duration_ns, 0.99) FROM spans", limits=limits)
+        except QueryError as exc:
+            assert exc.status == 422 and "memory_limit" in str(exc) and "approx_quantile" in str(exc), exc
+        else:
+            raise AssertionError("an exact quantile over 1.5M spans fitted an 8 MB pool")
+        (p99,) = store.query("SELECT approx_quantile(duration_ns, 0.99) FROM spans", limits=limits).rows[0]
+        assert 9e8 < p99 < 1e9
+    finally:
+        store.close()
