@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from agent_sre.pipeline.client import DecisionClient, should_proceed
 from tests.conftest import free_port
 from tests.processors.incidents.test_incidents_in_pipeline import send, start, tool
@@ -37,8 +39,10 @@ def test_should_proceed_follows_the_decisions_and_keeps_a_throttles_rate(tmp_pat
         assert d["action"] == "throttle"
         rate = d["suggested_rate_per_min"]
         # 0.95 - 0.90 = 0.05 USD left at 0.045 per call: 1.11 calls over the minutes to midnight (UTC)
+        # (the rate is given to two significant digits: within 5 % of the exact one, at any hour; an absolute
+        # 1e-4 failed after ~22:10 UTC, when the rate passes 0.01 calls/min)
         minutes_left = (86400 - time.time() % 86400) / 60
-        assert abs(rate - (0.05 / 0.045) / minutes_left) < 1e-4
+        assert rate == pytest.approx((0.05 / 0.045) / minutes_left, rel=0.05)
         assert client.should_proceed("a1") is True  # the bucket holds one call
         assert client.should_proceed("a1") is False
         assert client.should_proceed("a1", task="another-task") is False  # one rate per agent, not per task
