@@ -167,6 +167,20 @@ def parse_state_url(url: str) -> str:
     return url
 
 
+# Claims on priced spans (KEYS: one per span; ARGV: instance, TTL in seconds): a span's spend is this
+# pipeline's to charge if it claims the span first, or claimed it before (a restart, a spool replay);
+# returns the 1-based positions of the spans another pipeline claimed first.
+_CLAIM = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if not redis.call('SET', key, ARGV[1], 'NX', 'EX', ARGV[2]) then
+    if redis.call('GET', key) ~= ARGV[1] then lost[#lost + 1] = i end
+  end
+end
+return lost
+"""
+
+
 @dataclass(frozen=True)
 class Contribution:
     """This pipeline's whole spend on one budget account in one period (not a delta)."""
@@ -199,6 +213,7 @@ def _gauges(registry) -> Any:
 
 
 _GAUGES: dict[int, tuple[Any, Any]] = {}
+_CLAIMS_PER_CALL = 4096  # spans per script call: a long script blocks Redis for the others
 INSTANCE_TTL_S = 15  # a pipeline's claim on its instance name outlives a few missed refreshes, not a restart
 
 # One claim token per component, in the component's store: written once (the first start), read at every start.
@@ -250,6 +265,7 @@ class SharedState:
         self._failures = self._redis.register_script(_FAILURES)
         self._record = self._redis.register_script(_RECORD)
         self._next_id = self._redis.register_script(_NEXT_ID)
+        self._claim = self._redis.register_script(_CLAIM)
         self.available = False
         self.down_since: float | None = time.time()  # not yet reached
         self.last_error = "not connected yet"
@@ -380,6 +396,24 @@ class SharedState:
             return False, []
         vals = reply[2:]
         return True, [FleetTotal(float(vals[i]), float(vals[i + 1]), int(vals[i + 2])) for i in range(0, len(vals), 3)]
+
+    def claim_spans(self, keys: np.ndarray, ttl_s: float) -> np.ndarray | None:
+        """Claim priced spans for this pipeline's spend (64-bit span keys, ``dedup.span_keys``): a mask of
+        those another pipeline of the fleet claimed first (a client re-sent them there), or None when Redis
+        is unreachable.  A claim lasts ``ttl_s``; claiming again what this instance holds is won."""
+        if len(keys) == 0:
+            return np.zeros(0, dtype=bool)
+        names = [f"{self.prefix}:claim:{int(k):016x}" for k in keys.tolist()]
+        ttl = max(1, int(ttl_s))
+        lost = np.zeros(len(keys), dtype=bool)
+        for start in range(0, len(names), _CLAIMS_PER_CALL):
+            reply = self.run(lambda r, part=names[start:start + _CLAIMS_PER_CALL]: self._claim(
+                keys=part, args=[self.instance, ttl]))
+            if reply is None:
+                return None
+            if reply:
+                lost[start + np.asarray(reply, dtype=np.int64) - 1] = True
+        return lost
 
     def totals(self, accounts: list[tuple[str, str, list[str]]]) -> dict[tuple[str, str, str], tuple[float, int]] | None:
         """The fleet's (spent, calls) of each (budget, period, subjects): a period's whole hash, or, for

@@ -34,6 +34,7 @@ from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event
 from agent_sre.pipeline.component.host import CapabilityError
 from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.storage.rollups import TENANT_SQL
 from agent_sre.pipeline.storage.shared_state import StateUrl
 from agent_sre.processors.cost.budget import (
     SCOPES,
@@ -43,6 +44,7 @@ from agent_sre.processors.cost.budget import (
     FleetBudgets,
     readable_rate,
 )
+from agent_sre.processors.cost.claims import ELSEWHERE_DDL, charges, elsewhere_rows, keys_of, priced_spans
 from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 
 
@@ -91,6 +93,9 @@ class CostConfig(ConfigModel):
     state: StateUrl = ""
     state_refresh: Duration = Field(default="250ms", gt=0)
     state_instance: str = ""
+    # With state: how long a priced span's claim lasts in Redis; a client's re-send of it to another
+    # pipeline within this is charged once in the fleet (processors/cost/claims.py).
+    claim_window: Duration = Field(default="5m", gt=0)
 
 
 
@@ -184,6 +189,7 @@ class CostProcessor(Processor):
         self._store = None
         self._host = None
         self.fleet: FleetBudgets | None = None
+        self._by_task = False
         self._refresher: PeriodicWorker | None = None
 
     def _start(self, host) -> None:
@@ -197,21 +203,71 @@ class CostProcessor(Processor):
             return  # pricing only: nothing to charge or report from
         if not self.config.budgets:
             return
+        by_task = any(s.scope == "task" for s in self.ledger.specs)
+        state = self._connect(host) if self.config.state else None
+        if state is not None:
+            self._store.write([(ELSEWHERE_DDL, [])])
+            self._claim_recent(state)
         self._rebuild(self._store)
-        if self.config.state:
-            self._share(host)
-        self._store.on_charges(self._charged, by_task=any(s.scope == "task" for s in self.ledger.specs))
+        if state is not None:
+            self._share(state)
+            # charged from the committed rows: each priced span once in the fleet (claims.py)
+            self._by_task = by_task
+            self._store.on_commit(self._charged_once)
+        else:
+            self._store.on_charges(self._charged, by_task=by_task)
         host.decisions.register(str(self.id), self)
 
-    def _share(self, host) -> None:
-        """Budgets on the fleet's Redis: this pipeline's spend (rebuilt from its store) is reconciled into
-        the shared totals now (or at the first refresh that reaches Redis), then refreshed on a timer."""
+    def _connect(self, host):
         from agent_sre.pipeline.storage.shared_state import SharedState, kept_claim_token
 
         # the name's claim token is the store's: a restart after kill -9 is not told it clashes with itself
         state = SharedState(self.config.state, self.config.state_instance, component=str(self.id),
                             claim_token=kept_claim_token(self._store, str(self.id)))
         state.bind_metrics(host.telemetry.registry)
+        return state
+
+    def _claim(self, state, spans: pa.Table) -> pa.Table:
+        """The spans this pipeline charges: those it claims (all of them when Redis is unreachable); the
+        others' spend is recorded in the store, which the rebuild at start leaves out."""
+        keys, ok = keys_of(spans)
+        lost = state.claim_spans(keys[ok], self.config.claim_window)
+        if lost is None or not lost.any():
+            return spans
+        mask = np.zeros(spans.num_rows, dtype=bool)
+        mask[np.flatnonzero(ok)[lost]] = True
+        taken = spans.filter(pa.array(mask))
+        self.logger.info("%d priced spans (%g USD) were claimed first by another pipeline of the fleet (a "
+                         "client's re-send): not charged here", taken.num_rows, pc.sum(taken.column("cost_usd")).as_py())
+        self._store.write([("INSERT INTO cost_claimed_elsewhere VALUES (?, ?, ?, ?, ?, ?, ?)", list(r))
+                           for r in elsewhere_rows(taken)])  # rare: a handful of spans after a kill
+        return spans.filter(pa.array(~mask))
+
+    def _charged_once(self, rows: pa.Table) -> None:
+        spans = priced_spans(rows)
+        fleet = self.fleet
+        if fleet is not None and spans.num_rows:
+            spans = self._claim(fleet.state, spans)
+        self._charged(charges(spans, self._by_task))
+
+    def _claim_recent(self, state) -> None:
+        """At start: claim again the priced spans committed within ``claim_window`` (those of a commit
+        whose charge a kill cut short were never claimed), before the rebuild counts them as ours; the
+        spans already recorded as another pipeline's are not asked about again."""
+        since = time.time_ns() - int(self.config.claim_window * 1e9)
+        recent = self._store.read(
+            f"SELECT coalesce(s.agent_id, ''), s.trace_id, s.span_id, coalesce(s.model, ''), {TENANT_SQL}, s.cost_usd, "
+            "s.end_ns // 60000000000 FROM span_rows s ANTI JOIN cost_claimed_elsewhere e "
+            "ON e.trace_id = s.trace_id AND e.span_id = s.span_id WHERE s.received_ns >= ? AND s.cost_usd > 0", [since])
+        if recent:
+            names = ("agent_id", "trace_id", "span_id", "model", "tenant", "cost_usd", "minute")
+            types = (pa.string(),) * 5 + (pa.float64(), pa.int64())
+            self._claim(state, pa.table({n: pa.array(list(c), t) for n, c, t in zip(
+                names, zip(*recent, strict=True), types, strict=True)}))
+
+    def _share(self, state) -> None:
+        """Budgets on the fleet's Redis: this pipeline's spend (rebuilt from its store) is reconciled into
+        the shared totals now (or at the first refresh that reaches Redis), then refreshed on a timer."""
         self.fleet = FleetBudgets(self.ledger, state)
         self._refresh()
         self._refresher = PeriodicWorker(f"{self.id}-state", self.config.state_refresh, self._refresh,
@@ -240,6 +296,7 @@ class CostProcessor(Processor):
             self._host.withdraw(CostReports, self.id)
         if self._store is not None:
             self._store.remove_callback(self._charged)
+            self._store.remove_callback(self._charged_once)
             self._store = None
 
     def budget_specs(self) -> list[BudgetSpec]:

@@ -34,6 +34,11 @@ def cost_summary(read: Query, specs: list[BudgetSpec], now: float, days: int = 7
 def restore_budgets(ledger: BudgetLedger, read: Query, now: float) -> None:
     """This period's spend from the store's cost rollup, and the running tasks' (spans ended within
     ``TASK_IDLE_S``) from their spans, into ``ledger``: what a cost processor starting ``now`` holds."""
+    # Spans another pipeline of the fleet claimed first are its to charge (claims.py): left out of ours.
+    elsewhere = read("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'cost_claimed_elsewhere'", [])[0][0]
+    minutes = ("(SELECT minute, agent_id, model, tenant, cost_usd, spans FROM cost_minutes UNION ALL "
+               "SELECT minute, agent_id, model, tenant, -cost_usd, -1 FROM cost_claimed_elsewhere)"
+               if elsewhere else "cost_minutes")
     for spec in ledger.specs:
         if spec.scope == "task":
             continue
@@ -41,16 +46,18 @@ def restore_budgets(ledger: BudgetLedger, read: Query, now: float) -> None:
         end_minute = int(spec.period(now)[1] // 60)
         subject = {"agent": "agent_id", "org": "'org'", "model": "model", "tenant": "tenant"}[spec.subject_kind]
         for who, spent, calls, agents in read(
-                f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM cost_minutes "
+                f"SELECT {subject}, sum(cost_usd), sum(spans)::BIGINT, list(DISTINCT agent_id) FROM {minutes} "
                 "WHERE minute >= ? AND minute < ? GROUP BY ALL", [start_minute, end_minute]):
             if not who or spent is None:
                 continue  # spans without a model or tenant charge no such budget; no spend yet
             ledger.restore(spec.name, who, spent, now, calls, agents)
     if any(spec.scope == "task" for spec in ledger.specs):  # tasks still running: all their spend so far
         since = int((now - TASK_IDLE_S) * 1e9)
+        mine = ("span_rows s ANTI JOIN cost_claimed_elsewhere e ON e.trace_id = s.trace_id AND e.span_id = s.span_id"
+                if elsewhere else "span_rows s")
         for trace, spent, calls in read(
-                "SELECT trace_id, sum(cost_usd), count(*) FROM span_rows WHERE cost_usd > 0 AND trace_id IN "
-                "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY trace_id",
+                f"SELECT s.trace_id, sum(s.cost_usd), count(*) FROM {mine} WHERE s.cost_usd > 0 AND s.trace_id IN "
+                "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY s.trace_id",
                 [since]):
             for spec in ledger.specs:
                 if spec.scope == "task":
