@@ -407,8 +407,12 @@ class SharedState:
         ttl = max(1, int(ttl_s))
         lost = np.zeros(len(keys), dtype=bool)
         for start in range(0, len(names), _CLAIMS_PER_CALL):
-            reply = self.run(lambda r, part=names[start:start + _CLAIMS_PER_CALL]: self._claim(
-                keys=part, args=[self.instance, ttl]))
+            part = names[start:start + _CLAIMS_PER_CALL]
+
+            def call(r: Any, part: list[str] = part) -> list[int]:
+                return self._claim(keys=part, args=[self.instance, ttl])
+
+            reply = self.run(call)
             if reply is None:
                 return None
             if reply:
