@@ -15,7 +15,7 @@ another pipeline claimed is recorded in the store (``cost_claimed_elsewhere``), 
 committed within ``claim_window`` are claimed again, for a commit whose charge the kill cut short.
 
 Not covered: a span re-sent after ``claim_window``, and spans committed while Redis was unreachable
-(charged where they landed, as the local view does for all spend then).  Redis holds ~100 bytes per
+(charged where they landed, as the local view does for all spend then).  Redis holds ~200 bytes per
 priced span for ``claim_window``.
 """
 
