@@ -20,6 +20,8 @@ import json
 
 import duckdb
 
+from agent_sre.pipeline.storage.rollups import _quote
+
 MAP_COLUMNS = ("attributes", "resource_attributes", "scope_attributes")
 STORED_VIEW = "spans_stored"
 _TEMPLATE_SQL = "SELECT list_filter(attributes, lambda e: e.key = 'k')[1].value"
@@ -60,10 +62,6 @@ def _lookup_key(node: dict) -> str | None:
     if const.get("class") != "CONSTANT" or literal.get("kind") != "STRING":
         return None
     return str(literal.get("text"))
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def stored_reads(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
