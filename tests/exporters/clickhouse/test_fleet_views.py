@@ -103,11 +103,27 @@ SIDECAR_B = {"agent-a": [{"cost": 0.75, "chat_s": 2, "tool_failed": True, "task_
 SPANS = 3 * sum(len(t) for side in (SIDECAR_A, SIDECAR_B) for t in side.values())
 
 
+def _start_in_todays_budget_periods() -> int:
+    """Ten minutes ago (every window but 5m holds the spans) -- but inside the UTC day the tests will ask
+    about: the agent-day and tenant-day budgets count today's spend only.  Close to midnight this waits
+    for the new day (at most 8 minutes, in 1 run of ~100 near midnight) and starts the spans at it."""
+    day = 86400
+    now = time.time()
+    if now % day > day - 300:  # the tests would ask after midnight about spans sent before it
+        time.sleep(day - now % day + 1)
+        now = time.time()
+    if now % day < 180:  # the spans' traces must have ended and gone quiet before the tests ask
+        time.sleep(180 - now % day)
+        now = time.time()
+    midnight = int(now) // day * day
+    return max((int(now) // 60 - 10) * 60 + 1, midnight + 1)
+
+
 @pytest.fixture(scope="module")
 def fleet(clickhouse, tmp_path_factory):
     """Spans of two sidecars in the fleet store; the local pipeline that got all of them, stopped (its
     file answers as it did running)."""
-    start_s = (int(time.time()) // 60 - 10) * 60 + 1  # ten minutes ago: every window but 5m holds them
+    start_s = _start_in_todays_budget_periods()
     started: list[RunningPipeline] = []
     try:
         for name, url in (("a", clickhouse.url(DB)), ("b", clickhouse.url(DB)), ("local", None)):
