@@ -64,8 +64,12 @@ class AgentMetrics:
         fraction of that, for the same counts."""
         red = batch.select([*RED_LABELS, "duration_ns"])
         llm = pc.fill_null(pc.equal(batch.column("span_role"), "llm"), False)
-        genai = (batch.select(["attributes", "provider", "model", "duration_ns", "input_tokens", "output_tokens"])
-                 .filter(llm) if pc.any(llm).as_py() else None)
+        genai = None
+        if pc.any(llm).as_py():  # the operation's name now: the pending rows keep no attribute maps
+            rows = batch.select(["attributes", "provider", "model", "duration_ns", "input_tokens",
+                                 "output_tokens"]).filter(llm)
+            op = pc.map_lookup(rows.column("attributes"), "gen_ai.operation.name", "first")
+            genai = rows.drop_columns(["attributes"]).append_column("operation", op)
         with self._lock:
             self._pending.append((red, genai))
             self._pending_rows += batch.num_rows
@@ -82,8 +86,7 @@ class AgentMetrics:
         self.calls.observe([red.column(c) for c in RED_LABELS], _seconds(red))
         if genai:
             g = pa.concat_tables(genai)
-            op = pc.map_lookup(g.column("attributes"), "gen_ai.operation.name", "first")
-            labels = [op, g.column("provider"), g.column("model")]
+            labels = [g.column("operation"), g.column("provider"), g.column("model")]
             self.durations.observe(labels, _seconds(g))
             for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
                 self.tokens.observe([*labels, pa.array([kind] * g.num_rows)], g.column(col))

@@ -25,7 +25,7 @@ period's average cost per call, reach the kill point only when the period resets
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from zoneinfo import ZoneInfo
@@ -34,6 +34,9 @@ ACTIONS = ("allow", "throttle", "kill")
 SUBJECTS = ("agent", "org", "model", "tenant")
 SCOPES = tuple(f"{s}_{p}" for s in SUBJECTS for p in ("day", "month")) + ("task",)
 TASK_IDLE_S = 3600.0  # a task budget's account is forgotten this long after its last charge
+# ... or sooner, least recently charged first, beyond this many accounts per task budget: a task's account
+# holds ~0.3 KiB, and at a few hundred tasks a second an hour of them is a gigabyte (issue #11's soak).
+MAX_TASK_ACCOUNTS = 50_000
 _EPS = 1e-9  # spend is a float sum: ten charges of 0.1 of a 1.0 budget reach 100 %, not 99.99999 %
 
 
@@ -113,14 +116,21 @@ class BudgetDecision:
     tenant: str | None = None  # the tenant whose budget decided, for a tenant budget
 
 
-@dataclass
+_NO_STEPS: frozenset[float] = frozenset()
+
+
+@dataclass(slots=True)
 class _Account:
+    """One subject's spend in one period (slots and a shared empty step set: there is one per task)."""
     period: str
     ends: float
     spent: float = 0.0
     calls: int = 0
-    steps_crossed: set[float] = field(default_factory=set)
+    steps_crossed: frozenset[float] = _NO_STEPS
     last_charge: float = 0.0
+
+    def cross(self, step: float) -> None:
+        self.steps_crossed = self.steps_crossed | {step}
 
 
 class BudgetLedger:
@@ -135,7 +145,11 @@ class BudgetLedger:
         self._lock = threading.Lock()
         # Fleet mode (``FleetBudgets``): this pipeline's own spend per (budget, subject, period), what Redis
         # acknowledged of it, and what changed since; alerts then come from the fleet's totals only.
+        # Set by FleetBudgets: alerts come from the fleet's totals, and this pipeline's own contributions are
+        # tracked (``_own``, ``_dirty``); a lone pipeline keeps neither per charge.
         self.fleet_alerts = False
+        self.max_task_accounts = MAX_TASK_ACCOUNTS  # per task budget; ``expire`` forgets the oldest beyond
+        self.evicted_tasks = 0  # task accounts forgotten early (beyond max_task_accounts) since start
         self._own: dict[tuple[str, str, str], list] = {}  # -> [spent, calls, period end]
         self._pushed: dict[tuple[str, str, str], float] = {}
         self._dirty: set[tuple[str, str, str]] = set()
@@ -251,7 +265,7 @@ class BudgetLedger:
             spec = next(s for s in self.specs if s.name == budget)
             acc = self._account(spec, subject, now)
             acc.spent, acc.calls, acc.last_charge = spent, calls, now
-            acc.steps_crossed = {st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st}
+            acc.steps_crossed = frozenset(st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st)
             key = (spec.name, subject, acc.period)  # the store holds this pipeline's own spend
             self._own[key] = [spent, calls, acc.ends]
             self._dirty.add(key)
@@ -288,11 +302,12 @@ class BudgetLedger:
             acc.spent += amount
             acc.calls += calls
             acc.last_charge = now
-            own = self._own.setdefault((spec.name, subject, acc.period), [0.0, 0, acc.ends])
-            own[0] += amount
-            own[1] += calls
-            self._dirty.add((spec.name, subject, acc.period))
-            if not self.fleet_alerts:  # else announced by whichever pipeline's contribution crosses the step
+            if self.fleet_alerts:
+                own = self._own.setdefault((spec.name, subject, acc.period), [0.0, 0, acc.ends])
+                own[0] += amount
+                own[1] += calls
+                self._dirty.add((spec.name, subject, acc.period))
+            else:  # in a fleet, announced by whichever pipeline's contribution crosses the step
                 _step_alerts(spec, subject, acc, events)
         if may_change:
             after = self._decision(agent, task, now).action
@@ -309,7 +324,7 @@ class BudgetLedger:
         events: list[BudgetEvent] = []
         inf = float("inf")
         with self._lock:
-            accounts, own_spend, dirty = self._accounts, self._own, self._dirty
+            accounts, own_spend, dirty, fleet = self._accounts, self._own, self._dirty, self.fleet_alerts
             for agent, task, amount, calls in charges:
                 uses = self._uses.setdefault(agent, {})
                 if not task:
@@ -332,14 +347,15 @@ class BudgetLedger:
                     acc.spent += amount
                     acc.calls += calls
                     acc.last_charge = now
-                    key = (spec.name, task, "task")
-                    own = own_spend.get(key)
-                    if own is None:
-                        own = own_spend[key] = [0.0, 0, inf]
-                    own[0] += amount
-                    own[1] += calls
-                    dirty.add(key)
-                    if not self.fleet_alerts:
+                    if fleet:
+                        key = (spec.name, task, "task")
+                        own = own_spend.get(key)
+                        if own is None:
+                            own = own_spend[key] = [0.0, 0, inf]
+                        own[0] += amount
+                        own[1] += calls
+                        dirty.add(key)
+                    else:
                         _step_alerts(spec, task, acc, events)
                 if may_change:
                     after_action = self._decision(agent, task, now).action
@@ -376,26 +392,28 @@ class BudgetLedger:
         return False
 
     def expire(self, now: float) -> list[BudgetEvent]:
-        """Forget accounts whose period ended (and idle task accounts); a ``reset`` event for each
-        that had alerted, so its alert can resolve."""
-        events = []
+        """Forget accounts whose period ended, idle task accounts, and the least recently charged task
+        accounts beyond ``max_task_accounts`` per task budget; a ``reset`` event for each that had
+        alerted, so its alert can resolve."""
+        events: list[BudgetEvent] = []
         with self._lock:
             specs = {s.name: s for s in self.specs}
+            running: dict[str, list[tuple[float, tuple[str, str]]]] = {}
             for key, acc in list(self._accounts.items()):
                 spec = specs[key[0]]
-                ended = acc.ends <= now if spec.scope != "task" else now - acc.last_charge >= TASK_IDLE_S
-                if not ended:
-                    continue
-                del self._accounts[key]
-                own = (key[0], key[1], acc.period)
-                self._own.pop(own, None)
-                self._pushed.pop(own, None)
-                self._dirty.discard(own)
                 if spec.scope == "task":
-                    self._task_agents.pop(key[1], None)
-                if acc.steps_crossed:
-                    events.append(BudgetEvent("reset", spec.name, key[1], acc.period,
-                                              acc.spent / spec.limit(key[1]), acc.period))
+                    if now - acc.last_charge < TASK_IDLE_S:
+                        running.setdefault(spec.name, []).append((acc.last_charge, key))
+                        continue
+                elif acc.ends > now:
+                    continue
+                self._forget(key, acc, spec, events)
+            for name, tasks in running.items():
+                if len(tasks) > self.max_task_accounts:
+                    tasks.sort()
+                    for _, key in tasks[:len(tasks) - self.max_task_accounts]:
+                        self._forget(key, self._accounts[key], specs[name], events)
+                        self.evicted_tasks += 1
             horizon = now - 32 * 86400  # no period is longer than a month
             for agent, uses in list(self._uses.items()):
                 for k, at in list(uses.items()):
@@ -404,6 +422,18 @@ class BudgetLedger:
                 if not uses:
                     del self._uses[agent]
         return events
+
+    def _forget(self, key: tuple[str, str], acc: _Account, spec: BudgetSpec, events: list[BudgetEvent]) -> None:
+        del self._accounts[key]
+        own = (key[0], key[1], acc.period)
+        self._own.pop(own, None)
+        self._pushed.pop(own, None)
+        self._dirty.discard(own)
+        if spec.scope == "task":
+            self._task_agents.pop(key[1], None)
+        if acc.steps_crossed:
+            events.append(BudgetEvent("reset", spec.name, key[1], acc.period, acc.spent / spec.limit(key[1]),
+                                      acc.period))
 
     def known_agents(self) -> set[str]:
         """Agents that spent within the last month (the longest period), or have a running task."""
@@ -505,8 +535,8 @@ class BudgetLedger:
                 for step in spec.steps:
                     if before < step <= after and step not in acc.steps_crossed:
                         events.append(BudgetEvent("alert", name, subject, period, after, f"{step:g}"))
-                    if step <= after:
-                        acc.steps_crossed.add(step)
+                    if step <= after and step not in acc.steps_crossed:
+                        acc.cross(step)
         return events
 
     def local_alerts(self, now: float) -> list[BudgetEvent]:
@@ -523,7 +553,7 @@ class BudgetLedger:
                 u = acc.spent / spec.limit(subject) + _EPS
                 for step in spec.steps:
                     if u >= step and step not in acc.steps_crossed:
-                        acc.steps_crossed.add(step)
+                        acc.cross(step)
                         events.append(BudgetEvent("alert", name, subject, period, u, f"{step:g}"))
         return events
 
@@ -557,7 +587,7 @@ class BudgetLedger:
                 acc = self._account(spec, subject, now)
                 changed |= abs(acc.spent - view) > 1e-12
                 acc.spent, acc.calls = view, max(acc.calls, calls)
-                acc.steps_crossed |= {st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st}
+                acc.steps_crossed |= frozenset(st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st)
         return changed
 
     # --- persistence: what a restart needs ---------------------------------------------
@@ -571,7 +601,7 @@ class BudgetLedger:
     def from_state(cls, specs: list[BudgetSpec], rows) -> BudgetLedger:
         ledger = cls(specs)
         for name, subject, period, ends, spent, steps in rows:
-            ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, set(steps))
+            ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, frozenset(steps))
         return ledger
 
 
@@ -580,7 +610,7 @@ def _step_alerts(spec: BudgetSpec, subject: str, acc: _Account, events: list[Bud
     u = acc.spent / spec.limit(subject) + _EPS
     for step in spec.steps:
         if u >= step and step not in acc.steps_crossed:
-            acc.steps_crossed.add(step)
+            acc.cross(step)
             events.append(BudgetEvent("alert", spec.name, subject, acc.period, u, f"{step:g}"))
 
 

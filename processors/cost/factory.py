@@ -37,6 +37,7 @@ from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.storage.rollups import TENANT_SQL
 from agent_sre.pipeline.storage.shared_state import StateUrl
 from agent_sre.processors.cost.budget import (
+    MAX_TASK_ACCOUNTS,
     SCOPES,
     BudgetEvent,
     BudgetLedger,
@@ -96,6 +97,9 @@ class CostConfig(ConfigModel):
     # With state: how long a priced span's claim lasts in Redis; a client's re-send of it to another
     # pipeline within this is charged once in the fleet (processors/cost/claims.py).
     claim_window: Duration = Field(default="5m", gt=0)
+    # Task budgets: at most this many running tasks' accounts per budget (~0.3 KiB each); beyond it the
+    # least recently charged is forgotten before its hour of idleness is up (counted, logged).
+    max_task_accounts: int = Field(default=MAX_TASK_ACCOUNTS, gt=0)
 
 
 
@@ -186,6 +190,8 @@ class CostProcessor(Processor):
         self.pricer = Pricer(config.overrides)
         self.clock = time.time  # tests move time
         self.ledger = BudgetLedger([b.spec() for b in config.budgets])
+        self.ledger.max_task_accounts = config.max_task_accounts
+        self._evicted_logged = (0, 0.0)  # (evicted tasks, when) at the last warning
         self._store = None
         self._host = None
         self.fleet: FleetBudgets | None = None
@@ -356,6 +362,13 @@ class CostProcessor(Processor):
         """Called every second by the decisions board: periods that ended resolve their budget alerts."""
         now = self.clock()
         self._publish(self.ledger.expire(now), now)
+        evicted, logged_at = self.ledger.evicted_tasks, self._evicted_logged[1]
+        if evicted > self._evicted_logged[0] and now - logged_at >= 60:
+            self.logger.warning("task budgets: %d running tasks' accounts forgotten before an hour of idleness "
+                                "(%d since start): more than max_task_accounts=%d were running; their spend so "
+                                "far no longer counts", evicted - self._evicted_logged[0], evicted,
+                                self.ledger.max_task_accounts)
+            self._evicted_logged = (evicted, now)
 
     def decision(self, agent: str, tool: str | None = None, task: str | None = None) -> Decision:
         d = self.ledger.assess(agent, self.clock(), task)

@@ -3,7 +3,8 @@
 Like the collector's, but over every process of the pipeline: the memory held by the pipeline
 process and by its receiver workers (its child processes; anonymous and shared resident pages, not
 the libraries' code) is summed every ``check_interval``; above the soft limit it first hands back
-what Python and the allocator keep (a GC and ``malloc_trim``, as the Collector forces a GC), then, if still at or
+what Python and the allocator keep (a GC and ``malloc_trim``, as the Collector forces a GC; the trim again
+at every check while refusing, so what the draining backlog frees counts), then, if still at or
 above the soft limit (``limit_mib - spike_limit_mib``), every batch is refused with ``RefusedError``,
 and the receivers in every process refuse new requests before reading them (the host's
 ``Admission``), until usage drops below it again.  Receivers answer a refusal with HTTP 503 +
@@ -115,10 +116,14 @@ class MemoryLimiter(Processor):
 
     def check(self) -> None:
         rss = self.rss()
-        if rss >= self.config.soft_limit_bytes and not self._refusing:
+        if rss >= self.config.soft_limit_bytes:
             # What Python and the C allocator keep after a burst, handed back before refusing anyone
-            # (the Collector's limiter forces a GC the same way).
-            gc.collect()
+            # (the Collector's limiter forces a GC the same way) -- and at every check while refusing:
+            # the backlog drains meanwhile, and what it frees counts only once handed back (without
+            # this, a pipeline that crossed the limit once refused for good: issue #11's soak).  The full
+            # GC (~0.1 s of the GIL with the loop's state) runs once per crossing.
+            if not self._refusing:
+                gc.collect()
             release_freed_memory()
             rss = self.rss(max_age_s=0)
         refusing = rss >= self.config.soft_limit_bytes

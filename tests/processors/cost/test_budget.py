@@ -120,6 +120,41 @@ def test_expire_reports_the_periods_that_ended_after_alerting_and_forgets_them()
     assert ledger.accounts(late + 3600) == []
 
 
+def test_beyond_max_task_accounts_the_least_recently_charged_tasks_are_forgotten_first():
+    """Memory is bounded by running tasks, not by an hour of them: at 300 tasks a second an hour of task
+    accounts was ~0.8 GB.  The oldest go first; a forgotten task that had alerted resets its alert."""
+    ledger = BudgetLedger([BudgetSpec("t", "task", 1.0)])
+    ledger.max_task_accounts = 3
+    t0 = utc(2026, 12, 3, 4, 0)
+    ledger.charge("a1", 0.6, t0, task="old-alerted")  # 60 %: alerted at 50 %
+    for i in range(4):
+        ledger.charge("a2", 0.1, t0 + 1 + i, task=f"t{i}")
+    ledger.charge("a1", 0.1, t0 + 10, task="t0")  # charged again: now the most recent
+    events = ledger.expire(t0 + 11)
+    assert [(e.kind, e.subject) for e in events] == [("reset", "old-alerted")]
+    assert sorted(a["subject"] for a in ledger.accounts(t0 + 11)) == ["t0", "t2", "t3"]  # t1 and the oldest gone
+    assert ledger.evicted_tasks == 2
+    assert ledger.expire(t0 + 12) == [] and ledger.evicted_tasks == 2  # at the bound: nothing more
+
+
+def test_a_task_account_is_small():
+    """~0.2 KiB of Python memory per running task (was ~0.8 KiB: an instance dict, a set, and this
+    pipeline's own-spend entries a lone pipeline never reads), the task ids not counted."""
+    import tracemalloc
+
+    ledger = BudgetLedger([BudgetSpec("t", "task", 2.0)])
+    charges = [(f"agent-{i % 10}", f"{i:032x}", 0.01, 1) for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        ledger.charge_tasks(charges, 1000.0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_task = sum(d.size_diff for d in after.compare_to(before, "filename")) / len(charges)
+    assert per_task < 320, per_task
+
+
 def test_asking_creates_no_accounts_and_spend_of_another_period_is_not_charged_to_this_one():
     ledger = BudgetLedger([DAY, BudgetSpec("t", "task", 1.0)])
     for i in range(100):

@@ -129,3 +129,30 @@ def test_large_concurrent_requests_keep_every_process_of_the_pipeline_within_its
     assert set(results) <= {200, 503} and results.count(200) >= 1, (results, peak // _MIB)  # the excess: retryable
     assert peak < 1024 * _MIB, f"peak {peak / _MIB:.0f} MiB over all processes"
     assert p.count_spans() == results.count(200)  # what was acknowledged is stored
+
+
+def test_while_refusing_the_limiter_hands_back_what_the_drained_backlog_freed_at_every_check(monkeypatch):
+    """Over the soft limit the pipeline refuses while its backlog drains; what the drain frees stays with
+    the allocator until handed back (``malloc_trim``).  The limiter hands it back at every check while
+    refusing, not only when it first crosses the limit: before, one burst over the limit meant refusing
+    for good (issue #11's soak: 0 spans/s after the first 30 s)."""
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    limiter = MemoryLimiter(Settings(ComponentID.parse("memory_limiter"), Kind.PROCESSOR, Telemetry()),
+                            MemoryLimiterConfig(limit_mib=100, spike_limit_mib=20))
+    memory = {"held": 90 * _MIB, "freed": 0}
+
+    def trim() -> None:
+        memory["held"] -= memory["freed"]
+        memory["freed"] = 0
+
+    def held(max_age_s: float | None = None) -> int:
+        return memory["held"]
+
+    monkeypatch.setattr(factory, "release_freed_memory", trim)
+    monkeypatch.setattr(limiter, "rss", held)
+    limiter.check()
+    assert limiter.refusing  # 90 MiB held, soft limit 80: nothing to hand back yet
+    memory["freed"] = 30 * _MIB  # the backlog drained meanwhile
+    limiter.check()
+    assert not limiter.refusing and memory["held"] == 60 * _MIB
