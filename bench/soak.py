@@ -281,10 +281,21 @@ def verify_store(db: Path, acked: pa.Table, since: float = 0.0) -> dict:
 
 
 def soak_config(limit_mib: int | None, workers: int, spike_mib: int | None = None,
-                store: dict | None = None, inflight_mib: float | None = None) -> str:
+                store: dict | None = None, inflight_mib: float | None = None,
+                settings: list[str] | tuple[str, ...] = ()) -> str:
     """config/default.yaml (its endpoints and data dir come from the environment) with the memory limit
-    (None: the shipped one) and the receiver workers."""
+    (None: the shipped one), the receiver workers, and ``settings`` ("dotted.path=YAML value", e.g.
+    ``processors.cost.max_task_accounts=10000``) applied last."""
     cfg = yaml.safe_load((CONFIG / "default.yaml").read_text())
+    for setting in settings:
+        path, _, value = setting.partition("=")
+        *parents, leaf = path.split(".")
+        node = cfg
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = yaml.safe_load(value)
     if limit_mib is not None:
         # The Collector's guidance: a spike limit of ~20 % for bursty loads; with a limit this small the
         # pipeline's own warm footprint (~220 MiB held with the whole loop) needs it smaller (--spike-mib).
@@ -349,7 +360,7 @@ def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
 def phase_a(args) -> dict:
     store = {k: v for k, v in (("memory_limit", args.store_memory_limit),
                                ("checkpoint_threshold", args.checkpoint_threshold)) if v}
-    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store, args.inflight_mib)) as p:
+    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store, args.inflight_mib, args.set)) as p:
         return _overload(args, p)
 
 
@@ -621,6 +632,8 @@ def main() -> None:
     ap.add_argument("--inflight-mib", type=float, help="receivers::otlp::limits::max_inflight_mib (default 64)")
     ap.add_argument("--spike-mib", type=int, default=None, help="memory_limiter.spike_limit_mib (default: 20 %% of the limit)")
     ap.add_argument("--workers", type=int, default=0, help="receiver worker processes")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                    help="a setting of the pipeline's YAML, e.g. processors.cost.max_task_accounts=10000 (repeatable)")
     ap.add_argument("--disk-mib", type=int, default=512, help="phase B: size of the store's tmpfs")
     ap.add_argument("--b-rate", type=int, default=5_000, help="phase B: spans/s the clients offer")
     ap.add_argument("--b-steady", type=float, default=15, help="phase B: seconds of traffic before and after")
