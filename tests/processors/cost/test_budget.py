@@ -137,6 +137,28 @@ def test_beyond_max_task_accounts_the_least_recently_charged_tasks_are_forgotten
     assert ledger.expire(t0 + 12) == [] and ledger.evicted_tasks == 2  # at the bound: nothing more
 
 
+def test_expire_scans_only_when_something_is_due_and_still_ends_a_period_opened_after_its_last_scan(monkeypatch):
+    """The decisions board calls expire every second: it walks the accounts only once a period may have
+    ended, a task gone idle, or accounts grown -- yet a day account opened after a scan (its end before
+    anything the scan knew) still ends, and resets its alert, on time."""
+    ledger = BudgetLedger([DAY, BudgetSpec("t", "task", 1.0)])
+    t = utc(2026, 12, 2, 23, 0)
+    ledger.charge("a1", 0.1, t, task="t1")
+    assert ledger.expire(t + 1) == []  # a scan: the next due is the task's idle hour (00:00 + 1 s)
+    walked = []
+
+    class Counting(dict):
+        def items(self):
+            walked.append(1)
+            return dict.items(self)
+
+    monkeypatch.setattr(ledger, "_accounts", Counting(ledger._accounts))
+    assert ledger.expire(t + 2) == [] and walked == []  # nothing due: no walk
+    ledger.charge("a2", 6.0, t + 1800)  # a2's day account (ends at midnight), alerted at 50 %
+    events = ledger.expire(utc(2026, 12, 3, 0, 0, 1))
+    assert [(e.kind, e.subject) for e in events] == [("reset", "a2")] and walked == [1]
+
+
 def test_a_task_account_is_small():
     """~0.2 KiB of Python memory per running task (was ~0.8 KiB: an instance dict, a set, and this
     pipeline's own-spend entries a lone pipeline never reads), the task ids not counted."""
