@@ -35,7 +35,7 @@ SUBJECTS = ("agent", "org", "model", "tenant")
 SCOPES = tuple(f"{s}_{p}" for s in SUBJECTS for p in ("day", "month")) + ("task",)
 TASK_IDLE_S = 3600.0  # a task budget's account is forgotten this long after its last charge
 # ... or sooner, least recently charged first, beyond this many accounts per task budget: a task's account
-# holds ~0.3 KiB, and at a few hundred tasks a second an hour of them is a gigabyte (issue #11's soak).
+# holds ~0.2 KiB (~0.3 with its id), and at a few hundred tasks a second an hour of them is ~0.3 GB.
 MAX_TASK_ACCOUNTS = 50_000
 _EPS = 1e-9  # spend is a float sum: ten charges of 0.1 of a 1.0 budget reach 100 %, not 99.99999 %
 
@@ -143,10 +143,9 @@ class BudgetLedger:
         self._labels_at: dict[tuple[str, int], str] = {}  # (budget, second) -> period label
         self._task_agents: dict[str, str] = {}  # task -> the agent that spends in it
         self._lock = threading.Lock()
-        # Fleet mode (``FleetBudgets``): this pipeline's own spend per (budget, subject, period), what Redis
-        # acknowledged of it, and what changed since; alerts then come from the fleet's totals only.
-        # Set by FleetBudgets: alerts come from the fleet's totals, and this pipeline's own contributions are
-        # tracked (``_own``, ``_dirty``); a lone pipeline keeps neither per charge.
+        # Fleet mode (set by ``FleetBudgets``): alerts come from the fleet's totals only, and this pipeline's
+        # own spend per (budget, subject, period) is tracked (``_own``), with what Redis acknowledged of it
+        # (``_pushed``) and what changed since (``_dirty``); a lone pipeline keeps none of it per charge.
         self.fleet_alerts = False
         self.max_task_accounts = MAX_TASK_ACCOUNTS  # per task budget; ``expire`` forgets the oldest beyond
         self.evicted_tasks = 0  # task accounts forgotten early (beyond max_task_accounts) since start
