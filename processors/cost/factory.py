@@ -97,8 +97,8 @@ class CostConfig(ConfigModel):
     # With state: how long a priced span's claim lasts in Redis; a client's re-send of it to another
     # pipeline within this is charged once in the fleet (processors/cost/claims.py).
     claim_window: Duration = Field(default="5m", gt=0)
-    # Task budgets: at most this many running tasks' accounts per budget (~0.3 KiB each); beyond it the
-    # least recently charged is forgotten before its hour of idleness is up (counted, logged).
+    # Task budgets: at most this many running tasks' accounts per budget (~0.3 KiB each with its id);
+    # beyond it the least recently charged is forgotten before its hour of idleness is up (counted, logged).
     max_task_accounts: int = Field(default=MAX_TASK_ACCOUNTS, gt=0)
 
 
