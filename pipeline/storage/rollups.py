@@ -71,6 +71,16 @@ def _span_select(slis: list[SliRollup]) -> str:
               else "_counted")
     if mapped:
         preds = [(x, x.total, x.good) for x in slis]
+    # "X IS NOT NULL" / "... X ...": X (an attribute's look-up, say) is computed once per span, not twice.
+    values: list[str] = []
+    for i, (x, total, good) in enumerate(preds):
+        present = _present(total)
+        uses = re.compile(r"(?<![\w.])" + re.escape(present)) if present is not None else None
+        if uses is not None and uses.search(good):
+            values.append(f"{present} AS _v{i}")
+            preds[i] = (x, f"_v{i} IS NOT NULL", uses.sub(f"_v{i}", good))
+    if values:
+        source = f"(SELECT *, {', '.join(values)} FROM {source})"
     events = ", ".join(f"CASE WHEN ({total}) THEN CASE WHEN ({good}) THEN 1 ELSE 0 END END AS _e{i}"
                        for i, (_, total, good) in enumerate(preds))
     counts = ", ".join(f"coalesce(sum(_e{i}), 0)::BIGINT AS _g{i}, count(_e{i}) AS _t{i}" for i in range(len(preds)))
@@ -81,6 +91,29 @@ def _span_select(slis: list[SliRollup]) -> str:
             f"SELECT end_ns // 60000000000 AS minute, coalesce(agent_id, '') AS agent_id, "
             f"coalesce(agent_version, '') AS agent_version, {events} FROM {source}) GROUP BY ALL)) "
             "WHERE _r.total > 0")
+
+
+_CALL = re.compile(r"[A-Za-z_][\w.]*\s*\(")
+
+
+def _present(total: str) -> str | None:
+    """X of a ``total`` that is "X IS NOT NULL", when X is one call (``f(...)``, its parentheses
+    closing at its end, so that no operator can bind differently once it stands alone), else None."""
+    text = total.strip()
+    if not text.upper().endswith(" IS NOT NULL"):
+        return None
+    x = text[:-len(" IS NOT NULL")].strip()
+    if not _CALL.match(x) or not x.endswith(")"):
+        return None
+    depth, quoted = 0, False
+    for k, ch in enumerate(x):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0 and k != len(x) - 1:
+                return None  # f(a) + g(b): its first call closes before the end
+    return x if depth == 0 and not quoted else None
 
 
 def _task_select(slis: list[SliRollup], due: str) -> str:

@@ -10,15 +10,18 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.pipeline.storage.rollups import SliRollup, _span_select
+from agent_sre.pipeline.storage.rollups import SliRollup, _present, _span_select
 
 MINUTE = 60 * 10**9
+SCORE = "TRY_CAST(list_filter(attributes, lambda e: e.key = 'score')[1].value AS DOUBLE)"
 SLIS = [
     SliRollup("tools_ok", "span_role = 'tool'", "status_code <> 'error'"),
     SliRollup("slow_v2", "duration_ns > 5", "agent_version = '2'"),
     SliRollup("never_good", "true", "NULL"),
     SliRollup("scored", "list_filter(attributes, lambda e: e.key = 'score')[1].value IS NOT NULL",
               "TRY_CAST(list_filter(attributes, lambda e: e.key = 'score')[1].value AS DOUBLE) < 0.5"),
+    # the shape of the built-in hallucination_rate: its value is computed once per span (hoisted)
+    SliRollup("scored_number", f"{SCORE} IS NOT NULL", f"coalesce({SCORE} < 0.5, false)"),
 ]
 
 
@@ -39,6 +42,7 @@ def _reference(rows: list[dict]) -> list[tuple]:
                     lambda r: sql_eq(r["agent_version"], "2")),
         "never_good": (lambda r: True, lambda r: None),
         "scored": (lambda r: r["score"] is not None, lambda r: score(r) is not None and score(r) < 0.5),
+        "scored_number": (lambda r: score(r) is not None, lambda r: score(r) is not None and score(r) < 0.5),
     }
     out: dict[tuple, list[int]] = collections.defaultdict(lambda: [0, 0])
     for r in rows:
@@ -82,3 +86,21 @@ def test_span_slis_count_as_by_hand(rows):
     got = sorted((tuple(r) for r in con.execute(_span_select(SLIS)).fetchall()), key=_order)
     # "scored" with a value that is not a number: an event (the attribute is there), never good
     assert got == _reference(rows)
+
+
+def test_a_value_tested_for_presence_and_goodness_is_computed_once():
+    sql = _span_select([SLIS[-1]])
+    assert sql.count("lambda e: e.key = 'score'") == 1
+    # only the call itself: a longer name ending the same way is another function
+    sql = _span_select([SliRollup("x", "f(a) IS NOT NULL", "myf(a) > 1")])
+    assert "myf(a)" in sql
+
+
+def test_only_a_whole_call_is_hoisted():
+    assert _present(f"{SCORE} IS NOT NULL") == SCORE
+    assert _present("coalesce(a, b) is not null") == "coalesce(a, b)"
+    assert _present("f(a) + g(b) IS NOT NULL") is None  # two calls: (f(a) + g(b)) IS NOT NULL
+    assert _present("a = f(b) IS NOT NULL") is None  # IS binds looser than =
+    assert _present("f(')') IS NOT NULL") == "f(')')"  # a parenthesis in a string is text
+    assert _present("agent_id IS NOT NULL") is None  # a column: nothing to save
+    assert _present("f(a) IS NULL") is None
