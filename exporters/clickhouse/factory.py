@@ -41,13 +41,18 @@ import pyarrow.compute as pc
 from agent_sre.exporters.clickhouse import native
 from agent_sre.exporters.clickhouse.config import ClickHouseConfig
 from agent_sre.exporters.clickhouse.schema import (
+    EVALUATIONS,
     EVENT_COLUMNS,
     LEGACY_SPANS_SQL,
     MAPS,
     RAW_SPANS,
     SPAN_COLUMNS,
+    STRING_MAPS,
     ddl,
+    evaluations,
     legacy_spans,
+    missing_columns,
+    spans_view,
 )
 from agent_sre.exporters.helper.sender import QueuedExporter
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
@@ -104,6 +109,8 @@ def insert_columns(batch: pa.Table, columns: tuple[str, ...], bid: str | list[st
     for name in columns:
         if name == "batch_id":
             out[name] = [bid] * batch.num_rows if isinstance(bid, str) else list(bid)
+        elif name == EVALUATIONS:
+            out.update(_map_columns(pa.chunked_array([evaluations(batch)]), name, current))
         elif name in MAPS or name == "labels":
             out.update(_map_columns(batch.column(name), name, current))
         elif name in ("trace_id", "span_id", "agent_id", "fingerprint", "state") or (name, columns) == ("kind", EVENT_COLUMNS):
@@ -120,8 +127,8 @@ def arrow_columns(batch: pa.Table, columns: tuple[str, ...], current: bool) -> d
     maps become the Nested pair ``name.key``/``name.value`` (offsets shared, no copy of the strings)."""
     out: dict[str, pa.Array] = {}
     for name in columns:
-        col = batch.column(name).combine_chunks()
-        if (name in MAPS or name == "labels") and not current:
+        col = evaluations(batch) if name == EVALUATIONS else batch.column(name).combine_chunks()
+        if (name in STRING_MAPS or name == "labels") and not current:
             mask = col.is_null() if col.null_count else None
             out[f"{name}.key"] = pa.ListArray.from_arrays(col.offsets, col.keys, mask=mask)
             out[f"{name}.value"] = pa.ListArray.from_arrays(col.offsets, col.items, mask=mask)
@@ -148,6 +155,7 @@ class ClickHouseExporter(QueuedExporter):
         self._ready_lock = threading.Lock()
         self._current: bool | None = None
         self._spans_table = RAW_SPANS  # ``spans`` when that is an older version's MergeTree (see _ready)
+        self._span_columns = SPAN_COLUMNS  # without ``evaluations`` in a table made before it, left as it is
         self.deduplicated = 0  # queued batches found already stored and not inserted again
         self.inserts = 0  # inserts sent (merged batches count once)
         self._fallback_logged = False
@@ -184,11 +192,34 @@ class ClickHouseExporter(QueuedExporter):
                         "a client re-sent is stored and counted by fleet SQL once per copy. To count each span "
                         "once, move it to %s.%s and the view spans (exporters/clickhouse/README.md: "
                         "Tables of an older version)", db, engine[0][0], db, RAW_SPANS)
+                self._upgrade(client, db, current, legacy)
                 self._current = current
                 self.logger.info("ClickHouse %s at %s: %s schema, spans into %s", ".".join(map(str, version)),
                                  self.config.endpoint.split("@")[-1], "current" if current else "compat",
                                  self._spans_table)
             return self._current
+
+    def _upgrade(self, client, db: str, current: bool, legacy: bool) -> None:
+        """A spans table an earlier version made gets the columns added since (when this exporter creates the
+        schema; the view ``spans`` is made again to show them), or is inserted into without them."""
+        table = self._spans_table
+        present = {r[0] for r in client.execute("SELECT name FROM system.columns WHERE database = %(db)s "
+                                                "AND table = %(t)s", {"db": db, "t": table})}
+        alter = missing_columns(db, table, current, present)
+        if not present or not alter:  # no table (create_schema off): nothing to tell yet
+            return
+        if not self.config.create_schema:
+            self._span_columns = tuple(c for c in SPAN_COLUMNS if c != EVALUATIONS)
+            self.logger.info("%s.%s has no %s column (create_schema is off): spans are stored without their "
+                             "evaluation results, and the fleet views leave hallucination_rate out", db, table,
+                             EVALUATIONS)
+            return
+        for statement in alter:
+            client.execute(statement)
+        if not legacy:
+            client.execute(f"DROP TABLE IF EXISTS {db}.spans")  # a view: SELECT * is expanded when it is made
+            client.execute(spans_view(db))
+        self.logger.info("%s.%s: added %s (the spans' evaluation results)", db, table, EVALUATIONS)
 
     # --- merging queued batches into large inserts ---------------------------------------------
 
@@ -258,7 +289,7 @@ class ClickHouseExporter(QueuedExporter):
         return SUCCESS
 
     def _insert(self, client, batch: pa.Table, signal: str, current: bool) -> None:
-        table, columns = (self._spans_table, SPAN_COLUMNS) if signal == "traces" else ("events", EVENT_COLUMNS)
+        table, columns = (self._spans_table, self._span_columns) if signal == "traces" else ("events", EVENT_COLUMNS)
         target = f"{self.config.database}.{table}"
         by_day = signal == "traces" and current  # current spans: one part per day partition
         keys = _part_keys(batch, by_day)
@@ -328,7 +359,7 @@ def _part_keys(batch: pa.Table, by_day: bool) -> pa.Array:
 
 
 def _insert_names(columns: tuple[str, ...], current: bool) -> list[str]:
-    maps = () if current else (*MAPS, "labels")
+    maps = () if current else (*STRING_MAPS, "labels")
     return [n for c in columns for n in ((f"{c}.key", f"{c}.value") if c in maps else (c,))]
 
 

@@ -19,12 +19,21 @@
     LowCardinality, DateTime64, TTL or skip indexes; spans_raw is not partitioned, so one insert of up to
     ``max_insert_block_size`` rows is one part (atomic); exactly-once per batch is the exporter's check of
     the batch id before the insert (see factory.py).
+Span events are not stored, but the GenAI evaluation results among them are: ``evaluations``, a string map
+per span (a Map; Nested on 18.16) from each ``gen_ai.evaluation.result`` event's ``gen_ai.evaluation.name``
+to its ``gen_ai.evaluation.score.value`` -- what the hallucination SLI reads in the fleet views.  A table
+created before that column gets it at the exporter's start (``missing_columns``), when it creates the schema.
 Tables of an older version (``spans`` a MergeTree table) are not changed: see ``legacy_spans`` and README.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from agent_sre.pipeline.storage.fleet import RAW_SPANS
+from agent_sre.pipeline.storage.rollups import EVALUATION_EVENT, EVALUATION_NAME, EVALUATION_SCORE
 
 SPAN_STRINGS = ("parent_span_id", "trace_state", "status_message", "service_version", "environment", "scope_name",
                 "scope_version", "agent_name", "agent_version", "session_id", "task_name", "tool_name", "provider",
@@ -34,9 +43,12 @@ SPAN_INTS = ("flags", "start_ns", "end_ns", "duration_ns", "input_tokens", "outp
              "dropped_attributes_count", "dropped_events_count", "dropped_links_count")
 SPAN_FLOATS = ("cost_usd", "trust_score")
 MAPS = ("attributes", "resource_attributes", "scope_attributes")
-# Columns the exporter inserts, in order (span events and links are not stored: see README).
+EVALUATIONS = "evaluations"  # derived from the span's events (``evaluations``), not a column of the batch
+STRING_MAPS = (*MAPS, EVALUATIONS)
+# Columns the exporter inserts, in order (span events and links are not stored, but for their evaluations:
+# see README).
 SPAN_COLUMNS = ("trace_id", "span_id", "agent_id", *LOW_CARDINALITY, *SPAN_STRINGS, *SPAN_INTS, *SPAN_FLOATS,
-                "task_success", *MAPS, "batch_id")
+                "task_success", *STRING_MAPS, "batch_id")
 EVENT_COLUMNS = ("time_ns", "kind", "state", "severity", "name", "fingerprint", "summary", "labels", "started_ns",
                  "batch_id")
 
@@ -49,14 +61,48 @@ def _span_columns(current: bool) -> list[str]:
     cols += [f"{c} Nullable(Int64)" for c in SPAN_INTS]
     cols += [f"{c} Nullable(Float64)" for c in SPAN_FLOATS]
     cols += ["task_success Nullable(UInt8)"]
+    cols += [f"{m} {_map_type(current)}" for m in STRING_MAPS]  # evaluations last: where missing_columns adds it
     if current:
-        cols += [f"{m} Map(LowCardinality(String), String)" for m in MAPS]
         cols += ["start_time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(ifNull(start_ns, 0))"]
     else:
-        cols += [f"{m} Nested(key String, value String)" for m in MAPS]
         cols += ["start_time DateTime MATERIALIZED toDateTime(intDiv(ifNull(start_ns, 0), 1000000000))"]
     cols += ["batch_id String"]
     return cols
+
+
+def _map_type(current: bool) -> str:
+    return "Map(LowCardinality(String), String)" if current else "Nested(key String, value String)"
+
+
+def evaluations(batch: pa.Table) -> pa.MapArray:
+    """Per span, {evaluation name: score value} of its ``gen_ai.evaluation.result`` events (column-wise;
+    an event without a name is left out, one without a score reads ''), in the batch's row order."""
+    events = batch.column("events").combine_chunks()
+    flat = pc.list_flatten(events)
+    parents = pc.list_parent_indices(events)
+    attributes = pc.struct_field(flat, "attributes")
+    name = pc.map_lookup(attributes, EVALUATION_NAME, "first")
+    keep = pc.fill_null(pc.and_(pc.equal(pc.struct_field(flat, "name"), EVALUATION_EVENT), pc.is_valid(name)), False)
+    counts = np.bincount(parents.filter(keep).to_numpy(zero_copy_only=False), minlength=len(events))
+    offsets = np.concatenate([[0], np.cumsum(counts[:len(events)])]).astype(np.int32)
+    score = pc.fill_null(pc.map_lookup(attributes, EVALUATION_SCORE, "first").filter(keep), "")
+    return pa.MapArray.from_arrays(pa.array(offsets), name.filter(keep), score)
+
+
+def insert_table(batch: pa.Table, columns: tuple[str, ...] = SPAN_COLUMNS) -> pa.Table:
+    """The span batch as the insert's columns (``evaluations`` derived from its events); ``batch_id``
+    is taken from the batch when it has one, else left out."""
+    names = [c for c in columns if c in batch.schema.names or c == EVALUATIONS]
+    return pa.table({c: evaluations(batch) if c == EVALUATIONS else batch.column(c) for c in names})
+
+
+def missing_columns(db: str, table: str, current: bool, present: set[str]) -> list[str]:
+    """ALTER statements adding the span columns a table made by an earlier version lacks (``present``: its
+    column names from system.columns; 18.16 knows no ADD COLUMN IF NOT EXISTS)."""
+    if EVALUATIONS in present or f"{EVALUATIONS}.key" in present:
+        return []
+    after = "scope_attributes" if current else "`scope_attributes.value`"  # where ddl() has it
+    return [f"ALTER TABLE {db}.{table} ADD COLUMN {EVALUATIONS} {_map_type(current)} AFTER {after}"]
 
 
 # Spans are stored in ``spans_raw``, a ReplacingMergeTree whose sorting key ends with the span's identity
@@ -111,8 +157,12 @@ def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> li
         ev = f"CREATE TABLE IF NOT EXISTS {db}.events ({events}) ENGINE = MergeTree PARTITION BY tuple() ORDER BY (kind, time_ns)"
     view = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_minute_mv TO {db}.rollup_minute AS "
             + ROLLUP_SELECT.format(db=db, spans=RAW_SPANS))
-    once = f"CREATE VIEW IF NOT EXISTS {db}.spans AS SELECT *, start_time FROM {db}.{RAW_SPANS} FINAL"
-    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, once, ev]
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, spans_view(db), ev]
+
+
+def spans_view(db: str) -> str:
+    """The view ``spans``: one row per span (``FINAL``), with every column of ``spans_raw`` when it is made."""
+    return f"CREATE VIEW IF NOT EXISTS {db}.spans AS SELECT *, start_time FROM {db}.{RAW_SPANS} FINAL"
 
 
 LEGACY_SPANS_SQL = "SELECT engine FROM system.tables WHERE database = %(db)s AND name = 'spans'"

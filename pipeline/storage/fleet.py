@@ -31,8 +31,11 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
                  predicate is configuration (the latency threshold, custom SLIs) that a fixed rollup
                  cannot hold.  Task SLIs (cost_per_task, delegation_chain_depth: over the store's
                  per-trace rollup) over a per-trace GROUP BY of the spans, for traces quiet for a
-                 minute.  Predicates ClickHouse cannot run (hallucination_rate reads span events,
-                 which the fleet store does not keep) are left out, and said so.
+                 minute.  The predicates are DuckDB SQL, translated where the dialects differ
+                 (``_predicate``: map look-ups, ``TRY_CAST``, booleans); hallucination_rate's score of
+                 an evaluation event is read from ``evaluations``, the evaluation results the exporter
+                 keeps of each span's events.  Predicates ClickHouse still cannot run are left out, and
+                 said so.
     cost_minutes spend per minute (of the span's start; one pipeline's store: its end), agent, model and
                  tenant (the resource's ``tenant.id``) and the LLM-span count, over ``spans`` (each span
                  once; ``rollup_minute`` would count a re-sent span's copy again).
@@ -42,6 +45,7 @@ them unchanged.  Where each comes from, and how it differs from one pipeline's s
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -277,9 +281,59 @@ _QUOTED = re.compile(r"('(?:[^']|'')*')")
 _BOOLEAN = re.compile(r"\b(true|false)\b", re.IGNORECASE)
 
 
-def _predicate(sql: str) -> str:
-    """An SLI predicate for ClickHouse: its boolean literals as 1 and 0 outside quoted strings (18.16 knows
-    no ``true``; current servers read 1 and 0 the same)."""
+_LITERAL = r"('(?:[^']|'')*')"
+_MAP_LOOKUP = re.compile(r"(?<![.\w])(attributes|resource_attributes|scope_attributes)\s*\[\s*" + _LITERAL + r"\s*\]")
+_TRY_CAST = re.compile(r"\bTRY_CAST\s*\(", re.IGNORECASE)
+_AS_DOUBLE = re.compile(r"\s+AS\s+DOUBLE\s*$", re.IGNORECASE)
+
+
+@functools.cache
+def _evaluation_score() -> re.Pattern:
+    from agent_sre.pipeline.storage.rollups import evaluation_score
+
+    marker = "\x00"
+    return re.compile(re.escape(evaluation_score(marker)).replace(re.escape(marker), _LITERAL))
+
+
+def _lookup(column: str, key: str, keys: str) -> str:
+    """``column[key]`` as DuckDB reads a map (NULL when the key is not there), on both schemas."""
+    values = "values" if keys == "keys" else "value"
+    return f"if(has({column}.{keys}, {key}), {column}.{values}[indexOf({column}.{keys}, {key})], NULL)"
+
+
+def _try_casts(sql: str) -> str:
+    """``TRY_CAST(x AS DOUBLE)`` as ``toFloat64OrNull(x)`` (NULL where x is not a number, as in DuckDB)."""
+    out, at = [], 0
+    for m in _TRY_CAST.finditer(sql):
+        if m.start() < at:
+            continue  # inside a cast already rewritten
+        depth, quoted, end = 1, False, None
+        for k in range(m.end(), len(sql)):
+            ch = sql[k]
+            if ch == "'":
+                quoted = not quoted
+            elif not quoted and ch in "()":
+                depth += 1 if ch == "(" else -1
+                if depth == 0:
+                    end = k
+                    break
+        inner = sql[m.end():end] if end is not None else ""
+        cast = _AS_DOUBLE.search(inner)
+        if end is None or cast is None:
+            continue  # another type: left to ClickHouse (which may refuse it: the SLI is then left out)
+        out += [sql[at:m.start()], "toFloat64OrNull(", _try_casts(inner[:cast.start()]), ")"]
+        at = end + 1
+    return "".join(out) + sql[at:]
+
+
+def _predicate(sql: str, keys: str = "keys") -> str:
+    """An SLI predicate (DuckDB SQL over the store's spans) for ClickHouse: an evaluation result's score read
+    from ``evaluations``, ``attributes['k']`` (also resource and scope attributes) NULL when ``k`` is not
+    there, ``TRY_CAST(x AS DOUBLE)`` as ``toFloat64OrNull``, boolean literals as 1 and 0 outside quoted
+    strings (18.16 knows no ``true``).  ``keys``: the maps' key column, ``keys`` (Map) or ``key`` (Nested)."""
+    sql = _evaluation_score().sub(lambda m: _lookup("evaluations", m.group(1), keys), sql)
+    sql = _MAP_LOOKUP.sub(lambda m: _lookup(m.group(1), m.group(2), keys), sql)
+    sql = _try_casts(sql)
     parts = _QUOTED.split(sql)
     return "".join(part if i % 2 else _BOOLEAN.sub(lambda m: "1" if m.group(1).lower() == "true" else "0", part)
                    for i, part in enumerate(parts))
@@ -300,7 +354,7 @@ def fleet_sli_minutes(source: str | FleetStore, slis: Iterable[SliRollup], lookb
             if sli.name not in lookback:
                 continue
             template = TASK_SLI_MINUTES_SQL if sli.scope == "task" else SLI_MINUTES_SQL
-            sql = template.format(good=_predicate(sli.good), total=_predicate(sli.total), keys=keys,
+            sql = template.format(good=_predicate(sli.good, keys), total=_predicate(sli.total, keys), keys=keys,
                                   spans=store.spans_source())
             params = {"sli": sli.name, "lo": (now_minute - lookback[sli.name]) * 60_000_000_000,
                       "hi": now_minute * 60_000_000_000, "replay": REPLAY_KEY,

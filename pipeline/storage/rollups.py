@@ -53,6 +53,19 @@ COUNTED_ALL = "CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch"
 COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch WHERE NOT {_HAS_REPLAY_KEY}"
 
 
+# A GenAI evaluation result (OpenTelemetry's gen_ai.evaluation.result event): its evaluator's name and score.
+EVALUATION_EVENT = "gen_ai.evaluation.result"
+EVALUATION_NAME = "gen_ai.evaluation.name"
+EVALUATION_SCORE = "gen_ai.evaluation.score.value"
+
+
+def evaluation_score(name_literal: str) -> str:
+    """The score (a string) of the span's first evaluation result of this evaluator (a quoted SQL literal),
+    in DuckDB over the store's ``events``; the fleet store reads the same from its ``evaluations`` map."""
+    return (f"list_filter(events, lambda e: e.name = '{EVALUATION_EVENT}' AND "
+            f"e.attributes['{EVALUATION_NAME}'] = {name_literal})[1].attributes['{EVALUATION_SCORE}']")
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

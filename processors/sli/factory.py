@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 from agent_sre.pipeline.component import Factory, Kind, Stage
 from agent_sre.pipeline.component.capabilities import SpanStore
 from agent_sre.pipeline.component.config import ConfigModel, Duration
+from agent_sre.pipeline.storage.rollups import evaluation_score
 from agent_sre.pipeline.storage.store import SliRollup
 
 # Decisions of a policy check that count as a violation (compared lower-case).
@@ -93,9 +94,7 @@ def _q(text: str) -> str:
 
 def builtin_slis(cfg: SliConfig) -> list[SliRollup]:
     violations = ", ".join(_q(v) for v in VIOLATIONS)
-    event = (f"list_filter(events, lambda e: e.name = 'gen_ai.evaluation.result' AND "
-             f"e.attributes['gen_ai.evaluation.name'] = {_q(cfg.hallucination_evaluation)})"
-             f"[1].attributes['gen_ai.evaluation.score.value']")
+    event = evaluation_score(_q(cfg.hallucination_evaluation))
     score = f"coalesce(TRY_CAST(attributes[{_q(cfg.hallucination_attribute)}] AS DOUBLE), TRY_CAST({event} AS DOUBLE))"
     table = {
         "task_success_rate": SliRollup(

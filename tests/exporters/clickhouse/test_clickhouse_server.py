@@ -13,14 +13,14 @@ import pytest
 
 from agent_sre.pipeline.cli.common import CliError
 from tests.conftest import RunningPipeline, eventually, pipeline_yaml, start_on_free_ports
-from tests.otlp_builders import request
+from tests.otlp_builders import kv, request
 
 pytestmark = pytest.mark.slow
 
 
 def exporter_yaml(server, db: str, **extra: str) -> str:
-    lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
-    return (f"  clickhouse:\n    endpoint: {server.url(db)}\n    create_schema: true\n"
+    lines = "".join(f"    {k}: {v}\n" for k, v in {"create_schema": "true", **extra}.items())
+    return (f"  clickhouse:\n    endpoint: {server.url(db)}\n"
             "    retry_on_failure: {initial_interval: 100ms, max_interval: 500ms}\n" + lines)
 
 
@@ -268,3 +268,55 @@ def test_an_older_versions_spans_table_is_written_read_as_it_is_and_moved_as_the
     assert fleet_query(clickhouse.url("old"), "SELECT agent_id, count() FROM spans GROUP BY agent_id ORDER BY agent_id",
                        10)["rows"] == [["agent-l", 40], ["agent-m", 10]]
     assert eventually(lambda: count(clickhouse, "old", "SELECT sum(spans) FROM {db}.rollup_minute") == 50)
+
+
+def _scored_request(n: int, agent: str):
+    """``n`` spans, each with a hallucination evaluator's result event (score 0.1)."""
+    req = request(n, attrs={"agent.did": agent})
+    for sp in req.resource_spans[0].scope_spans[0].spans:
+        ev = sp.events.add(name="gen_ai.evaluation.result", time_unix_nano=sp.end_time_unix_nano)
+        ev.attributes.extend([kv("gen_ai.evaluation.name", "hallucination"), kv("gen_ai.evaluation.score.value", 0.1)])
+    return req
+
+
+def _before_evaluations(client, db: str) -> None:
+    """The compat schema as the version before ``evaluations`` created it."""
+    from agent_sre.exporters.clickhouse.schema import ddl
+
+    for statement in ddl(db, False, 30):
+        client.execute(statement.replace(",\n  evaluations Nested(key String, value String)", ""))
+    assert not any("evaluations" in name for (name,) in client.execute(
+        f"SELECT name FROM system.columns WHERE database = '{db}' AND table = 'spans_raw'"))
+
+
+def test_a_spans_table_made_before_evaluations_gets_the_column_at_start_and_the_view_shows_it(
+        clickhouse, pipelines, caplog):
+    client = clickhouse.client()
+    _before_evaluations(client, "pre")
+    with caplog.at_level("INFO"):
+        a = pipelines(clickhouse, "pre", "a")
+        a.service.receivers[0].ingest.export(_scored_request(30, "agent-e"), "test")
+        assert eventually(lambda: count(clickhouse, "pre") == 30)
+    assert "pre.spans_raw: added evaluations" in caplog.text
+    from agent_sre.exporters.clickhouse.schema import ddl
+
+    for statement in ddl("fresh", False, 30):
+        client.execute(statement)
+    # where a new table has it: README's move (INSERT ... SELECT *) lines the columns up
+    assert ([r[:2] for r in client.execute("DESCRIBE TABLE pre.spans_raw")]
+            == [r[:2] for r in client.execute("DESCRIBE TABLE fresh.spans_raw")])
+    assert client.execute("SELECT evaluations.key, evaluations.value FROM pre.spans LIMIT 1") == [
+        (["hallucination"], ["0.1"])]
+
+
+def test_without_create_schema_a_table_made_before_evaluations_gets_spans_without_them(
+        clickhouse, pipelines, caplog):
+    client = clickhouse.client()
+    _before_evaluations(client, "kept")
+    with caplog.at_level("INFO"):
+        a = pipelines(clickhouse, "kept", "a", create_schema="false")
+        a.service.receivers[0].ingest.export(_scored_request(20, "agent-k"), "test")
+        assert eventually(lambda: count(clickhouse, "kept") == 20)
+    assert "kept.spans_raw has no evaluations column (create_schema is off)" in caplog.text
+    assert not any("evaluations" in name for (name,) in client.execute(
+        "SELECT name FROM system.columns WHERE database = 'kept' AND table = 'spans_raw'"))

@@ -13,7 +13,7 @@ import pytest
 from chdb import session
 
 from agent_sre.exporters.clickhouse.factory import batch_id
-from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, insert_table
 from agent_sre.pipeline.cli.fleet import FLEET_QUESTIONS
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
 from agent_sre.pipeline.storage.fleet import spans_source
@@ -40,7 +40,7 @@ def spans(n: int, agent: str, start_ns: int, errors_every: int = 0) -> pa.Table:
 def insert(db, batch: pa.Table) -> None:
     """What the exporter's insert does on current ClickHouse: the batch id as row column and dedup token."""
     bid = batch_id(batch, "traces")
-    rows = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
+    rows = insert_table(batch)
     rows = rows.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
     db.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SETTINGS insert_deduplication_token = "
              f"'{bid}' SELECT * FROM Python(rows)")
@@ -122,3 +122,29 @@ def test_a_trace_lookup_is_pruned_by_the_skip_index(db):
     assert kept < total == 4, plan  # the parts whose bloom filter cannot hold the trace are not read
     assert one(db, f"SELECT count(), any(attributes['tenant']) FROM fleet.spans WHERE trace_id = '{trace}'") \
         == [[4, "agent2"]]
+
+
+def test_a_current_table_made_before_evaluations_gets_the_column_where_a_new_table_has_it(tmp_path):
+    from agent_sre.exporters.clickhouse.schema import missing_columns, spans_view
+
+    sess = session.Session(str(tmp_path / "chdb"))
+    try:
+        for statement in ddl("fleet", current=True, ttl_days=30):
+            sess.query(statement.replace(",\n  evaluations Map(LowCardinality(String), String)", ""))
+        described = json.loads(sess.query("DESCRIBE TABLE fleet.spans_raw", "JSONCompact").data())["data"]
+        present = {r[0] for r in described}
+        assert "evaluations" not in present
+        for statement in missing_columns("fleet", "spans_raw", True, present):
+            sess.query(statement)
+        assert missing_columns("fleet", "spans_raw", True, present | {"evaluations"}) == []
+        sess.query("DROP TABLE fleet.spans")
+        sess.query(spans_view("fleet"))
+        for statement in ddl("fresh", current=True, ttl_days=30):  # one chdb session per process: another db
+            sess.query(statement)
+        fresh = json.loads(sess.query("DESCRIBE TABLE fresh.spans_raw", "JSONCompact").data())["data"]
+        upgraded = json.loads(sess.query("DESCRIBE TABLE fleet.spans_raw", "JSONCompact").data())["data"]
+        assert [r[:2] for r in upgraded] == [r[:2] for r in fresh]
+        insert(sess, spans(3, "a", time.time_ns()))
+        assert sess.query("SELECT count() FROM fleet.spans WHERE evaluations = map()", "CSV").data().strip() == "3"
+    finally:
+        sess.close()

@@ -85,6 +85,8 @@ def tasks_request(agent: str, tasks: list[dict], start_s: int):
                    "gpt-4o-mini", "gen_ai.usage.input_tokens": 100, "gen_ai.usage.cost": task["cost"]}),
                  ("execute_tool web_search", os.urandom(8), root, 1, task.get("tool_failed", False),
                   {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "web_search"})]
+        if "scored_attr" in task:  # an evaluator's hallucination score on the chat span itself
+            spans[1][5]["eval.hallucination.score"] = task["scored_attr"]
         for name, span_id, parent, seconds, failed, attrs in spans:
             sp = ss.spans.add()
             sp.trace_id, sp.span_id, sp.parent_span_id, sp.name = trace, span_id, parent, name
@@ -92,12 +94,17 @@ def tasks_request(agent: str, tasks: list[dict], start_s: int):
             sp.status.code = 2 if failed else 1
             for k, v in {**attrs, "gen_ai.agent.id": agent}.items():
                 sp.attributes.append(kv(k, v))
+            if name.startswith("chat") and "scored_event" in task:  # or as a GenAI evaluation result event
+                ev = sp.events.add(name="gen_ai.evaluation.result", time_unix_nano=sp.end_time_unix_nano)
+                ev.attributes.extend([kv("gen_ai.evaluation.name", "hallucination"),
+                                      kv("gen_ai.evaluation.score.value", task["scored_event"])])
     return req
 
 
-SIDECAR_A = {"agent-a": [{"cost": 0.5, "chat_s": 2, "tool_failed": True}, {"cost": 0.25, "chat_s": 40},
+SIDECAR_A = {"agent-a": [{"cost": 0.5, "chat_s": 2, "tool_failed": True, "scored_event": 0.1},
+                         {"cost": 0.25, "chat_s": 40, "scored_attr": 0.8},
                          {"cost": 0.125, "chat_s": 3}, {"cost": 1.0, "chat_s": 2}]}
-SIDECAR_B = {"agent-a": [{"cost": 0.75, "chat_s": 2, "tool_failed": True, "task_failed": True},
+SIDECAR_B = {"agent-a": [{"cost": 0.75, "chat_s": 2, "tool_failed": True, "task_failed": True, "scored_event": 0.9},
                          {"cost": 0.5, "chat_s": 2}, {"cost": 2.0, "chat_s": 2}],
              "agent-b": [{"cost": 1.5, "chat_s": 2}, {"cost": 0.5, "chat_s": 2, "tool_failed": True}]}
 SPANS = 3 * sum(len(t) for side in (SIDECAR_A, SIDECAR_B) for t in side.values())
@@ -239,7 +246,7 @@ def test_incident_show_needs_the_pipeline_that_opened_it(fleet):
                                          id="INC-00001", endpoint=None, db=None, format="table", all=False))
 
 
-def test_task_slis_are_answered_and_slos_the_fleet_store_cannot_answer_are_named(fleet, tmp_path, capsys):
+def test_task_slis_and_hallucination_rate_are_answered_over_the_fleet_store(fleet, tmp_path, capsys):
     cfg = tmp_path / "slos.yaml"
     text = open(fleet["local"]).read().replace(
         "      - {name: latency, sli: response_latency, target: 0.99, window: 30d}",
@@ -248,10 +255,16 @@ def test_task_slis_are_answered_and_slos_the_fleet_store_cannot_answer_are_named
         "      - {name: truthful, sli: hallucination_rate, target: 0.9, window: 1d}")
     cfg.write_text(text)
     answer = _json(capsys, cmd_slo_status, config=str(cfg), store=fleet["url"])
-    assert {r["slo"] for r in answer["slos"]} == {"task-success", "tool-accuracy", "latency", "cheap-tasks"}, answer["stderr"]
-    err = answer["stderr"]
-    assert "cheap-tasks" not in err
-    assert "SLO truthful (SLI hallucination_rate) is not answered from the fleet store: its predicates" in err
+    assert {r["slo"] for r in answer["slos"]} == {"task-success", "tool-accuracy", "latency", "cheap-tasks",
+                                                  "truthful"}, answer["stderr"]
+    assert "not answered" not in answer["stderr"]
+    # hallucination_rate from the evaluation results the sidecars' exporters kept of the chat spans' events
+    # (sidecar a: 0.1 as an event, 0.8 as the span's attribute; b: 0.9 as an event; good below 0.5), as the
+    # local pipeline that got every span counts it
+    (truthful,) = [r for r in answer["slos"] if r["slo"] == "truthful"]
+    assert (truthful["agent_id"], truthful["events"], truthful["bad_events"]) == ("agent-a", 3, 2)
+    local = _json(capsys, cmd_slo_status, config=str(cfg), store=None)
+    assert [r for r in local["slos"] if r["slo"] == "truthful"] == [truthful]
     # A task SLI over the fleet, by hand (cost_per_task: a task costing at most $1.00 is good): agent-a's
     # tasks cost 0.5, 0.25, 0.125, 1.0 on sidecar a and 0.75, 0.5, 2.0 on b; agent-b's 1.5 and 0.5.
     by = {r["agent_id"]: r for r in answer["slos"] if r["slo"] == "cheap-tasks"}

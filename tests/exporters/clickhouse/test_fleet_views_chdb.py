@@ -13,7 +13,7 @@ from chdb import session
 from chdb._exceptions import ChdbError
 
 from agent_sre.exporters.clickhouse.factory import batch_id
-from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, insert_table
 from agent_sre.pipeline.cli.fleet import FleetSqlError, fleet_cost_tables, fleet_incidents, fleet_sli_minutes
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
 from agent_sre.pipeline.storage.fleet import SPAN_TABLES_SQL, fleet_query, spans_source
@@ -68,7 +68,7 @@ def store(tmp_path):
 def insert(store: ChdbStore, rows: list[dict]) -> None:
     batch = pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)
     bid = batch_id(batch, "traces")
-    data = batch.select([c for c in SPAN_COLUMNS if c != "batch_id"])
+    data = insert_table(batch)
     data = data.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
     store.sess.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(data)")
 
@@ -81,10 +81,52 @@ def test_slo_rows_on_current_clickhouse_count_every_pipeline_and_skip_replays(st
     now_minute = window_end(time.time())
     con, skipped = fleet_sli_minutes(store, builtin_slis(SliConfig()), {"tool_call_accuracy": 43200,
                                                                         "hallucination_rate": 60}, now_minute)
-    assert set(skipped) == {"hallucination_rate"}  # reads span events, which the fleet store does not keep
+    assert skipped == {}  # hallucination_rate too: no spans scored here, so no events of it
     (row,) = evaluate(lambda sql, params: con.execute(sql, params).fetchall(),
                       [Objective(name="tools", sli="tool_call_accuracy", target=0.9)], now_minute)
     assert (row["agent_id"], row["events"], row["bad_events"], row["sli_value"]) == ("a", 10, 3, 0.7)
+
+
+def _evaluation(name: str, score: str | None) -> dict:
+    """A gen_ai.evaluation.result span event of evaluator ``name`` (its score left out when None)."""
+    return {"time_ns": 1, "name": "gen_ai.evaluation.result", "attributes": [("gen_ai.evaluation.name", name)] + (
+        [("gen_ai.evaluation.score.value", score)] if score is not None else [])}
+
+
+def test_hallucination_rate_on_current_clickhouse_reads_scores_from_attributes_and_evaluation_events(store):
+    """As one pipeline's store counts it: a span's score is its ``eval.hallucination.score`` attribute, else
+    the score of its hallucination evaluator's result event (kept in ``evaluations``); good below 0.5."""
+    import duckdb
+
+    from agent_sre.pipeline.storage.rollups import _span_select
+    from agent_sre.pipeline.storage.store import to_storage
+
+    end = (int(time.time()) // 60 - 10) * 60 * 10**9
+
+    def span(i: int, attrs: list | None = None, events: list | None = None) -> dict:
+        return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "agent_id": "a", "span_role": "llm",
+                "start_ns": end - 10**9, "end_ns": end + i, "duration_ns": 10**9, "attributes": attrs or [],
+                "events": events}
+
+    score = "eval.hallucination.score"
+    rows = [span(0, [(score, "0.2")]),  # good
+            span(1, [(score, "0.9")]),  # bad
+            span(2, events=[_evaluation("relevance", "0.9"), _evaluation("hallucination", "0.1")]),  # good
+            span(3, events=[_evaluation("relevance", "0.1")]),  # not scored for hallucination: no event
+            span(4, [(score, "n/a")]),  # not a number: no event
+            span(5, [(score, "0.7")], [_evaluation("hallucination", "0.1")]),  # the attribute first: bad
+            span(6, events=[_evaluation("hallucination", None)]),  # no score: no event
+            span(7)]
+    insert(store, rows)
+    con, skipped = fleet_sli_minutes(store, builtin_slis(SliConfig()), {"hallucination_rate": 60},
+                                     window_end(time.time()))
+    assert skipped == {}
+    assert con.execute("SELECT agent_id, sum(good), sum(total) FROM sli_minutes GROUP BY ALL").fetchall() == [("a", 2, 4)]
+    (hallucination,) = [x for x in builtin_slis(SliConfig()) if x.name == "hallucination_rate"]
+    local = duckdb.connect()
+    local.register("_counted", to_storage(pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)))
+    assert local.execute(f"SELECT agent_id, good, total FROM ({_span_select([hallucination])})").fetchall() == [
+        ("a", 2, 4)]
 
 
 def _task(agent: str, trace: int, end_ns: int, cost: float, delegations: int = 0) -> list[dict]:
