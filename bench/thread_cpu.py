@@ -1,0 +1,83 @@
+"""Where the pipeline process's CPU goes, per thread: CPU per committed span of each of its threads, for a
+config at a given rate (the embedded default and config/store-only.yaml by default, one after the other).
+
+Python does not give its threads' names to the OS, so the pipeline is started with a sitecustomize (in a
+temporary directory on its PYTHONPATH, not shipped) that names each native thread after its Python
+thread (prctl PR_SET_NAME, 15 characters); each thread's user + system time is read from
+/proc/<pid>/task/*/stat before and after one phase of `bench/ingest.py`'s clients.  Threads of one name
+are summed (the gRPC server's pool threads keep their own numbered names).
+
+    .venv/bin/python bench/thread_cpu.py [--rate 0] [--seconds 15] [--configs default,store-only]
+
+``--rate 0``: as fast as the pipeline takes it; otherwise spans/s over all senders.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import ingest  # noqa: E402
+
+NAMING = """import ctypes, threading
+_prctl = ctypes.CDLL(None).prctl
+_inner = threading.Thread._bootstrap_inner
+def _named(self):
+    try:
+        _prctl(15, self.name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except Exception:
+        pass
+    return _inner(self)
+threading.Thread._bootstrap_inner = _named
+"""
+
+
+def thread_ticks(pid: int) -> collections.Counter:
+    """Clock ticks of user + system time per thread name of process ``pid``."""
+    out: collections.Counter = collections.Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] += int(fields[11]) + int(fields[12])
+    return out
+
+
+def main() -> None:
+    args = ingest.phase_args(__doc__, **{"--rate": {"type": float, "default": 0.0},
+                                         "--configs": {"default": "default,store-only"}})
+    site = tempfile.mkdtemp(prefix="agent-sre-threads-")
+    Path(site, "sitecustomize.py").write_text(NAMING)
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    for name in args.configs.split(","):
+        config = None if name == "default" else (ingest.CONFIG / f"{name}.yaml").read_text()
+        p = ingest.start_pipeline(config, extra_env={"PYTHONPATH": site})
+        pid = p["server"].pid
+        try:
+            ingest.run_phase(f"{name}: warm-up", "grpc", p["grpc"], p["admin"], pid, 5, args.clients, args.threads,
+                             p["metrics"], args.rate)
+            before, count = thread_ticks(pid), ingest.count_spans(p["admin"])
+            ingest.run_phase(name, "grpc", p["grpc"], p["admin"], pid, args.seconds, args.clients, args.threads,
+                             p["metrics"], args.rate)
+            after, spans = thread_ticks(pid), ingest.count_spans(p["admin"]) - count
+        finally:
+            ingest.stop_pipeline(p)
+        per_span = {t: (after[t] - before.get(t, 0)) * tick_s / spans * 1e6 for t in after}
+        print(f"\n{name}: CPU per committed span by thread ({spans:,} spans committed)")
+        for thread, us in sorted(per_span.items(), key=lambda kv: -kv[1]):
+            if us >= 0.05:
+                print(f"  {thread:<16} {us:6.2f} us")
+        print(f"  {'all':<16} {sum(per_span.values()):6.2f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
