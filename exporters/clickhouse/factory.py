@@ -44,15 +44,14 @@ from agent_sre.exporters.clickhouse.schema import (
     EVALUATIONS,
     EVENT_COLUMNS,
     LEGACY_SPANS_SQL,
-    MAPS,
     RAW_SPANS,
     SPAN_COLUMNS,
     STRING_MAPS,
     ddl,
-    evaluations,
     legacy_spans,
     missing_columns,
     spans_view,
+    with_evaluations,
 )
 from agent_sre.exporters.helper.sender import QueuedExporter
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
@@ -109,9 +108,7 @@ def insert_columns(batch: pa.Table, columns: tuple[str, ...], bid: str | list[st
     for name in columns:
         if name == "batch_id":
             out[name] = [bid] * batch.num_rows if isinstance(bid, str) else list(bid)
-        elif name == EVALUATIONS:
-            out.update(_map_columns(pa.chunked_array([evaluations(batch)]), name, current))
-        elif name in MAPS or name == "labels":
+        elif name in STRING_MAPS or name == "labels":
             out.update(_map_columns(batch.column(name), name, current))
         elif name in ("trace_id", "span_id", "agent_id", "fingerprint", "state") or (name, columns) == ("kind", EVENT_COLUMNS):
             out[name] = _strings(batch.column(name))
@@ -127,7 +124,7 @@ def arrow_columns(batch: pa.Table, columns: tuple[str, ...], current: bool) -> d
     maps become the Nested pair ``name.key``/``name.value`` (offsets shared, no copy of the strings)."""
     out: dict[str, pa.Array] = {}
     for name in columns:
-        col = evaluations(batch) if name == EVALUATIONS else batch.column(name).combine_chunks()
+        col = batch.column(name).combine_chunks()
         if (name in STRING_MAPS or name == "labels") and not current:
             mask = col.is_null() if col.null_count else None
             out[f"{name}.key"] = pa.ListArray.from_arrays(col.offsets, col.keys, mask=mask)
@@ -305,6 +302,8 @@ class ClickHouseExporter(QueuedExporter):
                              batch.num_rows)
             if batch.num_rows == 0:
                 return
+        if EVALUATIONS in columns:
+            batch = with_evaluations(batch)
         query = f"INSERT INTO {target} ({', '.join(_insert_names(columns, current))}) VALUES"
         settings = {}
         if current:

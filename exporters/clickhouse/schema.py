@@ -43,7 +43,7 @@ SPAN_INTS = ("flags", "start_ns", "end_ns", "duration_ns", "input_tokens", "outp
              "dropped_attributes_count", "dropped_events_count", "dropped_links_count")
 SPAN_FLOATS = ("cost_usd", "trust_score")
 MAPS = ("attributes", "resource_attributes", "scope_attributes")
-EVALUATIONS = "evaluations"  # derived from the span's events (``evaluations``), not a column of the batch
+EVALUATIONS = "evaluations"  # derived from the span's events (``with_evaluations``) just before the insert
 STRING_MAPS = (*MAPS, EVALUATIONS)
 # Columns the exporter inserts, in order (span events and links are not stored, but for their evaluations:
 # see README).
@@ -89,11 +89,9 @@ def evaluations(batch: pa.Table) -> pa.MapArray:
     return pa.MapArray.from_arrays(pa.array(offsets), name.filter(keep), score)
 
 
-def insert_table(batch: pa.Table, columns: tuple[str, ...] = SPAN_COLUMNS) -> pa.Table:
-    """The span batch as the insert's columns (``evaluations`` derived from its events); ``batch_id``
-    is taken from the batch when it has one, else left out."""
-    names = [c for c in columns if c in batch.schema.names or c == EVALUATIONS]
-    return pa.table({c: evaluations(batch) if c == EVALUATIONS else batch.column(c) for c in names})
+def with_evaluations(batch: pa.Table) -> pa.Table:
+    """The span batch with its ``evaluations`` column (derived from its events) for the insert."""
+    return batch.append_column(EVALUATIONS, evaluations(batch))
 
 
 def missing_columns(db: str, table: str, current: bool, present: set[str]) -> list[str]:

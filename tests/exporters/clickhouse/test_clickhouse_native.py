@@ -19,7 +19,7 @@ from agent_sre.exporters.clickhouse.factory import (
     insert_columns,
     with_batch_ids,
 )
-from agent_sre.exporters.clickhouse.schema import EVENT_COLUMNS, SPAN_COLUMNS, ddl, insert_table
+from agent_sre.exporters.clickhouse.schema import EVENT_COLUMNS, SPAN_COLUMNS, ddl, with_evaluations
 from agent_sre.pipeline.pdata.schema import EVENT_SCHEMA, SPAN_SCHEMA
 
 LONG = [0, 1, 127, 128, 16_383, 16_384, 2**21]  # every varint length width up to 4 bytes
@@ -42,7 +42,7 @@ def tricky_spans(null_value: str | None = None) -> pa.Table:
                                  {"time_ns": 2, "name": "retry", "attributes": []}],
                                 [{"time_ns": 1, "name": "gen_ai.evaluation.result", "attributes": [
                                     ("gen_ai.evaluation.name", "relevance")]}], None][i % 3]})
-    return pa.Table.from_pylist(rows, schema=SPAN_SCHEMA).slice(1)  # a slice: offsets not at 0
+    return with_evaluations(pa.Table.from_pylist(rows, schema=SPAN_SCHEMA).slice(1))  # a slice: offsets not at 0
 
 
 def tricky_events() -> pa.Table:
@@ -122,7 +122,7 @@ def test_native_column_bytes_read_back_on_current_clickhouse_as_the_arrow_rows(t
         names = ", ".join(columns)
         db.query(f"INSERT INTO fleet.spans_raw ({names}) SELECT * FROM file('{tmp_path}/block.native', 'Native')")
         # the reference: the same rows from Arrow, NULL map values written as '' (what the exporter stores)
-        rows = insert_table(with_batch_ids([tricky_spans(null_value="")], "traces"))  # noqa: F841
+        rows = with_batch_ids([tricky_spans(null_value="")], "traces").select(list(columns))  # noqa: F841
         db.query(f"INSERT INTO fleet.by_arrow ({names}) SELECT * FROM Python(rows)")
         query = "SELECT * FROM fleet.{} ORDER BY span_id FORMAT JSONCompact"
         native_rows, arrow_rows = (json.loads(db.query(query.format(t)).data())["data"] for t in ("spans_raw", "by_arrow"))
@@ -182,7 +182,7 @@ def test_the_stored_check_finds_merged_batches_per_day_partition_on_current_clic
         a, b, c = (pa.Table.from_pylist([{"trace_id": f"{k:032x}", "span_id": f"{k:08x}{i:08x}", "agent_id": "a1",
                                           "start_ns": start + i * 10**9} for i in range(10)], schema=SPAN_SCHEMA)
                    for k, start in ((1, midnight - 3600 * 10**9), (2, midnight - 5 * 10**9), (3, midnight)))
-        rows = insert_table(with_batch_ids([a, b], "traces"))  # noqa: F841 - read by chdb
+        rows = with_evaluations(with_batch_ids([a, b], "traces")).select(list(SPAN_COLUMNS))  # noqa: F841
         db.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(rows)")
         later = with_batch_ids([b, c], "traces")
         stored = ClickHouseExporter._stored(ChdbClient(db), "fleet.spans_raw", later, "traces", by_day=True)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from agent_sre.exporters.clickhouse.config import ClickHouseConfig
 from agent_sre.exporters.clickhouse.factory import batch_id, insert_columns
-from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, with_evaluations
 from agent_sre.pipeline.cli.common import CliError
 from agent_sre.pipeline.cli.fleet import cli_errors
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
@@ -60,7 +60,7 @@ def test_a_batch_has_one_id_however_its_rows_are_laid_out():
 
 
 def test_columns_for_current_use_map_dicts_and_for_compat_nested_arrays():
-    table = spans(4).slice(1, 3)
+    table = with_evaluations(spans(4).slice(1, 3))
     current = insert_columns(table, SPAN_COLUMNS, "b1", current=True)
     assert list(current)[:3] == ["trace_id", "span_id", "agent_id"]
     assert current["agent_id"] == ["", "", ""]  # a sort key: '' for unknown

@@ -13,7 +13,7 @@ import pytest
 from chdb import session
 
 from agent_sre.exporters.clickhouse.factory import batch_id
-from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, insert_table
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, with_evaluations
 from agent_sre.pipeline.cli.fleet import FLEET_QUESTIONS
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
 from agent_sre.pipeline.storage.fleet import spans_source
@@ -40,7 +40,7 @@ def spans(n: int, agent: str, start_ns: int, errors_every: int = 0) -> pa.Table:
 def insert(db, batch: pa.Table) -> None:
     """What the exporter's insert does on current ClickHouse: the batch id as row column and dedup token."""
     bid = batch_id(batch, "traces")
-    rows = insert_table(batch)
+    rows = with_evaluations(batch).select([c for c in SPAN_COLUMNS if c != "batch_id"])
     rows = rows.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
     db.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SETTINGS insert_deduplication_token = "
              f"'{bid}' SELECT * FROM Python(rows)")

@@ -13,7 +13,7 @@ from chdb import session
 from chdb._exceptions import ChdbError
 
 from agent_sre.exporters.clickhouse.factory import batch_id
-from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, insert_table
+from agent_sre.exporters.clickhouse.schema import SPAN_COLUMNS, ddl, with_evaluations
 from agent_sre.pipeline.cli.fleet import FleetSqlError, fleet_cost_tables, fleet_incidents, fleet_sli_minutes
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
 from agent_sre.pipeline.storage.fleet import SPAN_TABLES_SQL, fleet_query, spans_source
@@ -68,7 +68,7 @@ def store(tmp_path):
 def insert(store: ChdbStore, rows: list[dict]) -> None:
     batch = pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)
     bid = batch_id(batch, "traces")
-    data = insert_table(batch)
+    data = with_evaluations(batch).select([c for c in SPAN_COLUMNS if c != "batch_id"])
     data = data.append_column("batch_id", pa.array([bid] * batch.num_rows))  # noqa: F841 - read by chdb
     store.sess.query(f"INSERT INTO fleet.spans_raw ({', '.join(SPAN_COLUMNS)}) SELECT * FROM Python(data)")
 
