@@ -267,3 +267,12 @@ CHARGES_SQL = (f"SELECT coalesce(agent_id, ''), NULL, coalesce(model, ''), {TENA
                "end_ns // 60000000000 " + _CHARGED)
 CHARGES_BY_TASK_SQL = (f"SELECT coalesce(agent_id, ''), trace_id, coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), "
                        "count(*), end_ns // 60000000000 " + _CHARGED)
+# What a commit charges when a task budget needs it, in one statement: the period rows of CHARGES_SQL
+# (trace NULL) and one row per agent and trace (model, tenant and minute NULL) for the task budgets,
+# rather than a row per trace, model, tenant and minute summed again in Python per commit (measured:
+# ~40 % of the charging callback's CPU at max rate).
+CHARGES_SPLIT_SQL = (
+    "SELECT agent, trace_id, model, tenant, sum(cost_usd), count(*), minute FROM (SELECT coalesce(agent_id, '') AS agent, "
+    f"trace_id, coalesce(model, '') AS model, {TENANT_SQL} AS tenant, cost_usd, end_ns // 60000000000 AS minute "
+    "FROM _counted WHERE cost_usd IS NOT NULL AND cost_usd > 0) "
+    "GROUP BY GROUPING SETS ((agent, model, tenant, minute), (agent, trace_id))")

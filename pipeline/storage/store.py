@@ -35,7 +35,7 @@ from agent_sre.pipeline.storage.map_reads import stored_view_sql
 from agent_sre.pipeline.storage.rollups import (
     AGENT_MINUTES_DDL,
     AGENT_ROLLUP_SQL,
-    CHARGES_BY_TASK_SQL,
+    CHARGES_SPLIT_SQL,
     CHARGES_SQL,
     COST_MINUTES_DDL,
     COST_MINUTES_MIGRATION,
@@ -238,7 +238,7 @@ class SpanStore:
                                "checkpoint_threshold": checkpoint_threshold}
         self._con = self._open_checked(on_damaged)
         self._lock = threading.Lock()  # the write connection
-        self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans)]) after each insert
+        self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans, minute)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         self._charges_by_task = False
         self._dispatch: queue.Queue | None = None  # commit callbacks off the loader thread (with a spool)
@@ -509,7 +509,7 @@ class SpanStore:
                     self._finalize_due(now_ns)
                 con.execute(AGENT_ROLLUP_SQL).fetchall()
                 con.execute(COST_ROLLUP_SQL).fetchall()
-                charges = (con.execute(CHARGES_BY_TASK_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
+                charges = (con.execute(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
                            if self._on_charges else [])
                 if attribute:
                     held, oldest, unattributed = con.execute(
@@ -569,8 +569,9 @@ class SpanStore:
 
     def on_charges(self, callback, by_task: bool = False) -> None:
         """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that
-        stored costs (after the commit, in the thread that inserted); ``trace_id`` is None unless some
-        callback asked for charges ``by_task``."""
+        stored costs (after the commit, in the thread that inserted): per agent, model, tenant and minute
+        (``trace_id`` None); and when some callback asked for charges ``by_task``, also one row per agent
+        and trace with ``model``, ``tenant`` and ``minute`` None (rollups.CHARGES_SPLIT_SQL)."""
         self._on_charges.append(callback)
         self._charges_by_task = self._charges_by_task or by_task
 

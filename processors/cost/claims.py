@@ -31,9 +31,10 @@ from agent_sre.pipeline.storage.dedup import span_keys
 ELSEWHERE_DDL = ("CREATE TABLE IF NOT EXISTS cost_claimed_elsewhere (minute BIGINT, agent_id VARCHAR, model VARCHAR, "
                  "tenant VARCHAR, trace_id VARCHAR, span_id VARCHAR, cost_usd DOUBLE)")
 _MINUTE_NS = 60_000_000_000
-# A commit's charges, as the store's SQL gives them (rollups.CHARGES_BY_TASK_SQL): agent, trace (None
-# unless per task), model, tenant, USD, spans, minute of the spans' end.
-Charge = tuple[str, "str | None", str, str, float, int, int]
+# A commit's charges, as the store's SQL gives them (rollups.CHARGES_SPLIT_SQL): agent, trace, model,
+# tenant, USD, spans, minute of the spans' end; per agent, model, tenant and minute (trace None), and per
+# task also per agent and trace (model, tenant and minute None).
+Charge = tuple[str, "str | None", "str | None", "str | None", float, int, "int | None"]
 
 
 def priced_spans(rows: pa.Table) -> pa.Table:
@@ -68,17 +69,22 @@ def keys_of(spans: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def charges(spans: pa.Table, by_task: bool) -> list[Charge]:
-    """Summed per agent, trace (with ``by_task``), model, tenant and minute: what the store's charge SQL
-    returns for the same spans."""
+    """What the store's charge SQL returns for the same spans: summed per agent, model, tenant and
+    minute, and with ``by_task`` also per agent and trace (rollups.CHARGES_SPLIT_SQL)."""
     if not spans.num_rows:
         return []
-    keys = ["agent_id", "trace_id", "model", "tenant", "minute"] if by_task else ["agent_id", "model", "tenant",
-                                                                                   "minute"]
-    out = spans.group_by(keys, use_threads=False).aggregate([("cost_usd", "sum"), ("cost_usd", "count")])
+    sums = [("cost_usd", "sum"), ("cost_usd", "count")]
+    out = spans.group_by(["agent_id", "model", "tenant", "minute"], use_threads=False).aggregate(sums)
     cols = {name: out.column(name).to_pylist() for name in out.column_names}
-    traces = cols["trace_id"] if by_task else [None] * out.num_rows
-    return list(zip(cols["agent_id"], traces, cols["model"], cols["tenant"], cols["cost_usd_sum"],
-                    cols["cost_usd_count"], cols["minute"], strict=True))
+    rows: list[Charge] = list(zip(cols["agent_id"], [None] * out.num_rows, cols["model"], cols["tenant"],
+                                  cols["cost_usd_sum"], cols["cost_usd_count"], cols["minute"], strict=True))
+    if by_task:
+        out = spans.group_by(["agent_id", "trace_id"], use_threads=False).aggregate(sums)
+        cols = {name: out.column(name).to_pylist() for name in out.column_names}
+        none = [None] * out.num_rows
+        rows += zip(cols["agent_id"], cols["trace_id"], none, none, cols["cost_usd_sum"], cols["cost_usd_count"],
+                    none, strict=True)
+    return rows
 
 
 def elsewhere_rows(spans: pa.Table) -> list[tuple]:

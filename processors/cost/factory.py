@@ -45,7 +45,14 @@ from agent_sre.processors.cost.budget import (
     FleetBudgets,
     readable_rate,
 )
-from agent_sre.processors.cost.claims import ELSEWHERE_DDL, charges, elsewhere_rows, keys_of, priced_spans
+from agent_sre.processors.cost.claims import (
+    ELSEWHERE_DDL,
+    Charge,
+    charges,
+    elsewhere_rows,
+    keys_of,
+    priced_spans,
+)
 from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 
 
@@ -313,28 +320,19 @@ class CostProcessor(Processor):
         restart keeps both (the same rebuild the CLI does on a stopped pipeline's file)."""
         restore_budgets(self.ledger, store.read, self.clock())
 
-    def _charged(self, charges: list[tuple[str, str, str, str, float, int, int]]) -> None:
+    def _charged(self, charges: list[Charge]) -> None:
         now = self.clock()
         events: list[BudgetEvent] = []
+        # A commit's charges (claims.Charge): per agent, model, tenant and minute for the period budgets, and
+        # per agent and trace (minute None) for the task budgets, when there are any (thousands of rows).
+        tasks = [(agent, trace, usd, calls) for agent, trace, _, _, usd, calls, minute in charges if minute is None]
         agents = set()
-        # A commit's charges come per trace when task budgets need it (thousands of rows): the other
-        # budgets are charged once per agent, model, tenant and minute, the task budgets once per task.
-        periods: dict[tuple[str, str, str, int], list] = {}
-        tasks: dict[tuple[str, str], list] = {}
-        for agent, trace, model, tenant, usd, calls, minute in charges:
-            agents.add(agent)
-            p = periods.setdefault((agent, model, tenant, minute), [0.0, 0])
-            p[0] += usd
-            p[1] += calls
-            if trace is not None:
-                t = tasks.setdefault((agent, trace), [0.0, 0])
-                t[0] += usd
-                t[1] += calls
-        for (agent, model, tenant, minute), (usd, calls) in periods.items():
-            events += self.ledger.charge(agent, usd, now, model=model or None, tenant=tenant or None, calls=calls,
-                                         at=minute * 60.0, only="period" if tasks else None)
-        events += self.ledger.charge_tasks([(agent, trace, usd, calls) for (agent, trace), (usd, calls) in tasks.items()],
-                                           now)
+        for agent, _, model, tenant, usd, calls, minute in charges:
+            if minute is not None:
+                agents.add(agent)
+                events += self.ledger.charge(agent, usd, now, model=model or None, tenant=tenant or None, calls=calls,
+                                             at=minute * 60.0, only="period" if tasks else None)
+        events += self.ledger.charge_tasks(tasks, now)
         if self.fleet is not None:
             events += self.fleet.push(now)  # the fleet's totals, and the steps this pipeline took it over
         self._publish(events, now)

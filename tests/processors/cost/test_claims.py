@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.pipeline.storage.rollups import CHARGES_BY_TASK_SQL, CHARGES_SQL
+from agent_sre.pipeline.storage.rollups import CHARGES_BY_TASK_SQL, CHARGES_SPLIT_SQL, CHARGES_SQL
 from agent_sre.processors.cost.claims import charges, priced_spans
 from tests.redis_server import running_redis
 
@@ -49,8 +49,24 @@ def test_charges_from_a_commits_rows_are_the_stores_charges(spans, by_task):
     rows = _rows(spans)
     con = duckdb.connect()
     con.register("_counted", rows)
-    expected = con.execute(CHARGES_BY_TASK_SQL if by_task else CHARGES_SQL).fetchall()
+    expected = con.execute(CHARGES_SPLIT_SQL if by_task else CHARGES_SQL).fetchall()
     assert _sorted(charges(priced_spans(rows), by_task)) == _sorted(expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(span, max_size=30))
+def test_the_split_charges_are_the_period_charges_and_the_per_task_charges_summed_per_trace(spans):
+    con = duckdb.connect()
+    con.register("_counted", _rows(spans))
+    split = con.execute(CHARGES_SPLIT_SQL).fetchall()
+    assert _sorted(r for r in split if r[6] is not None) == _sorted(con.execute(CHARGES_SQL).fetchall())
+    per_task: dict[tuple, list] = {}
+    for agent, trace, _model, _tenant, usd, calls, _minute in con.execute(CHARGES_BY_TASK_SQL).fetchall():
+        acc = per_task.setdefault((agent, trace), [0.0, 0])
+        acc[0] += usd
+        acc[1] += calls
+    assert _sorted((a, t, None, None, usd, calls, None) for (a, t), (usd, calls) in per_task.items()) == _sorted(
+        r for r in split if r[6] is None)
 
 
 def test_a_span_is_the_first_claimants_and_stays_theirs(tmp_path):
