@@ -142,6 +142,12 @@ class BudgetLedger:
         self._periods: dict[str, tuple[int, str, float]] = {}  # budget -> (second, label, end)
         self._labels_at: dict[tuple[str, int], str] = {}  # (budget, second) -> period label
         self._task_agents: dict[str, str] = {}  # task -> the agent that spends in it
+        self._agent_tasks: dict[str, int] = {}  # agent -> how many of _task_agents are its (known_agents)
+        # Task accounts sit in _accounts least recently charged first (a charge moves its account to the
+        # end), so expire finds the idle and the evicted at the front instead of walking every task; and
+        # the tasks at or over a throttle line are kept aside, for the decisions board every second.
+        self._task_counts: dict[str, int] = {}  # task budget -> its accounts
+        self._limited: set[tuple[str, str]] = set()  # (task budget, task) at or over its throttle line
         self._lock = threading.Lock()
         # Fleet mode (set by ``FleetBudgets``): alerts come from the fleet's totals only, and this pipeline's
         # own spend per (budget, subject, period) is tracked (``_own``), with what Redis acknowledged of it
@@ -149,9 +155,10 @@ class BudgetLedger:
         self.fleet_alerts = False
         self.max_task_accounts = MAX_TASK_ACCOUNTS  # per task budget; ``expire`` forgets the oldest beyond
         self.evicted_tasks = 0  # task accounts forgotten early (beyond max_task_accounts) since start
-        # expire() scans every account only from this time on, or once there are more accounts than this:
-        # the decisions board calls it every second, and a scan of 50k task accounts is ~40 ms.
-        self._expire_due: tuple[float, int] = (0.0, 0)
+        # expire() walks the period accounts only from this time on (a period's end, or an hour): the
+        # decisions board calls it every second, and a walk of 50k task accounts is ~40 ms.  Task accounts
+        # are looked at from the front of _accounts only (_expire_tasks).
+        self._expire_due = 0.0
         self._own: dict[tuple[str, str, str], list] = {}  # -> [spent, calls, period end]
         self._pushed: dict[tuple[str, str, str], float] = {}
         self._dirty: set[tuple[str, str, str]] = set()
@@ -198,9 +205,11 @@ class BudgetLedger:
         label, ends = self._period(spec, now)
         acc = self._accounts.get((spec.name, subject))
         if acc is None or acc.period != label:  # a new period: the clock reset it
+            if acc is None and spec.scope == "task":
+                self._task_counts[spec.name] = self._task_counts.get(spec.name, 0) + 1
             acc = self._accounts[(spec.name, subject)] = _Account(label, ends)
-            if ends < self._expire_due[0]:
-                self._expire_due = (ends, self._expire_due[1])
+            if ends < self._expire_due:
+                self._expire_due = ends
         return acc
 
     def _current(self, spec: BudgetSpec, subject: str, now: float) -> _Account | None:
@@ -270,6 +279,8 @@ class BudgetLedger:
             acc = self._account(spec, subject, now)
             acc.spent, acc.calls, acc.last_charge = spent, calls, now
             acc.steps_crossed = frozenset(st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st)
+            if spec.scope == "task":
+                self._touched(spec, subject, acc)
             key = (spec.name, subject, acc.period)  # the store holds this pipeline's own spend
             self._own[key] = [spent, calls, acc.ends]
             self._dirty.add(key)
@@ -295,7 +306,7 @@ class BudgetLedger:
                       or any(self._crosses(spec, subject, amount, now) for spec, subject in charged))
         before = self._decision(agent, task, now).action if may_change else None
         if task:
-            self._task_agents[task] = agent
+            self._set_task_agent(task, agent)
         uses[("agent", "")] = now  # the agent is known while it spends (and a month after)
         for kind, value in (("model", model), ("tenant", tenant)):
             if value:
@@ -306,6 +317,8 @@ class BudgetLedger:
             acc.spent += amount
             acc.calls += calls
             acc.last_charge = now
+            if spec.scope == "task":
+                self._touched(spec, subject, acc)
             if self.fleet_alerts:
                 own = self._own.setdefault((spec.name, subject, acc.period), [0.0, 0, acc.ends])
                 own[0] += amount
@@ -321,36 +334,47 @@ class BudgetLedger:
 
     def charge_tasks(self, charges: list[tuple[str, str, float, int]], now: float) -> list[BudgetEvent]:
         """``charge(agent, amount, now, task=task, calls=calls, only="task")`` for each (agent, task,
-        amount, calls), under one lock: a commit charges about a thousand tasks, and the general path
+        amount, calls), under one lock: a commit charges thousands of tasks, and the general path
         spends most of its ~6 us per charge on what a task budget does not have (periods, models,
         tenants).  The events are those of the charges one by one (tests/processors/cost)."""
-        specs = [s for s in self.specs if s.scope == "task"]
+        # per task budget: the spec, its limit (a task budget has no tenant limits), lines, first step
+        lines = [(s, s.limit_usd, s.throttle_at, s.kill_at, s.steps[0]) for s in self.specs if s.scope == "task"]
         events: list[BudgetEvent] = []
         inf = float("inf")
         with self._lock:
             accounts, own_spend, dirty, fleet = self._accounts, self._own, self._dirty, self.fleet_alerts
+            counts, limited = self._task_counts, self._limited
+            last_agent = None
             for agent, task, amount, calls in charges:
-                uses = self._uses.setdefault(agent, {})
+                if agent != last_agent:  # the rows come grouped by agent, mostly
+                    self._uses.setdefault(agent, {})[("agent", "")] = now
+                    last_agent = agent
                 if not task:
-                    uses[("agent", "")] = now
                     continue
                 accs = []
                 may_change = False
-                for spec in specs:
+                for spec, limit, throttle, kill, _ in lines:
                     acc = accounts.get((spec.name, task))
                     spent = acc.spent if acc is not None else 0.0
-                    before, after = spent / spec.limit_usd + _EPS, (spent + amount) / spec.limit_usd + _EPS
-                    may_change = may_change or (before < spec.throttle_at <= after) or (before < spec.kill_at <= after)
+                    before, after = spent / limit + _EPS, (spent + amount) / limit + _EPS
+                    may_change = may_change or (before < throttle <= after) or (before < kill <= after)
                     accs.append(acc)
                 action = self._decision(agent, task, now).action if may_change else None
-                self._task_agents[task] = agent
-                uses[("agent", "")] = now
-                for spec, acc in zip(specs, accs, strict=True):
+                self._set_task_agent(task, agent)
+                for (spec, limit, throttle, _, first), acc in zip(lines, accs, strict=True):
+                    key = (spec.name, task)
                     if acc is None:
-                        acc = accounts[(spec.name, task)] = _Account("task", inf)
+                        acc = _Account("task", inf)
+                        counts[spec.name] = counts.get(spec.name, 0) + 1
+                    else:
+                        del accounts[key]  # back in at the end: charged last
+                    accounts[key] = acc
                     acc.spent += amount
                     acc.calls += calls
                     acc.last_charge = now
+                    u = acc.spent / limit + _EPS
+                    if u >= throttle:
+                        limited.add((spec.name, task))
                     if fleet:
                         key = (spec.name, task, "task")
                         own = own_spend.get(key)
@@ -359,13 +383,36 @@ class BudgetLedger:
                         own[0] += amount
                         own[1] += calls
                         dirty.add(key)
-                    else:
+                    elif u >= first:
                         _step_alerts(spec, task, acc, events)
                 if may_change:
                     after_action = self._decision(agent, task, now).action
                     if after_action != action:
                         events.append(BudgetEvent("decision", "*", agent, "", 0.0, after_action))
         return events
+
+    def _touched(self, spec: BudgetSpec, task: str, acc: _Account) -> None:
+        """A task account just charged (or restored): to the end of the order, aside if limited."""
+        key = (spec.name, task)
+        self._accounts[key] = self._accounts.pop(key)
+        if acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
+            self._limited.add(key)
+
+    def _set_task_agent(self, task: str, agent: str) -> None:
+        old = self._task_agents.get(task)
+        if old == agent:
+            return
+        self._task_agents[task] = agent
+        self._agent_tasks[agent] = self._agent_tasks.get(agent, 0) + 1
+        if old is not None:
+            self._uncount_task_agent(old)
+
+    def _uncount_task_agent(self, agent: str) -> None:
+        left = self._agent_tasks[agent] - 1
+        if left:
+            self._agent_tasks[agent] = left
+        else:
+            del self._agent_tasks[agent]
 
     def _crosses(self, spec: BudgetSpec, subject: str, amount: float, now: float) -> bool:
         """Whether charging ``amount`` takes the subject's account over ``spec``'s throttle or kill line
@@ -401,29 +448,20 @@ class BudgetLedger:
         alerted, so its alert can resolve."""
         events: list[BudgetEvent] = []
         with self._lock:
-            if now < self._expire_due[0] and len(self._accounts) <= self._expire_due[1]:
-                return events  # no period ended, no task went idle, not more tasks than after the last scan
             specs = {s.name: s for s in self.specs}
-            running: dict[str, list[tuple[float, tuple[str, str]]]] = {}
+            self._expire_tasks(specs, now, events)
+            if now < self._expire_due:
+                return events  # no period ended, and not an hour since the last walk
             due = now + 3600.0  # at least hourly (the agents' month of uses below)
             for key, acc in list(self._accounts.items()):
                 spec = specs[key[0]]
                 if spec.scope == "task":
-                    if now - acc.last_charge < TASK_IDLE_S:
-                        running.setdefault(spec.name, []).append((acc.last_charge, key))
-                        due = min(due, acc.last_charge + TASK_IDLE_S)
-                        continue
-                elif acc.ends > now:
+                    continue  # _expire_tasks
+                if acc.ends > now:
                     due = min(due, acc.ends)
                     continue
                 self._forget(key, acc, spec, events)
-            for name, tasks in running.items():
-                if len(tasks) > self.max_task_accounts:
-                    tasks.sort()
-                    for _, key in tasks[:len(tasks) - self.max_task_accounts]:
-                        self._forget(key, self._accounts[key], specs[name], events)
-                        self.evicted_tasks += 1
-            self._expire_due = (due, len(self._accounts) + self.max_task_accounts // 20)
+            self._expire_due = due
             horizon = now - 32 * 86400  # no period is longer than a month
             for agent, uses in list(self._uses.items()):
                 for k, at in list(uses.items()):
@@ -433,6 +471,26 @@ class BudgetLedger:
                     del self._uses[agent]
         return events
 
+    def _expire_tasks(self, specs: dict[str, BudgetSpec], now: float, events: list[BudgetEvent]) -> None:
+        """Idle task accounts, and the least recently charged beyond ``max_task_accounts``: from the front
+        of ``_accounts`` (least recently charged first) up to the first task account that stays."""
+        over = {name: n - self.max_task_accounts for name, n in self._task_counts.items()
+                if n > self.max_task_accounts}
+        gone: list[tuple[tuple[str, str], _Account, bool]] = []
+        for key, acc in self._accounts.items():
+            if specs[key[0]].scope != "task":
+                continue  # period accounts: the walk in expire
+            if now - acc.last_charge >= TASK_IDLE_S:
+                gone.append((key, acc, False))
+            elif over.get(key[0], 0) > 0:
+                over[key[0]] -= 1
+                gone.append((key, acc, True))
+            elif not any(n > 0 for n in over.values()):
+                break  # charged later than this one: not idle; and no budget over its bound
+        for key, acc, evicted in gone:
+            self._forget(key, acc, specs[key[0]], events)
+            self.evicted_tasks += evicted
+
     def _forget(self, key: tuple[str, str], acc: _Account, spec: BudgetSpec, events: list[BudgetEvent]) -> None:
         del self._accounts[key]
         own = (key[0], key[1], acc.period)
@@ -440,7 +498,11 @@ class BudgetLedger:
         self._pushed.pop(own, None)
         self._dirty.discard(own)
         if spec.scope == "task":
-            self._task_agents.pop(key[1], None)
+            self._task_counts[key[0]] -= 1
+            self._limited.discard(key)
+            agent = self._task_agents.pop(key[1], None)
+            if agent is not None:
+                self._uncount_task_agent(agent)
         if acc.steps_crossed:
             events.append(BudgetEvent("reset", spec.name, key[1], acc.period, acc.spent / spec.limit(key[1]),
                                       acc.period))
@@ -448,17 +510,16 @@ class BudgetLedger:
     def known_agents(self) -> set[str]:
         """Agents that spent within the last month (the longest period), or have a running task."""
         with self._lock:
-            return set(self._uses) | set(self._task_agents.values())
+            return set(self._uses) | set(self._agent_tasks)
 
     def limited_tasks(self, now: float) -> list[tuple[str, str]]:
         """(agent, task) of every task whose own budget throttles or kills it now."""
         with self._lock:
             out = []
             for spec in self.specs:
-                if spec.scope != "task":
-                    continue
-                for (name, task), acc in self._accounts.items():
-                    if name == spec.name and acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
+                for name, task in sorted(self._limited):
+                    acc = self._accounts.get((name, task)) if name == spec.name else None
+                    if acc is not None and acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
                         out.append((self._task_agents.get(task, ""), task))
             return out
 
@@ -540,6 +601,8 @@ class BudgetLedger:
                     continue
                 acc.spent = total.after + ((own[0] if own else spent) - spent)
                 acc.calls = max(acc.calls, total.calls)
+                if spec.scope == "task" and acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
+                    self._limited.add((name, subject))
                 limit = spec.limit(subject)
                 before, after = total.before / limit + _EPS, total.after / limit + _EPS
                 for step in spec.steps:
@@ -597,6 +660,8 @@ class BudgetLedger:
                 acc = self._account(spec, subject, now)
                 changed |= abs(acc.spent - view) > 1e-12
                 acc.spent, acc.calls = view, max(acc.calls, calls)
+                if spec.scope == "task" and view / spec.limit_usd + _EPS >= spec.throttle_at:
+                    self._limited.add((name, subject))
                 acc.steps_crossed |= frozenset(st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st)
         return changed
 
@@ -611,6 +676,11 @@ class BudgetLedger:
     def from_state(cls, specs: list[BudgetSpec], rows) -> BudgetLedger:
         ledger = cls(specs)
         for name, subject, period, ends, spent, steps in rows:
+            spec = next((s for s in specs if s.name == name), None)
+            if spec is not None and spec.scope == "task":  # their agents come back with their next charge
+                ledger._task_counts[name] = ledger._task_counts.get(name, 0) + 1
+                if spent / spec.limit_usd + _EPS >= spec.throttle_at:
+                    ledger._limited.add((name, subject))
             ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, frozenset(steps))
         return ledger
 

@@ -137,26 +137,33 @@ def test_beyond_max_task_accounts_the_least_recently_charged_tasks_are_forgotten
     assert ledger.expire(t0 + 12) == [] and ledger.evicted_tasks == 2  # at the bound: nothing more
 
 
-def test_expire_scans_only_when_something_is_due_and_still_ends_a_period_opened_after_its_last_scan(monkeypatch):
-    """The decisions board calls expire every second: it walks the accounts only once a period may have
-    ended, a task gone idle, or accounts grown -- yet a day account opened after a scan (its end before
-    anything the scan knew) still ends, and resets its alert, on time."""
+def test_expire_looks_only_at_what_may_be_due_and_still_ends_a_period_opened_after_its_last_walk(monkeypatch):
+    """The decisions board calls expire every second: it looks at task accounts from the least recently
+    charged up to the first that stays, and walks the period accounts only once a period may have ended
+    -- yet a day account opened after a walk (its end before anything the walk knew) still ends, and
+    resets its alert, on time; and a task idle for an hour is forgotten."""
     ledger = BudgetLedger([DAY, BudgetSpec("t", "task", 1.0)])
-    t = utc(2026, 12, 2, 23, 0)
+    t = utc(2026, 12, 2, 22, 30)
     ledger.charge("a1", 0.1, t, task="t1")
-    assert ledger.expire(t + 1) == []  # a scan: the next due is the task's idle hour (00:00 + 1 s)
-    walked = []
+    ledger.charge_tasks([("a1", f"t{i}", 0.01, 1) for i in range(2, 1000)], t + 600)
+    assert ledger.expire(t + 601) == []  # a walk: the next due is a1's day (00:00)
+    visited = []
 
     class Counting(dict):
         def items(self):
-            walked.append(1)
-            return dict.items(self)
+            for item in dict.items(self):
+                visited.append(item[0])
+                yield item
 
     monkeypatch.setattr(ledger, "_accounts", Counting(ledger._accounts))
-    assert ledger.expire(t + 2) == [] and walked == []  # nothing due: no walk
+    assert ledger.expire(t + 602) == [] and len(visited) <= 2  # a1's day account, then t1: it stays
     ledger.charge("a2", 6.0, t + 1800)  # a2's day account (ends at midnight), alerted at 50 %
-    events = ledger.expire(utc(2026, 12, 3, 0, 0, 1))
-    assert [(e.kind, e.subject) for e in events] == [("reset", "a2")] and walked == [1]
+    visited.clear()
+    assert ledger.expire(t + 3599) == [] and len(visited) <= 2
+    assert {a["subject"] for a in ledger.accounts(t + 3599)} >= {"t1", "t999"}
+    midnight = utc(2026, 12, 3, 0, 0, 1)  # t1 idle for an hour and a half, the others for 80 minutes
+    assert [(e.kind, e.subject) for e in ledger.expire(midnight)] == [("reset", "a2")]
+    assert ledger.accounts(midnight) == [] and ledger.evicted_tasks == 0 and ledger.known_agents() == {"a1", "a2"}
 
 
 def test_a_task_account_is_small():

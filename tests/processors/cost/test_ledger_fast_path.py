@@ -46,6 +46,7 @@ def test_the_fast_path_announces_exactly_what_assessing_every_charge_announces(c
             assert fast.assess(a, now, task) == reference.assess(a, now, task)
         if expire:
             assert fast.expire(now) == reference.expire(now)
+        _as_walked(fast, now)
 
 
 task_batch = st.lists(st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.sampled_from(["t1", "t2", "t3", "t4", ""]),
@@ -58,6 +59,7 @@ task_batch = st.lists(st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.sampled_
 def test_a_commits_task_charges_in_one_call_are_those_charged_one_by_one(commits):
     """charge_tasks (the cost processor's path for a commit's thousand tasks) against charge(only="task")."""
     bulk, one_by_one = BudgetLedger(SPECS), AlwaysAssessing(SPECS)
+    bulk.max_task_accounts = one_by_one.max_task_accounts = 3  # evictions too
     now = 1_796_200_000.0
     for tasks, model, usd, advance, fleet, expire in commits:
         now += advance
@@ -78,3 +80,20 @@ def test_a_commits_task_charges_in_one_call_are_those_charged_one_by_one(commits
         assert bulk.limited_tasks(now) == one_by_one.limited_tasks(now)
         if expire:
             assert bulk.expire(now) == one_by_one.expire(now)
+        _as_walked(bulk, now)
+        _as_walked(one_by_one, now)
+
+
+def _as_walked(ledger: BudgetLedger, now: float) -> None:
+    """What the ledger keeps aside (limited tasks, agents of running tasks, accounts per task budget, the
+    order expire reads) is what a walk of every account finds."""
+    specs = {s.name: s for s in ledger.specs}
+    tasks = [(k, a) for k, a in ledger._accounts.items() if specs[k[0]].scope == "task"]
+    assert sorted(ledger.limited_tasks(now)) == sorted(
+        (ledger._task_agents.get(t, ""), t) for (n, t), a in tasks
+        if a.spent / specs[n].limit_usd + 1e-9 >= specs[n].throttle_at)
+    assert ledger.known_agents() == set(ledger._uses) | set(ledger._task_agents.values())
+    assert ledger._task_counts == {n: sum(k[0] == n for k, _ in tasks) for n in ledger._task_counts}
+    assert all(ledger._task_counts.get(k[0]) for k, _ in tasks)
+    last = [a.last_charge for _, a in tasks]
+    assert last == sorted(last)  # least recently charged first
