@@ -118,11 +118,12 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
     budget needs.  With ``trackers``, alert transitions are recorded there, logged, and appended
     to ``transitions``."""
     rows = []
+    counted = window_counts(query, objectives, now_minute)
     for obj in objectives:
         rules = obj.burn_rules
         window = _minutes(obj.window)
         alerting = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
-        for (agent, ver), series in sorted(window_counts(query, obj, sorted({window, *alerting}), now_minute).items()):
+        for (agent, ver), series in sorted(counted[obj.name].items()):
             subject = (agent, ver)
             burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6) for m in alerting}
             budget = series.budget(now_minute, window, obj.target)
@@ -149,19 +150,42 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
     return rows
 
 
-def window_counts(query: Query, obj: Objective, windows: list[int], now_minute: int) -> dict[tuple[str, str], WindowCounts]:
-    """(good, total) of each subject over each of ``windows`` ending at ``now_minute``, in one aggregate over
-    the rollup: one row per subject, whatever the number of minutes.  Measured (100 agents, a week of
-    minutes, bench/console.py): fetching every (agent, minute) row and summing in Python took 0.6 s of
-    CPU per evaluation, and evaluations run after every commit (at most once per min_interval)."""
-    version = "agent_version" if obj.per_version else "''"
-    sums = ", ".join(f"coalesce(sum(good) FILTER (WHERE minute >= {now_minute - m}), 0), "
-                     f"coalesce(sum(total) FILTER (WHERE minute >= {now_minute - m}), 0)" for m in windows)
-    data = query(f"SELECT agent_id, {version}, {sums} FROM sli_minutes WHERE sli = ? AND minute >= ? AND minute < ? "
-                 "GROUP BY ALL", [obj.sli, now_minute - windows[-1], now_minute])
-    return {(r[0], r[1]): WindowCounts(now_minute, {m: (int(r[2 + 2 * i]), int(r[3 + 2 * i]))
-                                                    for i, m in enumerate(windows)})
-            for r in data}
+def _windows(obj: Objective) -> list[int]:
+    """The windows (minutes) an objective's evaluation needs: its own and those of its burn-rate rules."""
+    return sorted({_minutes(obj.window), *(m for r in obj.burn_rules for m in (r.long_minutes, r.short_minutes))})
+
+
+def window_counts(query: Query, objectives: list[Objective], now_minute: int) -> dict[str, dict[tuple[str, str], WindowCounts]]:
+    """Per objective, (good, total) of each subject over each window it needs, ending at ``now_minute``:
+    one aggregate over the rollup for every objective, per SLI, agent, version and slice between two
+    window starts (a handful of rows per subject, whatever the number of minutes), summed into windows
+    here.  Measured: an aggregate per objective with two FILTERed sums per window took ~5 ms of CPU to
+    plan each (three objectives, 15 ms per evaluation, twice a second under load); this one ~2 ms.
+    Fetching every (agent, minute) row instead took 0.6 s per evaluation (100 agents, a week of minutes)."""
+    out: dict[str, dict[tuple[str, str], WindowCounts]] = {obj.name: {} for obj in objectives}
+    if not objectives:
+        return out
+    starts = sorted({now_minute - m for obj in objectives for m in _windows(obj)}, reverse=True)
+    # slice i holds the minutes in [starts[i], starts[i - 1]): in a window of m minutes iff starts[i] >= now - m
+    slices = "CASE " + " ".join(f"WHEN minute >= {b} THEN {i}" for i, b in enumerate(starts)) + " END"
+    slis = sorted({obj.sli for obj in objectives})
+    data = query(f"SELECT sli, agent_id, agent_version, {slices}, sum(good), sum(total) FROM sli_minutes "
+                 f"WHERE sli IN ({', '.join('?' * len(slis))}) AND minute >= ? AND minute < ? GROUP BY ALL",
+                 [*slis, starts[-1], now_minute])
+    for obj in objectives:
+        windows = _windows(obj)
+        sums: dict[tuple[str, str], dict[int, list[int]]] = {}
+        for sli, agent, version, i, good, total in data:
+            if sli != obj.sli or starts[i] < now_minute - windows[-1]:
+                continue  # another SLI's, or older than this objective's longest window
+            counts = sums.setdefault((agent, version if obj.per_version else ""), {m: [0, 0] for m in windows})
+            for m in windows:
+                if starts[i] >= now_minute - m:
+                    counts[m][0] += int(good)
+                    counts[m][1] += int(total)
+        out[obj.name] = {subject: WindowCounts(now_minute, {m: (g, t) for m, (g, t) in counts.items()})
+                         for subject, counts in sums.items()}
+    return out
 
 
 class SloProcessor(Stage):

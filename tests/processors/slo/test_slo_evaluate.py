@@ -1,4 +1,4 @@
-"""evaluate(): one aggregate per objective over the rollup gives the very rows (burn rates, budgets,
+"""evaluate(): one aggregate over the rollup for every objective gives the very rows (burn rates, budgets,
 firing, status, alert transitions) that summing every minute of every subject's series gives."""
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ def _minute_by_minute(con, obj: Objective, now_minute: int, trackers: dict) -> l
 
 
 @pytest.mark.parametrize("per_version", [False, True])
-def test_one_aggregate_per_objective_gives_the_rows_the_minute_series_give(per_version):
+def test_one_aggregate_for_every_objective_gives_the_rows_the_minute_series_give(per_version):
     con = _rollup(seed=17)
     read = lambda sql, params: con.execute(sql, params).fetchall()  # noqa: E731 - the store's read
     objectives = [Objective(name="tasks", sli="task_success_rate", target=0.99, window="3d", per_version=per_version),
                   Objective(name="strict", sli="task_success_rate", target=0.999, window="1d", per_version=per_version,
-                            rules=[{"severity": "page", "factor": 2, "long_window": "2h", "short_window": "10m"}])]
+                            rules=[{"severity": "page", "factor": 2, "long_window": "2h", "short_window": "10m"}]),
+                  Objective(name="other", sli="other_sli", target=0.9, window="1h", per_version=per_version,
+                            rules=[{"severity": "page", "factor": 1, "long_window": "30m", "short_window": "7m"}])]
     trackers: dict = {}
     reference_trackers: dict = {}
     seen_firing = seen_resolved = False
