@@ -1,0 +1,129 @@
+"""What the SRE loop costs per span after the receiver: CPU of every thread of an in-process pipeline
+fed the same batches, the embedded default against config/store-only.yaml, interleaved rounds.
+
+bench/ingest.py measures the whole process under gRPC clients on the same 2 cores, where one phase
+moves by up to ±30 % between runs (the clients, the receiver and the box's neighbours); this bench
+takes them out: the spans of bench/agent_spans.py are parsed and concatenated once, then each config
+is built in this process (free ports, a temporary data directory), and its batches go straight to
+what follows the traces pipeline's ``batch`` processor, paced at ``--rate`` spans/s (0: as fast as it
+takes them), in batches of ``--batch`` spans (at max rate the flusher hands on ~2k); then the store is
+synced (everything inserted, every commit callback run).  Printed per config and round: CPU µs per
+span of the whole process and of each thread (named through ``prctl``, as bench/thread_cpu.py does;
+``main (flusher)`` is the flusher's work here: the processors and the exporters), then each thread's
+min – median – max over the rounds, and the loop's cost (default − store-only, medians).
+
+    .venv/bin/python bench/loop_cpu.py [--spans 400000] [--rate 40000] [--batch 2048] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.agent_spans import request_bodies  # noqa: E402
+from bench.thread_cpu import NAMING, thread_ticks  # noqa: E402
+
+exec(NAMING)  # this process's threads named after the Python ones, before the pipeline starts any
+_prctl(15, b"main (flusher)", 0, 0, 0)  # noqa: F821 - NAMING's; the batches are fed from this thread
+
+import pyarrow as pa  # noqa: E402
+
+from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table  # noqa: E402
+from agent_sre.pipeline.service.config import parse_config  # noqa: E402
+from agent_sre.pipeline.service.graph import Service  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+ENDPOINTS = ("OTLP_GRPC_ENDPOINT", "OTLP_HTTP_ENDPOINT", "ADMIN_ENDPOINT", "METRICS_ADDRESS", "PROMETHEUS_ENDPOINT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def batches(spans: int, size: int) -> list[pa.Table]:
+    """The raw spans (as the receiver hands them on) of bench/agent_spans.py, ending now, in batches."""
+    base, tables, seed = time.time_ns() - 60 * 10**9, [], 0
+    while sum(t.num_rows for t in tables) < spans:
+        tables += [protobuf_to_table(b).table for b in request_bodies(seed, count=8, base_ns=base + seed * 10**7)]
+        seed += 1
+    whole = pa.concat_tables(tables).slice(0, spans)
+    return [whole.slice(i, size) for i in range(0, whole.num_rows, size)]
+
+
+def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
+    """One config fed ``work``: CPU µs per span by thread name ("all": the process)."""
+    env = {"AGENT_SRE_DATA": tempfile.mkdtemp(prefix="agent-sre-loop-cpu-")}
+    env.update({f"AGENT_SRE_{k}": f"127.0.0.1:{_free_port()}" for k in ENDPOINTS})
+    service = Service(parse_config((CONFIG / f"{name}.yaml").read_text(), name, env=env))
+    service.start()
+    try:
+        # after the traces pipeline's batch processor (those of metrics and logs hand on to the exporters)
+        head = next(p._next for p in service.processors
+                    if p.id.type == "batch" and type(p._next).__name__ != "ExporterFanout")
+        store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
+        time.sleep(1.0)  # started: its threads idle
+        before, cpu, started, sent = thread_ticks(os.getpid()), time.process_time(), time.monotonic(), 0
+        for batch in work:
+            if rate:
+                ahead = started + sent / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            head.consume(batch)
+            sent += batch.num_rows
+        store.sync(600)
+        after, cpu = thread_ticks(os.getpid()), time.process_time() - cpu
+    finally:
+        service.shutdown()
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    out = {t: (after[t] - before.get(t, 0)) * tick_us / sent for t in after}
+    out["all"] = cpu * 1e6 / sent
+    return {t: v for t, v in out.items() if v >= 0.01}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spans", type=int, default=400_000)
+    ap.add_argument("--rate", type=float, default=40_000, help="spans/s fed (0: as fast as it takes them)")
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--configs", default="default,store-only")
+    args = ap.parse_args()
+    work = batches(args.spans, args.batch)
+    names = args.configs.split(",")
+    runs: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+    for r in range(args.rounds):
+        for name in names:
+            got = run(name, work, args.rate)
+            runs[name].append(got)
+            top = sorted((t for t in got if t != "all"), key=lambda t: -got[t])[:6]
+            print(f"round {r + 1} {name:11s} {got['all']:6.2f} us/span | " + "  ".join(f"{t} {got[t]:.2f}" for t in top),
+                  flush=True)
+    medians: dict[str, dict[str, float]] = {}
+    for name in names:
+        threads = sorted({t for got in runs[name] for t in got}, key=lambda t: -max(g.get(t, 0) for g in runs[name]))
+        print(f"\n{name}: CPU µs per span by thread ({args.rounds} round(s), {args.spans:,} spans at "
+              f"{args.rate:,.0f}/s; min – median – max)")
+        medians[name] = {}
+        for t in threads:
+            values = sorted(got.get(t, 0.0) for got in runs[name])
+            medians[name][t] = statistics.median(values)
+            print(f"  {t:16s} {values[0]:6.2f} – {medians[name][t]:6.2f} – {values[-1]:6.2f}")
+    if "default" in medians and "store-only" in medians:
+        d, s = medians["default"]["all"], medians["store-only"]["all"]
+        print(f"\nthe loop costs {d - s:.2f} µs per span after the receiver (medians: default {d:.2f}, "
+              f"store-only {s:.2f}, ×{d / s:.2f})")
+
+
+if __name__ == "__main__":
+    main()
