@@ -88,8 +88,11 @@ class AgentMetrics:
             g = pa.concat_tables(genai)
             labels = [g.column("operation"), g.column("provider"), g.column("model")]
             self.durations.observe(labels, _seconds(g))
-            for kind, col in (("input", "input_tokens"), ("output", "output_tokens")):
-                self.tokens.observe([*labels, pa.array([kind] * g.num_rows)], g.column(col))
+            n = g.num_rows  # both token types in one grouping
+            kinds = pa.concat_arrays([pa.repeat("input", n), pa.repeat("output", n)]).cast(pa.string())
+            self.tokens.observe([pa.concat_arrays([c.combine_chunks()] * 2) for c in labels] + [kinds],
+                                pa.concat_arrays([g.column("input_tokens").combine_chunks(),
+                                                  g.column("output_tokens").combine_chunks()]))
 
     def families(self, host) -> list:
         with self._lock:
