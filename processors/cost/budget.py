@@ -516,8 +516,11 @@ class BudgetLedger:
         """(agent, task) of every task whose own budget throttles or kills it now."""
         with self._lock:
             out = []
+            limited = sorted(self._limited)
             for spec in self.specs:
-                for name, task in sorted(self._limited):
+                if spec.scope != "task":
+                    continue
+                for name, task in limited:
                     acc = self._accounts.get((name, task)) if name == spec.name else None
                     if acc is not None and acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
                         out.append((self._task_agents.get(task, ""), task))
