@@ -172,19 +172,26 @@ def window_counts(query: Query, objectives: list[Objective], now_minute: int) ->
     data = query(f"SELECT sli, agent_id, agent_version, {slices}, sum(good), sum(total) FROM sli_minutes "
                  f"WHERE sli IN ({', '.join('?' * len(slis))}) AND minute >= ? AND minute < ? GROUP BY ALL",
                  [*slis, starts[-1], now_minute])
+    slice_of = {start: i for i, start in enumerate(starts)}
+    by_sli: dict[str, list[tuple]] = {}
+    for row in data:
+        by_sli.setdefault(row[0], []).append(row)
     for obj in objectives:
         windows = _windows(obj)
-        sums: dict[tuple[str, str], dict[int, list[int]]] = {}
-        for sli, agent, version, i, good, total in data:
-            if sli != obj.sli or starts[i] < now_minute - windows[-1]:
-                continue  # another SLI's, or older than this objective's longest window
-            counts = sums.setdefault((agent, version if obj.per_version else ""), {m: [0, 0] for m in windows})
-            for m in windows:
-                if starts[i] >= now_minute - m:
-                    counts[m][0] += int(good)
-                    counts[m][1] += int(total)
-        out[obj.name] = {subject: WindowCounts(now_minute, {m: (g, t) for m, (g, t) in counts.items()})
-                         for subject, counts in sums.items()}
+        last = slice_of[now_minute - windows[-1]]  # slices 0..last lie in the objective's longest window
+        per_slice: dict[tuple[str, str], list[list[int]]] = {}
+        for _, agent, version, i, good, total in by_sli.get(obj.sli, ()):
+            if i <= last:
+                cells = per_slice.setdefault((agent, version if obj.per_version else ""), [[0, 0] for _ in range(last + 1)])
+                cells[i][0] += int(good)
+                cells[i][1] += int(total)
+        ends = {m: slice_of[now_minute - m] for m in windows}  # a window of m minutes: slices 0..ends[m]
+        for subject, cells in per_slice.items():
+            running, good_sum, total_sum = [], 0, 0
+            for g, t in cells:
+                good_sum, total_sum = good_sum + g, total_sum + t
+                running.append((good_sum, total_sum))
+            out[obj.name][subject] = WindowCounts(now_minute, {m: running[ends[m]] for m in windows})
     return out
 
 
