@@ -89,7 +89,7 @@ class AgentMetrics:
             labels = [g.column("operation"), g.column("provider"), g.column("model")]
             self.durations.observe(labels, _seconds(g))
             n = g.num_rows  # both token types in one grouping
-            kinds = pa.concat_arrays([pa.repeat("input", n), pa.repeat("output", n)]).cast(pa.string())
+            kinds = pa.concat_arrays([pa.repeat("input", n), pa.repeat("output", n)])
             self.tokens.observe([pa.concat_arrays([c.combine_chunks()] * 2) for c in labels] + [kinds],
                                 pa.concat_arrays([g.column("input_tokens").combine_chunks(),
                                                   g.column("output_tokens").combine_chunks()]))

@@ -122,7 +122,7 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
     for obj in objectives:
         rules = obj.burn_rules
         window = _minutes(obj.window)
-        alerting = sorted({m for r in rules for m in (r.long_minutes, r.short_minutes)})
+        alerting = _alerting(obj)
         for (agent, ver), series in sorted(counted[obj.name].items()):
             subject = (agent, ver)
             burns = {window_label(m): round(float(series.burn_rates(now_minute, m, obj.target)), 6) for m in alerting}
@@ -150,9 +150,14 @@ def evaluate(query: Query, objectives: list[Objective], now_minute: int,
     return rows
 
 
+def _alerting(obj: Objective) -> list[int]:
+    """The windows (minutes) of an objective's burn-rate rules."""
+    return sorted({m for r in obj.burn_rules for m in (r.long_minutes, r.short_minutes)})
+
+
 def _windows(obj: Objective) -> list[int]:
     """The windows (minutes) an objective's evaluation needs: its own and those of its burn-rate rules."""
-    return sorted({_minutes(obj.window), *(m for r in obj.burn_rules for m in (r.long_minutes, r.short_minutes))})
+    return sorted({_minutes(obj.window), *_alerting(obj)})
 
 
 def window_counts(query: Query, objectives: list[Objective], now_minute: int) -> dict[str, dict[tuple[str, str], WindowCounts]]:
