@@ -46,11 +46,16 @@ from agent_sre.pipeline.storage.rollups import (
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
     TRACE_ROLLUPS_DDL,
+    Lookup,
     SliRollup,
     finalize_tasks_sql,
+    held_presence_sql,
+    lookups,
     orphan_cutoff,
+    present,
     rollup_sql,
     validate_sql,
+    without,
 )
 from agent_sre.pipeline.storage.sandbox import (
     QueryError,
@@ -488,6 +493,8 @@ class SpanStore:
                      before - rows.num_rows)
         attribute = self._held > 0 or rows.column("agent_id").null_count > 0
         replays = None if self.count_replays else replay_mask(rows)
+        wanted = self._lookups
+        found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
         with self._lock:
             con = self._con
@@ -498,19 +505,25 @@ class SpanStore:
                 for sql in (attribution.statements(self.attribution, now_ns) if attribute
                             else [attribution.direct_statement(now_ns)]):
                     con.execute(sql).fetchall()
+                # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
+                if attribute and wanted - found:
+                    maybe = sorted(wanted - found, key=repr)
+                    found = found | {k for k, yes in zip(maybe, con.execute(held_presence_sql(maybe, "_held")).fetchall()[0],
+                                                         strict=True) if yes}
+                absent = wanted - found
                 con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
                 con.execute(locate_sql("_in", str(now_ns))).fetchall()  # every span as it arrives, held ones too
                 # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
                 con.execute(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL).fetchall()
-                for sql in self._rollup_sqls:
+                span_rollups, cost_rollup, charges_sql = self._statements(absent)
+                for sql in span_rollups:
                     con.execute(sql, [now_ns] if sql is SPAN_ROLLUP_SQL else []).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     self._finalize_due(now_ns)
                 con.execute(AGENT_ROLLUP_SQL).fetchall()
-                con.execute(COST_ROLLUP_SQL).fetchall()
-                charges = (con.execute(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL).fetchall()
-                           if self._on_charges else [])
+                con.execute(cost_rollup).fetchall()
+                charges = con.execute(charges_sql).fetchall() if self._on_charges else []
                 if attribute:
                     held, oldest, unattributed = con.execute(
                         "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
@@ -620,8 +633,22 @@ class SpanStore:
     def _use_rollups(self, slis: list[SliRollup]) -> None:
         self._slis = slis
         self._rollup_sqls = rollup_sql(slis, self._track_tasks)
+        self._variants: dict[tuple[frozenset[Lookup], bool], tuple[list[str], str, str]] = {}
+        self._lookups = lookups([*self._rollup_sqls, COST_ROLLUP_SQL, CHARGES_SPLIT_SQL, CHARGES_SQL])
         self._finalize = finalize_tasks_sql(slis, self._track_tasks)
         self._finalized_at = time.monotonic()
+
+    def _statements(self, absent: frozenset[Lookup]) -> tuple[list[str], str, str]:
+        """The span rollups, the cost rollup and the charges query of a batch in which no span has the
+        ``absent`` keys (rollups.without; a few variants, kept)."""
+        key = (absent, self._charges_by_task)
+        if (found := self._variants.get(key)) is None:
+            # SPAN_ROLLUP_SQL (no look-ups) stays the same object: it is told apart by identity
+            found = ([sql if sql is SPAN_ROLLUP_SQL else without(sql, absent) for sql in self._rollup_sqls],
+                     without(COST_ROLLUP_SQL, absent),
+                     without(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL, absent))
+            self._variants[key] = found
+        return found
 
     def _finalize_due(self, now_ns: int) -> None:
         """Count the tasks that are due (inside the caller's transaction, under the lock)."""
