@@ -572,13 +572,21 @@ class SpanStore:
 
     def _dispatch_committed(self, dispatch: queue.Queue) -> None:
         """Dispatcher thread: commit callbacks in commit order; ``None`` ends it."""
-        while (item := dispatch.get()) is not None:
-            seq, charges, rows = item
-            self._run_callbacks(charges, rows)
-            if seq is not None:
-                with self._cond:
-                    self._dispatched_seq = seq
-                    self._cond.notify_all()
+        # The batch lives in _dispatched's frame only: a loop variable would keep the last one for as
+        # long as no new commit comes.
+        while self._dispatched(dispatch.get()):
+            pass
+
+    def _dispatched(self, item: tuple[int | None, list[tuple], pa.Table] | None) -> bool:
+        if item is None:
+            return False
+        seq, charges, rows = item
+        self._run_callbacks(charges, rows)
+        if seq is not None:
+            with self._cond:
+                self._dispatched_seq = seq
+                self._cond.notify_all()
+        return True
 
     def on_charges(self, callback, by_task: bool = False) -> None:
         """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that

@@ -117,10 +117,15 @@ class BatchProcessor(Processor):
             return items
 
     def _flusher(self) -> None:
-        while (items := self._take()) is not None:
-            self._flush(items)
+        # The batch lives in _flush's frame only: a loop variable would keep the last one (and its
+        # requests' spans) for as long as no new batch comes.
+        while self._flush(self._take()):
+            pass
 
-    def _flush(self, items: list[_Pending]) -> None:
+    def _flush(self, items: list[_Pending] | None) -> bool:
+        """Hands ``items`` on as one batch; False when there is nothing more (closed and drained)."""
+        if items is None:
+            return False
         assert self._next is not None
         table = items[0].table if len(items) == 1 else pa.concat_tables([i.table for i in items])
         error: BaseException | None = None
@@ -136,6 +141,7 @@ class BatchProcessor(Processor):
                 item.future.set_result(None)
             else:
                 item.future.set_exception(error)
+        return True
 
     def _shutdown(self) -> None:
         with self._cond:
