@@ -12,7 +12,11 @@ span of the whole process and of each thread (named through ``prctl``, as bench/
 ``main (flusher)`` is the flusher's work here: the processors and the exporters), then each thread's
 min – median – max over the rounds, and the loop's cost (default − store-only, medians).
 
-    .venv/bin/python bench/loop_cpu.py [--spans 400000] [--rate 40000] [--batch 2048] [--rounds 3]
+With ``--statements``, also the loader's CPU per SQL statement of its insert transaction and the CPU of
+each commit callback (thread CPU around each, summed over the round, µs per span): one round of the
+whole pipeline moves by more than most single changes to a statement, the statement itself does not.
+
+    .venv/bin/python bench/loop_cpu.py [--spans 400000] [--rate 40000] [--batch 2048] [--rounds 3] [--statements]
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from bench.thread_cpu import NAMING, thread_ticks  # noqa: E402
 exec(NAMING)  # this process's threads named after the Python ones, before the pipeline starts any
 _prctl(15, b"main (flusher)", 0, 0, 0)  # noqa: F821 - NAMING's; the batches are fed from this thread
 
+import re  # noqa: E402
+
 import pyarrow as pa  # noqa: E402
 
 from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table  # noqa: E402
 from agent_sre.pipeline.service.config import parse_config  # noqa: E402
 from agent_sre.pipeline.service.graph import Service  # noqa: E402
+from agent_sre.pipeline.storage.store import SpanStore  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 ENDPOINTS = ("OTLP_GRPC_ENDPOINT", "OTLP_HTTP_ENDPOINT", "ADMIN_ENDPOINT", "METRICS_ADDRESS", "PROMETHEUS_ENDPOINT")
@@ -59,6 +66,77 @@ def batches(spans: int, size: int) -> list[pa.Table]:
         seed += 1
     whole = pa.concat_tables(tables).slice(0, spans)
     return [whole.slice(i, size) for i in range(0, whole.num_rows, size)]
+
+
+class Statements:
+    """Thread CPU of each SQL statement of the store's insert transaction and of each commit callback
+    (``--statements``): the store's connection is wrapped for the insert, its callbacks for the call."""
+
+    def __init__(self):
+        self.cpu: collections.Counter = collections.Counter()
+        self.calls: collections.Counter = collections.Counter()
+        insert, callbacks, timed = SpanStore._insert, SpanStore._run_callbacks, self._timed
+
+        class Connection:
+            def __init__(self, con):
+                self._con = con
+
+            def execute(self, sql, *args):
+                started = time.thread_time()
+                result = self._con.execute(sql, *args)
+                return Result(result, "SQL " + re.sub(r"\d{6,}", "N", " ".join(sql.split()))[:100], started)
+
+            def __getattr__(self, name):
+                return getattr(self._con, name)
+
+        class Result:
+            def __init__(self, result, key, started):
+                self._result, self._key, self._started = result, key, started
+
+            def fetchall(self):
+                rows = self._result.fetchall()
+                timed(self._key, self._started)
+                return rows
+
+            def __getattr__(self, name):
+                return getattr(self._result, name)
+
+        def wrapped_insert(store, tables, seq=None):
+            con, started = store._con, time.thread_time()
+            store._con = Connection(con)
+            try:
+                return insert(store, tables, seq)
+            finally:
+                store._con = con
+                timed("the whole insert (loader)", started)
+
+        def wrapped_callbacks(store, charges, rows):
+            def wrap(callback):
+                def call(arg):
+                    started = time.thread_time()
+                    try:
+                        return callback(arg)
+                    finally:
+                        timed("callback " + getattr(callback, "__qualname__", repr(callback)), started)
+                return call
+            on_charges, on_commit = store._on_charges, store._on_commit
+            store._on_charges, store._on_commit = [wrap(c) for c in on_charges], [wrap(c) for c in on_commit]
+            try:
+                return callbacks(store, charges, rows)
+            finally:
+                store._on_charges, store._on_commit = on_charges, on_commit
+
+        SpanStore._insert, SpanStore._run_callbacks = wrapped_insert, wrapped_callbacks  # type: ignore[method-assign]
+
+    def _timed(self, key: str, started: float) -> None:
+        self.cpu[key] += time.thread_time() - started
+        self.calls[key] += 1
+
+    def report(self, spans: int) -> None:
+        for key, cpu in self.cpu.most_common(16):
+            print(f"    {cpu / spans * 1e6:6.2f} µs/span  {self.calls[key]:5d} × {cpu / self.calls[key] * 1e3:6.2f} ms  {key}")
+        self.cpu.clear()
+        self.calls.clear()
 
 
 def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
@@ -98,7 +176,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--configs", default="default,store-only")
+    ap.add_argument("--statements", action="store_true", help="CPU per loader statement and commit callback")
     args = ap.parse_args()
+    statements = Statements() if args.statements else None
     work = batches(args.spans, args.batch)
     names = args.configs.split(",")
     runs: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
@@ -109,6 +189,8 @@ def main() -> None:
             top = sorted((t for t in got if t != "all"), key=lambda t: -got[t])[:6]
             print(f"round {r + 1} {name:11s} {got['all']:6.2f} us/span | " + "  ".join(f"{t} {got[t]:.2f}" for t in top),
                   flush=True)
+            if statements is not None:
+                statements.report(sum(t.num_rows for t in work))
     medians: dict[str, dict[str, float]] = {}
     for name in names:
         threads = sorted({t for got in runs[name] for t in got}, key=lambda t: -max(g.get(t, 0) for g in runs[name]))
