@@ -20,11 +20,11 @@ import json
 
 import duckdb
 
-from agent_sre.pipeline.storage.rollups import _quote
+from agent_sre.pipeline.storage.rollups import _key_value, _quote
 
 MAP_COLUMNS = ("attributes", "resource_attributes", "scope_attributes")
 STORED_VIEW = "spans_stored"
-_TEMPLATE_SQL = "SELECT list_filter(attributes, lambda e: e.key = 'k')[1].value"
+_TEMPLATE_SQL = "SELECT " + _key_value("attributes", "'k'")
 
 
 def stored_view_sql(source: str, temp: bool = False) -> str:

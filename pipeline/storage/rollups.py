@@ -42,8 +42,23 @@ class SliRollup:
 _ATTRIBUTE = re.compile(r"(?<![.\w])attributes\s*\[\s*('(?:[^']|'')*')\s*\]")  # not e.attributes[...]
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key_value(column: str, key_literal: str) -> str:
+    """The value (or NULL) of a key (a quoted SQL literal) in a stored list of (key, value): the one form
+    of a look-up by key in the statements here, which ``lookups`` finds and ``without`` leaves out."""
+    return f"list_filter({column}, lambda e: e.key = {key_literal})[1].value"
+
+
+def _has_key(column: str, key_literal: str, field: str = "key") -> str:
+    """Whether a stored list of structs has an entry whose ``field`` is the key (a quoted SQL literal)."""
+    return f"list_contains(list_transform({column}, lambda e: e.{field}), {key_literal})"
+
+
 def _on_stored_layout(predicate: str) -> str:
-    return _ATTRIBUTE.sub(r"list_filter(attributes, lambda e: e.key = \1)[1].value", predicate)
+    return _ATTRIBUTE.sub(lambda m: _key_value("attributes", m.group(1)), predicate)
 
 
 # Spans of a replay's re-run (``agent-sre replay``) carry this key, on the resource or the span: they are
@@ -51,8 +66,7 @@ def _on_stored_layout(predicate: str) -> str:
 # (budgets, breakers, incidents, metrics) see only ``_counted``, the batch without them, unless the
 # store counts replays.  The predicate is only used for a batch that holds such spans.
 REPLAY_KEY = "agent_sre.replay.of"
-_HAS_REPLAY_KEY = (f"(list_contains(list_transform(resource_attributes, lambda e: e.key), '{REPLAY_KEY}') "
-                   f"OR list_contains(list_transform(attributes, lambda e: e.key), '{REPLAY_KEY}'))")
+_HAS_REPLAY_KEY = f"({_has_key('resource_attributes', _quote(REPLAY_KEY))} OR {_has_key('attributes', _quote(REPLAY_KEY))})"
 COUNTED_ALL = "CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch"
 COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FROM _batch WHERE NOT {_HAS_REPLAY_KEY}"
 
@@ -68,10 +82,6 @@ def evaluation_score(name_literal: str) -> str:
     in DuckDB over the store's ``events``; the fleet store reads the same from its ``evaluations`` map."""
     return (f"list_filter(events, lambda e: e.name = '{EVALUATION_EVENT}' AND "
             f"e.attributes['{EVALUATION_NAME}'] = {name_literal})[1].attributes['{EVALUATION_SCORE}']")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _span_select(slis: list[SliRollup]) -> str:
@@ -256,7 +266,7 @@ COST_MINUTES_MIGRATION = (
     "INSERT INTO cost_minutes SELECT minute, agent_id, model, '', cost_usd, spans FROM cost_minutes_old",
     "DROP TABLE cost_minutes_old",
 )
-TENANT_SQL = "coalesce(list_filter(resource_attributes, lambda e: e.key = 'tenant.id')[1].value, '')"
+TENANT_SQL = f"coalesce({_key_value('resource_attributes', _quote('tenant.id'))}, '')"
 COST_ROLLUP_SQL = f"""INSERT INTO cost_minutes
 SELECT end_ns // 60000000000, coalesce(agent_id, ''), coalesce(model, ''), {TENANT_SQL}, sum(cost_usd), count(*)
 FROM _counted WHERE cost_usd IS NOT NULL GROUP BY ALL
@@ -300,7 +310,9 @@ class Lookup:
     key: str
 
 
-_BY_KEY = re.compile(r"list_filter\((attributes|resource_attributes), lambda e: e\.key = ('(?:[^']|'')*')\)\[1\]\.value")
+_KEY_BEFORE, _KEY_BETWEEN, _KEY_AFTER = _key_value("\x00", "\x01").replace("\x01", "\x00").split("\x00")
+_BY_KEY = re.compile(re.escape(_KEY_BEFORE) + "(attributes|resource_attributes)" + re.escape(_KEY_BETWEEN)
+                     + r"('(?:[^']|'')*')" + re.escape(_KEY_AFTER))
 _SCORE_BEFORE, _SCORE_AFTER = evaluation_score("\x00").split("\x00")
 _BY_EVALUATION = re.compile(re.escape(_SCORE_BEFORE) + r"'(?:[^']|'')*'" + re.escape(_SCORE_AFTER))
 
@@ -347,7 +359,6 @@ def present(rows: pa.Table, wanted: frozenset[Lookup]) -> frozenset[Lookup]:
 
 def held_presence_sql(keys: list[Lookup], table: str) -> str:
     """One row: for each of ``keys``, whether some span of ``table`` (storage layout) has it."""
-    field = {"events": "name"}
     return "SELECT " + ", ".join(
-        f"coalesce(bool_or(list_contains(list_transform({k.column}, lambda e: e.{field.get(k.column, 'key')}), "
-        f"{_quote(k.key)})), false)" for k in keys) + f" FROM {table}"
+        f"coalesce(bool_or({_has_key(k.column, _quote(k.key), 'name' if k.column == 'events' else 'key')}), false)"
+        for k in keys) + f" FROM {table}"
