@@ -43,6 +43,7 @@ class PrometheusExporter(Exporter):
 
     def _start(self, host) -> None:
         self._host = host
+        self.metrics.start()
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
@@ -60,6 +61,7 @@ class PrometheusExporter(Exporter):
         return SUCCESS
 
     def _shutdown(self) -> None:
+        self.metrics.stop()
         if self._host is not None:
             self._host.http.remove_routes(self.config.endpoint, ["/metrics"])
 

@@ -43,6 +43,7 @@ class RemoteWriteExporter(Exporter):
 
     def _start(self, host) -> None:
         self._host = host
+        self.metrics.start()
         self._worker.start()
 
     def describe(self) -> list[str]:
@@ -67,6 +68,7 @@ class RemoteWriteExporter(Exporter):
 
     def _shutdown(self) -> None:
         self._worker.stop(timeout=self.config.timeout * self.config.max_attempts + 5)
+        self.metrics.stop()
         try:
             self.push_now()  # the last values, so a stop does not lose the final interval
         except Exception:  # noqa: BLE001
