@@ -516,8 +516,8 @@ _SPANS = st.lists(st.fixed_dictionaries(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spans=_SPANS, resource=_ATTRS)
-def test_normalize_never_raises_and_never_changes_the_other_columns(spans, resource):
+@given(spans=_SPANS, resource=_ATTRS, cuts=st.lists(st.integers(0, 6), max_size=3))
+def test_normalize_never_raises_and_never_changes_the_other_columns(spans, resource, cuts):
     table = _table(*spans, resource=resource)
     out = normalize(table, CONVENTIONS)
     assert out.schema == SPAN_SCHEMA
@@ -525,6 +525,10 @@ def test_normalize_never_raises_and_never_changes_the_other_columns(spans, resou
     # Each span's answer depends on that span alone, whatever else is in the batch.
     one_by_one = [normalize(table.slice(i, 1), CONVENTIONS).to_pylist()[0] for i in range(table.num_rows)]
     assert out.to_pylist() == one_by_one
+    # ... and on nothing of how the batch is cut into chunks (a batch of requests: a chunk each, some empty).
+    bounds = [0, *sorted(min(c, table.num_rows) for c in cuts), table.num_rows]
+    chunked = pa.concat_tables([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)])
+    assert normalize(chunked, CONVENTIONS).to_pylist() == one_by_one
 
 
 # --- spans from the real instrumentations -----------------------------------------------------------
