@@ -12,10 +12,9 @@ import time
 from agent_sre.pipeline.cli.common import EXIT_RUNTIME, load
 
 # The batch flusher acknowledges exports; the threads beside it (commit callbacks, SLO evaluation, the
-# metrics' fold) run Python for milliseconds at a time.  Each time the flusher gives the GIL up (every
-# Arrow call) it waited up to the default 5 ms switch interval to get it back: measured, flushes of
-# 1,024 spans at 25k spans/s had p99 37-43 ms at 5 ms and 30-32 ms at 0.5 ms, for the same CPU per span
-# (docs/benchmarks.md, "Eleventh stop").
+# metrics' fold) run Python for milliseconds at a time, and the flusher, giving the GIL up at every Arrow
+# call, waited up to Python's 5 ms switch interval to get it back.  Measured (bench/flush_latency.py,
+# 1,024-span flushes at 25k spans/s): flush p99 ~37 ms at 5 ms, ~31 ms at 0.5 ms, the same CPU per span.
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -50,8 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # What start-up made (modules, config, plans: ~120k objects) lives as long as the process: out of
-    # the collector's reach, a full collection no longer walks it (measured: 90-100 ms pauses of every
-    # thread, the flusher's acknowledgements too, down to ~14 ms).
+    # the collector's reach, a full collection no longer walks it.  Measured (bench/flush_latency.py):
+    # full collections paused every thread, the flusher's acknowledgements too, for 84-97 ms; 6-9 ms frozen.
     gc.freeze()
     print(f"agent-sre running ({cfg.source}); Ctrl-C to stop", flush=True)
     for line in service.describe():
