@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # What start-up made (modules, config, plans: ~120k objects) lives as long as the process: out of
     # the collector's reach, a full collection no longer walks it.  Measured (bench/flush_latency.py):
-    # full collections paused every thread, the flusher's acknowledgements too, for 84-97 ms; 6-9 ms frozen.
+    # full collections paused every thread, the flusher's acknowledgements too, for 84-97 ms; 6-14 ms frozen.
     gc.freeze()
     print(f"agent-sre running ({cfg.source}); Ctrl-C to stop", flush=True)
     for line in service.describe():
