@@ -23,24 +23,18 @@ import argparse
 import gc
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_sre.pipeline.cli.run import SWITCH_INTERVAL_S  # noqa: E402
-from agent_sre.pipeline.service.config import parse_config  # noqa: E402
-from agent_sre.pipeline.service.graph import Service  # noqa: E402
-from bench.loop_cpu import CONFIG, ENDPOINTS, _free_port, batches  # noqa: E402
+from bench.loop_cpu import batches, start_config  # noqa: E402
 
 VARIANTS = {"run": (SWITCH_INTERVAL_S, True), "python": (0.005, False), "freeze": (0.005, True)}
 
 
 def run(config: str, work: list, rate: float, switch: float, freeze: bool) -> dict[str, float]:
-    env = {"AGENT_SRE_DATA": tempfile.mkdtemp(prefix="agent-sre-flush-latency-")}
-    env.update({f"AGENT_SRE_{k}": f"127.0.0.1:{_free_port()}" for k in ENDPOINTS})
-    service = Service(parse_config((CONFIG / f"{config}.yaml").read_text(), config, env=env))
     pauses: list[float] = []
     started_gc: list[float] = []
 
@@ -53,18 +47,16 @@ def run(config: str, work: list, rate: float, switch: float, freeze: bool) -> di
             pauses.append(time.perf_counter() - started_gc.pop())
 
     before = sys.getswitchinterval()
-    service.start()
+    service, head, _ = start_config(config)
     sys.setswitchinterval(switch)
     if freeze:
         gc.freeze()
     gc.callbacks.append(on_gc)
     try:
-        head = next(p._next for p in service.processors
-                    if p.id.type == "batch" and type(p._next).__name__ != "ExporterFanout")
         time.sleep(1.0)
-        flushes, started, sent = [], time.monotonic(), 0
+        flushes, t0, sent = [], time.monotonic(), 0
         for batch in work:
-            ahead = started + sent / rate - time.monotonic()
+            ahead = t0 + sent / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
             t = time.perf_counter()

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -139,17 +140,24 @@ class Statements:
         self.calls.clear()
 
 
-def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
-    """One config fed ``work``: CPU µs per span by thread name ("all": the process)."""
-    env = {"AGENT_SRE_DATA": tempfile.mkdtemp(prefix="agent-sre-loop-cpu-")}
+def start_config(name: str) -> tuple[Service, Any, SpanStore]:
+    """config/``name``.yaml started in this process (free ports, a temporary data directory): the service,
+    what follows the traces pipeline's ``batch`` processor (those of metrics and logs hand on to the
+    exporters) and the store."""
+    env = {"AGENT_SRE_DATA": tempfile.mkdtemp(prefix="agent-sre-bench-")}
     env.update({f"AGENT_SRE_{k}": f"127.0.0.1:{_free_port()}" for k in ENDPOINTS})
     service = Service(parse_config((CONFIG / f"{name}.yaml").read_text(), name, env=env))
     service.start()
+    head = next(p._next for p in service.processors
+                if p.id.type == "batch" and type(p._next).__name__ != "ExporterFanout")
+    store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
+    return service, head, store
+
+
+def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
+    """One config fed ``work``: CPU µs per span by thread name ("all": the process)."""
+    service, head, store = start_config(name)
     try:
-        # after the traces pipeline's batch processor (those of metrics and logs hand on to the exporters)
-        head = next(p._next for p in service.processors
-                    if p.id.type == "batch" and type(p._next).__name__ != "ExporterFanout")
-        store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
         time.sleep(1.0)  # started: its threads idle
         before, cpu, started, sent = thread_ticks(os.getpid()), time.process_time(), time.monotonic(), 0
         for batch in work:
