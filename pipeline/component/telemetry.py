@@ -135,6 +135,10 @@ class Telemetry:
         self.memory_limit_refusing = Gauge(
             "agent_sre_processor_memory_limiter_refusing", "1 while the memory limiter refuses data.",
             ["processor"], registry=r)
+        self.memory_limit_level = Gauge(
+            "agent_sre_processor_memory_limiter_level",
+            "0: accepting, 1: one request at a time (over the soft limit), 2: refusing everything.",
+            ["processor"], registry=r)
 
         self.admin_refused = Counter(
             "agent_sre_admin_refused_requests", "Admin API requests refused or cut by a limit, by reason: host, "

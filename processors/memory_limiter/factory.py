@@ -4,12 +4,26 @@ Like the collector's, but over every process of the pipeline: the memory held by
 process and by its receiver workers (its child processes; anonymous and shared resident pages, not
 the libraries' code) is summed every ``check_interval``; above the soft limit it first hands back
 what Python and the allocator keep (a GC and ``malloc_trim``, as the Collector forces a GC; the trim again
-at every check while refusing, so what the draining backlog frees counts), then, if still at or
-above the soft limit (``limit_mib - spike_limit_mib``), every batch is refused with ``RefusedError``,
-and the receivers in every process refuse new requests before reading them (the host's
-``Admission``), until usage drops below it again.  Receivers answer a refusal with HTTP 503 +
-Retry-After / gRPC UNAVAILABLE with RetryInfo, so well-behaved clients back off and retry: nothing is
-lost.
+at every check while over it, so what the draining backlog frees counts).  If still at or above the
+soft limit (``limit_mib - spike_limit_mib``):
+
+- on crossing it, every batch is refused with ``RefusedError`` and the receivers in every process
+  refuse new requests before reading them (the host's ``Admission``) for one check interval, so what
+  was in flight drains;
+- from then on the receivers take one request at a time per process, within what is left under the
+  refusing line (``limit_mib - spike_limit_mib / 2``): the pipeline goes on serving, slower, over its
+  soft limit.  What a burst leaves behind (the loop's state, the allocators' high-water marks:
+  measured ~120 MiB over the idle pipeline after 700k spans of the soak) can keep it over the soft
+  limit for good, and refusing everything there meant refusing for good (issue #11's soak);
+- at the refusing line everything is refused until the pipeline is under it again; requests are
+  taken freely again under a quarter of the spike below the soft limit.
+
+At every level the requests in flight in each process may take at most what the last check saw left
+under the refusing line (divided among the processes), so one burst between two checks cannot carry
+the pipeline far past its limit.
+
+Receivers answer a refusal with HTTP 503 + Retry-After / gRPC UNAVAILABLE with RetryInfo, so
+well-behaved clients back off and retry: nothing is lost.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Processor
+from agent_sre.pipeline.component.admission import ACCEPT, ONE_AT_A_TIME, REFUSE
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.errors import RefusedError
 from agent_sre.pipeline.component.periodic import PeriodicWorker
@@ -46,9 +61,25 @@ class MemoryLimiterConfig(ConfigModel):
         return self
 
     @property
+    def spike_bytes(self) -> int:
+        return (self.spike_limit_mib if self.spike_limit_mib is not None else self.limit_mib // 5) * _MIB
+
+    @property
     def soft_limit_bytes(self) -> int:
-        spike = self.spike_limit_mib if self.spike_limit_mib is not None else self.limit_mib // 5
-        return (self.limit_mib - spike) * _MIB
+        return self.limit_mib * _MIB - self.spike_bytes
+
+    @property
+    def resume_bytes(self) -> int:
+        """Once over the soft limit, requests are taken freely again only below this (a quarter of the
+        spike headroom under the soft limit): at the soft limit itself the pipeline went back and forth
+        every check, and each return let a burst past the limit (bench/soak.py)."""
+        return self.soft_limit_bytes - self.spike_bytes // 4
+
+    @property
+    def refuse_line_bytes(self) -> int:
+        """Where one request at a time stops: half the spike headroom under the limit, for what a request
+        and the pipeline's state may add between two checks."""
+        return self.limit_mib * _MIB - self.spike_bytes // 2
 
 
 def held_bytes(process: psutil.Process) -> int:
@@ -74,6 +105,7 @@ class _PipelineHeld:
         self._pid = 0
         self._at = -1e9
         self._value = 0
+        self.children = 0  # the receiver workers, at the last measurement
 
     def measure(self, max_age_s: float) -> int:
         with self._lock:
@@ -81,8 +113,10 @@ class _PipelineHeld:
             if self._pid != os.getpid() or now - self._at > max_age_s:  # a forked child measures its own
                 process = psutil.Process()
                 total = held_bytes(process)
-                for child in process.children(recursive=True):
+                children = process.children(recursive=True)
+                for child in children:
                     total += held_bytes(child)
+                self.children = len(children)
                 self._pid, self._at, self._value = os.getpid(), time.monotonic(), total
             return self._value
 
@@ -95,15 +129,21 @@ class MemoryLimiter(Processor):
 
     def __init__(self, settings, config: MemoryLimiterConfig):
         super().__init__(settings, config)
-        self._refusing = False
+        self._level = ACCEPT
         self._admission = None
         self._worker = PeriodicWorker(f"{self.id}-check", config.check_interval, self.check, self.logger)
         self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
+        self._level_gauge = settings.telemetry.memory_limit_level.labels(str(settings.id))
         self._refused = settings.telemetry.processor_refused.labels(str(settings.id))
 
     @property
     def refusing(self) -> bool:
-        return self._refusing
+        """Every batch and request refused (on crossing the soft limit, and near the limit)."""
+        return self._level == REFUSE
+
+    @property
+    def level(self) -> int:
+        return self._level
 
     def rss(self, max_age_s: float | None = None) -> int:
         """Memory the pipeline holds: this process and its children (the receiver workers), each
@@ -116,25 +156,36 @@ class MemoryLimiter(Processor):
 
     def check(self) -> None:
         rss = self.rss()
-        if rss >= self.config.soft_limit_bytes:
-            # What Python and the C allocator keep after a burst, handed back before refusing anyone
-            # (the Collector's limiter forces a GC the same way) -- and at every check while refusing:
-            # the backlog drains meanwhile, and what it frees counts only once handed back (without
-            # this, a pipeline that crossed the limit once refused for good: issue #11's soak).  The full
-            # GC (~0.1 s of the GIL with the loop's state) runs once per crossing.
-            if not self._refusing:
+        soft = self.config.soft_limit_bytes
+        if rss >= soft or self._level != ACCEPT:
+            # What Python and the C allocator keep after a burst, handed back first (the Collector's
+            # limiter forces a GC the same way) -- and at every check while over: the backlog drains
+            # meanwhile, and what it frees counts only once handed back.  The full GC (~0.1 s of the GIL
+            # with the loop's state) runs once per crossing.
+            if self._level == ACCEPT:
                 gc.collect()
             release_freed_memory()
             rss = self.rss(max_age_s=0)
-        refusing = rss >= self.config.soft_limit_bytes
-        if refusing != self._refusing:
-            self.logger.warning("memory usage %d MiB %s the soft limit of %d MiB: %s data", rss // _MIB,
-                                "is above" if refusing else "is back below", self.config.soft_limit_bytes // _MIB,
-                                "refusing" if refusing else "accepting")
-        self._refusing = refusing
-        if self._admission is not None:
-            self._admission.refuse(refusing, self.config.retry_after, str(self.id))
-        self._gauge.set(1 if refusing else 0)
+        line = self.config.refuse_line_bytes
+        if rss < (soft if self._level == ACCEPT else self.config.resume_bytes):
+            level = ACCEPT
+        elif rss >= line or (self._level == ACCEPT and rss >= soft):
+            level = REFUSE  # near the limit; or just crossed the soft one: what is in flight drains first
+        else:
+            level = ONE_AT_A_TIME
+        if level != self._level:
+            what = {ACCEPT: "accepting data", REFUSE: "refusing data",
+                    ONE_AT_A_TIME: "taking one request at a time that fits under the limit"}[level]
+            where = ("is back under the soft limit" if level == ACCEPT else "is near the limit" if rss >= line
+                     else "is above the soft limit")
+            self.logger.warning("memory usage %d MiB %s (soft %d MiB, refusing from %d MiB, limit %d MiB): %s",
+                                rss // _MIB, where, soft // _MIB, line // _MIB, self.config.limit_mib, what)
+        self._level = level
+        if self._admission is not None:  # what the requests in flight may take, in each process
+            processes = 1 + _HELD.children
+            self._admission.set_level(level, self.config.retry_after, str(self.id), room=max(line - rss, 0) / processes)
+        self._gauge.set(1 if level == REFUSE else 0)
+        self._level_gauge.set(level)
 
     def _start(self, host) -> None:
         self._admission = host.admission
@@ -147,7 +198,7 @@ class MemoryLimiter(Processor):
             self._admission.refuse(False, source=str(self.id))
 
     def process(self, batch: pa.Table) -> pa.Table | None:
-        if self._refusing:
+        if self._level == REFUSE:
             self._refused.inc(batch.num_rows)
             raise RefusedError("data refused due to high memory usage (memory_limiter)", self.config.retry_after)
         return batch

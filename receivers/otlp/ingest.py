@@ -158,9 +158,8 @@ class Ingest:
     def grow(self, ticket: Ticket, nbytes: int, transport: str) -> None:
         """The admitted request is larger than announced (inflated): hold that too, or refuse it."""
         try:
-            if self.admission is not None:
-                self.admission.check()
-            ticket.grow(nbytes)
+            room, alone = self.admission.check() if self.admission is not None else (None, False)
+            ticket.grow(nbytes, room, alone)
         except RefusedError as exc:
             raise self._admission_refused(exc, transport) from None
 

@@ -1,0 +1,150 @@
+"""Over its soft limit the pipeline goes on serving one request at a time instead of refusing for good;
+near its limit it refuses everything; and at every level the requests in flight may take only what the
+limiter saw left under its refusing line (issue #11's soak: after the first burst the held floor stayed
+over the soft limit and the pipeline refused every request until the end)."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pytest
+
+from agent_sre.pipeline.component import Kind
+from agent_sre.pipeline.component.admission import ACCEPT, ONE_AT_A_TIME, REFUSE, Admission, InflightBytes
+from agent_sre.pipeline.component.base import ComponentID, Settings
+from agent_sre.pipeline.component.errors import RefusedError
+from agent_sre.pipeline.component.telemetry import Telemetry
+from agent_sre.processors.memory_limiter.factory import MemoryLimiter, MemoryLimiterConfig
+
+_MIB = 1 << 20
+
+
+class _Host:
+    def __init__(self) -> None:
+        self.admission = Admission()
+
+
+def _limiter(monkeypatch, held: dict) -> tuple[MemoryLimiter, Admission]:
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    # limit 100 MiB, spike 20: soft limit 80, refusing line 90, free again under 75
+    limiter = MemoryLimiter(Settings(ComponentID.parse("memory_limiter"), Kind.PROCESSOR, Telemetry()),
+                            MemoryLimiterConfig(limit_mib=100, spike_limit_mib=20))
+    monkeypatch.setattr(factory, "release_freed_memory", lambda: None)
+    monkeypatch.setattr(factory._HELD, "children", 0)  # no receiver workers: the room is this process's
+    monkeypatch.setattr(limiter, "rss", lambda max_age_s=None: held["mib"] * _MIB)
+    host = _Host()
+    limiter._admission = host.admission
+    return limiter, host.admission
+
+
+def test_the_lines_of_the_limiter_are_where_the_config_says():
+    config = MemoryLimiterConfig(limit_mib=256)  # spike: 20 % = 51 MiB
+    assert config.soft_limit_bytes == 205 * _MIB
+    assert config.refuse_line_bytes == 256 * _MIB - (51 * _MIB) // 2
+    assert config.resume_bytes == 205 * _MIB - (51 * _MIB) // 4
+
+
+def test_levels_from_accepting_to_one_at_a_time_to_refusing_and_back(monkeypatch):
+    held = {"mib": 70}
+    limiter, admission = _limiter(monkeypatch, held)
+    batch = pa.table({"x": [1]})
+    steps = [  # held MiB -> level: the crossing refuses once (what is in flight drains), then one at a time
+        (70, ACCEPT), (85, REFUSE), (85, ONE_AT_A_TIME), (78, ONE_AT_A_TIME), (92, REFUSE), (85, ONE_AT_A_TIME),
+        (76, ONE_AT_A_TIME), (74, ACCEPT), (79, ACCEPT), (81, REFUSE), (95, REFUSE), (89, ONE_AT_A_TIME),
+    ]
+    for mib, level in steps:
+        held["mib"] = mib
+        limiter.check()
+        assert (limiter.level, admission.level) == (level, level), (mib, limiter.level, admission.level)
+        if level == REFUSE:
+            with pytest.raises(RefusedError):
+                admission.check()
+            with pytest.raises(RefusedError):
+                limiter.process(batch)
+        else:  # one at a time or not, batches pass: the request they belong to was admitted
+            room, alone = admission.check()
+            assert room == (90 - mib) * _MIB and alone == (level == ONE_AT_A_TIME)
+            assert limiter.process(batch) is batch
+
+
+def test_one_request_at_a_time_and_only_within_the_room():
+    inflight = InflightBytes(64 * _MIB)
+    room = 10 * _MIB
+    with inflight.admit(0) as first:
+        first.grow(4 * _MIB, room, alone=True)  # alone and within the room
+        with inflight.admit(0) as second, pytest.raises(RefusedError, match="one request at a time"):
+            second.grow(1, room, alone=True)
+    with inflight.admit(0) as big, pytest.raises(RefusedError, match="left under the limit"):
+        big.grow(11 * _MIB, room, alone=True)  # alone, but it does not fit
+    assert inflight.used == 0 and inflight.requests == 0
+
+
+def test_accepting_the_requests_in_flight_share_the_room_and_one_alone_always_passes():
+    inflight = InflightBytes(None)
+    room = 10 * _MIB
+    with inflight.admit(0) as a:
+        a.grow(30 * _MIB, room)  # alone: taken even past the room (below the soft limit nothing may wedge)
+    with inflight.admit(0) as a:
+        a.grow(6 * _MIB, room)
+        with inflight.admit(0) as b, pytest.raises(RefusedError, match="left under the limit"):
+            b.grow(5 * _MIB, room)
+        with inflight.admit(0) as c:
+            c.grow(4 * _MIB, room)  # 10 MiB together: fits
+            assert inflight.used == 10 * _MIB and inflight.requests == 2
+    assert inflight.used == 0 and inflight.requests == 0
+
+
+def test_one_at_a_time_holds_under_concurrent_requests():
+    """Many threads at once: never two requests in flight together at ONE_AT_A_TIME."""
+    inflight = InflightBytes(None)
+    together, most, lock = [0], [0], threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def send() -> None:
+        barrier.wait()
+        for _ in range(200):
+            try:
+                with inflight.admit(0) as t:
+                    t.grow(1 * _MIB, 8 * _MIB, alone=True)
+                    with lock:
+                        together[0] += 1
+                        most[0] = max(most[0], together[0])
+                    with lock:
+                        together[0] -= 1
+            except RefusedError:
+                pass
+
+    threads = [threading.Thread(target=send) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and inflight.used == 0 and inflight.requests == 0
+
+
+def test_admission_takes_the_highest_level_and_the_least_room_of_its_limiters():
+    admission = Admission()
+    assert admission.check() == (None, False)  # no limiter: no bound
+    admission.set_level(ACCEPT, source="traces", room=50 * _MIB)
+    admission.set_level(ONE_AT_A_TIME, source="logs", room=20 * _MIB)
+    assert admission.check() == (20 * _MIB, True)
+    admission.set_level(REFUSE, source="metrics", room=0)
+    with pytest.raises(RefusedError):
+        admission.check()
+    admission.refuse(False, source="metrics")  # a limiter shut down
+    admission.refuse(False, source="logs")
+    assert admission.check() == (50 * _MIB, False)
+    admission.refuse(False, source="traces")
+    assert admission.check() == (None, False)
+
+
+def test_the_room_is_shared_among_the_receiver_processes(monkeypatch):
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    held = {"mib": 70}
+    limiter, admission = _limiter(monkeypatch, held)
+    monkeypatch.setattr(factory._HELD, "children", 3)  # three receiver workers and the pipeline process
+    limiter.check()
+    assert admission.check() == ((90 - 70) * _MIB / 4, False)
