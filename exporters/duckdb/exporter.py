@@ -22,6 +22,16 @@ from agent_sre.pipeline.storage.attribution import AttributionSettings
 from agent_sre.pipeline.storage.dedup import DedupSettings
 from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
+STORE_MEMORY_SHARE = 1 / 8  # of the pipeline's memory limit, at most, for DuckDB when memory_limit is not set
+DEDUP_MEMORY_SHARE = 1 / 32  # ... for the dedup window's keys when dedup.max_spans is not set
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+
+
+def size_bytes(size: str) -> int:
+    """A DuckDB size as the config takes it ("48MB", "1.5 GiB"): KB/MB/GB in powers of 1000, as DuckDB reads them."""
+    number = size.rstrip("BIKMGbikmg ")
+    return int(float(number) * _UNITS[size[len(number):].strip().upper()])
+
 _NS_PER_HOUR = 3600 * 1_000_000_000
 
 
@@ -39,11 +49,12 @@ class DuckDBExporter(Exporter):
         if self.config.parquet is not None:
             Path(self.config.parquet.directory).mkdir(parents=True, exist_ok=True)
         a = self.config.attribution
-        self.store = SpanStore(self.config.path, self.config.memory_limit, self.config.threads,
+        memory_limit, max_spans = self._sized(host)
+        self.store = SpanStore(self.config.path, memory_limit, self.config.threads,
                                self.config.checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
-                               DedupSettings(self.config.dedup.window, self.config.dedup.max_spans))
+                               DedupSettings(self.config.dedup.window, max_spans))
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)
@@ -56,6 +67,23 @@ class DuckDBExporter(Exporter):
         t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
                                                            if self.config.spool.enabled else 0)
         self._timer.start()
+
+    def _sized(self, host) -> tuple[str, int]:
+        """DuckDB's memory limit and the dedup window's spans: as configured, or, where the config leaves
+        them to their defaults, shrunk to a share of the pipeline's memory limit (``Host.memory_share``:
+        an eighth for DuckDB, a thirty-second for the dedup keys at 8 bytes each)."""
+        memory_limit, max_spans = self.config.memory_limit, self.config.dedup.max_spans
+        if "memory_limit" not in self.config.model_fields_set:
+            default = size_bytes(memory_limit)
+            share = host.memory_share(STORE_MEMORY_SHARE, default)
+            if share < default:
+                memory_limit = f"{share >> 10}KiB"
+        if "max_spans" not in self.config.dedup.model_fields_set:
+            max_spans = host.memory_share(DEDUP_MEMORY_SHARE, max_spans * 8) // 8
+        if (memory_limit, max_spans) != (self.config.memory_limit, self.config.dedup.max_spans):
+            self.logger.info("sized for the pipeline's %d MiB memory limit: DuckDB memory_limit %s, dedup.max_spans "
+                             "%d (set them to override)", host.memory_limit_bytes >> 20, memory_limit, max_spans)
+        return memory_limit, max_spans
 
     def _spool_settings(self) -> SpoolSettings | None:
         sp = self.config.spool

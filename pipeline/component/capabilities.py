@@ -15,6 +15,8 @@ Nobody scans for a type string or reaches into another component's attributes.
     TraceAnalysis   replay extension       admin (/v1/traces/{id}, /v1/diff, /v1/golden/check, /v1/what-if)
     Rollouts        delivery processor     admin (/v1/rollouts: list, show, start, promote, pause, abort)
     ChaosExperiments  chaos processor      admin (/v1/chaos: templates, start, stop, list, report); incidents
+    MemoryLimit     memory_limiter         the service, before anything starts: ``host.memory_limit_bytes``,
+                                           which the store and the cost processor size their caches from
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from typing import Any, Protocol, runtime_checkable
 import pyarrow as pa
 
 Query = Callable[[str, list], list[tuple]]
+
+
+@runtime_checkable
+class MemoryLimit(Protocol):
+    """A component that bounds the memory of the whole pipeline (the memory limiter): the service reads
+    the smallest limit after building the graph, before anything starts (``Host.memory_limit_bytes``)."""
+
+    @property
+    def memory_limit_bytes(self) -> int: ...
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ class Host:
     events: EventBus = field(default_factory=EventBus)  # derived events: alerts, budgets, decisions, ...
     decisions: DecisionBoard = field(init=False)  # per-agent decisions from cost budgets and breakers
     admission: Admission = field(default_factory=Admission)  # the memory limiter's verdict, for receivers
+    memory_limit_bytes: int | None = None  # the smallest memory limiter's limit_mib (None: no limiter)
 
     _capabilities: dict[type, dict[str, object]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -40,6 +41,15 @@ class Host:
         self.decisions = DecisionBoard(self.events)
         closed = self.telemetry.http_connections_closed
         self.http.count_closed = lambda endpoint, reason: closed.labels(endpoint, reason).inc()
+
+    def memory_share(self, fraction: float, default: int) -> int:
+        """A cache's bound: ``default``, or ``fraction`` of the pipeline's memory limit when that is less.
+        The loop's caches are sized for a pipeline of ~1 GiB (the memory limiter's default); under a
+        small limit (a 256 MiB sidecar) they held the pipeline over its soft limit after one burst
+        (issue #11's soak), so a cache whose size is not set in the config shrinks with the limit."""
+        if self.memory_limit_bytes is None:
+            return default
+        return max(1, min(default, int(self.memory_limit_bytes * fraction)))
 
     def provide(self, capability: type[T], id_: ComponentID | str, provider: T) -> None:
         """``provider`` offers ``capability`` under its component id (called from its start)."""

@@ -27,7 +27,7 @@ from agent_sre.pipeline.component import (
     Receiver,
     Settings,
 )
-from agent_sre.pipeline.component.capabilities import SpanStore
+from agent_sre.pipeline.component.capabilities import MemoryLimit, SpanStore
 from agent_sre.pipeline.component.errors import PermanentError, RefusedError
 from agent_sre.pipeline.component.host import Host
 from agent_sre.pipeline.component.telemetry import Telemetry
@@ -172,6 +172,8 @@ class Service:
                                                    SignalRouter(by_signal)))
             self.receivers.append(rec)
             self.host.components[f"receivers::{name}"] = rec
+        limits = [p.memory_limit_bytes for p in self.processors if isinstance(p, MemoryLimit)]
+        self.host.memory_limit_bytes = min(limits) if limits else None
 
     def start(self) -> None:
         if self._started:

@@ -55,6 +55,10 @@ from agent_sre.processors.cost.claims import (
 )
 from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 
+# Task accounts get at most this share of the pipeline's memory limit when max_task_accounts is not set;
+# one holds ~450 bytes (measured: forgetting 50,000 freed 21.6 MiB of Python objects).
+TASK_ACCOUNTS_MEMORY_SHARE = 1 / 32
+TASK_ACCOUNT_BYTES = 450
 
 class PriceOverride(ConfigModel):
     input_per_mtok: float = Field(ge=0)  # USD per million input tokens
@@ -104,10 +108,10 @@ class CostConfig(ConfigModel):
     # With state: how long a priced span's claim lasts in Redis; a client's re-send of it to another
     # pipeline within this is charged once in the fleet (processors/cost/claims.py).
     claim_window: Duration = Field(default="5m", gt=0)
-    # Task budgets: at most this many running tasks' accounts per budget (~0.3 KiB each with its id);
+    # Task budgets: at most this many running tasks' accounts per budget (~450 bytes each with its id);
     # beyond it the least recently charged is forgotten before its hour of idleness is up (counted, logged).
+    # Not set, it is also held to a 32nd of the pipeline's memory limit (18,641 at 256 MiB).
     max_task_accounts: int = Field(default=MAX_TASK_ACCOUNTS, gt=0)
-
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,12 @@ class CostProcessor(Processor):
 
     def _start(self, host) -> None:
         self._host = host
+        if "max_task_accounts" not in self.config.model_fields_set:  # shrunk under a small memory limit
+            self.ledger.max_task_accounts = host.memory_share(
+                TASK_ACCOUNTS_MEMORY_SHARE, self.config.max_task_accounts * TASK_ACCOUNT_BYTES) // TASK_ACCOUNT_BYTES
+            if self.ledger.max_task_accounts < self.config.max_task_accounts:
+                self.logger.info("sized for the pipeline's %d MiB memory limit: max_task_accounts %d (set it to "
+                                 "override)", host.memory_limit_bytes >> 20, self.ledger.max_task_accounts)
         host.provide(CostReports, self.id, self)
         try:
             self._store = host.get(SpanStore, self.config.storage, str(self.id))

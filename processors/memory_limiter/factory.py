@@ -145,6 +145,10 @@ class MemoryLimiter(Processor):
     def level(self) -> int:
         return self._level
 
+    @property
+    def memory_limit_bytes(self) -> int:  # capabilities.MemoryLimit
+        return self.config.limit_mib * _MIB
+
     def rss(self, max_age_s: float | None = None) -> int:
         """Memory the pipeline holds: this process and its children (the receiver workers), each
         counted as its anonymous and shared-memory resident pages (``RssAnon + RssShmem``, as the

@@ -1,0 +1,72 @@
+"""Under a small memory limit the loop's caches shrink with it, unless the config sets them (issue #11's
+soak: at 256 MiB, DuckDB's buffers, the dedup keys and the task budgets' accounts, sized for a ~1 GiB
+pipeline, held it over its soft limit after one burst)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_sre.exporters.duckdb.exporter import size_bytes
+from agent_sre.pipeline.component.host import Host
+from agent_sre.pipeline.component.telemetry import Telemetry
+from agent_sre.pipeline.service import Service
+from agent_sre.pipeline.service.config import parse_config
+from tests.conftest import Ports, pipeline_yaml
+
+_MIB = 1 << 20
+COST = """  cost:
+    budgets:
+      - {name: per-task, scope: task, limit_usd: 2}
+"""
+
+
+def _service(tmp_path, limit_mib: int, duckdb: str = "", cost: str = "") -> Service:
+    text = pipeline_yaml(Ports.allocate(), tmp_path, limit_mib=limit_mib, processors="memory_limiter, cost, batch")
+    text = text.replace("  batch:\n", COST + cost + "  batch:\n", 1)
+    text = text.replace("    path: ", duckdb + "    path: ", 1)
+    return Service(parse_config(text, "test"))
+
+
+def _sizes(service: Service) -> tuple[int, int, int]:
+    store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
+    cost = next(p for p in service.processors if p.id.type == "cost")
+    duckdb_limit = store.read("SELECT current_setting('memory_limit')")[0][0]  # e.g. '31.9 MiB'
+    return size_bytes(duckdb_limit.replace(" ", "")), store.recent.settings.max_spans, cost.ledger.max_task_accounts
+
+
+def test_a_small_memory_limit_shrinks_what_the_config_leaves_to_its_defaults(tmp_path):
+    service = _service(tmp_path, limit_mib=256)
+    service.start()
+    try:
+        assert service.host.memory_limit_bytes == 256 * _MIB
+        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
+        assert abs(duckdb_limit - 32 * _MIB) < _MIB  # an eighth of 256 MiB, under the 48MB default
+        assert dedup_spans == (256 * _MIB // 32) // 8 == 1_048_576  # a 32nd, at 8 bytes a key
+        assert task_accounts == (256 * _MIB // 32) // 450 == 18_641  # a 32nd, at ~450 bytes an account
+    finally:
+        service.shutdown()
+
+
+def test_what_the_config_sets_is_kept_and_a_large_limit_keeps_the_defaults(tmp_path):
+    service = _service(tmp_path / "set", limit_mib=256, duckdb="    memory_limit: 64MB\n    dedup: {max_spans: 2000000}\n",
+                       cost="    max_task_accounts: 50000\n")
+    service.start()
+    try:
+        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
+        assert abs(duckdb_limit - 64 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
+    finally:
+        service.shutdown()
+    service = _service(tmp_path / "large", limit_mib=4096)
+    service.start()
+    try:
+        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
+        assert abs(duckdb_limit - 48 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
+    finally:
+        service.shutdown()
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(None, 100), (1000, 100), (256, 32)])
+def test_memory_share(limit, expected):
+    host = Host(Telemetry())
+    host.memory_limit_bytes = limit
+    assert host.memory_share(1 / 8, 100) == expected
