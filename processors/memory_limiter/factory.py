@@ -29,6 +29,7 @@ well-behaved clients back off and retry: nothing is lost.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -106,6 +107,7 @@ class _PipelineHeld:
         self._at = -1e9
         self._value = 0
         self.children = 0  # the receiver workers, at the last measurement
+        self._logged = 0  # the level last logged by a limiter of the process (ACCEPT)
 
     def measure(self, max_age_s: float) -> int:
         with self._lock:
@@ -119,6 +121,14 @@ class _PipelineHeld:
                 self.children = len(children)
                 self._pid, self._at, self._value = os.getpid(), time.monotonic(), total
             return self._value
+
+    def logged(self, level: int) -> bool:
+        """Whether a limiter that moved to ``level`` logs it: once for the process, not once per pipeline."""
+        with self._lock:
+            if level == self._logged:
+                return False
+            self._logged = level
+            return True
 
 
 _HELD = _PipelineHeld()
@@ -177,13 +187,17 @@ class MemoryLimiter(Processor):
             level = REFUSE  # near the limit; or just crossed the soft one: what is in flight drains first
         else:
             level = ONE_AT_A_TIME
-        if level != self._level:
+        if level != self._level and _HELD.logged(level):
             what = {ACCEPT: "accepting data", REFUSE: "refusing data",
                     ONE_AT_A_TIME: "taking one request at a time that fits under the limit"}[level]
             where = ("is back under the soft limit" if level == ACCEPT else "is near the limit" if rss >= line
                      else "is above the soft limit")
-            self.logger.warning("memory usage %d MiB %s (soft %d MiB, refusing from %d MiB, limit %d MiB): %s",
-                                rss // _MIB, where, soft // _MIB, line // _MIB, self.config.limit_mib, what)
+            # Entering and leaving the pressure levels is a WARNING; going between them (every few seconds
+            # at the refusing line) is in the level metric, and DEBUG here.
+            pressure = ACCEPT in (level, self._level)
+            self.logger.log(logging.WARNING if pressure else logging.DEBUG,
+                            "memory usage %d MiB %s (soft %d MiB, refusing from %d MiB, limit %d MiB): %s",
+                            rss // _MIB, where, soft // _MIB, line // _MIB, self.config.limit_mib, what)
         self._level = level
         if self._admission is not None:  # what the requests in flight may take, in each process
             processes = 1 + _HELD.children

@@ -148,3 +148,24 @@ def test_the_room_is_shared_among_the_receiver_processes(monkeypatch):
     monkeypatch.setattr(factory._HELD, "children", 3)  # three receiver workers and the pipeline process
     limiter.check()
     assert admission.check() == ((90 - 70) * _MIB / 4, False)
+
+
+def test_a_crossing_is_logged_once_for_the_process_and_the_flips_near_the_line_at_debug(monkeypatch, caplog):
+    """Each pipeline (traces, metrics, logs) has its limiter; a crossing was logged three times, and at the
+    refusing line the level goes back and forth every few seconds."""
+    import logging
+
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    monkeypatch.setattr(factory._HELD, "_logged", ACCEPT)
+    held = {"mib": 85}
+    limiters = [_limiter(monkeypatch, held)[0] for _ in range(3)]
+    with caplog.at_level(logging.DEBUG, logger="agent_sre"):
+        for mib in (85, 85, 92, 85, 70):  # refuse on crossing, one at a time, refuse, one at a time, accept
+            held["mib"] = mib
+            for limiter in limiters:
+                limiter.check()
+    lines = [(r.levelname, r.getMessage().rsplit(": ", 1)[1]) for r in caplog.records if "memory usage" in r.getMessage()]
+    assert lines == [("WARNING", "refusing data"), ("DEBUG", "taking one request at a time that fits under the limit"),
+                     ("DEBUG", "refusing data"), ("DEBUG", "taking one request at a time that fits under the limit"),
+                     ("WARNING", "accepting data")]
