@@ -7,7 +7,10 @@ CPU per span (``time.process_time``; wall time alongside) for:
 - Python: ``table_to_bytes`` with ``AGENT_SRE_PURE_PYTHON_ENCODER=1`` (Arrow kernels and numpy);
 - C: ``table_to_bytes`` through ``_otlp_encode`` (the whole ExportTraceServiceRequest), and
   ``span_fields`` alone by each path;
-- C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL.
+- C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL;
+- OTLP/JSON (``table_to_json``, the ``file`` exporter's line): span by span (Python dicts and
+  ``json.dumps``, with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``) and column-wise (Arrow string kernels,
+  pipeline/pdata/otlp_json_columns.py), with whether both give the same JSON document.
 
 Best (min) and median of ``--passes`` passes over ``--count`` tables.
 
@@ -17,6 +20,7 @@ Best (min) and median of ``--passes`` passes over ``--count`` tables.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from agent_sre.pipeline.pdata.arrow_otlp import (
     _c_span_fields,
     span_fields,
     table_to_bytes,
+    table_to_json,
 )
 from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
 from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table
@@ -79,14 +84,22 @@ def main() -> None:
         "Python span_fields": passes(each(span_fields, pure=True), args.passes, spans),
         "C span_fields": passes(each(span_fields), args.passes, spans),
         "C table_to_bytes, 2 threads": passes(in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
+        "span-by-span table_to_json": passes(each(table_to_json, pure=True), args.passes, spans),
+        "column-wise table_to_json": passes(each(table_to_json), args.passes, spans),
     }
+    os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
+    slow_json = [json.loads(table_to_json(t)) for t in tables]
+    del os.environ[PURE_PYTHON_ENCODER_ENV]
+    same_json = slow_json == [json.loads(table_to_json(t)) for t in tables]
     print(f"{spans} spans per pass ({args.count} tables), {args.passes} passes; µs per span, min / median;"
-          f" same bytes by both paths: {same}")
+          f" same bytes by both paths: {same}; same JSON document by both JSON paths: {same_json}")
     print(f"{'':28} {'CPU min':>8} {'CPU med':>8} {'wall min':>9} {'wall med':>9}")
     for name, (cpu, wall) in rows.items():
         print(f"{name:28} {min(cpu):8.3f} {statistics.median(cpu):8.3f} {min(wall):9.3f} {statistics.median(wall):9.3f}")
     py, c = min(rows["Python table_to_bytes"][0]), min(rows["C table_to_bytes"][0])
     print(f"Python / C table_to_bytes (CPU): {py / c:.1f}x")
+    slow, fast = min(rows["span-by-span table_to_json"][0]), min(rows["column-wise table_to_json"][0])
+    print(f"span-by-span / column-wise table_to_json (CPU): {slow / fast:.1f}x")
 
 
 def _pure_bytes(tables: list[pa.Table]) -> list[bytes]:

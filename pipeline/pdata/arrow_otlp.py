@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import os
 import threading
 import weakref
@@ -588,22 +589,36 @@ def _put(doc: dict, key: str, value, default=0) -> None:
         doc[key] = value
 
 
+_JSON_COLUMNS = ["trace_id", "span_id", "parent_span_id", "trace_state", "flags", "name", "kind", "start_ns", "end_ns",
+                 "status_code", "status_message", "attributes", "resource_attributes", "scope_name", "scope_version",
+                 "scope_attributes", "events", "links", "dropped_attributes_count", "dropped_events_count",
+                 "dropped_links_count", "cost_usd"]
+
+
 def table_to_json(table: pa.Table) -> bytes:
     """OTLP/JSON of ``table_to_request(table)`` (what ``otlp_json.encode_trace_request`` writes for it:
     lowerCamelCase keys, hex ids, integer enums, int64 as strings, defaults left out), built from
-    the rows with json.dumps rather than through protobuf's json_format (~10x faster)."""
-    import json
+    the rows with json.dumps rather than through protobuf's json_format (~10x faster); column-wise in
+    Arrow where it can (``otlp_json_columns``; ``AGENT_SRE_PURE_PYTHON_ENCODER=1``: span by span)."""
 
     if not table.num_rows:
         return b"{}"
     types, cost_keys = typed_keys(), _cost_keys()
-    rows = table.select(["trace_id", "span_id", "parent_span_id", "trace_state", "flags", "name", "kind",
-                         "start_ns", "end_ns", "status_code", "status_message", "attributes", "resource_attributes",
-                         "scope_name", "scope_version", "scope_attributes", "events", "links",
-                         "dropped_attributes_count", "dropped_events_count", "dropped_links_count",
-                         "cost_usd"]).to_pylist()
-    kinds = _enum_codes(_col(table, "kind"), SPAN_KINDS, "kind").tolist()
-    codes = _enum_codes(_col(table, "status_code"), STATUS_CODES, "status").tolist()
+    kind_codes = _enum_codes(_col(table, "kind"), SPAN_KINDS, "kind")
+    status_codes = _enum_codes(_col(table, "status_code"), STATUS_CODES, "status")
+    if os.environ.get(PURE_PYTHON_ENCODER_ENV) != "1":  # column-wise (otlp_json_columns), unless it declines
+        from agent_sre.pipeline.pdata.otlp_json_columns import spans_json
+
+        def one_span(i: int) -> bytes:
+            (r,) = table.slice(i, 1).select(_JSON_COLUMNS).to_pylist()
+            return json.dumps(_json_span(r, int(kind_codes[i]), int(status_codes[i]), types, cost_keys),
+                              separators=(",", ":"), ensure_ascii=False).encode()
+
+        fast = spans_json(table, kind_codes, status_codes, types, cost_keys, COST_ATTRIBUTE, one_span)
+        if fast is not None:
+            return fast
+    rows = table.select(_JSON_COLUMNS).to_pylist()
+    kinds, codes = kind_codes.tolist(), status_codes.tolist()
     out: list[dict] = []
     last_res = last_scope = None
     for i, r in enumerate(rows):
