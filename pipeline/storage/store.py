@@ -1092,7 +1092,9 @@ def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnec
     """An instance with the store file attached (row groups of ROW_GROUP_SIZE) as its default database,
     under the name a plain ``duckdb.connect(path)`` gives it (the file's stem)."""
     p = Path(path)
-    con = duckdb.connect(config=config)
+    # Spilled data next to the file: an in-memory instance's default is ".tmp" in the process's working
+    # directory (a read-only root in a container; and a soak lost its checkpoint when that was cleaned).
+    con = duckdb.connect(config={"temp_directory": f"{p.absolute()}.tmp", **config})
     try:
         name = catalog_name(p)
         con.execute(f"ATTACH {_literal(str(p))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
