@@ -24,6 +24,7 @@ from agent_sre.pipeline.pdata.arrow_otlp import _entries
 _INT = "^-?[0-9]{1,18}$"  # what the protobuf path reads as an int (pipeline/pdata/_otlp_encode.c)
 _DECIMAL = r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"  # ... and as a double
 _HARD = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"  # control characters json.dumps writes as \\u00XX
+_ANY_ESCAPE = '[\\x00-\\x1f"\\\\]'  # anything json.dumps escapes (with ensure_ascii off)
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
 
@@ -43,10 +44,11 @@ def _cat(*parts: pa.Array | str) -> pa.Array:
 def _quoted(col: pa.Array) -> pa.Array:
     """Each value as a JSON string literal (null stays null)."""
     col = col.cast(pa.string())
-    if len(col) and pc.any(pc.match_substring_regex(col, _HARD)).as_py():
-        raise _Hard
-    for old, new in _ESCAPES:
-        col = pc.replace_substring(col, old, new)
+    if len(col) and pc.any(pc.match_substring_regex(col, _ANY_ESCAPE)).as_py():  # most columns need none
+        if pc.any(pc.match_substring_regex(col, _HARD)).as_py():
+            raise _Hard
+        for old, new in _ESCAPES:
+            col = pc.replace_substring(col, old, new)
     return _cat('"', col, '"')
 
 
@@ -129,12 +131,34 @@ def _attributes(maps: pa.Array, types: dict[str, str]) -> pa.Array:
     return _field("attributes", _cat("[", joined, "]"), lengths > 0)
 
 
-def _raw(maps: pa.Array) -> pa.Array:
-    """Each row's (key, value) pairs as text, untyped: what tells one resource or scope from the next, as
-    the span-by-span path compares the pairs themselves (``"7"`` and ``"007"`` of an int key differ)."""
+def _same(a: pa.Array, b: pa.Array) -> np.ndarray:
+    """Element-wise: equal, or both null."""
+    eq = pc.fill_null(pc.equal(a, b), False)
+    return pc.or_(eq, pc.and_(pc.is_null(a), pc.is_null(b))).to_numpy(zero_copy_only=False)
+
+
+def _changes(maps: pa.Array) -> np.ndarray:
+    """Whether each row's (key, value) pairs differ from the row before's (row 0: True), compared as the
+    span-by-span path compares them (as stored: ``"7"`` and ``"007"`` of an int key differ); the pairs of
+    rows of the same length are compared position by position, in one take per side."""
     keys, values, offsets = _entries(maps)
-    pairs = _cat(pc.fill_null(_quoted(keys), "null"), ":", pc.fill_null(_quoted(values), "null"))
-    return _joined(pairs, np.diff(offsets).astype(np.int32))
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    changed = np.ones(n, dtype=bool)
+    if n < 2:
+        return changed
+    changed[1:] = lengths[1:] != lengths[:-1]
+    rows = np.flatnonzero(~changed[1:]) + 1  # same length as the row before
+    per = lengths[rows]
+    if per.sum():
+        step = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
+        here = np.repeat(offsets[rows], per) + step
+        before = np.repeat(offsets[rows - 1], per) + step
+        same = _same(keys.take(pa.array(here)), keys.take(pa.array(before)))
+        same &= _same(values.take(pa.array(here)), values.take(pa.array(before)))
+        mismatches = np.bincount(np.repeat(np.arange(len(rows)), per)[~same], minlength=len(rows))
+        changed[rows] = mismatches > 0
+    return changed
 
 
 def spans_json(table: pa.Table, kinds: np.ndarray, codes: np.ndarray, types: dict[str, str], cost_keys: frozenset[str],
@@ -210,22 +234,19 @@ def _spans_json(table: pa.Table, kinds: np.ndarray, codes: np.ndarray, types: di
 
     # runs of one resource, and of one scope within it
     resource_lists, scope_lists = col("resource_attributes"), col("scope_attributes")
-    resource = _attributes(resource_lists, types)
-    scope_name, scope_version = col("scope_name"), col("scope_version")
-    scope = _cat(_field("name", _quoted(scope_name), _nonempty(scope_name)),
-                 _field("version", _quoted(scope_version), _nonempty(scope_version)),
-                 _attributes(scope_lists, types))
-    raw_scope = _cat(pc.fill_null(_quoted(scope_name), '""'), "|", pc.fill_null(_quoted(scope_version), '""'), "|",
-                     _raw(scope_lists))
-    new_resource = np.ones(n, dtype=bool)
-    new_scope = np.ones(n, dtype=bool)
+    scope_name, scope_version = pc.fill_null(col("scope_name"), ""), pc.fill_null(col("scope_version"), "")
+    new_resource = _changes(resource_lists)
+    new_scope = _changes(scope_lists) | new_resource
     if n > 1:
-        for new, raw in ((new_resource, _raw(resource_lists)), (new_scope, raw_scope)):
-            new[1:] = pc.not_equal(raw.slice(1), raw.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    new_scope |= new_resource
+        new_scope[1:] |= ~(_same(scope_name.slice(1), scope_name.slice(0, n - 1))
+                           & _same(scope_version.slice(1), scope_version.slice(0, n - 1)))
     starts = np.flatnonzero(new_scope)
     spans = _joined(fragments, np.diff(np.append(starts, n)).astype(np.int32)).to_pylist()
-    resources, scopes = resource.take(pa.array(starts)).to_pylist(), scope.take(pa.array(starts)).to_pylist()
+    first = pa.array(starts)  # only the runs' first rows are written
+    name, version = scope_name.take(first), scope_version.take(first)
+    resources = _attributes(resource_lists.take(first), types).to_pylist()
+    scopes = _cat(_field("name", _quoted(name), _nonempty(name)), _field("version", _quoted(version), _nonempty(version)),
+                  _attributes(scope_lists.take(first), types)).to_pylist()
     opens = new_resource[starts].tolist()
     out: list[str] = []
     for k, (res, sc, body) in enumerate(zip(resources, scopes, spans, strict=True)):
