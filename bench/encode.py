@@ -10,7 +10,8 @@ CPU per span (``time.process_time``; wall time alongside) for:
 - C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL;
 - OTLP/JSON (``table_to_json``, the ``file`` exporter's line): span by span (Python dicts and
   ``json.dumps``, with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``) and column-wise (Arrow string kernels,
-  pipeline/pdata/otlp_json_columns.py), with whether both give the same JSON document.
+  pipeline/pdata/otlp_json_columns.py), on each 512-span table and on one table of all of them (the
+  size of a batch the flusher hands on), with whether both give the same JSON document.
 
 Best (min) and median of ``--passes`` passes over ``--count`` tables.
 
@@ -74,6 +75,18 @@ def main() -> None:
                 os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
         return run
 
+    whole = pa.concat_tables(tables)  # the JSON rows again on one table of every span (a flusher's batch)
+
+    def one(encode: Callable[[pa.Table], object], pure: bool = False) -> Callable[[], None]:
+        def run() -> None:
+            if pure:
+                os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
+            try:
+                encode(whole)
+            finally:
+                os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
+        return run
+
     os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
     each(table_to_bytes, pure=True)()  # warm up imports and caches
     each(table_to_bytes)()
@@ -86,6 +99,8 @@ def main() -> None:
         "C table_to_bytes, 2 threads": passes(in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
         "span-by-span table_to_json": passes(each(table_to_json, pure=True), args.passes, spans),
         "column-wise table_to_json": passes(each(table_to_json), args.passes, spans),
+        "span-by-span, one table": passes(one(table_to_json, pure=True), args.passes, spans),
+        "column-wise, one table": passes(one(table_to_json), args.passes, spans),
     }
     os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
     slow_json = [json.loads(table_to_json(t)) for t in tables]

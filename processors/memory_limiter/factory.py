@@ -13,7 +13,7 @@ soft limit (``limit_mib - spike_limit_mib``):
 - from then on the receivers take one request at a time per process, within what is left under the
   refusing line (``limit_mib - spike_limit_mib / 2``): the pipeline goes on serving, slower, over its
   soft limit.  What a burst leaves behind (the loop's state, the allocators' high-water marks:
-  measured ~120 MiB over the idle pipeline after 700k spans of the soak) can keep it over the soft
+  measured ~120 MiB over the idle pipeline after 700k bench spans, docs/benchmarks.md) can keep it over the soft
   limit for good, and refusing everything there meant refusing for good (issue #11's soak);
 - at the refusing line everything is refused until the pipeline is under it again; requests are
   taken freely again under a quarter of the spike below the soft limit.
