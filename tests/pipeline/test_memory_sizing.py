@@ -34,35 +34,30 @@ def _sizes(service: Service) -> tuple[int, int, int]:
     return size_bytes(duckdb_limit.replace(" ", "")), store.recent.settings.max_spans, cost.ledger.max_task_accounts
 
 
-def test_a_small_memory_limit_shrinks_what_the_config_leaves_to_its_defaults(tmp_path):
-    service = _service(tmp_path, limit_mib=256)
+def _started_sizes(service: Service) -> tuple[int, int, int]:
     service.start()
     try:
-        assert service.host.memory_limit_bytes == 256 * _MIB
-        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
-        assert abs(duckdb_limit - 32 * _MIB) < _MIB  # an eighth of 256 MiB, under the 48MB default
-        assert dedup_spans == (256 * _MIB // 32) // 8 == 1_048_576  # a 32nd, at 8 bytes a key
-        assert task_accounts == (256 * _MIB // 32) // 450 == 18_641  # a 32nd, at ~450 bytes an account
+        return _sizes(service)
     finally:
         service.shutdown()
 
 
 def test_what_the_config_sets_is_kept_and_a_large_limit_keeps_the_defaults(tmp_path):
-    service = _service(tmp_path / "set", limit_mib=256, duckdb="    memory_limit: 64MB\n    dedup: {max_spans: 2000000}\n",
-                       cost="    max_task_accounts: 50000\n")
-    service.start()
-    try:
-        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
-        assert abs(duckdb_limit - 64 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
-    finally:
-        service.shutdown()
-    service = _service(tmp_path / "large", limit_mib=4096)
-    service.start()
-    try:
-        duckdb_limit, dedup_spans, task_accounts = _sizes(service)
-        assert abs(duckdb_limit - 48 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
-    finally:
-        service.shutdown()
+    duckdb_limit, dedup_spans, task_accounts = _started_sizes(_service(
+        tmp_path / "set", limit_mib=256, duckdb="    memory_limit: 64MB\n    dedup: {max_spans: 2000000}\n",
+        cost="    max_task_accounts: 50000\n"))
+    assert abs(duckdb_limit - 64 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
+    duckdb_limit, dedup_spans, task_accounts = _started_sizes(_service(tmp_path / "large", limit_mib=4096))
+    assert abs(duckdb_limit - 48 * 10**6) < _MIB and dedup_spans == 2_000_000 and task_accounts == 50_000
+
+
+def test_a_small_memory_limit_shrinks_what_the_config_leaves_to_its_defaults(tmp_path):
+    service = _service(tmp_path, limit_mib=256)
+    assert service.host.memory_limit_bytes == 256 * _MIB  # read from the memory limiter before anything starts
+    duckdb_limit, dedup_spans, task_accounts = _started_sizes(service)
+    assert abs(duckdb_limit - 32 * _MIB) < _MIB  # an eighth of 256 MiB, under the 48MB default
+    assert dedup_spans == (256 * _MIB // 32) // 8 == 1_048_576  # a 32nd, at 8 bytes a key
+    assert task_accounts == (256 * _MIB // 32) // 450 == 18_641  # a 32nd, at ~450 bytes an account
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(None, 100), (1000, 100), (256, 32)])
