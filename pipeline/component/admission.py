@@ -30,7 +30,7 @@ from agent_sre.pipeline.component.errors import RefusedError
 _MIB = 1 << 20
 
 
-ACCEPT, ONE_AT_A_TIME, REFUSE = 0, 1, 2  # admission levels, from no pressure to the hard limit
+ACCEPT, ONE_AT_A_TIME, REFUSE = 0, 1, 2  # admission levels: under the soft limit, over it, near the limit
 
 
 class Admission:

@@ -60,6 +60,7 @@ from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 TASK_ACCOUNTS_MEMORY_SHARE = 1 / 32
 TASK_ACCOUNT_BYTES = 450
 
+
 class PriceOverride(ConfigModel):
     input_per_mtok: float = Field(ge=0)  # USD per million input tokens
     output_per_mtok: float = Field(ge=0)
