@@ -23,7 +23,9 @@ from agent_sre.pipeline.storage.dedup import DedupSettings
 from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
 
 STORE_MEMORY_SHARE = 1 / 8  # of the pipeline's memory limit, at most, for DuckDB when memory_limit is not set
+STORE_MEMORY_FLOOR = 16 << 20  # ... but no less (the store's statements fail under a few MiB)
 DEDUP_MEMORY_SHARE = 1 / 32  # ... for the dedup window's keys when dedup.max_spans is not set
+DEDUP_FLOOR_SPANS = 100_000
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
 
 
@@ -75,11 +77,11 @@ class DuckDBExporter(Exporter):
         memory_limit, max_spans = self.config.memory_limit, self.config.dedup.max_spans
         if "memory_limit" not in self.config.model_fields_set:
             default = size_bytes(memory_limit)
-            share = host.memory_share(STORE_MEMORY_SHARE, default)
+            share = host.memory_share(STORE_MEMORY_SHARE, default, STORE_MEMORY_FLOOR)
             if share < default:
                 memory_limit = f"{share >> 10}KiB"
         if "max_spans" not in self.config.dedup.model_fields_set:
-            max_spans = host.memory_share(DEDUP_MEMORY_SHARE, max_spans * 8) // 8
+            max_spans = host.memory_share(DEDUP_MEMORY_SHARE, max_spans * 8, DEDUP_FLOOR_SPANS * 8) // 8
         if (memory_limit, max_spans) != (self.config.memory_limit, self.config.dedup.max_spans):
             self.logger.info("sized for the pipeline's %d MiB memory limit: DuckDB memory_limit %s, dedup.max_spans "
                              "%d (set them to override)", host.memory_limit_bytes >> 20, memory_limit, max_spans)

@@ -42,14 +42,15 @@ class Host:
         closed = self.telemetry.http_connections_closed
         self.http.count_closed = lambda endpoint, reason: closed.labels(endpoint, reason).inc()
 
-    def memory_share(self, fraction: float, default: int) -> int:
-        """A cache's bound: ``default``, or ``fraction`` of the pipeline's memory limit when that is less.
-        The loop's caches are sized for a pipeline of ~1 GiB (the memory limiter's default); under a
-        small limit (a 256 MiB sidecar) they held the pipeline over its soft limit after one burst
-        (issue #11's soak), so a cache whose size is not set in the config shrinks with the limit."""
+    def memory_share(self, fraction: float, default: int, floor: int = 1) -> int:
+        """A cache's bound: ``default``, or ``fraction`` of the pipeline's memory limit when that is less,
+        but not under ``floor`` (what the cache needs to work at all).  The loop's caches are sized for a
+        pipeline of ~1 GiB (the memory limiter's default); under a small limit (a 256 MiB sidecar) they
+        held the pipeline over its soft limit after one burst (issue #11's soak), so a cache whose size
+        is not set in the config shrinks with the limit."""
         if self.memory_limit_bytes is None:
             return default
-        return max(1, min(default, int(self.memory_limit_bytes * fraction)))
+        return min(default, max(floor, int(self.memory_limit_bytes * fraction)))
 
     def provide(self, capability: type[T], id_: ComponentID | str, provider: T) -> None:
         """``provider`` offers ``capability`` under its component id (called from its start)."""

@@ -59,6 +59,7 @@ from agent_sre.processors.cost.summary import cost_summary, restore_budgets
 # one holds ~450 bytes (measured: forgetting 50,000 freed 21.6 MiB of Python objects).
 TASK_ACCOUNTS_MEMORY_SHARE = 1 / 32
 TASK_ACCOUNT_BYTES = 450
+TASK_ACCOUNTS_FLOOR = 1_000
 
 
 class PriceOverride(ConfigModel):
@@ -214,7 +215,8 @@ class CostProcessor(Processor):
         self._host = host
         if "max_task_accounts" not in self.config.model_fields_set:  # shrunk under a small memory limit
             self.ledger.max_task_accounts = host.memory_share(
-                TASK_ACCOUNTS_MEMORY_SHARE, self.config.max_task_accounts * TASK_ACCOUNT_BYTES) // TASK_ACCOUNT_BYTES
+                TASK_ACCOUNTS_MEMORY_SHARE, self.config.max_task_accounts * TASK_ACCOUNT_BYTES,
+                TASK_ACCOUNTS_FLOOR * TASK_ACCOUNT_BYTES) // TASK_ACCOUNT_BYTES
             if self.ledger.max_task_accounts < self.config.max_task_accounts:
                 self.logger.info("sized for the pipeline's %d MiB memory limit: max_task_accounts %d (set it to "
                                  "override)", host.memory_limit_bytes >> 20, self.ledger.max_task_accounts)

@@ -60,8 +60,14 @@ def test_a_small_memory_limit_shrinks_what_the_config_leaves_to_its_defaults(tmp
     assert task_accounts == (256 * _MIB // 32) // 450 == 18_641  # a 32nd, at ~450 bytes an account
 
 
-@pytest.mark.parametrize(("limit", "expected"), [(None, 100), (1000, 100), (256, 32)])
+@pytest.mark.parametrize(("limit", "expected"), [(None, 100), (1000, 100), (256, 32), (80, 20), (8, 20)])
 def test_memory_share(limit, expected):
     host = Host(Telemetry())
     host.memory_limit_bytes = limit
-    assert host.memory_share(1 / 8, 100) == expected
+    assert host.memory_share(1 / 8, 100, floor=20) == expected
+
+
+def test_a_tiny_limit_leaves_the_store_enough_to_work(tmp_path):
+    """A limit of a few MiB (tests force refusals that way) gave DuckDB 256 KiB and the store failed to open."""
+    duckdb_limit, dedup_spans, task_accounts = _started_sizes(_service(tmp_path, limit_mib=2))
+    assert abs(duckdb_limit - 16 * _MIB) < _MIB and dedup_spans == 100_000 and task_accounts == 1_000
