@@ -32,10 +32,6 @@ class _Hard(Exception):
     """A string needs an escape this module does not write: the span-by-span path encodes the batch."""
 
 
-def _s(value: str, n: int) -> pa.Array:
-    return pa.array([value] * n, pa.string()) if n else pa.array([], pa.string())
-
-
 def _cat(*parts: pa.Array | str) -> pa.Array:
     """Element-wise concatenation (null where any part is null)."""
     return pc.binary_join_element_wise(*parts, "")

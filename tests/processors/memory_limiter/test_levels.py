@@ -6,6 +6,7 @@ over the soft limit and the pipeline refused every request until the end)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -111,6 +112,7 @@ def test_one_at_a_time_holds_under_concurrent_requests():
                     with lock:
                         together[0] += 1
                         most[0] = max(most[0], together[0])
+                    time.sleep(0.0002)  # held a moment: without the rule, others get in meanwhile
                     with lock:
                         together[0] -= 1
             except RefusedError:
