@@ -111,7 +111,7 @@ class Statements:
                 store._con = con
                 timed("the whole insert (loader)", started)
 
-        def wrapped_callbacks(store, charges, rows):
+        def wrapped_callbacks(store, charges, task_spend, rows):
             def wrap(callback):
                 def call(arg):
                     started = time.thread_time()
@@ -120,12 +120,13 @@ class Statements:
                     finally:
                         timed("callback " + getattr(callback, "__qualname__", repr(callback)), started)
                 return call
-            on_charges, on_commit = store._on_charges, store._on_commit
-            store._on_charges, store._on_commit = [wrap(c) for c in on_charges], [wrap(c) for c in on_commit]
+            on_charges, on_task_spend, on_commit = store._on_charges, store._on_task_spend, store._on_commit
+            store._on_charges, store._on_task_spend, store._on_commit = (
+                [wrap(c) for c in on_charges], [wrap(c) for c in on_task_spend], [wrap(c) for c in on_commit])
             try:
-                return callbacks(store, charges, rows)
+                return callbacks(store, charges, task_spend, rows)
             finally:
-                store._on_charges, store._on_commit = on_charges, on_commit
+                store._on_charges, store._on_task_spend, store._on_commit = on_charges, on_task_spend, on_commit
 
         SpanStore._insert, SpanStore._run_callbacks = wrapped_insert, wrapped_callbacks  # type: ignore[method-assign]
 

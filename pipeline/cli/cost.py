@@ -4,8 +4,10 @@
 or, when none answers, the same rows from its file (``processors.cost.summary``: ``cost_summary``
 and ``budget_accounts``, the accounts a cost processor starting now would rebuild).  Budgets of
 periods (agent, org, model, tenant) are one row per account; a task budget has an account per
-task (trace), so it is one row per budget: how many tasks, their total and largest spend, and how
-many reached its throttle and its kill point.
+task (trace) whose spend reached the budget's first step (50 % unless configured: below it a task
+raises no event and changes no decision, and its spend is in the other budgets), so it is one row per
+budget: how many such tasks, their total and largest spend, and how many reached its throttle and its
+kill point.
 
 ``cost summary --store clickhouse://…`` gives the same tables over every pipeline's spend in the
 fleet store (its per-minute rollup; see fleet.py), with the config's budgets (the embedded
@@ -92,7 +94,7 @@ def cmd_cost_summary(args: argparse.Namespace) -> int:
                                f"{b['limit_usd']:g}", f"{b['utilisation']:.1%}"] for b in budgets]}, "table")
     if tasks:
         print()
-        print_table({"columns": ["task budget", "tasks", "spent USD", "max task USD", "limit USD", "max used",
+        print_table({"columns": ["task budget", "tasks past 1st step", "spent USD", "max task USD", "limit USD", "max used",
                                  "throttled", "killed"],
                      "rows": [[t["budget"], t["tasks"], f"{t['spent_usd']:.6f}", f"{t['max_spent_usd']:.6f}",
                                f"{t['limit_usd']:g}", f"{t['max_utilisation']:.1%}",

@@ -161,15 +161,26 @@ def _upsert(select: str) -> str:
             "good = sli_minutes.good + excluded.good, total = sli_minutes.total + excluded.total")
 
 
-# Adds the batch to each trace's running rollup; parameter: the insert time (ns).
-SPAN_ROLLUP_SQL = """INSERT INTO trace_rollups
+# Adds the batch to each trace's running rollup; parameter: the insert time (ns).  Besides what the task
+# SLIs read, the trace's spend as the task budgets charge it (``task_usd``, ``task_calls``: priced spans,
+# cost > 0, as the charges count them), what this insert added to it (``added_usd``, ``added_calls``) and
+# the agent of its last priced span (``spend_agent``): with RETURNING (``TASK_SPEND_RETURNING``) the store
+# hands the task budgets each trace's spend so far, and they keep an account only for the tasks that
+# reach a budget's first step (processors/cost/budget.py), instead of one per trace charged.
+SPAN_ROLLUP_SQL = """INSERT INTO trace_rollups (trace_id, agent_id, agent_version, cost_usd, delegations, task_end_ns,
+  last_seen_ns, task_usd, task_calls, added_usd, added_calls, spend_agent)
 SELECT trace_id,
   arg_min(agent_id, start_ns) FILTER (WHERE span_role = 'agent_task'),
   arg_min(agent_version, start_ns) FILTER (WHERE span_role = 'agent_task'),
   coalesce(sum(cost_usd), 0),
   count(*) FILTER (WHERE span_role = 'delegation'),
   max(end_ns) FILTER (WHERE span_role = 'agent_task'),
-  ?
+  ?,
+  coalesce(sum(cost_usd) FILTER (WHERE cost_usd > 0), 0),
+  count(*) FILTER (WHERE cost_usd > 0),
+  coalesce(sum(cost_usd) FILTER (WHERE cost_usd > 0), 0),
+  count(*) FILTER (WHERE cost_usd > 0),
+  arg_max(coalesce(agent_id, ''), end_ns) FILTER (WHERE cost_usd > 0)
 FROM _counted GROUP BY trace_id
 ON CONFLICT (trace_id) DO UPDATE SET
   agent_id = coalesce(trace_rollups.agent_id, excluded.agent_id),
@@ -177,11 +188,26 @@ ON CONFLICT (trace_id) DO UPDATE SET
   cost_usd = trace_rollups.cost_usd + excluded.cost_usd,
   delegations = trace_rollups.delegations + excluded.delegations,
   task_end_ns = greatest(trace_rollups.task_end_ns, excluded.task_end_ns),
-  last_seen_ns = excluded.last_seen_ns"""
+  last_seen_ns = excluded.last_seen_ns,
+  task_usd = coalesce(trace_rollups.task_usd, 0) + excluded.task_usd,
+  task_calls = coalesce(trace_rollups.task_calls, 0) + excluded.task_calls,
+  added_usd = excluded.added_usd,
+  added_calls = excluded.added_calls,
+  spend_agent = coalesce(excluded.spend_agent, trace_rollups.spend_agent)"""
+# Appended to SPAN_ROLLUP_SQL when the task budgets are charged from it: every trace of the insert, with
+# the agent of its task (its agent_task span's, else its last priced span's).
+TASK_SPEND_RETURNING = ("\nRETURNING coalesce(agent_id, spend_agent, '') AS agent, trace_id, added_usd, added_calls, "
+                        "task_usd, task_calls")
+TRACE_ROLLUP_COLUMNS = ("trace_id", "agent_id", "agent_version", "cost_usd", "delegations", "task_end_ns", "last_seen_ns",
+                        "task_usd", "task_calls", "added_usd", "added_calls", "spend_agent")
 
 TRACE_ROLLUPS_DDL = ("CREATE TABLE IF NOT EXISTS trace_rollups (trace_id VARCHAR PRIMARY KEY, agent_id VARCHAR, "
                      "agent_version VARCHAR, cost_usd DOUBLE NOT NULL, delegations BIGINT NOT NULL, "
-                     "task_end_ns BIGINT, last_seen_ns BIGINT NOT NULL)")
+                     "task_end_ns BIGINT, last_seen_ns BIGINT NOT NULL, task_usd DOUBLE, task_calls BIGINT, "
+                     "added_usd DOUBLE, added_calls BIGINT, spend_agent VARCHAR)")
+# A store from before the task spend columns: added (NULL in the rows of traces in progress: counted as 0).
+TRACE_ROLLUPS_MIGRATION = tuple(f"ALTER TABLE trace_rollups ADD COLUMN IF NOT EXISTS {c}" for c in (
+    "task_usd DOUBLE", "task_calls BIGINT", "added_usd DOUBLE", "added_calls BIGINT", "spend_agent VARCHAR"))
 
 
 def rollup_sql(slis: list[SliRollup], track_tasks: bool = False) -> list[str]:

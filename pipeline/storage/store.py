@@ -45,7 +45,9 @@ from agent_sre.pipeline.storage.rollups import (
     REPLAY_KEY,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
+    TASK_SPEND_RETURNING,
     TRACE_ROLLUPS_DDL,
+    TRACE_ROLLUPS_MIGRATION,
     Lookup,
     SliRollup,
     finalize_tasks_sql,
@@ -245,6 +247,8 @@ class SpanStore:
         self._lock = threading.Lock()  # the write connection
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans, minute)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
+        # callbacks([(agent, trace, added usd, added calls, trace's usd, trace's calls)]) after each insert
+        self._on_task_spend: list = []
         self._charges_by_task = False
         self._dispatch: queue.Queue | None = None  # commit callbacks off the loader thread (with a spool)
         self._loader = None
@@ -425,6 +429,8 @@ class SpanStore:
                     "good VARCHAR)")
         con.execute("ALTER TABLE sli_rollups ADD COLUMN IF NOT EXISTS scope VARCHAR DEFAULT 'span'")
         con.execute(TRACE_ROLLUPS_DDL)
+        for sql in TRACE_ROLLUPS_MIGRATION:
+            con.execute(sql)
         con.execute("CREATE TABLE IF NOT EXISTS rollup_options (track_tasks BOOLEAN NOT NULL)")
         con.execute(AGENT_MINUTES_DDL)
         con.execute(COST_MINUTES_DDL)
@@ -517,8 +523,14 @@ class SpanStore:
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
                 con.execute(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL).fetchall()
                 span_rollups, cost_rollup, charges_sql = self._statements(absent)
+                task_spend: list[tuple] = []
                 for sql in span_rollups:
-                    con.execute(sql, [now_ns] if sql is SPAN_ROLLUP_SQL else []).fetchall()
+                    if sql is not SPAN_ROLLUP_SQL:
+                        con.execute(sql).fetchall()
+                    elif self._on_task_spend:
+                        task_spend = [r for r in con.execute(sql + TASK_SPEND_RETURNING, [now_ns]).fetchall() if r[2]]
+                    else:
+                        con.execute(sql, [now_ns]).fetchall()
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     self._finalize_due(now_ns)
                 con.execute(AGENT_ROLLUP_SQL).fetchall()
@@ -558,13 +570,14 @@ class SpanStore:
         # events, which the store records.  From the loader, they run on the dispatcher thread, so
         # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.
         if self._dispatch is not None and threading.current_thread() is self._loader:
-            self._dispatch.put((seq, charges, released))  # bounded: the loader waits rather than piling up
+            self._dispatch.put((seq, charges, task_spend, released))  # bounded: the loader waits rather than piling up
         else:
-            self._run_callbacks(charges, released)
+            self._run_callbacks(charges, task_spend, released)
 
-    def _run_callbacks(self, charges: list[tuple], rows: pa.Table) -> None:
+    def _run_callbacks(self, charges: list[tuple], task_spend: list[tuple], rows: pa.Table) -> None:
         """A failing callback must not make a committed insert retry: logged, the spans are stored."""
-        for callback, arg in [*((c, charges) for c in self._on_charges), *((c, rows) for c in self._on_commit)]:
+        for callback, arg in [*((c, charges) for c in self._on_charges),
+                              *((c, task_spend) for c in self._on_task_spend), *((c, rows) for c in self._on_commit)]:
             try:
                 callback(arg)
             except Exception:  # noqa: BLE001 - logged; the spans are stored either way
@@ -577,11 +590,11 @@ class SpanStore:
         while self._dispatched(dispatch.get()):
             pass
 
-    def _dispatched(self, item: tuple[int | None, list[tuple], pa.Table] | None) -> bool:
+    def _dispatched(self, item: tuple[int | None, list[tuple], list[tuple], pa.Table] | None) -> bool:
         if item is None:
             return False
-        seq, charges, rows = item
-        self._run_callbacks(charges, rows)
+        seq, charges, task_spend, rows = item
+        self._run_callbacks(charges, task_spend, rows)
         if seq is not None:
             with self._cond:
                 self._dispatched_seq = seq
@@ -596,6 +609,15 @@ class SpanStore:
         self._on_charges.append(callback)
         self._charges_by_task = self._charges_by_task or by_task
 
+    def on_task_spend(self, callback) -> None:
+        """``callback([(agent, trace_id, added_usd, added_calls, trace_usd, trace_calls), ...])`` after every
+        insert that charged some task: per trace the insert priced spans of (cost > 0), what they added and
+        the trace's spend so far (``trace_rollups``, in the insert's transaction: exactly once across spool
+        replays and restarts), in the thread that inserted.  The agent is the task's (its agent_task span's),
+        else that of the trace's last priced span.  Keeps per-trace rollups (``track_tasks``)."""
+        self.track_tasks()
+        self._on_task_spend.append(callback)
+
     def on_commit(self, callback) -> None:
         """``callback(rows)`` with every committed batch (storage layout: attribute maps are lists of
         key/value structs), after the commit, in the thread that inserted."""
@@ -604,6 +626,7 @@ class SpanStore:
     def remove_callback(self, callback) -> None:
         self._on_charges = [c for c in self._on_charges if c != callback]
         self._on_commit = [c for c in self._on_commit if c != callback]
+        self._on_task_spend = [c for c in self._on_task_spend if c != callback]
 
     def track_tasks(self) -> None:
         """Keep per-trace rollups so finished tasks (count and cost) land in ``agent_minutes``,

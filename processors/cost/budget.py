@@ -332,11 +332,17 @@ class BudgetLedger:
                 events.append(BudgetEvent("decision", "*", agent, "", 0.0, after))
         return events
 
-    def charge_tasks(self, charges: list[tuple[str, str, float, int]], now: float) -> list[BudgetEvent]:
+    def charge_tasks(self, charges: list[tuple], now: float) -> list[BudgetEvent]:
         """``charge(agent, amount, now, task=task, calls=calls, only="task")`` for each (agent, task,
         amount, calls), under one lock: a commit charges thousands of tasks, and the general path
         spends most of its ~6 us per charge on what a task budget does not have (periods, models,
-        tenants).  The events are those of the charges one by one (tests/processors/cost)."""
+        tenants).  The events are those of the charges one by one (tests/processors/cost).
+
+        A charge may also carry the task's whole spend so far (agent, task, amount, calls, spent, spent
+        calls: the store's ``trace_rollups``, ``SpanStore.on_task_spend``): then a task budget keeps an
+        account only for a task whose spend reaches its first step (``task_floor``), opened with all of
+        it; below that a charge raises no event and changes no decision, so a task that never gets there
+        costs no account (most of them: the default's $2 budget and its 50 % step)."""
         # per task budget: the spec, its limit (a task budget has no tenant limits), lines, first step
         lines = [(s, s.limit_usd, s.throttle_at, s.kill_at, s.steps[0]) for s in self.specs if s.scope == "task"]
         events: list[BudgetEvent] = []
@@ -345,32 +351,48 @@ class BudgetLedger:
             accounts, own_spend, dirty, fleet = self._accounts, self._own, self._dirty, self.fleet_alerts
             counts, limited = self._task_counts, self._limited
             last_agent = None
-            for agent, task, amount, calls in charges:
+            for charge in charges:
+                agent, task, amount, calls = charge[:4]
                 if agent != last_agent:  # the rows come grouped by agent, mostly
                     self._uses.setdefault(agent, {})[("agent", "")] = now
                     last_agent = agent
                 if not task:
                     continue
+                so_far = charge[4:6] if len(charge) > 4 else None
                 accs = []
                 may_change = False
-                for spec, limit, throttle, kill, _ in lines:
+                for spec, limit, throttle, kill, first in lines:
                     acc = accounts.get((spec.name, task))
-                    spent = acc.spent if acc is not None else 0.0
-                    before, after = spent / limit + _EPS, (spent + amount) / limit + _EPS
+                    if acc is not None:
+                        before, after = acc.spent / limit + _EPS, (acc.spent + amount) / limit + _EPS
+                    elif so_far is None:
+                        before, after = _EPS, amount / limit + _EPS
+                    elif so_far[0] / limit + _EPS < first:
+                        accs.append(None)  # below the first step: no account (the spend is in the store)
+                        continue
+                    else:
+                        before, after = _EPS, so_far[0] / limit + _EPS
                     may_change = may_change or (before < throttle <= after) or (before < kill <= after)
-                    accs.append(acc)
+                    accs.append(acc if acc is not None else False)
+                if all(acc is None for acc in accs):
+                    continue
                 action = self._decision(agent, task, now).action if may_change else None
                 self._set_task_agent(task, agent)
                 for (spec, limit, throttle, _, first), acc in zip(lines, accs, strict=True):
-                    key = (spec.name, task)
                     if acc is None:
+                        continue
+                    key = (spec.name, task)
+                    add, add_calls = amount, calls
+                    if acc is False:
                         acc = _Account("task", inf)
                         counts[spec.name] = counts.get(spec.name, 0) + 1
+                        if so_far is not None:
+                            add, add_calls = so_far
                     else:
                         del accounts[key]  # back in at the end: charged last
                     accounts[key] = acc
-                    acc.spent += amount
-                    acc.calls += calls
+                    acc.spent += add
+                    acc.calls += add_calls
                     acc.last_charge = now
                     u = acc.spent / limit + _EPS
                     if u >= throttle:
@@ -380,8 +402,8 @@ class BudgetLedger:
                         own = own_spend.get(key)
                         if own is None:
                             own = own_spend[key] = [0.0, 0, inf]
-                        own[0] += amount
-                        own[1] += calls
+                        own[0] += add
+                        own[1] += add_calls
                         dirty.add(key)
                     elif u >= first:
                         _step_alerts(spec, task, acc, events)
@@ -686,6 +708,12 @@ class BudgetLedger:
                     ledger._limited.add((name, subject))
             ledger._accounts[(name, subject)] = _Account(period, ends, spent, 0, frozenset(steps))
         return ledger
+
+
+def reaches_first_step(spec: BudgetSpec, spent: float) -> bool:
+    """Whether a task's spend so far reaches the first step of its task budget ``spec``: below it a task
+    raises no event and changes no decision, and has no account (``BudgetLedger.charge_tasks``)."""
+    return spent / spec.limit_usd + _EPS >= spec.steps[0]
 
 
 def _step_alerts(spec: BudgetSpec, subject: str, acc: _Account, events: list[BudgetEvent]) -> None:

@@ -234,14 +234,16 @@ class CostProcessor(Processor):
         if state is not None:
             self._store.write([(ELSEWHERE_DDL, [])])
             self._claim_recent(state)
-        self._rebuild(self._store)
+        self._rebuild(self._store, every_task=state is not None)  # a fleet's tasks: all of them
         if state is not None:
             self._share(state)
             # charged from the committed rows: each priced span once in the fleet (claims.py)
             self._by_task = by_task
             self._store.on_commit(self._charged_once)
         else:
-            self._store.on_charges(self._charged, by_task=by_task)
+            self._store.on_charges(self._charged)
+            if by_task:  # each trace's spend from the store: accounts only for tasks near a line
+                self._store.on_task_spend(self._task_spend)
         host.decisions.register(str(self.id), self)
 
     def _connect(self, host):
@@ -322,16 +324,17 @@ class CostProcessor(Processor):
             self._host.withdraw(CostReports, self.id)
         if self._store is not None:
             self._store.remove_callback(self._charged)
+            self._store.remove_callback(self._task_spend)
             self._store.remove_callback(self._charged_once)
             self._store = None
 
     def budget_specs(self) -> list[BudgetSpec]:
         return list(self.ledger.specs)
 
-    def _rebuild(self, store) -> None:
+    def _rebuild(self, store, every_task: bool = False) -> None:
         """This period's spend from the store's cost rollup, and the running tasks' from their spans: a
         restart keeps both (the same rebuild the CLI does on a stopped pipeline's file)."""
-        restore_budgets(self.ledger, store.read, self.clock())
+        restore_budgets(self.ledger, store.read, self.clock(), every_task)
 
     def _charged(self, charges: list[Charge]) -> None:
         now = self.clock()
@@ -351,6 +354,14 @@ class CostProcessor(Processor):
         self._publish(events, now)
         if self._host is not None:
             self._host.decisions.check(agents)  # a charge that throttles or kills is announced now
+
+    def _task_spend(self, spend: list[tuple]) -> None:
+        """A commit's task charges with each task's spend so far (``SpanStore.on_task_spend``)."""
+        now = self.clock()
+        events = self.ledger.charge_tasks(spend, now)
+        self._publish(events, now)
+        if events and self._host is not None:
+            self._host.decisions.check({e.subject for e in events if e.kind == "decision"})
 
     def _publish(self, events: list[BudgetEvent], now: float) -> None:
         rows = []

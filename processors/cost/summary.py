@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent_sre.processors.cost.budget import TASK_IDLE_S, BudgetLedger, BudgetSpec
+from agent_sre.processors.cost.budget import TASK_IDLE_S, BudgetLedger, BudgetSpec, reaches_first_step
 
 Query = Callable[[str, list], list[tuple]]
 
@@ -31,9 +31,11 @@ def cost_summary(read: Query, specs: list[BudgetSpec], now: float, days: int = 7
             for day, agent, model, cost, spans, agent_total in rows]
 
 
-def restore_budgets(ledger: BudgetLedger, read: Query, now: float) -> None:
+def restore_budgets(ledger: BudgetLedger, read: Query, now: float, every_task: bool = False) -> None:
     """This period's spend from the store's cost rollup, and the running tasks' (spans ended within
-    ``TASK_IDLE_S``) from their spans, into ``ledger``: what a cost processor starting ``now`` holds."""
+    ``TASK_IDLE_S``) from their spans, into ``ledger``: what a cost processor starting ``now`` holds —
+    an account for each task whose spend reaches its budget's first step, as while running
+    (``every_task``: for every task, as a pipeline sharing its budgets in Redis keeps them)."""
     # Spans another pipeline of the fleet claimed first are its to charge (claims.py): left out of ours.
     elsewhere = read("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'cost_claimed_elsewhere'", [])[0][0]
     minutes = ("(SELECT minute, agent_id, model, tenant, cost_usd, spans FROM cost_minutes UNION ALL "
@@ -60,7 +62,7 @@ def restore_budgets(ledger: BudgetLedger, read: Query, now: float) -> None:
                 "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY s.trace_id",
                 [since]):
             for spec in ledger.specs:
-                if spec.scope == "task":
+                if spec.scope == "task" and (every_task or reaches_first_step(spec, spent)):
                     ledger.restore(spec.name, trace, spent, now, calls)
 
 

@@ -63,6 +63,7 @@ from agent_sre.pipeline.storage.rollups import (
     CHARGES_SQL,
     REPLAY_KEY,
     SPAN_ROLLUP_SQL,
+    TRACE_ROLLUP_COLUMNS,
     SliRollup,
     _span_select,
     _task_select,
@@ -370,8 +371,7 @@ def _column_spans(read: Query, q: _Sql, rel: str, slis: list[SliRollup], specs: 
     span, task = [x for x in slis if x.scope == "span"], [x for x in slis if x.scope == "task"]
     minutes = [f"SELECT * FROM ({_span_select(span)})"] if span else []
     if task:  # every task of the range counts (the store counts a task once its trace is quiet)
-        extra += (", trace_rollups(trace_id, agent_id, agent_version, cost_usd, delegations, task_end_ns, "
-                  f"last_seen_ns) AS ({_trace_rollup_select()})")
+        extra += f", trace_rollups({', '.join(TRACE_ROLLUP_COLUMNS)}) AS ({_trace_rollup_select()})"
         minutes.append(f"SELECT * FROM ({_task_select(task, 'task_end_ns IS NOT NULL')})")
     out = {"minutes": q.run(read, " UNION ALL ".join(minutes), extra) if minutes else [],
            "charges": q.run(read, CHARGES_SQL, extra), "task_charges": [], "calls": []}

@@ -279,13 +279,14 @@ def test_slo_status_and_cost_summary_answer_alike_running_and_stopped(tmp_path):
     assert [row[1:5] for row in spend[1:]] == [["triage-bot", "gpt-4o-mini", "4.300000", "3"]]
     assert [row[:5] for row in budgets[1:]] == [["agent-daily", "agent_day", "triage-bot", spend[1][0], "4.300000"],
                                                 ["org-monthly", "org_month", "org", spend[1][0][:7], "4.300000"]]
-    assert tasks == [["task budget", "tasks", "spent USD", "max task USD", "limit USD", "max used", "throttled",
-                      "killed"],
-                     ["per-task", "3", "4.300000", "2.000000", "2", "100.0%", "1", "1"]]
+    # The $0.50 task (25 % of $2) is under the budget's first step (50 %): no account, its spend in the others.
+    assert tasks == [["task budget", "tasks past 1st step", "spent USD", "max task USD", "limit USD", "max used",
+                      "throttled", "killed"],
+                     ["per-task", "2", "3.800000", "2.000000", "2", "100.0%", "1", "1"]]
 
     as_json = json.loads(cli("cost", "summary", "--format", "json", cwd=tmp_path, env=env).stdout)
     (task,) = as_json["task_budgets"]
-    assert (task["budget"], task["tasks"], task["throttled"], task["killed"]) == ("per-task", 3, 1, 1)
+    assert (task["budget"], task["tasks"], task["throttled"], task["killed"]) == ("per-task", 2, 1, 1)
     assert {b["budget"] for b in as_json["budgets"]} == {"agent-daily", "org-monthly"}
 
 

@@ -215,7 +215,8 @@ def test_cost_summary_over_the_fleet_store_equals_one_pipeline_given_all_spans(f
     # tenant budgets from the fleet's spend per tenant (the resource's tenant.id), as the local store has them
     assert (budgets[("tenant-daily", "acme")], budgets[("tenant-daily", "globex")]) == (5.125, 2.0)
     (task,) = fleet_body["task_budgets"]
-    assert (task["tasks"], task["max_spent_usd"], task["killed"]) == (9, 2.0, 1)
+    # per task budget ($2): the tasks that reached its first step ($1): 1.0 on a, 2.0 on b, agent-b's 1.5
+    assert (task["tasks"], task["max_spent_usd"], task["killed"]) == (3, 2.0, 1)
 
 
 def test_incidents_list_over_the_fleet_store_has_each_pipelines_incident(fleet, capsys):
