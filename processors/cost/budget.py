@@ -340,7 +340,7 @@ class BudgetLedger:
 
         A charge may also carry the task's whole spend so far (agent, task, amount, calls, spent, spent
         calls: the store's ``trace_rollups``, ``SpanStore.on_task_spend``): then a task budget keeps an
-        account only for a task whose spend reaches its first step (``task_floor``), opened with all of
+        account only for a task whose spend reaches its first step (``reaches_first_step``), opened with all of
         it; below that a charge raises no event and changes no decision, so a task that never gets there
         costs no account (most of them: the default's $2 budget and its 50 % step)."""
         # per task budget: the spec, its limit (a task budget has no tenant limits), lines, first step
