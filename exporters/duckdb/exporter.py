@@ -20,19 +20,18 @@ from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.schema import signal_of
 from agent_sre.pipeline.storage.attribution import AttributionSettings
 from agent_sre.pipeline.storage.dedup import DedupSettings
-from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, default_spool_dir
+from agent_sre.pipeline.storage.store import (
+    SpanStore,
+    SpoolSettings,
+    StoreBehind,
+    default_spool_dir,
+    size_bytes,
+)
 
 STORE_MEMORY_SHARE = 1 / 8  # of the pipeline's memory limit, at most, for DuckDB when memory_limit is not set
 STORE_MEMORY_FLOOR = 16 << 20  # ... but no less (the store's statements fail under a few MiB)
 DEDUP_MEMORY_SHARE = 1 / 32  # ... for the dedup window's keys when dedup.max_spans is not set
 DEDUP_FLOOR_SPANS = 100_000
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
-
-
-def size_bytes(size: str) -> int:
-    """A DuckDB size as the config takes it ("48MB", "1.5 GiB"): KB/MB/GB in powers of 1000, as DuckDB reads them."""
-    number = size.rstrip("BIKMGbikmg ")
-    return int(float(number) * _UNITS[size[len(number):].strip().upper()])
 
 _NS_PER_HOUR = 3600 * 1_000_000_000
 

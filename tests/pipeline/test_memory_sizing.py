@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent_sre.exporters.duckdb.exporter import size_bytes
 from agent_sre.pipeline.component.host import Host
 from agent_sre.pipeline.component.telemetry import Telemetry
 from agent_sre.pipeline.service import Service
 from agent_sre.pipeline.service.config import parse_config
+from agent_sre.pipeline.storage.store import size_bytes
 from tests.conftest import Ports, pipeline_yaml
 
 _MIB = 1 << 20

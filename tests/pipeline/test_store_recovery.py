@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from agent_sre.pipeline.component.capabilities import Health
 from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
-from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, recovery_pools
 from tests.otlp_builders import request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,3 +210,25 @@ def test_a_failure_while_handling_a_failed_insert_does_not_end_the_loader(tmp_pa
     finally:
         store._reconnect = real_reconnect
         store.close()
+
+
+def test_a_wal_too_large_for_the_buffer_pool_is_checkpointed_with_the_smallest_pool_that_is_enough(tmp_path, caplog):
+    """The rescue tries 4 and 16 times the configured pool before 2GB: a store sized for a 256 MiB pipeline
+    (32 MiB) that lacked 3 MiB at a checkpoint went to 1.25 GiB of RSS with the 2GB pool straight away."""
+    assert recovery_pools("32768KiB") == [f"{4 * 32 << 20}B", f"{16 * 32 << 20}B", "2GB"]
+    assert recovery_pools("1GB") == ["2GB"] and recovery_pools("lots") == ["2GB"]
+    db = tmp_path / "spans.duckdb"
+    store = SpanStore(db, memory_limit="16MB", spool=SpoolSettings(directory=str(tmp_path / "spool")))
+    for i in range(4):
+        store.append(_big_span(i, 6))
+    store.sync(120)
+    assert store.count() == 4
+    store._stop_verifier()
+    store._con.close()  # a crash: no checkpoint, the WAL holds 24 MiB of values
+
+    caplog.set_level("WARNING", logger="agent_sre.store")
+    again = SpanStore(db, memory_limit="16MB", spool=SpoolSettings(directory=str(tmp_path / "spool")))
+    assert again.count() == 4
+    again.close()
+    pools = [r.args[1] for r in caplog.records if "buffer pool once" in r.getMessage()]
+    assert pools and pools[-1] != "2GB", pools  # 64 or 256 MB was enough
