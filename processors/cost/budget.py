@@ -361,13 +361,13 @@ class BudgetLedger:
                 so_far = charge[4:6] if len(charge) > 4 else None
                 accs = []
                 may_change = False
-                for spec, limit, throttle, kill, first in lines:
+                for spec, limit, throttle, kill, _ in lines:
                     acc = accounts.get((spec.name, task))
                     if acc is not None:
                         before, after = acc.spent / limit + _EPS, (acc.spent + amount) / limit + _EPS
                     elif so_far is None:
                         before, after = _EPS, amount / limit + _EPS
-                    elif so_far[0] / limit + _EPS < first:
+                    elif not reaches_first_step(spec, so_far[0]):
                         accs.append(None)  # below the first step: no account (the spend is in the store)
                         continue
                     else:
