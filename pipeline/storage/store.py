@@ -46,7 +46,9 @@ from agent_sre.pipeline.storage.rollups import (
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
     TASK_SPEND_RETURNING,
+    TRACE_ID_KEY,
     TRACE_ROLLUPS_DDL,
+    TRACE_ROLLUPS_KEY_MIGRATION,
     TRACE_ROLLUPS_MIGRATION,
     Lookup,
     SliRollup,
@@ -210,7 +212,7 @@ _STORED = "(SELECT * FROM span_rows UNION ALL BY NAME SELECT * FROM held_spans)"
 # without rows (spans still only in the spool, read-only) is found by the scan.
 TRACE_LOCATOR_DDL = ("CREATE TABLE IF NOT EXISTS trace_locator (trace_key UHUGEINT NOT NULL, first_ns BIGINT, "
                      "last_ns BIGINT, received_ns BIGINT)")
-TRACE_KEY = "TRY_CAST('0x' || {} AS UHUGEINT)"
+TRACE_KEY = TRACE_ID_KEY  # the trace rollup's key too
 
 
 def locate_sql(source: str, received: str) -> str:
@@ -462,6 +464,10 @@ class SpanStore:
         con.execute(TRACE_ROLLUPS_DDL)
         for sql in TRACE_ROLLUPS_MIGRATION:
             con.execute(sql)
+        if con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'trace_rollups' "
+                       "AND column_name = 'trace_id'").fetchall()[0][0] == "VARCHAR":
+            for sql in TRACE_ROLLUPS_KEY_MIGRATION:
+                con.execute(sql)
         con.execute("CREATE TABLE IF NOT EXISTS rollup_options (track_tasks BOOLEAN NOT NULL)")
         con.execute(AGENT_MINUTES_DDL)
         con.execute(COST_MINUTES_DDL)

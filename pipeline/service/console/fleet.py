@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent_sre.pipeline.storage.rollups import TRACE_ID_HEX
+
 Read = Callable[[str, list], list[tuple]]
 STATUS_ORDER = {"exhausted": 4, "critical": 3, "warning": 2, "healthy": 1, "": 0}
 SPARK_MINUTES = 60
@@ -189,7 +191,8 @@ def anomaly_days(read: Read, days: int, agents: frozenset[str] | None = None) ->
 def top_tasks(read: Read, days: int, limit: int = 10, agents: frozenset[str] | None = None) -> list[tuple]:
     since = int((time.time() - days * 86400) * 1e9)
     mine, params = _of("agent_id", agents)
-    return read("SELECT trace_id, agent_id, NULL, cost_usd FROM trace_rollups WHERE last_seen_ns >= ? AND cost_usd > 0"
+    return read(f"SELECT {TRACE_ID_HEX.format('trace_id')}, agent_id, NULL, cost_usd FROM trace_rollups "
+                "WHERE last_seen_ns >= ? AND cost_usd > 0"
                 f"{mine} ORDER BY cost_usd DESC LIMIT ?", [since, *params, limit])
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.pipeline.storage.rollups import REPLAY_KEY
+from agent_sre.pipeline.storage.rollups import REPLAY_KEY, TRACE_ROLLUPS_DDL
 from agent_sre.processors.cost.budget import BudgetLedger, reaches_first_step
 from agent_sre.processors.cost.factory import BudgetConfig
 from tests.pipeline.test_attribution import batch, open_store, span
@@ -94,4 +95,32 @@ def test_the_store_hands_on_each_charged_traces_spend_so_far_across_inserts_and_
     store.append(batch(span("00000000000000b4", "00000000000000a1", "llm", trace=T1, agent_id="worker",
                             model="gpt-4o", cost_usd=0.125)))
     assert seen[-1] == [("triage", T1, 0.125, 1, 0.875, 3)]
+    store.close()
+
+
+def test_a_store_from_before_the_integer_key_keeps_its_traces_in_progress(tmp_path):
+    store = open_store(tmp_path)
+    seen: list[list[tuple]] = []
+    store.on_task_spend(seen.append)
+    store.append(batch(span("00000000000000b1", None, "llm", trace=T1, agent_id="worker", model="gpt-4o",
+                            cost_usd=0.5)))
+    store.close()
+    # The rollup as stores before the integer key had it: the trace id as its hex string.
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))
+    con.execute("CREATE TABLE old AS SELECT * REPLACE (lower(lpad(hex(trace_id), 32, '0')) AS trace_id) "
+                "FROM trace_rollups")
+    con.execute("DROP TABLE trace_rollups")
+    con.execute(TRACE_ROLLUPS_DDL.replace("trace_id UHUGEINT", "trace_id VARCHAR"))
+    con.execute("INSERT INTO trace_rollups SELECT * FROM old")
+    con.execute("DROP TABLE old")
+    assert con.execute("SELECT trace_id FROM trace_rollups").fetchall() == [(T1,)]
+    con.close()
+
+    store = open_store(tmp_path)
+    store.on_task_spend(seen.append)
+    store.append(batch(span("00000000000000b2", None, "llm", trace=T1, agent_id="worker", model="gpt-4o",
+                            cost_usd=0.25)))
+    assert seen[-1] == [("worker", T1, 0.25, 1, 0.75, 2)]  # the spend before the upgrade is still the trace's
+    assert store.read("SELECT data_type FROM information_schema.columns WHERE table_name = 'trace_rollups' "
+                      "AND column_name = 'trace_id'") == [("UHUGEINT",)]
     store.close()
