@@ -94,7 +94,7 @@ class EventWindows:
     def window(self, end_minute, minutes: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def burn_rates(self, end_minute, minutes: int, target: float) -> np.ndarray:
+    def burn_rates(self, end_minute, minutes: int, target: float) -> np.ndarray | float:
         """Burn rate over the window ending at each of ``end_minute`` (vectorised)."""
         allowed = allowed_error_rate(target)
         good, total = self.window(end_minute, minutes)
@@ -114,11 +114,21 @@ class WindowCounts(EventWindows):
     counts: dict[int, tuple[int, int]]  # window minutes -> (good, total)
 
     def window(self, end_minute, minutes: int) -> tuple[np.ndarray, np.ndarray]:
+        good, total = self.window_counts(end_minute, minutes)
+        return np.asarray(good, dtype=np.int64), np.asarray(total, dtype=np.int64)
+
+    def burn_rates(self, end_minute, minutes: int, target: float) -> np.ndarray | float:
+        """The one window's burn rate, in scalar arithmetic (the same operations as the vectorised form):
+        an evaluation asks each subject's windows ~20 times, and numpy's per-call cost made that most
+        of an evaluation's CPU (measured: 5.6 ms for 30 subjects)."""
+        good, total = self.window_counts(end_minute, minutes)
+        return burn_rate(total - good, total, target) if total > 0 else 0.0
+
+    def window_counts(self, end_minute, minutes: int) -> tuple[int, int]:
         if end_minute != self.end_minute or minutes not in self.counts:
             raise ValueError(f"counted the windows {sorted(self.counts)} ending at minute {self.end_minute}, "
                              f"not {minutes} ending at {end_minute}")
-        good, total = self.counts[minutes]
-        return np.asarray(good, dtype=np.int64), np.asarray(total, dtype=np.int64)
+        return self.counts[minutes]
 
 
 @dataclass(frozen=True)

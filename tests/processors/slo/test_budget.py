@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.processors.slo.budget import MinuteSeries, burn_rate, error_budget
+from agent_sre.processors.slo.budget import EventWindows, MinuteSeries, WindowCounts, burn_rate, error_budget
 
 # (target, total, bad) -> (allowed bad, burn rate, budget remaining as reported, exhausted)
 HAND_COMPUTED = [
@@ -102,3 +102,21 @@ def test_windows_nest_and_add_up(rows, at):
     assert int(sums[30][1]) == sum(t for _, t in rows[lo:hi])
     assert int(sums[30][0]) == sum(g for g, _ in rows[lo:hi])
     assert not math.isnan(float(s.burn_rates(at, 60, 0.99)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.sampled_from([0.9, 0.99, 0.995, 0.999, 0.9999]))
+def test_a_window_counts_scalar_burn_rate_is_the_vectorised_one(good, extra_bad, target):
+    counts = WindowCounts(100, {60: (good, good + extra_bad), 5: (0, 0)})
+    for minutes in (60, 5):
+        scalar = counts.burn_rates(100, minutes, target)
+        assert isinstance(scalar, float)
+        assert scalar == float(EventWindows.burn_rates(counts, 100, minutes, target))
+    assert counts.burn_rates(100, 5, target) == 0.0  # no events: nothing burnt
+    with pytest.raises(ValueError, match="ending at minute 100"):
+        counts.burn_rates(101, 60, target)
+
+
+def test_a_window_counts_burn_rate_by_hand():
+    # 99.9 %: 1 bad in 500 is 0.2 % bad, twice the allowed 0.1 %.
+    assert WindowCounts(7, {60: (499, 500)}).burn_rates(7, 60, 0.999) == pytest.approx(2.0, abs=1e-12)
