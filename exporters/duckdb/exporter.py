@@ -50,9 +50,9 @@ class DuckDBExporter(Exporter):
         if self.config.parquet is not None:
             Path(self.config.parquet.directory).mkdir(parents=True, exist_ok=True)
         a = self.config.attribution
-        memory_limit, max_spans = self._sized(host)
+        memory_limit, checkpoint_threshold, max_spans = self._sized(host)
         self.store = SpanStore(self.config.path, memory_limit, self.config.threads,
-                               self.config.checkpoint_threshold, self._spool_settings(),
+                               checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
                                DedupSettings(self.config.dedup.window, max_spans))
@@ -69,22 +69,32 @@ class DuckDBExporter(Exporter):
                                                            if self.config.spool.enabled else 0)
         self._timer.start()
 
-    def _sized(self, host) -> tuple[str, int]:
-        """DuckDB's memory limit and the dedup window's spans: as configured, or, where the config leaves
-        them to their defaults, shrunk to a share of the pipeline's memory limit (``Host.memory_share``:
-        an eighth for DuckDB, a thirty-second for the dedup keys at 8 bytes each)."""
+    def _sized(self, host) -> tuple[str, str, int]:
+        """DuckDB's memory limit and checkpoint threshold and the dedup window's spans: as configured, or,
+        where the config leaves them to their defaults, shrunk to a share of the pipeline's memory limit
+        (``Host.memory_share``: an eighth for DuckDB, a thirty-second for the dedup keys at 8 bytes each).
+        A shrunk buffer pool also checkpoints once its own size of WAL is written rather than at the
+        default threshold (twice the default pool): what a checkpoint must hold grows with the WAL, and
+        at 256 MiB (a 32 MiB pool, 96MB threshold) the soak's inserts and checkpoints ran out of the pool
+        four times in ten minutes, each time rescued with a pool of 128 MiB (held memory 349 MiB);
+        with the threshold at the pool's size, none in three 4-minute runs (docs/benchmarks.md)."""
         memory_limit, max_spans = self.config.memory_limit, self.config.dedup.max_spans
+        checkpoint_threshold = self.config.checkpoint_threshold
         if "memory_limit" not in self.config.model_fields_set:
             default = size_bytes(memory_limit)
             share = host.memory_share(STORE_MEMORY_SHARE, default, STORE_MEMORY_FLOOR)
             if share < default:
                 memory_limit = f"{share >> 10}KiB"
+                if ("checkpoint_threshold" not in self.config.model_fields_set
+                        and share < size_bytes(checkpoint_threshold)):
+                    checkpoint_threshold = memory_limit
         if "max_spans" not in self.config.dedup.model_fields_set:
             max_spans = host.memory_share(DEDUP_MEMORY_SHARE, max_spans * 8, DEDUP_FLOOR_SPANS * 8) // 8
         if (memory_limit, max_spans) != (self.config.memory_limit, self.config.dedup.max_spans):
-            self.logger.info("sized for the pipeline's %d MiB memory limit: DuckDB memory_limit %s, dedup.max_spans "
-                             "%d (set them to override)", host.memory_limit_bytes >> 20, memory_limit, max_spans)
-        return memory_limit, max_spans
+            self.logger.info("sized for the pipeline's %d MiB memory limit: DuckDB memory_limit %s, "
+                             "checkpoint_threshold %s, dedup.max_spans %d (set them to override)",
+                             host.memory_limit_bytes >> 20, memory_limit, checkpoint_threshold, max_spans)
+        return memory_limit, checkpoint_threshold, max_spans
 
     def _spool_settings(self) -> SpoolSettings | None:
         sp = self.config.spool

@@ -30,8 +30,20 @@ def _service(tmp_path, limit_mib: int, duckdb: str = "", cost: str = "") -> Serv
 def _sizes(service: Service) -> tuple[int, int, int]:
     store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
     cost = next(p for p in service.processors if p.id.type == "cost")
-    duckdb_limit = store.read("SELECT current_setting('memory_limit')")[0][0]  # e.g. '31.9 MiB'
-    return size_bytes(duckdb_limit.replace(" ", "")), store.recent.settings.max_spans, cost.ledger.max_task_accounts
+    return _setting(store, "memory_limit"), store.recent.settings.max_spans, cost.ledger.max_task_accounts
+
+
+def _setting(store, name: str) -> int:
+    return size_bytes(store.read(f"SELECT current_setting('{name}')")[0][0].replace(" ", ""))  # e.g. '31.9 MiB'
+
+
+def _checkpoint_threshold(service: Service) -> int:
+    service.start()
+    try:
+        return _setting(next(e for e in service.exporters.values() if e.id.type == "duckdb").store,
+                        "checkpoint_threshold")
+    finally:
+        service.shutdown()
 
 
 def _started_sizes(service: Service) -> tuple[int, int, int]:
@@ -71,3 +83,11 @@ def test_a_tiny_limit_leaves_the_store_enough_to_work(tmp_path):
     """A limit of a few MiB (tests force refusals that way) gave DuckDB 256 KiB and the store failed to open."""
     duckdb_limit, dedup_spans, task_accounts = _started_sizes(_service(tmp_path, limit_mib=2))
     assert abs(duckdb_limit - 16 * _MIB) < _MIB and dedup_spans == 100_000 and task_accounts == 1_000
+
+
+def test_a_shrunk_buffer_pool_checkpoints_at_its_own_size_unless_the_config_says(tmp_path):
+    # At 256 MiB the pool is 32 MiB: a checkpoint every 96MB of WAL (the default) ran out of it in the soak.
+    assert abs(_checkpoint_threshold(_service(tmp_path / "small", limit_mib=256)) - 32 * _MIB) < _MIB
+    assert abs(_checkpoint_threshold(_service(tmp_path / "large", limit_mib=4096)) - 96 * 10**6) < _MIB
+    assert abs(_checkpoint_threshold(_service(tmp_path / "set", limit_mib=256,
+                                              duckdb="    checkpoint_threshold: 64MB\n")) - 64 * 10**6) < _MIB
