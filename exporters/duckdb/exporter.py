@@ -77,7 +77,7 @@ class DuckDBExporter(Exporter):
         default threshold (twice the default pool): what a checkpoint must hold grows with the WAL, and
         at 256 MiB (a 32 MiB pool, 96MB threshold) the soak's inserts and checkpoints ran out of the pool
         four times in ten minutes, each time rescued with a pool of 128 MiB (held memory 349 MiB);
-        with the threshold at the pool's size, none in three 4-minute runs (docs/benchmarks.md)."""
+        with the threshold at the pool's size, none in 4- and 10-minute runs (docs/benchmarks.md)."""
         memory_limit, max_spans = self.config.memory_limit, self.config.dedup.max_spans
         checkpoint_threshold = self.config.checkpoint_threshold
         if "memory_limit" not in self.config.model_fields_set:

@@ -170,8 +170,8 @@ def _upsert(select: str) -> str:
 #
 # The rollup is keyed by the trace id as a 128-bit integer (``TRACE_ID_KEY``), as the trace locator is: its
 # upsert probes and grows an index of every trace of the last minute or more (~200k at 40k spans/s), and
-# with the 32-character hex string as its key it cost 1.0-1.4 us/span against 0.6-0.8 (bench/loop_cpu.py's
-# statements; a scratch of 16k-span inserts into 200k traces).  A span whose trace id is not 16 bytes of hex
+# with the 32-character hex string as its key it cost 1.3-2.2 us/span against 1.0-1.4 (16k-span inserts
+# into a table of 200k traces; docs/benchmarks.md, fourteenth stop).  A span whose trace id is not 16 bytes of hex
 # (the receivers accept none) would have no key: its trace is left out (HAVING), never failing the insert.
 TRACE_ID_KEY = "TRY_CAST('0x' || {} AS UHUGEINT)"
 # The key as the trace id's lowercase hex (what spans store), for what reads a trace id back.
