@@ -39,6 +39,19 @@ def test_the_command_line_starts_without_the_http_client_or_tls():
     assert loaded.stdout.strip() == "[]"
 
 
+def test_a_query_over_a_file_runs_without_arrow_compute(tmp_path):
+    """``agent-sre query --db`` loads the sandbox, the store and its rollups' module: none of them may import
+    pyarrow.compute at the top (~36 ms of the command's start-up, issue #12's <= 300 ms)."""
+    store = tmp_path / "s.duckdb"
+    duckdb.connect(str(store)).close()
+    code = ("import sys; from agent_sre.pipeline.cli.main import main; sys.argv = ['agent-sre', 'query', '--db', "
+            f"{str(store)!r}, 'SELECT 42']; rc = main(); print('compute' if 'pyarrow.compute' in sys.modules else rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "0", done.stdout  # answered (42 printed) without loading compute
+    assert "42" in done.stdout
+
+
 def test_query_with_db_reads_that_file_without_a_config(tmp_path):
     store = tmp_path / "elsewhere.duckdb"
     with duckdb.connect(str(store)) as con:  # any DuckDB file: a store's own tables are not needed to query it
