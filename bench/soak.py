@@ -380,14 +380,49 @@ def _overload(args, p: dict) -> dict:
     metrics = pipeline_metrics(p["metrics"])
     committed = drained(p["admin"], timeout=600)  # the query API reads its writes: waits for the spool
     rss_drained = summed_rss(p)
+    recovery = recover(p, args.recovery_seconds)
     sampler.stop()
     stop_pipeline(p)
-    acked = acknowledged(results)
+    acked = acknowledged([*results, recovery["result"]])
     check = verify_store(Path(p["data"]) / "spans.duckdb", acked)
     return {"baseline_mib": baseline, "sampler": sampler, "results": results, "acked": acked, "check": check,
             "sending_s": sending_s, "stopped_at": clients.stopped_at, "metrics": metrics, "committed": committed,
             "exit": p["server"].returncode, "data": p["data"], "started_at": started_at,
-            "rss_at_stop": rss_at_stop, "rss_drained": rss_drained}
+            "rss_at_stop": rss_at_stop, "rss_drained": rss_drained, "recovery": recovery}
+
+
+_PROBE_CLIENT = 200  # the recovery probe's client number in its span ids (the phase's clients count from 0)
+
+
+def recover(p: dict, seconds: float) -> dict:
+    """After the overload and the drain: does the pipeline take data again?  ``seconds`` of idle (what it
+    holds then, as the memory limiter counts it), then one OTLP/HTTP sender offers a request every 0.25 s
+    for ``seconds``: how many were taken at the first try, and how long until the first was."""
+    import psutil
+
+    from agent_sre.processors.memory_limiter.factory import held_bytes
+
+    time.sleep(seconds)
+    proc = psutil.Process(p["server"].pid)
+    held = sum(held_bytes(x) for x in [proc, *proc.children(recursive=True)])
+    transport, template = Transport("http", p["http"]), RequestTemplate(seed=_PROBE_CLIENT)
+    seqs, times, answers, first_try, offered = [], [], Counter(), 0, 0
+    started, started_wall = time.monotonic(), time.time()
+    while time.monotonic() - started < seconds:
+        offered += 1
+        ok, answer, _, _ = transport.send(template.render(_PROBE_CLIENT, 0, offered))
+        answers[answer] += 1
+        if ok:
+            first_try += 1
+            seqs.append(offered)
+            times.append(time.time())
+        time.sleep(0.25)
+    first = times[0] - started_wall if times else None
+    result = {"client": _PROBE_CLIENT, "protocol": "http",
+              "senders": {0: {"seqs": np.array(seqs, dtype=np.uint32), "times": np.array(times), "answers": Counter(),
+                              "refused_at": np.array([]), "abandoned": 0, "lost": 0, "rejected": transport.rejected}}}
+    return {"held_idle": held, "offered": offered, "taken": first_try, "answers": answers,
+            "first_s": first, "result": result}
 
 
 def report_a(a: dict, limit_mib: int) -> None:
@@ -419,6 +454,14 @@ def report_a(a: dict, limit_mib: int) -> None:
         ("stored twice (retried after a lost answer) / stored not acked",
          f"{check['duplicates']:,} / {check['stored_not_acked']:,}"),
         ("pipeline exit code after SIGTERM", str(a["exit"])),
+    ]
+    r = a["recovery"]
+    rows[6:6] = [
+        ("held memory after the drain, idle (soft limit / refusing line)",
+         f"{r['held_idle'] / _MIB:.0f} MiB ({limit_mib - limit_mib // 5} / {limit_mib - (limit_mib // 5) / 2:.0f} MiB)"),
+        ("afterwards, one sender at 4 requests/s: taken at the first try",
+         f"{r['taken']} of {r['offered']}" + (f", the first after {r['first_s']:.1f}s" if r["first_s"] is not None
+                                               else ", none") + f" ({', '.join(f'{k}: {v}' for k, v in r['answers'].items())})"),
     ]
     _table("Phase A: overload with a memory limit", rows)
 
@@ -624,6 +667,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=600, help="seconds of overload in phase A")
     ap.add_argument("--phase", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--recovery-seconds", type=float, default=10,
+                    help="phase A: idle seconds after the drain, then as many of one sender's paced requests")
     ap.add_argument("--clients", type=int, default=6, help="client processes in phase A (half HTTP, half gRPC)")
     ap.add_argument("--threads", type=int, default=4, help="concurrent senders per client process")
     ap.add_argument("--limit-mib", type=int, default=256, help="memory_limiter.limit_mib (all processes summed)")

@@ -66,6 +66,9 @@ class DuckDBExporterConfig(ConfigModel):
     # `refuse` to start (the default: starting silently empty loses data), or `start_new` (loudly;
     # a corrupt file is renamed `<path>.corrupt-<time>`, never deleted).
     on_damaged_store: Literal["refuse", "start_new"] = _S.on_damaged  # type: ignore[assignment]
+    # DuckDB holds the metadata of the row groups written since the file was attached (~16 bytes per row)
+    # until it is detached: the store re-attaches its file after this many rows (~0.1 s); 0 never does.
+    reattach_rows: int = Field(default=_S.reattach_rows, ge=0)
     parquet: ParquetConfig | None = None
     spool: SpoolConfig = SpoolConfig()
     attribution: AttributionConfig = AttributionConfig()

@@ -55,7 +55,7 @@ class DuckDBExporter(Exporter):
                                checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
-                               DedupSettings(self.config.dedup.window, max_spans))
+                               DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows)
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)

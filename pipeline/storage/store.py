@@ -13,6 +13,7 @@ spool is read and Parquet written by Python).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,6 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +129,11 @@ class StoreSettings:
     threads: int = 1
     checkpoint_threshold: str = "96MB"
     on_damaged: str = "refuse"  # a missing or corrupt store file: refuse to start, or start_new
+    # DuckDB keeps the metadata of every row group written since the file was attached in the C heap for
+    # as long as it stays attached (measured: ~16 bytes per stored row with 8,192-row groups, ~128 KiB per
+    # group, not in its buffer pool and not freed by CHECKPOINT); after this many rows inserted the store
+    # detaches and re-attaches its file (~0.1 s plus a checkpoint), which frees it.  0: never.
+    reattach_rows: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,8 @@ def _view_sql(source: str = _STORED, temp: bool = False) -> str:
 
 _VERIFY_ROWS = 122_880  # rows per read of the background verification (~60 ms of CPU; the rowid range prunes the rest)
 _VERIFY_DUTY = 0.1  # the verification is busy at most this share of the time: it waits 9x each read
+_REATTACH_TRIES = 20  # inserts that find a reader's cursor open before new readers wait for a re-attach
+_REATTACH_WAIT_S = 5.0  # ... and how long it then waits for those open (a longer query: tried again later)
 
 
 class SpanStore:
@@ -261,7 +270,8 @@ class SpanStore:
                  threads: int = StoreSettings.threads, checkpoint_threshold: str = StoreSettings.checkpoint_threshold,
                  spool: SpoolSettings | None = None,
                  attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged,
-                 count_replays: bool = False, dedup: DedupSettings | None = None):
+                 count_replays: bool = False, dedup: DedupSettings | None = None,
+                 reattach_rows: int = StoreSettings.reattach_rows):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -269,6 +279,14 @@ class SpanStore:
                                "checkpoint_threshold": checkpoint_threshold}
         self._con = self._open_checked(on_damaged)
         self._lock = threading.Lock()  # the write connection
+        # Readers' cursors open now (_reading); a re-attach of the file waits for them, and new ones for it.
+        self._readers_cond = threading.Condition()
+        self._readers = 0
+        self._reattaching = False
+        self._reattach_rows = reattach_rows
+        self._rows_attached = 0  # rows inserted since the file was attached (_reattach_if_due)
+        self._reattach_tries = 0
+        self.reattached = 0  # times the file was re-attached to free DuckDB's metadata (a self-metric)
         self._on_charges: list = []  # callbacks([(agent, trace, model, tenant, usd, spans, minute)]) after each insert
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         # callbacks([(agent, trace, added usd, added calls, trace's usd, trace's calls)]) after each insert
@@ -345,20 +363,18 @@ class SpanStore:
         first pages were timed); hashing takes half of that, spread over ~3 minutes."""
         started = time.monotonic()
         try:
-            cursor = self._cursor()
-            try:
+            with self._reading() as cursor:
                 tables = [r[0] for r in cursor.execute(
                     "SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database()").fetchall()]
-                for table in tables:
-                    (last,) = cursor.execute(f'SELECT max(rowid) FROM "{table}"').fetchall()[0]
-                    for first in range(0, -1 if last is None else int(last) + 1, _VERIFY_ROWS):
-                        began = time.monotonic()
+                lasts = [cursor.execute(f'SELECT max(rowid) FROM "{table}"').fetchall()[0][0] for table in tables]
+            for table, last in zip(tables, lasts, strict=True):
+                for first in range(0, -1 if last is None else int(last) + 1, _VERIFY_ROWS):
+                    began = time.monotonic()
+                    with self._reading() as cursor:  # a cursor per range: a re-attach can come between them
                         cursor.execute(f'SELECT max(hash(COLUMNS(*))) FROM "{table}" '
                                        f"WHERE rowid >= {first} AND rowid < {first + _VERIFY_ROWS}").fetchall()
-                        if self._stop_verify.wait((time.monotonic() - began) * (1 / _VERIFY_DUTY - 1)):
-                            return
-            finally:
-                cursor.close()
+                    if self._stop_verify.wait((time.monotonic() - began) * (1 / _VERIFY_DUTY - 1)):
+                        return
         except (duckdb.Error, OSError) as exc:
             self._found_corrupt(exc)
             return
@@ -388,6 +404,82 @@ class SpanStore:
         cur = self._con.cursor()
         cur.execute(f"USE {catalog_name(self.path)}").fetchall()
         return cur
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own on the store for the block (``_cursor``); a re-attach of the file waits until
+        no such block runs, and blocks starting meanwhile wait for the re-attach."""
+        with self._readers_cond:
+            while self._reattaching:
+                self._readers_cond.wait()
+            self._readers += 1
+        try:
+            cursor = self._cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            with self._readers_cond:
+                self._readers -= 1
+                self._readers_cond.notify_all()
+
+    def _reattach_if_due(self) -> None:
+        """Detach and re-attach the file once ``reattach_rows`` rows went in since it was attached: DuckDB
+        frees the row groups' metadata only then (StoreSettings.reattach_rows).  Done when no reader has a
+        cursor open; while readers keep one open, tried again after each insert, and after
+        _REATTACH_TRIES inserts new readers wait (at most _REATTACH_WAIT_S) for those open to finish."""
+        if not self._reattach_rows or self._rows_attached < self._reattach_rows:
+            return
+        with self._readers_cond:
+            if self._readers:
+                self._reattach_tries += 1
+                if self._reattach_tries < _REATTACH_TRIES:
+                    return
+                self._reattaching = True
+                deadline = time.monotonic() + _REATTACH_WAIT_S
+                while self._readers and time.monotonic() < deadline:
+                    self._readers_cond.wait(deadline - time.monotonic())
+                if self._readers:  # a long query: next time
+                    self._reattaching = False
+                    self._readers_cond.notify_all()
+                    return
+            self._reattaching = True
+        try:
+            lost = self._reattach()
+        finally:
+            with self._readers_cond:
+                self._reattaching, self._reattach_tries = False, 0
+                self._readers_cond.notify_all()
+        if lost:  # the instance may have lost the file: a new one (what a fatal error gets)
+            self._reconnect()
+
+    def _reattach(self) -> bool:
+        """CHECKPOINT, DETACH and ATTACH on the write connection; True when the file is no longer attached."""
+        name, started = catalog_name(self.path), time.monotonic()
+        with self._lock:
+            rows, self._rows_attached = self._rows_attached, 0
+            con = self._con
+            try:
+                con.execute("CHECKPOINT").fetchall()
+            except duckdb.Error as exc:  # a full disk, a pool too small: the file stays attached, tried again later
+                log.warning("span store: not re-attaching %s now, its checkpoint failed: %s", self.path, exc)
+                return False
+            try:
+                con.execute("USE memory").fetchall()
+                con.execute(f"DETACH {name}").fetchall()
+                con.execute(f"ATTACH {_literal(str(self.path))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
+                con.execute(f"USE {name}").fetchall()
+                failed = None
+            except duckdb.Error as exc:
+                failed = exc
+        if failed is not None:
+            log.error("span store: re-attaching %s failed (%s); opening it again", self.path, failed)
+            return True
+        self.reattached += 1
+        log.info("span store: %s re-attached after %d rows (frees DuckDB's metadata of their row groups) in %.2fs",
+                 self.path, rows, time.monotonic() - started)
+        return False
 
     def _checkpoint_with_more_memory(self, exc: duckdb.Error | None = None) -> None:
         """A WAL written with large values may need more than the buffer pool to replay or checkpoint (a
@@ -600,6 +692,7 @@ class SpanStore:
             finally:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
+            self._rows_attached += rows.num_rows
             self.unattributed_spans += unattributed
             if taken is not None:
                 self.recent.add(*taken, now_ns / 1e9)
@@ -610,6 +703,7 @@ class SpanStore:
             self._dispatch.put((seq, charges, task_spend, released))  # bounded: the loader waits rather than piling up
         else:
             self._run_callbacks(charges, task_spend, released)
+        self._reattach_if_due()
 
     def _run_callbacks(self, charges: list[tuple], task_spend: list[tuple], rows: pa.Table) -> None:
         """A failing callback must not make a committed insert retry: logged, the spans are stored."""
@@ -990,6 +1084,8 @@ class SpanStore:
                 self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _signal").fetchall()
             finally:
                 self._con.unregister("_signal")
+            self._rows_attached += batch.num_rows
+        self._reattach_if_due()
 
     def record_events(self, events: pa.Table) -> None:
         """Append events (``EVENT_SCHEMA``) to the ``events`` history table."""
@@ -1016,11 +1112,8 @@ class SpanStore:
 
     def read(self, sql: str, params: list | None = None) -> list[tuple]:
         """Internal reads (processors' state), on their own connection; not for ad hoc SQL."""
-        cursor = self._cursor()
-        try:
+        with self._reading() as cursor:
             return cursor.execute(sql, params or []).fetchall()
-        finally:
-            cursor.close()
 
     def parquet_exported_until(self, directory: str | os.PathLike) -> int | None:
         """Spans before this start time have been exported to ``directory`` (None: nothing yet)."""
@@ -1048,11 +1141,8 @@ class SpanStore:
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
-        cursor = self._cursor()
-        try:
+        with self._reading() as cursor:
             return run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
-        finally:
-            cursor.close()
 
     def checkpoint(self) -> None:
         self.sync()
