@@ -432,6 +432,8 @@ class SpanStore:
         if not self._reattach_rows or self._rows_attached < self._reattach_rows:
             return
         with self._readers_cond:
+            if self._reattaching:  # another inserting thread (signals, spans) is at it
+                return
             if self._readers:
                 self._reattach_tries += 1
                 if self._reattach_tries < _REATTACH_TRIES:
