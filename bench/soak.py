@@ -337,12 +337,15 @@ def progress(p: dict, sampler: RssSampler, started: float, every: float, until: 
               f"refusals: {refusals_by_reason(m)}", flush=True)
 
 
-def summed_rss(p: dict) -> int:
-    """Summed RSS (bytes) of the pipeline's processes."""
+def summed_rss(p: dict, held: bool = False) -> int:
+    """Summed RSS (bytes) of the pipeline's processes; ``held``: their held memory, as the memory limiter
+    counts it (RssAnon + RssShmem)."""
     import psutil
 
+    from agent_sre.processors.memory_limiter.factory import held_bytes
+
     proc = psutil.Process(p["server"].pid)
-    return sum(x.memory_info().rss for x in [proc, *proc.children(recursive=True)])
+    return sum(held_bytes(x) if held else x.memory_info().rss for x in [proc, *proc.children(recursive=True)])
 
 
 @contextmanager
@@ -398,13 +401,8 @@ def recover(p: dict, seconds: float) -> dict:
     """After the overload and the drain: does the pipeline take data again?  ``seconds`` of idle (what it
     holds then, as the memory limiter counts it), then one OTLP/HTTP sender offers a request every 0.25 s
     for ``seconds``: how many were taken at the first try, and how long until the first was."""
-    import psutil
-
-    from agent_sre.processors.memory_limiter.factory import held_bytes
-
     time.sleep(seconds)
-    proc = psutil.Process(p["server"].pid)
-    held = sum(held_bytes(x) for x in [proc, *proc.children(recursive=True)])
+    held = summed_rss(p, held=True)
     transport, template = Transport("http", p["http"]), RequestTemplate(seed=_PROBE_CLIENT)
     seqs, times, answers, first_try, offered = [], [], Counter(), 0, 0
     started, started_wall = time.monotonic(), time.time()

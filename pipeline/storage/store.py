@@ -470,8 +470,7 @@ class SpanStore:
             try:
                 con.execute("USE memory").fetchall()
                 con.execute(f"DETACH {name}").fetchall()
-                con.execute(f"ATTACH {_literal(str(self.path))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
-                con.execute(f"USE {name}").fetchall()
+                _attach(con, self.path)
                 failed = None
             except duckdb.Error as exc:
                 failed = exc
@@ -1248,13 +1247,19 @@ def attach_store(path: str | os.PathLike, config: dict) -> duckdb.DuckDBPyConnec
     # directory (a read-only root in a container; and a soak lost its checkpoint when that was cleaned).
     con = duckdb.connect(config={"temp_directory": f"{p.absolute()}.tmp", **config})
     try:
-        name = catalog_name(p)
-        con.execute(f"ATTACH {_literal(str(p))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
-        con.execute(f"USE {name}").fetchall()
+        _attach(con, p)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """The store file attached to ``con``'s instance (row groups of ROW_GROUP_SIZE) and made its default
+    database: at opening, and when the store re-attaches it (SpanStore._reattach)."""
+    name = catalog_name(path)
+    con.execute(f"ATTACH {_literal(str(path))} AS {name} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})").fetchall()
+    con.execute(f"USE {name}").fetchall()
 
 
 _RESERVED_CATALOGS = {"memory", "system", "temp", "main"}
