@@ -16,7 +16,14 @@ soft limit (``limit_mib - spike_limit_mib``):
   measured ~120 MiB over the idle pipeline after 700k bench spans, docs/benchmarks.md) can keep it over the soft
   limit for good, and refusing everything there meant refusing for good (issue #11's soak);
 - at the refusing line everything is refused until the pipeline is under it again; requests are
-  taken freely again under a quarter of the spike below the soft limit.
+  taken freely again under a quarter of the spike below the soft limit;
+- unless refusing frees nothing: when the held memory has not fallen for ``FLOOR_CHECKS`` checks in a row
+  at the refusing line, what is left is the pipeline's own floor (the loop's state, what the allocators
+  keep fragmented; after a minute of overload at 256 MiB it sat at 220-238 MiB, over the 230 MiB line, and
+  the pipeline refused every request while idle until restarted: bench/soak.py's recovery probe).
+  Refusing more cannot bring it down, so the receivers take one request at a time again within what is
+  left under ``limit_mib`` itself, with a WARNING that says how much limit the floor needs; at the limit
+  everything is refused again.
 
 At every level the requests in flight in each process may take at most what the last check saw left
 under the refusing line (divided among the processes), so one burst between two checks cannot carry
@@ -46,6 +53,8 @@ from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.memory import release_freed_memory
 
 _MIB = 1 << 20
+FLOOR_CHECKS = 5  # checks at the refusing line without the held memory falling: what is left is the floor
+_FLOOR = 3  # a log level of its own for the floor (the admission level is ONE_AT_A_TIME)
 
 
 class MemoryLimiterConfig(ConfigModel):
@@ -140,6 +149,9 @@ class MemoryLimiter(Processor):
     def __init__(self, settings, config: MemoryLimiterConfig):
         super().__init__(settings, config)
         self._level = ACCEPT
+        self._floor = False  # one request at a time under limit_mib: refusing freed nothing (FLOOR_CHECKS)
+        self._lowest = 0  # the least held memory seen while refusing at the line, and checks since (-1: off it)
+        self._still = -1
         self._admission = None
         self._worker = PeriodicWorker(f"{self.id}-check", config.check_interval, self.check, self.logger)
         self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
@@ -180,30 +192,59 @@ class MemoryLimiter(Processor):
                 gc.collect()
             release_freed_memory()
             rss = self.rss(max_age_s=0)
-        line = self.config.refuse_line_bytes
+        line, limit = self.config.refuse_line_bytes, self.config.limit_mib * _MIB
         if rss < (soft if self._level == ACCEPT else self.config.resume_bytes):
             level = ACCEPT
         elif rss >= line or (self._level == ACCEPT and rss >= soft):
             level = REFUSE  # near the limit; or just crossed the soft one: what is in flight drains first
         else:
             level = ONE_AT_A_TIME
-        if level != self._level and _HELD.logged(level):
-            what = {ACCEPT: "accepting data", REFUSE: "refusing data",
-                    ONE_AT_A_TIME: "taking one request at a time that fits under the limit"}[level]
-            where = ("is back under the soft limit" if level == ACCEPT else "is near the limit" if rss >= line
-                     else "is above the soft limit")
-            # Entering and leaving the pressure levels is a WARNING; going between them (every few seconds
-            # at the refusing line) is in the level metric, and DEBUG here.
-            pressure = ACCEPT in (level, self._level)
-            self.logger.log(logging.WARNING if pressure else logging.DEBUG,
-                            "memory usage %d MiB %s (soft %d MiB, refusing from %d MiB, limit %d MiB): %s",
-                            rss // _MIB, where, soft // _MIB, line // _MIB, self.config.limit_mib, what)
-        self._level = level
+        floor = self._at_floor(rss, limit, at_line=level == REFUSE and rss >= line)
+        if floor:
+            level = ONE_AT_A_TIME
+        if (level, floor) != (self._level, self._floor) and _HELD.logged(_FLOOR if floor else level):
+            self._log(level, floor, rss, soft, line)
+        self._level, self._floor = level, floor
         if self._admission is not None:  # what the requests in flight may take, in each process
             processes = 1 + _HELD.children
-            self._admission.set_level(level, self.config.retry_after, str(self.id), room=max(line - rss, 0) / processes)
+            room = (limit if floor else line) - rss
+            self._admission.set_level(level, self.config.retry_after, str(self.id), room=max(room, 0) / processes)
         self._gauge.set(1 if level == REFUSE else 0)
         self._level_gauge.set(level)
+
+    def _at_floor(self, rss: int, limit: int, at_line: bool) -> bool:
+        """Whether refusing at the line has stopped freeing anything: no new low (by a MiB) for
+        ``FLOOR_CHECKS`` checks in a row, and room left under the limit itself.  Off the line, or at the
+        limit, the count starts again."""
+        if not at_line or rss >= limit:
+            self._still = -1
+            return False
+        if self._still < 0 or (rss < self._lowest - _MIB and not self._floor):
+            self._lowest, self._still = rss, 0
+        else:
+            self._still += 1
+        return self._still >= FLOOR_CHECKS
+
+    def _log(self, level: int, floor: bool, rss: int, soft: int, line: int) -> None:
+        if floor:
+            # Once per floor: the operator's limit is too tight for what this pipeline keeps.
+            self.logger.warning(
+                "memory usage %d MiB has not fallen for %d checks while refusing data: that is what the pipeline "
+                "itself keeps, over its refusing line (%d MiB); taking one request at a time that fits under the "
+                "limit (%d MiB) -- raise limit_mib to at least %d MiB to keep the spike headroom",
+                rss // _MIB, FLOOR_CHECKS, line // _MIB, self.config.limit_mib,
+                -(-(rss + self.config.spike_bytes) // _MIB))
+            return
+        what = {ACCEPT: "accepting data", REFUSE: "refusing data",
+                ONE_AT_A_TIME: "taking one request at a time that fits under the limit"}[level]
+        where = ("is back under the soft limit" if level == ACCEPT else "is near the limit" if rss >= line
+                 else "is above the soft limit")
+        # Entering and leaving the pressure levels is a WARNING; going between them (every few seconds
+        # at the refusing line) is in the level metric, and DEBUG here.
+        pressure = ACCEPT in (level, self._level)
+        self.logger.log(logging.WARNING if pressure else logging.DEBUG,
+                        "memory usage %d MiB %s (soft %d MiB, refusing from %d MiB, limit %d MiB): %s",
+                        rss // _MIB, where, soft // _MIB, line // _MIB, self.config.limit_mib, what)
 
     def _start(self, host) -> None:
         self._admission = host.admission

@@ -171,3 +171,40 @@ def test_a_crossing_is_logged_once_for_the_process_and_the_flips_near_the_line_a
     assert lines == [("WARNING", "refusing data"), ("DEBUG", "taking one request at a time that fits under the limit"),
                      ("DEBUG", "refusing data"), ("DEBUG", "taking one request at a time that fits under the limit"),
                      ("WARNING", "accepting data")]
+
+
+def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_limit_itself(monkeypatch, caplog):
+    """The soak's recovery probe: after a minute of overload the held floor sat over the refusing line with
+    nothing in flight, and the pipeline refused every request until restarted.  Refusing that frees nothing
+    for FLOOR_CHECKS checks gives way to one request at a time within what is left under limit_mib."""
+    import logging
+
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    monkeypatch.setattr(factory._HELD, "_logged", ACCEPT)
+    held = {"mib": 70.0}
+    limiter, admission = _limiter(monkeypatch, held)
+    n = factory.FLOOR_CHECKS
+
+    def levels(*mibs: float) -> list[tuple[int, float | None]]:
+        seen = []
+        for mib in mibs:
+            held["mib"] = mib
+            limiter.check()
+            assert admission.level == limiter.level
+            seen.append((limiter.level, None if limiter.level == REFUSE else admission.check()[0] / _MIB))
+        return seen
+
+    refusing = [(REFUSE, None)] * n
+    with caplog.at_level(logging.WARNING, logger="agent_sre"):
+        assert levels(70, 95) == [(ACCEPT, 20), (REFUSE, None)]  # crossing, straight to the line
+        # still falling by a MiB or more: refusing is working, the count starts again
+        assert levels(*[95] * (n - 1), 93.5, *[93.5] * (n - 1)) == [(REFUSE, None)] * (2 * n - 1)
+        assert levels(93.5) == [(ONE_AT_A_TIME, 100 - 93.5)]  # n checks without a new low: the floor
+        assert levels(97, 92.9) == [(ONE_AT_A_TIME, 3), (ONE_AT_A_TIME, 100 - 92.9)]  # the room is under the limit
+        assert levels(100) == [(REFUSE, None)]  # at the limit itself: refused, and the count starts again
+        assert levels(*[96] * n) == refusing
+        assert levels(96, 89) == [(ONE_AT_A_TIME, 4), (ONE_AT_A_TIME, 1)]  # under the line: the usual room
+        assert levels(74) == [(ACCEPT, 16)]
+    floor = [r.getMessage() for r in caplog.records if "has not fallen" in r.getMessage()]
+    assert len(floor) == 2 and "raise limit_mib to at least 114 MiB" in floor[0]  # 93.5 + the 20 MiB spike
