@@ -173,7 +173,11 @@ def reader(con):
 # --- output --------------------------------------------------------------------------------
 
 def print_table(body: dict, fmt: str) -> None:
-    """``{"columns": [...], "rows": [[...]], "truncated": bool}`` as a table, CSV or JSON."""
+    """``{"columns": [...], "rows": [[...]], "truncated": bool}`` as a table, CSV or JSON; spans the
+    running store had acknowledged but not committed yet (``pending_spans``) are said on stderr."""
+    if body.get("pending_spans"):
+        print(f"note: {body['pending_spans']} acknowledged spans were not in the store yet (ingest is ahead of it); "
+              "the answer is over what was committed", file=sys.stderr)
     if fmt == "json":
         print(json.dumps(body, indent=2, default=str))
         return

@@ -1,6 +1,7 @@
 """admin: the query API over the running pipeline's span store.
 
-    POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s"}  -> columns, rows, truncated_by
+    POST /v1/query   {"sql": "...", "max_rows": 1000, "timeout": "10s", "wait": "5s"}
+                     -> columns, rows, truncated_by, pending_spans
     GET  /v1/status  components and store
     GET  /v1/slos    every SLO per agent, evaluated now (the slo processors)
     GET  /v1/decisions[/{agent_id}[?tool=&task=]]   per-agent decisions (cost budgets, breakers): allow,
@@ -86,7 +87,7 @@ from agent_sre.pipeline.storage.fleet import (
     parse_store,
     redacted,
 )
-from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
+from agent_sre.pipeline.storage.sandbox import QUERY_WAIT_S, QueryError, QueryLimits
 
 
 class AdminAuthConfig(AuthConfig):
@@ -117,6 +118,10 @@ class AdminConfig(ConfigModel):
     max_rows: int = Field(default=10_000, gt=0)
     # The default is a duration's input form, parsed by validate_default; pydantic types only the output.
     query_timeout: Duration = Field(default="30s", gt=0)  # type: ignore[assignment]
+    # How long a query waits for the spans acknowledged before it to be committed (a request's "wait" may
+    # ask for less or more, up to its time limit); past it the answer is over what is committed, with
+    # "pending_spans" saying how many were not.
+    query_wait: Duration = Field(default=QUERY_WAIT_S, ge=0)
     # Ad hoc SQL's other limits (pipeline/storage/sandbox.py): the answer's size (Arrow bytes of its rows;
     # cut beyond it), the process's growth while a query runs (stopped beyond it), and its pool: queries
     # running at once and waiting; beyond both, 429 at once.
@@ -317,9 +322,15 @@ class AdminApi(Extension):
             raise QueryError(f'"timeout" {exc}') from None
         if timeout <= 0:
             raise QueryError(f'"timeout" must be positive (at most {cfg.query_timeout:g}s; got {timeout:g}s)')
+        try:
+            wait = parse_duration(body.get("wait", cfg.query_wait))
+        except ValueError as exc:
+            raise QueryError(f'"wait" {exc}') from None
+        if wait < 0:
+            raise QueryError(f'"wait" must not be negative (got {wait:g}s)')
         return QueryLimits(max_rows=min(max_rows, cfg.max_rows), timeout_s=min(timeout, cfg.query_timeout),
                            max_result_bytes=cfg.max_result_bytes, max_memory_bytes=cfg.max_query_memory_mib << 20,
-                           tenant=tenant)
+                           tenant=tenant, wait_s=wait)
 
     async def _query(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()  # the time limit runs from here: the wait for a query slot counts

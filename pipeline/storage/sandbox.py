@@ -60,6 +60,9 @@ class QueryError(Exception):
         self.reason = reason
 
 
+QUERY_WAIT_S = 5.0  # the API's and the console's default QueryLimits.wait_s
+
+
 @dataclass(frozen=True)
 class QueryLimits:
     max_rows: int = 1000
@@ -67,12 +70,19 @@ class QueryLimits:
     max_result_bytes: int = 16 << 20
     max_memory_bytes: int = 256 << 20  # growth of the process's RSS while the query runs
     tenant: str | None = None  # rows of this tenant only (tenants.py); None: every row
+    # How long a query over a running store waits for the spans acknowledged before it to be committed;
+    # past it, it answers over what is committed and says how many were pending.  None: up to the time
+    # limit, and 503 when the store has not caught up by then (read-your-writes, always).
+    wait_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "timeout_s", "max_result_bytes", "max_memory_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number (got {value!r})")
+        if self.wait_s is not None and (isinstance(self.wait_s, bool) or not isinstance(self.wait_s, (int, float))
+                                        or self.wait_s < 0):
+            raise ValueError(f"wait_s must be a number >= 0 or None (got {self.wait_s!r})")
         if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant):
             raise ValueError(f"tenant must be a non-empty string or None (got {self.tenant!r})")
 
@@ -96,6 +106,7 @@ class QueryResult:
     rows: list[list]
     truncated_by: str | None  # the limit that cut the result: max_rows or max_result_bytes
     elapsed_ms: float
+    pending_spans: int = 0  # acknowledged spans not committed yet when it ran (QueryLimits.wait_s ran out)
 
     @property
     def truncated(self) -> bool:
@@ -104,7 +115,7 @@ class QueryResult:
     def to_json(self) -> dict:
         return {"columns": self.columns, "types": self.types, "rows": self.rows,
                 "row_count": len(self.rows), "truncated": self.truncated, "truncated_by": self.truncated_by,
-                "elapsed_ms": round(self.elapsed_ms, 3)}
+                "elapsed_ms": round(self.elapsed_ms, 3), "pending_spans": self.pending_spans}
 
     def to_json_bytes(self) -> bytes:
         """The answer's body: blobs as hex, other non-JSON values (dates, UUIDs) as text."""

@@ -1131,19 +1131,28 @@ class SpanStore:
     def query(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0,
               limits: QueryLimits | None = None) -> QueryResult:
         """Ad hoc SQL through the sandbox; ``limits`` (else ``max_rows`` and ``timeout_s`` with the
-        default byte and memory limits) bound it, the wait for the loader included."""
+        default byte and memory limits) bound it, the wait for the loader included.  The query first
+        waits for the spans acknowledged before it to be committed: up to ``limits.wait_s``, after which
+        it answers over what is committed with ``pending_spans`` saying how many were not (under ingest at
+        the loader's limit the store can stay seconds behind, and a query that waited for all of it
+        answered 503 at its time limit, bench/query10m.py); with ``wait_s`` None, up to the time limit and
+        503 if the store has not caught up by then."""
         limits = limits or QueryLimits(max_rows=max_rows, timeout_s=timeout_s)
         check_read_only(sql)
         started = time.monotonic()
+        pending = 0
         try:
-            self.sync(limits.timeout_s)
+            self.sync(limits.timeout_s if limits.wait_s is None else min(limits.wait_s, limits.timeout_s))
         except StoreBehind as exc:
-            raise QueryError(f"{exc}; try again later", 503, "store_behind") from exc
+            if limits.wait_s is None:
+                raise QueryError(f"{exc}; try again later", 503, "store_behind") from exc
+            pending = self.pending_spans  # 0 when only the commit callbacks were behind
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
         with self._reading() as cursor:
-            return run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
+            result = run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
+        return dataclasses.replace(result, pending_spans=pending) if pending else result
 
     def checkpoint(self) -> None:
         self.sync()

@@ -98,6 +98,37 @@ def test_time_limit_interrupts_long_queries(pipeline):
     assert "time limit" in body["error"]
 
 
+def test_under_ingest_ahead_of_the_store_a_query_answers_after_its_wait_with_what_was_pending(start_pipeline):
+    """The store's loader behind (at max rate it is the limit): the answer comes after the request's "wait"
+    (the admin's query_wait by default) over what is committed, with "pending_spans"; it was a 503 "span store
+    did not catch up" at the time limit (bench/query10m.py under ingest, issue #12)."""
+    p = start_pipeline(admin="    query_wait: 300ms\n")
+    _load(p, 4)
+    p.store.sync()
+    release = threading.Event()
+    insert = p.store._insert
+
+    def slow_insert(tables, seq=None):
+        release.wait(30)
+        insert(tables, seq)
+
+    p.store._insert = slow_insert
+    try:
+        _load(p, 3)
+        for payload, waited in (({"sql": "SELECT count(*) FROM spans"}, 0.3),  # the admin's query_wait
+                                ({"sql": "SELECT count(*) FROM spans", "wait": "1s"}, 1.0)):
+            started = time.monotonic()
+            status, body = query(p, payload)
+            assert status == 200 and body["rows"] == [[4]] and body["pending_spans"] == 3, body
+            assert waited <= time.monotonic() - started < waited + 3
+        status, body = query(p, {"sql": "SELECT 1", "wait": "-1s"})
+        assert status == 400 and '"wait"' in body["error"]
+    finally:
+        release.set()
+    status, body = query(p, {"sql": "SELECT count(*) FROM spans", "wait": "10s"})
+    assert status == 200 and body["rows"] == [[7]] and body["pending_spans"] == 0
+
+
 def test_bad_sql_is_400(pipeline):
     status, body = query(pipeline, {"sql": "SELEC nonsense"})
     assert status == 400

@@ -32,7 +32,7 @@ from agent_sre.pipeline.service.console.config import ConsoleConfig
 from agent_sre.pipeline.service.console.scope import EVERYONE, Viewer
 from agent_sre.pipeline.service.console.search import SearchError, TraceSearch
 from agent_sre.pipeline.service.console.static import CSS, JS
-from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
+from agent_sre.pipeline.storage.sandbox import QUERY_WAIT_S, QueryError, QueryLimits
 
 # Pages may load only what the pipeline serves: no inline script, no third-party origin.
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -282,7 +282,8 @@ class Console(Extension):
         store = self._host.get(SpanStore, self.config.storage, str(self.id))
         principal = request.get(PRINCIPAL)
         limits = QueryLimits(max_rows=self.config.max_rows, timeout_s=self.config.query_timeout,
-                             tenant=principal.tenant if principal is not None else None)
+                             tenant=principal.tenant if principal is not None else None,
+                             wait_s=min(QUERY_WAIT_S, self.config.query_timeout))
         return await self._queries.run(time.monotonic() + limits.timeout_s, store.query, sql, 0, 0.0, limits)
 
     async def _sql(self, request: web.Request) -> web.Response:

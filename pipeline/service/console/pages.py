@@ -306,6 +306,8 @@ def sql(text: str, result, error: str | None) -> str:
         return form
     rows = ["<tr>" + "".join(f"<td>{escape('' if v is None else str(v))}</td>" for v in row) + "</tr>" for row in result.rows]
     cut = f" (cut at {escape(result.truncated_by)})" if result.truncated_by else ""
+    if result.pending_spans:
+        cut += f"; {result.pending_spans} acknowledged spans were not in the store yet"
     return (form + f'<p class="muted">{len(result.rows)} rows{cut} in {result.elapsed_ms:.1f} ms · '
             f'<a href="/ui/sql.csv?{q(q=text)}" download="query.csv">download CSV</a></p>'
             + table("result", [(c, "") for c in result.columns], rows))

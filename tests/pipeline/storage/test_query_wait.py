@@ -1,0 +1,85 @@
+"""A query over a running store waits a bounded time for the spans acknowledged before it, then answers over
+what is committed and says how many were pending.  It used to wait for all of them up to its time limit: under
+ingest at the loader's limit the store stays seconds behind, and the running pipeline's ``POST /v1/query``
+answered 503 "span store did not catch up" to every query (bench/query10m.py, issue #12)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.storage.sandbox import QueryError, QueryLimits
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings
+from tests.otlp_builders import request
+
+
+def _spans(n: int):
+    return request_to_table(request(n)).table
+
+
+@pytest.fixture
+def behind(tmp_path):
+    """A spooled store with 10 spans committed and 7 acknowledged that its loader cannot insert yet."""
+    store = SpanStore(tmp_path / "s.duckdb", spool=SpoolSettings(directory=str(tmp_path / "spool"),
+                                                                  flush_interval=0.02))
+    store.append(_spans(10))
+    store.sync()
+    release = threading.Event()
+    insert = store._insert
+
+    def slow_insert(tables, seq=None):
+        release.wait(30)  # the loader, busy (at max rate it is the limit)
+        insert(tables, seq)
+
+    store._insert = slow_insert  # type: ignore[method-assign]
+    store.append(_spans(7))
+    try:
+        yield store, release
+    finally:
+        release.set()
+        store.close()
+
+
+def test_a_query_answers_over_what_is_committed_after_its_wait_and_says_what_was_pending(behind):
+    store, _ = behind
+    started = time.monotonic()
+    result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=0.3))
+    assert 0.3 <= time.monotonic() - started < 3
+    assert result.rows == [[10]] and result.pending_spans == 7
+    assert result.to_json()["pending_spans"] == 7
+
+
+def test_without_a_wait_bound_a_query_is_read_your_writes_or_a_503(behind):
+    store, _ = behind
+    with pytest.raises(QueryError) as exc:
+        store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=0.3))
+    assert exc.value.status == 503 and "did not catch up" in str(exc.value)
+
+
+def test_once_the_loader_catches_up_within_the_wait_nothing_is_pending(behind):
+    store, release = behind
+    threading.Timer(0.2, release.set).start()
+    result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=5))
+    assert result.rows == [[17]] and result.pending_spans == 0
+
+
+def test_the_wait_is_a_number_of_seconds_not_below_zero():
+    with pytest.raises(ValueError, match="wait_s"):
+        QueryLimits(wait_s=-1)
+    with pytest.raises(ValueError, match="wait_s"):
+        QueryLimits(wait_s=True)
+
+
+def test_the_cli_says_on_stderr_when_the_answer_missed_pending_spans(capsys):
+    from agent_sre.pipeline.cli.common import print_table
+
+    body = {"columns": ["n"], "rows": [[10]], "truncated": False, "pending_spans": 7}
+    print_table(body, "csv")
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["n", "10"]  # the answer itself stays machine-readable
+    assert "7 acknowledged spans were not in the store yet" in err
+    print_table({**body, "pending_spans": 0}, "csv")
+    assert capsys.readouterr().err == ""
