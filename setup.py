@@ -1,4 +1,5 @@
-"""The optional C decoder and encoder of OTLP trace requests; everything else is in pyproject.toml.
+"""The optional C decoder and encoders (protobuf, JSON) of OTLP trace requests; everything else is in
+pyproject.toml.
 
 Optional: without a C compiler or Python's headers the build skips them and the pure-Python
 decoder (pipeline/pdata/otlp_arrow.py) and encoder (pipeline/pdata/arrow_otlp.py) do the work.
@@ -14,6 +15,6 @@ setup(
             extra_compile_args=["-O2"],
             optional=True,
         )
-        for name in ("_otlp_decode", "_otlp_encode")
+        for name in ("_otlp_decode", "_otlp_encode", "_otlp_json")
     ]
 )

@@ -9,9 +9,11 @@ CPU per span (``time.process_time``; wall time alongside) for:
   ``span_fields`` alone by each path;
 - C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL;
 - OTLP/JSON (``table_to_json``, the ``file`` exporter's line): span by span (Python dicts and
-  ``json.dumps``, with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``) and column-wise (Arrow string kernels,
-  pipeline/pdata/otlp_json_columns.py), on each 512-span table and on one table of all of them (the
-  size of a batch the flusher hands on), with whether both give the same JSON document.
+  ``json.dumps``, with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``), column-wise (Arrow string kernels,
+  pipeline/pdata/otlp_json_columns.py) and in C from the protobuf bytes (``_otlp_json.c``: with the C
+  protobuf encoding included, and from bytes already encoded, as the fan-out hands them when a protobuf
+  exporter encoded the batch first), on each 512-span table and on one table of all of them (the size of a
+  batch the flusher hands on), with whether all give the same JSON document.
 
 Best (min) and median of ``--passes`` passes over ``--count`` tables.
 
@@ -28,6 +30,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from agent_sre.pipeline.pdata import arrow_otlp
 from agent_sre.pipeline.pdata.arrow_otlp import (
     PURE_PYTHON_ENCODER_ENV,
     _c_span_fields,
@@ -41,7 +44,7 @@ from bench.agent_spans import request_bodies
 from bench.timing import in_threads, passes
 
 try:
-    from agent_sre.pipeline.pdata import _otlp_encode  # noqa: F401
+    from agent_sre.pipeline.pdata import _otlp_encode, _otlp_json  # noqa: F401
 except ImportError as exc:
     raise SystemExit("the C encoder is not built: `.venv/bin/pip install -e .` with gcc and Python's headers") from exc
 
@@ -87,6 +90,18 @@ def main() -> None:
                 os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
         return run
 
+    def column_wise(table: pa.Table) -> bytes:
+        arrow_otlp._otlp_json = None  # the C JSON writer off: otlp_json_columns
+        try:
+            return table_to_json(table)
+        finally:
+            arrow_otlp._otlp_json = _otlp_json
+
+    encoded_bytes = {id(t): table_to_bytes(t) for t in [*tables, whole]}
+
+    def from_bytes(table: pa.Table) -> bytes:
+        return _otlp_json.traces_json(encoded_bytes[id(table)])
+
     os.environ.pop(PURE_PYTHON_ENCODER_ENV, None)
     each(table_to_bytes, pure=True)()  # warm up imports and caches
     each(table_to_bytes)()
@@ -98,23 +113,28 @@ def main() -> None:
         "C span_fields": passes(each(span_fields), args.passes, spans),
         "C table_to_bytes, 2 threads": passes(in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),
         "span-by-span table_to_json": passes(each(table_to_json, pure=True), args.passes, spans),
-        "column-wise table_to_json": passes(each(table_to_json), args.passes, spans),
+        "column-wise table_to_json": passes(each(column_wise), args.passes, spans),
+        "C table_to_json": passes(each(table_to_json), args.passes, spans),
+        "C JSON from the bytes": passes(each(from_bytes), args.passes, spans),
         "span-by-span, one table": passes(one(table_to_json, pure=True), args.passes, spans),
-        "column-wise, one table": passes(one(table_to_json), args.passes, spans),
+        "column-wise, one table": passes(one(column_wise), args.passes, spans),
+        "C, one table": passes(one(table_to_json), args.passes, spans),
+        "C from the bytes, one table": passes(one(from_bytes), args.passes, spans),
     }
     os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
     slow_json = [json.loads(table_to_json(t)) for t in tables]
     del os.environ[PURE_PYTHON_ENCODER_ENV]
-    same_json = slow_json == [json.loads(table_to_json(t)) for t in tables]
+    same_json = slow_json == [json.loads(column_wise(t)) for t in tables] == [json.loads(table_to_json(t)) for t in tables]
     print(f"{spans} spans per pass ({args.count} tables), {args.passes} passes; µs per span, min / median;"
-          f" same bytes by both paths: {same}; same JSON document by both JSON paths: {same_json}")
+          f" same bytes by both paths: {same}; same JSON document by the three JSON paths: {same_json}")
     print(f"{'':28} {'CPU min':>8} {'CPU med':>8} {'wall min':>9} {'wall med':>9}")
     for name, (cpu, wall) in rows.items():
         print(f"{name:28} {min(cpu):8.3f} {statistics.median(cpu):8.3f} {min(wall):9.3f} {statistics.median(wall):9.3f}")
     py, c = min(rows["Python table_to_bytes"][0]), min(rows["C table_to_bytes"][0])
     print(f"Python / C table_to_bytes (CPU): {py / c:.1f}x")
     slow, fast = min(rows["span-by-span table_to_json"][0]), min(rows["column-wise table_to_json"][0])
-    print(f"span-by-span / column-wise table_to_json (CPU): {slow / fast:.1f}x")
+    c_json = min(rows["C table_to_json"][0])
+    print(f"span-by-span / column-wise / C table_to_json (CPU): {slow / fast:.1f}x / 1.0x / {fast / c_json:.2f}x less")
 
 
 def _pure_bytes(tables: list[pa.Table]) -> list[bytes]:
