@@ -176,7 +176,8 @@ def test_a_crossing_is_logged_once_for_the_process_and_the_flips_near_the_line_a
 def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_limit_itself(monkeypatch, caplog):
     """The soak's recovery probe: after a minute of overload the held floor sat over the refusing line with
     nothing in flight, and the pipeline refused every request until restarted.  Refusing that frees nothing
-    for FLOOR_CHECKS checks gives way to one request at a time within what is left under limit_mib."""
+    for FLOOR_CHECKS checks gives way to one request at a time within what is left under the floor line
+    (limit_mib - spike / 4)."""
     import logging
 
     import agent_sre.processors.memory_limiter.factory as factory
@@ -195,16 +196,17 @@ def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_li
             seen.append((limiter.level, None if limiter.level == REFUSE else admission.check()[0] / _MIB))
         return seen
 
-    refusing = [(REFUSE, None)] * n
-    with caplog.at_level(logging.WARNING, logger="agent_sre"):
-        assert levels(70, 95) == [(ACCEPT, 20), (REFUSE, None)]  # crossing, straight to the line
+    with caplog.at_level(logging.WARNING, logger="agent_sre"):  # the floor line: 100 - 20 / 4 = 95 MiB
+        assert levels(70, 93) == [(ACCEPT, 20), (REFUSE, None)]  # crossing, straight to the refusing line
         # still falling by a MiB or more: refusing is working, the count starts again
-        assert levels(*[95] * (n - 1), 93.5, *[93.5] * (n - 1)) == [(REFUSE, None)] * (2 * n - 1)
-        assert levels(93.5) == [(ONE_AT_A_TIME, 100 - 93.5)]  # n checks without a new low: the floor
-        assert levels(97, 92.9) == [(ONE_AT_A_TIME, 3), (ONE_AT_A_TIME, 100 - 92.9)]  # the room is under the limit
-        assert levels(100) == [(REFUSE, None)]  # at the limit itself: refused, and the count starts again
-        assert levels(*[96] * n) == refusing
-        assert levels(96, 89) == [(ONE_AT_A_TIME, 4), (ONE_AT_A_TIME, 1)]  # under the line: the usual room
+        assert levels(*[93] * (n - 1), 91.5, *[92] * (n - 1)) == [(REFUSE, None)] * (2 * n - 1)
+        assert levels(92) == [(ONE_AT_A_TIME, 3)]  # n checks without a new low: the floor, under the floor line
+        assert levels(94, 90.5) == [(ONE_AT_A_TIME, 1), (ONE_AT_A_TIME, 4.5)]  # at the floor a new low does not
+        # send it back to refusing
+        assert levels(95) == [(REFUSE, None)]  # at the floor line: refused, and the count starts again
+        assert levels(*[94] * n) == [(REFUSE, None)] * n
+        assert levels(94, 89) == [(ONE_AT_A_TIME, 1), (ONE_AT_A_TIME, 1)]  # under the refusing line: the usual room
         assert levels(74) == [(ACCEPT, 16)]
     floor = [r.getMessage() for r in caplog.records if "has not fallen" in r.getMessage()]
-    assert len(floor) == 2 and "raise limit_mib to at least 114 MiB" in floor[0]  # 93.5 + the 20 MiB spike
+    assert len(floor) == 2 and "fits under 95 MiB (limit 100 MiB)" in floor[0]
+    assert "raise limit_mib to at least 112 MiB" in floor[0]  # 92 + the 20 MiB spike
