@@ -109,6 +109,10 @@ class Telemetry:
         self.store_resent_spans = Gauge(
             "agent_sre_store_resent_spans", "Spans not stored again since start: copies a client re-sent of spans "
             "the store already had (same trace and span ids, within the dedup window).", ["exporter"], registry=r)
+        self.store_reattached = Gauge(
+            "agent_sre_store_reattached", "Times since start the store detached and re-attached its file to free the "
+            "row groups' metadata DuckDB keeps in memory while it is attached (every reattach_rows rows).",
+            ["exporter"], registry=r)
         self.exporter_queue_capacity = Gauge(
             "agent_sre_exporter_queue_capacity", "Spans the exporter's queue holds before it refuses.",
             ["exporter"], registry=r)

@@ -117,3 +117,22 @@ def test_duckdb_metadata_stops_growing_with_the_rows_stored(tmp_path):
     print(f"C heap growth over {batches} row groups: {kept >> 10} KiB attached all along, {freed >> 10} KiB re-attaching")
     # Measured: 10.9 MiB against 5.6 (what is left grows ~7 bytes per span, outside the attached file).
     assert freed < kept * 0.7, f"re-attaching: {freed >> 10} KiB against {kept >> 10} KiB"
+
+
+def test_the_re_attaches_are_a_self_metric(pipeline):
+    import urllib.request
+
+    from tests.conftest import eventually
+
+    pipeline.store._reattach_rows = ROW_GROUP_SIZE  # the setting's default is 1M rows
+
+    def metric() -> str:
+        url = f"http://127.0.0.1:{pipeline.ports.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return next((line for line in r.read().decode().splitlines()
+                         if line.startswith('agent_sre_store_reattached{exporter="duckdb"}')), "")
+
+    assert metric().endswith(" 0.0")
+    pipeline.service.receivers[0].ingest.export(request(ROW_GROUP_SIZE + 1), "test")
+    pipeline.store.sync()
+    assert eventually(lambda: metric().endswith(" 1.0"), timeout=10), metric()
