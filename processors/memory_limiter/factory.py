@@ -156,7 +156,7 @@ class MemoryLimiter(Processor):
     def __init__(self, settings, config: MemoryLimiterConfig):
         super().__init__(settings, config)
         self._level = ACCEPT
-        self._floor = False  # one request at a time under limit_mib: refusing freed nothing (FLOOR_CHECKS)
+        self._floor = False  # one request at a time under the floor line: refusing freed nothing (FLOOR_CHECKS)
         self._lowest = 0  # the least held memory seen while refusing at the line, and checks since (-1: off it)
         self._still = -1
         self._admission = None
