@@ -55,3 +55,16 @@ def test_the_fast_json_is_protobufs_own_json_of_the_same_request(req):
 
     table = request_to_table(req).table
     assert json.loads(table_to_json(table)) == json.loads(encode_trace_request(table_to_request(table)))
+
+
+def test_gzip_bodies_are_rfc_1952_that_pythons_gzip_reads_back():
+    """Exporters' bodies are gzipped by ISA-L (isal), not zlib: any gzip reader must take them."""
+    import gzip
+
+    from agent_sre.pipeline.pdata import arrow_otlp
+
+    table = request_to_table(request(300, attrs={"gen_ai.request.model": "gpt-4o"})).table
+    for form in ("proto", "json"):
+        body = arrow_otlp.encoded(table, f"{form}+gzip")
+        assert body[:2] == b"\x1f\x8b" and gzip.decompress(body) == arrow_otlp.encoded(table, form)
+    assert arrow_otlp._gzip.__name__ == "isal.igzip"  # the dependency is installed and used
