@@ -2,7 +2,7 @@
 # listening on all interfaces inside the container.
 FROM python:3.11-slim AS build
 WORKDIR /src
-# gcc builds the optional C decoder of OTLP trace requests (pipeline/pdata/_otlp_decode.c, setup.py).
+# gcc builds the optional C decoder and encoders of OTLP trace requests (pipeline/pdata/_otlp_*.c, setup.py).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md setup.py ./
 COPY pipeline pipeline
@@ -31,9 +31,9 @@ ENV AGENT_SRE_OTLP_GRPC_ENDPOINT=0.0.0.0:4317 \
 # Fail the build, not the first start, if a module or dependency did not make it into the install:
 # this imports every built-in component and checks the embedded default under the settings above.
 RUN agent-sre validate
-# ... and the C decoder and encoder made it into the image (without them the receiver is 5-6x costlier
-# per span, and the first OTLP exporter ~6x).
-RUN python -c "import agent_sre.pipeline.pdata._otlp_decode, agent_sre.pipeline.pdata._otlp_encode"
+# ... and the C decoder and encoders made it into the image (without them the receiver is 5-6x costlier
+# per span, the first OTLP exporter ~6x, and OTLP/JSON ~7x).
+RUN python -c "import agent_sre.pipeline.pdata._otlp_decode, agent_sre.pipeline.pdata._otlp_encode, agent_sre.pipeline.pdata._otlp_json"
 EXPOSE 4317 4318 13133 8888 8889
 VOLUME ["/var/lib/agent-sre/data"]
 ENTRYPOINT ["agent-sre"]
