@@ -378,6 +378,19 @@ static const Spec ANY_LIST = {ANY_LIST_FIELDS, 1, NULL, 0, 0};
 static const FieldSpec KV_LIST_FIELDS[] = {{1, "\"values\":", REPEATED, write_key_value}};
 static const Spec KV_LIST = {KV_LIST_FIELDS, 1, NULL, 0, 0};
 
+/* Nesting of arrays and key-value lists, per thread (the walk runs without the GIL): past protobuf's own
+ * recursion limit (about) the bytes are left to Python, which refuses them as protobuf does. */
+static _Thread_local int nesting;
+enum { MAX_NESTING = 40 }; /* each level is two messages (AnyValue, ArrayValue or KeyValueList): upb stops at 100 */
+
+static int write_nested(Buf *b, const Spec *spec, const uint8_t *data, size_t len) {
+    if (nesting >= MAX_NESTING) return FALLBACK;
+    nesting++;
+    int rc = write_message(b, spec, data, len);
+    nesting--;
+    return rc;
+}
+
 static int write_any(Buf *b, const uint8_t *data, size_t len) {
     Rd r = {data, data + len};
     Field f, last;
@@ -404,8 +417,8 @@ static int write_any(Buf *b, const uint8_t *data, size_t len) {
         rc = PUTS(b, "{\"doubleValue\":") || put_double(b, d);
         break;
     }
-    case 5: rc = PUTS(b, "{\"arrayValue\":") || write_message(b, &ANY_LIST, f.data, f.len); break;
-    case 6: rc = PUTS(b, "{\"kvlistValue\":") || write_message(b, &KV_LIST, f.data, f.len); break;
+    case 5: rc = PUTS(b, "{\"arrayValue\":") || write_nested(b, &ANY_LIST, f.data, f.len); break;
+    case 6: rc = PUTS(b, "{\"kvlistValue\":") || write_nested(b, &KV_LIST, f.data, f.len); break;
     default: rc = PUTS(b, "{\"bytesValue\":") || put_base64(b, f.data, f.len);
     }
     if (rc) return rc; /* chained with ||: out of memory reads as FALLBACK too, and Python then writes it */

@@ -144,3 +144,29 @@ def test_the_file_exporters_json_comes_from_the_protobuf_bytes_the_batch_already
     text = arrow_otlp.encoded(table, "json")
     assert seen == [proto] and seen[0] is proto  # the cached protobuf bytes, not a second encoding
     assert json.loads(text) == _oracle(proto)
+
+
+def _nested_request(depth: int) -> bytes:
+    """One span whose one attribute is an array in an array ... ``depth`` deep, as wire bytes."""
+
+    def frame(field: int, body: bytes) -> bytes:
+        head, n = bytes([(field << 3) | 2]), len(body)
+        while n >= 0x80:
+            head += bytes([(n & 0x7F) | 0x80])
+            n >>= 7
+        return head + bytes([n]) + body
+
+    value = frame(1, b"leaf")  # AnyValue.string_value
+    for _ in range(depth):
+        value = frame(5, frame(1, value))  # AnyValue.array_value { values: value }
+    span = frame(1, b"\x01" * 16) + frame(2, b"\x02" * 8) + frame(9, frame(1, b"k") + frame(2, value))
+    return frame(1, frame(1, b"") + frame(2, frame(1, b"") + frame(2, span)))  # resource and scope: present, empty
+
+
+def test_nesting_deeper_than_protobufs_limit_is_left_to_python():
+    shallow = _nested_request(40)
+    assert json.loads(traces_json(shallow)) == _oracle(shallow)
+    deep = _nested_request(48)  # 2 messages per level: past upb's 100, which the Python paths hit too
+    assert traces_json(deep) is None
+    with pytest.raises(Exception, match="MaxDepth"):
+        _oracle(deep)
