@@ -52,7 +52,7 @@ try:
     from agent_sre.pipeline.pdata import _otlp_json  # type: ignore[attr-defined]
 except ImportError:
     _otlp_json = None
-try:  # ISA-L's gzip: the same format (RFC 1952) at ~1/6 of zlib's CPU and the same ratio (bench/encode.py)
+try:  # ISA-L's gzip: the same format (RFC 1952) at ~1/5 of zlib's CPU and the same ratio (bench/encode.py)
     from isal import igzip as _gzip
 except ImportError:  # a platform without its wheel
     import gzip as _gzip  # type: ignore[no-redef]
