@@ -173,7 +173,7 @@ def test_a_crossing_is_logged_once_for_the_process_and_the_flips_near_the_line_a
                      ("WARNING", "accepting data")]
 
 
-def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_limit_itself(monkeypatch, caplog):
+def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_floor_line(monkeypatch, caplog):
     """The soak's recovery probe: after a minute of overload the held floor sat over the refusing line with
     nothing in flight, and the pipeline refused every request until restarted.  Refusing that frees nothing
     for FLOOR_CHECKS checks gives way to one request at a time within what is left under the floor line
