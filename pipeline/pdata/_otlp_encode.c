@@ -93,7 +93,7 @@ static inline int put_varint_field(Buf *b, uint32_t field, int64_t v) {
 
 /* ---- input columns: views of Arrow buffers ------------------------------------------------------- */
 
-#define MAX_VIEWS 64
+#define MAX_VIEWS 96  /* a request's batch: the span columns, resources and scopes */
 
 typedef struct {
     Py_buffer views[MAX_VIEWS];
@@ -463,8 +463,8 @@ enum {
     C_EXTRA, C_DROPPED_E, C_DROPPED_L, C_STATUS_MSG, C_STATUS_CODE, C_FLAGS, N_COLS
 };
 static const int WIDTH[N_COLS] = {
-    [C_KIND] = 8, [C_START] = 8, [C_END] = 8, [C_COST] = 8, [C_DROPPED_A] = 8, [C_DROPPED_E] = 8,
-    [C_DROPPED_L] = 8, [C_STATUS_CODE] = 8, [C_FLAGS] = 8,
+    [C_START] = 8, [C_END] = 8, [C_COST] = 8, [C_DROPPED_A] = 8, [C_DROPPED_E] = 8, [C_DROPPED_L] = 8,
+    [C_FLAGS] = 8,
 };
 
 /* The cost attribute's KeyValue up to its double's 8 bytes (key, value tag and length, double tag). */
@@ -473,20 +473,105 @@ typedef struct {
     size_t n;
 } Prefix;
 
-static int encode_span(Buf *b, const Col *c, const MapCol *attrs, const Keys *t, const Prefix *cost, int64_t i) {
+/* An enum stored by name (kind, status code): its names in code order, and the prefix of the values
+ * outside them, stored as prefix + number ("kind_7", "status_-1": proto3 enums are open). */
+#define MAX_NAMES 16
+
+typedef struct {
+    const uint8_t *name[MAX_NAMES];
+    size_t len[MAX_NAMES];
+    int count;
+    const uint8_t *prefix;
+    size_t plen;
+} Enum;
+
+/* What every row of a call reads: the typed and cost keys, the cost attribute's prefix, the enums. */
+typedef struct {
+    Keys keys;
+    Prefix cost;
+    Enum kind, status;
+} Ctx;
+
+/* (names tuple of bytes, prefix bytes); the bytes stay owned by the arguments. */
+static int enum_init(Enum *e, PyObject *names, PyObject *prefix) {
+    char *p;
+    Py_ssize_t n;
+    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) > MAX_NAMES) {
+        PyErr_Format(PyExc_ValueError, "an enum's names are a tuple of at most %d bytes", MAX_NAMES);
+        return -1;
+    }
+    e->count = (int)PyTuple_GET_SIZE(names);
+    for (int k = 0; k < e->count; k++) {
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(names, k), &p, &n)) return -1;
+        e->name[k] = (const uint8_t *)p;
+        e->len[k] = (size_t)n;
+    }
+    if (PyBytes_AsStringAndSize(prefix, &p, &n)) return -1;
+    e->prefix = (const uint8_t *)p;
+    e->plen = (size_t)n;
+    return 0;
+}
+
+/* enums: (kind names, kind prefix, status names, status prefix) */
+static int ctx_init(Ctx *x, PyObject *typed, PyObject *cost, const Py_buffer *prefix, PyObject *enums) {
+    x->cost.p = prefix->buf;
+    x->cost.n = (size_t)prefix->len;
+    if (!PyTuple_Check(enums) || PyTuple_GET_SIZE(enums) != 4) {
+        PyErr_SetString(PyExc_TypeError, "enums are (kind names, kind prefix, status names, status prefix)");
+        return -1;
+    }
+    if (enum_init(&x->kind, PyTuple_GET_ITEM(enums, 0), PyTuple_GET_ITEM(enums, 1))
+        || enum_init(&x->status, PyTuple_GET_ITEM(enums, 2), PyTuple_GET_ITEM(enums, 3)))
+        return -1;
+    return keys_init(&x->keys, typed, cost);
+}
+
+/* Row i's code: its name's index, or the number after the prefix (-?[0-9]{1,18}); null -> 0, as
+ * arrow_otlp._enum_codes reads the column.  Any other text: FALLBACK (the Python path's answer). */
+static int enum_code(const Enum *e, const Col *c, int64_t i, int64_t *code) {
+    const uint8_t *s;
+    size_t n;
+    int r = str_at(c, i, &s, &n);
+    *code = 0;
+    if (r <= 0) return r < 0 ? FALLBACK : OK;
+    for (int k = 0; k < e->count; k++) {
+        if (n == e->len[k] && !memcmp(s, e->name[k], n)) {
+            *code = k;
+            return OK;
+        }
+    }
+    if (n <= e->plen || memcmp(s, e->prefix, e->plen)) return FALLBACK;
+    s += e->plen;
+    n -= e->plen;
+    size_t j = s[0] == '-';
+    if (n - j < 1 || n - j > 18) return FALLBACK;
+    int64_t v = 0;
+    for (size_t q = j; q < n; q++) {
+        if (!is_digit(s[q])) return FALLBACK;
+        v = v * 10 + (s[q] - '0');
+    }
+    *code = j ? -v : v;
+    return OK;
+}
+
+static int encode_span(Buf *b, const Col *c, const MapCol *attrs, const Ctx *x, int64_t i) {
     int rc, cost_seen = 0;
     const uint8_t *s;
     size_t n;
+    int64_t kind, code;
+    const Prefix *cost = &x->cost;
+    if ((rc = enum_code(&x->kind, &c[C_KIND], i, &kind)) || (rc = enum_code(&x->status, &c[C_STATUS_CODE], i, &code)))
+        return rc;
     if ((rc = put_id(b, 1, &c[C_TRACE], i, 16, 0)) || (rc = put_id(b, 2, &c[C_SPAN], i, 8, 0))
         || (rc = put_string(b, 3, &c[C_STATE], i)) || (rc = put_id(b, 4, &c[C_PARENT], i, 8, 1))
-        || (rc = put_string(b, 5, &c[C_NAME], i)) || (rc = put_varint_field(b, 6, i64_at(&c[C_KIND], i))))
+        || (rc = put_string(b, 5, &c[C_NAME], i)) || (rc = put_varint_field(b, 6, kind)))
         return rc;
     if (reserve(b, 18)) return NOMEM;
     b->p[b->len++] = 0x39;  /* start_time_unix_nano = 7, fixed64 */
     put_le(b, (uint64_t)i64_at(&c[C_START], i), 8);
     b->p[b->len++] = 0x41;  /* end_time_unix_nano = 8 */
     put_le(b, (uint64_t)i64_at(&c[C_END], i), 8);
-    if ((rc = put_key_values(b, attrs, i, 9, t, &cost_seen))) return rc;
+    if ((rc = put_key_values(b, attrs, i, 9, &x->keys, &cost_seen))) return rc;
     /* a cost the cost processor added, where the client sent none (a row with no attributes sent none) */
     if (is_valid(&c[C_COST], i) && !cost_seen) {
         uint64_t bits;
@@ -498,14 +583,15 @@ static int encode_span(Buf *b, const Col *c, const MapCol *attrs, const Keys *t,
         put_le(b, bits, 8);
     }
     if ((rc = put_varint_field(b, 10, i64_at(&c[C_DROPPED_A], i)))) return rc;
-    if (str_at(&c[C_EXTRA], i, &s, &n) < 0) return FALLBACK;  /* events (11) and links (13), encoded */
-    if (reserve(b, n)) return NOMEM;
-    put(b, s, n);
+    if (c[C_EXTRA].offs) {  /* events (11) and links (13), encoded; no column: no span of the batch has any */
+        if (str_at(&c[C_EXTRA], i, &s, &n) < 0) return FALLBACK;
+        if (reserve(b, n)) return NOMEM;
+        put(b, s, n);
+    }
     if ((rc = put_varint_field(b, 12, i64_at(&c[C_DROPPED_E], i)))
         || (rc = put_varint_field(b, 14, i64_at(&c[C_DROPPED_L], i))))
         return rc;
     if (str_at(&c[C_STATUS_MSG], i, &s, &n) < 0) return FALLBACK;
-    int64_t code = i64_at(&c[C_STATUS_CODE], i);
     size_t status = (n ? 1 + varint_len(n) + n : 0) + (code ? 1 + varint_len((uint64_t)code) : 0);
     if (status) {
         if (reserve(b, 10 + status)) return NOMEM;
@@ -567,13 +653,12 @@ static inline int end_row(Result *r, int64_t i) {
 
 /* Span i, framed as a length-delimited field numbered `field` when it is not 0: the fields are written
  * after room for the longest tag and length, then moved back behind the real ones (varints are minimal). */
-static int encode_framed(Buf *b, uint32_t field, const Col *c, const MapCol *attrs, const Keys *t,
-                         const Prefix *cost, int64_t i) {
-    if (!field) return encode_span(b, c, attrs, t, cost, i);
+static int encode_framed(Buf *b, uint32_t field, const Col *c, const MapCol *attrs, const Ctx *x, int64_t i) {
+    if (!field) return encode_span(b, c, attrs, x, i);
     size_t start = b->len;
     if (reserve(b, 20)) return NOMEM;
     b->len += 20;
-    int rc = encode_span(b, c, attrs, t, cost, i);
+    int rc = encode_span(b, c, attrs, x, i);
     if (rc) return rc;
     size_t body = b->len - start - 20;
     b->len = start;
@@ -584,55 +669,66 @@ static int encode_framed(Buf *b, uint32_t field, const Col *c, const MapCol *att
     return OK;
 }
 
+/* The span columns of one call or batch: 0, 1 (FALLBACK: a column the C path does not read exactly), or
+ * -1 with a Python error.  *n: the rows.  The extra column (events and links) may be None: none has any. */
+static int parse_span_cols(PyObject *cols, Py_ssize_t at, Views *v, Col *c, MapCol *attrs, int64_t *n) {
+    for (int k = 0; k < N_COLS; k++) {
+        PyObject *item = PyTuple_GET_ITEM(cols, at + k);
+        int got;
+        if (k == C_EXTRA && item == Py_None) {
+            memset(&c[k], 0, sizeof c[k]);
+            c[k].len = *n;
+            continue;
+        }
+        got = k == C_ATTRS ? parse_map(item, v, attrs) : parse_col(item, v, &c[k], WIDTH[k]);
+        if (got) return got;
+        if (k == C_ATTRS) memset(&c[k], 0, sizeof c[k]);
+        int64_t len = k == C_ATTRS ? attrs->len : c[k].len;
+        if (k == 0) *n = len;
+        else if (len != *n) return 1;
+    }
+    return 0;
+}
+
 static PyObject *encode_spans(PyObject *self, PyObject *args) {
-    PyObject *cols, *typed, *cost;
+    PyObject *cols, *typed, *cost, *enums;
     Py_buffer prefix;
     unsigned int field = 0;
     Col c[N_COLS];
     MapCol attrs;
     Views v = {.n = 0};
-    Keys t = {NULL, 0};
+    Ctx x = {.keys = {NULL, 0}};
     Result r = {{NULL, 0, 0}, NULL};
     int rc = OK;
     int64_t n = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!O!y*|I:encode_spans", &PyTuple_Type, &cols, &PyTuple_Type, &typed,
-                          &PyTuple_Type, &cost, &prefix, &field))
+    if (!PyArg_ParseTuple(args, "O!O!O!y*O!|I:encode_spans", &PyTuple_Type, &cols, &PyTuple_Type, &typed,
+                          &PyTuple_Type, &cost, &prefix, &PyTuple_Type, &enums, &field))
         return NULL;
-    Prefix cost_kv = {prefix.buf, (size_t)prefix.len};
     if (field > 0x1FFFFFFF || PyTuple_GET_SIZE(cols) != N_COLS) {
         PyErr_Format(PyExc_ValueError, "encode_spans takes %d columns and a field number < 2**29 (0: no "
                      "framing)", N_COLS);
-        PyBuffer_Release(&prefix);
-        return NULL;
+        goto error;
     }
-    for (int k = 0; k < N_COLS && rc == OK; k++) {
-        int got = k == C_ATTRS ? parse_map(PyTuple_GET_ITEM(cols, k), &v, &attrs)
-                               : parse_col(PyTuple_GET_ITEM(cols, k), &v, &c[k], WIDTH[k]);
-        if (got < 0) goto error;
-        rc = got ? FALLBACK : OK;
-        if (k == C_ATTRS) memset(&c[k], 0, sizeof c[k]);
-        int64_t len = k == C_ATTRS ? attrs.len : c[k].len;
-        if (k == 0) n = len;
-        else if (len != n) rc = FALLBACK;
-    }
-    if (keys_init(&t, typed, cost)) goto error;
+    int got = parse_span_cols(cols, 0, &v, c, &attrs, &n);
+    if (got < 0 || ctx_init(&x, typed, cost, &prefix, enums)) goto error;
+    rc = got ? FALLBACK : OK;
     r.offsets = calloc((size_t)(rc == OK ? n : 0) + 1, 4);
     if (!r.offsets) rc = NOMEM;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t i = 0; i < n && rc == OK; i++) {
-        rc = encode_framed(&r.data, field, c, &attrs, &t, &cost_kv, i);
+        rc = encode_framed(&r.data, field, c, &attrs, &x, i);
         if (rc == OK) rc = end_row(&r, i);
     }
     Py_END_ALLOW_THREADS
     views_release(&v);
     PyBuffer_Release(&prefix);
-    free(t.e);
+    free(x.keys.e);
     return result_tuple(&r, n, rc);
 error:
     views_release(&v);
     PyBuffer_Release(&prefix);
-    free(t.e);
+    free(x.keys.e);
     return NULL;
 }
 
@@ -671,6 +767,13 @@ static PyObject *encode_key_values(PyObject *self, PyObject *args) {
     return result_tuple(&r, rc == OK ? m.len : 0, rc);
 }
 
+/* Row i's InstrumentationScope: name (1), version (2), attributes (3). */
+static int put_scope(Buf *b, const Col *name, const Col *version, const MapCol *attrs, const Keys *t, int64_t i) {
+    int rc, unused = 0;
+    if ((rc = put_string(b, 1, name, i)) || (rc = put_string(b, 2, version, i))) return rc;
+    return put_key_values(b, attrs, i, 3, t, &unused);
+}
+
 /* Each row's InstrumentationScope: name (1), version (2), attributes (3). */
 static PyObject *encode_scopes(PyObject *self, PyObject *args) {
     PyObject *name, *version, *map, *typed;
@@ -679,7 +782,7 @@ static PyObject *encode_scopes(PyObject *self, PyObject *args) {
     Views v = {.n = 0};
     Keys t = {NULL, 0};
     Result r = {{NULL, 0, 0}, NULL};
-    int rc = OK, unused = 0;
+    int rc = OK;
     (void)self;
     if (!PyArg_ParseTuple(args, "OOO!O!:encode_scopes", &name, &version, &PyTuple_Type, &map, &PyTuple_Type,
                           &typed))
@@ -698,9 +801,7 @@ static PyObject *encode_scopes(PyObject *self, PyObject *args) {
     if (!r.offsets) rc = NOMEM;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t i = 0; rc == OK && i < n; i++) {
-        if ((rc = put_string(&r.data, 1, &c[0], i)) || (rc = put_string(&r.data, 2, &c[1], i))
-            || (rc = put_key_values(&r.data, &m, i, 3, &t, &unused)))
-            break;
+        if ((rc = put_scope(&r.data, &c[0], &c[1], &m, &t, i))) break;
         rc = end_row(&r, i);
     }
     Py_END_ALLOW_THREADS
@@ -709,9 +810,165 @@ static PyObject *encode_scopes(PyObject *self, PyObject *args) {
     return result_tuple(&r, rc == OK ? n : 0, rc);
 }
 
+/* ---- the whole request ------------------------------------------------------------------------------ */
+
+/* Per row, where its bytes end in a blob (row i: ends[i] .. ends[i + 1]). */
+typedef struct {
+    Buf blob;
+    size_t *ends;
+} Rows;
+
+static inline size_t row_len(const Rows *r, int64_t i) { return r->ends[i + 1] - r->ends[i]; }
+
+static inline int same_row(const Rows *r, int64_t i, int64_t j) {
+    size_t n = row_len(r, i);
+    return n == row_len(r, j) && (!n || !memcmp(r->blob.p + r->ends[i], r->blob.p + r->ends[j], n));
+}
+
+/* The rows from `from` with row from's scope (and resource: all rows before `end` have it): their end. */
+static int64_t scope_run(const Rows *scopes, int64_t from, int64_t end, size_t *spans_len, const Rows *spans) {
+    int64_t k = from;
+    size_t len = 0;
+    while (k < end && same_row(scopes, k, from)) len += row_len(spans, k++);
+    *spans_len = len;
+    return k;
+}
+
+static inline void put_head(Buf *b, uint32_t field, size_t len) {
+    put_varint(b, ((uint64_t)field << 3) | 2);
+    put_varint(b, len);
+}
+
+/* The ExportTraceServiceRequest of n rows into out (NULL: only its size): a ResourceSpans per run of rows
+ * with the same resource bytes, in it a ScopeSpans per run with the same scope bytes, rows in order -- as
+ * arrow_otlp._python_request groups them. */
+static size_t assemble(uint8_t *out, int64_t n, const Rows *spans, const Rows *res, const Rows *scopes) {
+    Buf w = {out, 0, SIZE_MAX};
+    size_t total = 0, spans_len;
+    for (int64_t i = 0; i < n;) {
+        int64_t end = i + 1;
+        while (end < n && same_row(res, end, i)) end++;
+        size_t body = 1 + varint_len(row_len(res, i)) + row_len(res, i);
+        for (int64_t j = i; j < end;) {
+            int64_t k = scope_run(scopes, j, end, &spans_len, spans);
+            size_t ss = 1 + varint_len(row_len(scopes, j)) + row_len(scopes, j) + spans_len;
+            body += 1 + varint_len(ss) + ss;
+            j = k;
+        }
+        total += 1 + varint_len(body) + body;
+        if (out) {
+            put_head(&w, 1, body);  /* ExportTraceServiceRequest.resource_spans = 1 */
+            put_head(&w, 1, row_len(res, i));  /* ResourceSpans.resource = 1 */
+            put(&w, res->blob.p + res->ends[i], row_len(res, i));
+            for (int64_t j = i; j < end;) {
+                int64_t k = scope_run(scopes, j, end, &spans_len, spans);
+                size_t scope = row_len(scopes, j);
+                put_head(&w, 2, 1 + varint_len(scope) + scope + spans_len);  /* ResourceSpans.scope_spans = 2 */
+                put_head(&w, 1, scope);  /* ScopeSpans.scope = 1 */
+                put(&w, scopes->blob.p + scopes->ends[j], scope);
+                put(&w, spans->blob.p + spans->ends[j], spans_len);  /* ScopeSpans.spans = 2, framed */
+                j = k;
+            }
+        }
+        i = end;
+    }
+    return total;
+}
+
+static int rows_init(Rows *r, int64_t n) {
+    r->ends = calloc((size_t)n + 1, sizeof *r->ends);
+    return r->ends ? OK : NOMEM;
+}
+
+enum { B_RESOURCE = N_COLS, B_SCOPE_NAME, B_SCOPE_VERSION, B_SCOPE_ATTRS, B_COLS };
+
+/* batches: [(the 17 span columns, resource attributes, scope name, scope version, scope attributes), ...]
+ * of n rows in all -> the request's bytes, or None (FALLBACK). */
+static PyObject *encode_request(PyObject *self, PyObject *args) {
+    PyObject *batches, *typed, *cost, *enums, *out = NULL;
+    Py_buffer prefix;
+    long long n_all;
+    Ctx x = {.keys = {NULL, 0}};
+    Rows spans = {{NULL, 0, 0}, NULL}, res = {{NULL, 0, 0}, NULL}, scopes = {{NULL, 0, 0}, NULL};
+    int rc = OK;
+    int64_t row = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!LO!O!y*O!:encode_request", &PyList_Type, &batches, &n_all, &PyTuple_Type,
+                          &typed, &PyTuple_Type, &cost, &prefix, &PyTuple_Type, &enums))
+        return NULL;
+    if (ctx_init(&x, typed, cost, &prefix, enums)) goto done;
+    if (n_all < 0 || n_all > INT32_MAX) {
+        rc = FALLBACK;
+    } else if (rows_init(&spans, n_all) || rows_init(&res, n_all) || rows_init(&scopes, n_all)) {
+        rc = NOMEM;
+    }
+    for (Py_ssize_t b = 0; rc == OK && b < PyList_GET_SIZE(batches); b++) {
+        PyObject *cols = PyList_GET_ITEM(batches, b);
+        Col c[N_COLS], name, version;
+        MapCol attrs, resource, scope;
+        Views v = {.n = 0};
+        int64_t n = 0;
+        if (!PyTuple_Check(cols) || PyTuple_GET_SIZE(cols) != B_COLS) {
+            PyErr_Format(PyExc_TypeError, "a batch is a tuple of %d columns", B_COLS);
+            goto done;
+        }
+        int got = parse_span_cols(cols, 0, &v, c, &attrs, &n);
+        if (!got) got = parse_map(PyTuple_GET_ITEM(cols, B_RESOURCE), &v, &resource);
+        if (!got) got = parse_col(PyTuple_GET_ITEM(cols, B_SCOPE_NAME), &v, &name, 0);
+        if (!got) got = parse_col(PyTuple_GET_ITEM(cols, B_SCOPE_VERSION), &v, &version, 0);
+        if (!got) got = parse_map(PyTuple_GET_ITEM(cols, B_SCOPE_ATTRS), &v, &scope);
+        if (got < 0) {
+            views_release(&v);
+            goto done;
+        }
+        if (got || resource.len != n || name.len != n || version.len != n || scope.len != n || n > n_all - row)
+            rc = FALLBACK;
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t i = 0; i < n && rc == OK; i++, row++) {
+            if ((rc = encode_framed(&spans.blob, 2, c, &attrs, &x, i))  /* ScopeSpans.spans = 2 */
+                || (rc = put_key_values(&res.blob, &resource, i, 1, &x.keys, &(int){0}))  /* Resource.attributes */
+                || (rc = put_scope(&scopes.blob, &name, &version, &scope, &x.keys, i)))
+                break;
+            spans.ends[row + 1] = spans.blob.len;
+            res.ends[row + 1] = res.blob.len;
+            scopes.ends[row + 1] = scopes.blob.len;
+        }
+        Py_END_ALLOW_THREADS
+        views_release(&v);
+    }
+    if (rc == OK && row != n_all) rc = FALLBACK;
+    if (rc == OK) {
+        size_t size = assemble(NULL, row, &spans, &res, &scopes);
+        if (size > PY_SSIZE_T_MAX) {
+            rc = FALLBACK;
+        } else if ((out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size))) {
+            uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);  /* not shared yet: filled without the GIL */
+            Py_BEGIN_ALLOW_THREADS
+            assemble(p, row, &spans, &res, &scopes);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    if (rc == NOMEM) PyErr_NoMemory();
+    else if (rc == FALLBACK) out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&prefix);
+    free(x.keys.e);
+    free(spans.blob.p);
+    free(spans.ends);
+    free(res.blob.p);
+    free(res.ends);
+    free(scopes.blob.p);
+    free(scopes.ends);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"encode_request", encode_request, METH_VARARGS,
+     "encode_request(batches, rows, typed_keys, cost_keys, cost_prefix, enums) -> bytes | None\n\nThe "
+     "ExportTraceServiceRequest of every row of the batches, grouped by resource and scope as the Python "
+     "path groups them, or None when the Python path must encode."},
     {"encode_spans", encode_spans, METH_VARARGS,
-     "encode_spans(columns, typed_keys, cost_keys, cost_prefix, field=0) -> (offsets, data) | None\n\nEach span's Span "
+     "encode_spans(columns, typed_keys, cost_keys, cost_prefix, enums, field=0) -> (offsets, data) | None\n\nEach span's Span "
      "message fields (framed as field `field` unless 0) as one blob with int32 offsets, or None when the "
      "Python path must encode (see pipeline/pdata/arrow_otlp.py for the columns' layout)."},
     {"encode_key_values", encode_key_values, METH_VARARGS,

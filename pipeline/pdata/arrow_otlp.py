@@ -356,12 +356,14 @@ _KIND_CODES = {"int": 1, "double": 2, "bool": 3}
 
 
 @functools.cache
-def _c_keys() -> tuple[tuple[tuple[bytes, int], ...], tuple[bytes, ...], bytes]:
+def _c_keys() -> tuple[tuple[tuple[bytes, int], ...], tuple[bytes, ...], bytes, tuple]:
     """As the C encoder takes them: the typed keys (key, 1 int | 2 double | 3 bool), the client cost
-    keys, and the computed cost's KeyValue up to its double's 8 bytes."""
+    keys, the computed cost's KeyValue up to its double's 8 bytes, and the enums stored by name (kind,
+    status code: names in code order and the prefix of the others, as ``_enum_codes`` reads them)."""
     cost_kv = KeyValue(key=COST_ATTRIBUTE).SerializeToString() + b"\x12\x09\x21"  # value: 9 bytes, double_value
+    enums = (tuple(k.encode() for k in SPAN_KINDS), b"kind_", tuple(k.encode() for k in STATUS_CODES), b"status_")
     return (tuple((k.encode(), _KIND_CODES[kind]) for k, kind in typed_keys().items()),
-            tuple(k.encode() for k in sorted(_cost_keys())), cost_kv)
+            tuple(k.encode() for k in sorted(_cost_keys())), cost_kv, enums)
 
 
 def _one(col: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -382,34 +384,44 @@ def _map_parts(arr: pa.MapArray) -> tuple:
     return (arr.offset, len(arr), arr.buffers()[1], _parts(arr.keys), _parts(arr.items))
 
 
-def _codes(values: np.ndarray) -> tuple:
-    return (0, len(values), None, np.ascontiguousarray(values, dtype=np.int64))
-
-
 def _binary(result: tuple[bytes, bytes], n: int) -> pa.Array:
     offsets, data = result
     return pa.BinaryArray.from_buffers(_BIN, n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _c_span_fields(table: pa.Table, field: int = 0) -> pa.Array | None:
-    """``span_fields`` by the C encoder (each framed as field ``field`` unless 0); None where it cannot
-    answer exactly."""
-    if any(table.schema.field(name).type != SPAN_SCHEMA.field(name).type for name in _C_COLUMNS):
-        return None
+def _c_types_match(schema: pa.Schema, names: tuple[str, ...]) -> bool:
+    return all(schema.field(name).type == SPAN_SCHEMA.field(name).type for name in names)
 
+
+def _extra(table: pa.Table | pa.RecordBatch) -> tuple | None:
+    """The events and links column of the C encoder: None when no row has any (the usual case, read off
+    the list offsets alone), else each row's encoded events (11) and links (13), spliced at their place."""
+    for name in ("events", "links"):
+        lists = _one(table.column(name))
+        if len(lists) and lists.offsets[0].as_py() != lists.offsets[-1].as_py():  # some row's range is not empty
+            return _parts(_python_fields(table if isinstance(table, pa.Table) else pa.Table.from_batches([table])))
+    return None
+
+
+def _c_span_columns(table: pa.Table | pa.RecordBatch) -> tuple:
+    """The span columns as ``_otlp_encode`` takes them (its C_* order), views of the Arrow buffers."""
     def col(name: str) -> tuple:
         return _parts(_one(table.column(name)))
 
-    columns = (
-        col("trace_id"), col("span_id"), col("trace_state"), col("parent_span_id"), col("name"),
-        _codes(_enum_codes(_col(table, "kind"), SPAN_KINDS, "kind")), col("start_ns"), col("end_ns"),
-        _map_parts(_one(table.column("attributes"))), col("cost_usd"), col("dropped_attributes_count"),
-        _parts(_python_fields(table)),  # events (11) and links (13), spliced at their place
-        col("dropped_events_count"), col("dropped_links_count"), col("status_message"),
-        _codes(_enum_codes(_col(table, "status_code"), STATUS_CODES, "status")), col("flags"),
+    return (
+        col("trace_id"), col("span_id"), col("trace_state"), col("parent_span_id"), col("name"), col("kind"),
+        col("start_ns"), col("end_ns"), _map_parts(_one(table.column("attributes"))), col("cost_usd"),
+        col("dropped_attributes_count"), _extra(table), col("dropped_events_count"),
+        col("dropped_links_count"), col("status_message"), col("status_code"), col("flags"),
     )
-    typed, cost, cost_kv = _c_keys()
-    result = _otlp_encode.encode_spans(columns, typed, cost, cost_kv, field)
+
+
+def _c_span_fields(table: pa.Table, field: int = 0) -> pa.Array | None:
+    """``span_fields`` by the C encoder (each framed as field ``field`` unless 0); None where it cannot
+    answer exactly."""
+    if not _c_types_match(table.schema, _C_COLUMNS):
+        return None
+    result = _otlp_encode.encode_spans(_c_span_columns(table), *_c_keys(), field)
     return None if result is None else _binary(result, table.num_rows)
 
 
@@ -437,10 +449,26 @@ def _frame(field: int, payload: bytes) -> bytes:
     return _head(field, len(payload)) + payload
 
 
+_C_REQUEST_COLUMNS = (*_C_COLUMNS, "resource_attributes", "scope_name", "scope_version", "scope_attributes")
+
+
 def table_to_bytes(table: pa.Table) -> bytes:
-    """A serialized ExportTraceServiceRequest holding every span of ``table`` (canonical schema)."""
+    """A serialized ExportTraceServiceRequest holding every span of ``table`` (canonical schema): by
+    the C encoder in one call, batch by batch without combining chunks, where it answers exactly."""
     if not table.num_rows:
         return b""
+    if _c_enabled() and _c_types_match(table.schema, _C_REQUEST_COLUMNS):
+        batches = [(*_c_span_columns(b), _map_parts(b.column("resource_attributes")), _parts(b.column("scope_name")),
+                    _parts(b.column("scope_version")), _map_parts(b.column("scope_attributes")))
+                   for b in table.to_batches() if b.num_rows]
+        body = _otlp_encode.encode_request(batches, table.num_rows, *_c_keys())
+        if body is not None:
+            return body
+    return _python_request(table)
+
+
+def _python_request(table: pa.Table) -> bytes:
+    """``table_to_bytes`` from each row's span fields (by C or Python), resources and scopes, grouped here."""
     types = typed_keys()
     spans = _c_span_fields(table, field=2) if _c_enabled() else None  # ScopeSpans.spans = 2
     if spans is None:
