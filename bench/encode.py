@@ -5,8 +5,9 @@ as the pipeline does, with a computed cost on two spans in three (sent as ``agen
 CPU per span (``time.process_time``; wall time alongside) for:
 
 - Python: ``table_to_bytes`` with ``AGENT_SRE_PURE_PYTHON_ENCODER=1`` (Arrow kernels and numpy);
-- C: ``table_to_bytes`` through ``_otlp_encode`` (the whole ExportTraceServiceRequest), and
-  ``span_fields`` alone by each path;
+- C: ``table_to_bytes`` through ``_otlp_encode`` (the whole ExportTraceServiceRequest in one call), and
+  ``span_fields`` alone by each path; and the C span fields with the request grouped by resource and scope
+  in Python (``_python_request``: how table_to_bytes worked before the one C call, and its fallback);
 - C ``table_to_bytes`` in 2 threads at once: the span loop releases the GIL;
 - OTLP/JSON (``table_to_json``, the ``file`` exporter's line): span by span (Python dicts and
   ``json.dumps``, with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``), column-wise (Arrow string kernels,
@@ -120,6 +121,7 @@ def main() -> None:
     rows = {
         "Python table_to_bytes": passes(each(table_to_bytes, pure=True), args.passes, spans),
         "C table_to_bytes": passes(each(table_to_bytes), args.passes, spans),
+        "C span_fields, Python groups": passes(each(arrow_otlp._python_request), args.passes, spans),
         "Python span_fields": passes(each(span_fields, pure=True), args.passes, spans),
         "C span_fields": passes(each(span_fields), args.passes, spans),
         "C table_to_bytes, 2 threads": passes(in_threads(each(table_to_bytes), 2), args.passes, 2 * spans),

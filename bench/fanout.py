@@ -8,7 +8,11 @@ senders, 512-span requests); and once with the `file` exporter alone (OTLP/JSON 
 points at a socket that accepts connections and never answers: its queue (20,000 spans) fills and
 then refuses, while the receiver and the other exporters should keep their pace.
 
-    .venv/bin/python bench/fanout.py [--seconds 20]
+    .venv/bin/python bench/fanout.py [--seconds 20] [--setups 1,3,6,blackholed,file] [--rounds 1]
+
+With ``--rounds N`` every round runs duckdb alone and then each setup, and the end prints each setup's
+change against the same round's duckdb-alone figure (min / median / max): the box's own drift between
+rounds does not enter a comparison.
 """
 
 from __future__ import annotations
@@ -71,39 +75,64 @@ def config(sink_ports: list[int], blackhole: int | None, file_dir: str, with_fil
     return text.replace("exporters: [duckdb]", f"exporters: [{', '.join(names)}]", 1)  # the traces pipeline
 
 
+SETUPS = {  # --setups key: (name, sinks, one blackholed, with the file exporter)
+    "1": ("1 exporter (otlphttp)", 1, False, False), "3": ("3 exporters (otlphttp)", 3, False, False),
+    "6": ("6 exporters (otlphttp)", 6, False, False), "blackholed": ("3 exporters, one blackholed", 2, True, False),
+    "file": ("1 exporter (file: OTLP/JSON lines)", 0, False, True),
+}
+
+
 def main() -> None:
-    args = phase_args(__doc__)
-    setups = [("1 exporter (otlphttp)", 1, False, False), ("3 exporters (otlphttp)", 3, False, False),
-              ("6 exporters (otlphttp)", 6, False, False), ("3 exporters, one blackholed", 2, True, False),
-              ("1 exporter (file: OTLP/JSON lines)", 0, False, True)]
+    args = phase_args(__doc__, **{
+        "--setups": {"default": ",".join(SETUPS), "help": f"which, comma-separated, of {', '.join(SETUPS)}"},
+        "--rounds": {"type": int, "default": 1, "help": "rounds of duckdb alone then each setup (interleaved)"},
+    })
+    setups = [SETUPS[k] for k in args.setups.split(",")]
     ctx = mp.get_context("spawn")
-    baseline = None
-    for name, sinks, holed, with_file in [("0 exporters besides duckdb", 0, False, False), *setups]:
-        ports = [free_port() for _ in range(sinks)]
-        hole = free_port() if holed else None
-        ready = ctx.Event()
-        sink_proc = ctx.Process(target=_serve_sinks, args=(ports, hole, ready), daemon=True)
-        sink_proc.start()
-        ready.wait(30)
-        files = tempfile.mkdtemp(prefix="agent-sre-fanout-")
-        p = start_pipeline(config(ports, hole, files, with_file))
-        try:
-            common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
-            row = run_phase(f"gRPC max rate, {name}", "grpc", p["grpc"], *common)
-            m = pipeline_metrics(p["metrics"])
-            if holed:
-                key = 'agent_sre_exporter_{}{{exporter="otlphttp/blackholed"}}'
-                print(f"  blackholed exporter: queue {m.get(key.format('queue_size'), 0):,.0f} of "
-                      f"{m.get(key.format('queue_capacity'), 0):,.0f} spans, "
-                      f"{m.get(key.format('enqueue_failed_spans_total'), 0):,.0f} spans refused by its full queue; "
-                      f"otlphttp/s0 sent {m.get(SENT_S0, 0):,.0f}", flush=True)
-            committed = row["committed_spans_per_s"]
+    changes: dict[str, list[float]] = {name: [] for name, *_ in setups}
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"round {round_no} of {args.rounds}", flush=True)
+        baseline = None
+        for name, sinks, holed, with_file in [("0 exporters besides duckdb", 0, False, False), *setups]:
+            committed = _setup(ctx, args, name, sinks, holed, with_file)
             baseline = baseline or committed
+            if name in changes:
+                changes[name].append((committed - baseline) / baseline)
             print(f"  => {committed:,.0f} committed spans/s ({(committed - baseline) / baseline:+.1%} against duckdb "
-                  f"alone), peak RSS {row['peak_rss_main_mib']:.0f} MiB (pipeline process)", flush=True)
-        finally:
-            stop_pipeline(p)
-            sink_proc.terminate()
+                  f"alone, same round)", flush=True)
+    if args.rounds > 1:
+        print("against duckdb alone in the same round, min / median / max:")
+        for name, values in changes.items():
+            values.sort()
+            print(f"  {name:40} {values[0]:+.1%} / {values[len(values) // 2]:+.1%} / {values[-1]:+.1%}")
+
+
+def _setup(ctx, args, name: str, sinks: int, holed: bool, with_file: bool) -> float:
+    """One phase at max rate with this setup: its committed spans/s."""
+    ports = [free_port() for _ in range(sinks)]
+    hole = free_port() if holed else None
+    ready = ctx.Event()
+    sink_proc = ctx.Process(target=_serve_sinks, args=(ports, hole, ready), daemon=True)
+    sink_proc.start()
+    ready.wait(30)
+    files = tempfile.mkdtemp(prefix="agent-sre-fanout-")
+    p = start_pipeline(config(ports, hole, files, with_file))
+    try:
+        common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
+        row = run_phase(f"gRPC max rate, {name}", "grpc", p["grpc"], *common)
+        m = pipeline_metrics(p["metrics"])
+        if holed:
+            key = 'agent_sre_exporter_{}{{exporter="otlphttp/blackholed"}}'
+            print(f"  blackholed exporter: queue {m.get(key.format('queue_size'), 0):,.0f} of "
+                  f"{m.get(key.format('queue_capacity'), 0):,.0f} spans, "
+                  f"{m.get(key.format('enqueue_failed_spans_total'), 0):,.0f} spans refused by its full queue; "
+                  f"otlphttp/s0 sent {m.get(SENT_S0, 0):,.0f}", flush=True)
+        print(f"  peak RSS {row['peak_rss_main_mib']:.0f} MiB (pipeline process)", flush=True)
+        return row["committed_spans_per_s"]
+    finally:
+        stop_pipeline(p)
+        sink_proc.terminate()
 
 
 if __name__ == "__main__":

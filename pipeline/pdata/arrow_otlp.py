@@ -458,13 +458,17 @@ def table_to_bytes(table: pa.Table) -> bytes:
     if not table.num_rows:
         return b""
     if _c_enabled() and _c_types_match(table.schema, _C_REQUEST_COLUMNS):
-        batches = [(*_c_span_columns(b), _map_parts(b.column("resource_attributes")), _parts(b.column("scope_name")),
-                    _parts(b.column("scope_version")), _map_parts(b.column("scope_attributes")))
-                   for b in table.to_batches() if b.num_rows]
-        body = _otlp_encode.encode_request(batches, table.num_rows, *_c_keys())
+        body = _otlp_encode.encode_request(_c_request_batches(table), table.num_rows, *_c_keys())
         if body is not None:
             return body
     return _python_request(table)
+
+
+def _c_request_batches(table: pa.Table) -> list[tuple]:
+    """The table's record batches (no chunks combined) as ``encode_request`` takes them."""
+    return [(*_c_span_columns(b), _map_parts(b.column("resource_attributes")), _parts(b.column("scope_name")),
+             _parts(b.column("scope_version")), _map_parts(b.column("scope_attributes")))
+            for b in table.to_batches() if b.num_rows]
 
 
 def _python_request(table: pa.Table) -> bytes:

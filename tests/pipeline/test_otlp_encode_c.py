@@ -177,6 +177,11 @@ def test_the_benchmark_tables_are_encoded_by_c_as_by_python_whole_and_sliced():
     assert _c_span_fields(table, field=2) is not None
     assert encoder.encode_key_values(resources, 1, typed) is not None
     assert encoder.encode_scopes(names, versions, scopes, typed) is not None
+    # the whole request in one call, batch by batch (this table has two chunks), sliced too
+    for t in (table, table.slice(77, 600)):
+        batches = arrow_otlp._c_request_batches(t)
+        assert len(batches) == 2
+        assert encoder.encode_request(batches, t.num_rows, *arrow_otlp._c_keys()) == _bytes_by(t, pure=True)
 
 
 def test_an_empty_table_has_no_span_fields_by_either_path():
@@ -205,6 +210,20 @@ def test_ids_of_another_length_are_left_to_the_python_path(column, value):
     table = pa.Table.from_pylist([row, {"trace_id": "03" * 16, "span_id": "04" * 8}], schema=SPAN_SCHEMA)
     assert _c_span_fields(table) is None
     _assert_same(table, c_answers=False)
+
+
+@pytest.mark.parametrize("column, value, c_answers", [
+    ("kind", "kind_7", True), ("kind", "kind_-1", True), ("status_code", "status_-1", True),
+    ("kind", "kind_007", True), ("status_code", "error", True),
+    ("kind", "kind_" + "1" * 19, False),  # past 18 digits: the Python path's cast decides
+    ("kind", "kind_x", False), ("kind", "", False), ("status_code", "ERROR", False), ("kind", "xkind_7", False),
+])
+def test_enum_names_are_read_in_c_and_other_text_is_left_to_the_python_path(column, value, c_answers):
+    table = pa.Table.from_pylist([{"trace_id": "01" * 16, "span_id": "02" * 8, column: value},
+                                  {"trace_id": "03" * 16, "span_id": "04" * 8}], schema=SPAN_SCHEMA)
+    answer = encoder.encode_request(arrow_otlp._c_request_batches(table), table.num_rows, *arrow_otlp._c_keys())
+    assert (answer is not None) == c_answers
+    _assert_same(table, c_answers=c_answers)
 
 
 def test_a_table_of_another_type_is_left_to_the_python_path():
