@@ -30,6 +30,7 @@ from agent_sre.pipeline.storage.store import (
 
 STORE_MEMORY_SHARE = 1 / 8  # of the pipeline's memory limit, at most, for DuckDB when memory_limit is not set
 STORE_MEMORY_FLOOR = 16 << 20  # ... but no less (the store's statements fail under a few MiB)
+QUERY_MEMORY_SHARE = 1 / 4  # ... and more of it while an ad hoc query runs, when query_memory_limit is not set
 DEDUP_MEMORY_SHARE = 1 / 32  # ... for the dedup window's keys when dedup.max_spans is not set
 DEDUP_FLOOR_SPANS = 100_000
 
@@ -55,7 +56,8 @@ class DuckDBExporter(Exporter):
                                checkpoint_threshold, self._spool_settings(),
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
-                               DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows)
+                               DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows,
+                               self._query_memory(host))
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)
@@ -96,6 +98,15 @@ class DuckDBExporter(Exporter):
                              "checkpoint_threshold %s, dedup.max_spans %d (set them to override)",
                              host.memory_limit_bytes >> 20, memory_limit, checkpoint_threshold, max_spans)
         return memory_limit, checkpoint_threshold, max_spans
+
+    def _query_memory(self, host) -> str:
+        """The pool an ad hoc query may add: as configured, or a quarter of the pipeline's memory limit when
+        that is less than the default (at 256 MiB: 64 MiB), so a query cannot carry a small pipeline past
+        its limit (the memory limiter would then refuse ingest while it ran)."""
+        configured = self.config.query_memory_limit
+        if "query_memory_limit" in self.config.model_fields_set:
+            return configured
+        return f"{host.memory_share(QUERY_MEMORY_SHARE, size_bytes(configured), 0) >> 10}KiB"
 
     def _spool_settings(self) -> SpoolSettings | None:
         sp = self.config.spool

@@ -382,18 +382,24 @@ def _limit_error(exc: Exception, tripped: str | None, limits: QueryLimits) -> Qu
     if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in str(exc):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return QueryError(f"query needs more memory than the store's memory_limit allows (the duckdb exporter's "
-                          f"memory_limit); exact quantiles and sorts over many spans need the most: approx_quantile, "
-                          f"or a narrower time range, fits: {first}", 422, "memory")
+                          f"memory_limit, plus its query_memory_limit while a query runs); exact quantiles and sorts "
+                          f"over many spans need the most: approx_quantile, or a narrower time range, fits: {first}",
+                          422, "memory")
     return QueryError(str(exc))
 
 
-def restrict_file_access(con: duckdb.DuckDBPyConnection) -> None:
+def restrict_file_access(con: duckdb.DuckDBPyConnection, lock: bool = True) -> None:
     """Switch a database instance's file access off for good: no directory is allowed (DuckDB
-    still opens its own file, WAL and temp directory), and the configuration is locked so no SQL
-    can switch it on again.  The store reads its spool and writes Parquet with Python, not SQL.
+    still opens its own file, WAL and temp directory, and refuses to switch external access on again
+    while the instance runs), and with ``lock`` the whole configuration is locked as well.  The running
+    store's instance is not locked: it raises its buffer pool while an ad hoc query runs and lowers it
+    after (``SpanStore.query``); its SQL reaches DuckDB only as a ``SELECT`` (``check_read_only``), which
+    cannot change a setting.  The store reads its spool and writes Parquet with Python, not SQL.
     Idempotent: a second connection to an instance already locked down (reopened in the same
     process while another connection keeps it alive) finds it so."""
     if con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]:
         return
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    if con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]:
+        con.execute("SET enable_external_access = false")
+    if lock:
+        con.execute("SET lock_configuration = true")

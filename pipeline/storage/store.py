@@ -126,6 +126,9 @@ class StoreSettings:
     and a checkpoint every 96MB of WAL keeps inserts fast within a 48MB buffer pool."""
 
     memory_limit: str = "48MB"
+    # More buffer pool for the time an ad hoc query runs (`SpanStore.query`), given back after it: an exact
+    # quantile_cont over 10M spans holds every value (~128 MB) and DuckDB does not spill it.
+    query_memory: str = "256MB"
     threads: int = 1
     checkpoint_threshold: str = "96MB"
     on_damaged: str = "refuse"  # a missing or corrupt store file: refuse to start, or start_new
@@ -271,7 +274,7 @@ class SpanStore:
                  spool: SpoolSettings | None = None,
                  attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged,
                  count_replays: bool = False, dedup: DedupSettings | None = None,
-                 reattach_rows: int = StoreSettings.reattach_rows):
+                 reattach_rows: int = StoreSettings.reattach_rows, query_memory: str = StoreSettings.query_memory):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -283,6 +286,12 @@ class SpanStore:
             "allocator_background_threads": True}
         self._con = self._open_checked(on_damaged)
         self._lock = threading.Lock()  # the write connection
+        # DuckDB's pool while ad hoc queries run (_query_pool): raised by query_memory for the first, lowered
+        # back when the last ends (what they left cached is evicted then, so the pipeline holds it no longer).
+        self._pool = (size_bytes(str(memory_limit)), size_bytes(str(query_memory)))
+        self._pool_lock = threading.Lock()
+        self._pool_queries = 0
+        self._pool_raised = False
         # Readers' cursors open now (_reading); a re-attach of the file waits for them, and new ones for it.
         self._readers_cond = threading.Condition()
         self._readers = 0
@@ -399,8 +408,42 @@ class SpanStore:
                 con = attach_store(self.path, self._duckdb_config)
         except duckdb.Error as exc:
             raise OSError(f"cannot open span store {self.path}: {exc}") from exc
-        restrict_file_access(con)
+        restrict_file_access(con, lock=False)  # unlocked: _query_pool sets the pool
         return con
+
+    @contextlib.contextmanager
+    def _query_pool(self) -> Iterator[None]:
+        """DuckDB's buffer pool raised by ``query_memory`` while at least one ad hoc query runs, then set
+        back to ``memory_limit``: the pool is the instance's, shared with the loader's inserts, and sized for
+        them (a fixed 48 MB pool answered an exact quantile over 10M spans with out-of-memory through the
+        API, issue #12); the query API's own limits (max_query_memory: the process's growth) still apply."""
+        base, extra = self._pool
+        if extra <= 0:
+            yield
+            return
+        with self._pool_lock:
+            self._pool_queries += 1
+            if self._pool_queries == 1 and not self._pool_raised:
+                self._pool_raised = self._set_pool(base + extra)
+        try:
+            yield
+        finally:
+            with self._pool_lock:
+                self._pool_queries -= 1
+                if self._pool_queries == 0 and self._pool_raised:
+                    self._pool_raised = not self._set_pool(base)
+
+    def _set_pool(self, size: int) -> bool:
+        cursor = self._con.cursor()
+        try:
+            cursor.execute(f"SET memory_limit = '{size >> 10}KiB'")
+            return True
+        except duckdb.Error as exc:  # lowering: what is pinned cannot be evicted now; again after the next query
+            log.warning("span store: DuckDB's buffer pool not set to %d MiB: %s", size >> 20,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        finally:
+            cursor.close()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the store (readers never wait for the writer's lock), on the store's
@@ -1154,7 +1197,7 @@ class SpanStore:
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
-        with self._reading() as cursor:
+        with self._query_pool(), self._reading() as cursor:
             result = run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         return dataclasses.replace(result, pending_spans=pending) if pending else result
 

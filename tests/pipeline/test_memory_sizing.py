@@ -91,3 +91,20 @@ def test_a_shrunk_buffer_pool_checkpoints_at_its_own_size_unless_the_config_says
     assert abs(_checkpoint_threshold(_service(tmp_path / "large", limit_mib=4096)) - 96 * 10**6) < _MIB
     assert abs(_checkpoint_threshold(_service(tmp_path / "set", limit_mib=256,
                                               duckdb="    checkpoint_threshold: 64MB\n")) - 64 * 10**6) < _MIB
+
+
+def test_a_querys_extra_pool_is_a_quarter_of_a_small_limit_unless_the_config_says(tmp_path):
+    def pool_during_a_query(service: Service) -> int:
+        service.start()
+        try:
+            store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
+            (seen,) = store.query("SELECT current_setting('memory_limit') AS pool").rows[0]
+            return size_bytes(seen.replace(" ", ""))
+        finally:
+            service.shutdown()
+
+    # at 256 MiB: the 32 MiB pool and a quarter of the limit for the query's time
+    assert abs(pool_during_a_query(_service(tmp_path / "small", limit_mib=256)) - 96 * _MIB) < _MIB
+    assert abs(pool_during_a_query(_service(tmp_path / "large", limit_mib=4096)) - 304 * 10**6) < _MIB
+    assert abs(pool_during_a_query(_service(tmp_path / "set", limit_mib=256,
+                                            duckdb="    query_memory_limit: 0MB\n")) - 32 * _MIB) < _MIB

@@ -69,7 +69,7 @@ def test_a_query_beyond_the_stores_pool_is_told_what_fits(tmp_path):
     from agent_sre.pipeline.storage.sandbox import QueryError
     from agent_sre.pipeline.storage.store import SpanStore
 
-    store = SpanStore(tmp_path / "s.duckdb", memory_limit="8MB")
+    store = SpanStore(tmp_path / "s.duckdb", memory_limit="8MB", query_memory="0MB")  # no more for the query
     try:
         store.write([("INSERT INTO span_rows (trace_id, span_id, duration_ns) SELECT 't' || (i // 10), 's' || i, "
                       "hash(i) % 1000000000 FROM range(1500000) r(i)", [])])
@@ -77,7 +77,7 @@ def test_a_query_beyond_the_stores_pool_is_told_what_fits(tmp_path):
         try:
             store.query("SELECT quantile_cont(duration_ns, 0.99) FROM spans", limits=limits)
         except QueryError as exc:
-            assert exc.status == 422 and "memory_limit" in str(exc) and "approx_quantile" in str(exc), exc
+            assert exc.status == 422 and "query_memory_limit" in str(exc) and "approx_quantile" in str(exc), exc
         else:
             raise AssertionError("an exact quantile over 1.5M spans fitted an 8 MB pool")
         (p99,) = store.query("SELECT approx_quantile(duration_ns, 0.99) FROM spans", limits=limits).rows[0]

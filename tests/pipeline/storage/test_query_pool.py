@@ -1,0 +1,72 @@
+"""An ad hoc query gets more of DuckDB's buffer pool while it runs, and gives it back after.
+
+The store's pool is sized for ingest (48 MB by default, shared with the loader's inserts); an exact
+``quantile_cont`` holds every value and DuckDB does not spill it, so through the running pipeline's
+``POST /v1/query`` the issue's agent/model question over 10M spans answered 422 out-of-memory (issue #12).
+The store now raises the pool by ``query_memory`` while at least one query runs and sets it back when
+the last one ends (what the queries left cached is evicted then)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_sre.pipeline.storage.sandbox import QueryError
+from agent_sre.pipeline.storage.store import SpanStore, size_bytes
+
+_MIB = 1 << 20
+# ~40 MB of doubles held by the exact quantile: more than a 16 MB pool, well within 16 + 160 MB
+QUANTILE = "SELECT quantile_cont(x::DOUBLE, 0.99) AS p99 FROM range(5000000) t(x)"
+
+
+def _pool(store: SpanStore) -> int:
+    """The instance's memory_limit now, in bytes (DuckDB prints e.g. '15.2 MiB')."""
+    return size_bytes(store.read("SELECT current_setting('memory_limit')")[0][0].replace(" ", ""))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SpanStore(tmp_path / "s.duckdb", memory_limit="16MB", query_memory="160MB")
+    yield s
+    s.close()
+
+
+def test_an_exact_quantile_over_the_small_pool_answers_and_the_pool_is_given_back(store):
+    assert _pool(store) < 17 * _MIB
+    result = store.query(QUANTILE)
+    assert result.rows == [[pytest.approx(4949999.01)]]
+    assert _pool(store) < 17 * _MIB  # set back once the query ended
+
+
+def test_the_pool_is_raised_while_the_query_runs(store):
+    (seen,) = store.query("SELECT current_setting('memory_limit') AS pool").rows[0]
+    assert size_bytes(seen.replace(" ", "")) > 160 * _MIB
+
+
+def test_without_query_memory_the_quantile_is_refused_as_before(tmp_path):
+    store = SpanStore(tmp_path / "s.duckdb", memory_limit="16MB", query_memory="0MB")
+    try:
+        with pytest.raises(QueryError) as refused:
+            store.query(QUANTILE)
+        assert refused.value.status == 422 and "approx_quantile" in str(refused.value)
+    finally:
+        store.close()
+
+
+def test_the_pool_stays_raised_until_the_last_of_two_queries_ends(store):
+    with store._query_pool():
+        with store._query_pool():
+            assert _pool(store) > 160 * _MIB
+        assert _pool(store) > 160 * _MIB  # the first query still runs
+    assert _pool(store) < 17 * _MIB
+
+
+def test_the_pipelines_sql_still_cannot_change_a_setting(store):
+    # the store's instance is no longer locked (it sets its own pool); SQL reaches DuckDB only as a SELECT
+    for sql in ("SET memory_limit = '1GB'", "SET enable_external_access = true", "RESET memory_limit",
+                "PRAGMA memory_limit='1GB'", "SELECT 1; SET threads = 4"):
+        with pytest.raises(QueryError) as refused:
+            store.query(sql)
+        assert refused.value.status == 403
+    assert _pool(store) < 17 * _MIB
+    with pytest.raises(Exception, match="external access"):  # and DuckDB itself refuses this one while running
+        store._con.execute("SET enable_external_access = true")
