@@ -277,7 +277,7 @@ def pipeline_phases(path: Path, queries: list[Query], rounds: int, budget_s: flo
 
 def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: float, load_s: float,
                      clients: int, threads: int, config: str) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
-    from bench.ingest import RssSampler, _client, start_pipeline, stop_pipeline
+    from bench.ingest import RssSampler, _client, pipeline_metrics, start_pipeline, stop_pipeline
 
     started = time.perf_counter()
     p = start_pipeline(config, extra_env={"AGENT_SRE_DATA": str(data)})
@@ -313,6 +313,9 @@ def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: fl
             proc.join()
         load.update(acked=sum(r["acked"] for r in results), client_errors=sum(r["errors"] for r in results),
                     peak_rss_mib=sampler.peak_total / 2**20, peak_pss_mib=sampler.peak_pss / 2**20)
+        prefix = "agent_sre_receiver_refused_spans_total{"  # why the receivers refused what they refused
+        load["refused"] = {k[len(prefix):-1]: v for k, v in pipeline_metrics(p["metrics"]).items()
+                           if k.startswith(prefix) and v}
         try:  # the API waits for the loader: a loader that stopped inserting never answers
             committed = count_spans(p["admin"], patience_s=180) - before
             load["committed_per_s"] = committed / (time.time() - min(r["first"] for r in results))
@@ -392,7 +395,8 @@ def main() -> None:
         paths[f"`POST /v1/query`, idle ({store})"] = idle
         paths[f"`POST /v1/query` under ingest ({load['committed_per_s']:,.0f} spans/s committed)"] = loaded
         print(f"  ingest during the queries: {load['committed_per_s']:,.0f} spans/s committed, "
-              f"{load['client_errors']} failed export calls; pipeline peak RSS {load['peak_rss_idle_mib']:.0f} MiB "
+              f"{load['client_errors']} failed export calls (spans refused: "
+              f"{', '.join(f'{k} {v:,.0f}' for k, v in load.get('refused', {}).items()) or 'none'}); pipeline peak RSS {load['peak_rss_idle_mib']:.0f} MiB "
               f"idle, {load['peak_rss_mib']:.0f} MiB in all (PSS {load['peak_pss_mib']:.0f} MiB); "
               f"'Out of Memory' in its log: {load['oom_in_log']}; its span-store-loader thread died: "
               f"{load['loader_died']}" + (f"; {load['stuck']}" if "stuck" in load else ""), flush=True)

@@ -127,8 +127,10 @@ class StoreSettings:
 
     memory_limit: str = "48MB"
     # More buffer pool for the time an ad hoc query runs (`SpanStore.query`), given back after it: an exact
-    # quantile_cont over 10M spans holds every value (~128 MB) and DuckDB does not spill it.
-    query_memory: str = "256MB"
+    # quantile_cont over 10M spans holds every value (~80 MB) and DuckDB does not spill it.  At most half
+    # the query's own growth limit is used (QueryLimits.max_memory_bytes, 256 MiB): the pool also caches
+    # the blocks a scan reads, and with 48 + 256 MB a 10M-span scan grew the process past that limit.
+    query_memory: str = "128MB"
     threads: int = 1
     checkpoint_threshold: str = "96MB"
     on_damaged: str = "refuse"  # a missing or corrupt store file: refuse to start, or start_new
@@ -412,12 +414,15 @@ class SpanStore:
         return con
 
     @contextlib.contextmanager
-    def _query_pool(self) -> Iterator[None]:
-        """DuckDB's buffer pool raised by ``query_memory`` while at least one ad hoc query runs, then set
-        back to ``memory_limit``: the pool is the instance's, shared with the loader's inserts, and sized for
-        them (a fixed 48 MB pool answered an exact quantile over 10M spans with out-of-memory through the
-        API, issue #12); the query API's own limits (max_query_memory: the process's growth) still apply."""
+    def _query_pool(self, growth_limit: int | None = None) -> Iterator[None]:
+        """DuckDB's buffer pool raised by ``query_memory`` (at most half of ``growth_limit``, the query's own
+        limit on the process's growth) while at least one ad hoc query runs, then set back to
+        ``memory_limit``: the pool is the instance's, shared with the loader's inserts, and sized for them (a
+        fixed 48 MB pool answered an exact quantile over 10M spans with out-of-memory through the API,
+        issue #12)."""
         base, extra = self._pool
+        if growth_limit is not None:
+            extra = min(extra, growth_limit // 2)
         if extra <= 0:
             yield
             return
@@ -1197,7 +1202,7 @@ class SpanStore:
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
-        with self._query_pool(), self._reading() as cursor:
+        with self._query_pool(limits.max_memory_bytes), self._reading() as cursor:
             result = run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         return dataclasses.replace(result, pending_spans=pending) if pending else result
 

@@ -105,6 +105,6 @@ def test_a_querys_extra_pool_is_a_quarter_of_a_small_limit_unless_the_config_say
 
     # at 256 MiB: the 32 MiB pool and a quarter of the limit for the query's time
     assert abs(pool_during_a_query(_service(tmp_path / "small", limit_mib=256)) - 96 * _MIB) < _MIB
-    assert abs(pool_during_a_query(_service(tmp_path / "large", limit_mib=4096)) - 304 * 10**6) < _MIB
+    assert abs(pool_during_a_query(_service(tmp_path / "large", limit_mib=4096)) - 176 * 10**6) < _MIB
     assert abs(pool_during_a_query(_service(tmp_path / "set", limit_mib=256,
                                             duckdb="    query_memory_limit: 0MB\n")) - 32 * _MIB) < _MIB
