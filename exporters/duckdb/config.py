@@ -62,6 +62,8 @@ class DuckDBExporterConfig(ConfigModel):
     # an exact quantile over millions of spans does not fit the pool ingest needs.  "0MB": no more.
     query_memory_limit: str = Field(default=_S.query_memory, pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(default=_S.threads, ge=1, le=64)
+    # DuckDB's threads while an ad hoc query runs (set back after it; never fewer than `threads`).
+    query_threads: int = Field(default=_S.query_threads, ge=1, le=64)
     # WAL size that triggers a checkpoint.  Larger: fewer, longer pauses of the loader.
     checkpoint_threshold: str = Field(default=_S.checkpoint_threshold,
                                       pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")

@@ -57,7 +57,7 @@ class DuckDBExporter(Exporter):
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
                                DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows,
-                               self._query_memory(host))
+                               self._query_memory(host), self.config.query_threads)
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)

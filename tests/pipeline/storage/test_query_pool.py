@@ -3,8 +3,9 @@
 The store's pool is sized for ingest (48 MB by default, shared with the loader's inserts); an exact
 ``quantile_cont`` holds every value and DuckDB does not spill it, so through the running pipeline's
 ``POST /v1/query`` the issue's agent/model question over 10M spans answered 422 out-of-memory (issue #12).
-The store now raises the pool by ``query_memory`` while at least one query runs and sets it back when
-the last one ends (what the queries left cached is evicted then)."""
+The store now raises the pool by ``query_memory`` (and DuckDB's threads to ``query_threads``) while at
+least one query runs and sets both back when the last one ends (what the queries left cached is evicted
+then)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ def test_an_exact_quantile_over_the_small_pool_answers_and_the_pool_is_given_bac
     assert _pool(store) < 17 * _MIB  # set back once the query ended
 
 
-def test_the_pool_is_raised_while_the_query_runs(store):
-    (seen,) = store.query("SELECT current_setting('memory_limit') AS pool").rows[0]
-    assert size_bytes(seen.replace(" ", "")) > 100 * _MIB
+def test_the_pool_and_the_threads_are_raised_while_the_query_runs(store):
+    (seen, threads) = store.query("SELECT current_setting('memory_limit') AS pool, "
+                                  "current_setting('threads') AS threads").rows[0]
+    assert size_bytes(seen.replace(" ", "")) > 100 * _MIB and threads == 2  # query_threads
+    assert store.read("SELECT current_setting('threads')")[0][0] == 1  # ingest's, after it
 
 
 def test_without_query_memory_the_quantile_is_refused_as_before(tmp_path):
