@@ -58,7 +58,7 @@ class DuckDBExporterConfig(ConfigModel):
     retention_check_interval: Duration = Field(default="1h", gt=0)
     # DuckDB's own limits; the pipeline's RSS budget depends on them (why these: StoreSettings).
     memory_limit: str = Field(default=_S.memory_limit, pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
-    # More of it for the time an ad hoc query runs (`POST /v1/query`, `agent-sre query`), given back after:
+    # More of it for the time an ad hoc query runs (`POST /v1/query`), given back after:
     # an exact quantile over millions of spans does not fit the pool ingest needs.  "0MB": no more.
     query_memory_limit: str = Field(default=_S.query_memory, pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(default=_S.threads, ge=1, le=64)

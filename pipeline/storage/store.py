@@ -422,9 +422,9 @@ class SpanStore:
     def _query_pool(self, growth_limit: int | None = None) -> Iterator[None]:
         """DuckDB's buffer pool raised by ``query_memory`` (at most half of ``growth_limit``, the query's own
         limit on the process's growth), and its threads to ``query_threads``, while at least one ad hoc query
-        runs, then set back to ``memory_limit`` and ``threads``: the pool is the instance's, shared with the loader's inserts, and sized for them (a
-        fixed 48 MB pool answered an exact quantile over 10M spans with out-of-memory through the API,
-        issue #12)."""
+        runs, then set back to ``memory_limit`` and ``threads``: the pool is the instance's, shared with the
+        loader's inserts, and sized for them (a fixed 48 MB pool answered an exact quantile over 10M spans
+        with out-of-memory through the API, issue #12)."""
         base, extra = self._pool
         if growth_limit is not None:
             extra = min(extra, growth_limit // 2)
