@@ -10,9 +10,9 @@ parses it (for OTLP/JSON and tests).
 A whole request goes first to the C encoder (``_otlp_encode.c``, built when a C compiler is there: the
 same bytes from the columns' Arrow buffers, record batch by record batch, spans, resources and scopes
 encoded and grouped in one call with the GIL released, ~27x less CPU than the kernels, ``bench/encode.py``);
-where it cannot answer exactly, or with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``, the kernels below do.  OTLP/JSON is written in C from those protobuf bytes (``_otlp_json.c``: the bytes
-a batch's protobuf exporters share, walked once), else column-wise in Arrow (``otlp_json_columns``), else
-span by span.
+where it cannot answer exactly, or with ``AGENT_SRE_PURE_PYTHON_ENCODER=1``, the kernels below do.
+OTLP/JSON is written in C from those protobuf bytes (``_otlp_json.c``: the bytes a batch's protobuf
+exporters share, walked once), else column-wise in Arrow (``otlp_json_columns``), else span by span.
 
 Attribute values are stored as strings, so their OTLP type is restored from what is known about
 the key: the keys the normalisation table reads into numeric or boolean canonical columns (token
