@@ -943,6 +943,7 @@ class SpanStore:
         recovery = recover(directory, last)
         self._spool_settings = settings
         self._insert_bytes = settings.max_insert_bytes
+        self._drain_rate = 0.0  # spans/s the loader inserts while busy (a moving average; 0: not known yet)
         last = max(last, recovery.last_seq)
         applied = recovery.batches[0].seq - 1 if recovery.batches else last
         self._spool = spool = Spool(directory, last + 1, settings.segment_bytes, recovery.segments)
@@ -1020,11 +1021,16 @@ class SpanStore:
         """Insert ``items`` (none: release held spans that are due); False when it failed (logged):
         they stay in the spool and pending, and the next try takes half as many bytes."""
         last = items[-1].seq if items else None
+        started = time.monotonic()
         try:
             self._insert(load(items) if items else [], last)
         except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
             self._insert_failed(exc, items)
             return False
+        rows, took = sum(i.rows for i in items), time.monotonic() - started
+        if rows and took > 0:
+            rate = rows / took
+            self._drain_rate = rate if not self._drain_rate else 0.8 * self._drain_rate + 0.2 * rate
         if self._failures:
             log.warning("span store: inserting works again after %d failed attempts", self._failures)
         self._failures, self.problem = 0, None
@@ -1193,14 +1199,19 @@ class SpanStore:
         waits for the spans acknowledged before it to be committed: up to ``limits.wait_s``, after which
         it answers over what is committed with ``pending_spans`` saying how many were not (under ingest at
         the loader's limit the store can stay seconds behind, and a query that waited for all of it
-        answered 503 at its time limit, bench/query10m.py); with ``wait_s`` None, up to the time limit and
-        503 if the store has not caught up by then."""
+        answered 503 at its time limit, bench/query10m.py); at once when the loader, at the rate it has
+        been inserting, would not insert what is pending within ``wait_s`` (under max-rate ingest every
+        query waited the whole 5 s and then answered without them anyway); with ``wait_s`` None, up to
+        the time limit and 503 if the store has not caught up by then."""
         limits = limits or QueryLimits(max_rows=max_rows, timeout_s=timeout_s)
         check_read_only(sql)
         started = time.monotonic()
         pending = 0
+        wait = limits.timeout_s if limits.wait_s is None else min(limits.wait_s, limits.timeout_s)
         try:
-            self.sync(limits.timeout_s if limits.wait_s is None else min(limits.wait_s, limits.timeout_s))
+            if limits.wait_s is not None and self._drain_rate and self.pending_spans / self._drain_rate > wait:
+                raise StoreBehind(f"span store is {self.pending_spans} spans behind, more than it inserts in {wait:g}s")
+            self.sync(wait)
         except StoreBehind as exc:
             if limits.wait_s is None:
                 raise QueryError(f"{exc}; try again later", 503, "store_behind") from exc
