@@ -204,12 +204,19 @@ class RssSampler(threading.Thread):
         self._stop.set()
 
 
-def count_spans(admin: int) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/query", method="POST",
-                                 data=json.dumps({"sql": "SELECT count(*) FROM spans"}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())["rows"][0][0]
+def count_spans(admin: int, patience_s: float = 600.0) -> int:
+    """Every acknowledged span, once committed: the query API answers over what is committed after its wait
+    (and at once when the store is far behind), saying how many were pending; asked again until none is."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/query", method="POST",
+                                     data=json.dumps({"sql": "SELECT count(*) FROM spans", "wait": "20s"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.loads(r.read())
+        if not body.get("pending_spans") or time.monotonic() > deadline:
+            return body["rows"][0][0]
+        time.sleep(0.5)
 
 
 def pipeline_metrics(port: int) -> dict[str, float]:

@@ -208,16 +208,17 @@ def api_runner(admin: int, pid: int | None = None, executing: dict | None = None
 
 
 def count_spans(admin: int, patience_s: float = 600.0) -> int:
-    """``SELECT count(*) FROM spans`` through the API, which first waits for the loader: while the loader is
-    more than the query time limit behind, the API answers 503 (store_behind) and this asks again."""
+    """``SELECT count(*) FROM spans`` through the API once every acknowledged span is committed: the API
+    answers over what is committed after its wait (at once when the store is far behind) with
+    ``pending_spans``; this asks again until none is pending (or raises after ``patience_s``)."""
     deadline = time.monotonic() + patience_s
     while True:
-        try:
-            return post_query(admin, "SELECT count(*) FROM spans")["rows"][0][0]
-        except RuntimeError as exc:
-            if not str(exc).startswith("503") or time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+        body = post_query(admin, "SELECT count(*) FROM spans")
+        if not body.get("pending_spans"):
+            return body["rows"][0][0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{body['pending_spans']} acknowledged spans still not committed after {patience_s:g}s")
+        time.sleep(1)
 
 
 def run_path(name: str, runner, queries: list[Query], rounds: int, budget_s: float,

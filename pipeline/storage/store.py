@@ -115,6 +115,9 @@ def recovery_pools(memory_limit: str) -> list[str]:
     return [f"{configured * k}B" for k in _RECOVERY_FACTORS if configured * k < ceiling] + [_RECOVERY_MEMORY]
 
 
+_DRAIN_SAMPLE_ROWS = 1024  # the loader's insert rate is measured on inserts of at least this many spans
+
+
 class StoreBehind(Exception):
     """The store cannot take more now (its loader is behind, or it is closing): retry later."""
 
@@ -1028,7 +1031,7 @@ class SpanStore:
             self._insert_failed(exc, items)
             return False
         rows, took = sum(i.rows for i in items), time.monotonic() - started
-        if rows and took > 0:
+        if rows >= _DRAIN_SAMPLE_ROWS and took > 0:  # small inserts are mostly fixed cost: no rate from them
             rate = rows / took
             self._drain_rate = rate if not self._drain_rate else 0.8 * self._drain_rate + 0.2 * rate
         if self._failures:
@@ -1209,7 +1212,7 @@ class SpanStore:
         pending = 0
         wait = limits.timeout_s if limits.wait_s is None else min(limits.wait_s, limits.timeout_s)
         try:
-            if limits.wait_s is not None and self._drain_rate and self.pending_spans / self._drain_rate > wait:
+            if limits.wait_s is not None and self._hopelessly_behind(wait):
                 raise StoreBehind(f"span store is {self.pending_spans} spans behind, more than it inserts in {wait:g}s")
             self.sync(wait)
         except StoreBehind as exc:
@@ -1222,6 +1225,13 @@ class SpanStore:
         with self._query_pool(limits.max_memory_bytes), self._reading() as cursor:
             result = run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         return dataclasses.replace(result, pending_spans=pending) if pending else result
+
+    def _hopelessly_behind(self, wait: float) -> bool:
+        """Whether the loader, busy at the rate it has been inserting, would not insert what is pending within
+        ``wait``: only ever with more than one flush pending (a store keeping up has less, and waits)."""
+        pending, rate = self.pending_spans, self._drain_rate
+        return bool(rate) and self._spool_settings is not None and pending > self._spool_settings.flush_spans \
+            and pending / rate > wait
 
     def checkpoint(self) -> None:
         self.sync()

@@ -88,26 +88,28 @@ def test_the_cli_says_on_stderr_when_the_answer_missed_pending_spans(capsys):
 def test_a_query_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(tmp_path):
     # Under max-rate ingest the loader stays seconds behind: every query waited its whole wait (5 s by
     # default) and then answered without those spans anyway (bench/query10m.py).  At the rate the loader has
-    # been inserting, what is pending now would take far longer than the wait: answered at once.
+    # been inserting, what is pending now would take far longer than the wait: answered at once.  (With less
+    # than one flush pending, a query always waits: the other tests here.)
     store = SpanStore(tmp_path / "s.duckdb", spool=SpoolSettings(directory=str(tmp_path / "spool"),
-                                                                  flush_interval=0.02))
+                                                                  flush_interval=0.02, flush_spans=1024))
     release = threading.Event()
     insert = store._insert
 
-    def slow_insert(tables, seq=None):  # ~200 spans/s
-        release.wait(0.005 * sum(t.num_rows for t in tables))
+    def slow_insert(tables, seq=None):  # ~5,000 spans/s
+        release.wait(0.0002 * sum(t.num_rows for t in tables))
         insert(tables, seq)
 
     store._insert = slow_insert  # type: ignore[method-assign]
     try:
-        store.append(_spans(20))
+        store.append(_spans(1024))
         store.sync()  # the loader has inserted at its pace once
-        store.append(_spans(2000))  # ~10 s of its work
+        for _ in range(50):  # ~10 s of its work, in more than one flush
+            store.append(_spans(1024))
         time.sleep(0.1)
         started = time.monotonic()
         result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=2))
         assert time.monotonic() - started < 1.5
-        assert result.rows == [[20]] and result.pending_spans == 2000
+        assert result.rows[0][0] < 10 * 1024 and result.pending_spans > 40 * 1024
     finally:
         release.set()
         store.close()
