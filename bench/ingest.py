@@ -206,7 +206,8 @@ class RssSampler(threading.Thread):
 
 def count_spans(admin: int, patience_s: float = 600.0) -> int:
     """Every acknowledged span, once committed: the query API answers over what is committed after its wait
-    (and at once when the store is far behind), saying how many were pending; asked again until none is."""
+    (and at once when the store is far behind), saying how many were pending; asked again until none is
+    (RuntimeError after ``patience_s``)."""
     deadline = time.monotonic() + patience_s
     while True:
         req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/query", method="POST",
@@ -214,8 +215,10 @@ def count_spans(admin: int, patience_s: float = 600.0) -> int:
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             body = json.loads(r.read())
-        if not body.get("pending_spans") or time.monotonic() > deadline:
+        if not body.get("pending_spans"):
             return body["rows"][0][0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{body['pending_spans']} acknowledged spans still not committed after {patience_s:g}s")
         time.sleep(0.5)
 
 

@@ -491,15 +491,17 @@ def _reexec_in_mount_namespace() -> None:
 
 
 def drained(admin: int, timeout: float) -> int | None:
-    """Spans in the store once the spool is inserted (the query API reads its writes; it answers 503 while
-    the store is behind), or None if it is still behind after ``timeout`` seconds."""
+    """Spans in the store once the spool is inserted (asked until the query API's answer has no
+    ``pending_spans``), or None if it is still behind after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            return count_spans(admin)
+            return count_spans(admin, patience_s=max(0.0, deadline - time.monotonic()))
         except urllib.error.HTTPError as exc:
             if exc.code != 503:
                 raise
+        except RuntimeError:  # still spans pending at the deadline
+            return None
         time.sleep(1)
     return None
 
