@@ -108,8 +108,10 @@ def test_a_query_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait
         time.sleep(0.1)
         started = time.monotonic()
         result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=2))
-        assert time.monotonic() - started < 1.5
-        assert result.rows[0][0] < 10 * 1024 and result.pending_spans > 40 * 1024
+        assert time.monotonic() - started < 1.5  # not the 2 s wait
+        # what it saw and what it said was pending cover everything acknowledged; most was pending
+        (committed,) = result.rows[0]
+        assert committed + result.pending_spans >= 51 * 1024 and result.pending_spans > 20 * 1024
     finally:
         release.set()
         store.close()
