@@ -672,11 +672,11 @@ static int encode_framed(Buf *b, uint32_t field, const Col *c, const MapCol *att
     return OK;
 }
 
-/* The span columns of one call or batch: 0, 1 (FALLBACK: a column the C path does not read exactly), or
+/* The span columns of one call or batch (the first N_COLS items of `cols`): 0, 1 (FALLBACK: a column the C path does not read exactly), or
  * -1 with a Python error.  *n: the rows.  The extra column (events and links) may be None: none has any. */
-static int parse_span_cols(PyObject *cols, Py_ssize_t at, Views *v, Col *c, MapCol *attrs, int64_t *n) {
+static int parse_span_cols(PyObject *cols, Views *v, Col *c, MapCol *attrs, int64_t *n) {
     for (int k = 0; k < N_COLS; k++) {
-        PyObject *item = PyTuple_GET_ITEM(cols, at + k);
+        PyObject *item = PyTuple_GET_ITEM(cols, k);
         int got;
         if (k == C_EXTRA && item == Py_None) {
             memset(&c[k], 0, sizeof c[k]);
@@ -713,7 +713,7 @@ static PyObject *encode_spans(PyObject *self, PyObject *args) {
                      "framing)", N_COLS);
         goto error;
     }
-    int got = parse_span_cols(cols, 0, &v, c, &attrs, &n);
+    int got = parse_span_cols(cols, &v, c, &attrs, &n);
     if (got < 0 || ctx_init(&x, typed, cost, &prefix, enums)) goto error;
     rc = got ? FALLBACK : OK;
     r.offsets = calloc((size_t)(rc == OK ? n : 0) + 1, 4);
@@ -915,7 +915,7 @@ static PyObject *encode_request(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_TypeError, "a batch is a tuple of %d columns", B_COLS);
             goto done;
         }
-        int got = parse_span_cols(cols, 0, &v, c, &attrs, &n);
+        int got = parse_span_cols(cols, &v, c, &attrs, &n);
         if (!got) got = parse_map(PyTuple_GET_ITEM(cols, B_RESOURCE), &v, &resource);
         if (!got) got = parse_col(PyTuple_GET_ITEM(cols, B_SCOPE_NAME), &v, &name, 0);
         if (!got) got = parse_col(PyTuple_GET_ITEM(cols, B_SCOPE_VERSION), &v, &version, 0);
