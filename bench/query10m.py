@@ -207,20 +207,6 @@ def api_runner(admin: int, pid: int | None = None, executing: dict | None = None
     return run
 
 
-def count_spans(admin: int, patience_s: float = 600.0) -> int:
-    """``SELECT count(*) FROM spans`` through the API once every acknowledged span is committed: the API
-    answers over what is committed after its wait (at once when the store is far behind) with
-    ``pending_spans``; this asks again until none is pending (or raises after ``patience_s``)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        body = post_query(admin, "SELECT count(*) FROM spans")
-        if not body.get("pending_spans"):
-            return body["rows"][0][0]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{body['pending_spans']} acknowledged spans still not committed after {patience_s:g}s")
-        time.sleep(1)
-
-
 def run_path(name: str, runner, queries: list[Query], rounds: int, budget_s: float,
              until: float | None = None) -> dict[str, Timing]:
     out = rounds_of(queries, rounds, budget_s, runner, until)
@@ -278,7 +264,7 @@ def pipeline_phases(path: Path, queries: list[Query], rounds: int, budget_s: flo
 
 def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: float, load_s: float,
                      clients: int, threads: int, config: str) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
-    from bench.ingest import RssSampler, _client, pipeline_metrics, start_pipeline, stop_pipeline
+    from bench.ingest import RssSampler, _client, count_spans, pipeline_metrics, start_pipeline, stop_pipeline
 
     started = time.perf_counter()
     p = start_pipeline(config, extra_env={"AGENT_SRE_DATA": str(data)})
