@@ -25,6 +25,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.ingest import free_port, phase_args, pipeline_metrics, run_phase, start_pipeline, stop_pipeline  # noqa: E402
 
@@ -54,6 +56,11 @@ def _serve_sinks(ports: list[int], blackhole: int | None, ready) -> None:
         hole.listen(1024)
     ready.set()
     threading.Event().wait()
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def config(sink_ports: list[int], blackhole: int | None, file_dir: str, with_file: bool) -> str:
@@ -120,8 +127,13 @@ def _setup(ctx, args, name: str, sinks: int, holed: bool, with_file: bool) -> fl
     p = start_pipeline(config(ports, hole, files, with_file))
     try:
         common = (p["admin"], p["server"].pid, args.seconds, args.clients, args.threads, p["metrics"])
+        sink_cpu = _cpu(sink_proc.pid)
         row = run_phase(f"gRPC max rate, {name}", "grpc", p["grpc"], *common)
         m = pipeline_metrics(p["metrics"])
+        if sinks:  # the sinks share the 2 cores: what they spent reading the requests is not the pipeline's
+            sent = sum(v for k, v in m.items() if k.startswith("agent_sre_exporter_sent_spans_total{exporter=\"otlphttp/"))
+            print(f"  sinks: {_cpu(sink_proc.pid) - sink_cpu:.1f} s of CPU for {sent:,.0f} spans sent "
+                  f"({(_cpu(sink_proc.pid) - sink_cpu) / max(sent, 1) * 1e6:.2f} µs/span)", flush=True)
         if holed:
             key = 'agent_sre_exporter_{}{{exporter="otlphttp/blackholed"}}'
             print(f"  blackholed exporter: queue {m.get(key.format('queue_size'), 0):,.0f} of "

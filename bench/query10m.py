@@ -59,6 +59,15 @@ def _trace_id(k: int) -> str:
     return hashlib.md5(f"trace-{k}".encode()).hexdigest()  # bench/store10m.py's ids: md5('trace-' || t)
 
 
+@dataclass(frozen=True)
+class TraceLookup:
+    """Not SQL: one trace the way the product fetches it — ``GET /v1/traces/{id}`` (API), ``agent-sre trace
+    show ID --db`` (CLI), ``trace_spans`` (engine: what both run), which read the store's trace locator
+    first and then only the row groups where the trace's spans started.  Delegation links are followed
+    (the default of both): the answer is the trace with every trace it delegated to or was delegated from."""
+    trace_id: str
+
+
 QUERIES = [
     Query("agent_model", "agent/model: count, token sums, p99 latency", 1.0, lambda rng: (
         "SELECT agent_id, model, count(*) AS spans, sum(input_tokens) AS input_tokens, "
@@ -70,6 +79,8 @@ QUERIES = [
     Query("trace", "one trace by id", 0.05, lambda rng: (
         "SELECT span_id, parent_span_id, name, span_role, start_ns, duration_ns, status_code FROM spans "
         f"WHERE trace_id = '{_trace_id(rng.randrange(1_000_000))}' ORDER BY start_ns")),
+    Query("trace_api", "one trace by id through the trace API (`GET /v1/traces/{id}`, `trace show`)", 0.05,
+          lambda rng: TraceLookup(_trace_id(rng.randrange(1_000_000)))),
     Query("error_rate", "error rate per minute, one agent (7 days)", 0.2, lambda rng: (
         "SELECT date_trunc('minute', make_timestamp(start_ns // 1000)) AS minute, count(*) AS n, "
         "count(*) FILTER (WHERE status_code = 'error') AS errors, errors / n AS error_rate "
@@ -139,11 +150,16 @@ def rounds_of(queries: list[Query], rounds: int, budget_s: float, run, until: fl
 def engine_runner(path: Path):
     from agent_sre.pipeline.storage.store import open_read_only
 
+    from agent_sre.processors.replay.traces import trace_spans
+
     con = open_read_only(path)
 
-    def run(sql: str) -> tuple[float, float, int]:
+    def run(sql: str | TraceLookup) -> tuple[float, float, int]:
         wall, cpu = time.perf_counter(), time.process_time()  # DuckDB's threads are this process's
-        rows = con.execute(sql).fetchall()
+        if isinstance(sql, TraceLookup):
+            rows = trace_spans(lambda q, params: con.execute(q, params).fetchall(), sql.trace_id)
+        else:
+            rows = con.execute(sql).fetchall()
         return time.perf_counter() - wall, time.process_time() - cpu, len(rows)
 
     return con, run
@@ -160,17 +176,49 @@ CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"
 
 
 def cli_runner(path: Path, max_rows: int = CLI_MAX_ROWS):
-    def run(sql: str) -> tuple[float, float, int]:
+    def run(sql: str | TraceLookup) -> tuple[float, float, int]:
+        if isinstance(sql, TraceLookup):  # no --endpoint answers here (free port): the CLI reads the file
+            cmd = [*AGENT_SRE, "trace", "show", sql.trace_id, "--db", str(path), "--format", "json",
+                   "--endpoint", f"127.0.0.1:{_closed_port()}"]
+        else:
+            cmd = [*AGENT_SRE, "query", "--db", str(path), "--max-rows", str(max_rows), "--format", "csv", sql]
         cpu = children_cpu()
         wall = time.perf_counter()
-        done = subprocess.run([*AGENT_SRE, "query", "--db", str(path), "--max-rows", str(max_rows),
-                               "--format", "csv", sql], capture_output=True, text=True, env=CLI_ENV)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=CLI_ENV)
         wall = time.perf_counter() - wall
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        if isinstance(sql, TraceLookup):
+            return wall, children_cpu() - cpu, _spans_in(json.loads(done.stdout))
         return wall, children_cpu() - cpu, max(0, done.stdout.count("\n") - 1)
 
     return run
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spans_in(tree: dict) -> int:
+    """Spans in a trace answer (``trace show --format json``, ``GET /v1/traces/{id}``): its nodes."""
+    count, stack = 0, list(tree.get("roots") or [])
+    while stack:
+        node = stack.pop()
+        count += 1
+        stack.extend(node.get("children") or [])
+    return count
+
+
+def get_trace(admin: int, trace_id: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/v1/traces/{trace_id}", timeout=120) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{exc.code}: {exc.read().decode(errors='replace')[:200]}") from None
 
 
 def post_query(admin: int, sql: str, max_rows: int = API_MAX_ROWS) -> dict:
@@ -195,9 +243,13 @@ def api_runner(admin: int, pid: int | None = None, executing: dict | None = None
     each answer's elapsed_ms (the query's own run, after the wait for the loader) under its SQL's query name."""
     from bench.ingest import cpu_seconds
 
-    def run(sql: str) -> tuple[float, float | None, int]:
+    def run(sql: str | TraceLookup) -> tuple[float, float | None, int]:
         cpu = cpu_seconds(pid) if pid else None
         wall = time.perf_counter()
+        if isinstance(sql, TraceLookup):
+            rows = _spans_in(get_trace(admin, sql.trace_id))
+            wall = time.perf_counter() - wall
+            return wall, (cpu_seconds(pid) - cpu) if pid and cpu is not None else None, rows
         body = post_query(admin, sql)
         wall = time.perf_counter() - wall
         if executing is not None:

@@ -1211,20 +1211,33 @@ class SpanStore:
         started = time.monotonic()
         pending = 0
         wait = limits.timeout_s if limits.wait_s is None else min(limits.wait_s, limits.timeout_s)
-        try:
-            if limits.wait_s is not None and self._hopelessly_behind(wait):
-                raise StoreBehind(f"span store is {self.pending_spans} spans behind, more than it inserts in {wait:g}s")
-            self.sync(wait)
-        except StoreBehind as exc:
-            if limits.wait_s is None:
+        if limits.wait_s is None:
+            try:
+                self.sync(wait)
+            except StoreBehind as exc:
                 raise QueryError(f"{exc}; try again later", 503, "store_behind") from exc
-            pending = self.pending_spans  # 0 when only the commit callbacks were behind
+        else:
+            pending = self.catch_up(wait)
         left = limits.timeout_s - (time.monotonic() - started)
         if left <= 0:
             raise QueryError(f"query exceeded the time limit of {limits.timeout_s:g}s", 408, "time")
         with self._query_pool(limits.max_memory_bytes), self._reading() as cursor:
             result = run_query(cursor, sql, dataclasses.replace(limits, timeout_s=left))
         return dataclasses.replace(result, pending_spans=pending) if pending else result
+
+    def catch_up(self, wait: float) -> int:
+        """Read your writes, bounded: wait up to ``wait`` seconds for the spans acknowledged so far to be
+        committed — not at all when the loader, at the rate it has been inserting, could not insert them
+        within ``wait`` (under max-rate ingest a reader would wait the whole time and then read without
+        them anyway).  Returns how many acknowledged spans are still not committed (0: caught up, or only
+        the commit callbacks were behind)."""
+        try:
+            if self._hopelessly_behind(wait):
+                return self.pending_spans
+            self.sync(wait)
+        except StoreBehind:
+            return self.pending_spans
+        return 0
 
     def _hopelessly_behind(self, wait: float) -> bool:
         """Whether the loader, busy at the rate it has been inserting, would not insert what is pending within

@@ -45,14 +45,12 @@ class Replay(Extension):
 
     def _read(self):
         """The store's ``read``, after its loader has inserted what was acknowledged (a trace just sent
-        is shown whole); a store that is behind is read as it is."""
-        from agent_sre.pipeline.storage.store import StoreBehind
-
+        is shown whole); a store that is behind — or that could not catch up within the wait at the rate
+        it inserts (max-rate ingest) — is read at once as it is."""
         store = self._host.get(SpanStore, self.config.storage, str(self.id))
-        try:
-            store.sync(_SYNC_TIMEOUT_S)
-        except StoreBehind:
-            self.logger.warning("span store is behind: answering from what it has inserted")
+        pending = store.catch_up(_SYNC_TIMEOUT_S)
+        if pending:
+            self.logger.warning("span store is %d spans behind: answering from what it has inserted", pending)
         return store.read
 
     def trace(self, trace_id: str, follow_links: bool = True, agents: frozenset[str] | None = None) -> dict | None:
