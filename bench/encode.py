@@ -16,7 +16,10 @@ CPU per span (``time.process_time``; wall time alongside) for:
   exporter encoded the batch first), on each 512-span table and on one table of all of them (the size of a
   batch the flusher hands on), with whether all give the same JSON document;
 - gzip of each table's protobuf bytes at level 1 (``compression: gzip``, the default of the otlphttp
-  exporter): Python's zlib and ISA-L (``isal``, what ``arrow_otlp.encoded`` uses), and the size ratio.
+  exporter): Python's zlib and ISA-L (``isal``, what ``arrow_otlp.encoded`` uses), and the size ratio;
+- the Arrow IPC stream the spool and the receiver workers write per batch (``ipc.encode_table``, on the one
+  table, with the pipeline's system-malloc Arrow pool), against how it was written until the nineteenth
+  stop (a growing ``BufferOutputStream``, then ``to_pybytes``).
 
 Best (min) and median of ``--passes`` passes over ``--count`` tables.
 
@@ -42,6 +45,7 @@ from agent_sre.pipeline.pdata.arrow_otlp import (
     table_to_bytes,
     table_to_json,
 )
+from agent_sre.pipeline.pdata.ipc import encode_table
 from agent_sre.pipeline.pdata.normalize import load_conventions, normalize
 from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table
 from bench.agent_spans import request_bodies
@@ -111,6 +115,22 @@ def main() -> None:
     def isal_gzip(table: pa.Table) -> bytes:
         return igzip.compress(encoded_bytes[id(table)], 1)
 
+    def growing_stream(table: pa.Table) -> bytes:  # encode_table until the nineteenth stop
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write(table)
+        return sink.getvalue().to_pybytes()
+
+    def system_pool(fn: Callable[[], None]) -> Callable[[], None]:  # the pipeline's processes' Arrow pool
+        def run() -> None:
+            pool = pa.default_memory_pool()
+            pa.set_memory_pool(pa.system_memory_pool())
+            try:
+                fn()
+            finally:
+                pa.set_memory_pool(pool)
+        return run
+
     def from_bytes(table: pa.Table) -> bytes:
         return _otlp_json.traces_json(encoded_bytes[id(table)])
 
@@ -135,6 +155,8 @@ def main() -> None:
         "C from the bytes, one table": passes(one(from_bytes), args.passes, spans),
         "gzip 1 (zlib) of the bytes": passes(each(zlib_gzip), args.passes, spans),
         "gzip 1 (ISA-L) of the bytes": passes(each(isal_gzip), args.passes, spans),
+        "IPC (spool), one table": passes(system_pool(one(encode_table)), args.passes, spans),
+        "IPC, growing + bytes (before)": passes(system_pool(one(growing_stream)), args.passes, spans),
     }
     os.environ[PURE_PYTHON_ENCODER_ENV] = "1"
     slow_json = [json.loads(table_to_json(t)) for t in tables]

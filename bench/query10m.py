@@ -149,7 +149,6 @@ def rounds_of(queries: list[Query], rounds: int, budget_s: float, run, until: fl
 
 def engine_runner(path: Path):
     from agent_sre.pipeline.storage.store import open_read_only
-
     from agent_sre.processors.replay.traces import trace_spans
 
     con = open_read_only(path)

@@ -33,7 +33,10 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("agent_sre.segmentlog")
 
@@ -43,7 +46,7 @@ _CHECKED = struct.Struct("<QI")  # the header fields the checksum covers
 QUARANTINE = "quarantine"
 
 
-def _crc(seq: int, payload: bytes | memoryview) -> int:
+def _crc(seq: int, payload: bytes | memoryview | pa.Buffer) -> int:
     return zlib.crc32(payload, zlib.crc32(_CHECKED.pack(seq, len(payload))))
 
 
@@ -165,7 +168,7 @@ class SegmentWriter:
         self.path: Path | None = None  # the segment being written
         self._file: BinaryIO | None = None
 
-    def append(self, seq: int, payload: bytes) -> Record:
+    def append(self, seq: int, payload: bytes | pa.Buffer) -> Record:
         """Write one record and make it durable; on an error nothing of it stays and it raises."""
         if self._file is None or self._file.tell() >= self.segment_bytes:
             self._rotate(seq)

@@ -194,7 +194,7 @@ class RemoteConsumer:
         self.closed = threading.Event()
         threading.Thread(target=self._read, name="otlp-worker-replies", daemon=True).start()
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes | pa.Buffer) -> None:
         with self._send_lock:
             self._conn.send_bytes(message)
 
@@ -205,7 +205,7 @@ class RemoteConsumer:
             fut: Future = Future()
             self._pending[req_id] = fut
         try:
-            self.send(_pack(b"B", req_id, encode_table(batch)))
+            self.send(encode_table(batch, _HEADER.pack(b"B", req_id)))  # as _pack, the stream written once
         except (OSError, ValueError) as exc:
             self._pending.pop(req_id, None)
             raise RefusedError("the pipeline process is not reachable", 1.0) from exc
