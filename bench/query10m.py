@@ -4,8 +4,9 @@
                                        [--load-seconds 60] [--queries agent_model,attribute,...] [--no-pipeline]
 
 bench/store10m.py's store (10M spans, built once with the pipeline's row groups and cached) is queried with
-the issue's five queries, written as a user writes them (the ``spans`` view, ``attributes['k']``,
-``quantile_cont``), each ``--rounds`` times (fewer once a query and path have taken ``--budget`` seconds):
+the issue's queries, written as a user writes them (the ``spans`` view, ``attributes['k']``,
+``quantile_cont``), and one trace the way the product fetches it (``trace_api``: ``GET /v1/traces/{id}``,
+``trace show``; see ``TraceLookup``), each ``--rounds`` times (fewer once a query and path have taken ``--budget`` seconds):
 
 1. the engine: DuckDB in this process on the store opened read-only as the CLI opens it (store.open_read_only);
 2. ``agent-sre query --db STORE "SQL"`` as a subprocess: wall time including the CLI's start-up, and its CPU;
