@@ -85,58 +85,17 @@ def test_the_cli_says_on_stderr_when_the_answer_missed_pending_spans(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_query_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(tmp_path):
-    # Under max-rate ingest the loader stays seconds behind: every query waited its whole wait (5 s by
-    # default) and then answered without those spans anyway (bench/query10m.py).  At the rate the loader has
-    # been inserting, what is pending now would take far longer than the wait: answered at once.  (With less
-    # than one flush pending, a query always waits: the other tests here.)
+@pytest.fixture
+def far_behind(tmp_path):
+    """A spooled store whose loader inserts ~5,000 spans/s: one batch inserted at that pace (so the store knows
+    its rate), then 50 more acknowledged — ~10 s of its work, in more than one flush.  Yields the store and
+    the first (committed) batch."""
     store = SpanStore(tmp_path / "s.duckdb", spool=SpoolSettings(directory=str(tmp_path / "spool"),
                                                                   flush_interval=0.02, flush_spans=1024))
     release = threading.Event()
     insert = store._insert
 
-    def slow_insert(tables, seq=None):  # ~5,000 spans/s
-        release.wait(0.0002 * sum(t.num_rows for t in tables))
-        insert(tables, seq)
-
-    store._insert = slow_insert  # type: ignore[method-assign]
-    try:
-        store.append(_spans(1024))
-        store.sync()  # the loader has inserted at its pace once
-        for _ in range(50):  # ~10 s of its work, in more than one flush
-            store.append(_spans(1024))
-        time.sleep(0.1)
-        started = time.monotonic()
-        result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=2))
-        assert time.monotonic() - started < 1.5  # not the 2 s wait
-        # what it saw and what it said was pending cover everything acknowledged; most was pending
-        (committed,) = result.rows[0]
-        assert committed + result.pending_spans >= 51 * 1024 and result.pending_spans > 20 * 1024
-    finally:
-        release.set()
-        store.close()
-
-
-def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(tmp_path):
-    # GET /v1/traces/{id} (the replay extension) waited its whole 5 s for the loader under max-rate ingest
-    # (bench/query10m.py's trace_api: 5,077 ms median under ingest, 41 ms idle): the same bounded read-your-writes
-    # as a query.  The trace committed before the backlog is found at once; the backlog is said in the log.
-    from agent_sre.pipeline.component import ComponentID, Kind, Settings
-    from agent_sre.pipeline.component.capabilities import SpanStore as SpanStoreCapability
-    from agent_sre.pipeline.component.host import Host
-    from agent_sre.pipeline.component.telemetry import Telemetry
-    from agent_sre.processors.replay.factory import Replay, ReplayConfig
-
-    store = SpanStore(tmp_path / "s.duckdb", spool=SpoolSettings(directory=str(tmp_path / "spool"),
-                                                                  flush_interval=0.02, flush_spans=1024))
-    host = Host(telemetry=Telemetry())
-    host.provide(SpanStoreCapability, "duckdb", store)
-    replay = Replay(Settings(ComponentID("replay"), Kind.EXTENSION, host.telemetry), ReplayConfig())
-    replay.start(host)
-    release = threading.Event()
-    insert = store._insert
-
-    def slow_insert(tables, seq=None):  # ~5,000 spans/s
+    def slow_insert(tables, seq=None):
         release.wait(0.0002 * sum(t.num_rows for t in tables))
         insert(tables, seq)
 
@@ -144,10 +103,46 @@ def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_t
     try:
         first = _spans(1024)
         store.append(first)
-        store.sync()  # the loader has inserted at its pace once
-        for _ in range(50):  # ~10 s of its work, in more than one flush
+        store.sync()
+        for _ in range(50):
             store.append(_spans(1024))
         time.sleep(0.1)
+        yield store, first
+    finally:
+        release.set()
+        store.close()
+
+
+def test_a_query_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(far_behind):
+    # Under max-rate ingest the loader stays seconds behind: every query waited its whole wait (5 s by
+    # default) and then answered without those spans anyway (bench/query10m.py).  At the rate the loader has
+    # been inserting, what is pending now would take far longer than the wait: answered at once.  (With less
+    # than one flush pending, a query always waits: the other tests here.)
+    store, _ = far_behind
+    started = time.monotonic()
+    result = store.query("SELECT count(*) FROM spans", limits=QueryLimits(timeout_s=10, wait_s=2))
+    assert time.monotonic() - started < 1.5  # not the 2 s wait
+    # what it saw and what it said was pending cover everything acknowledged; most was pending
+    (committed,) = result.rows[0]
+    assert committed + result.pending_spans >= 51 * 1024 and result.pending_spans > 20 * 1024
+
+
+def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(far_behind):
+    # GET /v1/traces/{id} (the replay extension) waited its whole 5 s for the loader under max-rate ingest
+    # (bench/query10m.py's trace_api: 5,077 ms median under ingest, 27 ms idle): the same bounded read-your-writes
+    # as a query.  The trace committed before the backlog is found at once; the backlog is said in the log.
+    from agent_sre.pipeline.component import ComponentID, Kind, Settings
+    from agent_sre.pipeline.component.capabilities import SpanStore as SpanStoreCapability
+    from agent_sre.pipeline.component.host import Host
+    from agent_sre.pipeline.component.telemetry import Telemetry
+    from agent_sre.processors.replay.factory import Replay, ReplayConfig
+
+    store, first = far_behind
+    host = Host(telemetry=Telemetry())
+    host.provide(SpanStoreCapability, "duckdb", store)
+    replay = Replay(Settings(ComponentID("replay"), Kind.EXTENSION, host.telemetry), ReplayConfig())
+    replay.start(host)
+    try:
         trace_id = first.column("trace_id")[0].as_py()
         started = time.monotonic()
         tree = replay.trace(trace_id, follow_links=False)
@@ -155,9 +150,7 @@ def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_t
         assert tree is not None and tree["trace_id"] == trace_id
         assert store.catch_up(2.0) > 20 * 1024  # and the store says how far behind it is
     finally:
-        release.set()
         replay.shutdown()
-        store.close()
 
 
 def test_catch_up_waits_for_a_loader_that_can_insert_in_time(tmp_path):
