@@ -311,12 +311,10 @@ class ChaosProcessor(Stage):
         found = self.experiment(experiment_id)
         if found is None:
             return None
-        from agent_sre.pipeline.storage.store import StoreBehind
-
-        try:
-            self._store.sync(5.0)  # what was acknowledged is part of the report
-        except StoreBehind:
-            self.logger.warning("span store is behind: the report of %s is of what it has inserted", experiment_id)
+        pending = self._store.catch_up(5.0)  # what was acknowledged is part of the report, unless hopelessly behind
+        if pending:
+            self.logger.warning("span store is %d spans behind: the report of %s is of what it has inserted",
+                                pending, experiment_id)
         return experiment_report(self._store.read, found, int(self.clock() * _NS), self.config.recovery_tolerance)
 
     # --- the fleet's experiments (state: redis://…) ---------------------------------------------------

@@ -203,10 +203,9 @@ class DeliveryProcessor(Stage):
         that are not frozen.  Returns the decisions taken."""
         if self._store is None:
             return []
-        try:
-            self._store.sync(_SYNC_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - a store behind is analysed as it is; the next tick sees the rest
-            self.logger.warning("span store is behind: analysing what it has inserted")
+        pending = self._store.catch_up(_SYNC_TIMEOUT_S)  # bounded read-your-writes, as queries have it
+        if pending:  # a store behind is analysed as it is; the next tick sees the rest
+            self.logger.warning("span store is %d spans behind: analysing what it has inserted", pending)
         changes = []
         with self._lock:
             for rollout in list(self._pending_files):
