@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.server
 import multiprocessing as mp
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -111,8 +112,8 @@ def main() -> None:
     if args.rounds > 1:
         print("against duckdb alone in the same round, min / median / max:")
         for name, values in changes.items():
-            values.sort()
-            print(f"  {name:40} {values[0]:+.1%} / {values[len(values) // 2]:+.1%} / {values[-1]:+.1%}")
+            values.sort()  # the median of an even count is the mean of the middle two (it took the upper one)
+            print(f"  {name:40} {values[0]:+.1%} / {statistics.median(values):+.1%} / {values[-1]:+.1%}")
 
 
 def _setup(ctx, args, name: str, sinks: int, holed: bool, with_file: bool) -> float:
