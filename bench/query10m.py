@@ -178,8 +178,10 @@ CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"
 def cli_runner(path: Path, max_rows: int = CLI_MAX_ROWS):
     def run(sql: str | TraceLookup) -> tuple[float, float, int]:
         if isinstance(sql, TraceLookup):  # no --endpoint answers here (free port): the CLI reads the file
+            from bench.ingest import free_port
+
             cmd = [*AGENT_SRE, "trace", "show", sql.trace_id, "--db", str(path), "--format", "json",
-                   "--endpoint", f"127.0.0.1:{_closed_port()}"]
+                   "--endpoint", f"127.0.0.1:{free_port()}"]
         else:
             cmd = [*AGENT_SRE, "query", "--db", str(path), "--max-rows", str(max_rows), "--format", "csv", sql]
         cpu = children_cpu()
@@ -193,14 +195,6 @@ def cli_runner(path: Path, max_rows: int = CLI_MAX_ROWS):
         return wall, children_cpu() - cpu, max(0, done.stdout.count("\n") - 1)
 
     return run
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spans_in(tree: dict) -> int:
