@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/query10m.py [--dir /tmp/agent-sre-bench] [--rounds 5] [--budget 60]
                                        [--load-seconds 60] [--queries agent_model,attribute,...] [--no-pipeline]
+                                       [--grouped]
 
 bench/store10m.py's store (10M spans, built once with the pipeline's row groups and cached) is queried with
 the issue's queries, written as a user writes them (the ``spans`` view, ``attributes['k']``,
@@ -123,15 +124,18 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def rounds_of(queries: list[Query], rounds: int, budget_s: float, run, until: float | None = None
-              ) -> dict[str, Timing]:
+def rounds_of(queries: list[Query], rounds: int, budget_s: float, run, until: float | None = None,
+              grouped: bool = False) -> dict[str, Timing]:
     """``run(sql) -> (wall, cpu, rows)``, round by round over every query (so a load phase spreads over all of
-    them); a query stops once it has taken ``budget_s``, every query at ``until`` (time.time())."""
+    them; each query then reads after the others evicted what it had cached), or with ``grouped`` every round
+    of one query before the next (a user asking one kind of question after another); a query stops once it
+    has taken ``budget_s``, every query at ``until`` (time.time())."""
     rngs = {q.name: random.Random(i) for i, q in enumerate(queries)}
     timings = {q.name: Timing(load=load_average()) for q in queries}
     spent = dict.fromkeys(rngs, 0.0)
-    for _ in range(rounds):
-        for q in queries:
+    order = ([q] * rounds for q in queries) if grouped else (queries for _ in range(rounds))
+    for batch in order:
+        for q in batch:
             if spent[q.name] >= budget_s or (until is not None and time.time() >= until):
                 continue
             try:
@@ -254,8 +258,8 @@ def api_runner(admin: int, pid: int | None = None, executing: dict | None = None
 
 
 def run_path(name: str, runner, queries: list[Query], rounds: int, budget_s: float,
-             until: float | None = None) -> dict[str, Timing]:
-    out = rounds_of(queries, rounds, budget_s, runner, until)
+             until: float | None = None, grouped: bool = False) -> dict[str, Timing]:
+    out = rounds_of(queries, rounds, budget_s, runner, until, grouped)
     for q in queries:
         print(f"  {name:<10} {q.name:<12} {out[q.name].cell(q.target_s)}  (load {out[q.name].load:.1f})", flush=True)
     return out
@@ -311,20 +315,22 @@ def wait_quiet(pid: int, limit_s: float = 300.0, step_s: float = 2.0, busy: floa
 
 
 def pipeline_phases(path: Path, queries: list[Query], rounds: int, budget_s: float, load_s: float,
-                    clients: int, threads: int, config: str) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
+                    clients: int, threads: int, config: str, grouped: bool = False
+                    ) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
     data = Path(tempfile.mkdtemp(prefix="agent-sre-q10m-"))
     try:
         copied = time.perf_counter()
         shutil.copyfile(path, data / "spans.duckdb")
         shutil.copyfile(path.with_name(path.name + ".created"), data / "spans.duckdb.created")
         print(f"  store copied in {time.perf_counter() - copied:.1f}s", flush=True)
-        return _pipeline_phases(data, queries, rounds, budget_s, load_s, clients, threads, config)
+        return _pipeline_phases(data, queries, rounds, budget_s, load_s, clients, threads, config, grouped)
     finally:
         shutil.rmtree(data, ignore_errors=True)  # the copy and what the pipeline spooled (GBs)
 
 
 def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: float, load_s: float,
-                     clients: int, threads: int, config: str) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
+                     clients: int, threads: int, config: str, grouped: bool = False
+                    ) -> tuple[dict[str, Timing], dict[str, Timing], dict]:
     from bench.ingest import RssSampler, _client, count_spans, pipeline_metrics, start_pipeline, stop_pipeline
 
     started = time.perf_counter()
@@ -337,7 +343,7 @@ def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: fl
     sampler.start()
     load: dict = {}
     try:
-        idle = run_path("API idle", api_runner(p["admin"], pid), queries, rounds, budget_s)
+        idle = run_path("API idle", api_runner(p["admin"], pid), queries, rounds, budget_s, grouped=grouped)
         load["peak_rss_idle_mib"] = sampler.peak_total / 2**20
         before = count_spans(p["admin"])
         ctx = mp.get_context("spawn")
@@ -415,6 +421,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4, help="senders per client process")
     ap.add_argument("--store-memory", help="the pipeline store's memory_limit (default: the embedded default's)")
     ap.add_argument("--store-threads", type=int, help="the pipeline store's DuckDB threads (default: the default's)")
+    ap.add_argument("--grouped", action="store_true",
+                    help="idle phases: every round of one query before the next (default: round by round)")
     args = ap.parse_args()
     wanted = set(args.queries.split(","))
     queries = [q for q in QUERIES if q.name in wanted]
@@ -427,11 +435,13 @@ def main() -> None:
     if "engine" in chosen:
         con, run = engine_runner(path)
         try:
-            paths["engine (DuckDB, read-only)"] = run_path("engine", run, queries, args.rounds, args.budget)
+            paths["engine (DuckDB, read-only)"] = run_path("engine", run, queries, args.rounds, args.budget,
+                                                           grouped=args.grouped)
         finally:
             con.close()
     if "cli" in chosen:
-        paths["`agent-sre query --db`"] = run_path("CLI", cli_runner(path), queries, args.rounds, args.budget)
+        paths["`agent-sre query --db`"] = run_path("CLI", cli_runner(path), queries, args.rounds, args.budget,
+                                                   grouped=args.grouped)
     start = None
     if "startup" in chosen or "cli" in chosen:
         start = startup()
@@ -439,7 +449,7 @@ def main() -> None:
     if "api" in chosen:
         config = pipeline_config(args.store_memory, args.store_threads)
         idle, loaded, load = pipeline_phases(path, queries, args.rounds, args.budget, args.load_seconds,
-                                             args.clients, args.threads, config)
+                                             args.clients, args.threads, config, args.grouped)
         store = ", ".join(f"{k} {v}" for k, v in (("memory_limit", args.store_memory),
                                                     ("threads", args.store_threads)) if v) or "default store settings"
         paths[f"`POST /v1/query`, idle ({store})"] = idle
