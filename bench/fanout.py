@@ -133,8 +133,9 @@ def _setup(ctx, args, name: str, sinks: int, holed: bool, with_file: bool) -> fl
         m = pipeline_metrics(p["metrics"])
         if sinks:  # the sinks share the 2 cores: what they spent reading the requests is not the pipeline's
             sent = sum(v for k, v in m.items() if k.startswith("agent_sre_exporter_sent_spans_total{exporter=\"otlphttp/"))
-            print(f"  sinks: {_cpu(sink_proc.pid) - sink_cpu:.1f} s of CPU for {sent:,.0f} spans sent "
-                  f"({(_cpu(sink_proc.pid) - sink_cpu) / max(sent, 1) * 1e6:.2f} µs/span)", flush=True)
+            spent = _cpu(sink_proc.pid) - sink_cpu
+            print(f"  sinks: {spent:.1f} s of CPU for {sent:,.0f} spans sent ({spent / max(sent, 1) * 1e6:.2f} µs/span)",
+                  flush=True)
         if holed:
             key = 'agent_sre_exporter_{}{{exporter="otlphttp/blackholed"}}'
             print(f"  blackholed exporter: queue {m.get(key.format('queue_size'), 0):,.0f} of "

@@ -1245,8 +1245,7 @@ class SpanStore:
         """Whether the loader, busy at the rate it has been inserting, would not insert what is pending within
         ``wait``: only ever with more than one flush pending (a store keeping up has less, and waits)."""
         pending, rate = self.pending_spans, self._drain_rate
-        return bool(rate) and self._spool_settings is not None and pending > self._spool_settings.flush_spans \
-            and pending / rate > wait
+        return bool(rate) and pending > self._spool_settings.flush_spans and pending / rate > wait
 
     def checkpoint(self) -> None:
         self.sync()
