@@ -159,6 +159,7 @@ def test_catch_up_waits_for_a_loader_that_can_insert_in_time(tmp_path):
     try:
         store.append(_spans(10))
         assert store.catch_up(5.0) == 0
+        assert store.read("SELECT count(*) FROM spans") == [(10,)]  # read does not wait itself: catch_up did
         assert store.query("SELECT count(*) FROM spans").rows == [[10]]
     finally:
         store.close()
