@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -34,6 +35,20 @@ def _sender(port: int, prefix: str, acknowledged: set[str], stop: threading.Even
     exporter.shutdown()
 
 
+def _wait_until_nothing_listens(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"something still listens on {port} {timeout:g}s after the kill") from None
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_acknowledged_spans_survive_kill_9(tmp_path, workers):
@@ -54,7 +69,11 @@ def test_acknowledged_spans_survive_kill_9(tmp_path, workers):
     # Read-only, before any restart: every acknowledged span is there (DuckDB's WAL, plus the
     # spool the loader had not inserted yet).
     assert acknowledged <= proc.span_names()
-    # A restart replays the spool into DuckDB, exactly once.
+    # A restart replays the spool into DuckDB, exactly once.  The killed pipeline's receiver workers stop when
+    # they see it gone, after their gRPC grace (up to ~5 s); until then they still listen on its ports and a
+    # second pipeline rightly refuses to start there (CI failed so once): wait for them, as a supervisor would.
+    for port in (ports.grpc, ports.http):
+        _wait_until_nothing_listens(port)
     restarted = spawn_pipeline(proc.config.read_text(), ports, tmp_path, tmp_path / "run2.log")
     restarted.proc.send_signal(signal.SIGTERM)
     assert restarted.proc.wait(timeout=30) == 0
