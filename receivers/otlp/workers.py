@@ -30,6 +30,7 @@ import signal
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Client, Connection, Listener
 
@@ -184,8 +185,9 @@ class WorkerPool:
 class RemoteConsumer:
     """In a worker: sends a batch to the pipeline process and waits for its answer."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, on_close: Callable[[], None] | None = None):
         self._conn = conn
+        self._on_close = on_close
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future] = {}
         self._next_id = 0
@@ -230,6 +232,8 @@ class RemoteConsumer:
         for fut in list(self._pending.values()):
             fut.set_result((b"F", json.dumps({"message": "pipeline process went away", "retry_after": 1}).encode()))
         self._pending.clear()
+        if self._on_close is not None:
+            self._on_close()
 
     # IngestStats: counters are summed locally and flushed to the pipeline process.
     def count(self, metric: str, labels: tuple[str, ...], n: int = 1) -> None:
@@ -266,7 +270,7 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline process decides when workers stop
     conn = Client(address, family="AF_UNIX", authkey=authkey)
-    remote = RemoteConsumer(conn)
+    remote = RemoteConsumer(conn, on_close=stop.set)  # the pipeline process gone: stop at once
     config = OtlpReceiverConfig.model_validate_json(config_json)
     os.nice(config.workers_nice)
     http = HttpServers()
@@ -291,10 +295,12 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
         remote.send(_pack(b"E", 0, str(exc).encode()))
         return
     remote.send(_pack(b"R", 0))
-    while not stop.wait(0.5) and not remote.closed.is_set():
+    while not stop.wait(0.5):
         remote.flush_counters()
     if grpc_server is not None:
-        grpc_server.stop(grace=5)
+        # Without the pipeline process nothing in flight can be committed (each was refused retryably
+        # when it went), so no grace: its ports are free for the pipeline that replaces it.
+        grpc_server.stop(grace=0 if remote.closed.is_set() else 5)
     if http_server is not None:
         http_server.stop()
     http.shutdown()

@@ -70,8 +70,9 @@ def test_acknowledged_spans_survive_kill_9(tmp_path, workers):
     # spool the loader had not inserted yet).
     assert acknowledged <= proc.span_names()
     # A restart replays the spool into DuckDB, exactly once.  The killed pipeline's receiver workers stop when
-    # they see it gone, after their gRPC grace (up to ~5 s); until then they still listen on its ports and a
-    # second pipeline rightly refuses to start there (CI failed so once): wait for them, as a supervisor would.
+    # they see it gone (~0.1 s here, without a gRPC grace: nothing in flight can be committed any more); until
+    # then they still listen on its ports and a second pipeline rightly refuses to start there (CI failed so
+    # once, when they waited up to 0.5 s to notice): wait for them, as a supervisor retrying would.
     for port in (ports.grpc, ports.http):
         _wait_until_nothing_listens(port)
     restarted = spawn_pipeline(proc.config.read_text(), ports, tmp_path, tmp_path / "run2.log")
