@@ -44,9 +44,12 @@ from agent_sre.exporters.clickhouse.schema import (
     EVALUATIONS,
     EVENT_COLUMNS,
     LEGACY_SPANS_SQL,
+    LOG_COLUMNS,
+    MAP_COLUMNS,
+    METRIC_COLUMNS,
+    NESTED_COLUMNS,
     RAW_SPANS,
     SPAN_COLUMNS,
-    STRING_MAPS,
     ddl,
     legacy_spans,
     missing_columns,
@@ -55,13 +58,26 @@ from agent_sre.exporters.clickhouse.schema import (
 )
 from agent_sre.exporters.helper.sender import QueuedExporter
 from agent_sre.pipeline.component import SUCCESS, ExportResult, ExportStatus, Factory, Kind
-from agent_sre.pipeline.pdata.schema import signal_of
+from agent_sre.pipeline.pdata.schema import LOG_SCHEMA, METRIC_SCHEMA, signal_of
 
 # Server errors worth a retry (the rest — unknown table, type mismatch, syntax — are permanent):
 # TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, MEMORY_LIMIT_EXCEEDED, SOCKET_TIMEOUT,
 # NETWORK_ERROR, TOO_MANY_PARTS, TABLE_IS_READ_ONLY, KEEPER_EXCEPTION, ABORTED.
 RETRYABLE_CODES = {159, 202, 241, 209, 210, 252, 242, 999, 236}
-ID_COLUMNS = {"traces": ("trace_id", "span_id", "start_ns"), "events": ("fingerprint", "time_ns", "state")}
+# A batch's id is a hash of these columns' values.  Spans and events have an identity; a metric point or a
+# log record has none, so their batch id hashes every column (NULLs told from '' and 0): only a batch equal
+# in every value -- the same batch again -- is taken for one already stored.
+ID_COLUMNS = {"traces": ("trace_id", "span_id", "start_ns"), "events": ("fingerprint", "time_ns", "state"),
+              "metrics": tuple(METRIC_SCHEMA.names), "logs": tuple(LOG_SCHEMA.names)}
+_WHOLE_ROW = ("metrics", "logs")
+# Per signal: the table's columns (spans: see ClickHouseExporter._table), the time its rows are partitioned
+# and looked up by (Arrow column, ClickHouse column), and the insert's columns that are not Nullable.
+TABLES = {"events": ("events", EVENT_COLUMNS), "metrics": ("metrics", METRIC_COLUMNS), "logs": ("logs", LOG_COLUMNS)}
+TIME_COLUMNS = {"traces": ("start_ns", "start_time"), "metrics": ("time_ns", "time"), "logs": ("time_ns", "time")}
+NOT_NULL = {"traces": frozenset(("trace_id", "span_id", "agent_id")),
+            "events": frozenset(("time_ns", "kind", "state", "fingerprint")),
+            "metrics": frozenset(("time_ns", "metric_name", "service_name")),
+            "logs": frozenset(("time_ns", "trace_id", "span_id", "service_name"))}
 CURRENT_FROM = (22, 2)  # insert_deduplication_token for non-replicated MergeTree
 NS_PER_DAY = 86_400 * 10**9
 
@@ -70,15 +86,33 @@ def batch_id(batch: pa.Table, signal: str) -> str:
     """The same id for the same rows, on every retry and after a restart (a hash of the id columns)."""
     h = hashlib.blake2b(digest_size=16)
     for name in ID_COLUMNS[signal]:  # the values, not the Arrow layout (slices, chunks, validity bitmaps)
-        col = batch.column(name).combine_chunks()
-        if pa.types.is_string(col.type):
-            offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset: col.offset + len(col) + 1]
-            h.update((offsets - offsets[0]).tobytes())
-            data = col.buffers()[2]
-            h.update(data[int(offsets[0]): int(offsets[-1])] if data is not None and len(col) else b"")
-        else:
-            h.update(pc.fill_null(col, 0).to_numpy(zero_copy_only=False).tobytes())
+        _hash_values(h, batch.column(name).combine_chunks(), signal in _WHOLE_ROW)
     return h.hexdigest()
+
+
+def _hash_values(h, col: pa.Array, nulls: bool) -> None:
+    """Feed one column's values to ``h``: strings as lengths and bytes, numbers with NULL as 0, and (with
+    ``nulls``) which values are NULL; lists and maps as their lengths and their elements, structs field by
+    field.  Spans and events hash without ``nulls``: their ids must not change for batches already queued."""
+    if nulls:
+        h.update(pc.is_null(col).to_numpy(zero_copy_only=False).tobytes())
+    if pa.types.is_string(col.type):
+        offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset: col.offset + len(col) + 1]
+        h.update((offsets - offsets[0]).tobytes())
+        data = col.buffers()[2]
+        h.update(data[int(offsets[0]): int(offsets[-1])] if data is not None and len(col) else b"")
+    elif pa.types.is_map(col.type) or pa.types.is_list(col.type):
+        if pa.types.is_map(col.type):
+            col = pa.ListArray.from_arrays(col.offsets, col.values, mask=col.is_null() if col.null_count else None)
+        h.update(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).tobytes())
+        _hash_values(h, pc.list_flatten(col), nulls)
+    elif pa.types.is_struct(col.type):
+        for i in range(col.type.num_fields):
+            _hash_values(h, pc.struct_field(col, [i]), nulls)
+    else:
+        if pa.types.is_boolean(col.type):
+            col = pc.cast(col, pa.uint8())
+        h.update(pc.fill_null(col, 0).to_numpy(zero_copy_only=False).tobytes())
 
 
 def with_batch_ids(tables: list[pa.Table], signal: str) -> pa.Table:
@@ -101,22 +135,40 @@ def _map_columns(col: pa.ChunkedArray, name: str, current: bool) -> dict[str, li
             f"{name}.value": pa.ListArray.from_arrays(arr.offsets, pc.fill_null(arr.items, "")).to_pylist()}
 
 
-def insert_columns(batch: pa.Table, columns: tuple[str, ...], bid: str | list[str], current: bool) -> dict[str, list]:
+def insert_columns(batch: pa.Table, columns: tuple[str, ...], bid: str | list[str], current: bool,
+                   not_null: frozenset[str] = NOT_NULL["traces"]) -> dict[str, list]:
     """Arrow columns as clickhouse-driver's column lists, in insert order: the fallback when the server
     wants a column type native.py does not encode (slow: the driver encodes value by value)."""
     out: dict[str, list] = {}
     for name in columns:
-        if name == "batch_id":
+        col = batch.column(name) if name != "batch_id" else None
+        if col is None:
             out[name] = [bid] * batch.num_rows if isinstance(bid, str) else list(bid)
-        elif name in STRING_MAPS or name == "labels":
-            out.update(_map_columns(batch.column(name), name, current))
-        elif name in ("trace_id", "span_id", "agent_id", "fingerprint", "state") or (name, columns) == ("kind", EVENT_COLUMNS):
-            out[name] = _strings(batch.column(name))
-        elif name == "task_success":
-            out[name] = pc.cast(batch.column(name), pa.uint8()).to_pylist()
+        elif name in MAP_COLUMNS:
+            out.update(_map_columns(col, name, current))
+        elif name in NESTED_COLUMNS:
+            out.update({k: _arrays(v) for k, v in _nested_columns(col.combine_chunks(), name).items()})
+        elif pa.types.is_list(col.type):
+            out[name] = _arrays(col)
+        elif name in not_null:
+            out[name] = _strings(col) if pa.types.is_string(col.type) else pc.fill_null(col, 0).to_pylist()
+        elif pa.types.is_boolean(col.type):
+            out[name] = pc.cast(col, pa.uint8()).to_pylist()
         else:
-            out[name] = batch.column(name).to_pylist()
+            out[name] = col.to_pylist()
     return out
+
+
+def _arrays(col: pa.Array | pa.ChunkedArray) -> list[list]:
+    """An Array(number) column for the driver: a NULL list empty, a NULL element 0 (as native.py writes them)."""
+    return [[0 if e is None else e for e in v] if v else [] for v in col.to_pylist()]
+
+
+def _nested_columns(col: pa.ListArray, name: str) -> dict[str, pa.Array]:
+    """A list of structs as the Nested columns ``name.field``: one list array per field, offsets shared."""
+    mask = col.is_null() if col.null_count else None
+    return {f"{name}.{field}": pa.ListArray.from_arrays(col.offsets, pc.struct_field(col.values, field), mask=mask)
+            for field in NESTED_COLUMNS[name]}
 
 
 def arrow_columns(batch: pa.Table, columns: tuple[str, ...], current: bool) -> dict[str, pa.Array]:
@@ -125,7 +177,9 @@ def arrow_columns(batch: pa.Table, columns: tuple[str, ...], current: bool) -> d
     out: dict[str, pa.Array] = {}
     for name in columns:
         col = batch.column(name).combine_chunks()
-        if (name in STRING_MAPS or name == "labels") and not current:
+        if name in NESTED_COLUMNS:
+            out.update(_nested_columns(col, name))
+        elif name in MAP_COLUMNS and not current:
             mask = col.is_null() if col.null_count else None
             out[f"{name}.key"] = pa.ListArray.from_arrays(col.offsets, col.keys, mask=mask)
             out[f"{name}.value"] = pa.ListArray.from_arrays(col.offsets, col.items, mask=mask)
@@ -266,7 +320,7 @@ class ClickHouseExporter(QueuedExporter):
 
         signal = signal_of(batch.schema)
         if signal not in ID_COLUMNS:
-            return ExportResult(ExportStatus.PERMANENT, f"{signal} are not stored in ClickHouse (traces, events)")
+            return ExportResult(ExportStatus.PERMANENT, f"{signal} are not stored in ClickHouse")
         if batch.num_rows == 0:
             return SUCCESS
         if "batch_id" not in batch.schema.names:  # one batch, not merged by the consumer
@@ -286,10 +340,10 @@ class ClickHouseExporter(QueuedExporter):
         return SUCCESS
 
     def _insert(self, client, batch: pa.Table, signal: str, current: bool) -> None:
-        table, columns = (self._spans_table, self._span_columns) if signal == "traces" else ("events", EVENT_COLUMNS)
+        table, columns = (self._spans_table, self._span_columns) if signal == "traces" else TABLES[signal]
         target = f"{self.config.database}.{table}"
-        by_day = signal == "traces" and current  # current spans: one part per day partition
-        keys = _part_keys(batch, by_day)
+        by_day = signal in TIME_COLUMNS and current  # current spans, metrics, logs: one part per day partition
+        keys = _part_keys(batch, TIME_COLUMNS[signal][0] if by_day else None)
         stored = self._stored(client, target, batch, signal, by_day)
         if stored:
             fresh = pc.invert(pc.is_in(keys, value_set=pa.array(sorted(stored))))
@@ -316,31 +370,37 @@ class ClickHouseExporter(QueuedExporter):
             if not self._fallback_logged:  # e.g. a table altered by hand; still correct, only slower
                 self._fallback_logged = True
                 self.logger.warning("%s: %s; inserting through the driver's own (slower) encoding", target, exc)
-            data = insert_columns(batch, columns, batch.column("batch_id").to_pylist(), current)
+            data = insert_columns(batch, columns, batch.column("batch_id").to_pylist(), current, NOT_NULL[signal])
             client.execute(query, list(data.values()), columnar=True, settings=settings)
         self.inserts += 1
 
     @staticmethod
     def _stored(client, target: str, batch: pa.Table, signal: str, by_day: bool) -> set[str]:
-        """The batch's (batch id[, day]) keys already in the table.  For spans the look-up is narrowed to the
-        batch's agents and seconds, so the primary key (agent_id, start_time) prunes it to a few granules
+        """The batch's (batch id[, day]) keys already in the table.  For spans, metrics and logs the look-up is
+        narrowed to the batch's agents (services, metrics) and seconds, so the primary key -- (agent_id,
+        start_time); (service_name, metric_name, time); (service_name, time) -- prunes it to a few granules
         instead of scanning every batch_id ever stored."""
         ids = tuple(pc.unique(batch.column("batch_id")).to_pylist())
         where = "batch_id IN %(ids)s"
         params: dict[str, object] = {"ids": ids}
-        if signal == "traces":
-            start = batch.column("start_ns")
+        if signal in TIME_COLUMNS:
+            ns, time_column = TIME_COLUMNS[signal]
+            start = batch.column(ns)
             bounds = pc.min_max(start)
             lo = 0 if start.null_count else bounds["min"].as_py() // 1_000_000_000
-            params.update(agents=tuple(pc.unique(pc.fill_null(batch.column("agent_id"), "")).to_pylist()),
-                          lo=lo, hi=(bounds["max"].as_py() or 0) // 1_000_000_000 + 1)
-            where += (" AND agent_id IN %(agents)s AND start_time >= toDateTime(%(lo)s)"
-                      " AND start_time <= toDateTime(%(hi)s)")
-        key = "concat(batch_id, '/', toString(toUInt16(toDate(start_time))))" if by_day else "batch_id"
+            params.update(lo=lo, hi=(bounds["max"].as_py() or 0) // 1_000_000_000 + 1)
+            for column in {"traces": ("agent_id",), "metrics": ("service_name", "metric_name"),
+                           "logs": ("service_name",)}[signal]:
+                params[column] = tuple(pc.unique(pc.fill_null(batch.column(column), "")).to_pylist())
+                where += f" AND {column} IN %({column})s"
+            where += f" AND {time_column} >= toDateTime(%(lo)s) AND {time_column} <= toDateTime(%(hi)s)"
+        else:
+            time_column = ""
+        key = f"concat(batch_id, '/', toString(toUInt16(toDate({time_column}))))" if by_day else "batch_id"
         return {row[0] for row in client.execute(f"SELECT DISTINCT {key} FROM {target} WHERE {where}", params)}
 
     def describe(self) -> list[str]:
-        return [f"{self.id}: spans and events to {self.config.endpoint.split('@')[-1]}"
+        return [f"{self.id}: spans, events, metrics and logs to {self.config.endpoint.split('@')[-1]}"
                 f" (schema {self.config.schema_version}{', created on start' if self.config.create_schema else ''})"]
 
 
@@ -348,21 +408,23 @@ def _merge(tables: list[pa.Table], signal: str) -> pa.Table:
     return with_batch_ids(tables, signal) if signal in ID_COLUMNS else pa.concat_tables(tables)
 
 
-def _part_keys(batch: pa.Table, by_day: bool) -> pa.Array:
-    """Each row's unit of atomicity: its batch id, and for day-partitioned spans '<id>/<day number>'."""
+def _part_keys(batch: pa.Table, time_ns: str | None) -> pa.Array:
+    """Each row's unit of atomicity: its batch id, and for day-partitioned tables (``time_ns``: the column
+    of the time they are partitioned by) '<id>/<day number>'."""
     ids = batch.column("batch_id").combine_chunks()
-    if not by_day:
+    if time_ns is None:
         return ids
-    days = pc.divide(pc.fill_null(batch.column("start_ns"), 0), NS_PER_DAY)
+    days = pc.divide(pc.fill_null(batch.column(time_ns), 0), NS_PER_DAY)
     return pc.binary_join_element_wise(ids, pc.cast(days, pa.string()), "/").combine_chunks()
 
 
 def _insert_names(columns: tuple[str, ...], current: bool) -> list[str]:
-    maps = () if current else (*STRING_MAPS, "labels")
-    return [n for c in columns for n in ((f"{c}.key", f"{c}.value") if c in maps else (c,))]
+    maps = () if current else MAP_COLUMNS
+    return [n for c in columns for n in ((f"{c}.key", f"{c}.value") if c in maps else
+                                         tuple(f"{c}.{f}" for f in NESTED_COLUMNS[c]) if c in NESTED_COLUMNS else (c,))]
 
 
 factory = Factory(type="clickhouse", kind=Kind.EXPORTER, config_model=ClickHouseConfig, create=ClickHouseExporter,
-                  signals=("traces", "events"),
-                  description="Agent spans (with per-minute SLI and cost rollups) and events to ClickHouse, "
+                  signals=("traces", "events", "metrics", "logs"),
+                  description="Agent spans (with per-minute SLI and cost rollups), events, metrics and logs to ClickHouse, "
                               "exactly once per batch, in large merged inserts.")

@@ -15,7 +15,11 @@
                    did not take; but a span's copy inserted in another batch (a client's re-send) is
                    summed again.  Rows of one key merge eventually: query with ``sum()``.
     events         MergeTree of alerts, budgets, decisions, incidents (EVENT_SCHEMA).
-``compat`` (18.16): the same tables, view and columns without Map (attributes as ``Nested(key, value)``),
+    metrics, logs  MergeTree of OTLP metric points and log records (METRIC_SCHEMA / LOG_SCHEMA, every
+                   column), PARTITION BY day of ``time`` (``DateTime64(9)`` from time_ns), ORDER BY
+                   (service_name, metric_name, time) / (service_name, time), TTL; logs with a bloom-filter
+                   index on trace_id (``logs JOIN spans USING (trace_id, span_id)`` finds a GenAI event's span).
+``compat`` (18.16): the same tables, views and columns without Map (attributes as ``Nested(key, value)``),
     LowCardinality, DateTime64, TTL or skip indexes; spans_raw is not partitioned, so one insert of up to
     ``max_insert_block_size`` rows is one part (atomic); exactly-once per batch is the exporter's check of
     the batch id before the insert (see factory.py).
@@ -51,6 +55,34 @@ SPAN_COLUMNS = ("trace_id", "span_id", "agent_id", *LOW_CARDINALITY, *SPAN_STRIN
                 "task_success", *STRING_MAPS, "batch_id")
 EVENT_COLUMNS = ("time_ns", "kind", "state", "severity", "name", "fingerprint", "summary", "labels", "started_ns",
                  "batch_id")
+# Metric points and log records: every column of the pipeline's METRIC_SCHEMA / LOG_SCHEMA (with the
+# type each takes in ClickHouse; "map": Map on current, Nested(key, value) on 18.16; "lc": LowCardinality on
+# current), then ``batch_id``.  The sorting key's columns are not Nullable (NULL stored as '' or 0).
+_METRIC_TYPES = {
+    "time_ns": "Int64", "start_time_ns": "Nullable(Int64)", "metric_name": "lc String", "description": "Nullable(String)",
+    "unit": "lc Nullable(String)", "metric_type": "lc Nullable(String)", "temporality": "lc Nullable(String)",
+    "is_monotonic": "Nullable(UInt8)", "value": "Nullable(Float64)", "int_value": "Nullable(Int64)",
+    "count": "Nullable(Int64)", "sum": "Nullable(Float64)", "min": "Nullable(Float64)", "max": "Nullable(Float64)",
+    "bucket_counts": "Array(Int64)", "explicit_bounds": "Array(Float64)", "scale": "Nullable(Int64)",
+    "zero_count": "Nullable(Int64)", "zero_threshold": "Nullable(Float64)", "positive_offset": "Nullable(Int64)",
+    "positive_bucket_counts": "Array(Int64)", "negative_offset": "Nullable(Int64)",
+    "negative_bucket_counts": "Array(Int64)", "quantiles": "Nested(quantile Float64, value Float64)",
+    "flags": "Nullable(Int64)", "exemplars": "Nullable(String)", "attributes": "map", "metric_metadata": "map",
+    "service_name": "lc String", "resource_attributes": "map", "scope_name": "Nullable(String)",
+    "scope_version": "Nullable(String)", "scope_attributes": "map"}
+_LOG_TYPES = {
+    "time_ns": "Int64", "observed_time_ns": "Nullable(Int64)", "severity_number": "Nullable(Int64)",
+    "severity_text": "lc Nullable(String)", "event_name": "lc Nullable(String)", "body": "Nullable(String)",
+    "body_type": "lc Nullable(String)", "trace_id": "String", "span_id": "String", "flags": "Nullable(Int64)",
+    "attributes": "map", "dropped_attributes_count": "Nullable(Int64)", "service_name": "lc String",
+    "resource_attributes": "map", "scope_name": "Nullable(String)", "scope_version": "Nullable(String)",
+    "scope_attributes": "map"}
+METRIC_COLUMNS = (*_METRIC_TYPES, "batch_id")
+LOG_COLUMNS = (*_LOG_TYPES, "batch_id")
+# Columns stored as a map (a Map, or the Nested pair name.key/name.value on 18.16), and as a Nested of two
+# arrays in both schemas (an Arrow list of structs: one array per field).
+MAP_COLUMNS = frozenset((*STRING_MAPS, "labels", "metric_metadata"))
+NESTED_COLUMNS = {"quantiles": ("quantile", "value")}
 
 
 def _span_columns(current: bool) -> list[str]:
@@ -155,7 +187,36 @@ def ddl(db: str, current: bool, ttl_days: int, dedup_window: int = 10_000) -> li
         ev = f"CREATE TABLE IF NOT EXISTS {db}.events ({events}) ENGINE = MergeTree PARTITION BY tuple() ORDER BY (kind, time_ns)"
     view = (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_minute_mv TO {db}.rollup_minute AS "
             + ROLLUP_SELECT.format(db=db, spans=RAW_SPANS))
-    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, spans_view(db), ev]
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", spans, rollups, view, spans_view(db), ev,
+            _signal_table(db, "metrics", _METRIC_TYPES, "service_name, metric_name, time", current, ttl_days, dedup_window),
+            _signal_table(db, "logs", _LOG_TYPES, "service_name, time", current, ttl_days, dedup_window,
+                          "INDEX trace_id_bloom trace_id TYPE bloom_filter(0.001) GRANULARITY 4")]
+
+
+def _signal_table(db: str, name: str, types: dict[str, str], order: str, current: bool, ttl_days: int,
+                  dedup_window: int, index: str = "") -> str:
+    """``metrics`` or ``logs``: a MergeTree ordered by service, (metric,) time; on current ClickHouse
+    partitioned by day (``time``, from ``time_ns``) with a TTL, on 18.16 one partition, as spans_raw."""
+    cols = []
+    for column, kind in types.items():
+        if kind == "map":
+            kind = _map_type(current)
+        elif kind.startswith("lc "):
+            kind = f"LowCardinality({kind[3:]})" if current else kind[3:]
+        cols.append(f"{column} {kind}")
+    if current:
+        cols.append("time DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(time_ns)")
+    else:
+        cols.append("time DateTime MATERIALIZED toDateTime(intDiv(time_ns, 1000000000))")
+    cols.append("batch_id String")
+    if current and index:
+        cols.append(index)
+    body = ",\n  ".join(cols)
+    if current:
+        return (f"CREATE TABLE IF NOT EXISTS {db}.{name} (\n  {body}\n) ENGINE = MergeTree PARTITION BY toDate(time)"
+                f" ORDER BY ({order}) TTL toDateTime(time) + INTERVAL {ttl_days} DAY"
+                f" SETTINGS non_replicated_deduplication_window = {dedup_window}, ttl_only_drop_parts = 1")
+    return f"CREATE TABLE IF NOT EXISTS {db}.{name} (\n  {body}\n) ENGINE = MergeTree PARTITION BY tuple() ORDER BY ({order})"
 
 
 def spans_view(db: str) -> str:

@@ -1,4 +1,4 @@
-"""Fleet state on a real Redis (Debian's redis-server on loopback, no persistence): budgets charged from
+"""Fleet state on a real Redis (Debian's redis-server 7.0 on loopback, no persistence): budgets charged from
 two pipelines are enforced once at the fleet's total, breakers open from failures seen across two, and
 a Redis killed and restarted empty means each pipeline's local view, then a reconcile that counts every
 pipeline's spend once."""

@@ -1,4 +1,4 @@
-"""Shared records (the fleet's chaos experiments and rollouts) on a real Redis (Debian's redis-server on
+"""Shared records (the fleet's chaos experiments and rollouts) on a real Redis (Debian's redis-server 7.0 on
 loopback): a change computed from a version is applied once, however many pipelines race for it; a
 reconcile writes back what Redis lost and lets a final record win over a running one, never the other
 way; ids are never given twice, even after Redis restarted empty; final records are forgotten after

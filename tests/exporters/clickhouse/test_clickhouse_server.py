@@ -251,8 +251,8 @@ def test_an_older_versions_spans_table_is_written_read_as_it_is_and_moved_as_the
         send(a, 40, "agent-l")
         assert eventually(lambda: count(clickhouse, "old") == 40)
     assert "old.spans is a MergeTree table created by an older agent-sre" in caplog.text
-    assert [t for (t,) in client.execute("SHOW TABLES FROM old")] == ["events", "rollup_minute", "rollup_minute_mv",
-                                                                       "spans"]
+    assert [t for (t,) in client.execute("SHOW TABLES FROM old")] == ["events", "logs", "metrics", "rollup_minute",
+                                                                       "rollup_minute_mv", "spans"]
     assert fleet_query(clickhouse.url("old"), "SELECT count() FROM spans", 10)["rows"] == [[40]]
     con = fleet_cost_tables(clickhouse.url("old"), int(time.time() // 60) - 60, None)
     assert con.execute("SELECT count(*) FROM cost_minutes").fetchall() == [(0,)]  # read: no FINAL error
@@ -320,3 +320,82 @@ def test_without_create_schema_a_table_made_before_evaluations_gets_spans_withou
     assert "kept.spans_raw has no evaluations column (create_schema is off)" in caplog.text
     assert not any("evaluations" in name for (name,) in client.execute(
         "SELECT name FROM system.columns WHERE database = 'kept' AND table = 'spans_raw'"))
+
+
+SIGNALS = """    metrics:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [duckdb, clickhouse]
+    logs:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [duckdb, clickhouse]
+"""
+
+
+def test_metrics_and_logs_from_the_sdk_are_stored_once_each_on_18_16(clickhouse, tmp_path):
+    """The OpenTelemetry SDK's OTLP metric and log exporters -> a pipeline -> ClickHouse 18.16 (compat schema):
+    every point and record is in ``metrics`` / ``logs`` as DuckDB has it, a histogram's buckets and a GenAI
+    event's span ids included; the same batches sent again (a retry after a lost answer) are not stored again."""
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    service, ports, _ = start_on_free_ports(lambda p, _a: pipeline_yaml(
+        p, tmp_path, exporters="duckdb, clickhouse", extra=exporter_yaml(clickhouse, "signals")).replace(
+        "  telemetry:\n", SIGNALS + "  telemetry:\n", 1))
+    try:
+        exporter = service.exporters["clickhouse"]
+        sent: list[pa.Table] = []
+        real_send = exporter.send
+        exporter.send = lambda batch: (sent.append(batch), real_send(batch))[1]
+        resource = Resource.create({"service.name": "planner"})
+        target = f"127.0.0.1:{ports.grpc}"
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=target, insecure=True),
+                                               export_interval_millis=3_600_000)
+        meters = MeterProvider(resource=resource, metric_readers=[reader])
+        loggers = LoggerProvider(resource=resource)
+        loggers.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=target, insecure=True)))
+        try:
+            tokens = meters.get_meter("gen_ai").create_histogram("gen_ai.client.token.usage", unit="{token}")
+            tokens.record(1200, {"gen_ai.token.type": "input"})
+            tokens.record(80, {"gen_ai.token.type": "output"})
+            meters.get_meter("gen_ai").create_counter("agent.calls").add(3, {"agent.id": "planner"})
+            log = loggers.get_logger("planner")
+            for i in range(5):
+                log.emit(body=f"step {i}", severity_text="INFO", attributes={"step": i})
+            assert reader.force_flush(10_000)
+        finally:
+            meters.shutdown()  # exports the cumulative points once more
+            loggers.shutdown()
+        store = service.exporters["duckdb"].store
+        store.sync()
+        points = store.read("SELECT count(*) FROM metrics")[0][0]
+        assert points >= 3
+        assert eventually(lambda: count(clickhouse, "signals", "SELECT count() FROM {db}.metrics") == points
+                          and count(clickhouse, "signals", "SELECT count() FROM {db}.logs") == 5, timeout=30)
+        client = clickhouse.client()
+        histogram = client.execute("SELECT metric_type, count, sum, bucket_counts, explicit_bounds, unit, "
+                                   "attributes.value FROM signals.metrics WHERE metric_name = "
+                                   "'gen_ai.client.token.usage' ORDER BY time_ns DESC, sum LIMIT 2")
+        assert sorted((r[1], r[2], sum(r[3]), r[5], r[6]) for r in histogram) == [
+            (1, 80.0, 1, "{token}", ["output"]), (1, 1200.0, 1, "{token}", ["input"])]
+        assert all(len(r[3]) == len(r[4]) + 1 for r in histogram)
+        counter = client.execute("SELECT metric_type, value, is_monotonic, service_name FROM signals.metrics "
+                                 "WHERE metric_name = 'agent.calls' LIMIT 1")
+        assert counter == [("sum", 3.0, 1, "planner")]
+        logs = client.execute("SELECT body, severity_text, service_name, attributes.key FROM signals.logs ORDER BY body")
+        assert logs == [(f"step {i}", "INFO", "planner", ["step"]) for i in range(5)]
+        # A retry of every batch sent (its answer lost): found stored, nothing inserted twice.
+        before = exporter.deduplicated
+        for batch in [b for b in sent if b.num_rows]:
+            assert real_send(batch).ok
+        assert exporter.deduplicated > before
+        assert count(clickhouse, "signals", "SELECT count() FROM {db}.metrics") == points
+        assert count(clickhouse, "signals", "SELECT count() FROM {db}.logs") == 5
+    finally:
+        service.shutdown()

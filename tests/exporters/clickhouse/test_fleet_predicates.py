@@ -1,5 +1,5 @@
 """SLI predicates (DuckDB SQL over the store's spans) translated for the fleet store (fleet.py's
-``_predicate``): on random spans, each translated predicate gives on ClickHouse (chdb, the current
+``_predicate``): on random spans, each translated predicate gives on ClickHouse (chdb: ClickHouse 26.9 here, the current
 schema's Map columns) what the original gives on DuckDB -- map look-ups NULL for a missing key,
 TRY_CAST, and the hallucination evaluator's score read from ``evaluations`` instead of span events."""
 

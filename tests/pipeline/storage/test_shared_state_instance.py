@@ -1,6 +1,6 @@
 """A pipeline's claim on its fleet name (``state_instance``) in Redis belongs to its data, not its process
 (pipeline/storage/shared_state.py, ``kept_claim_token``: a token kept in the span store).  The slow tests
-run real `agent-sre run` processes, Debian's redis-server, `cost` with `state: redis://` and an org-month
+run real `agent-sre run` processes, Debian's redis-server 7.0, `cost` with `state: redis://` and an org-month
 budget:
 
 - killed with -9 and restarted at once on its data directory, a pipeline takes over its own claim: no

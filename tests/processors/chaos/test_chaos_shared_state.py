@@ -1,4 +1,4 @@
-"""Chaos experiments shared by two running pipelines through a real Redis (Debian's redis-server on
+"""Chaos experiments shared by two running pipelines through a real Redis (Debian's redis-server 7.0 on
 loopback): an experiment started on A (admin API) is served in B's /v1/decisions within the staleness
 bound (measured); an abort judged on B's spans ends it on A too, announced once; while Redis is down
 each pipeline serves and ends from its local view, refuses new experiments and says so in /v1/status;

@@ -1,4 +1,4 @@
-"""Rollouts shared by two delivery processors (two stores, two hosts) through a real Redis (Debian's
+"""Rollouts shared by two delivery processors (two stores, two hosts) through a real Redis 7.0 (Debian's
 redis-server on loopback): a rollout started on A is routed by B at the same weight; both analyse,
 but a step changes once (compare-and-set on the rollout's version), never twice or backwards, even
 when both analyse at the same moment; pause/resume/promote on either are the fleet's; while Redis is
