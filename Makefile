@@ -1,16 +1,20 @@
 # The README's two commands are `make run` and `make test`.  `make test` installs everything its
 # tests need (idempotently, each step skipped when its result is already there): the project's
 # virtualenv, the Debian packages of the servers the tests start (Prometheus, Alertmanager, Redis,
-# ClickHouse, Chromium and its driver), and Arize Phoenix, MLflow and the agent frameworks, each in its
-# own virtualenv under .servers/ so our dependencies stay clean.
+# ClickHouse, Chromium and its driver; Go and the sprig template library, to render the Helm chart), and
+# Arize Phoenix, MLflow and the agent frameworks, each in its own virtualenv under .servers/ so our
+# dependencies stay clean.
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 SERVERS ?= .servers
-# Debian package:the binary that shows it is installed
+# Debian package:the binary (or, for a library, the file) that shows it is installed
+GOPATH_DEBIAN := /usr/share/gocode
 DEBIAN_PACKAGES := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
                    redis-server:redis-server clickhouse-server:clickhouse-server \
-                   chromium:chromium chromium-driver:chromedriver
+                   chromium:chromium chromium-driver:chromedriver golang-go:go \
+                   golang-github-masterminds-sprig-dev:$(GOPATH_DEBIAN)/src/github.com/Masterminds/sprig/functions.go \
+                   golang-gopkg-yaml.v3-dev:$(GOPATH_DEBIAN)/src/gopkg.in/yaml.v3/yaml.go
 
 .PHONY: run test setup test-deps debian-deps lint typecheck bench
 
@@ -28,7 +32,8 @@ run: setup
 
 # Debian packages: installed only when a binary is missing (apt-get as root, else through sudo).
 debian-deps:
-	@missing=""; for pb in $(DEBIAN_PACKAGES); do command -v $${pb#*:} >/dev/null 2>&1 || missing="$$missing $${pb%%:*}"; done; \
+	@missing=""; for pb in $(DEBIAN_PACKAGES); do t=$${pb#*:}; \
+	  if [ "$${t#/}" != "$$t" ]; then [ -e "$$t" ]; else command -v $$t >/dev/null 2>&1; fi || missing="$$missing $${pb%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
@@ -55,7 +60,15 @@ $(SERVERS)/fw-%/.installed: tests/frameworks/%/requirements.txt
 	$(SERVERS)/fw-$*/bin/pip install --quiet -r $<
 	touch $@
 
-test-deps: setup debian-deps $(SERVERS)/phoenix/.installed $(SERVERS)/mlflow/.installed $(FRAMEWORK_VENVS)
+# The Helm chart's renderer for the tests (tests/helm/render.go: Go's text/template with sprig, what Helm's
+# engine is made of; helm itself is in none of our registries), built offline from Debian's Go libraries.
+$(SERVERS)/helm-render/bin/helm-render: tests/helm/render.go | debian-deps
+	@mkdir -p $(SERVERS)/helm-render/bin
+	GO111MODULE=off GOPATH=$(GOPATH_DEBIAN) GOCACHE=$(CURDIR)/$(SERVERS)/helm-render/cache GOFLAGS= \
+	  go build -o $@ tests/helm/render.go
+
+test-deps: setup debian-deps $(SERVERS)/phoenix/.installed $(SERVERS)/mlflow/.installed $(FRAMEWORK_VENVS) \
+           $(SERVERS)/helm-render/bin/helm-render
 
 lint: setup
 	$(BIN)/ruff check pipeline receivers processors exporters config tests bench
