@@ -16,9 +16,12 @@ Versions: ClickHouse 18.16.1 (compat schema) and Redis 7.0.15, Debian's packages
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,7 @@ from tests.integration.test_fleet_kill9 import (
     priced_request,
     stop,
 )
+from tests.otlp_builders import kv
 from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.slow
@@ -54,7 +58,13 @@ extensions:
 _RETRY = "    retry_on_failure: {initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 0s}\n"
 
 
-def sidecar_config(ports: Ports, data: Path, gateway: Ports, redis_url: str, name: str) -> str:
+def sidecar_config(ports: Ports, data: Path, gateway: Ports, redis_url: str, name: str,
+                   org_usd: float = 1e9, breakers: bool = False) -> str:
+    incidents = (f"""  incidents:
+    state: {redis_url}
+    state_instance: {name}
+    breakers: {{roles: [tool], failure_threshold: 5, recovery_timeout: 1h}}
+""" if breakers else "")
     return _COMMON.format(ports=ports) + f"""processors:
   agent_semconv: {{}}
   batch: {{send_batch_size: 8192, timeout: 5ms}}
@@ -63,8 +73,8 @@ def sidecar_config(ports: Ports, data: Path, gateway: Ports, redis_url: str, nam
     state_instance: {name}
     state_refresh: 100ms
     budgets:
-      - {{name: org, scope: org_month, limit_usd: 1000000000}}
-exporters:
+      - {{name: org, scope: org_month, limit_usd: {org_usd}}}
+{incidents}exporters:
   duckdb: {{path: {data}/spans.duckdb}}
   otlp/gateway:
     endpoint: http://127.0.0.1:{gateway.grpc}
@@ -75,7 +85,7 @@ exporters:
   pipelines:
     traces:
       receivers: [otlp]
-      processors: [agent_semconv, batch, cost]
+      processors: [agent_semconv, batch, cost{", incidents" if breakers else ""}]
       exporters: [duckdb, otlp/gateway]
   telemetry:
     metrics:
@@ -197,3 +207,90 @@ def test_two_sidecars_and_a_gateway_count_and_charge_every_acknowledged_span_onc
     print(f"\n{len(acked)} spans acknowledged by the sidecars, {ledger.failures} requests re-sent after a kill "
           f"({ledger.ambiguous_requests} ambiguous); fleet SQL ${ch_cost}, Redis ${spend}, "
           f"{time.monotonic() - started:.1f} s")
+
+
+def _spans(n: int, agent: str, usd: float = 0.0, tool_failures: bool = False) -> bytes:
+    """n LLM spans of ``agent`` costing ``usd`` each, or n failed tool calls of it, in one OTLP request."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    now = time.time_ns()
+    for i in range(n):
+        sp = ss.spans.add()
+        sp.trace_id, sp.span_id, sp.start_time_unix_nano, sp.end_time_unix_nano = (
+            os.urandom(16), os.urandom(8), now + i, now + i + 10**6)
+        if tool_failures:
+            sp.name, sp.status.code = "execute_tool search", 2
+            attrs: dict = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"}
+        else:
+            sp.name = "chat gpt-4o-mini"
+            attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.cost": usd}
+        sp.attributes.extend(kv(k, v) for k, v in {**attrs, "gen_ai.agent.id": agent}.items())
+    return req.SerializeToString()
+
+
+def _decision(p: PipelineProcess, agent: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.ports.admin}/v1/decisions/{agent}", timeout=10) as r:
+        return json.loads(r.read())["action"]
+
+
+def _until(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_two_sidecars_throttle_kill_and_break_at_the_fleets_totals_not_their_own(tmp_path):
+    """The same topology with a real org budget ($10 a month) and tool breakers (5 failures), both in Redis.
+    Three failed tool calls through one sidecar and two through the other open the agent's breaker on both
+    (neither saw 5).  $5 spent through one sidecar and $4 through the other (50 % and 40 % each) is 90 % of the
+    fleet's budget, so both sidecars throttle their agents; $1 more through the second is 100 %, so both kill
+    -- at the fleet's total, not at twice it.  Fleet SQL on ClickHouse has every span once and the $10.
+    Versions: ClickHouse 18.16.1 and Redis 7.0.15, as above."""
+    with clickhouse_server(tmp_path) as ch, running_redis(tmp_path) as rs:
+        running: dict[str, PipelineProcess] = {}
+        try:
+            gw_ports = Ports.allocate()
+            for name in ("gateway", "s0", "s1"):
+                data = tmp_path / name
+                data.mkdir()
+                ports = gw_ports if name == "gateway" else Ports.allocate()
+                text = (gateway_config(ports, data, ch.url(DB + "_budget")) if name == "gateway" else
+                        sidecar_config(ports, data, gw_ports, rs.url, name, org_usd=10, breakers=True))
+                running[name] = spawn_pipeline(text, ports, data, data / "run.log")
+            s0, s1 = running["s0"], running["s1"]
+            assert post(s0.ports.http, _spans(3, "researcher", tool_failures=True)) == "ok"
+            time.sleep(1.0)
+            assert _decision(s0, "researcher") != "circuit_open" and _decision(s1, "researcher") != "circuit_open"
+            assert post(s1.ports.http, _spans(2, "researcher", tool_failures=True)) == "ok"  # 5 in the fleet
+            assert _until(lambda: _decision(s0, "researcher") == "circuit_open"
+                          and _decision(s1, "researcher") == "circuit_open")
+
+            assert post(s0.ports.http, _spans(20, "planner", 0.25)) == "ok"  # $5: 50 % of the fleet's budget
+            time.sleep(1.0)  # pushed to Redis and refreshed by s1 (commit <= 0.5 s, refresh 100 ms)
+            assert _decision(s0, "planner") == _decision(s1, "writer") == "allow"
+            assert post(s1.ports.http, _spans(16, "writer", 0.25)) == "ok"  # $9: 90 %, neither alone is
+            assert _until(lambda: _decision(s0, "planner") == "throttle" and _decision(s1, "writer") == "throttle")
+            assert post(s1.ports.http, _spans(4, "writer", 0.25)) == "ok"  # $10: the fleet's budget spent
+            assert _until(lambda: _decision(s0, "planner") == "kill" and _decision(s1, "writer") == "kill")
+            assert fleet_spend(rs.url) == pytest.approx(10.0)
+
+            client = ch.client()
+            assert _until(lambda: _count(client, f"SELECT count() FROM {DB}_budget.spans") == 45, timeout=60)
+            by_agent = client.execute(f"SELECT agent_id, count(), sum(cost_usd) FROM {DB}_budget.spans "
+                                      "GROUP BY agent_id ORDER BY agent_id")
+            assert by_agent == [("planner", 20, 5.0), ("researcher", 5, None), ("writer", 20, 5.0)]  # tools: no cost
+        finally:
+            for p in running.values():
+                stop(p)
+
+
+def _count(client, sql: str) -> int:
+    try:
+        return client.execute(sql)[0][0]
+    except Exception:  # noqa: BLE001 - the schema is created by the gateway's first export
+        return -1

@@ -245,14 +245,7 @@ INCIDENTS = """  incidents:
 """
 
 
-def _incidents_have_state() -> bool:
-    from agent_sre.processors.incidents.factory import IncidentsConfig
-
-    return "state" in IncidentsConfig.model_fields
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _incidents_have_state(), reason="the incidents processor has no `state:` setting yet")
 def test_two_running_pipelines_open_an_agents_breaker_from_failures_seen_across_both(redis_server, tmp_path):
     from tests.processors.incidents.test_incidents_in_pipeline import spans, tool
 
