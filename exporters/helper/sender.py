@@ -224,6 +224,11 @@ class QueuedExporter(Exporter):
                 if queue.persistent:
                     continue  # cut short by shutdown: not acked, so the next start sends it again
                 self._give_up(item.table, result, "shut down while retrying")
+            if result.later is not None and result.later.num_rows:
+                try:  # queued again before the batch is acked: never neither
+                    queue.put(result.later, force=True)
+                except (QueueFull, OSError) as exc:
+                    self._give_up(result.later, ExportResult(ExportStatus.PERMANENT, str(exc)), "not queued again")
             queue.ack(item)
 
     def _deliver(self, batch: pa.Table) -> ExportResult:
@@ -240,7 +245,8 @@ class QueuedExporter(Exporter):
                 result = ExportResult(ExportStatus.RETRYABLE, f"send raised {type(exc).__name__}: {exc}")
             self._latency.observe(time.perf_counter() - started)
             if result.ok:
-                self._telemetry.sent(signal_of(batch.schema), self._name).inc(batch.num_rows)
+                later = result.later.num_rows if result.later is not None else 0
+                self._telemetry.sent(signal_of(batch.schema), self._name).inc(batch.num_rows - later)
                 return result
             if result.status is ExportStatus.PERMANENT or not retry.enabled:
                 return self._give_up(batch, result, "permanent" if result.status is ExportStatus.PERMANENT

@@ -3,6 +3,7 @@
     routing_key: traceID | service | attributes      (attributes: routing_attributes, e.g. [agent_id])
     protocol:    {otlp: {...}} | {otlphttp: {...}}   the template of every backend's exporter, no endpoint
     resolver:    {static: {hostnames: [...]}} | {dns: {hostname, port, interval, timeout}}
+    affinity:    {window: 60s, hold: 10s}             ours: a trace in progress keeps its gateway (affinity.py)
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class ResolverConfig(ConfigModel):
         if (self.static is None) == (self.dns is None):
             raise ValueError("give exactly one resolver: static (hostnames) or dns (hostname)")
         return self
+
+
+class AffinityConfig(ConfigModel):
+    # A key keeps the backend it was first sent to for this long (to twice this), whatever the ring does
+    # meanwhile; 0s: no memory, every span goes to the ring's owner (the Collector's behaviour).
+    window: Duration = Field(default="60s", ge=0)
+    # A backend that fails keeps its remembered keys' rows queued for this long before they go to the
+    # ring's next node (a restart shorter than this splits no trace); 0s: at once.
+    hold: Duration = Field(default="10s", ge=0)
 
 
 class ProtocolConfig(ConfigModel):
@@ -73,6 +83,7 @@ class LoadBalancingConfig(HelperConfig):
     resolver: ResolverConfig
     virtual_nodes: int = Field(default=128, ge=1, le=4096)  # ring positions per backend
     probe_interval: Duration = Field(default="1s", gt=0)  # how often a backend marked down is tried again
+    affinity: AffinityConfig = AffinityConfig()
 
     @model_validator(mode="after")
     def _routing(self) -> LoadBalancingConfig:

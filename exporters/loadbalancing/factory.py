@@ -9,20 +9,28 @@ drops the piece, counted.  The batch leaves the queue only when every row was de
 backend up, the helper backs off and retries the rows still undelivered (never the delivered ones).
 A backend marked down is probed (an empty export) every ``probe_interval`` and rejoins the ring when
 it answers; the DNS resolver re-resolves every ``interval`` and the ring follows the answer.
+
+A trace in progress keeps its backend while the ring changes (affinity.py): a key is sent where it was
+first sent within ``affinity.window``, and the rows of a key whose backend is down wait (kept for the
+helper's next attempt, the rest of the batch delivered) up to ``affinity.hold`` for it to return before
+they go to the ring's next node.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 
+import numpy as np
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent_sre.exporters.helper.sender import QueuedExporter
+from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity
 from agent_sre.exporters.loadbalancing.config import LoadBalancingConfig
 from agent_sre.exporters.loadbalancing.resolver import Resolver
-from agent_sre.exporters.loadbalancing.ring import Ring, routing_keys
+from agent_sre.exporters.loadbalancing.ring import Ring, hash_strings, routing_keys
 from agent_sre.exporters.otlp.factory import factory as otlp_factory
 from agent_sre.exporters.otlphttp.factory import factory as otlphttp_factory
 from agent_sre.pipeline.component import (
@@ -54,6 +62,9 @@ def _metrics(registry: CollectorRegistry) -> dict:
                                ["exporter", "endpoint", "success"], registry=registry),
             "rerouted": Counter("agent_sre_loadbalancer_rerouted_spans", "Spans sent to the ring's next "
                                 "backend because theirs failed.", ["exporter"], registry=registry),
+            "split": Counter("agent_sre_loadbalancer_split_spans", "Spans of keys in progress moved to another "
+                             "backend (theirs down longer than affinity.hold); the key's later spans follow "
+                             "them there.", ["exporter"], registry=registry),
         }
     return _METRICS[registry]
 
@@ -68,8 +79,12 @@ class LoadBalancingExporter(QueuedExporter):
         self._lock = threading.Lock()
         self._backends: dict[str, QueuedExporter] = {}
         self._endpoints: list[str] = []
-        self._down: set[str] = set()
+        self._down: dict[str, float] = {}  # endpoint -> when it was marked down (monotonic)
         self._ring = Ring([], config.virtual_nodes)
+        self._affinity = Affinity(config.affinity.window) if config.affinity.window > 0 else None
+        self._holding: set[str] = set()  # backends down whose traces in progress wait for them (said once)
+        # Held rows wait for the helper's next attempt: without retries they would be given up instead.
+        self._hold = config.affinity.hold if config.retry_on_failure.enabled else 0.0
         # id(batch) -> its rows no attempt delivered yet; an entry goes with its batch (tables are unhashable)
         self._undelivered: dict[int, pa.Table] = {}
         self._m = _metrics(settings.telemetry.registry)
@@ -111,7 +126,7 @@ class LoadBalancingExporter(QueuedExporter):
             gone = {e: b for e, b in self._backends.items() if e not in endpoints}
             self._backends = {**{e: b for e, b in self._backends.items() if e in endpoints}, **fresh}
             self._endpoints = endpoints
-            self._down &= set(endpoints)
+            self._down = {e: t for e, t in self._down.items() if e in endpoints}
             self._rebuild()
         for backend in gone.values():  # a send in progress there fails and is routed again
             backend.shutdown()
@@ -127,7 +142,11 @@ class LoadBalancingExporter(QueuedExporter):
         with self._lock:
             if (endpoint in self._down) == down or endpoint not in self._backends:
                 return
-            (self._down.add if down else self._down.discard)(endpoint)
+            if down:
+                self._down[endpoint] = time.monotonic()
+            else:
+                del self._down[endpoint]
+                self._holding.discard(endpoint)
             self._rebuild()
         self.logger.warning("backend %s is %s; %d of %d in the ring", endpoint, "down" if down else "back",
                             len(self._ring), len(self._endpoints))
@@ -172,21 +191,26 @@ class LoadBalancingExporter(QueuedExporter):
         self._empty_like = batch.slice(0, 0)
         label = str(self.id)
         rerouted = False
+        held = remaining.slice(0, 0)
         while remaining.num_rows:
             with self._lock:
-                ring, backends = self._ring, dict(self._backends)
+                ring, backends, down = self._ring, dict(self._backends), dict(self._down)
             if not len(ring):
-                self._keep(batch, remaining)
+                self._keep(batch, pa.concat_tables([remaining, held]))
                 return ExportResult(ExportStatus.RETRYABLE, f"no backend is up ({len(self._endpoints)} known: "
-                                    f"{', '.join(self._endpoints)}); {remaining.num_rows} rows wait")
+                                    f"{', '.join(self._endpoints)}); {remaining.num_rows + held.num_rows} rows wait")
             if rerouted:
                 self._m["rerouted"].labels(label).inc(remaining.num_rows)
             failed = []
-            for endpoint, piece in ring.split(remaining, routing_keys(remaining, self.config.routing_key,
-                                                                      self.config.routing_attributes)):
+            pieces, waiting = self._route(remaining, ring, sorted(backends), down)
+            if waiting is not None:
+                held = pa.concat_tables([held, waiting])
+            for endpoint, piece, fresh in pieces:
                 result = self._send_piece(backends[endpoint], endpoint, piece)
                 self._m["outcome"].labels(label, endpoint, str(result.ok).lower()).inc()
                 if result.ok:
+                    if self._affinity is not None:
+                        self._affinity.record(fresh, endpoint, time.monotonic())
                     continue
                 if result.status is ExportStatus.PERMANENT:
                     self._telemetry.failed(signal_of(piece.schema), self._name).inc(piece.num_rows)
@@ -200,7 +224,63 @@ class LoadBalancingExporter(QueuedExporter):
             remaining = pa.concat_tables(failed) if failed else remaining.slice(0, 0)
             rerouted = True
         self._undelivered.pop(id(batch), None)
+        if held.num_rows:
+            message = (f"{held.num_rows} rows of traces in progress on {', '.join(sorted(down))} wait up to "
+                       f"{self._hold:g}s for it")
+            if not set(down) <= self._holding:
+                self._holding |= set(down)
+                self.logger.warning("%s: the rest of these traces waits in the queue up to %gs (affinity.hold) for "
+                                    "their backend, then goes to the ring's next node", message, self._hold)
+            if self._queue is None:  # no queue to wait in: the helper's retry holds the batch instead
+                self._keep(batch, held)
+                return ExportResult(ExportStatus.RETRYABLE, message)
+            if held.num_rows == batch.num_rows:  # nothing else to do: pace the rows' turns through the queue
+                self._stopping.wait(min(0.1, self.config.probe_interval))
+            # Queued again behind what came since (on disk with a persistent queue): the rest of the
+            # queue goes on meanwhile.
+            return ExportResult(ExportStatus.SUCCESS, message, later=held)
         return SUCCESS
+
+    def _route(self, rows: pa.Table, ring: Ring, endpoints: list[str], down: dict[str, float]
+               ) -> tuple[list[tuple[str, pa.Table, np.ndarray]], pa.Table | None]:
+        """([(endpoint, its rows, the hashes to remember there)], the rows held for a backend that is down).
+
+        A key remembered for a backend that is up goes there; for one that is down, it waits while that
+        backend is down for less than ``affinity.hold``, else it goes to the ring's owner (and is
+        remembered there); any other key goes to the ring's owner, and is remembered there."""
+        hashes = hash_strings(routing_keys(rows, self.config.routing_key, self.config.routing_attributes))
+        index = {e: i for i, e in enumerate(endpoints)}
+        dest = np.array([index[e] for e in ring.endpoints], np.int32)[ring.owners(hashes)]
+        fresh = np.ones(len(hashes), bool)
+        wait = np.zeros(len(hashes), bool)
+        if self._affinity is not None:
+            now = time.monotonic()
+            hold = 0.0 if self._stopping.is_set() else self._hold  # at shutdown: deliver rather than wait
+            sticky = self._affinity.lookup(hashes, now, endpoints)
+            known = sticky != NONE
+            is_down = np.zeros(len(endpoints) + 1, bool)  # the last slot: NONE
+            holding = np.zeros(len(endpoints) + 1, bool)
+            for e, since in down.items():
+                if e in index:
+                    is_down[index[e]] = True
+                    holding[index[e]] = now - since < hold
+            wait = known & holding[sticky]
+            keep = known & ~is_down[sticky]
+            dest[keep] = sticky[keep]
+            fresh = ~known | is_down[sticky]  # new keys, and keys moved off a backend down past the hold
+            split = int(np.count_nonzero(known & is_down[sticky] & ~wait))
+            if split:
+                self._m["split"].labels(str(self.id)).inc(split)
+        dest[wait] = len(endpoints)  # past every endpoint: the held rows
+        order = np.argsort(dest, kind="stable")
+        bounds = np.searchsorted(dest[order], np.arange(len(endpoints) + 2))
+        pieces = []
+        for i, endpoint in enumerate(endpoints):
+            rows_of = order[bounds[i]:bounds[i + 1]]
+            if len(rows_of):
+                pieces.append((endpoint, rows.take(rows_of), hashes[rows_of][fresh[rows_of]]))
+        held = order[bounds[len(endpoints)]:bounds[len(endpoints) + 1]]
+        return pieces, (rows.take(held) if len(held) else None)
 
     def _send_piece(self, backend: QueuedExporter, endpoint: str, piece: pa.Table) -> ExportResult:
         try:

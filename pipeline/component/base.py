@@ -167,6 +167,10 @@ class ExportResult:
     status: ExportStatus
     message: str = ""
     retry_after: float | None = None
+    # With SUCCESS from a queued exporter's send: rows (a pa.Table) it did not send yet and wants tried again
+    # later without holding up what is queued behind them; the exporter helper queues them again (on disk
+    # with a persistent queue) before it acks the batch.
+    later: Any = None
 
     @property
     def ok(self) -> bool:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -53,8 +54,7 @@ class Gateway:
         return dict(self.running.sql("SELECT trace_id, count(*) FROM spans GROUP BY 1"))
 
 
-@pytest.fixture
-def fleet(tmp_path):
+def _fleet(tmp_path, affinity: str = ""):
     gateways = [Gateway(tmp_path / f"gw{i}") for i in range(3)]
     hostnames = ", ".join(f"127.0.0.1:{g.ports.grpc}" for g in gateways)
     extra = f"""  loadbalancing:
@@ -63,20 +63,35 @@ def fleet(tmp_path):
     resolver: {{static: {{hostnames: [{hostnames}]}}}}
     probe_interval: 200ms
     retry_on_failure: {{initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 0s}}
-"""
+{affinity}"""
     (tmp_path / "sidecar").mkdir()
     sidecar, ports, _ = start_on_free_ports(lambda p, _: pipeline_yaml(p, tmp_path / "sidecar",
                                                                        exporters="duckdb, loadbalancing", extra=extra))
-    yield RunningPipeline(sidecar, ports, tmp_path / "sidecar"), gateways
-    sidecar.shutdown()
+    return RunningPipeline(sidecar, ports, tmp_path / "sidecar"), gateways
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    sidecar, gateways = _fleet(tmp_path)
+    yield sidecar, gateways
+    sidecar.service.shutdown()
     for g in gateways:
         g.stop()
 
 
-def _requests(traces: list[bytes], parts: int = SPANS_PER_TRACE) -> list[ExportTraceServiceRequest]:
-    """``parts`` requests, each with one span of every trace: a trace's spans arrive in separate batches."""
+@pytest.fixture
+def short_hold_fleet(tmp_path):
+    sidecar, gateways = _fleet(tmp_path, "    affinity: {window: 60s, hold: 1s}\n")
+    yield sidecar, gateways
+    sidecar.service.shutdown()
+    for g in gateways:
+        g.stop()
+
+
+def _requests(traces: list[bytes], parts: range = range(SPANS_PER_TRACE)) -> list[ExportTraceServiceRequest]:
+    """One request per part, each with one span of every trace: a trace's spans arrive in separate batches."""
     out = []
-    for part in range(parts):
+    for part in parts:
         req = ExportTraceServiceRequest()
         rs = req.resource_spans.add()
         rs.resource.attributes.append(kv("service.name", "planner"))
@@ -90,8 +105,8 @@ def _requests(traces: list[bytes], parts: int = SPANS_PER_TRACE) -> list[ExportT
     return out
 
 
-def _send(sidecar: RunningPipeline, traces: list[bytes]) -> None:
-    for req in _requests(traces):
+def _send(sidecar: RunningPipeline, traces: list[bytes], parts: range = range(SPANS_PER_TRACE)) -> None:
+    for req in _requests(traces, parts):
         response = sidecar.service.receivers[0].ingest.export(req, "test")  # answered: acknowledged
         assert not response.partial_success.rejected_spans
 
@@ -262,3 +277,66 @@ def test_with_a_persistent_queue_what_no_gateway_took_survives_a_sidecar_restart
     finally:
         service.shutdown()
         gateway.stop()
+
+
+def _owner(sidecar: RunningPipeline, trace_id: str) -> str:
+    from agent_sre.exporters.loadbalancing.ring import hash_strings
+
+    ring = _balancer(sidecar).ring
+    return ring.endpoints[int(ring.owners(hash_strings(pa.array([trace_id])))[0])]
+
+
+def _counter(sidecar: RunningPipeline, name: str) -> float:
+    line = [x for x in sidecar.metrics().splitlines() if x.startswith(f'agent_sre_loadbalancer_{name}_total{{')]
+    return float(line[0].split()[-1]) if line else 0.0
+
+
+def test_traces_in_progress_stay_whole_while_their_gateway_is_stopped_and_started(fleet, caplog):
+    """Traces half sent when gateway 1 stops: their later spans for it wait (acknowledged, queued) and go
+    to it when it is back; traces started while it was away stay where they started after it returns,
+    though the ring gives some of them to it again.  Every trace whole on one gateway, none split."""
+    sidecar, gateways = fleet
+    early = [os.urandom(16) for _ in range(150)]
+    _send(sidecar, early, range(0, 2))
+    assert eventually(lambda: sum(sum(g.traces().values()) for g in gateways) == 2 * len(early))
+    on_1 = {t.hex() for t in early if _owner(sidecar, t.hex()) == f"127.0.0.1:{gateways[1].ports.grpc}"}
+    assert on_1  # ~50
+
+    gateways[1].stop()
+    _send(sidecar, early, range(2, 4))  # acknowledged; gateway 1's share waits for it
+    late = [os.urandom(16) for _ in range(150)]
+    _send(sidecar, late, range(0, 2))  # new traces: the ring without gateway 1
+    assert eventually(lambda: "wait up to 10s for it" in caplog.text, timeout=10)
+    gateways[1].start()
+    assert eventually(lambda: len(_balancer(sidecar).ring) == 3, timeout=30)
+    _send(sidecar, late, range(2, 4))
+    placed = {**_delivered(gateways, early), **_delivered(gateways, late)}
+    assert all(list(where.values()) == [SPANS_PER_TRACE] for where in placed.values()), \
+        [w for w in placed.values() if list(w.values()) != [SPANS_PER_TRACE]][:5]
+    assert {t for t, where in placed.items() if 1 in where} == on_1  # early ones waited; late ones stayed
+    back_to_1 = [t.hex() for t in late if _owner(sidecar, t.hex()) == f"127.0.0.1:{gateways[1].ports.grpc}"]
+    assert back_to_1 and all(1 not in placed[t] for t in back_to_1)  # the ring's owner, yet kept where they began
+    assert _counter(sidecar, "split_spans") == 0
+
+
+def test_a_gateway_away_longer_than_the_hold_gets_its_traces_in_progress_moved_and_counted(short_hold_fleet):
+    sidecar, gateways = short_hold_fleet
+    early = [os.urandom(16) for _ in range(150)]
+    _send(sidecar, early, range(0, 2))
+    assert eventually(lambda: sum(sum(g.traces().values()) for g in gateways) == 2 * len(early))
+    on_1 = {t.hex() for t in early if _owner(sidecar, t.hex()) == f"127.0.0.1:{gateways[1].ports.grpc}"}
+    gateways[1].stop()
+    _send(sidecar, early, range(2, 4))  # held for 1 s, then to the ring's next node
+    moved = eventually(lambda: sum(sum(gateways[i].traces().values()) for i in (0, 2))
+                       == SPANS_PER_TRACE * len(early) - 2 * len(on_1), timeout=30)
+    assert moved, "the rows held for gateway 1 did not go to the next node after the hold"
+    # Each moved span is counted once; a key's later spans follow it to its new backend, uncounted,
+    # unless two consumers moved two of its batches at once.
+    assert len(on_1) <= _counter(sidecar, "split_spans") <= 2 * len(on_1)
+    gateways[1].start()
+    placed = _delivered(gateways, early)
+    for trace_id, where in placed.items():
+        if trace_id in on_1:  # two spans there from before the stop, two on the next node
+            assert where.get(1) == 2 and sum(where.values()) == SPANS_PER_TRACE and len(where) == 2
+        else:
+            assert list(where.values()) == [SPANS_PER_TRACE]
