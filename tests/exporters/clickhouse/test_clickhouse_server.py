@@ -390,6 +390,10 @@ def test_metrics_and_logs_from_the_sdk_are_stored_once_each_on_18_16(clickhouse,
         assert counter == [("sum", 3.0, 1, "planner")]
         logs = client.execute("SELECT body, severity_text, service_name, attributes.key FROM signals.logs ORDER BY body")
         assert logs == [(f"step {i}", "INFO", "planner", ["step"]) for i in range(5)]
+        from agent_sre.pipeline.cli.fleet import fleet_query  # fleet SQL reads them as it reads spans
+
+        assert fleet_query(clickhouse.url("signals"), "SELECT count() FROM logs WHERE service_name = 'planner'",
+                           10)["rows"] == [[5]]
         # A retry of every batch sent (its answer lost): found stored, nothing inserted twice.
         before = exporter.deduplicated
         for batch in [b for b in sent if b.num_rows]:
