@@ -34,6 +34,11 @@ rounds alternate between them.  ~13 minutes for 10M on the shared 2-core box; ``
 quick run.
 
     .venv/bin/python bench/fleet.py --phase query [--spans 10000000] [--rounds 3] [--engines chdb,server]
+
+``--phase decisions``: the decisions API with budgets shared on Redis and how stale a decision gets (two
+pipelines on Debian's redis-server): bench/fleet_decisions.py, whose options follow.
+
+    .venv/bin/python bench/fleet.py --phase decisions [--seconds 5 --ingest 200 --rate 500]
 """
 
 from __future__ import annotations
@@ -605,13 +610,22 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--batch", type=int, default=8192, help="the batch processor's send_batch_size")
     p.add_argument("--runs", type=int, default=3, help="runs of every phase (interleaved)")
-    p.add_argument("--phase", choices=("ingest", "query"), default="ingest",
-                   help="ingest: spans/s into ClickHouse (default); query: the fleet's questions over --spans")
+    p.add_argument("--phase", choices=("ingest", "query", "decisions"), default="ingest",
+                   help="ingest: spans/s into ClickHouse (default); query: the fleet's questions over --spans; "
+                        "decisions: bench/fleet_decisions.py (its options after this one)")
     p.add_argument("--spans", type=int, default=10_000_000, help="--phase query: spans in the fleet store")
     p.add_argument("--rounds", type=int, default=3, help="--phase query: rounds of every question")
     p.add_argument("--engines", default="chdb,server",
                    help="--phase query: chdb (current engine in process), server (Debian's clickhouse-server)")
-    args = p.parse_args()
+    args, rest = p.parse_known_args()
+    if args.phase == "decisions":
+        from bench import fleet_decisions
+
+        sys.argv = [fleet_decisions.__file__, *rest]
+        fleet_decisions.main()
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.phase == "query":
         if args.spans < 10 or args.rounds < 1 or not set(args.engines.split(",")) <= {"chdb", "server"}:
             p.error("--spans must be at least 10, --rounds at least 1, --engines a list of chdb and server")
