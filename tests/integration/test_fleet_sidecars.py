@@ -141,21 +141,28 @@ def agent(k: int, port: int, ledger: Ledger, halt: threading.Event) -> None:
                 ledger.ambiguous.update(costs)
 
 
+def start_topology(tmp_path: Path, clickhouse_url: str, redis_url: str, configs: dict, running: dict,
+                   **sidecar) -> None:
+    """The gateway (to ``clickhouse_url``) and sidecars s0, s1 (sharing ``redis_url``) as `agent-sre run`
+    processes: their (config, ports, data dir) into ``configs``, the processes into ``running``."""
+    gw_ports = Ports.allocate()
+    for name in ("gateway", "s0", "s1"):
+        data = tmp_path / name
+        data.mkdir()
+        ports = gw_ports if name == "gateway" else Ports.allocate()
+        text = (gateway_config(ports, data, clickhouse_url) if name == "gateway"
+                else sidecar_config(ports, data, gw_ports, redis_url, name, **sidecar))
+        configs[name] = (text, ports, data)
+        running[name] = spawn_pipeline(text, ports, data, data / "run.log")
+
+
 def test_two_sidecars_and_a_gateway_count_and_charge_every_acknowledged_span_once_across_kill_9(tmp_path):
     started = time.monotonic()
     with clickhouse_server(tmp_path) as ch, running_redis(tmp_path) as rs:
         configs: dict[str, tuple[str, Ports, Path]] = {}
         running: dict[str, PipelineProcess] = {}
         try:
-            gw_ports = Ports.allocate()
-            for name in ("gateway", "s0", "s1"):
-                data = tmp_path / name
-                data.mkdir()
-                ports = gw_ports if name == "gateway" else Ports.allocate()
-                text = (gateway_config(ports, data, ch.url(DB)) if name == "gateway"
-                        else sidecar_config(ports, data, gw_ports, rs.url, name))
-                configs[name] = (text, ports, data)
-                running[name] = spawn_pipeline(text, ports, data, data / "run.log")
+            start_topology(tmp_path, ch.url(DB), rs.url, configs, running)
             ledger, halt = Ledger(), threading.Event()
             agents = [threading.Thread(target=agent, args=(k, configs[f"s{k % 2}"][1].http, ledger, halt))
                       for k in range(4)]
@@ -254,14 +261,7 @@ def test_two_sidecars_throttle_kill_and_break_at_the_fleets_totals_not_their_own
     with clickhouse_server(tmp_path) as ch, running_redis(tmp_path) as rs:
         running: dict[str, PipelineProcess] = {}
         try:
-            gw_ports = Ports.allocate()
-            for name in ("gateway", "s0", "s1"):
-                data = tmp_path / name
-                data.mkdir()
-                ports = gw_ports if name == "gateway" else Ports.allocate()
-                text = (gateway_config(ports, data, ch.url(DB + "_budget")) if name == "gateway" else
-                        sidecar_config(ports, data, gw_ports, rs.url, name, org_usd=10, breakers=True))
-                running[name] = spawn_pipeline(text, ports, data, data / "run.log")
+            start_topology(tmp_path, ch.url(DB + "_budget"), rs.url, {}, running, org_usd=10, breakers=True)
             s0, s1 = running["s0"], running["s1"]
             assert post(s0.ports.http, _spans(3, "researcher", tool_failures=True)) == "ok"
             time.sleep(1.0)
