@@ -70,7 +70,7 @@ RETRYABLE_CODES = {159, 202, 241, 209, 210, 252, 242, 999, 236}
 ID_COLUMNS = {"traces": ("trace_id", "span_id", "start_ns"), "events": ("fingerprint", "time_ns", "state"),
               "metrics": tuple(METRIC_SCHEMA.names), "logs": tuple(LOG_SCHEMA.names)}
 _WHOLE_ROW = ("metrics", "logs")
-# Per signal: the table's columns (spans: see ClickHouseExporter._table), the time its rows are partitioned
+# Per signal: the table and its columns (spans: the exporter's _spans_table and _span_columns), the time its rows are partitioned
 # and looked up by (Arrow column, ClickHouse column), and the insert's columns that are not Nullable.
 TABLES = {"events": ("events", EVENT_COLUMNS), "metrics": ("metrics", METRIC_COLUMNS), "logs": ("logs", LOG_COLUMNS)}
 TIME_COLUMNS = {"traces": ("start_ns", "start_time"), "metrics": ("time_ns", "time"), "logs": ("time_ns", "time")}

@@ -11,9 +11,9 @@ A backend marked down is probed (an empty export) every ``probe_interval`` and r
 it answers; the DNS resolver re-resolves every ``interval`` and the ring follows the answer.
 
 A trace in progress keeps its backend while the ring changes (affinity.py): a key is sent where it was
-first sent within ``affinity.window``, and the rows of a key whose backend is down wait (kept for the
-helper's next attempt, the rest of the batch delivered) up to ``affinity.hold`` for it to return before
-they go to the ring's next node.
+first sent within ``affinity.window``, and the rows of a key whose backend is down wait up to
+``affinity.hold`` for it to return before they go to the ring's next node -- handed back to the helper
+(``ExportResult.later``), which queues them again behind what came since, so the rest of the queue goes on.
 """
 
 from __future__ import annotations
