@@ -307,6 +307,8 @@ def test_traces_in_progress_stay_whole_while_their_gateway_is_stopped_and_starte
     late = [os.urandom(16) for _ in range(150)]
     _send(sidecar, late, range(0, 2))  # new traces: the ring without gateway 1
     assert eventually(lambda: "wait up to 10s for it" in caplog.text, timeout=10)
+    expected = SPANS_PER_TRACE * (len(early) - len(on_1)) + 2 * len(late)  # all but what waits for gateway 1
+    assert eventually(lambda: sum(sum(gateways[i].traces().values()) for i in (0, 2)) == expected, timeout=10)
     gateways[1].start()
     assert eventually(lambda: len(_balancer(sidecar).ring) == 3, timeout=30)
     _send(sidecar, late, range(2, 4))
