@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import shutil
 import socket
@@ -71,6 +72,9 @@ def decision(port: int, agent: str) -> str:
 def killing_request(agent: str) -> bytes:
     req = make_request(1, seed=99, base_ns=time.time_ns())
     sp = req.resource_spans[0].scope_spans[0].spans[0]
+    # Its own identity: with make_request's seeded ids it was the span of the feed's request of the same seed,
+    # which the pipeline rightly stores and charges once (a client's re-send), so no kill ever came.
+    sp.trace_id, sp.span_id = os.urandom(16), os.urandom(8)
     del sp.attributes[:]
     for key, value in (("agent.did", agent), ("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "gpt-4o-mini")):
         sp.attributes.add(key=key).value.string_value = value
