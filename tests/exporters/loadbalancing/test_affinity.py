@@ -19,6 +19,9 @@ def test_a_key_is_found_at_its_latest_backend_within_the_window(records, asked):
     for t, (keys, endpoint) in enumerate(records):
         affinity.record(np.array(keys, np.uint32), endpoint, now=float(t))  # all within one window
         model.update(dict.fromkeys(keys, endpoint))
+        if t % 3 == 2:  # looked up between records too: merged into the sorted arrays in steps
+            got = affinity.lookup(np.array(asked, np.uint32), float(t), ENDPOINTS)
+            assert got.tolist() == [ENDPOINTS.index(model[k]) if k in model else NONE for k in asked]
     got = affinity.lookup(np.array(asked, np.uint32), 30.0, ENDPOINTS)
     assert got.tolist() == [ENDPOINTS.index(model[k]) if k in model else NONE for k in asked]
 
