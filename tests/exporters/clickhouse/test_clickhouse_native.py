@@ -264,7 +264,7 @@ def _native_file(db, table: str, columns: dict[str, pa.Array], rows: int, path) 
 @pytest.mark.parametrize(("table", "columns", "make"), [("metrics", METRIC_COLUMNS, tricky_metrics),
                                                         ("logs", LOG_COLUMNS, tricky_logs)])
 def test_metrics_and_logs_read_back_on_current_clickhouse_as_the_arrow_rows(tmp_path, table, columns, make):
-    """On ClickHouse 26.x (chdb): the exporter's bytes for every metric and log column (LowCardinality, Map,
+    """On ClickHouse 26.9 (chdb 4.4.0): the exporter's bytes for every metric and log column (LowCardinality, Map,
     Nested quantiles, arrays, NULLs) read back as the Arrow rows, and the exporter's stored-batch look-up finds
     the (batch, day) keys it builds."""
     from chdb import session

@@ -1,6 +1,6 @@
 """The current schema (Map, LowCardinality, DateTime64, TTL, a bloom-filter skip index, dedup tokens,
 SummingMergeTree rollups, spans kept once per span id) and the fleet questions, on the ClickHouse engine
-in process: chdb (ClickHouse 26.x).  The network path is tested against a real 18.16 server in
+in process: chdb 4.4.0 (ClickHouse 26.9, pinned in pyproject).  The network path is tested against a real 18.16 server in
 test_clickhouse_server.py."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The fleet views' SQL (fleet.py) on the current schema (Map, LowCardinality, DateTime64), on the
-ClickHouse engine in process: chdb (ClickHouse 26.x).  The same views over the network, against
+ClickHouse engine in process: chdb 4.4.0 (ClickHouse 26.9, pinned in pyproject).  The same views over the network, against
 18.16 and the compat schema, are in test_fleet_views.py."""
 
 from __future__ import annotations
