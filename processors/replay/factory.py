@@ -27,6 +27,7 @@ from agent_sre.pipeline.component.config import ConfigModel
 from agent_sre.pipeline.component.errors import QuestionError
 
 _SYNC_TIMEOUT_S = 5.0  # how long a question waits for spooled spans to be in DuckDB (read your writes)
+_BEHIND_LOG_EVERY_S = 60.0  # "the store is behind" said at most this often (every lookup under max-rate ingest)
 
 
 class ReplayConfig(ConfigModel):
@@ -38,6 +39,7 @@ class Replay(Extension):
 
     def _start(self, host) -> None:
         self._host = host
+        self._behind_said, self._behind_since_said = float("-inf"), 0  # when last said; lookups since
         host.provide(TraceAnalysis, self.id, self)
 
     def _shutdown(self) -> None:
@@ -50,7 +52,13 @@ class Replay(Extension):
         store = self._host.get(SpanStore, self.config.storage, str(self.id))
         pending = store.catch_up(_SYNC_TIMEOUT_S)
         if pending:
-            self.logger.warning("span store is %d spans behind: answering from what it has inserted", pending)
+            self._behind_since_said += 1
+            now = time.monotonic()
+            if now - self._behind_said >= _BEHIND_LOG_EVERY_S:
+                self.logger.warning("span store is %d spans behind: answering from what it has inserted (lookups "
+                                    "answered so since this was last said: %d; said at most every %gs)", pending,
+                                    self._behind_since_said, _BEHIND_LOG_EVERY_S)
+                self._behind_said, self._behind_since_said = now, 0
         return store.read
 
     def trace(self, trace_id: str, follow_links: bool = True, agents: frozenset[str] | None = None) -> dict | None:

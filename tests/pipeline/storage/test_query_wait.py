@@ -127,7 +127,7 @@ def test_a_query_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait
     assert committed + result.pending_spans >= 51 * 1024 and result.pending_spans > 20 * 1024
 
 
-def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(far_behind):
+def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_the_wait(far_behind, caplog):
     # GET /v1/traces/{id} (the replay extension) waited its whole 5 s for the loader under max-rate ingest
     # (bench/query10m.py's trace_api: 5,077 ms median under ingest, 27 ms idle): the same bounded read-your-writes
     # as a query.  The trace committed before the backlog is found at once; the backlog is said in the log.
@@ -149,6 +149,10 @@ def test_a_trace_lookup_does_not_wait_for_what_the_loader_cannot_insert_within_t
         assert time.monotonic() - started < 1.5  # not the 5 s wait
         assert tree is not None and tree["trace_id"] == trace_id
         assert store.catch_up(2.0) > 20 * 1024  # and the store says how far behind it is
+        for _ in range(3):  # said once, not at every lookup
+            replay.trace(trace_id, follow_links=False)
+        said = [r.getMessage() for r in caplog.records if "spans behind" in r.getMessage()]
+        assert len(said) == 1 and "since this was last said: 1;" in said[0], said
     finally:
         replay.shutdown()
 
