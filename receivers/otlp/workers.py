@@ -266,8 +266,8 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     use_system_allocator()
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
     logger = logging.getLogger(f"agent_sre.receiver.{receiver_id}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop, stop_asked = threading.Event(), threading.Event()  # stop: to stop; stop_asked: the pipeline said so
+    signal.signal(signal.SIGTERM, lambda *_: (stop_asked.set(), stop.set()))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline process decides when workers stop
     conn = Client(address, family="AF_UNIX", authkey=authkey)
     remote = RemoteConsumer(conn, on_close=stop.set)  # the pipeline process gone: stop at once
@@ -306,3 +306,9 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     http.shutdown()
     remote.flush_counters()
     conn.close()
+    if remote.closed.is_set() and not stop_asked.is_set():  # the pipeline process died (kill -9, OOM):
+        try:  # nobody else removes its socket's directory; a restart makes its own
+            os.unlink(address)
+            os.rmdir(os.path.dirname(address))
+        except OSError:
+            pass  # another worker was first, or the pipeline's stop() did it

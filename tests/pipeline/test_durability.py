@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -53,7 +55,9 @@ def _wait_until_nothing_listens(port: int, timeout: float = 30.0) -> None:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_acknowledged_spans_survive_kill_9(tmp_path, workers):
     ports = Ports.allocate()
+    sockets_before = set(Path(tempfile.gettempdir()).glob("agent-sre-*"))  # the workers' socket directories
     proc = spawn_pipeline(pipeline_yaml(ports, tmp_path, workers=workers), ports, tmp_path, tmp_path / "run.log")
+    sockets = set(Path(tempfile.gettempdir()).glob("agent-sre-*")) - sockets_before
     acknowledged: set[str] = set()
     stop = threading.Event()
     senders = [threading.Thread(target=_sender, args=(ports.grpc, f"c{k}", acknowledged, stop)) for k in range(3)]
@@ -75,6 +79,11 @@ def test_acknowledged_spans_survive_kill_9(tmp_path, workers):
     # once, when they waited up to 0.5 s to notice): wait for them, as a supervisor retrying would.
     for port in (ports.grpc, ports.http):
         _wait_until_nothing_listens(port)
+    assert len(sockets) == (1 if workers else 0)
+    deadline = time.monotonic() + 10  # the killed pipeline's workers remove its socket's directory, nobody else can
+    while any(d.exists() for d in sockets) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(d.exists() for d in sockets), sockets
     restarted = spawn_pipeline(proc.config.read_text(), ports, tmp_path, tmp_path / "run2.log")
     restarted.proc.send_signal(signal.SIGTERM)
     assert restarted.proc.wait(timeout=30) == 0
