@@ -20,6 +20,26 @@ def use_system_allocator() -> None:
     _limit_arenas()
 
 
+class _NoPandas:
+    """An import finder that refuses pandas (see ``without_pandas``)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not loaded in this process (pdata.memory.without_pandas)", name=name)
+        return None
+
+
+def without_pandas() -> None:
+    """Refuse to import pandas in this process: for processes that never hand Arrow to pandas (the receiver
+    workers: OTLP in, Arrow IPC out).  pyarrow imports pandas, when it is installed, at its first ``pa.array``
+    (to ask whether the input is a pandas object), and pandas costs each process ~26 MiB of private memory
+    (RSS 147 -> 113 MiB for a worker's imports, measured); users' environments often have it installed."""
+    import sys
+
+    if not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 

@@ -254,10 +254,12 @@ class RemoteConsumer:
 
 def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int,
                 signals: tuple[str, ...] = ("traces",), admission_shared=None) -> None:
+    from agent_sre.pipeline.pdata.memory import use_system_allocator, without_pandas
+
+    without_pandas()  # before the imports below: the first pa.array would load it
     from agent_sre.pipeline.component.admission import Admission, InflightBytes
     from agent_sre.pipeline.component.auth import Authenticator
     from agent_sre.pipeline.component.httpserver import HttpServers
-    from agent_sre.pipeline.pdata.memory import use_system_allocator
     from agent_sre.receivers.otlp.config import OtlpReceiverConfig
     from agent_sre.receivers.otlp.grpc_server import GrpcTraceServer
     from agent_sre.receivers.otlp.http_server import HttpTraceServer

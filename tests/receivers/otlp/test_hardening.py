@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import grpc
 import pytest
@@ -141,6 +142,24 @@ def test_attribute_limits_apply_in_receiver_workers_too(start):
     metrics = eventually(lambda: next((m for m in [p.metrics()] if "truncated_attribute_values_total{" in m),
                                       ""))  # the worker's counters arrive every 0.5 s
     assert 'agent_sre_receiver_dropped_attributes_total{receiver="otlp",transport="grpc"} 1.0' in metrics
+
+
+def test_receiver_workers_do_not_load_pandas(start):
+    # pyarrow imports pandas at its first pa.array whenever it is installed: ~26 MiB of private memory in each
+    # process.  The workers never hand Arrow to pandas, so they refuse it (pipeline/pdata/memory.py).
+    import importlib.util
+
+    import psutil
+
+    assert importlib.util.find_spec("pandas") is not None  # installed here (through chdb), or this proves nothing
+    p = start(workers=2)
+    export(p.ports.grpc, _span_with({"a": "1"}).SerializeToString())  # the workers decoded a request
+    assert p.sql("SELECT count(*) FROM spans") == [(1,)]
+    workers = [c for c in psutil.Process().children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2
+    for worker in workers:
+        maps = Path(f"/proc/{worker.pid}/maps").read_text()
+        assert "pyarrow" in maps and "/pandas/" not in maps
 
 
 # --- compressed bodies -----------------------------------------------------------------------
