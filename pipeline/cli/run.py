@@ -25,7 +25,9 @@ def _setup_logging(level: str = "info") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent_sre.pipeline.pdata.memory import use_system_allocator
+    from agent_sre.pipeline.pdata.memory import arrow_without_pandas, use_system_allocator
+
+    arrow_without_pandas()  # before the imports below: their first pa.array would load it
     from agent_sre.pipeline.service import Service
     from agent_sre.pipeline.service.config import install_secret_log_filter
 

@@ -21,23 +21,29 @@ def use_system_allocator() -> None:
 
 
 class _NoPandas:
-    """An import finder that refuses pandas (see ``without_pandas``)."""
+    """An import finder that refuses pandas, for the moment pyarrow asks (see ``arrow_without_pandas``)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is not loaded in this process (pdata.memory.without_pandas)", name=name)
+            raise ModuleNotFoundError("pandas: not for pyarrow's probe (pdata.memory.arrow_without_pandas)", name=name)
         return None
 
 
-def without_pandas() -> None:
-    """Refuse to import pandas in this process: for processes that never hand Arrow to pandas (the receiver
-    workers: OTLP in, Arrow IPC out).  pyarrow imports pandas, when it is installed, at its first ``pa.array``
-    (to ask whether the input is a pandas object), and pandas costs each process ~26 MiB of private memory
-    (RSS 147 -> 113 MiB for a worker's imports, measured); users' environments often have it installed."""
+def arrow_without_pandas() -> None:
+    """Keep pyarrow from loading pandas in this process.  pyarrow imports pandas, whenever it is installed, at
+    its first ``pa.array`` (to ask whether the input is a pandas object), and pandas costs each process ~26 MiB
+    of private memory (a receiver worker's imports: RSS 147 -> 113 MiB, measured); users' environments often
+    have it installed.  pyarrow asks once and remembers the answer, so it is asked here with pandas refused;
+    code that imports pandas itself still can (and pyarrow's to_pandas then works).  Call it before the
+    process's first ``pa.array``: the pipeline process and each receiver worker do, first thing."""
     import sys
 
-    if not any(isinstance(f, _NoPandas) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoPandas())
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter

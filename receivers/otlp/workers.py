@@ -254,9 +254,9 @@ class RemoteConsumer:
 
 def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str, index: int, level: int,
                 signals: tuple[str, ...] = ("traces",), admission_shared=None) -> None:
-    from agent_sre.pipeline.pdata.memory import use_system_allocator, without_pandas
+    from agent_sre.pipeline.pdata.memory import arrow_without_pandas, use_system_allocator
 
-    without_pandas()  # before the imports below: the first pa.array would load it
+    arrow_without_pandas()  # before the imports below: their first pa.array would load it
     from agent_sre.pipeline.component.admission import Admission, InflightBytes
     from agent_sre.pipeline.component.auth import Authenticator
     from agent_sre.pipeline.component.httpserver import HttpServers

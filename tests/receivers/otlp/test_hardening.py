@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from agent_sre.pipeline.component.listener import ListenerSettings
 from agent_sre.pipeline.service import Service
 from agent_sre.pipeline.service.config import parse_config
-from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml
+from tests.conftest import Ports, RunningPipeline, eventually, pipeline_yaml, spawn_pipeline
 from tests.otlp_builders import kv, request
 from tests.receivers.otlp.test_grpc_protocol import export
 from tests.receivers.otlp.test_http_protocol import post, rpc_status
@@ -144,22 +144,45 @@ def test_attribute_limits_apply_in_receiver_workers_too(start):
     assert 'agent_sre_receiver_dropped_attributes_total{receiver="otlp",transport="grpc"} 1.0' in metrics
 
 
-def test_receiver_workers_do_not_load_pandas(start):
+def test_neither_the_pipeline_nor_its_workers_load_pandas(tmp_path):
     # pyarrow imports pandas at its first pa.array whenever it is installed: ~26 MiB of private memory in each
-    # process.  The workers never hand Arrow to pandas, so they refuse it (pipeline/pdata/memory.py).
+    # process.  `agent-sre run` and each receiver worker answer pyarrow's one probe "no pandas"
+    # (pipeline/pdata/memory.py), before anything of theirs calls pa.array.
     import importlib.util
 
     import psutil
 
     assert importlib.util.find_spec("pandas") is not None  # installed here (through chdb), or this proves nothing
-    p = start(workers=2)
-    export(p.ports.grpc, _span_with({"a": "1"}).SerializeToString())  # the workers decoded a request
-    assert p.sql("SELECT count(*) FROM spans") == [(1,)]
-    workers = [c for c in psutil.Process().children() if "spawn_main" in " ".join(c.cmdline())]
-    assert len(workers) == 2
-    for worker in workers:
-        maps = Path(f"/proc/{worker.pid}/maps").read_text()
-        assert "pyarrow" in maps and "/pandas/" not in maps
+    ports = Ports.allocate()
+    p = spawn_pipeline(pipeline_yaml(ports, tmp_path, workers=2), ports, tmp_path, tmp_path / "run.log")
+    try:
+        answer = export(ports.grpc, _span_with({"a": "1"}).SerializeToString())  # a worker decoded it, the
+        assert not answer.partial_success.rejected_spans  # pipeline committed it (an OK means committed)
+        pipeline = psutil.Process(p.proc.pid)
+        workers = [c for c in pipeline.children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        for process in (pipeline, *workers):
+            maps = Path(f"/proc/{process.pid}/maps").read_text()
+            assert "pyarrow" in maps and "/pandas/" not in maps, process.cmdline()
+    finally:
+        p.proc.terminate()
+        assert p.proc.wait(timeout=30) == 0
+
+
+def test_pyarrow_told_no_pandas_leaves_pandas_to_whoever_imports_it():
+    code = """
+import sys
+from agent_sre.pipeline.pdata.memory import arrow_without_pandas
+arrow_without_pandas()
+import numpy as np
+import pyarrow as pa
+pa.array(["x"]); pa.array(np.arange(3)); pa.table({"a": [1]}).to_pylist()
+assert "pandas" not in sys.modules
+import pandas
+assert pa.table({"a": [1, 2]}).to_pandas().shape == (2, 1)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 # --- compressed bodies -----------------------------------------------------------------------
