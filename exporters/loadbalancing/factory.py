@@ -30,7 +30,7 @@ from agent_sre.exporters.helper.sender import QueuedExporter
 from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity
 from agent_sre.exporters.loadbalancing.config import LoadBalancingConfig
 from agent_sre.exporters.loadbalancing.resolver import Resolver
-from agent_sre.exporters.loadbalancing.ring import Ring, hash_strings, routing_keys
+from agent_sre.exporters.loadbalancing.ring import Ring, hash_strings, partition, routing_keys
 from agent_sre.exporters.otlp.factory import factory as otlp_factory
 from agent_sre.exporters.otlphttp.factory import factory as otlphttp_factory
 from agent_sre.pipeline.component import (
@@ -272,15 +272,13 @@ class LoadBalancingExporter(QueuedExporter):
             if split:
                 self._m["split"].labels(str(self.id)).inc(split)
         dest[wait] = len(endpoints)  # past every endpoint: the held rows
-        order = np.argsort(dest, kind="stable")
-        bounds = np.searchsorted(dest[order], np.arange(len(endpoints) + 2))
-        pieces = []
-        for i, endpoint in enumerate(endpoints):
-            rows_of = order[bounds[i]:bounds[i + 1]]
-            if len(rows_of):
-                pieces.append((endpoint, rows.take(rows_of), hashes[rows_of][fresh[rows_of]]))
-        held = order[bounds[len(endpoints)]:bounds[len(endpoints) + 1]]
-        return pieces, (rows.take(held) if len(held) else None)
+        pieces, held = [], None
+        for i, rows_of in partition(dest, len(endpoints) + 1):
+            if i == len(endpoints):
+                held = rows.take(rows_of)
+            else:
+                pieces.append((endpoints[i], rows.take(rows_of), hashes[rows_of][fresh[rows_of]]))
+        return pieces, held
 
     def _send_piece(self, backend: QueuedExporter, endpoint: str, piece: pa.Table) -> ExportResult:
         try:

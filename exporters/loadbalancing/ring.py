@@ -125,8 +125,12 @@ class Ring:
 
     def split(self, batch: pa.Table, keys: pa.Array | pa.ChunkedArray) -> list[tuple[str, pa.Table]]:
         """(endpoint, its rows) per backend, one ``take`` each (rows keep their order)."""
-        owner = self.owners(hash_strings(keys))
-        order = np.argsort(owner, kind="stable")
-        bounds = np.searchsorted(owner[order], np.arange(len(self.endpoints) + 1))
-        return [(self.endpoints[i], batch.take(order[bounds[i]:bounds[i + 1]]))
-                for i in range(len(self.endpoints)) if bounds[i + 1] > bounds[i]]
+        return [(self.endpoints[i], batch.take(rows))
+                for i, rows in partition(self.owners(hash_strings(keys)), len(self.endpoints))]
+
+
+def partition(owner: np.ndarray, parts: int) -> list[tuple[int, np.ndarray]]:
+    """(part, the indices of its rows, in order) for each of ``parts`` that has rows: one stable argsort."""
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(parts + 1))
+    return [(i, order[bounds[i]:bounds[i + 1]]) for i in range(parts) if bounds[i + 1] > bounds[i]]
