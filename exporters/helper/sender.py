@@ -225,7 +225,7 @@ class QueuedExporter(Exporter):
                     continue  # cut short by shutdown: not acked, so the next start sends it again
                 self._give_up(item.table, result, "shut down while retrying")
             if result.later is not None and result.later.num_rows:
-                try:  # queued again before the batch is acked: never neither
+                try:  # queued again before the batch is acked: the rows are always in one or the other
                     queue.put(result.later, force=True)
                 except (QueueFull, OSError) as exc:
                     self._give_up(result.later, ExportResult(ExportStatus.PERMANENT, str(exc)), "not queued again")
