@@ -13,6 +13,7 @@ Batches of --batch spans (traces of --trace spans each), the rollups of the defa
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +48,8 @@ def traces(n_spans: int, per_trace: int, named_children: bool) -> list[pa.Table]
 
 
 def run(rows, batch: int, children_first: bool) -> float:
-    store = SpanStore(Path(tempfile.mkdtemp()) / "s.duckdb")
+    directory = tempfile.mkdtemp(prefix="agent-sre-attribution-")
+    store = SpanStore(Path(directory) / "s.duckdb")
     store.set_sli_rollups(builtin_slis(SliConfig()))
     store.track_tasks()
     store.on_charges(lambda c: None, by_task=True)
@@ -74,6 +76,7 @@ def run(rows, batch: int, children_first: bool) -> float:
     left = store.read("SELECT count(*) FROM held_spans")[0][0]
     unattributed = store.read("SELECT count(*) FROM spans WHERE agent_id IS NULL")[0][0]
     store.close()
+    shutil.rmtree(directory, ignore_errors=True)
     print(f"  {n:,} spans in {len(tables)} transactions: {n / elapsed:,.0f} spans/s "
           f"({elapsed / n * 1e6:.1f} us/span); held at the end {left}, unattributed {unattributed}", flush=True)
     return elapsed / n

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def main() -> None:
         if server.stdin is not None:
             server.stdin.close()
         server.wait(timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.server
 import multiprocessing as mp
+import shutil
 import socket
 import statistics
 import sys
@@ -147,6 +148,7 @@ def _setup(ctx, args, name: str, sinks: int, holed: bool, with_file: bool) -> fl
     finally:
         stop_pipeline(p)
         sink_proc.terminate()
+        shutil.rmtree(files, ignore_errors=True)
 
 
 if __name__ == "__main__":

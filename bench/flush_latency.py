@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +49,8 @@ def run(config: str, work: list, rate: float, switch: float, freeze: bool) -> di
             pauses.append(time.perf_counter() - started_gc.pop())
 
     before = sys.getswitchinterval()
-    service, head, _ = start_config(config)
+    data = tempfile.mkdtemp(prefix="agent-sre-bench-")
+    service, head, _ = start_config(config, data)
     sys.setswitchinterval(switch)
     if freeze:
         gc.freeze()
@@ -66,6 +69,7 @@ def run(config: str, work: list, rate: float, switch: float, freeze: bool) -> di
     finally:
         gc.callbacks.remove(on_gc)
         service.shutdown()
+        shutil.rmtree(data, ignore_errors=True)
         sys.setswitchinterval(before)
         gc.unfreeze()
     flushes.sort()

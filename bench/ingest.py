@@ -34,6 +34,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -172,6 +173,7 @@ class RssSampler(threading.Thread):
         self.peak_main = 0
         self.peak_total = 0
         self.peak_pss = 0
+        self.peak_pss_main = 0
         self.peak_each: dict[int, int] = {}  # pid -> peak RSS of that process
         self.limit_bytes = limit_bytes
         self.peak_held = 0  # summed RssAnon + RssShmem: what the memory limiter counts
@@ -186,7 +188,9 @@ class RssSampler(threading.Thread):
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 each = {p.pid: p.memory_info().rss for p in procs}
                 if tick % 5 == 0:  # PSS sums every mapping in the kernel: slower, so sampled less often
-                    self.peak_pss = max(self.peak_pss, sum(pss_bytes(p.pid) for p in procs))
+                    pss = {p.pid: pss_bytes(p.pid) for p in procs}
+                    self.peak_pss = max(self.peak_pss, sum(pss.values()))
+                    self.peak_pss_main = max(self.peak_pss_main, pss[self.proc.pid])
             except psutil.Error:
                 continue
             tick += 1
@@ -284,6 +288,7 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
            "errors": sum(r["errors"] for r in results), "peak_rss_main_mib": sampler.peak_main / 2**20,
            "peak_rss_total_mib": sampler.peak_total / 2**20, "peak_pss_total_mib": sampler.peak_pss / 2**20,
+           "peak_pss_main_mib": sampler.peak_pss_main / 2**20,
            "wall_s": elapsed,
            "commits": flushes, "spans_per_commit": committed / flushes if flushes else 0.0,
            "store_busy_fraction": commit_s / sending_s,
@@ -296,7 +301,7 @@ def run_phase(name: str, protocol: str, port: int, admin: int, pid: int, seconds
           f"{row['p99_ms']:6.1f} ms | CPU {row['cpu_us_per_span']:.0f} us/span (all pipeline processes){of_parse} | "
           f"{row['requests']} calls, {row['errors']} errors | peak RSS "
           f"{row['peak_rss_main_mib']:.0f} MiB main, {row['peak_rss_total_mib']:.0f} MiB summed with workers "
-          f"(PSS {row['peak_pss_total_mib']:.0f} MiB) | "
+          f"(PSS {row['peak_pss_total_mib']:.0f} MiB, main {row['peak_pss_main_mib']:.0f}) | "
           f"{row['commits']:.0f} group commits of {row['spans_per_commit']:.0f} spans, spool busy "
           f"{row['store_busy_fraction']:.0%}, {backlog:,.0f} spans still to insert at the end", flush=True)
     return row
@@ -359,9 +364,15 @@ def start_pipeline(config: str | None = None, workers: str | None = None, extra_
     return {**p, "data": data, "server": server, "env": env}
 
 
-def stop_pipeline(pipeline: dict) -> None:
-    pipeline["server"].terminate()
-    pipeline["server"].wait(timeout=60)
+def stop_pipeline(pipeline: dict, keep: bool = False) -> None:
+    """Stops the pipeline and removes its data directory (spool and store: GBs after a max-rate phase)
+    unless ``keep`` (the caller reads it, then removes it)."""
+    try:
+        pipeline["server"].terminate()
+        pipeline["server"].wait(timeout=60)
+    finally:
+        if not keep:
+            shutil.rmtree(pipeline["data"], ignore_errors=True)
 
 
 def calibrate(clients: int) -> float:

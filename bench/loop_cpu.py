@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -141,11 +142,11 @@ class Statements:
         self.calls.clear()
 
 
-def start_config(name: str) -> tuple[Service, Any, SpanStore]:
+def start_config(name: str, data: str) -> tuple[Service, Any, SpanStore]:
     """config/``name``.yaml started in this process (free ports, a temporary data directory): the service,
     what follows the traces pipeline's ``batch`` processor (those of metrics and logs hand on to the
     exporters) and the store."""
-    env = {"AGENT_SRE_DATA": tempfile.mkdtemp(prefix="agent-sre-bench-")}
+    env = {"AGENT_SRE_DATA": data}
     env.update({f"AGENT_SRE_{k}": f"127.0.0.1:{_free_port()}" for k in ENDPOINTS})
     service = Service(parse_config((CONFIG / f"{name}.yaml").read_text(), name, env=env))
     service.start()
@@ -157,7 +158,8 @@ def start_config(name: str) -> tuple[Service, Any, SpanStore]:
 
 def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
     """One config fed ``work``: CPU µs per span by thread name ("all": the process)."""
-    service, head, store = start_config(name)
+    data = tempfile.mkdtemp(prefix="agent-sre-bench-")
+    service, head, store = start_config(name, data)
     try:
         time.sleep(1.0)  # started: its threads idle
         before, cpu, started, sent = thread_ticks(os.getpid()), time.process_time(), time.monotonic(), 0
@@ -172,6 +174,7 @@ def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
         after, cpu = thread_ticks(os.getpid()), time.process_time() - cpu
     finally:
         service.shutdown()
+        shutil.rmtree(data, ignore_errors=True)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     out = {t: (after[t] - before.get(t, 0)) * tick_us / sent for t in after}
     out["all"] = cpu * 1e6 / sent

@@ -109,7 +109,6 @@ def pipeline_phase(args, parse_us: float) -> dict:
                         args.clients, args.threads, p["metrics"], parse_us=parse_us)
     finally:
         stop_pipeline(p)
-        shutil.rmtree(p["data"], ignore_errors=True)
     return {**row, "server": "pipeline", "persisted_spans_per_s": row["committed_spans_per_s"]}
 
 

@@ -380,11 +380,11 @@ def _pipeline_phases(data: Path, queries: list[Query], rounds: int, budget_s: fl
             load["stuck"] = f"the store did not catch up within 180 s after the load ({exc})"
     finally:
         sampler.stop()
-        stop_pipeline(p)
+        stop_pipeline(p, keep=True)
     log = (Path(p["data"]) / "pipeline.log").read_text(errors="replace")
     load["oom_in_log"] = log.count("Out of Memory")
     load["loader_died"] = "Exception in thread span-store-loader" in log
-    load["log"] = str(Path(p["data"]) / "pipeline.log")
+    shutil.rmtree(p["data"], ignore_errors=True)
     return idle, loaded, load
 
 

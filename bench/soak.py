@@ -358,6 +358,7 @@ def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
         if p["server"].poll() is None:
             p["server"].kill()
             p["server"].wait()
+        shutil.rmtree(p["data"], ignore_errors=True)
 
 
 def phase_a(args) -> dict:
@@ -385,12 +386,12 @@ def _overload(args, p: dict) -> dict:
     rss_drained = summed_rss(p)
     recovery = recover(p, args.recovery_seconds)
     sampler.stop()
-    stop_pipeline(p)
+    stop_pipeline(p, keep=True)  # read below; removed as the phase's pipeline ends
     acked = acknowledged([*results, recovery["result"]])
     check = verify_store(Path(p["data"]) / "spans.duckdb", acked)
     return {"baseline_mib": baseline, "sampler": sampler, "results": results, "acked": acked, "check": check,
             "sending_s": sending_s, "stopped_at": clients.stopped_at, "metrics": metrics, "committed": committed,
-            "exit": p["server"].returncode, "data": p["data"], "started_at": started_at,
+            "exit": p["server"].returncode, "started_at": started_at,
             "rss_at_stop": rss_at_stop, "rss_drained": rss_drained, "recovery": recovery}
 
 
@@ -620,12 +621,12 @@ def _disk_full(args, p: dict, disk: Path) -> dict:
     metrics = pipeline_metrics(p["metrics"])
     used_after = shutil.disk_usage(disk).used
     health.stop()
-    stop_pipeline(p)
+    stop_pipeline(p, keep=True)  # read below; removed as the phase's pipeline ends
     acked = acknowledged(results)
     check = verify_store(disk / "spans.duckdb", acked, since=space_back)
     return {"results": results, "acked": acked, "check": check, "full_at": full_at, "filled": filled,
             "unhealthy": unhealthy, "space_back": space_back, "healthy": healthy, "committed": committed,
-            "metrics": metrics, "exit": p["server"].returncode, "changes": health.changes, "log": p["data"],
+            "metrics": metrics, "exit": p["server"].returncode, "changes": health.changes,
             "used_before": used_before, "used_after": used_after}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def run_one(spans: int, background: bool) -> dict:
     time.sleep(10)
     readings["15s"] = _anon_mib()
     store.close()
+    shutil.rmtree(d, ignore_errors=True)
     return {"start": start, "spans": n, "spans_per_s": n / seconds, **readings}
 
 
