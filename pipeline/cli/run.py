@@ -27,11 +27,11 @@ def _setup_logging(level: str = "info") -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent_sre.pipeline.pdata.memory import arrow_without_pandas, use_system_allocator
 
+    use_system_allocator()  # first: Arrow's first allocation starts the pool it then keeps
     arrow_without_pandas()  # before the imports below: their first pa.array would load it
     from agent_sre.pipeline.service import Service
     from agent_sre.pipeline.service.config import install_secret_log_filter
 
-    use_system_allocator()
     cfg = load(args.config)
     assert cfg.service is not None
     _setup_logging(cfg.service.telemetry.logs.level)

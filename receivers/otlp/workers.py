@@ -256,6 +256,7 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
                 signals: tuple[str, ...] = ("traces",), admission_shared=None) -> None:
     from agent_sre.pipeline.pdata.memory import arrow_without_pandas, use_system_allocator
 
+    use_system_allocator()  # first: Arrow's first allocation starts the pool it then keeps
     arrow_without_pandas()  # before the imports below: their first pa.array would load it
     from agent_sre.pipeline.component.admission import Admission, InflightBytes
     from agent_sre.pipeline.component.auth import Authenticator
@@ -265,7 +266,6 @@ def worker_main(config_json: str, address: str, authkey: bytes, receiver_id: str
     from agent_sre.receivers.otlp.http_server import HttpTraceServer
     from agent_sre.receivers.otlp.ingest import CODECS, Ingest
 
-    use_system_allocator()
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
     logger = logging.getLogger(f"agent_sre.receiver.{receiver_id}")
     stop, stop_asked = threading.Event(), threading.Event()  # stop: to stop; stop_asked: the pipeline said so

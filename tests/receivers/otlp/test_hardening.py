@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -144,10 +145,11 @@ def test_attribute_limits_apply_in_receiver_workers_too(start):
     assert 'agent_sre_receiver_dropped_attributes_total{receiver="otlp",transport="grpc"} 1.0' in metrics
 
 
-def test_neither_the_pipeline_nor_its_workers_load_pandas(tmp_path):
+def test_neither_the_pipeline_nor_its_workers_load_pandas_or_start_mimalloc(tmp_path):
     # pyarrow imports pandas at its first pa.array whenever it is installed: ~26 MiB of private memory in each
     # process.  `agent-sre run` and each receiver worker answer pyarrow's one probe "no pandas"
-    # (pipeline/pdata/memory.py), before anything of theirs calls pa.array.
+    # (pipeline/pdata/memory.py), before anything of theirs calls pa.array.  And Arrow allocates through
+    # malloc, its C++ code too: mimalloc, once started, maps its 1 GiB arena (and keeps ~20 MiB at max rate).
     import importlib.util
 
     import psutil
@@ -164,6 +166,9 @@ def test_neither_the_pipeline_nor_its_workers_load_pandas(tmp_path):
         for process in (pipeline, *workers):
             maps = Path(f"/proc/{process.pid}/maps").read_text()
             assert "pyarrow" in maps and "/pandas/" not in maps, process.cmdline()
+            sizes = [int(end, 16) - int(start, 16) for start, end in
+                     (line.split()[0].split("-") for line in maps.splitlines())]
+            assert max(sizes) < 1 << 30, process.cmdline()  # mimalloc's arena: nothing else here maps 1 GiB
     finally:
         p.proc.terminate()
         assert p.proc.wait(timeout=30) == 0
@@ -182,6 +187,27 @@ import pandas
 assert pa.table({"a": [1, 2]}).to_pandas().shape == (2, 1)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_arrow_cpp_code_allocates_through_malloc_once_told_before_pyarrow_is_imported():
+    # pyarrow's set_memory_pool reaches only pyarrow's own calls; Arrow's C++ code (compute kernels, IPC reads)
+    # takes the default read from ARROW_DEFAULT_MEMORY_POOL at pyarrow's import.
+    code = """
+import os
+from agent_sre.pipeline.pdata.memory import use_system_allocator
+assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+use_system_allocator()
+import pyarrow as pa, pyarrow.compute as pc
+from agent_sre.pipeline.pdata.ipc import decode_table, encode_table
+t = pa.table({"a": list(range(100_000)), "b": [str(i) for i in range(100_000)]})
+t = decode_table(encode_table(pc.take(t, pa.array(list(range(0, 100_000, 3)))).combine_chunks()))
+assert t.num_rows == 33_334 and pc.sum(t["a"]).as_py() == sum(range(0, 100_000, 3))
+assert pa.default_memory_pool().backend_name == "system"
+assert pa.mimalloc_memory_pool().max_memory() == 0, pa.mimalloc_memory_pool().max_memory()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
 
 
