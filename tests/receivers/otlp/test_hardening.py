@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -172,43 +171,6 @@ def test_neither_the_pipeline_nor_its_workers_load_pandas_or_start_mimalloc(tmp_
     finally:
         p.proc.terminate()
         assert p.proc.wait(timeout=30) == 0
-
-
-def test_pyarrow_told_no_pandas_leaves_pandas_to_whoever_imports_it():
-    code = """
-import sys
-from agent_sre.pipeline.pdata.memory import arrow_without_pandas
-arrow_without_pandas()
-import numpy as np
-import pyarrow as pa
-pa.array(["x"]); pa.array(np.arange(3)); pa.table({"a": [1]}).to_pylist()
-assert "pandas" not in sys.modules
-import pandas
-assert pa.table({"a": [1, 2]}).to_pandas().shape == (2, 1)
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-
-def test_arrow_cpp_code_allocates_through_malloc_once_told_before_pyarrow_is_imported():
-    # pyarrow's set_memory_pool reaches only pyarrow's own calls; Arrow's C++ code (compute kernels, IPC reads)
-    # takes the default read from ARROW_DEFAULT_MEMORY_POOL at pyarrow's import.
-    code = """
-import os
-from agent_sre.pipeline.pdata.memory import use_system_allocator
-assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
-use_system_allocator()
-import pyarrow as pa, pyarrow.compute as pc
-from agent_sre.pipeline.pdata.ipc import decode_table, encode_table
-t = pa.table({"a": list(range(100_000)), "b": [str(i) for i in range(100_000)]})
-t = decode_table(encode_table(pc.take(t, pa.array(list(range(0, 100_000, 3)))).combine_chunks()))
-assert t.num_rows == 33_334 and pc.sum(t["a"]).as_py() == sum(range(0, 100_000, 3))
-assert pa.default_memory_pool().backend_name == "system"
-assert pa.mimalloc_memory_pool().max_memory() == 0, pa.mimalloc_memory_pool().max_memory()
-"""
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
 
 
 # --- compressed bodies -----------------------------------------------------------------------
