@@ -10,7 +10,8 @@ dropped whole), and routes a remembered key to its backend rather than to the ri
   while it was away stay where they are;
 - a backend that goes down holds its traces in progress (the exporter keeps their rows queued for up
   to ``hold``) so that a restart shorter than that splits nothing; after ``hold`` they go to the
-  ring's next node, and are remembered there.
+  ring's next node, and are remembered there.  A backend that fails again less than ``hold`` after it
+  came back continues its outage (``outage_began``): a flapping backend's traces wait ``hold`` in all.
 
 Keys are the ring's 32-bit hashes (a collision only makes two keys share a backend).  Memory: 8 bytes
 per key remembered, new keys per second x one to two windows (plus the arrays being merged).  Lookups
@@ -111,3 +112,12 @@ class Affinity:
     def __len__(self) -> int:
         with self._lock:
             return len(self._current) + len(self._previous)
+
+
+def outage_began(now: float, last: tuple[float, float] | None, hold: float) -> float:
+    """When the outage of a backend marked down ``now`` began: now, or, when it came back less than ``hold``
+    ago (``last``: when its previous outage began and when it came back), when that outage began -- so the
+    traces held for a flapping backend wait ``hold`` in all, not ``hold`` again at every flap."""
+    if last is not None and now - last[1] < hold:
+        return last[0]
+    return now

@@ -27,7 +27,7 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent_sre.exporters.helper.sender import QueuedExporter
-from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity
+from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity, outage_began
 from agent_sre.exporters.loadbalancing.config import LoadBalancingConfig
 from agent_sre.exporters.loadbalancing.resolver import Resolver
 from agent_sre.exporters.loadbalancing.ring import Ring, hash_strings, partition, routing_keys
@@ -79,7 +79,8 @@ class LoadBalancingExporter(QueuedExporter):
         self._lock = threading.Lock()
         self._backends: dict[str, QueuedExporter] = {}
         self._endpoints: list[str] = []
-        self._down: dict[str, float] = {}  # endpoint -> when it was marked down (monotonic)
+        self._down: dict[str, float] = {}  # endpoint -> when its outage began (monotonic)
+        self._back: dict[str, tuple[float, float]] = {}  # endpoint -> (its last outage began, it came back)
         self._ring = Ring([], config.virtual_nodes)
         self._affinity = Affinity(config.affinity.window) if config.affinity.window > 0 else None
         self._holding: set[str] = set()  # backends down whose traces in progress wait for them (said once)
@@ -127,6 +128,8 @@ class LoadBalancingExporter(QueuedExporter):
             self._backends = {**{e: b for e, b in self._backends.items() if e in endpoints}, **fresh}
             self._endpoints = endpoints
             self._down = {e: t for e, t in self._down.items() if e in endpoints}
+            self._back = {e: t for e, t in self._back.items() if e in endpoints}
+            self._holding &= set(endpoints)
             self._rebuild()
         for backend in gone.values():  # a send in progress there fails and is routed again
             backend.shutdown()
@@ -142,10 +145,11 @@ class LoadBalancingExporter(QueuedExporter):
         with self._lock:
             if (endpoint in self._down) == down or endpoint not in self._backends:
                 return
+            now = time.monotonic()
             if down:
-                self._down[endpoint] = time.monotonic()
+                self._down[endpoint] = outage_began(now, self._back.get(endpoint), self._hold)
             else:
-                del self._down[endpoint]
+                self._back[endpoint] = (self._down.pop(endpoint), now)
                 self._holding.discard(endpoint)
             self._rebuild()
         self.logger.warning("backend %s is %s; %d of %d in the ring", endpoint, "down" if down else "back",

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity
+from agent_sre.exporters.loadbalancing.affinity import NONE, Affinity, outage_began
 
 ENDPOINTS = ["gw-a:4317", "gw-b:4317", "gw-c:4317"]
 
@@ -41,3 +41,12 @@ def test_a_backend_no_longer_listed_is_no_affinity():
     affinity.record(np.array([7, 8], np.uint32), "gw-gone:4317", now=0.0)
     affinity.record(np.array([8], np.uint32), "gw-c:4317", now=1.0)
     assert affinity.lookup(np.array([7, 8, 9], np.uint32), 2.0, ENDPOINTS).tolist() == [NONE, 2, NONE]
+
+
+def test_a_backend_failing_again_within_the_hold_of_its_return_continues_its_outage():
+    hold = 10.0
+    assert outage_began(100.0, None, hold) == 100.0  # a first outage begins now
+    assert outage_began(100.0, (50.0, 95.0), hold) == 50.0  # back at 95, down again at 100: since 50
+    assert outage_began(105.0, (50.0, 95.0), hold) == 105.0  # back for the whole hold: a new outage
+    assert outage_began(100.0, (50.0, 95.0), 0.0) == 100.0  # no hold: every outage its own
+
