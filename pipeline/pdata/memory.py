@@ -90,9 +90,10 @@ def _fix_mmap_threshold(size: int = 1 << 20) -> None:
     glibc's threshold is dynamic by default: each freed mapped block raises it to that block's size (up to
     32 MiB), so after the first multi-MiB batches (a spool insert, an IPC stream) such blocks came from the
     arenas, and what they left between longer-lived allocations stayed there.  Measured (bench/ingest.py's
-    clients, default config at max rate, 4 interleaved rounds; the box's noise is about ±2 µs per span):
-    PSS median 283 against 291 MiB at 27.3 against 26.8 µs per span; a 192 KiB threshold (below the bench's
-    237 KiB requests) and a 128 KiB one took no more off (282, 278 MiB) for as much CPU or more."""
+    clients at max rate, 4 interleaved rounds per A/B; the box's noise is about ±2 µs per span): default
+    config, PSS median 283 · 288 · 286 against 291 · 294 · 296 MiB at 27.3 · 27.2 · 26.0 against
+    26.8 · 26.6 · 26.9 µs per span; store-only 254 against 264 MiB at 19.4 against 18.6 µs.  4 MiB took
+    less off (289); 192 and 128 KiB (below the bench's 237 KiB requests) no more (282, 278)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return
     if not _load_libc():
