@@ -8,12 +8,11 @@ default (the full SRE loop, ``workers: 0``), one gRPC max-rate phase each (bench
 figures), interleaved for ``--rounds`` rounds; printed per round and as medians: committed spans/s, CPU
 per committed span, and the peak PSS of the pipeline.
 
-    .venv/bin/python bench/arrow_pool.py [--rounds 6] [--seconds 15]
+    .venv/bin/python bench/arrow_pool.py [--rounds 6] [--seconds 20] [--clients 2] [--threads 4]
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -22,18 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import calibrate, run_phase, start_pipeline, stop_pipeline  # noqa: E402
+from bench.ingest import calibrate, phase_args, run_phase, start_pipeline, stop_pipeline  # noqa: E402
 
 ARMS = ("system (now)", "C++ on mimalloc (before)")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4)
-    args = ap.parse_args()
+    args = phase_args(__doc__, **{"--rounds": {"type": int, "default": 6}})
     site = tempfile.mkdtemp(prefix="agent-sre-arrow-pool-")
     Path(site, "sitecustomize.py").write_text("import pyarrow  # before agent-sre sets ARROW_DEFAULT_MEMORY_POOL\n")
     rows: dict[str, list[dict]] = {arm: [] for arm in ARMS}

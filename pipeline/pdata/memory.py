@@ -72,12 +72,8 @@ def _limit_arenas(arenas: int = 2) -> None:
     batch flusher, the loader, DuckDB) the freed batches of one thread sat idle while another grew.
     Measured with bench/ingest.py's max-rate phase (workers: 0, loaded box): PSS 284 against 312 MiB at
     the same CPU per span.  Threads started before the call keep their arena."""
-    if "MALLOC_ARENA_MAX" in os.environ or not _load_libc():
-        return
-    try:
-        _libc.mallopt(_M_ARENA_MAX, arenas)
-    except AttributeError:
-        pass
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        _mallopt(_M_ARENA_MAX, arenas)
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -94,14 +90,17 @@ def _fix_mmap_threshold(size: int = 1 << 20) -> None:
     config, PSS median 283 · 288 · 286 against 291 · 294 · 296 MiB at 27.3 · 27.2 · 26.0 against
     26.8 · 26.6 · 26.9 µs per span; store-only 254 against 264 MiB at 19.4 against 18.6 µs.  4 MiB took
     less off (289); 192 and 128 KiB (below the bench's 237 KiB requests) no more (282, 278)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        return
-    if not _load_libc():
-        return
-    try:
-        _libc.mallopt(_M_MMAP_THRESHOLD, size)
-    except AttributeError:
-        pass
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and "mmap_threshold" not in os.environ.get("GLIBC_TUNABLES", ""):
+        _mallopt(_M_MMAP_THRESHOLD, size)
+
+
+def _mallopt(param: int, value: int) -> None:
+    """glibc's ``mallopt``; a no-op where the C library is not glibc."""
+    if _load_libc():
+        try:
+            _libc.mallopt(param, value)
+        except AttributeError:
+            pass
 
 
 _libc: Any = None  # ctypes.CDLL once loaded; False where there is no malloc_trim
