@@ -77,13 +77,11 @@ class DuckDBExporter(Exporter):
         """DuckDB's memory limit and checkpoint threshold and the dedup window's spans: as configured, or,
         where the config leaves them to their defaults, shrunk to a share of the pipeline's memory limit
         (``Host.memory_share``: an eighth for DuckDB, a thirty-second for the dedup keys at 8 bytes each).
-        A shrunk buffer pool also checkpoints once half its own size of WAL is written rather than at the
+        A shrunk buffer pool also checkpoints once its own size of WAL is written rather than at the
         default threshold (twice the default pool): what a checkpoint must hold grows with the WAL, and
         at 256 MiB (a 32 MiB pool, 96MB threshold) the soak's inserts and checkpoints ran out of the pool
         four times in ten minutes, each time rescued with a pool of 128 MiB (held memory 349 MiB);
-        with the threshold at the pool's size, none in 4- and 10-minute runs; at half of it, the rows a
-        checkpoint writes out (held in memory until then: DuckDB's IN_MEMORY_TABLE, 48 MiB at a 32 MiB
-        threshold) halve too, and the soak's drain went over its limit less often (docs/benchmarks.md)."""
+        with the threshold at the pool's size, none in 4- and 10-minute runs (docs/benchmarks.md)."""
         memory_limit, max_spans = self.config.memory_limit, self.config.dedup.max_spans
         checkpoint_threshold = self.config.checkpoint_threshold
         if "memory_limit" not in self.config.model_fields_set:
@@ -93,7 +91,7 @@ class DuckDBExporter(Exporter):
                 memory_limit = f"{share >> 10}KiB"
                 if ("checkpoint_threshold" not in self.config.model_fields_set
                         and share < size_bytes(checkpoint_threshold)):
-                    checkpoint_threshold = f"{share >> 11}KiB"
+                    checkpoint_threshold = memory_limit
         if "max_spans" not in self.config.dedup.model_fields_set:
             max_spans = host.memory_share(DEDUP_MEMORY_SHARE, max_spans * 8, DEDUP_FLOOR_SPANS * 8) // 8
         if (memory_limit, max_spans) != (self.config.memory_limit, self.config.dedup.max_spans):
