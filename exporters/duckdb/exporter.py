@@ -58,7 +58,6 @@ class DuckDBExporter(Exporter):
                                self.config.on_damaged_store, self.config.count_replays,
                                DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows,
                                self._query_memory(host), self.config.query_threads)
-        self.store.under_pressure = host.admission.under_pressure  # smaller transactions over the soft limit
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)

@@ -67,10 +67,6 @@ class Admission:
     def refusing(self) -> bool:
         return self.level == REFUSE
 
-    def under_pressure(self) -> bool:
-        """Whether a memory limiter is over its soft limit (any level but ``ACCEPT``)."""
-        return self.shared[0].value != ACCEPT
-
     def check(self) -> tuple[float | None, bool]:
         """Raise at REFUSE; else (the bytes the requests in flight here may take, or None; whether only
         one request at a time is taken)."""

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,12 +116,6 @@ def recovery_pools(memory_limit: str) -> list[str]:
 
 
 _DRAIN_SAMPLE_ROWS = 1024  # the loader's insert rate is measured on inserts of at least this many spans
-# Under memory pressure the loader's transactions take this share of their rows and bytes.  A transaction's
-# working memory (the batch in storage layout, DuckDB's copy of it, the rollups' aggregates) grows with its
-# size: with the backlog of an overload behind it, the loader inserted full 16k-span transactions back to back,
-# each lifting the pipeline's held memory by 10-25 MiB for a moment, past a 256 MiB limit whose refusing line
-# the receivers kept (bench/soak.py: the samples over the limit came in the drain, one per transaction).
-PRESSURE_SHARE = 4
 
 
 class StoreBehind(Exception):
@@ -180,10 +174,6 @@ STORAGE_SCHEMA = pa.schema([
 
 # Set by the store when a span is inserted (pipeline/attribution.py reads recent ancestors by it).
 STORED_SCHEMA = STORAGE_SCHEMA.append(pa.field("received_ns", pa.int64()))
-
-
-def _no_pressure() -> bool:
-    return False
 
 
 def _invert(mask: pa.Array) -> pa.Array:
@@ -326,9 +316,6 @@ class SpanStore:
         self._on_task_spend: list = []
         self._charges_by_task = False
         self._dispatch: queue.Queue | None = None  # commit callbacks off the loader thread (with a spool)
-        # Whether the pipeline is over its memory limiter's soft limit (set by the exporter that owns the store):
-        # the loader's transactions are smaller meanwhile (PRESSURE_SHARE).
-        self.under_pressure: Callable[[], bool] = _no_pressure
         self._loader = None
         self.attribution = attribution or AttributionSettings()
         self.unattributed_spans = 0  # released without an agent since start (a self-metric)
@@ -1082,16 +1069,13 @@ class SpanStore:
             self._reconnect(checkpoint=True)
 
     def _take(self) -> list[SpooledBatch]:
-        """The oldest pending batches of one schema, up to ``flush_spans`` rows and the current byte budget, a
-        ``PRESSURE_SHARE`` of both under memory pressure (at least one batch): a spool written by an older
-        version may hold batches of fewer columns."""
+        """The oldest pending batches of one schema, up to ``flush_spans`` rows and the current byte budget
+        (at least one): a spool written by an older version may hold batches of fewer columns."""
         items: list[SpooledBatch] = []
         rows = size = 0
-        max_rows, max_bytes = self._spool_settings.flush_spans, self._insert_bytes
-        if self.under_pressure():
-            max_rows, max_bytes = max_rows // PRESSURE_SHARE, max_bytes // PRESSURE_SHARE
         for spooled, _ in self._pending:
-            if items and (rows + spooled.rows > max_rows or size + spooled.length > max_bytes
+            if items and (rows + spooled.rows > self._spool_settings.flush_spans
+                          or size + spooled.length > self._insert_bytes
                           or not spooled.schema.equals(items[0].schema)):
                 break
             items.append(spooled)

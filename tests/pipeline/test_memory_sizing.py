@@ -108,21 +108,3 @@ def test_a_querys_extra_pool_is_a_quarter_of_a_small_limit_unless_the_config_say
     assert abs(pool_during_a_query(_service(tmp_path / "large", limit_mib=4096)) - 176 * 10**6) < _MIB
     assert abs(pool_during_a_query(_service(tmp_path / "set", limit_mib=256,
                                             duckdb="    query_memory_limit: 0MB\n")) - 32 * _MIB) < _MIB
-
-
-def test_the_stores_loader_takes_smaller_transactions_while_the_memory_limiter_is_over_its_soft_limit(tmp_path):
-    from agent_sre.pipeline.component.admission import ONE_AT_A_TIME, REFUSE
-
-    service = _service(tmp_path, limit_mib=4096)  # far above this process: the limiter itself stays at ACCEPT
-    service.start()
-    try:
-        store = next(e for e in service.exporters.values() if e.id.type == "duckdb").store
-        admission = service.host.admission
-        assert not store.under_pressure()
-        for level in (ONE_AT_A_TIME, REFUSE):
-            admission.set_level(level, source="memory_limiter/test")
-            assert store.under_pressure()
-        admission.refuse(False, source="memory_limiter/test")
-        assert not store.under_pressure()
-    finally:
-        service.shutdown()

@@ -114,34 +114,6 @@ def test_loader_inserts_on_its_own_after_the_flush_interval(tmp_path):
     assert segments(tmp_path / "spool") == []  # a clean close leaves no spool behind
 
 
-def test_under_memory_pressure_the_loader_inserts_a_quarter_of_its_usual_transaction(tmp_path, monkeypatch):
-    # A transaction's working memory grows with its size: over the memory limiter's soft limit, the
-    # backlog of an overload is inserted in smaller ones (bench/soak.py's drain went past its limit).
-    settings = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=8, flush_interval=3600)
-    store = SpanStore(tmp_path / "spans.duckdb", spool=settings)
-    sizes: list[int] = []
-    insert = store._insert
-
-    def recorded(tables, seq=None):
-        if tables:
-            sizes.append(sum(t.num_rows for t in tables))
-        return insert(tables, seq)
-
-    monkeypatch.setattr(store, "_insert", recorded)
-    store.under_pressure = lambda: True
-    for i in range(8):
-        store.append(_table(1, f"p{i}"))
-    store.sync()
-    assert sizes == [2, 2, 2, 2]
-    store.under_pressure = lambda: False
-    for i in range(8):
-        store.append(_table(1, f"q{i}"))
-    store.sync()
-    assert sizes == [2, 2, 2, 2, 8]
-    assert store.count() == 16
-    store.close()
-
-
 def test_append_refuses_when_the_loader_is_behind(tmp_path):
     store = SpanStore(tmp_path / "spans.duckdb", spool=_lazy(tmp_path, max_pending_spans=6))
     store.append(_table(4, "a"))
