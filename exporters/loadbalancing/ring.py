@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from agent_sre.pipeline.pdata.maps import map_value
+
 _FNV_OFFSET = np.uint32(2166136261)
 _FNV_PRIME = np.uint32(16777619)
 _SEPARATOR = "\x1f"  # between the values of several routing attributes
@@ -98,10 +100,10 @@ def routing_keys(batch: pa.Table, routing_key: str, attributes: list[str]) -> pa
 def _attribute(batch: pa.Table, name: str) -> pa.ChunkedArray:
     if name in batch.schema.names and batch.schema.field(name).type == pa.string():
         return batch.column(name)
-    found = pc.map_lookup(batch.column("attributes"), name, "first")
+    found = map_value(batch.column("attributes"), name)
     if "resource_attributes" in batch.schema.names:
-        found = pc.coalesce(found, pc.map_lookup(batch.column("resource_attributes"), name, "first"))
-    return found
+        found = pc.coalesce(found, map_value(batch.column("resource_attributes"), name))
+    return pa.chunked_array([found])
 
 
 class Ring:

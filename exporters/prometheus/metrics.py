@@ -28,6 +28,7 @@ from agent_sre.exporters.prometheus.cardinality import (
 from agent_sre.exporters.prometheus.histograms import DURATION_BUCKETS, TOKEN_BUCKETS, HistogramSet
 from agent_sre.pipeline.component.capabilities import CostReports, SloReports, SpanStore
 from agent_sre.pipeline.component.periodic import PeriodicWorker
+from agent_sre.pipeline.pdata.maps import map_value
 
 RED_LABELS = ("agent_id", "span_role", "model", "tool_name", "status_code")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
@@ -81,10 +82,11 @@ class AgentMetrics:
         llm = pc.fill_null(pc.equal(batch.column("span_role"), "llm"), False)
         genai = None
         if pc.any(llm).as_py():  # the operation's name now: the pending rows keep no attribute maps
-            rows = batch.select(["attributes", "provider", "model", "duration_ns", "input_tokens",
-                                 "output_tokens"]).filter(llm)
-            op = pc.map_lookup(rows.column("attributes"), "gen_ai.operation.name", "first")
-            genai = rows.drop_columns(["attributes"]).append_column("operation", op)
+            # looked up over every span's keys, then filtered with the other columns: filtering the maps
+            # first copied the LLM spans' attributes, and map_lookup walked them (0.25 of 0.35 µs per span)
+            op = map_value(batch.column("attributes"), "gen_ai.operation.name")
+            genai = (batch.select(["provider", "model", "duration_ns", "input_tokens", "output_tokens"])
+                     .append_column("operation", op).filter(llm))
         with self._lock:
             self._pending.append((red, genai))
             self._pending_rows += batch.num_rows
