@@ -83,7 +83,7 @@ class AgentMetrics:
         genai = None
         if pc.any(llm).as_py():  # the operation's name now: the pending rows keep no attribute maps
             # looked up over every span's keys, then filtered with the other columns: filtering the maps
-            # first copied the LLM spans' attributes, and map_lookup walked them (0.25 of 0.35 µs per span)
+            # first copied the LLM spans' attributes, and map_lookup walked them (0.31 -> 0.22 µs per span, bench/agent_metrics.py)
             op = map_value(batch.column("attributes"), "gen_ai.operation.name")
             genai = (batch.select(["provider", "model", "duration_ns", "input_tokens", "output_tokens"])
                      .append_column("operation", op).filter(llm))
