@@ -37,12 +37,16 @@ def _temp_peak(directory: Path, stop: threading.Event, peak: list[int]) -> None:
         stop.wait(0.01)
 
 
-def run(size: int, rows: int, memory: str, spans: pa.Table) -> tuple[float, float, int, int]:
-    """(insert s, checkpoint s, temp peak bytes, row groups) for ``rows`` rows in transactions of ``size``."""
+def run(size: int, rows: int, memory: str, spans: pa.Table, vacuum_tasks: int | None = None
+        ) -> tuple[float, float, int, int, float]:
+    """(insert s, checkpoint s, temp peak bytes, row groups, bytes per span on disk) for ``rows`` rows in
+    transactions of ``size``; ``vacuum_tasks``: DuckDB's ``max_vacuum_tasks`` (None: its default)."""
     directory = Path(tempfile.mkdtemp(prefix="agent-sre-checkpoint-"))
     try:
         store = SpanStore(directory / "spans.duckdb", memory_limit=memory, checkpoint_threshold="1GB",
                           reattach_rows=0)
+        if vacuum_tasks is not None:
+            store._con.execute(f"SET max_vacuum_tasks = {int(vacuum_tasks)}").fetchall()
         started, done, k = time.monotonic(), 0, 0
         while done < rows:
             start = (k * size) % max(1, spans.num_rows - size)
@@ -65,7 +69,7 @@ def run(size: int, rows: int, memory: str, spans: pa.Table) -> tuple[float, floa
         groups = store._con.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('span_rows')"
                                     ).fetchall()[0][0]
         store.close()
-        return inserted, checkpointed, peak[0], groups
+        return inserted, checkpointed, peak[0], groups, (directory / "spans.duckdb").stat().st_size / done
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -75,16 +79,20 @@ def main() -> None:
     ap.add_argument("--sizes", default="8192,12288,12400,16384,5000", help="rows per transaction, comma-separated")
     ap.add_argument("--rows", type=int, default=400_000)
     ap.add_argument("--memory", default="32MiB", help="DuckDB memory_limit (the store's pool at a 256 MiB pipeline)")
+    ap.add_argument("--vacuum-tasks", default="", help="DuckDB max_vacuum_tasks values to run each size with, "
+                    "comma-separated (default: DuckDB's own, 100)")
     args = ap.parse_args()
     conventions = load_conventions()
     spans = pa.concat_tables([normalize(protobuf_to_table(b).table, conventions) for b in request_bodies(5, count=32)])
     print(f"{args.rows:,} rows per size, row groups of {ROW_GROUP_SIZE:,}, memory_limit {args.memory}")
-    print(f"  {'rows per transaction':>20s} {'rows mod 8192':>14s} {'insert s':>9s} {'CHECKPOINT s':>13s} "
-          f"{'temp peak MiB':>14s} {'row groups':>11s}")
+    print(f"  {'rows per transaction':>20s} {'rows mod 8192':>14s} {'vacuum tasks':>13s} {'insert s':>9s} "
+          f"{'CHECKPOINT s':>13s} {'temp peak MiB':>14s} {'row groups':>11s} {'B/span':>7s}")
+    tasks = [int(v) for v in args.vacuum_tasks.split(",")] if args.vacuum_tasks else [None]
     for size in (int(s) for s in args.sizes.split(",")):
-        inserted, checkpointed, peak, groups = run(size, args.rows, args.memory, spans)
-        print(f"  {size:>20,} {size % ROW_GROUP_SIZE:>14,} {inserted:>9.2f} {checkpointed:>13.2f} "
-              f"{peak / 2**20:>14.0f} {groups:>11,}")
+        for vacuum in tasks:
+            inserted, checkpointed, peak, groups, per_span = run(size, args.rows, args.memory, spans, vacuum)
+            print(f"  {size:>20,} {size % ROW_GROUP_SIZE:>14,} {'default' if vacuum is None else vacuum:>13} "
+                  f"{inserted:>9.2f} {checkpointed:>13.2f} {peak / 2**20:>14.0f} {groups:>11,} {per_span:>7.1f}")
 
 
 if __name__ == "__main__":

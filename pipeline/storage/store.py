@@ -290,9 +290,16 @@ class SpanStore:
         # allocator_background_threads: DuckDB's jemalloc hands dirty pages back to the system only as it
         # allocates, so after a burst an idle pipeline kept them; with its purging thread it does so idle too
         # (bench/store_idle.py: 1M spans, then 5 s idle: 146-153 against 172-177 MiB RssAnon).
+        # max_vacuum_tasks 0: a checkpoint does not merge the partly filled row groups that transactions leave
+        # (their rows modulo ROW_GROUP_SIZE) into fewer: it read them back, compressed them again and spilled
+        # past the pool.  The soak's loader commits 12,288-row transactions, and each re-attach's checkpoint
+        # stalled every commit 4-7 s at a 256 MiB pipeline with 300-540 MiB of temporary files;
+        # bench/checkpoint.py, 400k rows in such transactions: CHECKPOINT 2.30 s and 242 bytes per span on disk
+        # (the rewritten blocks left free) against 0.03 s and 133 (16,384-row ones: 0.02 s, 133), for 66 row
+        # groups against 50.  Row groups emptied by retention are dropped all the same.
         self._duckdb_config: dict[str, str | bool | int | float | list[str]] = {
             "memory_limit": memory_limit, "threads": threads, "checkpoint_threshold": checkpoint_threshold,
-            "allocator_background_threads": True}
+            "allocator_background_threads": True, "max_vacuum_tasks": 0}
         self._con = self._open_checked(on_damaged)
         self._lock = threading.Lock()  # the write connection
         # DuckDB's pool while ad hoc queries run (_query_pool): raised by query_memory for the first, lowered
