@@ -22,10 +22,34 @@ from agent_sre.pipeline.storage.store import open_read_only
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_range()
+# Below the ephemeral range when there is room for it: the kernel gives the local ports of outgoing
+# connections (and of binds to port 0) from that range, so a port handed out here cannot be taken by
+# one between the check and the server's bind (CI once lost a test to that: "address already in use").
+_POOL = range(15000, _EPHEMERAL[0]) if _EPHEMERAL[0] - 15000 >= 4096 else range(_EPHEMERAL[1] + 1, 65536)
+_next = _POOL.start + (os.getpid() * 7919) % len(_POOL)  # apart from another test process's walk
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, none handed out before in this process, outside the ephemeral range."""
+    global _next
+    for _ in range(len(_POOL)):
+        port, _next = _next, _POOL.start + (_next + 1 - _POOL.start) % len(_POOL)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_POOL.start}-{_POOL.stop - 1}")
 
 
 @dataclass
