@@ -57,7 +57,7 @@ class DuckDBExporter(Exporter):
                                AttributionSettings(a.wait, a.lookback, a.service_name_fallback, a.max_held_spans),
                                self.config.on_damaged_store, self.config.count_replays,
                                DedupSettings(self.config.dedup.window, max_spans), self.config.reattach_rows,
-                               self._query_memory(host), self.config.query_threads)
+                               self._query_memory(host), self.config.query_threads, host.memory_headroom)
         self._host = host
         host.provide(SpanStoreCapability, self.id, self.store)
         host.provide(Health, self.id, self.store)
@@ -102,7 +102,8 @@ class DuckDBExporter(Exporter):
     def _query_memory(self, host) -> str:
         """The pool an ad hoc query may add: as configured, or a quarter of the pipeline's memory limit when
         that is less than the default (at 256 MiB: 64 MiB), so a query cannot carry a small pipeline past
-        its limit (the memory limiter would then refuse ingest while it ran)."""
+        its limit (the memory limiter would then refuse ingest while it ran).  At most, either way: the
+        store takes no more than half the room the memory limiter last saw left (``host.memory_headroom``)."""
         configured = self.config.query_memory_limit
         if "query_memory_limit" in self.config.model_fields_set:
             return configured

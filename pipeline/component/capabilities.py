@@ -16,7 +16,8 @@ Nobody scans for a type string or reaches into another component's attributes.
     Rollouts        delivery processor     admin (/v1/rollouts: list, show, start, promote, pause, abort)
     ChaosExperiments  chaos processor      admin (/v1/chaos: templates, start, stop, list, report); incidents
     MemoryLimit     memory_limiter         the service, before anything starts: ``host.memory_limit_bytes``,
-                                           which the store and the cost processor size their caches from
+                                           which the store and the cost processor size their caches from;
+                                           ``host.memory_headroom()``, which a query's extra pool is sized by
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ Query = Callable[[str, list], list[tuple]]
 @runtime_checkable
 class MemoryLimit(Protocol):
     """A component that bounds the memory of the whole pipeline (the memory limiter): the service reads
-    the smallest limit after building the graph, before anything starts (``Host.memory_limit_bytes``)."""
+    the smallest limit after building the graph, before anything starts (``Host.memory_limit_bytes``);
+    ``memory_headroom_bytes``: the limit less what the pipeline held at the last measurement (negative
+    when over it)."""
 
     @property
     def memory_limit_bytes(self) -> int: ...
+    def memory_headroom_bytes(self) -> int: ...
 
 
 @runtime_checkable

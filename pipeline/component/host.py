@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from agent_sre.pipeline.component.admission import Admission
+from agent_sre.pipeline.component.capabilities import MemoryLimit
 from agent_sre.pipeline.component.decisions import DecisionBoard
 from agent_sre.pipeline.component.events import EventBus
 from agent_sre.pipeline.component.httpserver import HttpServers
@@ -33,6 +34,7 @@ class Host:
     decisions: DecisionBoard = field(init=False)  # per-agent decisions from cost budgets and breakers
     admission: Admission = field(default_factory=Admission)  # the memory limiter's verdict, for receivers
     memory_limit_bytes: int | None = None  # the smallest memory limiter's limit_mib (None: no limiter)
+    memory_limits: list[MemoryLimit] = field(default_factory=list)  # the memory limiters (memory_headroom)
 
     _capabilities: dict[type, dict[str, object]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -51,6 +53,15 @@ class Host:
         if self.memory_limit_bytes is None:
             return default
         return min(default, max(floor, int(self.memory_limit_bytes * fraction)))
+
+    def memory_headroom(self) -> int | None:
+        """What the pipeline may still grow by before a memory limiter's limit, as the limiters last
+        measured it (negative: over it already); None without a memory limiter.  For memory taken for a
+        while on demand, as an ad hoc query's extra pool: a share of the limit fits an idle pipeline, not
+        one that holds most of its limit already."""
+        if not self.memory_limits:
+            return None
+        return min(m.memory_headroom_bytes() for m in self.memory_limits)
 
     def provide(self, capability: type[T], id_: ComponentID | str, provider: T) -> None:
         """``provider`` offers ``capability`` under its component id (called from its start)."""

@@ -172,7 +172,8 @@ class Service:
                                                    SignalRouter(by_signal)))
             self.receivers.append(rec)
             self.host.components[f"receivers::{name}"] = rec
-        limits = [p.memory_limit_bytes for p in self.processors if isinstance(p, MemoryLimit)]
+        self.host.memory_limits = [p for p in self.processors if isinstance(p, MemoryLimit)]
+        limits = [m.memory_limit_bytes for m in self.host.memory_limits]
         self.host.memory_limit_bytes = min(limits) if limits else None
 
     def start(self) -> None:

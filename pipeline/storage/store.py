@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,7 +283,7 @@ class SpanStore:
                  attribution: AttributionSettings | None = None, on_damaged: str = StoreSettings.on_damaged,
                  count_replays: bool = False, dedup: DedupSettings | None = None,
                  reattach_rows: int = StoreSettings.reattach_rows, query_memory: str = StoreSettings.query_memory,
-                 query_threads: int = StoreSettings.query_threads):
+                 query_threads: int = StoreSettings.query_threads, query_room: Callable[[], int | None] | None = None):
         self.path = Path(path).absolute()
         self.directory = self.path.parent
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -305,6 +305,7 @@ class SpanStore:
         # DuckDB's pool while ad hoc queries run (_query_pool): raised by query_memory for the first, lowered
         # back when the last ends (what they left cached is evicted then, so the pipeline holds it no longer).
         self._pool = (size_bytes(str(memory_limit)), size_bytes(str(query_memory)))
+        self._query_room = query_room  # the room left under the pipeline's memory limit (None: unbounded)
         self._threads = (threads, max(threads, query_threads))
         self._pool_lock = threading.Lock()
         self._pool_queries = 0
@@ -431,13 +432,19 @@ class SpanStore:
     @contextlib.contextmanager
     def _query_pool(self, growth_limit: int | None = None) -> Iterator[None]:
         """DuckDB's buffer pool raised by ``query_memory`` (at most half of ``growth_limit``, the query's own
-        limit on the process's growth), and its threads to ``query_threads``, while at least one ad hoc query
+        limit on the process's growth, and half of the room ``query_room`` says is left under the
+        pipeline's memory limit), and its threads to ``query_threads``, while at least one ad hoc query
         runs, then set back to ``memory_limit`` and ``threads``: the pool is the instance's, shared with the
         loader's inserts, and sized for them (a fixed 48 MB pool answered an exact quantile over 10M spans
-        with out-of-memory through the API, issue #12)."""
+        with out-of-memory through the API, issue #12).  The room, because a share of the limit fits an
+        idle pipeline: issue #11's soak at 256 MiB held ~200 MiB when its count queries raised the pool
+        by 64 MiB, and went over its limit."""
         base, extra = self._pool
         if growth_limit is not None:
             extra = min(extra, growth_limit // 2)
+        room = self._query_room() if self._query_room is not None else None
+        if room is not None:
+            extra = min(extra, max(room, 0) // 2)
         if extra <= 0 and self._threads[0] == self._threads[1]:
             yield
             return

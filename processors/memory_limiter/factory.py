@@ -178,6 +178,10 @@ class MemoryLimiter(Processor):
     def memory_limit_bytes(self) -> int:  # capabilities.MemoryLimit
         return self.config.limit_mib * _MIB
 
+    def memory_headroom_bytes(self) -> int:  # capabilities.MemoryLimit
+        """The limit less what the pipeline held at a measurement up to a check interval old."""
+        return self.memory_limit_bytes - self.rss(max_age_s=self.config.check_interval)
+
     def rss(self, max_age_s: float | None = None) -> int:
         """Memory the pipeline holds: this process and its children (the receiver workers), each
         counted as its anonymous and shared-memory resident pages (``RssAnon + RssShmem``, as the

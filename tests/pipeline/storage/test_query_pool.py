@@ -81,3 +81,22 @@ def test_the_pipelines_sql_still_cannot_change_a_setting(store):
     assert _pool(store) < 17 * _MIB
     with pytest.raises(Exception, match="external access"):  # and DuckDB itself refuses this one while running
         store._con.execute("SET enable_external_access = true")
+
+
+def test_the_raise_is_at_most_half_the_room_left_under_the_pipelines_memory_limit(tmp_path):
+    # issue #11's soak at 256 MiB: the bench's count queries raised the pool by a quarter of the limit
+    # (64 MiB) when the pipeline already held ~200 MiB, and carried it over its limit; the raise now
+    # takes at most half of what the memory limiter last saw left under the limit
+    room = [40 * _MIB]
+    store = SpanStore(tmp_path / "s.duckdb", memory_limit="16MB", query_memory="100MB", query_room=lambda: room[0])
+    try:
+        with store._query_pool():
+            assert 35 * _MIB < _pool(store) < 37 * _MIB  # 16 MB + 20 MiB
+        room[0] = -5 * _MIB  # over the limit already: no more than the ingest pool
+        with store._query_pool():
+            assert _pool(store) < 17 * _MIB
+        room[0] = None  # no memory limiter: query_memory as configured
+        with store._query_pool():
+            assert _pool(store) > 100 * _MIB
+    finally:
+        store.close()
