@@ -34,8 +34,8 @@ Query = Callable[[str, list], list[tuple]]
 class MemoryLimit(Protocol):
     """A component that bounds the memory of the whole pipeline (the memory limiter): the service reads
     the smallest limit after building the graph, before anything starts (``Host.memory_limit_bytes``);
-    ``memory_headroom_bytes``: the limit less what the pipeline held at the last measurement (negative
-    when over it)."""
+    ``memory_headroom_bytes``: what the pipeline may still take before the limiter refuses data (its soft
+    limit less what the pipeline held at the last measurement; negative when over it)."""
 
     @property
     def memory_limit_bytes(self) -> int: ...

@@ -55,10 +55,11 @@ class Host:
         return min(default, max(floor, int(self.memory_limit_bytes * fraction)))
 
     def memory_headroom(self) -> int | None:
-        """What the pipeline may still grow by before a memory limiter's limit, as the limiters last
-        measured it (negative: over it already); None without a memory limiter.  For memory taken for a
-        while on demand, as an ad hoc query's extra pool: a share of the limit fits an idle pipeline, not
-        one that holds most of its limit already."""
+        """What the pipeline may still grow by before a memory limiter refuses data (its soft limit), as
+        the limiters last measured it (negative: over it already); None without a memory limiter.  For
+        memory taken for a while on demand, as an ad hoc query's extra pool: a share of the limit fits an
+        idle pipeline, not one that holds most of its limit already, and a query must not make the
+        limiter refuse ingest (issue #11)."""
         if not self.memory_limits:
             return None
         return min(m.memory_headroom_bytes() for m in self.memory_limits)

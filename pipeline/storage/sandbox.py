@@ -383,7 +383,7 @@ def _limit_error(exc: Exception, tripped: str | None, limits: QueryLimits) -> Qu
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return QueryError(f"query needs more memory than the store's memory_limit allows (the duckdb exporter's "
                           f"memory_limit, plus its query_memory_limit while a query runs, or half the room left under the "
-                          f"memory limiter's limit_mib when that is less); exact quantiles and sorts "
+                          f"memory limiter's soft limit when that is less); exact quantiles and sorts "
                           f"over many spans need the most: approx_quantile, or a narrower time range, fits: {first}",
                           422, "memory")
     return QueryError(str(exc))

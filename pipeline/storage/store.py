@@ -305,7 +305,7 @@ class SpanStore:
         # DuckDB's pool while ad hoc queries run (_query_pool): raised by query_memory for the first, lowered
         # back when the last ends (what they left cached is evicted then, so the pipeline holds it no longer).
         self._pool = (size_bytes(str(memory_limit)), size_bytes(str(query_memory)))
-        self._query_room = query_room  # the room left under the pipeline's memory limit (None: unbounded)
+        self._query_room = query_room  # the room left under the memory limiter's soft limit (None: unbounded)
         self._threads = (threads, max(threads, query_threads))
         self._pool_lock = threading.Lock()
         self._pool_queries = 0
@@ -433,7 +433,7 @@ class SpanStore:
     def _query_pool(self, growth_limit: int | None = None) -> Iterator[None]:
         """DuckDB's buffer pool raised by ``query_memory`` (at most half of ``growth_limit``, the query's own
         limit on the process's growth, and half of the room ``query_room`` says is left under the
-        pipeline's memory limit), and its threads to ``query_threads``, while at least one ad hoc query
+        memory limiter's soft limit, so that a query does not make it refuse ingest), and its threads to ``query_threads``, while at least one ad hoc query
         runs, then set back to ``memory_limit`` and ``threads``: the pool is the instance's, shared with the
         loader's inserts, and sized for them (a fixed 48 MB pool answered an exact quantile over 10M spans
         with out-of-memory through the API, issue #12).  The room, because a share of the limit fits an

@@ -179,8 +179,9 @@ class MemoryLimiter(Processor):
         return self.config.limit_mib * _MIB
 
     def memory_headroom_bytes(self) -> int:  # capabilities.MemoryLimit
-        """The limit less what the pipeline held at a measurement up to a check interval old."""
-        return self.memory_limit_bytes - self.rss(max_age_s=self.config.check_interval)
+        """The soft limit less what the pipeline held at a measurement up to a check interval old: what
+        it may still take before this limiter refuses data (the spike headroom above is for bursts)."""
+        return self.config.soft_limit_bytes - self.rss(max_age_s=self.config.check_interval)
 
     def rss(self, max_age_s: float | None = None) -> int:
         """Memory the pipeline holds: this process and its children (the receiver workers), each

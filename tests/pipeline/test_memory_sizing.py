@@ -22,8 +22,9 @@ COST = """  cost:
 """
 
 
-def _service(tmp_path, limit_mib: int, duckdb: str = "", cost: str = "") -> Service:
+def _service(tmp_path, limit_mib: int, duckdb: str = "", cost: str = "", spike_mib: int = 1) -> Service:
     text = pipeline_yaml(Ports.allocate(), tmp_path, limit_mib=limit_mib, processors="memory_limiter, cost, batch")
+    text = text.replace("spike_limit_mib: 1\n", f"spike_limit_mib: {spike_mib}\n", 1)
     text = text.replace("  batch:\n", COST + cost + "  batch:\n", 1)
     text = text.replace("    path: ", duckdb + "    path: ", 1)
     return Service(parse_config(text, "test"))
@@ -115,19 +116,20 @@ def test_a_querys_extra_pool_is_a_quarter_of_a_small_limit_unless_the_config_say
 
 def test_a_query_takes_at_most_half_the_room_the_memory_limiter_sees_left(tmp_path):
     # issue #11's soak: at 256 MiB the pipeline held ~200 MiB when the bench's count queries raised the
-    # pool by 64 MiB, and went over its limit; the limit here is what this process holds plus 100 MiB
+    # pool by 64 MiB, and went over its limit.  The limit here is what this process holds plus 100 MiB,
+    # the soft limit 40 MiB under it: ~60 MiB of room before the limiter would refuse data
     held = held_bytes(psutil.Process())
     limit_mib = (held >> 20) + 100
-    service = _service(tmp_path, limit_mib=limit_mib, duckdb="    query_memory_limit: 1GB\n")
+    service = _service(tmp_path, limit_mib=limit_mib, duckdb="    query_memory_limit: 1GB\n", spike_mib=40)
     service.start()
     try:
         room = service.host.memory_headroom()
-        assert room is not None and 80 * _MIB < room < 110 * _MIB, room  # the store has opened meanwhile
+        assert room is not None and 40 * _MIB < room < 62 * _MIB, room >> 20  # the store has opened meanwhile
         store = _store(service)
         base = _setting(store, "memory_limit")
         (seen,) = store.query("SELECT current_setting('memory_limit') AS pool").rows[0]
         raised = size_bytes(seen.replace(" ", "")) - base
-        assert 30 * _MIB < raised <= 55 * _MIB, raised >> 20  # about half the room, not the configured 1GB
+        assert 15 * _MIB < raised <= 32 * _MIB, raised >> 20  # about half the room, not the configured 1GB
     finally:
         service.shutdown()
     assert Host(Telemetry()).memory_headroom() is None  # no memory limiter: nothing to size by

@@ -86,7 +86,7 @@ def test_the_pipelines_sql_still_cannot_change_a_setting(store):
 def test_the_raise_is_at_most_half_the_room_left_under_the_pipelines_memory_limit(tmp_path):
     # issue #11's soak at 256 MiB: the bench's count queries raised the pool by a quarter of the limit
     # (64 MiB) when the pipeline already held ~200 MiB, and carried it over its limit; the raise now
-    # takes at most half of what the memory limiter last saw left under the limit
+    # takes at most half of what the memory limiter last saw left under its soft limit
     room = [40 * _MIB]
     store = SpanStore(tmp_path / "s.duckdb", memory_limit="16MB", query_memory="100MB", query_room=lambda: room[0])
     try:
