@@ -383,6 +383,7 @@ def _overload(args, p: dict) -> dict:
     sending_s = clients.stopped_at - started_at
     metrics = pipeline_metrics(p["metrics"])
     committed = drained(p["admin"], timeout=600)  # the query API reads its writes: waits for the spool
+    drained_at = time.time()
     rss_drained = summed_rss(p)
     recovery = recover(p, args.recovery_seconds)
     sampler.stop()
@@ -390,7 +391,8 @@ def _overload(args, p: dict) -> dict:
     acked = acknowledged([*results, recovery["result"]])
     check = verify_store(Path(p["data"]) / "spans.duckdb", acked)
     return {"baseline_mib": baseline, "sampler": sampler, "results": results, "acked": acked, "check": check,
-            "sending_s": sending_s, "stopped_at": clients.stopped_at, "metrics": metrics, "committed": committed,
+            "sending_s": sending_s, "stopped_at": clients.stopped_at, "drained_at": drained_at, "metrics": metrics,
+            "committed": committed,
             "exit": p["server"].returncode, "started_at": started_at,
             "rss_at_stop": rss_at_stop, "rss_drained": rss_drained, "recovery": recovery}
 
@@ -424,6 +426,18 @@ def recover(p: dict, seconds: float) -> dict:
             "first_s": first, "result": result}
 
 
+def _when_over(a: dict, over: list[tuple[float, int]]) -> str:
+    """When the samples over the limit came: seconds into the load, and in which part of it (while the
+    clients send, while the spool drains after, or in the idle and recovery probe after that)."""
+    if not over:
+        return ""
+
+    def part(at: float) -> str:
+        return "sending" if at <= a["stopped_at"] else "drain" if at <= a["drained_at"] else "after"
+    shown = ", ".join(f"{at - a['started_at']:.1f}s {part(at)} {held / _MIB:.0f} MiB" for at, held in over[:8])
+    return f" ({shown}{', ...' if len(over) > 8 else ''})"
+
+
 def report_a(a: dict, limit_mib: int) -> None:
     s, check, got = a["sampler"], a["check"], answers(a["results"])
     acked_at = a["acked"].column("acked_at").to_numpy()
@@ -435,7 +449,7 @@ def report_a(a: dict, limit_mib: int) -> None:
         ("idle RSS before the load", f"{a['baseline_mib']:.0f} MiB"),
         ("max summed held memory / RSS (100 ms samples)", f"{s.peak_held / _MIB:.0f} / {s.peak_total / _MIB:.0f} MiB"),
         ("max RSS per process", f"{per_proc} MiB ({len(s.peak_each)} processes)"),
-        ("samples at/over the limit", f"{s.samples_over} of {s.samples}"),
+        ("samples at/over the limit", f"{s.samples_over} of {s.samples}{_when_over(a, s.over)}"),
         ("summed RSS when sending stopped / after the drain (soft limit)",
          f"{a['rss_at_stop'] / _MIB:.0f} / {a['rss_drained'] / _MIB:.0f} MiB ({limit_mib - limit_mib // 5} MiB)"),
         ("acknowledged while sending", f"{in_window:,} spans = {in_window / a['sending_s']:,.0f} spans/s over "
