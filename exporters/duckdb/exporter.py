@@ -103,7 +103,8 @@ class DuckDBExporter(Exporter):
         """The pool an ad hoc query may add: as configured, or a quarter of the pipeline's memory limit when
         that is less than the default (at 256 MiB: 64 MiB), so a query cannot carry a small pipeline past
         its limit (the memory limiter would then refuse ingest while it ran).  At most, either way: the
-        store takes no more than half the room the memory limiter last saw left under its soft limit (``host.memory_headroom``)."""
+        store takes no more than half the room the memory limiter last saw left under its soft limit
+        (``host.memory_headroom``)."""
         configured = self.config.query_memory_limit
         if "query_memory_limit" in self.config.model_fields_set:
             return configured

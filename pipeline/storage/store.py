@@ -432,13 +432,13 @@ class SpanStore:
     @contextlib.contextmanager
     def _query_pool(self, growth_limit: int | None = None) -> Iterator[None]:
         """DuckDB's buffer pool raised by ``query_memory`` (at most half of ``growth_limit``, the query's own
-        limit on the process's growth, and half of the room ``query_room`` says is left under the
-        memory limiter's soft limit, so that a query does not make it refuse ingest), and its threads to ``query_threads``, while at least one ad hoc query
+        limit on the process's growth, and at most half of the room ``query_room`` says is left under the
+        memory limiter's soft limit), and its threads to ``query_threads``, while at least one ad hoc query
         runs, then set back to ``memory_limit`` and ``threads``: the pool is the instance's, shared with the
         loader's inserts, and sized for them (a fixed 48 MB pool answered an exact quantile over 10M spans
         with out-of-memory through the API, issue #12).  The room, because a share of the limit fits an
-        idle pipeline: issue #11's soak at 256 MiB held ~200 MiB when its count queries raised the pool
-        by 64 MiB, and went over its limit."""
+        idle pipeline, and a query must not make the limiter refuse ingest: issue #11's soak at 256 MiB
+        held ~200 MiB when its count queries raised the pool by 64 MiB, and went past its limit."""
         base, extra = self._pool
         if growth_limit is not None:
             extra = min(extra, growth_limit // 2)
