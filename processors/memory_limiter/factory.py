@@ -2,13 +2,14 @@
 
 Like the collector's, but over every process of the pipeline: the memory held by the pipeline
 process and by its receiver workers (its child processes; anonymous and shared resident pages, not
-the libraries' code) is summed every ``check_interval``; above the soft limit it first hands back
+the libraries' code) is summed every ``check_interval`` (four times as often while over the soft
+limit: ``PRESSURE_CHECKS``); above the soft limit it first hands back
 what Python and the allocator keep (a GC and ``malloc_trim``, as the Collector forces a GC; the trim again
-at every check while over it, so what the draining backlog frees counts).  If still at or above the
+once per ``check_interval`` while over it, so what the draining backlog frees counts).  If still at or above the
 soft limit (``limit_mib - spike_limit_mib``):
 
 - on crossing it, every batch is refused with ``RefusedError`` and the receivers in every process
-  refuse new requests before reading them (the host's ``Admission``) for one check interval, so what
+  refuse new requests before reading them (the host's ``Admission``) until the next check, so what
   was in flight drains;
 - from then on the receivers take one request at a time per process, within what is left under the
   refusing line (``limit_mib - spike_limit_mib / 2``): the pipeline goes on serving, slower, over its
@@ -17,7 +18,8 @@ soft limit (``limit_mib - spike_limit_mib``):
   limit for good, and refusing everything there meant refusing for good (issue #11's soak);
 - at the refusing line everything is refused until the pipeline is under it again; requests are
   taken freely again under a quarter of the spike below the soft limit;
-- unless refusing frees nothing: when the held memory has not fallen for ``FLOOR_CHECKS`` checks in a row
+- unless refusing frees nothing: when the held memory has not fallen for ``FLOOR_CHECKS`` checks (five
+  check intervals) in a row
   at the refusing line, what is left is the pipeline's own floor (the loop's state, what the allocators
   keep fragmented; after a minute of overload at 256 MiB it sat at 220-238 MiB, over the 230 MiB line, and
   the pipeline refused every request while idle until restarted: bench/soak.py's recovery probe).
@@ -53,7 +55,12 @@ from agent_sre.pipeline.component.periodic import PeriodicWorker
 from agent_sre.pipeline.pdata.memory import release_freed_memory
 
 _MIB = 1 << 20
-FLOOR_CHECKS = 5  # checks at the refusing line without the held memory falling: what is left is the floor
+# Checks per check_interval while over the soft limit: between two checks the receivers' room and level
+# are as the last check left them, and at 256 MiB the soak's pipeline passed its limit in one 100-ms
+# sample of ~6,000 with a check a second, none in two runs with four (bench/soak.py, docs/benchmarks.md).
+PRESSURE_CHECKS = 4
+FLOOR_CHECKS = 5 * PRESSURE_CHECKS  # checks (5 check intervals) at the refusing line without the held memory
+# falling: what is left is the floor
 _FLOOR = 3  # a log level of its own for the floor (the admission level is ONE_AT_A_TIME)
 
 
@@ -159,8 +166,9 @@ class MemoryLimiter(Processor):
         self._floor = False  # one request at a time under the floor line: refusing freed nothing (FLOOR_CHECKS)
         self._lowest = 0  # the least held memory seen while refusing at the line, and checks since (-1: off it)
         self._still = -1
+        self._trimmed_at = -1e9
         self._admission = None
-        self._worker = PeriodicWorker(f"{self.id}-check", config.check_interval, self.check, self.logger)
+        self._worker = PeriodicWorker(f"{self.id}-check", self._interval, self.check, self.logger)
         self._gauge = settings.telemetry.memory_limit_refusing.labels(str(settings.id))
         self._level_gauge = settings.telemetry.memory_limit_level.labels(str(settings.id))
         self._refused = settings.telemetry.processor_refused.labels(str(settings.id))
@@ -178,6 +186,10 @@ class MemoryLimiter(Processor):
     def memory_limit_bytes(self) -> int:  # capabilities.MemoryLimit
         return self.config.limit_mib * _MIB
 
+    def _interval(self) -> float:
+        """``check_interval``, a ``PRESSURE_CHECKS``-th of it while over the soft limit."""
+        return self.config.check_interval / (1 if self._level == ACCEPT else PRESSURE_CHECKS)
+
     def memory_headroom_bytes(self) -> int:  # capabilities.MemoryLimit
         """The soft limit less what the pipeline held at a measurement up to a check interval old: what
         it may still take before this limiter refuses data (the spike headroom above is for bursts)."""
@@ -193,17 +205,22 @@ class MemoryLimiter(Processor):
         return _HELD.measure(self.config.check_interval / 2 if max_age_s is None else max_age_s)
 
     def check(self) -> None:
-        rss = self.rss()
+        rss = self.rss(max_age_s=self._interval() / 2)
         soft = self.config.soft_limit_bytes
         if rss >= soft or self._level != ACCEPT:
             # What Python and the C allocator keep after a burst, handed back first (the Collector's
-            # limiter forces a GC the same way) -- and at every check while over: the backlog drains
-            # meanwhile, and what it frees counts only once handed back.  The full GC (~0.1 s of the GIL
-            # with the loop's state) runs once per crossing.
+            # limiter forces a GC the same way) -- and once per check_interval while over: the backlog
+            # drains meanwhile, and what it frees counts only once handed back.  The full GC (~0.1 s of
+            # the GIL with the loop's state) runs once per crossing.  The trim at each of the quicker
+            # checks too cost the soak's overloaded pipeline 12 % of what it took, for no fewer samples
+            # over the limit (bench/soak.py, 256 MiB: 32,270 against 34,158 spans/s).
             if self._level == ACCEPT:
                 gc.collect()
-            release_freed_memory()
-            rss = self.rss(max_age_s=0)
+            now = time.monotonic()
+            if self._level == ACCEPT or now - self._trimmed_at >= self.config.check_interval * 0.99:
+                self._trimmed_at = now
+                release_freed_memory()
+                rss = self.rss(max_age_s=0)
         line, ceiling = self.config.refuse_line_bytes, self.config.floor_line_bytes
         if rss < (soft if self._level == ACCEPT else self.config.resume_bytes):
             level = ACCEPT

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -131,11 +132,11 @@ def test_large_concurrent_requests_keep_every_process_of_the_pipeline_within_its
     assert p.count_spans() == results.count(200)  # what was acknowledged is stored
 
 
-def test_while_refusing_the_limiter_hands_back_what_the_drained_backlog_freed_at_every_check(monkeypatch):
+def test_while_refusing_the_limiter_hands_back_what_the_drained_backlog_freed_every_interval(monkeypatch):
     """Over the soft limit the pipeline refuses while its backlog drains; what the drain frees stays with
-    the allocator until handed back (``malloc_trim``).  The limiter hands it back at every check while
-    refusing, not only when it first crosses the limit: before, one burst over the limit meant refusing
-    for good (issue #11's soak: 0 spans/s after the first 30 s)."""
+    the allocator until handed back (``malloc_trim``).  The limiter hands it back once per check interval
+    while refusing, not only when it first crosses the limit: before, one burst over the limit meant
+    refusing for good (issue #11's soak: 0 spans/s after the first 30 s)."""
     import agent_sre.processors.memory_limiter.factory as factory
 
     limiter = MemoryLimiter(Settings(ComponentID.parse("memory_limiter"), Kind.PROCESSOR, Telemetry()),
@@ -149,10 +150,13 @@ def test_while_refusing_the_limiter_hands_back_what_the_drained_backlog_freed_at
     def held(max_age_s: float | None = None) -> int:
         return memory["held"]
 
+    clock = [1000.0]
     monkeypatch.setattr(factory, "release_freed_memory", trim)
+    monkeypatch.setattr(factory, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(limiter, "rss", held)
     limiter.check()
     assert limiter.refusing  # 90 MiB held, soft limit 80: nothing to hand back yet
     memory["freed"] = 30 * _MIB  # the backlog drained meanwhile
+    clock[0] += 1.0  # check_interval (the checks over the soft limit come every quarter of it)
     limiter.check()
     assert not limiter.refusing and memory["held"] == 60 * _MIB

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 
 import pyarrow as pa
 import pytest
@@ -210,3 +211,32 @@ def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_fl
     floor = [r.getMessage() for r in caplog.records if "has not fallen" in r.getMessage()]
     assert len(floor) == 2 and "fits under 95 MiB (limit 100 MiB)" in floor[0]
     assert "raise limit_mib to at least 112 MiB" in floor[0]  # 92 + the 20 MiB spike
+
+
+def test_over_the_soft_limit_it_checks_four_times_as_often_with_fresh_measurements(monkeypatch):
+    """At 256 MiB the soak's pipeline passed its limit in one 100-ms sample of ~6,000 between two checks a
+    second apart: over the soft limit the level and the room are renewed every quarter of the interval
+    (the trim still once per interval: at every check it cost the overloaded pipeline 12 % of its rate)."""
+    import agent_sre.processors.memory_limiter.factory as factory
+
+    held, ages, trims, clock = {"mib": 70.0}, [], [], [1000.0]
+    limiter, _ = _limiter(monkeypatch, held)
+    monkeypatch.setattr(limiter, "rss", lambda max_age_s=None: ages.append(max_age_s) or held["mib"] * _MIB)
+    monkeypatch.setattr(factory, "release_freed_memory", lambda: trims.append(clock[0]))
+    monkeypatch.setattr(factory, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    limiter.check()
+    assert limiter._interval() == 1.0 and ages[-1] == 0.5  # the default interval, a measurement up to half old
+    held["mib"] = 85
+    limiter.check()
+    assert limiter.level != ACCEPT and limiter._interval() == 1.0 / factory.PRESSURE_CHECKS == 0.25
+    assert ages[-2:] == [0.5, 0]  # over: measured again after the trim
+    clock[0] += 0.25
+    limiter.check()
+    assert ages[-1] == 0.125  # a measurement up to half the quicker interval old; the trim waits for its interval
+    for _ in range(4):
+        clock[0] += 0.25
+        limiter.check()
+    assert trims == [1000.0, 1001.0]  # on crossing, then once per check_interval
+    held["mib"] = 70
+    limiter.check()
+    assert limiter.level == ACCEPT and limiter._interval() == 1.0
