@@ -212,7 +212,7 @@ class MemoryLimiter(Processor):
             # limiter forces a GC the same way) -- and once per check_interval while over: the backlog
             # drains meanwhile, and what it frees counts only once handed back.  The full GC (~0.1 s of
             # the GIL with the loop's state) runs once per crossing.  The trim at each of the quicker
-            # checks too cost the soak's overloaded pipeline 12 % of what it took, for no fewer samples
+            # checks too cost the soak's overloaded pipeline 6 % of what it took, for no fewer samples
             # over the limit (bench/soak.py, 256 MiB: 32,270 against 34,158 spans/s).
             if self._level == ACCEPT:
                 gc.collect()

@@ -216,7 +216,7 @@ def test_when_refusing_frees_nothing_one_request_at_a_time_is_taken_under_the_fl
 def test_over_the_soft_limit_it_checks_four_times_as_often_with_fresh_measurements(monkeypatch):
     """At 256 MiB the soak's pipeline passed its limit in one 100-ms sample of ~6,000 between two checks a
     second apart: over the soft limit the level and the room are renewed every quarter of the interval
-    (the trim still once per interval: at every check it cost the overloaded pipeline 12 % of its rate)."""
+    (the trim still once per interval: at every check it cost the overloaded pipeline 6 % of its rate)."""
     import agent_sre.processors.memory_limiter.factory as factory
 
     held, ages, trims, clock = {"mib": 70.0}, [], [], [1000.0]
