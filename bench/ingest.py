@@ -335,7 +335,7 @@ def store_only_with(processors_yaml: str, names: list[str]) -> str:
 
 
 def start_pipeline(config: str | None = None, workers: str | None = None, extra_env: dict | None = None,
-                   poll: float = 0.2) -> dict:
+                   poll: float = 0.2, preexec_fn=None) -> dict:
     """`agent-sre run` in its own process (the embedded default, or ``config`` YAML text whose endpoints
     use the same environment variables), on free ports; returns ports, data dir and the process."""
     p = {"grpc": free_port(), "http": free_port(), "admin": free_port(), "metrics": free_port(),
@@ -353,7 +353,7 @@ def start_pipeline(config: str | None = None, workers: str | None = None, extra_
         (Path(data) / "pipeline.yaml").write_text(config)
         cmd += ["--config", str(Path(data) / "pipeline.yaml")]
     log = open(Path(data) / "pipeline.log", "w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     deadline = time.monotonic() + 60
     while True:
         try:

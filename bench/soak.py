@@ -8,7 +8,9 @@ connection errors) with the same span ids until it is acknowledged, as the OTel 
 span id is unique (client, sender, request number, index), so what was acknowledged is known
 exactly.  The RSS of every pipeline process is sampled every 100 ms.  At the end the clients stop,
 the pipeline drains and is stopped (SIGTERM), and the store is opened read-only: every acknowledged
-span id must be in it.
+span id must be in it.  With --cgroup-mib the pipeline runs in a memory cgroup of that size (no swap),
+as in a container with that memory limit: the kernel counts its page cache and kernel memory too, and
+kills it if nothing is left to reclaim; its peak and OOM kills are reported.
 
 Phase B (disk full): the bench re-executes itself in a private mount namespace (`unshare`) and puts
 the store on a tmpfs of --disk-mib (the memory limit as shipped: this phase is about the disk).
@@ -349,9 +351,9 @@ def summed_rss(p: dict, held: bool = False) -> int:
 
 
 @contextmanager
-def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
+def pipeline(config: str, extra_env: dict | None = None, preexec_fn=None) -> Iterator[dict]:
     """start_pipeline, and its process ended however the phase ends (the phase stops it itself)."""
-    p = start_pipeline(config, extra_env=extra_env)
+    p = start_pipeline(config, extra_env=extra_env, preexec_fn=preexec_fn)
     try:
         yield p
     finally:
@@ -364,8 +366,66 @@ def pipeline(config: str, extra_env: dict | None = None) -> Iterator[dict]:
 def phase_a(args) -> dict:
     store = {k: v for k, v in (("memory_limit", args.store_memory_limit),
                                ("checkpoint_threshold", args.checkpoint_threshold)) if v}
-    with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store, args.inflight_mib, args.set)) as p:
-        return _overload(args, p)
+    cgroup = MemoryCgroup(args.cgroup_mib) if args.cgroup_mib else None
+    try:
+        with pipeline(soak_config(args.limit_mib, args.workers, args.spike_mib, store, args.inflight_mib, args.set),
+                      preexec_fn=cgroup.enter if cgroup else None) as p:
+            a = _overload(args, p)
+        if cgroup:
+            a["cgroup"], a["cgroup_mib"] = cgroup.report(), args.cgroup_mib
+        return a
+    finally:
+        if cgroup:
+            cgroup.remove()
+
+
+class MemoryCgroup:
+    """A memory cgroup of ``mib`` (no swap) for the pipeline's processes, as a container's memory limit: the
+    kernel counts their anonymous memory, the page cache they fill (the store's and the spool's writes) and
+    the kernel memory they use, reclaims page cache and mapped library pages at the limit, and kills a
+    process (OOM) when nothing is left to reclaim.  cgroup v1's memory controller or cgroup v2, whichever
+    this process's memory cgroup is under (root only)."""
+
+    def __init__(self, mib: int):
+        self.mib, self.v2 = mib, False
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                break
+        else:  # only the unified hierarchy
+            path = Path("/proc/self/cgroup").read_text().strip().split(":", 2)[2]
+            base, self.v2 = Path("/sys/fs/cgroup") / path.lstrip("/"), True
+        self.dir = base / f"agent-sre-soak-{os.getpid()}"
+        self.dir.mkdir()
+        limit = str(mib << 20)
+        if self.v2:
+            (self.dir / "memory.max").write_text(limit)
+            (self.dir / "memory.swap.max").write_text("0")
+        else:
+            (self.dir / "memory.limit_in_bytes").write_text(limit)
+            if (self.dir / "memory.memsw.limit_in_bytes").exists():
+                (self.dir / "memory.memsw.limit_in_bytes").write_text(limit)
+
+    def enter(self) -> None:  # in the child, before exec
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def report(self) -> dict:
+        def read(name: str) -> str:
+            return (self.dir / name).read_text()
+        if self.v2:
+            events = dict(line.split() for line in read("memory.events").splitlines())
+            return {"peak": int(read("memory.peak")) if (self.dir / "memory.peak").exists() else None,
+                    "oom_kills": int(events.get("oom_kill", 0)), "at_limit": int(events.get("max", 0))}
+        control = dict(line.split() for line in read("memory.oom_control").splitlines())
+        return {"peak": int(read("memory.max_usage_in_bytes")), "oom_kills": int(control.get("oom_kill", 0)),
+                "at_limit": int(read("memory.failcnt"))}
+
+    def remove(self) -> None:
+        try:
+            self.dir.rmdir()
+        except OSError as exc:
+            print(f"memory cgroup {self.dir} not removed: {exc}", file=sys.stderr)
 
 
 def _overload(args, p: dict) -> dict:
@@ -476,6 +536,10 @@ def report_a(a: dict, limit_mib: int) -> None:
          f"{r['taken']} of {r['offered']}" + (f", the first after {r['first_s']:.1f}s" if r["first_s"] is not None
                                                else ", none") + f" ({', '.join(f'{k}: {v}' for k, v in r['answers'].items())})"),
     ]
+    if "cgroup" in a:
+        c = a["cgroup"]
+        rows.insert(5, (f"in a {a['cgroup_mib']} MiB memory cgroup: peak usage (with page cache) / OOM kills / at its limit",
+                        f"{(c['peak'] or 0) / _MIB:.0f} MiB / {c['oom_kills']} / {c['at_limit']:,} times"))
     _table("Phase A: overload with a memory limit", rows)
 
 
@@ -692,6 +756,8 @@ def main() -> None:
     ap.add_argument("--inflight-mib", type=float, help="receivers::otlp::limits::max_inflight_mib (default 64)")
     ap.add_argument("--spike-mib", type=int, default=None, help="memory_limiter.spike_limit_mib (default: 20 %% of the limit)")
     ap.add_argument("--workers", type=int, default=0, help="receiver worker processes")
+    ap.add_argument("--cgroup-mib", type=int, default=0,
+                    help="phase A: run the pipeline in a memory cgroup of this size, as a container's limit (root)")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                     help="a setting of the pipeline's YAML, e.g. processors.cost.max_task_accounts=10000 (repeatable)")
     ap.add_argument("--disk-mib", type=int, default=512, help="phase B: size of the store's tmpfs")
