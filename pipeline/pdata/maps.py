@@ -36,7 +36,7 @@ def map_value(maps: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
     if not entries:
         return pa.nulls(n, item_type)
     hit = pc.equal(pa.chunked_array(keys, maps.type.key_type), key)
-    found = np.flatnonzero(hit.to_numpy()) if pc.any(hit).as_py() else np.zeros(0, np.int64)
+    found = np.flatnonzero(hit.to_numpy())
     if not len(found):
         return pa.nulls(n, item_type)
     row_start = np.concatenate(starts)
