@@ -178,8 +178,7 @@ class RssSampler(threading.Thread):
         self.limit_bytes = limit_bytes
         self.peak_held = 0  # summed RssAnon + RssShmem: what the memory limiter counts
         self.samples = 0
-        self.samples_over = 0  # samples whose summed held memory was at or above limit_bytes
-        self.over: list[tuple[float, int]] = []  # (time.time(), held bytes) of each of them
+        self.over: list[tuple[float, int]] = []  # (time.time(), held bytes) of the samples at or above limit_bytes
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -204,8 +203,11 @@ class RssSampler(threading.Thread):
                 self.peak_each[pid] = max(self.peak_each.get(pid, 0), rss)
             self.samples += 1
             if self.limit_bytes is not None and held >= self.limit_bytes:
-                self.samples_over += 1
                 self.over.append((time.time(), held))
+
+    @property
+    def samples_over(self) -> int:
+        return len(self.over)
 
     def stop(self) -> None:
         self._stop.set()

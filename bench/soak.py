@@ -387,15 +387,11 @@ class MemoryCgroup:
     this process's memory cgroup is under (root only)."""
 
     def __init__(self, mib: int):
-        self.mib, self.v2 = mib, False
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-                break
-        else:  # only the unified hierarchy
-            path = Path("/proc/self/cgroup").read_text().strip().split(":", 2)[2]
-            base, self.v2 = Path("/sys/fs/cgroup") / path.lstrip("/"), True
+        lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+        v1 = [path for _, controllers, path in lines if "memory" in controllers.split(",")]
+        self.v2 = not v1  # only the unified hierarchy
+        base = (Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/") if v1
+                else Path("/sys/fs/cgroup") / lines[0][2].lstrip("/"))
         self.dir = base / f"agent-sre-soak-{os.getpid()}"
         self.dir.mkdir()
         limit = str(mib << 20)
