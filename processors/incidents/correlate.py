@@ -91,6 +91,15 @@ class Incident:
     signal_count: int = 0
     duplicates: int = 0
     signals: dict[str, SignalState] = field(default_factory=dict)
+    event_ns: int = 0  # the time of its last incident event: each next one strictly later
+
+    def stamp_event(self, time_ns: int) -> int:
+        """The time of its next incident event: ``time_ns``, or just after its last event when a late
+        signal carried an older time -- a store that keeps an incident's newest event by time (the fleet's)
+        must find the latest one.  ``updated_ns`` follows."""
+        self.event_ns = max(time_ns, self.event_ns + 1)
+        self.updated_ns = max(self.updated_ns, self.event_ns)
+        return self.event_ns
 
     @property
     def label(self) -> str:

@@ -197,7 +197,7 @@ class IncidentsProcessor(Stage):
                         "signals, duplicates FROM incidents WHERE state <> 'resolved' AND starts_with(id, ?)",
                         [prefix]):
             inc = Incident(row[0], row[1], row[2], _PRIORITY[row[3]], row[4], row[5], row[6], row[7],
-                           signal_count=row[8], duplicates=row[9])
+                           signal_count=row[8], duplicates=row[9], event_ns=row[6])  # no event after updated_ns
             self.correlator.active[inc.id] = inc
         for iid, fp, kind, name, state, priority, last in read(
                 "SELECT incident_id, fingerprint, arg_max(kind, time_ns), arg_max(name, time_ns), "
@@ -233,6 +233,9 @@ class IncidentsProcessor(Stage):
                 touched = {e.incident_id for e in entries} | self.correlator.dirty
                 self.correlator.dirty = set()
                 incidents = [self.correlator.take(i) for i in sorted(touched)]
+            # stamped before the rows are written: an event's time moves the incident's updated_ns
+            announce = list(events or []) + [incident_event(inc, entries) for inc in incidents
+                                             if inc is not None and _news(inc, entries)]
             statements = list(extra or [])
             statements += [("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             list(inc.row().values())) for inc in incidents if inc is not None]
@@ -241,8 +244,6 @@ class IncidentsProcessor(Stage):
                              e.summary, e.who, e.why]) for e in entries]
             if statements:
                 self._store.write(statements)
-            announce = list(events or []) + [incident_event(inc, entries) for inc in incidents
-                                             if inc is not None and _news(inc, entries)]
             if announce:
                 self._host.events.publish(announce)
         return entries
@@ -489,7 +490,7 @@ def incident_event(inc: Incident, entries: list[Entry]) -> dict:
         else f"raised to {inc.label}"
     return event("incident", state, _EVENT_SEVERITY[inc.priority], f"{inc.id} {inc.label}", labels,
                  f"incident {inc.id} ({inc.label}) {verb}: {inc.title}", identity={"incident_id": inc.id},
-                 time_ns=last.time_ns, started_ns=inc.opened_ns)
+                 time_ns=inc.stamp_event(last.time_ns), started_ns=inc.opened_ns)
 
 
 def circuit_event(agent: str, tool: str, t: Transition, now_ns: int) -> dict:

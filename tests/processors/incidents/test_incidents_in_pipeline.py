@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from agent_sre.pipeline.service import Service
 from agent_sre.pipeline.service.config import parse_config
-from tests.conftest import Ports, pipeline_yaml
+from tests.conftest import Ports, eventually, pipeline_yaml
 from tests.otlp_builders import kv
 
 INCIDENTS = """  incidents:
@@ -152,6 +152,33 @@ def test_per_tool_breakers_answer_per_tool_and_survive_a_restart_with_the_incide
         assert api.get(f"/v1/incidents/{inc['id']}")["state"] == "resolved"
     finally:
         restarted.shutdown()
+
+
+def test_an_incidents_events_are_stamped_in_the_order_they_happen_even_when_a_signal_is_older(tmp_path):
+    """A fleet store keeps an incident's latest event by time: a priority raised by a signal stamped
+    earlier than the one that opened the incident (a breaker that opened a moment before an SLO alert
+    was evaluated, announced after it) must still be its newest event, or the fleet lists it at P2."""
+    from agent_sre.pipeline.component.events import event
+
+    ports = Ports.allocate()
+    service = start(tmp_path, ports)
+    heard: list[dict] = []
+    service.host.events.subscribe(heard.extend, ["incident"])
+    try:
+        t = time.time_ns()
+        service.host.events.publish([event("alert", "firing", "page", "page:6x:6h/30m", {"agent_id": "a9"},
+                                           "burns its budget", time_ns=t)])
+        service.host.events.publish([event("budget", "firing", "page", "daily 100%", {"agent_id": "a9"},
+                                           "daily at 100%", time_ns=t - 1000)])
+        assert eventually(lambda: len(heard) == 2), heard
+        opened, raised = heard
+        assert (opened["labels"]["priority"], raised["labels"]["priority"]) == ("P2", "P1")
+        assert opened["time_ns"] == t and raised["time_ns"] > opened["time_ns"]  # newest as well as latest
+        assert opened["started_ns"] == raised["started_ns"] == t
+        (inc,) = Api(ports).get("/v1/incidents")["incidents"]
+        assert (inc["priority"], inc["updated_ns"]) == ("P1", raised["time_ns"])  # as the fleet store says
+    finally:
+        service.shutdown()
 
 
 @pytest.mark.parametrize("bad", [
