@@ -250,8 +250,8 @@ COST_MINUTES_SQL = """SELECT intDiv(ifNull(start_ns, 0), 60000000000) AS m, agen
        sum(ifNull(cost_usd, 0)) AS cost, countIf(ifNull(span_role, '') = 'llm') AS llm_spans
 FROM {spans} WHERE start_time >= toDateTime(%(lo)s) GROUP BY m, agent_id, model_, tenant_
 HAVING cost > 0 OR llm_spans > 0"""
-SPAN_ROWS_COLUMNS = ["trace_id", "cost_usd", "end_ns"]
-RUNNING_TASKS_SQL = """SELECT trace_id, cost_usd, end_ns FROM {spans} WHERE cost_usd > 0
+SPAN_ROWS_COLUMNS = ["trace_id", "cost_usd", "end_ns", "agent_id"]
+RUNNING_TASKS_SQL = """SELECT trace_id, cost_usd, end_ns, agent_id FROM {spans} WHERE cost_usd > 0
   AND trace_id IN (SELECT trace_id FROM {spans} WHERE cost_usd > 0 AND end_ns >= %(since)s)"""
 
 
@@ -378,7 +378,8 @@ def fleet_cost_tables(source: str | FleetStore, since_minute: int, running_since
 
     cost_schema = pa.schema([("minute", pa.int64()), ("agent_id", pa.string()), ("model", pa.string()),
                              ("tenant", pa.string()), ("cost_usd", pa.float64()), ("spans", pa.int64())])
-    span_schema = pa.schema([("trace_id", pa.string()), ("cost_usd", pa.float64()), ("end_ns", pa.int64())])
+    span_schema = pa.schema([("trace_id", pa.string()), ("cost_usd", pa.float64()), ("end_ns", pa.int64()),
+                             ("agent_id", pa.string())])
     with _opened(source) as store:
         source = store.spans_source()
         keys = _map_keys(store, "spans", "resource_attributes")

@@ -103,6 +103,7 @@ class BudgetEvent:
     period: str
     utilisation: float
     detail: str  # the step ("0.75"), the new action, or the period that ended
+    agent: str = ""  # a task budget's: the agent that spends in the task, where known
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class BudgetLedger:
     def restore(self, budget: str, subject: str, spent: float, now: float, calls: int = 0,
                 agents: list[str] | tuple[str, ...] = ()) -> None:
         """Set a period's spend from the store (at start), marking the steps it passed as alerted;
-        ``agents``: those that charged this (model or tenant) subject in the period."""
+        ``agents``: those that charged this (model or tenant) subject in the period; a task's: its agent."""
         with self._lock:
             spec = next(s for s in self.specs if s.name == budget)
             acc = self._account(spec, subject, now)
@@ -281,10 +282,12 @@ class BudgetLedger:
             acc.steps_crossed = frozenset(st for st in spec.steps if spent / spec.limit(subject) + _EPS >= st)
             if spec.scope == "task":
                 self._touched(spec, subject, acc)
+                if agents:
+                    self._set_task_agent(subject, agents[0])
             key = (spec.name, subject, acc.period)  # the store holds this pipeline's own spend
             self._own[key] = [spent, calls, acc.ends]
             self._dirty.add(key)
-            for agent in agents:  # who spent from it (model and tenant budgets bind them)
+            for agent in agents if spec.scope != "task" else ():  # who spent from it (model and tenant budgets bind them)
                 uses = self._uses.setdefault(agent, {})
                 uses[("agent", "")] = now
                 if spec.subject_kind in ("model", "tenant"):
@@ -420,6 +423,11 @@ class BudgetLedger:
         if acc.spent / spec.limit_usd + _EPS >= spec.throttle_at:
             self._limited.add(key)
 
+    def task_agent(self, task: str) -> str:
+        """The agent that spends in ``task`` ("" when no charge has said so since the start)."""
+        with self._lock:
+            return self._task_agents.get(task, "")
+
     def _set_task_agent(self, task: str, agent: str) -> None:
         old = self._task_agents.get(task)
         if old == agent:
@@ -519,6 +527,7 @@ class BudgetLedger:
         self._own.pop(own, None)
         self._pushed.pop(own, None)
         self._dirty.discard(own)
+        agent = None
         if spec.scope == "task":
             self._task_counts[key[0]] -= 1
             self._limited.discard(key)
@@ -527,7 +536,7 @@ class BudgetLedger:
                 self._uncount_task_agent(agent)
         if acc.steps_crossed:
             events.append(BudgetEvent("reset", spec.name, key[1], acc.period, acc.spent / spec.limit(key[1]),
-                                      acc.period))
+                                      acc.period, agent or ""))
 
     def known_agents(self) -> set[str]:
         """Agents that spent within the last month (the longest period), or have a running task."""

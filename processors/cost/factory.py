@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -376,6 +376,8 @@ class CostProcessor(Processor):
                 self.logger.warning("budget %s: %s%s at %.0f%% of $%g (period %s)", ev.budget,
                                     spec.subject_kind, "" if ev.subject == "org" else f" {ev.subject}",
                                     100 * ev.utilisation, spec.limit(ev.subject), ev.period)
+            if spec.scope == "task" and not ev.agent:
+                ev = replace(ev, agent=self.ledger.task_agent(ev.subject))
             rows.append(budget_event(spec, ev, int(now * 1e9)))
         if rows and self._host is not None:
             self._host.events.publish(rows)
@@ -451,6 +453,8 @@ def budget_event(spec: BudgetSpec, ev: BudgetEvent, now_ns: int) -> dict:
               "utilisation": f"{ev.utilisation:.4f}", "limit_usd": f"{limit:g}"}
     if spec.subject_kind in ("agent", "tenant"):
         labels["agent_id" if spec.subject_kind == "agent" else "tenant"] = ev.subject
+    elif ev.agent:  # a task's: the incident it opens is its agent's
+        labels["agent_id"] = ev.agent
     identity = {"budget": spec.name, "subject": ev.subject, "period": ev.period}
     who = f"{spec.subject_kind} {ev.subject}" if spec.subject_kind != "org" else "the org"
     if ev.kind == "reset":

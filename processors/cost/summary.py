@@ -57,13 +57,14 @@ def restore_budgets(ledger: BudgetLedger, read: Query, now: float, every_task: b
         since = int((now - TASK_IDLE_S) * 1e9)
         mine = ("span_rows s ANTI JOIN cost_claimed_elsewhere e ON e.trace_id = s.trace_id AND e.span_id = s.span_id"
                 if elsewhere else "span_rows s")
-        for trace, spent, calls in read(
-                f"SELECT s.trace_id, sum(s.cost_usd), count(*) FROM {mine} WHERE s.cost_usd > 0 AND s.trace_id IN "
+        for trace, spent, calls, agent in read(
+                f"SELECT s.trace_id, sum(s.cost_usd), count(*), arg_max(s.agent_id, s.end_ns) FROM {mine} "
+                "WHERE s.cost_usd > 0 AND s.trace_id IN "
                 "(SELECT DISTINCT trace_id FROM span_rows WHERE cost_usd > 0 AND end_ns >= ?) GROUP BY s.trace_id",
                 [since]):
             for spec in ledger.specs:
                 if spec.scope == "task" and (every_task or reaches_first_step(spec, spent)):
-                    ledger.restore(spec.name, trace, spent, now, calls)
+                    ledger.restore(spec.name, trace, spent, now, calls, (agent,) if agent else ())
 
 
 def budget_accounts(read: Query, specs: list[BudgetSpec], now: float) -> list[dict]:

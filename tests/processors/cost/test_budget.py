@@ -116,7 +116,7 @@ def test_expire_reports_the_periods_that_ended_after_alerting_and_forgets_them()
     assert ledger.accounts(utc(2026, 11, 26, 0, 0, 1)) == [
         {"budget": "t", "scope": "task", "subject": "t1", "period": "task", "spent_usd": 6.0, "limit_usd": 1.0,
          "utilisation": 6.0, "calls": 1, "resets_at": None, "agent_id": "a1"}]  # outlives the day, until idle an hour
-    assert [(e.budget, e.subject) for e in ledger.expire(late + 3600)] == [("t", "t1")]
+    assert [(e.budget, e.subject, e.agent) for e in ledger.expire(late + 3600)] == [("t", "t1", "a1")]
     assert ledger.accounts(late + 3600) == []
 
 

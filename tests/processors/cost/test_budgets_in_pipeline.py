@@ -87,12 +87,22 @@ def test_a_task_budget_decides_per_task_and_a_running_tasks_spend_survives_a_res
         announced = service.exporters["duckdb"].store.read(
             "SELECT name, labels['task'] FROM events WHERE kind = 'decision'")
         assert announced == [("kill", task)]  # the task's decision is an event too
+        steps = service.exporters["duckdb"].store.read(
+            "SELECT name, labels['subject'], labels['agent_id'] FROM events WHERE kind = 'budget' ORDER BY name")
+        assert steps == [("task 95%", task, "a1")]  # a task's budget event names the agent that spends in it
     finally:
         service.shutdown()
     restarted = Service(parse_config(text, "test"))
     restarted.start()
+    heard: list[dict] = []
+    restarted.host.events.subscribe(heard.extend, ["budget"])
     try:
         assert _get(ports, f"/v1/decisions/a1?task={task}")["action"] == "kill"  # rebuilt from its spans
+        (cost,) = restarted.components_of("cost")
+        cost.clock = lambda: time.time() + 2 * 3600  # the task idle for longer than TASK_IDLE_S: forgotten
+        restarted.host.decisions.tick()
+        assert [(e["state"], e["labels"]["subject"], e["labels"].get("agent_id")) for e in heard] == [
+            ("resolved", task, "a1")]
     finally:
         restarted.shutdown()
 
