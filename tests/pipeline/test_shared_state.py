@@ -85,23 +85,28 @@ def test_an_org_budget_spent_from_two_pipelines_throttles_and_kills_both_at_the_
 def test_check_and_charge_is_atomic_across_pipelines_racing_for_the_last_dollars(redis_server):
     fleets = [_fleet(redis_server.url, name) for name in ("a", "b")]
     accepted = [0, 0]
+    # Both pipelines charge once, then race from the same moment: without it one thread could take every
+    # charge before the other started (it did in a CI run: 38 and 0), and no race would have been tested.
+    both_in = threading.Barrier(2, timeout=30)
 
     def spend(k: int) -> None:
         while True:
-            ok, _ = fleets[k].try_charge(f"agent-{k}", 0.25, NOW)
+            ok, _ = fleets[k].try_charge(f"agent-{k}", 0.0625, NOW)
             if not ok:
                 return
             accepted[k] += 1
+            if accepted[k] == 1:
+                both_in.wait()
 
     threads = [threading.Thread(target=spend, args=(k,)) for k in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    total = 0.25 * sum(accepted)
-    # refused once the fleet's total reached the kill point (9.5): 38 charges of 0.25, whoever made them
-    assert total == pytest.approx(9.5) and min(accepted) > 0
-    assert fleets[0].state.totals([("org", "2026-12", [])])[("org", "2026-12", "org")] == (pytest.approx(9.5), 38)
+    assert not any(t.is_alive() for t in threads)
+    # refused once the fleet's total reached the kill point (9.5): 152 charges of 1/16, whoever made them
+    assert 0.0625 * sum(accepted) == 9.5 and min(accepted) >= 1
+    assert fleets[0].state.totals([("org", "2026-12", [])])[("org", "2026-12", "org")] == (pytest.approx(9.5), 152)
 
 
 @pytest.mark.slow
