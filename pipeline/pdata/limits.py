@@ -8,12 +8,15 @@ client-sent entry of that name is replaced where we add ours.  The marker is the
 may have beyond ``max_attributes``.
 
 Everything is numpy/Arrow over the flattened map entries.  Measured on 10,000 spans of 10 attributes
-(converted in 156 ms): 2.1 ms when no limit is hit (one length check per map column), 14 ms when every
-span is cut and trimmed.
+(converted in 156 ms): 2.1 ms when no limit is hit, 14 ms when every span is cut and trimmed; since the
+values' lengths are first bounded by their byte lengths (no text read unless a value is longer in bytes
+than the limit), 8,192 agent spans of ~12 attributes take 0.13 µs/span at the default 1 MiB limit, 0.23
+before.  A key with a control character is escaped as JSON requires in the marker.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +45,12 @@ class LimitReport:
 
 def _json_key_lists(keys: pa.Array, rows: np.ndarray, n_rows: int) -> pa.Array:
     """Per row, the given keys (ordered by row) as a JSON array string; null where a row has none."""
-    escaped = pc.replace_substring(pc.replace_substring(keys, "\\", "\\\\"), '"', '\\"')
+    if pc.any(pc.match_substring_regex(keys, r"[\x00-\x1f]")).as_py():
+        # A control character must be escaped in JSON too (a key is any string a client sends): rare, so
+        # these keys are escaped by the json module.
+        escaped = pa.array([json.dumps(k, ensure_ascii=False)[1:-1] for k in keys.to_pylist()], pa.string())
+    else:
+        escaped = pc.replace_substring(pc.replace_substring(keys, "\\", "\\\\"), '"', '\\"')
     counts = np.bincount(rows, minlength=n_rows)
     offsets = np.zeros(n_rows + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
@@ -63,10 +71,16 @@ def limit_map_column(maps: pa.Array, max_attributes: int | None, max_value_lengt
     over_count = max_attributes is not None and bool((sizes > max_attributes).any())
     cut = None
     if max_value_length is not None and len(items):
-        too_long = pc.fill_null(pc.greater(pc.utf8_length(items), max_value_length), False)
-        cut = too_long.to_numpy(zero_copy_only=False)
-        if not cut.any():
-            cut = None
+        # A value of at most max_value_length bytes has no more code points than that: only the values
+        # longer in bytes are measured (usually none: one pass over the offsets instead of the text).
+        ends = np.frombuffer(items.buffers()[1], np.int32, len(items) + 1, items.offset * 4)
+        longer = np.flatnonzero(np.diff(ends) > max_value_length)
+        if len(longer):
+            over = pc.fill_null(pc.greater(pc.utf8_length(items.take(pa.array(longer))), max_value_length), False)
+            hit = longer[over.to_numpy(zero_copy_only=False)]
+            if len(hit):
+                cut = np.zeros(len(items), dtype=bool)
+                cut[hit] = True
     if not over_count and cut is None:
         return LimitedMaps(maps, none, none)
     row_of = np.repeat(np.arange(n_rows), sizes)
