@@ -12,9 +12,10 @@ span of the whole process and of each thread (named through ``prctl``, as bench/
 ``main (flusher)`` is the flusher's work here: the processors and the exporters), then each thread's
 min – median – max over the rounds, and the loop's cost (default − store-only, medians).
 
-With ``--statements``, also the loader's CPU per SQL statement of its insert transaction and the CPU of
-each commit callback (thread CPU around each, summed over the round, µs per span): one round of the
-whole pipeline moves by more than most single changes to a statement, the statement itself does not.
+With ``--statements``, also the loader's CPU per SQL statement of its insert transaction, the CPU of
+each commit callback, and of each processor's ``process`` and exporter's ``export`` on the flusher (thread
+CPU around each, summed over the round, µs per span): one round of the whole pipeline moves by more than
+most single changes to a statement, the statement itself does not.
 
     .venv/bin/python bench/loop_cpu.py [--spans 400000] [--rate 40000] [--batch 2048] [--rounds 3] [--statements]
 """
@@ -131,12 +132,27 @@ class Statements:
 
         SpanStore._insert, SpanStore._run_callbacks = wrapped_insert, wrapped_callbacks  # type: ignore[method-assign]
 
+    def stages(self, service: Service) -> None:
+        """Also the thread CPU of each processor's ``process`` and each exporter's ``export`` (on the
+        flusher: what ``main (flusher)`` is made of), per instance of this service."""
+        for component, method in ([(p, "process") for p in service.processors]
+                                  + [(e, "export") for e in service.exporters.values()]):
+            original = getattr(component, method)
+
+            def call(batch, _original=original, _key=f"{method} {component.id}"):
+                started = time.thread_time()
+                try:
+                    return _original(batch)
+                finally:
+                    self._timed(_key, started)
+            setattr(component, method, call)
+
     def _timed(self, key: str, started: float) -> None:
         self.cpu[key] += time.thread_time() - started
         self.calls[key] += 1
 
     def report(self, spans: int) -> None:
-        for key, cpu in self.cpu.most_common(16):
+        for key, cpu in self.cpu.most_common(24):
             print(f"    {cpu / spans * 1e6:6.2f} µs/span  {self.calls[key]:5d} × {cpu / self.calls[key] * 1e3:6.2f} ms  {key}")
         self.cpu.clear()
         self.calls.clear()
@@ -156,10 +172,12 @@ def start_config(name: str, data: str) -> tuple[Service, Any, SpanStore]:
     return service, head, store
 
 
-def run(name: str, work: list[pa.Table], rate: float) -> dict[str, float]:
+def run(name: str, work: list[pa.Table], rate: float, statements: Statements | None = None) -> dict[str, float]:
     """One config fed ``work``: CPU µs per span by thread name ("all": the process)."""
     data = tempfile.mkdtemp(prefix="agent-sre-bench-")
     service, head, store = start_config(name, data)
+    if statements is not None:
+        statements.stages(service)
     try:
         time.sleep(1.0)  # started: its threads idle
         before, cpu, started, sent = thread_ticks(os.getpid()), time.process_time(), time.monotonic(), 0
@@ -196,7 +214,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     for r in range(args.rounds):
         for name in names:
-            got = run(name, work, args.rate)
+            got = run(name, work, args.rate, statements)
             runs[name].append(got)
             top = sorted((t for t in got if t != "all"), key=lambda t: -got[t])[:6]
             print(f"round {r + 1} {name:11s} {got['all']:6.2f} us/span | " + "  ".join(f"{t} {got[t]:.2f}" for t in top),
