@@ -2,7 +2,8 @@
 # listening on all interfaces inside the container.
 FROM python:3.11-slim AS build
 WORKDIR /src
-# gcc builds the optional C decoder and encoders of OTLP trace requests (pipeline/pdata/_otlp_*.c, setup.py).
+# gcc builds the optional C decoder and encoders of OTLP trace requests and the normalisation step
+# (pipeline/pdata/_otlp_*.c, _normalize.c; setup.py).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md setup.py ./
 COPY pipeline pipeline
@@ -33,7 +34,7 @@ ENV AGENT_SRE_OTLP_GRPC_ENDPOINT=0.0.0.0:4317 \
 RUN agent-sre validate
 # ... and the C decoder and encoders made it into the image (without them the receiver is 5-6x costlier
 # per span, the first OTLP exporter ~6x, and OTLP/JSON ~7x).
-RUN python -c "import agent_sre.pipeline.pdata._otlp_decode, agent_sre.pipeline.pdata._otlp_encode, agent_sre.pipeline.pdata._otlp_json"
+RUN python -c "import agent_sre.pipeline.pdata._otlp_decode, agent_sre.pipeline.pdata._otlp_encode, agent_sre.pipeline.pdata._otlp_json, agent_sre.pipeline.pdata._normalize"
 EXPOSE 4317 4318 13133 8888 8889
 VOLUME ["/var/lib/agent-sre/data"]
 ENTRYPOINT ["agent-sre"]

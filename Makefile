@@ -19,7 +19,7 @@ DEBIAN_PACKAGES := prometheus:prometheus prometheus-alertmanager:prometheus-aler
 .PHONY: run test setup test-deps debian-deps lint typecheck bench
 
 $(BIN)/agent-sre: pyproject.toml setup.py pipeline/pdata/_otlp_decode.c pipeline/pdata/_otlp_encode.c \
-                  pipeline/pdata/_otlp_json.c
+                  pipeline/pdata/_otlp_json.c pipeline/pdata/_normalize.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -1,8 +1,9 @@
-"""The optional C decoder and encoders (protobuf, JSON) of OTLP trace requests; everything else is in
-pyproject.toml.
+"""The optional C decoder and encoders (protobuf, JSON) of OTLP trace requests and the normalisation's
+per-entry step; everything else is in pyproject.toml.
 
 Optional: without a C compiler or Python's headers the build skips them and the pure-Python
-decoder (pipeline/pdata/otlp_arrow.py) and encoder (pipeline/pdata/arrow_otlp.py) do the work.
+decoder (pipeline/pdata/otlp_arrow.py), encoder (pipeline/pdata/arrow_otlp.py) and numpy
+(pipeline/pdata/normalize.py) do the work.
 """
 
 from setuptools import Extension, setup
@@ -15,6 +16,6 @@ setup(
             extra_compile_args=["-O2"],
             optional=True,
         )
-        for name in ("_otlp_decode", "_otlp_encode", "_otlp_json")
+        for name in ("_otlp_decode", "_otlp_encode", "_otlp_json", "_normalize")
     ]
 )

@@ -28,6 +28,7 @@ carry one extra trailing slot for "key not in the table", so an index of -1
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,15 @@ import yaml
 
 from agent_sre.pipeline.pdata.schema import AGENT_COLUMNS, SPAN_ROLES, SPAN_SCHEMA
 
+try:  # the per-entry step in C (pipeline/pdata/_normalize.c); optional, as the other C modules
+    from agent_sre.pipeline.pdata import _normalize as _c_normalize  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - built without a C compiler
+    _c_normalize = None
+
 __all__ = ["SHIPPED_CONVENTIONS", "ColumnRow", "Conventions", "RoleRule", "load_conventions", "normalize"]
 
 SHIPPED_CONVENTIONS = Path(__file__).with_name("conventions.yaml")
+PURE_NUMPY_ENV = "AGENT_SRE_PURE_NUMPY_NORMALIZE"  # set: the numpy path even where the C step is built
 _MAPPABLE_COLUMNS = [c for c in AGENT_COLUMNS if c != "span_role"]  # span_role comes from `roles`
 _COLUMN_ID = {name: i for i, name in enumerate(AGENT_COLUMNS)}
 # Mappable column ids grouped by type, so each type is cast once per batch.
@@ -391,7 +398,7 @@ def _row_lookup(rows: list[tuple[int, int, int, int]], n_keys: int) -> dict[str,
     counts = np.bincount(table[:, 0], minlength=n_keys)
     starts = np.cumsum(counts) - counts
     return dict(key_rows_start=np.append(starts, 0), key_rows_count=np.append(counts, 0),
-                row_column=table[:, 1], row_rank=table[:, 2], row_condition=table[:, 3],
+                row_column=table[:, 1].copy(), row_rank=table[:, 2].copy(), row_condition=table[:, 3].copy(),
                 resource_rank_offset=int(table[:, 2].max(initial=0)) + 1)
 
 
@@ -602,7 +609,19 @@ _NO_RANK = ((1 << (62 - _ENTRY_BITS)) - 1) << _ENTRY_BITS
 
 
 def _winners(n: int, entries: _Entries, plan: _Plan, holds: np.ndarray) -> np.ndarray:
-    """[column id, span] -> index of the winning entry's value, or the null slot."""
+    """[column id, span] -> index of the winning entry's value, or the null slot: one pass in C
+    (``_normalize.winners``), else the same in numpy (``_winners_numpy``)."""
+    if _c_normalize is None or os.environ.get(PURE_NUMPY_ENV):
+        return _winners_numpy(n, entries, plan, holds)
+    best = np.full(len(AGENT_COLUMNS) * n, _NO_RANK | entries.null_slot, dtype=np.int64)
+    _c_normalize.winners(best, np.ascontiguousarray(entries.key_id, np.int32), np.ascontiguousarray(entries.usable, bool),
+                         np.ascontiguousarray(entries.owner, np.int64), plan.key_rows_start, plan.key_rows_count,
+                         plan.row_column, plan.row_rank, plan.row_condition, np.ascontiguousarray(holds, bool), n,
+                         entries.n_span, entries.n_real, entries.n_matched_span, plan.resource_rank_offset, _ENTRY_BITS)
+    return (best & _ENTRY_MASK).reshape(len(AGENT_COLUMNS), n)
+
+
+def _winners_numpy(n: int, entries: _Entries, plan: _Plan, holds: np.ndarray) -> np.ndarray:
     sel = np.flatnonzero((plan.key_rows_count[entries.key_id] > 0) & entries.usable)
     entry, row = _expand_rows(sel, entries.key_id[sel], plan)
     owner = entries.owner[entry]

@@ -14,8 +14,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from agent_sre.pipeline.pdata.normalize import (
+    PURE_NUMPY_ENV,
     SHIPPED_CONVENTIONS,
     Conventions,
+    _c_normalize,
     load_conventions,
     normalize,
 )
@@ -529,6 +531,52 @@ def test_normalize_never_raises_and_never_changes_the_other_columns(spans, resou
     bounds = [0, *sorted(min(c, table.num_rows) for c in cuts), table.num_rows]
     chunked = pa.concat_tables([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)])
     assert normalize(chunked, CONVENTIONS).to_pylist() == one_by_one
+
+
+def _numpy_path(table: pa.Table, conventions) -> pa.Table:
+    os.environ[PURE_NUMPY_ENV] = "1"
+    try:
+        return normalize(table, conventions)
+    finally:
+        del os.environ[PURE_NUMPY_ENV]
+
+
+@pytest.mark.skipif(_c_normalize is None, reason="the C step is not built (no compiler): only numpy runs")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans=_SPANS, resource=_ATTRS, cuts=st.lists(st.integers(0, 6), max_size=3))
+def test_the_c_step_answers_what_the_numpy_path_answers(spans, resource, cuts):
+    """The per-entry step in C (_normalize.winners) against the numpy path on the same batches: the
+    shipped conventions (conditions, pattern rows, resource-level entries) and chunked batches."""
+    table = _table(*spans, resource=resource)
+    bounds = [0, *sorted(min(c, table.num_rows) for c in cuts), table.num_rows]
+    chunked = pa.concat_tables([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)])
+    for batch in (table, chunked):
+        assert normalize(batch, CONVENTIONS).equals(_numpy_path(batch, CONVENTIONS))
+
+
+@pytest.mark.skipif(_c_normalize is None, reason="the C step is not built (no compiler): only numpy runs")
+def test_the_c_step_answers_what_the_numpy_path_answers_on_the_benchmark_spans():
+    from agent_sre.pipeline.pdata.otlp_arrow import protobuf_to_table
+    from bench.agent_spans import request_bodies
+
+    batch = pa.concat_tables([protobuf_to_table(b).table for b in request_bodies(3, count=4)])
+    assert normalize(batch, CONVENTIONS).equals(_numpy_path(batch, CONVENTIONS))
+    assert normalize(batch, CONVENTIONS).column("agent_id").null_count < batch.num_rows  # the rows did fill
+
+
+def test_the_c_step_refuses_arrays_it_cannot_read():
+    if _c_normalize is None:
+        pytest.skip("the C step is not built")
+    import numpy as np
+
+    best = np.zeros(4, np.int64)
+    ints = np.zeros(1, np.int64)
+    with pytest.raises(TypeError, match="key_id: items of 4 bytes"):
+        _c_normalize.winners(best, ints, np.ones(1, bool), ints, ints, ints, ints, ints, ints, np.ones(2, bool),
+                             2, 1, -1, -1, 1, 40)
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        _c_normalize.winners(best, np.zeros(2, np.int32), np.ones(1, bool), ints, ints, ints, ints, ints, ints,
+                             np.ones(2, bool), 2, 1, -1, -1, 1, 40)
 
 
 # --- spans from the real instrumentations -----------------------------------------------------------
