@@ -8,7 +8,8 @@ it column-wise.  Per batch the work is:
    (``pc.index_in``); everything known about a key (column, rank, role rule)
    then comes from small per-key lookup arrays, indexed with numpy;
 3. per (column, span), keep the entry with the lowest rank (span-level entries
-   rank before resource-level ones) with ``np.minimum.at``;
+   rank before resource-level ones): one loop over the entries in C
+   (``_normalize.c``), else ``np.minimum.at`` over the (entry, row) pairs;
 4. ``pc.take`` the winning values of all columns at once and cast them
    leniently, once per column type.
 
