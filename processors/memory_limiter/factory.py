@@ -59,8 +59,8 @@ _MIB = 1 << 20
 # are as the last check left them, and at 256 MiB the soak's pipeline passed its limit in one 100-ms
 # sample of ~6,000 with a check a second, none in two runs with four (bench/soak.py, docs/benchmarks.md).
 PRESSURE_CHECKS = 4
-FLOOR_CHECKS = 5 * PRESSURE_CHECKS  # checks (5 check intervals) at the refusing line without the held memory
-# falling: what is left is the floor
+# Checks (five check intervals) at the refusing line without the held memory falling: what is left is the floor.
+FLOOR_CHECKS = 5 * PRESSURE_CHECKS
 _FLOOR = 3  # a log level of its own for the floor (the admission level is ONE_AT_A_TIME)
 
 
