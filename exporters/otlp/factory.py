@@ -100,6 +100,9 @@ class OtlpGrpcExporter(QueuedExporter):
     def _stop_client(self) -> None:
         self._channel.close()
 
+    def prepare(self, batch) -> None:
+        encoded(batch)  # the request, encoded while the batch is hot (QueuedExporter.prepare)
+
     def send(self, batch) -> ExportResult:
         call, rejected_field = self._calls[signal_of(batch.schema)]
         try:

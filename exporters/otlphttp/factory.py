@@ -115,6 +115,10 @@ class OtlpHttpExporter(QueuedExporter):
         form = self.config.encoding + ("+gzip" if self.config.compression == "gzip" else "")
         return encoded(batch, form)  # once per batch for every exporter that sends the same form
 
+    def prepare(self, batch) -> None:
+        if signal_of(batch.schema) in self._targets:
+            self._body(batch)  # the request body, encoded while the batch is hot (QueuedExporter.prepare)
+
     def send(self, batch) -> ExportResult:
         signal = signal_of(batch.schema)
         target = self._targets.get(signal)
