@@ -162,19 +162,57 @@ def _hex_strings(n: int, hex_data: bytes, width: int, validity: bytes | None = N
                                        pa.py_buffer(validity) if null_count else None, null_count)
 
 
+# Per request, the Arrow calls of the table's assembly cost more than their work (a few µs each, on the
+# receiver's threads, which share the GIL): numbers go in zero-copy from their buffers (``pa.array`` of a
+# numpy array goes through pandas' type checks), and what only depends on the request's size is made once
+# per size and shared (Arrow arrays are immutable).  Sizes up to _SHARED_ROWS: a huge request's columns
+# are not kept.
+_SHARED_ROWS = 2048
+
+
+def _numbers(data, type_: pa.DataType, n: int) -> pa.Array:
+    """``n`` fixed-width numbers of ``type_`` (no nulls) over ``data``'s buffer, without a copy."""
+    return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(data)])
+
+
+@functools.cache
+def _names(names: tuple[str, ...]) -> pa.Array:
+    return pa.array(names, pa.string())
+
+
 def _enum_column(codes: np.ndarray, names: tuple[str, ...], prefix: str) -> pa.Array:
+    """Enum codes (int32) as their names; a code out of range reads ``{prefix}_{code}``."""
     if len(codes) and (codes.min() < 0 or codes.max() >= len(names)):
         return pa.array(
             [names[c] if 0 <= c < len(names) else f"{prefix}_{c}" for c in codes.tolist()], pa.string()
         )
-    return pc.take(pa.array(names, pa.string()), pa.array(codes, pa.int32()))
+    return pc.take(_names(names), _numbers(np.ascontiguousarray(codes, dtype=np.int32), pa.int32(), len(codes)))
 
 
 # --- events and links (rare; plain loops) --------------------------------------
 
 
 def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
+    if n <= _SHARED_ROWS:
+        return _shared_empty_lists(n, item_type)
     return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), _no_items(item_type))
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), _no_items(item_type))
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_agent_nulls(n: int) -> tuple[pa.Array, ...]:
+    return tuple(pa.nulls(n, SPAN_SCHEMA.field(name).type) for name in AGENT_COLUMNS)
+
+
+def _agent_nulls(n: int) -> tuple[pa.Array, ...]:
+    """The agent columns before normalisation: null."""
+    if n <= _SHARED_ROWS:
+        return _shared_agent_nulls(n)
+    return tuple(pa.nulls(n, SPAN_SCHEMA.field(name).type) for name in AGENT_COLUMNS)
 
 
 @functools.cache
@@ -311,25 +349,26 @@ def _decoded_to_table(body: bytes) -> Conversion | None:
 
     n_attrs = len(b["key_off"]) // 4 - 1
     start, end = ints("start"), ints("end")
+    i64 = pa.int64()
     columns: dict[str, pa.Array] = {
         "trace_id": _hex_strings(n, b["trace_id"], 16),
         "span_id": _hex_strings(n, b["span_id"], 8),
         "parent_span_id": _hex_strings(n, b["parent_id"], 8, b["parent_valid"], parent_nulls),
         "trace_state": strings("state"),
-        "flags": pa.array(ints("flags")),
+        "flags": _numbers(b["flags"], i64, n),
         "name": strings("name"),
-        "kind": _enum_column(ints("kind", "<i4").astype(np.int64), SPAN_KINDS, "kind"),
-        "start_ns": pa.array(start),
-        "end_ns": pa.array(end),
-        "duration_ns": pa.array(end - start),
-        "status_code": _enum_column(ints("status_code", "<i4").astype(np.int64), STATUS_CODES, "status"),
+        "kind": _enum_column(ints("kind", "<i4"), SPAN_KINDS, "kind"),
+        "start_ns": _numbers(b["start"], i64, n),
+        "end_ns": _numbers(b["end"], i64, n),
+        "duration_ns": _numbers(end - start, i64, n),
+        "status_code": _enum_column(ints("status_code", "<i4"), STATUS_CODES, "status"),
         "status_message": strings("msg"),
-        "attributes": pa.MapArray.from_arrays(pa.array(ints("attr_off", "<i4")), strings("key", n_attrs),
+        "attributes": pa.MapArray.from_arrays(_numbers(b["attr_off"], pa.int32(), n + 1), strings("key", n_attrs),
                                               strings("value", n_attrs, b["value_valid"], value_nulls),
                                               type=STRING_MAP),
-        "dropped_attributes_count": pa.array(ints("dropped_a")),
-        "dropped_events_count": pa.array(ints("dropped_e")),
-        "dropped_links_count": pa.array(ints("dropped_l")),
+        "dropped_attributes_count": _numbers(b["dropped_a"], i64, n),
+        "dropped_events_count": _numbers(b["dropped_e"], i64, n),
+        "dropped_links_count": _numbers(b["dropped_l"], i64, n),
     }
     table = _table(columns, groups, ints("owner", "<i4"), span_events, span_links)
     return Conversion(table=table, rejected=0, message="")
@@ -461,11 +500,11 @@ def request_to_table(request: ExportTraceServiceRequest, columnar_attributes: bo
         "trace_state": pa.array(states, pa.string()),
         "flags": pa.array(flags, pa.int64()),
         "name": pa.array(names, pa.string()),
-        "kind": _enum_column(np.array(kinds, dtype=np.int64), SPAN_KINDS, "kind"),
+        "kind": _enum_column(np.array(kinds, dtype=np.int32), SPAN_KINDS, "kind"),
         "start_ns": pa.array(start),
         "end_ns": pa.array(end),
         "duration_ns": pa.array(end - start),
-        "status_code": _enum_column(np.array(st_codes, dtype=np.int64), STATUS_CODES, "status"),
+        "status_code": _enum_column(np.array(st_codes, dtype=np.int32), STATUS_CODES, "status"),
         "status_message": pa.array(st_msgs, pa.string()),
         "attributes": attributes,
         "dropped_attributes_count": pa.array(dropped_a, pa.int64()),
@@ -492,26 +531,29 @@ def _table(columns: dict[str, pa.Array], groups: list[tuple[dict, Instrumentatio
 
     ``groups``: (resource attributes, scope, scope attributes) per ScopeSpans; ``owner``: each span's."""
     n = len(owner)
-    owner_idx = pa.array(owner)
     res_dicts = [g[0] for g in groups]
     scopes = [g[1] for g in groups]
 
-    def per_group(values: list) -> pa.Array:
-        return pc.take(pa.array(values, pa.string()), owner_idx)
+    def strings(values: list) -> pa.Array:
+        return pa.array(values, pa.string())
 
     env = [d.get("deployment.environment.name", d.get("deployment.environment")) for d in res_dicts]
+    # One value per group, spread to the spans by one take of them all as a struct.
+    per_group = pa.StructArray.from_arrays([
+        strings([d.get("service.name") for d in res_dicts]), strings([d.get("service.version") for d in res_dicts]),
+        strings(env), strings([s.name for s in scopes]), strings([s.version for s in scopes]),
+        _map_array(res_dicts), _map_array([g[2] for g in groups])], _GROUP_COLUMNS)
+    taken = pc.take(per_group, _numbers(np.ascontiguousarray(owner, dtype=np.int32), pa.int32(), n))
     columns = {
         **columns,
-        "service_name": per_group([d.get("service.name") for d in res_dicts]),
-        "service_version": per_group([d.get("service.version") for d in res_dicts]),
-        "environment": per_group(env),
-        "scope_name": per_group([s.name for s in scopes]),
-        "scope_version": per_group([s.version for s in scopes]),
-        "resource_attributes": pc.take(_map_array(res_dicts), owner_idx),
-        "scope_attributes": pc.take(_map_array([g[2] for g in groups]), owner_idx),
+        **{name: taken.field(i) for i, name in enumerate(_GROUP_COLUMNS)},
         "events": _events_array(n, span_events) if span_events else _empty_lists(n, EVENT_TYPE),
         "links": _links_array(n, span_links) if span_links else _empty_lists(n, LINK_TYPE),
     }
-    for name in AGENT_COLUMNS:
-        columns[name] = pa.nulls(n, SPAN_SCHEMA.field(name).type)
+    columns.update(zip(AGENT_COLUMNS, _agent_nulls(n), strict=True))
     return pa.Table.from_arrays([columns[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
+
+
+_GROUP_COLUMNS = ("service_name", "service_version", "environment", "scope_name", "scope_version",
+                  "resource_attributes", "scope_attributes")
+
