@@ -12,8 +12,10 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sre.pipeline.pdata.limits import TRUNCATED_KEY, limit_map_column
+from agent_sre.pipeline.pdata import limits
+from agent_sre.pipeline.pdata.limits import TRUNCATED_KEY, limit_map_column, limit_span_attributes
 from agent_sre.pipeline.pdata.otlp_arrow import STRING_MAP
+from agent_sre.pipeline.pdata.schema import EVENT_TYPE, LINK_TYPE
 
 # Short texts with multi-byte characters: a value can be longer in bytes than in code points.
 TEXT = st.text(alphabet=st.sampled_from('ab"\\\n\u00e9\u4e2d\U0001f600'), max_size=7)
@@ -63,3 +65,46 @@ def test_a_value_longer_in_bytes_than_the_limit_but_not_in_characters_is_not_cut
     limited = limit_map_column(maps, None, 4)
     assert limited.maps.to_pylist() == [[("k", "\u4e2d" * 4), ("j", "abcd"), (TRUNCATED_KEY, '["j"]')]]
     assert limited.truncated.tolist() == [1] and np.array_equal(limited.dropped, [0])
+
+
+EVENTS = st.lists(st.one_of(st.none(), st.lists(st.lists(ENTRY, max_size=6), max_size=3)), max_size=8)
+LIMIT = st.one_of(st.none(), st.integers(1, 7))
+
+
+def _spans(attributes: list, events: list, links: list, trim: int, split: int) -> pa.Table:
+    """A span table of these maps and events, sliced (offsets not at 0) and cut into two chunks."""
+    n = min(len(attributes), len(events), len(links))
+
+    def nested(rows: list, with_attributes: list) -> list:
+        return [None if r is None else [{**dict.fromkeys(with_attributes), "attributes": m} for m in r] for r in rows]
+
+    whole = pa.table({
+        "attributes": pa.array(attributes[:n], STRING_MAP),
+        "events": pa.array(nested(events[:n], ["time_ns", "name"]), pa.list_(EVENT_TYPE)),
+        "links": pa.array(nested(links[:n], ["trace_id", "span_id"]), pa.list_(LINK_TYPE)),
+        "dropped_attributes_count": pa.array([0] * n, pa.int64()),
+    }).slice(trim, max(n - 2 * trim, 0))
+    cut = min(split, whole.num_rows)
+    return pa.concat_tables([whole.slice(0, cut), whole.slice(cut)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(MAPS, EVENTS, EVENTS, LIMIT, st.one_of(st.none(), st.integers(0, 8)), st.integers(0, 2), st.integers(0, 8))
+def test_the_quick_answer_for_a_table_within_the_limits_is_what_the_full_pass_gives(attributes, events, links,
+                                                                                     max_attributes, max_value_length,
+                                                                                     trim, split):
+    """A table is let through untouched by its offsets alone (``_within_limits``) only where the full pass
+    would change nothing; and where it cannot tell, the full pass runs: the same table and counts."""
+    table = _spans(attributes, events, links, trim, split)
+    quick = limit_span_attributes(table, max_attributes, max_value_length)
+    saved = limits._within_limits
+    limits._within_limits = lambda *_: False
+    try:
+        full = limit_span_attributes(table, max_attributes, max_value_length)
+    finally:
+        limits._within_limits = saved
+    assert quick.table.equals(full.table)
+    assert (quick.spans_affected, quick.dropped_attributes, quick.truncated_values) == (
+        full.spans_affected, full.dropped_attributes, full.truncated_values)
+    if limits._within_limits(table, max_attributes, max_value_length):
+        assert full.spans_affected == 0  # it only says "within" when nothing is over
