@@ -91,23 +91,29 @@ class RecentSpans:
     def enabled(self) -> bool:
         return self.settings.window > 0 and self.settings.max_spans > 0
 
-    def drop_copies(self, rows: pa.Table) -> tuple[pa.Table, tuple[np.ndarray, np.ndarray] | None]:
+    def drop_copies(self, rows: pa.Table) -> tuple[pa.Table, np.ndarray | None]:
         """``rows`` without the spans already taken (and without repeats within them), and the kept rows'
-        (keys, has_key) for ``add`` once they are committed; nothing is computed when dedup is off."""
+        keys, sorted and distinct, for ``add_sorted`` once they are committed; nothing is computed when
+        dedup is off."""
         if not self.enabled:
             return rows, None
         keys, has_key = span_keys(rows.column("trace_id"), rows.column("span_id"))
-        keep = self.fresh(keys, has_key)
+        keep, remember = self._fresh(keys, has_key)
         if keep.all():
-            return rows, (keys, has_key)
+            return rows, remember
         self.dropped += len(keep) - int(keep.sum())
-        return rows.filter(pa.array(keep)), (keys[keep], has_key[keep])
+        return rows.filter(pa.array(keep)), remember
 
     def fresh(self, keys: np.ndarray, has_key: np.ndarray) -> np.ndarray:
         """Which rows to keep: not remembered, and the first of their key within ``keys``."""
+        return self._fresh(keys, has_key)[0]
+
+    def _fresh(self, keys: np.ndarray, has_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(``fresh``, the keys of the kept rows that have one, sorted and distinct: the batch's sort reused,
+        where ``add`` sorted them again: 0.20 -> 0.10 µs per span on the loader, bench/dedup.py)."""
         keep = np.ones(len(keys), dtype=bool)
         if not self.enabled or not len(keys):
-            return keep
+            return keep, keys[:0]
         order = np.argsort(keys, kind="stable")  # sorted needles: the searches below walk memory in order
         ordered = keys[order]
         seen = np.zeros(len(keys), dtype=bool)
@@ -118,14 +124,17 @@ class RecentSpans:
                     at = np.searchsorted(known, ordered)
                     seen |= (at < len(known)) & (known[np.minimum(at, len(known) - 1)] == ordered)
         keep[order] = ~seen
-        return keep | ~has_key
+        return keep | ~has_key, ordered[~seen & has_key[order]]
 
     def add(self, keys: np.ndarray, has_key: np.ndarray, now: float) -> None:
-        """Remember the keys of spans just committed: merged into the current generation (a new one
-        starts every window / 4, or once the current holds a quarter of ``max_spans``)."""
+        """Remember the keys (those with ``has_key``) of spans just committed."""
+        self.add_sorted(np.unique(keys[has_key]), now)
+
+    def add_sorted(self, keys: np.ndarray, now: float) -> None:
+        """Remember ``keys`` (sorted, distinct) of spans just committed: merged into the current generation
+        (a new one starts every window / 4, or once the current holds a quarter of ``max_spans``)."""
         if not self.enabled:
             return
-        keys = np.unique(keys[has_key])
         if not len(keys):
             return
         span = self.settings.window / _GENERATIONS

@@ -771,7 +771,7 @@ class SpanStore:
             self._rows_attached += rows.num_rows
             self.unattributed_spans += unattributed
             if taken is not None:
-                self.recent.add(*taken, now_ns / 1e9)
+                self.recent.add_sorted(taken, now_ns / 1e9)
         # After the commit (what is charged is stored) and outside the lock: callbacks may publish
         # events, which the store records.  From the loader, they run on the dispatcher thread, so
         # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.

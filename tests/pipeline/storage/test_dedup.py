@@ -145,3 +145,17 @@ def test_spans_with_other_ids_are_not_dropped(tmp_path):
     assert store.recent.dropped == 0
     assert os.path.exists(tmp_path / "s.duckdb")
     store.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 12), max_size=40), st.lists(st.booleans(), min_size=40, max_size=40),
+       st.lists(st.integers(0, 12), max_size=10))
+def test_the_keys_a_batch_leaves_to_remember_are_its_kept_rows_keys_sorted_and_distinct(keys, has, known):
+    """What drop_copies hands the commit to remember (its sort reused) is what ``add`` would remember of
+    the kept rows: their keys with a valid id, sorted, each once."""
+    recent = RecentSpans(DedupSettings(window=60, max_spans=1000))
+    recent.add_sorted(np.unique(np.array(known, dtype=np.uint64)), now=0.0)
+    k, h = np.array(keys, dtype=np.uint64), np.array(has[:len(keys)], dtype=bool)
+    keep, remember = recent._fresh(k, h)
+    assert keep.tolist() == recent.fresh(k, h).tolist()
+    assert remember.tolist() == np.unique(k[keep & h]).tolist()
