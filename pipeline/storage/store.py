@@ -201,6 +201,28 @@ def replay_mask(rows: pa.Table) -> pa.Array | None:
     return None if mask is None else pa.array(mask)
 
 
+class _Statements:
+    """An insert transaction's statements, those whose results are not read sent to DuckDB together: one
+    call for several (a call releases the GIL and takes it back, and the loader shares it with the
+    receiver's and the flusher's threads); each statement whose result is read first sends what waits."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        self.waiting: list[str] = []
+
+    def add(self, sql: str) -> None:
+        self.waiting.append(sql)
+
+    def flush(self) -> None:
+        if self.waiting:
+            text, self.waiting = ";\n".join(self.waiting), []
+            self.con.execute(text).fetchall()
+
+    def run(self, sql: str, params: list | None = None) -> list[tuple]:
+        self.flush()
+        return self.con.execute(sql, params or []).fetchall()
+
+
 def to_storage(batch: pa.Table) -> pa.Table:
     """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
 
@@ -710,55 +732,59 @@ class SpanStore:
         with self._lock:
             con = self._con
             con.register("_in", rows)
+            sql = _Statements(con)
             try:
                 # Each result is fetched: DuckDB refuses new work on a connection with one open.
-                con.execute("BEGIN TRANSACTION").fetchall()
-                for sql in (attribution.statements(self.attribution, now_ns) if attribute
-                            else [attribution.direct_statement(now_ns)]):
-                    con.execute(sql).fetchall()
+                sql.add("BEGIN TRANSACTION")
+                for statement in (attribution.statements(self.attribution, now_ns) if attribute
+                                  else [attribution.direct_statement(now_ns)]):
+                    sql.add(statement)
                 # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
                 if attribute and wanted - found:
                     maybe = sorted(wanted - found, key=repr)
-                    found = found | {k for k, yes in zip(maybe, con.execute(held_presence_sql(maybe, "_held")).fetchall()[0],
+                    found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
                                                          strict=True) if yes}
                 absent = wanted - found
-                con.execute("INSERT INTO span_rows BY NAME SELECT * FROM _batch").fetchall()
-                con.execute(locate_sql("_in", str(now_ns))).fetchall()  # every span as it arrives, held ones too
+                sql.add("INSERT INTO span_rows BY NAME SELECT * FROM _batch")
+                sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
                 # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
-                con.execute(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL).fetchall()
+                sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
                 span_rollups, cost_rollup, charges_sql = self._statements(absent)
                 task_spend: list[tuple] = []
-                for sql in span_rollups:
-                    if sql is not SPAN_ROLLUP_SQL:
-                        con.execute(sql).fetchall()
+                for statement in span_rollups:
+                    if statement is not SPAN_ROLLUP_SQL:
+                        sql.add(statement)
                     elif self._on_task_spend:
-                        task_spend = [r for r in con.execute(sql + TASK_SPEND_RETURNING, [now_ns]).fetchall() if r[2]]
+                        task_spend = [r for r in sql.run(statement + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
                     else:
-                        con.execute(sql, [now_ns]).fetchall()
+                        sql.run(statement, [now_ns])
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
+                    sql.flush()
                     self._finalize_due(now_ns)
-                con.execute(AGENT_ROLLUP_SQL).fetchall()
-                con.execute(cost_rollup).fetchall()
-                charges = con.execute(charges_sql).fetchall() if self._on_charges else []
+                sql.add(AGENT_ROLLUP_SQL)
+                sql.add(cost_rollup)
+                charges = sql.run(charges_sql) if self._on_charges else []
                 if attribute:
-                    held, oldest, unattributed = con.execute(
+                    held, oldest, unattributed = sql.run(
                         "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
-                        "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)").fetchall()[0]
+                        "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)")[0]
                     if held > self.attribution.max_held_spans:
-                        con.execute(attribution.overflow_statement(self.attribution)).fetchall()
+                        sql.add(attribution.overflow_statement(self.attribution))
+                    sql.flush()
                     released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
                                 if self._on_commit else rows)
-                    con.execute("DROP VIEW IF EXISTS _counted").fetchall()
-                    for sql in attribution.CLEANUP:
-                        con.execute(sql).fetchall()
+                    sql.add("DROP VIEW IF EXISTS _counted")
+                    for statement in attribution.CLEANUP:
+                        sql.add(statement)
                 else:
                     held, oldest = 0, None
                     released = rows if replays is None else rows.filter(_invert(replays))
                     unattributed = rows.column("agent_id").null_count
                 if seq is not None:
-                    con.execute("UPDATE spool_state SET applied_seq = ?", [seq]).fetchall()
-                con.execute("COMMIT").fetchall()
+                    sql.add(f"UPDATE spool_state SET applied_seq = {int(seq)}")
+                sql.add("COMMIT")
+                sql.flush()
             except BaseException:
                 try:
                     con.execute("ROLLBACK").fetchall()
