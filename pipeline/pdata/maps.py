@@ -48,3 +48,20 @@ def map_value(maps: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
     slot = np.full(n, -1, dtype=np.int64)
     slot[row] = found
     return pa.chunked_array(items, item_type).take(pa.array(slot, mask=slot < 0)).combine_chunks()
+
+
+
+def rows_with_key(lists: pa.ChunkedArray, key: str) -> np.ndarray | None:
+    """Which rows of a column of key/value lists (the store's layout: a list of key/value structs) have an
+    entry of ``key``; None when none has — the usual answer, from one comparison over the whole column's
+    keys (chunk by chunk it took four Arrow calls per chunk, and a loader's insert has dozens of chunks)."""
+    if not lists.num_chunks or not pc.any(pc.equal(pc.struct_field(pc.list_flatten(lists), "key"), key)).as_py():
+        return None
+    mask = np.zeros(len(lists), dtype=bool)
+    offset = 0
+    for chunk in lists.chunks:
+        hit = pc.equal(pc.struct_field(pc.list_flatten(chunk), "key"), key)
+        if pc.any(hit).as_py():
+            mask[offset + pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()] = True
+        offset += len(chunk)
+    return mask

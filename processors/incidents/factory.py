@@ -24,6 +24,7 @@ from agent_sre.pipeline.component.capabilities import ChaosExperiments, CostRepo
 from agent_sre.pipeline.component.config import ConfigModel, Duration
 from agent_sre.pipeline.component.decisions import ALLOW, Decision
 from agent_sre.pipeline.component.events import event, fingerprint
+from agent_sre.pipeline.pdata.maps import rows_with_key
 from agent_sre.pipeline.pdata.schema import SPAN_ROLES
 from agent_sre.pipeline.storage.shared_state import StateUrl
 from agent_sre.processors.incidents.breaker import (
@@ -264,13 +265,7 @@ class IncidentsProcessor(Stage):
         store's replay_mask: one comparison per attribute key, and a batch without them is returned."""
         if self._host is not None and any(c.feed_incidents for c in self._host.all(ChaosExperiments)):
             return rows
-        offset, mask = 0, None
-        for chunk in rows.column("attributes").chunks:
-            hit = pc.equal(pc.list_flatten(chunk).field("key"), "chaos.fault.type")
-            if pc.any(hit).as_py():
-                mask = np.zeros(rows.num_rows, dtype=bool) if mask is None else mask
-                mask[offset + pc.filter(pc.list_parent_indices(chunk), hit).to_numpy()] = True
-            offset += len(chunk)
+        mask = rows_with_key(rows.column("attributes"), "chaos.fault.type")
         return rows if mask is None else rows.filter(pa.array(~mask))
 
     def _policy_signals(self, rows: pa.Table) -> list[Signal]:
