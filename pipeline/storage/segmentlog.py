@@ -29,11 +29,12 @@ import os
 import shutil
 import struct
 import time
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+from isal import isal_zlib
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,7 +48,9 @@ QUARANTINE = "quarantine"
 
 
 def _crc(seq: int, payload: bytes | memoryview | pa.Buffer) -> int:
-    return zlib.crc32(payload, zlib.crc32(_CHECKED.pack(seq, len(payload))))
+    """The record's CRC-32 (zlib's polynomial) by ISA-L: the same value at ~1/10 of zlib's CPU (0.36 -> 0.03
+    ms per 2 MB here: a flush's record, on the flusher, and every record read back at recovery)."""
+    return isal_zlib.crc32(payload, isal_zlib.crc32(_CHECKED.pack(seq, len(payload))))
 
 
 @dataclass(frozen=True)

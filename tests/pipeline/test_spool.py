@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_sre.pipeline.pdata.otlp_arrow import request_to_table
+from agent_sre.pipeline.storage import segmentlog
 from agent_sre.pipeline.storage.spool import Spool, load, read_after, segments
 from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings, StoreBehind, open_read_only
 from tests.otlp_builders import request
@@ -235,3 +239,12 @@ def test_a_checkpoint_does_not_rewrite_the_row_groups_transactions_left_partly_f
     assert groups == [(12,)]  # as the transactions wrote them: not merged into 9 by the checkpoint
     assert store.count() == 6 * 12_288
     store.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=5000), st.integers(0, 2**64 - 1))
+def test_a_records_checksum_is_zlibs_crc32_as_spools_of_earlier_versions_were_written(payload, seq):
+    """The checksum is computed by ISA-L now; a spool written with zlib's must still read back."""
+    expected = zlib.crc32(payload, zlib.crc32(segmentlog._CHECKED.pack(seq, len(payload))))
+    assert segmentlog._crc(seq, payload) == expected
+    assert segmentlog._crc(seq, memoryview(payload)) == expected
