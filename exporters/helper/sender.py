@@ -138,7 +138,7 @@ class QueuedExporter(Exporter):
         the synchronous exporters and is still in the CPU's caches; by the time a sender thread takes it
         from the queue it is not.  Measured (bench/fanout.py, one ``otlphttp`` exporter beside duckdb, the
         protobuf encoding and gzip in C with the GIL released either way): -11.3 % of committed spans/s
-        with the encoding on the sender thread, -6.4 % here (medians of three rounds, docs/benchmarks.md).
+        with the encoding on the sender thread, -4.1 % here (medians of three rounds, docs/benchmarks.md).
         Not for a persistent queue (its sender reads the batch back from disk: a new table, encoded anew)."""
 
     def _start_client(self, host) -> None:  # noqa: B027 - optional hook
