@@ -11,7 +11,9 @@ Everything is numpy/Arrow over the flattened map entries.  Measured on 10,000 sp
 (converted in 156 ms): 2.1 ms when no limit is hit, 14 ms when every span is cut and trimmed; since the
 values' lengths are first bounded by their byte lengths (no text read unless a value is longer in bytes
 than the limit), 8,192 agent spans of ~12 attributes take 0.13 µs/span at the default 1 MiB limit, 0.23
-before.  A key with a control character is escaped as JSON requires in the marker.
+before.  A request within the limits is told so from its offsets alone (``_within_limits``: 18 µs per
+512-span request, 74 through the full pass).  A key with a control character is escaped as JSON requires
+in the marker.
 """
 
 from __future__ import annotations
@@ -73,8 +75,7 @@ def limit_map_column(maps: pa.Array, max_attributes: int | None, max_value_lengt
     if max_value_length is not None and len(items):
         # A value of at most max_value_length bytes has no more code points than that: only the values
         # longer in bytes are measured (usually none: one pass over the offsets instead of the text).
-        ends = np.frombuffer(items.buffers()[1], np.int32, len(items) + 1, items.offset * 4)
-        longer = np.flatnonzero(np.diff(ends) > max_value_length)
+        longer = np.flatnonzero(np.diff(_offsets(items)) > max_value_length)
         if len(longer):
             over = pc.fill_null(pc.greater(pc.utf8_length(items.take(pa.array(longer))), max_value_length), False)
             hit = longer[over.to_numpy(zero_copy_only=False)]
@@ -202,16 +203,16 @@ def _map_within(maps: pa.Array, max_attributes: int | None, max_value_length: in
     if max_attributes is not None and int(np.diff(offsets).max()) > max_attributes:
         return False
     if max_value_length is not None:
-        items = maps.items  # the whole child: its entries of these rows are offsets[0]..offsets[-1]
-        ends = np.frombuffer(items.buffers()[1], np.int32, len(items) + 1, items.offset * 4)
+        ends = _offsets(maps.items)  # the whole child: its entries of these rows are offsets[0]..offsets[-1]
         if int(np.diff(ends[offsets[0]:offsets[-1] + 1]).max()) > max_value_length:
             return False
     return True
 
 
-def _offsets(lists: pa.Array) -> np.ndarray:
-    """A list (or map) array's offsets (int32) for its rows, as stored: into the whole child."""
-    return np.frombuffer(lists.buffers()[1], np.int32, len(lists) + 1, lists.offset * 4)
+def _offsets(array: pa.Array) -> np.ndarray:
+    """A list, map or string array's offsets (int32) for its rows, as stored: into the whole child (the
+    whole data buffer)."""
+    return np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4)
 
 
 def _set(table: pa.Table, name: str, column: pa.Array) -> pa.Table:

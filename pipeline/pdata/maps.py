@@ -50,7 +50,6 @@ def map_value(maps: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
     return pa.chunked_array(items, item_type).take(pa.array(slot, mask=slot < 0)).combine_chunks()
 
 
-
 def rows_with_key(lists: pa.ChunkedArray, key: str) -> np.ndarray | None:
     """Which rows of a column of key/value lists (the store's layout: a list of key/value structs) have an
     entry of ``key``; None when none has — the usual answer, from one comparison over the whole column's

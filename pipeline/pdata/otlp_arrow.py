@@ -192,27 +192,25 @@ def _enum_column(codes: np.ndarray, names: tuple[str, ...], prefix: str) -> pa.A
 # --- events and links (rare; plain loops) --------------------------------------
 
 
-def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
-    if n <= _SHARED_ROWS:
-        return _shared_empty_lists(n, item_type)
+def _new_empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), _no_items(item_type))
 
 
-@functools.lru_cache(maxsize=32)
-def _shared_empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), _no_items(item_type))
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_agent_nulls(n: int) -> tuple[pa.Array, ...]:
+def _new_agent_nulls(n: int) -> tuple[pa.Array, ...]:
     return tuple(pa.nulls(n, SPAN_SCHEMA.field(name).type) for name in AGENT_COLUMNS)
+
+
+_shared_empty_lists = functools.lru_cache(maxsize=32)(_new_empty_lists)
+_shared_agent_nulls = functools.lru_cache(maxsize=16)(_new_agent_nulls)
+
+
+def _empty_lists(n: int, item_type: pa.DataType) -> pa.Array:
+    return _shared_empty_lists(n, item_type) if n <= _SHARED_ROWS else _new_empty_lists(n, item_type)
 
 
 def _agent_nulls(n: int) -> tuple[pa.Array, ...]:
     """The agent columns before normalisation: null."""
-    if n <= _SHARED_ROWS:
-        return _shared_agent_nulls(n)
-    return tuple(pa.nulls(n, SPAN_SCHEMA.field(name).type) for name in AGENT_COLUMNS)
+    return _shared_agent_nulls(n) if n <= _SHARED_ROWS else _new_agent_nulls(n)
 
 
 @functools.cache
