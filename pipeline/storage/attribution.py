@@ -126,6 +126,11 @@ def direct_statement(now_ns: int) -> str:
     return f"CREATE OR REPLACE TEMP VIEW _batch AS SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
 
 
+def direct_insert(now_ns: int) -> str:
+    """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between."""
+    return f"INSERT INTO span_rows BY NAME SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
+
+
 def overflow_statement(settings: AttributionSettings) -> str:
     """Held beyond ``max_held_spans``: the oldest are released with the next transaction.  Their receipt
     is negated, which puts it past any wait and is undone on release (``abs`` in ``_ready``): a receipt

@@ -217,6 +217,18 @@ class _Statements:
         return self.con.execute(sql, params or []).fetchall()
 
 
+@dataclass(frozen=True)
+class _Rollups:
+    """An insert transaction's rollup statements: the span-scope SLIs', the trace rollup's (None without
+    task SLIs or task budgets), the per-minute agent and cost rollups' and the charges query."""
+
+    span: list[str]
+    trace: str | None
+    agent: str
+    cost: str
+    charges: str
+
+
 def to_storage(batch: pa.Table) -> pa.Table:
     """Canonical batch -> storage layout: map columns become list<struct<key, value>> (zero copy).
 
@@ -730,35 +742,43 @@ class SpanStore:
             try:
                 # Each result is fetched: DuckDB refuses new work on a connection with one open.
                 sql.add("BEGIN TRANSACTION")
-                for statement in (attribution.statements(self.attribution, now_ns) if attribute
-                                  else [attribution.direct_statement(now_ns)]):
-                    sql.add(statement)
+                # Nothing to attribute or filter out (the common case): every statement reads the batch
+                # where it lies (``_in``), through no view (two statements fewer per transaction).
+                direct = not attribute and replays is None
+                if attribute:
+                    for statement in attribution.statements(self.attribution, now_ns):
+                        sql.add(statement)
+                elif not direct:
+                    sql.add(attribution.direct_statement(now_ns))
                 # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
                 if attribute and wanted - found:
                     maybe = sorted(wanted - found, key=repr)
                     found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
                                                          strict=True) if yes}
                 absent = wanted - found
-                sql.add("INSERT INTO span_rows BY NAME SELECT * FROM _batch")
+                sql.add(attribution.direct_insert(now_ns) if direct
+                        else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
                 sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
                 # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
-                sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
-                span_rollups, cost_rollup, charges_sql = self._statements(absent)
+                if not direct:
+                    sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
+                rollups = self._statements(absent, "_in" if direct else "_counted")
                 task_spend: list[tuple] = []
-                for statement in span_rollups:
-                    if statement is not SPAN_ROLLUP_SQL:
-                        sql.add(statement)
-                    elif self._on_task_spend:
-                        task_spend = [r for r in sql.run(statement + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
-                    else:
-                        sql.run(statement, [now_ns])
+                for statement in rollups.span:
+                    sql.add(statement)
+                if rollups.trace is None:
+                    pass
+                elif self._on_task_spend:
+                    task_spend = [r for r in sql.run(rollups.trace + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
+                else:
+                    sql.run(rollups.trace, [now_ns])
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     sql.flush()
                     self._finalize_due(now_ns)
-                sql.add(AGENT_ROLLUP_SQL)
-                sql.add(cost_rollup)
-                charges = sql.run(charges_sql) if self._on_charges else []
+                sql.add(rollups.agent)
+                sql.add(rollups.cost)
+                charges = sql.run(rollups.charges) if self._on_charges else []
                 if attribute:
                     held, oldest, unattributed = sql.run(
                         "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
@@ -891,20 +911,23 @@ class SpanStore:
     def _use_rollups(self, slis: list[SliRollup]) -> None:
         self._slis = slis
         self._rollup_sqls = rollup_sql(slis, self._track_tasks)
-        self._variants: dict[tuple[frozenset[Lookup], bool], tuple[list[str], str, str]] = {}
+        self._variants: dict[tuple[frozenset[Lookup], bool, str], _Rollups] = {}
         self._lookups = lookups([*self._rollup_sqls, COST_ROLLUP_SQL, CHARGES_SPLIT_SQL, CHARGES_SQL])
         self._finalize = finalize_tasks_sql(slis, self._track_tasks)
         self._finalized_at = time.monotonic()
 
-    def _statements(self, absent: frozenset[Lookup]) -> tuple[list[str], str, str]:
-        """The span rollups, the cost rollup and the charges query of a batch in which no span has the
-        ``absent`` keys (rollups.without; a few variants, kept)."""
-        key = (absent, self._charges_by_task)
+    def _statements(self, absent: frozenset[Lookup], source: str) -> _Rollups:
+        """The rollups and the charges query of a batch in which no span has the ``absent`` keys
+        (rollups.without), reading ``source`` (a few variants, kept)."""
+        key = (absent, self._charges_by_task, source)
         if (found := self._variants.get(key)) is None:
-            # SPAN_ROLLUP_SQL (no look-ups) stays the same object: it is told apart by identity
-            found = ([sql if sql is SPAN_ROLLUP_SQL else without(sql, absent) for sql in self._rollup_sqls],
-                     without(COST_ROLLUP_SQL, absent),
-                     without(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL, absent))
+            def read(sql: str) -> str:
+                return sql if source == "_counted" else sql.replace("FROM _counted", f"FROM {source}")
+
+            span = [read(without(sql, absent)) for sql in self._rollup_sqls if sql is not SPAN_ROLLUP_SQL]
+            trace = read(SPAN_ROLLUP_SQL) if any(sql is SPAN_ROLLUP_SQL for sql in self._rollup_sqls) else None
+            found = _Rollups(span, trace, read(AGENT_ROLLUP_SQL), read(without(COST_ROLLUP_SQL, absent)),
+                             read(without(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL, absent)))
             self._variants[key] = found
         return found
 
