@@ -160,6 +160,12 @@ class SpoolSettings:
     max_insert_bytes: int = 16 << 20
     segment_bytes: int = 64 << 20
 
+    @staticmethod
+    def insert_bytes_for(flush_spans: int) -> int:
+        """The byte budget that lets a transaction hold ``flush_spans`` spans of ~1 KiB (the default's, at
+        least): raising ``flush_spans`` alone, the 16 MiB budget would still end transactions at ~16k spans."""
+        return max(SpoolSettings.max_insert_bytes, flush_spans << 10)
+
 
 # Spans are stored in the table `span_rows`, where the attribute maps are lists of (key, value)
 # structs, and read through the view `spans`, which presents them as MAP(VARCHAR, VARCHAR).

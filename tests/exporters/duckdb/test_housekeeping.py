@@ -80,3 +80,21 @@ def test_retention_deletes_by_the_time_spans_were_received_not_by_the_clients_cl
         assert store.query("SELECT count(*) FROM spans").rows == [[0]]
     finally:
         service.shutdown()
+
+
+def test_a_larger_flush_spans_raises_the_insert_byte_budget_with_it(tmp_path):
+    """Each insert transaction is bounded by flush_spans and by a byte budget: raising flush_spans (the
+    README's tuning for throughput) must not leave transactions cut at the default budget's ~16k spans."""
+    from agent_sre.pipeline.component import ComponentID, Kind, Settings
+    from agent_sre.pipeline.component.registry import registry
+    from agent_sre.pipeline.component.telemetry import Telemetry
+
+    factory = registry.get(Kind.EXPORTER, "duckdb")
+    budgets = {}
+    for spans in (4096, 16384, 65536):
+        config = factory.config_model(path=str(tmp_path / f"{spans}.duckdb"), spool={"flush_spans": spans})
+        exporter = factory.create(Settings(ComponentID.parse("duckdb"), Kind.EXPORTER, Telemetry()), config)
+        settings = exporter._spool_settings()
+        assert settings is not None and settings.flush_spans == spans
+        budgets[spans] = settings.max_insert_bytes
+    assert budgets == {4096: 16 << 20, 16384: 16 << 20, 65536: 64 << 20}
