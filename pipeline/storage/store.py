@@ -726,7 +726,8 @@ class SpanStore:
         """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
 
         Spans without an agent are attributed through their trace first (pipeline/attribution.py):
-        what is released is ``_batch``, which every rollup and callback of the transaction sees."""
+        what is released is ``_batch``, which every rollup and callback of the transaction sees (the
+        batch itself, ``_in``, when there is nothing to attribute or leave out)."""
         rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
@@ -773,11 +774,9 @@ class SpanStore:
                 task_spend: list[tuple] = []
                 for statement in rollups.span:
                     sql.add(statement)
-                if rollups.trace is None:
-                    pass
-                elif self._on_task_spend:
+                if rollups.trace is not None and self._on_task_spend:
                     task_spend = [r for r in sql.run(rollups.trace + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
-                else:
+                elif rollups.trace is not None:
                     sql.run(rollups.trace, [now_ns])
                 if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
                     sql.flush()
