@@ -121,14 +121,18 @@ CLEANUP = ("DROP VIEW IF EXISTS _batch", "DROP TABLE IF EXISTS _ready", "DROP TA
            "DROP TABLE IF EXISTS _cand", "DROP TABLE IF EXISTS _nodes", "DROP TABLE IF EXISTS _verdicts")
 
 
+def _received(now_ns: int) -> str:
+    return f"SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
+
+
 def direct_statement(now_ns: int) -> str:
     """Nothing to attribute: the batch is released as it is."""
-    return f"CREATE OR REPLACE TEMP VIEW _batch AS SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
+    return f"CREATE OR REPLACE TEMP VIEW _batch AS {_received(now_ns)}"
 
 
 def direct_insert(now_ns: int) -> str:
     """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between."""
-    return f"INSERT INTO span_rows BY NAME SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
+    return f"INSERT INTO span_rows BY NAME {_received(now_ns)}"
 
 
 def overflow_statement(settings: AttributionSettings) -> str:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -157,14 +158,14 @@ class SpoolSettings:
     max_pending_spans: int = 1_048_576  # spooled, not yet inserted (on disk, ~1 KB each); beyond it append() refuses
     # Arrow bytes per insert transaction: DuckDB pins a transaction's large values in its buffer pool, so a few
     # multi-MiB attributes must not share one.  Halved after each failed insert, doubled back after a success.
-    max_insert_bytes: int = 16 << 20
+    # 0: 16 MiB, or 1 KiB per ``flush_spans`` span when that is more (raising flush_spans alone, a fixed
+    # 16 MiB budget still ended transactions at ~16k spans).
+    max_insert_bytes: int = 0
     segment_bytes: int = 64 << 20
 
-    @staticmethod
-    def insert_bytes_for(flush_spans: int) -> int:
-        """The byte budget that lets a transaction hold ``flush_spans`` spans of ~1 KiB (the default's, at
-        least): raising ``flush_spans`` alone, the 16 MiB budget would still end transactions at ~16k spans."""
-        return max(SpoolSettings.max_insert_bytes, flush_spans << 10)
+    def __post_init__(self) -> None:
+        if not self.max_insert_bytes:
+            object.__setattr__(self, "max_insert_bytes", max(16 << 20, self.flush_spans << 10))
 
 
 # Spans are stored in the table `span_rows`, where the attribute maps are lists of (key, value)
@@ -927,7 +928,12 @@ class SpanStore:
         key = (absent, self._charges_by_task, source)
         if (found := self._variants.get(key)) is None:
             def read(sql: str) -> str:
-                return sql if source == "_counted" else sql.replace("FROM _counted", f"FROM {source}")
+                if source == "_counted":
+                    return sql
+                sql = sql.replace("FROM _counted", f"FROM {source}")
+                if re.search(r"\b_counted\b", sql):  # a view the direct path does not create
+                    raise AssertionError(f"a rollup statement reads _counted other than 'FROM _counted': {sql}")
+                return sql
 
             span = [read(without(sql, absent)) for sql in self._rollup_sqls if sql is not SPAN_ROLLUP_SQL]
             trace = read(SPAN_ROLLUP_SQL) if any(sql is SPAN_ROLLUP_SQL for sql in self._rollup_sqls) else None
