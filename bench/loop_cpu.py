@@ -72,7 +72,9 @@ def batches(spans: int, size: int) -> list[pa.Table]:
 
 
 def _key(sql: str) -> str:
-    return "SQL " + re.sub(r"\d{6,}", "N", " ".join(sql.split()))[:100]
+    # Numbers that change per transaction are N: long ones (times) and the literals of positions.
+    return "SQL " + re.sub(r"\d{6,}|(?<![\w.])\d+(?=::BIGINT)|(?<=insert_pos > )\d+|(?<== )\d+(?=[,)]|$)", "N",
+                           " ".join(sql.split()))[:100]
 
 
 class Statements:
@@ -114,11 +116,11 @@ class Statements:
             def __getattr__(self, name):
                 return getattr(self._result, name)
 
-        def wrapped_insert(store, tables, seq=None):
+        def wrapped_insert(store, tables, seq=None, behind=False):
             con, started = store._con, time.thread_time()
             store._con = Connection(con)
             try:
-                return insert(store, tables, seq)
+                return insert(store, tables, seq, behind)
             finally:
                 store._con = con
                 timed("the whole insert (loader)", started)

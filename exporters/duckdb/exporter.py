@@ -116,7 +116,7 @@ class DuckDBExporter(Exporter):
             return None
         return SpoolSettings(directory=sp.directory or default_spool_dir(self.config.path),
                              flush_spans=sp.flush_spans, flush_interval=sp.flush_interval,
-                             max_pending_spans=sp.max_pending_spans)
+                             max_pending_spans=sp.max_pending_spans, rollup_interval=sp.rollup_interval)
 
     def describe(self) -> list[str]:
         lines = [f"spans, metrics and logs stored in DuckDB at {Path(self.config.path).absolute()}"]

@@ -121,8 +121,9 @@ CLEANUP = ("DROP VIEW IF EXISTS _batch", "DROP TABLE IF EXISTS _ready", "DROP TA
            "DROP TABLE IF EXISTS _cand", "DROP TABLE IF EXISTS _nodes", "DROP TABLE IF EXISTS _verdicts")
 
 
-def _received(now_ns: int) -> str:
-    return f"SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
+def _received(now_ns: int, pos: int | None = None) -> str:
+    stored = "" if pos is None else f", {int(pos)}::BIGINT AS insert_pos"
+    return f"SELECT *, {now_ns}::BIGINT AS received_ns{stored} FROM _in"
 
 
 def direct_statement(now_ns: int) -> str:
@@ -130,9 +131,10 @@ def direct_statement(now_ns: int) -> str:
     return f"CREATE OR REPLACE TEMP VIEW _batch AS {_received(now_ns)}"
 
 
-def direct_insert(now_ns: int) -> str:
-    """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between."""
-    return f"INSERT INTO span_rows BY NAME {_received(now_ns)}"
+def direct_insert(now_ns: int, pos: int) -> str:
+    """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between,
+    with the insert's position (rollups.stored_after)."""
+    return f"INSERT INTO span_rows BY NAME {_received(now_ns, pos)}"
 
 
 def overflow_statement(settings: AttributionSettings) -> str:

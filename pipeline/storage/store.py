@@ -45,6 +45,7 @@ from agent_sre.pipeline.storage.rollups import (
     COST_ROLLUP_SQL,
     COUNTED_ALL,
     COUNTED_WITHOUT_REPLAYS,
+    INSERT_POS,
     REPLAY_KEY,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
@@ -61,6 +62,7 @@ from agent_sre.pipeline.storage.rollups import (
     orphan_cutoff,
     present,
     rollup_sql,
+    stored_after,
     validate_sql,
     without,
 )
@@ -162,6 +164,11 @@ class SpoolSettings:
     # 16 MiB budget still ended transactions at ~16k spans).
     max_insert_bytes: int = 0
     segment_bytes: int = 64 << 20
+    # While the loader is behind (a whole ``flush_spans`` insert already waits after the one it takes), its
+    # inserts leave the SRE rollups (SLIs, traces, agent and cost minutes, charges) to a later insert, at most
+    # this long (seconds) and ``4 * flush_spans`` spans after the first one left: each rollup statement has a
+    # fixed cost per run (pipeline/storage/rollups.py, "deferred rollups").  Keeping up, every insert rolls up.
+    rollup_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.max_insert_bytes:
@@ -234,6 +241,17 @@ class _Rollups:
     agent: str
     cost: str
     charges: str
+
+    def reading(self, source: str) -> _Rollups:
+        """The same statements reading ``source`` where they read ``_DEFERRED``."""
+        def read(sql: str) -> str:
+            return sql.replace(f"FROM {_DEFERRED}", f"FROM {source}")
+
+        return _Rollups([read(x) for x in self.span], None if self.trace is None else read(self.trace),
+                        read(self.agent), read(self.cost), read(self.charges))
+
+
+_DEFERRED = "_deferred"  # what the rollups of earlier inserts' spans read: rollups.stored_after, in its place
 
 
 def to_storage(batch: pa.Table) -> pa.Table:
@@ -369,6 +387,15 @@ class SpanStore:
         self._held, self._held_oldest_ns = self._con.execute(
             "SELECT count(*), min(received_ns) FROM held_spans").fetchall()[0]
         self._replays_seen = self._held > 0  # what the last run held may be replays: filtered when released
+        # Inserts' positions (rollups.stored_after): the last stored, the last rolled up, and what the spans
+        # stored since (not rolled up yet) hold: how many, which looked-up keys, whether some are replays.
+        self._stored_pos, self._rolled_pos = self._con.execute(
+            "SELECT stored_pos, rolled_pos FROM spool_state").fetchall()[0]
+        self._rolled_at = time.monotonic()
+        self._unrolled_rows = 0
+        # after a crash, whether those spans hold replays is not known: filtered, as every replay is by default
+        self._unrolled_filtered = self._rolled_pos < self._stored_pos and not count_replays
+        self._unrolled_found: frozenset[Lookup] = frozenset()  # (_use_rollups: all of them, after a crash)
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
         self._use_rollups([SliRollup(*r) for r in self._con.execute(
@@ -384,6 +411,8 @@ class SpanStore:
         self.problem: str | None = None  # why the loader cannot insert (None: it can)
         self._failures = 0
         self._spool: Spool | None = None
+        if self._rolled_pos < self._stored_pos:  # the last run stopped with spans not rolled up: now, once
+            self._insert([])
         if spool is not None:
             self._open_spool(spool)
 
@@ -692,8 +721,13 @@ class SpanStore:
             con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _empty LIMIT 0")
             con.unregister("_empty")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
+        # The insert transactions' positions (rollups.stored_after): the last one's, and the last rolled up.
+        # A store from before them has NULL in its spans' insert_pos, which it rolled up as it stored them.
+        con.execute(f"ALTER TABLE span_rows ADD COLUMN IF NOT EXISTS {INSERT_POS} BIGINT")
+        for column in ("stored_pos", "rolled_pos"):
+            con.execute(f"ALTER TABLE spool_state ADD COLUMN IF NOT EXISTS {column} BIGINT DEFAULT 0")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
-            con.execute("INSERT INTO spool_state VALUES (0)")
+            con.execute("INSERT INTO spool_state (applied_seq) VALUES (0)")
 
     # --- writing ----------------------------------------------------------------
 
@@ -723,12 +757,16 @@ class SpanStore:
             log.info("span store: %d span identities of the last %gs remembered (a client's re-send is stored once)",
                      recent.stats(now_ns / 1e9)["remembered_spans"], recent.settings.window)
 
-    def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None) -> None:
+    def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None,
+                behind: bool = False) -> None:
         """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
 
         Spans without an agent are attributed through their trace first (pipeline/attribution.py):
         what is released is ``_batch``, which every rollup and callback of the transaction sees (the
-        batch itself, ``_in``, when there is nothing to attribute or leave out)."""
+        batch itself, ``_in``, when there is nothing to attribute or leave out).  The rollups run in the
+        same transaction, over the batch, or over every span stored since the last rollup when earlier
+        inserts left theirs (``behind``: the loader has a whole insert waiting after this one, and the
+        rollups are not due yet; rollups.stored_after)."""
         rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
@@ -743,6 +781,8 @@ class SpanStore:
         wanted = self._lookups
         found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
+        pos = self._stored_pos + 1
+        roll = not behind or self._rollup_due(rows.num_rows)
         with self._lock:
             con = self._con
             con.register("_in", rows)
@@ -763,28 +803,22 @@ class SpanStore:
                     maybe = sorted(wanted - found, key=repr)
                     found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
                                                          strict=True) if yes}
-                absent = wanted - found
-                sql.add(attribution.direct_insert(now_ns) if direct
-                        else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
+                sql.add(attribution.direct_insert(now_ns, pos) if direct
+                        else f"INSERT INTO span_rows BY NAME SELECT *, {pos}::BIGINT AS {INSERT_POS} FROM _batch")
                 sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
                 # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
                 if not direct:
                     sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
-                rollups = self._statements(absent, "_in" if direct else "_counted")
+                charges: list[tuple] = []
                 task_spend: list[tuple] = []
-                for statement in rollups.span:
-                    sql.add(statement)
-                if rollups.trace is not None and self._on_task_spend:
-                    task_spend = [r for r in sql.run(rollups.trace + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
-                elif rollups.trace is not None:
-                    sql.run(rollups.trace, [now_ns])
-                if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
-                    sql.flush()
-                    self._finalize_due(now_ns)
-                sql.add(rollups.agent)
-                sql.add(rollups.cost)
-                charges = sql.run(rollups.charges) if self._on_charges else []
+                if roll and self._rolled_pos < self._stored_pos:  # with what earlier inserts left
+                    rollups = self._statements(wanted - (found | self._unrolled_found), _DEFERRED).reading(
+                        stored_after(self._rolled_pos, self._unrolled_filtered or filtered))
+                elif roll:
+                    rollups = self._statements(wanted - found, "_in" if direct else "_counted")
+                if roll:
+                    charges, task_spend = self._roll_up(sql, rollups, now_ns)
                 if attribute:
                     held, oldest, unattributed = sql.run(
                         "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
@@ -801,8 +835,8 @@ class SpanStore:
                     held, oldest = 0, None
                     released = rows if replays is None else rows.filter(_invert(replays))
                     unattributed = rows.column("agent_id").null_count
-                if seq is not None:
-                    sql.add(f"UPDATE spool_state SET applied_seq = {int(seq)}")
+                sql.add(f"UPDATE spool_state SET stored_pos = {pos}" + (f", rolled_pos = {pos}" if roll else "")
+                        + (f", applied_seq = {int(seq)}" if seq is not None else ""))
                 sql.add("COMMIT")
                 sql.flush()
             except BaseException:
@@ -814,6 +848,14 @@ class SpanStore:
             finally:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
+            self._stored_pos = pos
+            if roll:
+                self._rolled_pos, self._rolled_at, self._unrolled_rows = pos, time.monotonic(), 0
+                self._unrolled_found, self._unrolled_filtered = frozenset(), False
+            else:
+                self._unrolled_rows += rows.num_rows
+                self._unrolled_found |= found
+                self._unrolled_filtered = self._unrolled_filtered or filtered
             self._rows_attached += rows.num_rows
             self.unattributed_spans += unattributed
             if taken is not None:
@@ -826,6 +868,28 @@ class SpanStore:
         else:
             self._run_callbacks(charges, task_spend, released)
         self._reattach_if_due()
+
+    def _rollup_due(self, rows: int) -> bool:
+        """Whether an insert made while the loader is behind rolls up (what earlier ones left, its own)."""
+        settings = self._spool_settings
+        return (time.monotonic() - self._rolled_at >= settings.rollup_interval
+                or self._unrolled_rows + rows >= 4 * settings.flush_spans)
+
+    def _roll_up(self, sql: _Statements, rollups: _Rollups, now_ns: int) -> tuple[list[tuple], list[tuple]]:
+        """Run the rollups in the insert's transaction: (charges, task spend) for the callbacks."""
+        task_spend: list[tuple] = []
+        for statement in rollups.span:
+            sql.add(statement)
+        if rollups.trace is not None and self._on_task_spend:
+            task_spend = [r for r in sql.run(rollups.trace + TASK_SPEND_RETURNING, [now_ns]) if r[2]]
+        elif rollups.trace is not None:
+            sql.run(rollups.trace, [now_ns])
+        if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
+            sql.flush()
+            self._finalize_due(now_ns)
+        sql.add(rollups.agent)
+        sql.add(rollups.cost)
+        return (sql.run(rollups.charges) if self._on_charges else []), task_spend
 
     def _run_callbacks(self, charges: list[tuple], task_spend: list[tuple], rows: pa.Table) -> None:
         """A failing callback must not make a committed insert retry: logged, the spans are stored."""
@@ -921,6 +985,8 @@ class SpanStore:
         self._lookups = lookups([*self._rollup_sqls, COST_ROLLUP_SQL, CHARGES_SPLIT_SQL, CHARGES_SQL])
         self._finalize = finalize_tasks_sql(slis, self._track_tasks)
         self._finalized_at = time.monotonic()
+        if self._rolled_pos < self._stored_pos:  # spans left to a rollup, not known to lack the keys looked up now
+            self._unrolled_found = self._lookups
 
     def _statements(self, absent: frozenset[Lookup], source: str) -> _Rollups:
         """The rollups and the charges query of a batch in which no span has the ``absent`` keys
@@ -1044,6 +1110,8 @@ class SpanStore:
 
     def _due(self) -> bool:
         if not self._pending:
+            if self._rolled_pos < self._stored_pos and self._failures == 0:
+                return True  # spans left to a rollup and no insert to come (not expected: kept robust)
             expiry = self._held_expiry()
             return expiry is not None and expiry <= 0 and not self._closing
         return (self._closing or self._sync_wanted > self._applied_seq
@@ -1093,12 +1161,17 @@ class SpanStore:
         they stay in the spool and pending, and the next try takes half as many bytes."""
         last = items[-1].seq if items else None
         started = time.monotonic()
+        rows = sum(i.rows for i in items)
+        # Behind: a whole insert waits after this one (and nobody waits for this one's rollups).
+        behind = (threading.current_thread() is self._loader and not self._closing
+                  and self._sync_wanted <= self._applied_seq
+                  and self._pending_rows - rows >= self._spool_settings.flush_spans)
         try:
-            self._insert(load(items) if items else [], last)
+            self._insert(load(items) if items else [], last, behind)
         except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
             self._insert_failed(exc, items)
             return False
-        rows, took = sum(i.rows for i in items), time.monotonic() - started
+        took = time.monotonic() - started
         if rows >= _DRAIN_SAMPLE_ROWS and took > 0:  # small inserts are mostly fixed cost: no rate from them
             rate = rows / took
             self._drain_rate = rate if not self._drain_rate else 0.8 * self._drain_rate + 0.2 * rate

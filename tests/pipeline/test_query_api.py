@@ -108,9 +108,9 @@ def test_under_ingest_ahead_of_the_store_a_query_answers_after_its_wait_with_wha
     release = threading.Event()
     insert = p.store._insert
 
-    def slow_insert(tables, seq=None):
+    def slow_insert(tables, seq=None, behind=False):
         release.wait(30)
-        insert(tables, seq)
+        insert(tables, seq, behind)
 
     p.store._insert = slow_insert
     try:

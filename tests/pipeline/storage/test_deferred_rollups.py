@@ -1,0 +1,192 @@
+"""Rollups left by inserts made while the loader is behind (rollups.stored_after): a later insert rolls up
+everything stored since the last rollup, in its transaction, so the rollup tables, the charges and the
+task spend are those of a rollup in every insert — exactly once, through the loader, and across a crash
+that left spans stored but not rolled up."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage.rollups import EVALUATION_EVENT, REPLAY_KEY
+from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings
+from agent_sre.processors.sli.factory import SliConfig, builtin_slis
+
+MINUTE = 60 * 10**9
+TABLES = {  # every rollup table, the doubles rounded (sums in another order)
+    "sli_minutes": "SELECT minute, sli, agent_id, agent_version, good, total FROM sli_minutes ORDER BY ALL",
+    "agent_minutes": "SELECT minute, agent_id, spans, errors, llm_calls, tokens, tasks, task_duration_ns FROM agent_minutes "
+                     "ORDER BY ALL",
+    "cost_minutes": "SELECT minute, agent_id, model, tenant, spans, round(cost_usd, 9) FROM cost_minutes ORDER BY ALL",
+    "trace_rollups": "SELECT trace_id, agent_id, agent_version, delegations, task_end_ns, task_calls, round(cost_usd, 9), "
+                     "round(task_usd, 9) FROM trace_rollups ORDER BY ALL",
+}
+
+# (role, status, score, tenant, evaluation, replay)
+_spec = st.tuples(st.sampled_from(["llm", "tool", "agent_task", "delegation"]), st.sampled_from(["ok", "error"]),
+                  st.sampled_from([None, "0.1", "0.9"]), st.sampled_from([None, "acme"]),
+                  st.sampled_from([None, "0.7"]), st.booleans())
+_batches = st.lists(st.lists(_spec, min_size=1, max_size=12), min_size=2, max_size=6)
+
+
+def _batch(specs: list[tuple], first: int) -> pa.Table:
+    rows = []
+    for k, (role, status, score, tenant, evaluation, replay) in enumerate(specs):
+        i = first + k
+        trace = i % 5  # traces span batches; one agent per trace
+        attributes = [("other", "1")] + ([("eval.hallucination.score", score)] if score is not None else [])
+        resource = [("service.name", "svc")] + ([("tenant.id", tenant)] if tenant is not None else []) \
+            + ([(REPLAY_KEY, "orig")] if replay else [])
+        events = ([{"time_ns": 1, "name": EVALUATION_EVENT, "attributes": [
+            ("gen_ai.evaluation.name", "hallucination"), ("gen_ai.evaluation.score.value", evaluation)]}]
+            if evaluation is not None else [])
+        rows.append({
+            "trace_id": f"{trace:032x}", "span_id": f"{i + 1:016x}", "name": role, "kind": "internal",
+            "start_ns": MINUTE * (1 + i % 3) + i, "end_ns": MINUTE * (1 + i % 3) + i + 10**9, "duration_ns": 10**9,
+            "status_code": status, "span_role": role, "agent_id": "agent-" + "ab"[trace % 2], "agent_version": "v1",
+            "model": "m" if role == "llm" else None, "cost_usd": 0.01 * (k + 1) if role == "llm" else None,
+            "input_tokens": 10 if role == "llm" else None, "output_tokens": 5 if role == "llm" else None,
+            "attributes": attributes, "events": events, "scope_attributes": [], "resource_attributes": resource})
+    return pa.Table.from_pylist(rows, schema=SPAN_SCHEMA)
+
+
+class _Seen:
+    """What the store hands its callbacks: charges summed per agent, model, tenant and minute, task spend
+    per trace (what was added, and the spend so far as last reported), spans committed."""
+
+    def __init__(self, store: SpanStore):
+        self.charges: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.added: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.spend: dict[str, tuple] = {}
+        self.committed = 0
+        store.on_charges(self._charged)
+        store.on_task_spend(self._task_spend)
+        store.on_commit(self._commit)
+
+    def _charged(self, rows):
+        for agent, _trace, model, tenant, usd, spans, minute in rows:
+            self.charges[(agent, model, tenant, minute)][0] += usd
+            self.charges[(agent, model, tenant, minute)][1] += spans
+
+    def _task_spend(self, rows):
+        for _agent, trace, usd, calls, trace_usd, trace_calls in rows:
+            self.added[trace][0] += usd
+            self.added[trace][1] += calls
+            self.spend[trace] = (round(trace_usd, 9), trace_calls)
+
+    def _commit(self, rows):
+        self.committed += rows.num_rows
+
+    def summary(self) -> tuple:
+        return ({k: (round(v[0], 9), v[1]) for k, v in self.charges.items()},
+                {k: (round(v[0], 9), v[1]) for k, v in self.added.items()}, self.spend, self.committed)
+
+
+def _open(path, spool: SpoolSettings | None = None) -> tuple[SpanStore, _Seen]:
+    store = SpanStore(path, spool=spool)
+    store.set_sli_rollups(builtin_slis(SliConfig()))
+    return store, _Seen(store)
+
+
+def _tables(store: SpanStore) -> dict[str, list[tuple]]:
+    store.sync()
+    return {name: store.read(sql) for name, sql in TABLES.items()}
+
+
+def _reference(tmp_path, batches: list[pa.Table]) -> tuple[dict, tuple]:
+    """Every insert rolls up its own batch (no spool: each append is an insert)."""
+    store, seen = _open(tmp_path / "reference.duckdb")
+    for batch in batches:
+        store.append(batch)
+    tables = _tables(store)
+    store.close()
+    return tables, seen.summary()
+
+
+def _idle_spool(tmp_path) -> SpoolSettings:
+    # The loader never inserts on its own here: the test makes the inserts, as the loader would.
+    return SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10**6, flush_interval=3600,
+                         rollup_interval=3600)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_batches)
+def test_inserts_that_leave_their_rollups_to_a_later_one_end_with_the_rollups_of_every_insert(tmp_path_factory, specs):
+    tmp_path = tmp_path_factory.mktemp("deferred")
+    batches, first = [], 0
+    for s in specs:
+        batches.append(_batch(s, first))
+        first += len(s)
+    expected = _reference(tmp_path, batches)
+
+    store, seen = _open(tmp_path / "deferred.duckdb", _idle_spool(tmp_path))
+    for batch in batches[:-1]:
+        store._insert([batch], None, behind=True)  # behind: left to the last insert
+    assert store.read("SELECT count(*) FROM sli_minutes")[0][0] == 0  # nothing rolled up yet
+    # the commit callbacks do not wait for the rollups (replays' spans are not handed to them)
+    assert seen.committed == sum(not x[-1] for batch in specs[:-1] for x in batch)
+    store._insert([batches[-1]], None, behind=False)
+    assert (_tables(store), seen.summary()) == expected
+    store.close()
+
+
+def test_a_crash_with_spans_left_to_a_rollup_rolls_them_up_once_when_the_store_opens(tmp_path):
+    batches = [_batch([("llm", "ok", None, None, None, False), ("agent_task", "error", None, None, None, False),
+                       ("tool", "error", "0.1", "acme", None, False)] * 3, 9 * k) for k in range(3)]
+    expected_tables, (charges, *_rest) = _reference(tmp_path, batches)
+
+    store, seen = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    store._insert([batches[0]], None, behind=False)
+    for batch in batches[1:]:
+        store._insert([batch], None, behind=True)
+    store._stop_verifier()
+    store._con.close()  # kill -9: the spans of two inserts are stored, their rollups are not
+
+    again, seen_again = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    assert _tables(again) == expected_tables
+    # the first run charged the first insert; the second charges what the crash left, rolled up at open
+    # (before any callback is registered: the budgets rebuild it from cost_minutes, as after any restart)
+    assert seen.summary()[0] != charges and seen_again.summary()[0] == {}
+    again.close()
+    third, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    assert _tables(third) == expected_tables  # rolled up once, not at every start
+    third.close()
+
+
+def test_the_loader_behind_rolls_up_fewer_times_than_it_inserts_and_ends_with_the_same_rollups(tmp_path):
+    batches = [_batch([("llm", "ok", None, None, None, False), ("tool", "error", None, None, None, False)] * 5,
+                      10 * k) for k in range(6)]
+    expected = _reference(tmp_path, batches)
+
+    spool = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10, flush_interval=0.02,
+                          rollup_interval=3600)
+    store, seen = _open(tmp_path / "s.duckdb", spool)
+    insert, rolled, inserts = store._insert, [], []
+    roll_up = store._roll_up
+
+    def counted_insert(tables, seq=None, behind=False):
+        inserts.append(behind)
+        insert(tables, seq, behind)
+
+    def counted_roll_up(*args):
+        rolled.append(1)
+        return roll_up(*args)
+
+    store._insert, store._roll_up = counted_insert, counted_roll_up  # type: ignore[method-assign]
+    with store._cond:  # the loader takes nothing before all six batches are spooled
+        for batch in batches:
+            store.append(batch)
+    deadline = time.monotonic() + 30
+    while len(inserts) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.sync()
+    # one 10-span batch per insert; while a whole one waits after it, an insert is behind
+    assert inserts == [True, True, True, True, True, False]
+    assert len(rolled) == 2  # the fourth (4 x flush_spans left to it) and the last
+    assert (_tables(store), seen.summary()) == expected
+    store.close()
