@@ -1020,13 +1020,18 @@ class SpanStore:
 
     def finalize_tasks(self, now_ns: int | None = None) -> None:
         """Count every task whose trace has been quiet for the grace period (task-scope SLIs).  Without
-        ``now_ns``, nothing is done if an insert transaction did it less than ``_FINALIZE_EVERY_S`` ago:
-        the SLO and anomaly stages ask every second, for the case with no traffic."""
+        ``now_ns``, nothing is done if an insert transaction did it less than ``_FINALIZE_EVERY_S`` ago
+        (the SLO and anomaly stages ask every second, for the case with no traffic), and what is counted is
+        what is committed: waiting for every acknowledged span to be inserted, under load, made the loader
+        insert what was pending at once, each insert rolling up its own, and held the SLO evaluation up
+        (a span of a trace quiet for the grace period, still in the spool, is then not counted, as one
+        arriving after the grace is not).  With ``now_ns``, everything acknowledged is inserted first."""
         if self._finalize is None:
             return
         if now_ns is None and time.monotonic() - self._finalized_at < _FINALIZE_EVERY_S:
             return
-        self.sync()
+        if now_ns is not None:
+            self.sync()
         with self._lock:
             con = self._con
             con.execute("BEGIN TRANSACTION").fetchall()
@@ -1162,9 +1167,10 @@ class SpanStore:
         last = items[-1].seq if items else None
         started = time.monotonic()
         rows = sum(i.rows for i in items)
-        # Behind: a whole insert waits after this one (and nobody waits for this one's rollups).
+        # Behind: a whole insert waits after this one (and no sync() waits for this one's rollups: one
+        # waiting for a later batch has them rolled up by the insert that takes that batch).
         behind = (threading.current_thread() is self._loader and not self._closing
-                  and self._sync_wanted <= self._applied_seq
+                  and not (last is not None and self._applied_seq < self._sync_wanted <= last)
                   and self._pending_rows - rows >= self._spool_settings.flush_spans)
         try:
             self._insert(load(items) if items else [], last, behind)

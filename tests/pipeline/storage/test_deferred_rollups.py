@@ -5,6 +5,7 @@ that left spans stored but not rolled up."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 
@@ -189,4 +190,30 @@ def test_the_loader_behind_rolls_up_fewer_times_than_it_inserts_and_ends_with_th
     assert inserts == [True, True, True, True, True, False]
     assert len(rolled) == 2  # the fourth (4 x flush_spans left to it) and the last
     assert (_tables(store), seen.summary()) == expected
+    store.close()
+
+
+def test_the_periodic_task_count_reads_what_is_committed_without_waiting_for_the_loader(tmp_path):
+    # The SLO stage asks for it every evaluation: waiting for every acknowledged span there, under load,
+    # held the evaluation (and its alerts) up and made the loader insert and roll up in small steps.
+    spool = SpoolSettings(directory=str(tmp_path / "spool"), flush_interval=0.02)
+    store, _ = _open(tmp_path / "s.duckdb", spool)
+    store.append(_batch([("agent_task", "ok", None, None, None, False)], 0))
+    store.sync()
+    release = threading.Event()
+    insert = store._insert
+
+    def slow_insert(tables, seq=None, behind=False):
+        release.wait(30)  # the loader, busy
+        insert(tables, seq, behind)
+
+    store._insert = slow_insert  # type: ignore[method-assign]
+    store.append(_batch([("agent_task", "ok", None, None, None, False)], 1))
+    store._finalized_at -= 3600  # due
+    started = time.monotonic()
+    store.finalize_tasks()
+    assert time.monotonic() - started < 5 and store.pending_spans == 1
+    release.set()
+    store.sync()
+    assert store.read("SELECT count(*) FROM span_rows")[0][0] == 2
     store.close()
