@@ -73,7 +73,7 @@ def batches(spans: int, size: int) -> list[pa.Table]:
 
 def _key(sql: str) -> str:
     # Numbers that change per transaction are N: long ones (times) and the literals of positions.
-    return "SQL " + re.sub(r"\d{6,}|(?<![\w.])\d+(?=::BIGINT)|(?<=insert_pos > )\d+|(?<== )\d+(?=[,)]|$)", "N",
+    return "SQL " + re.sub(r"\d{6,}|(?<![\w.])\d+(?=::BIGINT)|(?<=received_ns > )\d+|(?<== )\d+(?=[,)]|$)", "N",
                            " ".join(sql.split()))[:100]
 
 

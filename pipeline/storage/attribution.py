@@ -18,7 +18,8 @@ through other worker processes.  Attribution therefore runs in the store's inser
    with what it has.  Released spans without an agent fall back to their resource's
    ``service.name`` (unless it is the SDK's ``unknown_service…``), else stay unattributed
    (``agent_id`` NULL; counted in ``agent_sre_attribution_unattributed_spans``).
-4. Released spans go to ``span_rows`` and are what every rollup, budget, breaker and SLI of this
+4. Released spans go to ``span_rows``, with the insert's time as ``received_ns`` (a held span's too:
+   the rollups read what each insert stored by it), and are what every rollup, budget, breaker and SLI of this
    transaction sees (``_batch``); waiting spans go to ``held_spans`` (queried through the ``spans``
    view like any other).  Both in the same transaction as the spool position, so a crash and a
    spool replay attribute every span exactly once.
@@ -99,7 +100,8 @@ SELECT l.trace_id, l.span_id,
 FROM last l LEFT JOIN _nodes n ON n.trace_id = l.trace_id AND n.span_id = l.up""",
         f"""CREATE OR REPLACE TEMP TABLE _ready AS
 SELECT i.* REPLACE (coalesce(i.agent_id, s.agent_id, {_fallback(settings)}) AS agent_id, {inherit},
-  abs(i.received_ns) AS received_ns,
+  -- stored now: a held span's receipt becomes its release's (the rollups read what was stored by it)
+  {now_ns}::BIGINT AS received_ns,
   -- a delegation that names no delegator was sent by its own agent (normalize.py does the same for
   -- spans that carry their agent; these inherit it here)
   CASE WHEN i.delegation_from IS NULL AND i.delegation_to IS NOT NULL AND i.span_role = 'delegation'
@@ -121,9 +123,8 @@ CLEANUP = ("DROP VIEW IF EXISTS _batch", "DROP TABLE IF EXISTS _ready", "DROP TA
            "DROP TABLE IF EXISTS _cand", "DROP TABLE IF EXISTS _nodes", "DROP TABLE IF EXISTS _verdicts")
 
 
-def _received(now_ns: int, pos: int | None = None) -> str:
-    stored = "" if pos is None else f", {int(pos)}::BIGINT AS insert_pos"
-    return f"SELECT *, {now_ns}::BIGINT AS received_ns{stored} FROM _in"
+def _received(now_ns: int) -> str:
+    return f"SELECT *, {now_ns}::BIGINT AS received_ns FROM _in"
 
 
 def direct_statement(now_ns: int) -> str:
@@ -131,15 +132,14 @@ def direct_statement(now_ns: int) -> str:
     return f"CREATE OR REPLACE TEMP VIEW _batch AS {_received(now_ns)}"
 
 
-def direct_insert(now_ns: int, pos: int) -> str:
-    """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between,
-    with the insert's position (rollups.stored_after)."""
-    return f"INSERT INTO span_rows BY NAME {_received(now_ns, pos)}"
+def direct_insert(now_ns: int) -> str:
+    """Nothing to attribute or filter: the batch (``_in``) stored as it is, without a view in between."""
+    return f"INSERT INTO span_rows BY NAME {_received(now_ns)}"
 
 
 def overflow_statement(settings: AttributionSettings) -> str:
     """Held beyond ``max_held_spans``: the oldest are released with the next transaction.  Their receipt
-    is negated, which puts it past any wait and is undone on release (``abs`` in ``_ready``): a receipt
-    of 0 would have stored them as received in 1970, and the next retention pass deleted them."""
+    is negated, which puts it past any wait (and keeps their order); released, a span is stored with the
+    releasing insert's time, as every released span is (``_ready``)."""
     return (f"UPDATE held_spans SET received_ns = -received_ns WHERE received_ns > 0 AND rowid IN (SELECT rowid FROM held_spans "
             f"ORDER BY received_ns LIMIT (SELECT greatest(count(*) - {settings.max_held_spans}, 0) FROM held_spans))")

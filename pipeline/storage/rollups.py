@@ -71,20 +71,20 @@ COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FRO
 
 
 # --- deferred rollups -------------------------------------------------------------------------------
-# Every stored span carries the position of the insert transaction that stored it (``insert_pos``, one
-# counter per store); the store's rollups have run over every span up to ``spool_state.rolled_pos``,
-# committed in the same transaction as what they added.  While the loader is behind, an insert stores
-# its spans without rolling them up, and a later insert rolls up everything stored since
-# (``stored_after``): every rollup statement has a fixed cost of planning per run (~31 ms for the
-# five of them, bench/deferred_rollups.py), which is then paid once for several inserts.
-INSERT_POS = "insert_pos"
+# Every stored span carries the time of the insert transaction that stored it (``received_ns``: the
+# store's clock, strictly increasing from one insert to the next, and a held span's is that of the insert
+# that releases it); the store's rollups have run over every span up to ``spool_state.rolled_ns``,
+# committed in the same transaction as what they added.  While the loader is behind, an insert stores its
+# spans without rolling them up, and a later insert rolls up everything stored since (``stored_after``):
+# every rollup statement has a fixed cost of planning per run (~31 ms for the five of them,
+# bench/deferred_rollups.py), which is then paid once for several inserts.
 
 
-def stored_after(rolled_pos: int, without_replays: bool) -> str:
-    """The source the rollups read for the spans stored after ``rolled_pos`` (this transaction's
+def stored_after(rolled_ns: int, without_replays: bool) -> str:
+    """The source the rollups read for the spans stored after ``rolled_ns`` (this transaction's
     included), without those of replays' re-runs when ``without_replays``."""
     replays = f" AND NOT {_HAS_REPLAY_KEY}" if without_replays else ""
-    return f"(SELECT * FROM span_rows WHERE {INSERT_POS} > {int(rolled_pos)}{replays})"
+    return f"(SELECT * FROM span_rows WHERE received_ns > {int(rolled_ns)}{replays})"
 
 
 # A GenAI evaluation result (OpenTelemetry's gen_ai.evaluation.result event): its evaluator's name and score.

@@ -45,7 +45,6 @@ from agent_sre.pipeline.storage.rollups import (
     COST_ROLLUP_SQL,
     COUNTED_ALL,
     COUNTED_WITHOUT_REPLAYS,
-    INSERT_POS,
     REPLAY_KEY,
     SPAN_ROLLUP_SQL,
     TASK_GRACE_NS,
@@ -387,14 +386,14 @@ class SpanStore:
         self._held, self._held_oldest_ns = self._con.execute(
             "SELECT count(*), min(received_ns) FROM held_spans").fetchall()[0]
         self._replays_seen = self._held > 0  # what the last run held may be replays: filtered when released
-        # Inserts' positions (rollups.stored_after): the last stored, the last rolled up, and what the spans
+        # Inserts' times (rollups.stored_after): the last stored, the last rolled up, and what the spans
         # stored since (not rolled up yet) hold: how many, which looked-up keys, whether some are replays.
-        self._stored_pos, self._rolled_pos = self._con.execute(
-            "SELECT stored_pos, rolled_pos FROM spool_state").fetchall()[0]
+        self._stored_ns, self._rolled_ns = self._con.execute(
+            "SELECT stored_ns, rolled_ns FROM spool_state").fetchall()[0]
         self._rolled_at = time.monotonic()
         self._unrolled_rows = 0
         # after a crash, whether those spans hold replays is not known: filtered, as every replay is by default
-        self._unrolled_filtered = self._rolled_pos < self._stored_pos and not count_replays
+        self._unrolled_filtered = self._rolled_ns < self._stored_ns and not count_replays
         self._unrolled_found: frozenset[Lookup] = frozenset()  # (_use_rollups: all of them, after a crash)
         # The SLIs of the last run roll up what the spool replays: those spans were taken under them.
         self._track_tasks = bool(self._con.execute("SELECT bool_or(track_tasks) FROM rollup_options").fetchall()[0][0])
@@ -411,7 +410,7 @@ class SpanStore:
         self.problem: str | None = None  # why the loader cannot insert (None: it can)
         self._failures = 0
         self._spool: Spool | None = None
-        if self._rolled_pos < self._stored_pos:  # the last run stopped with spans not rolled up: now, once
+        if self._rolled_ns < self._stored_ns:  # the last run stopped with spans not rolled up: now, once
             self._insert([])
         if spool is not None:
             self._open_spool(spool)
@@ -721,13 +720,15 @@ class SpanStore:
             con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _empty LIMIT 0")
             con.unregister("_empty")
         con.execute("CREATE TABLE IF NOT EXISTS spool_state (applied_seq BIGINT NOT NULL)")
-        # The insert transactions' positions (rollups.stored_after): the last one's, and the last rolled up.
-        # A store from before them has NULL in its spans' insert_pos, which it rolled up as it stored them.
-        con.execute(f"ALTER TABLE span_rows ADD COLUMN IF NOT EXISTS {INSERT_POS} BIGINT")
-        for column in ("stored_pos", "rolled_pos"):
-            con.execute(f"ALTER TABLE spool_state ADD COLUMN IF NOT EXISTS {column} BIGINT DEFAULT 0")
         if con.execute("SELECT count(*) FROM spool_state").fetchall()[0][0] == 0:
             con.execute("INSERT INTO spool_state (applied_seq) VALUES (0)")
+        # The times of the last insert and of the last rolled up (rollups.stored_after).  A store from before
+        # them rolled up every span as it stored it: both start at its newest span's.
+        if not con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'spool_state' "
+                           "AND column_name = 'rolled_ns'").fetchall()[0][0]:
+            newest = con.execute("SELECT coalesce(max(received_ns), 0) FROM span_rows").fetchall()[0][0]
+            for column in ("stored_ns", "rolled_ns"):
+                con.execute(f"ALTER TABLE spool_state ADD COLUMN {column} BIGINT DEFAULT {int(newest)}")
 
     # --- writing ----------------------------------------------------------------
 
@@ -770,7 +771,8 @@ class SpanStore:
         rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
-        now_ns = time.time_ns()
+        # The insert's time, later than the last one's whatever the wall clock did (rollups.stored_after).
+        now_ns = max(time.time_ns(), self._stored_ns + 1)
         before = rows.num_rows
         rows, taken = self.recent.drop_copies(rows)  # a client's re-send: stored, counted and charged once
         if rows.num_rows < before:
@@ -781,7 +783,6 @@ class SpanStore:
         wanted = self._lookups
         found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
-        pos = self._stored_pos + 1
         roll = not behind or self._rollup_due(rows.num_rows)
         with self._lock:
             con = self._con
@@ -803,8 +804,8 @@ class SpanStore:
                     maybe = sorted(wanted - found, key=repr)
                     found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
                                                          strict=True) if yes}
-                sql.add(attribution.direct_insert(now_ns, pos) if direct
-                        else f"INSERT INTO span_rows BY NAME SELECT *, {pos}::BIGINT AS {INSERT_POS} FROM _batch")
+                sql.add(attribution.direct_insert(now_ns) if direct
+                        else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
                 sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
                 # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
@@ -812,9 +813,9 @@ class SpanStore:
                     sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
                 charges: list[tuple] = []
                 task_spend: list[tuple] = []
-                if roll and self._rolled_pos < self._stored_pos:  # with what earlier inserts left
+                if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
                     rollups = self._statements(wanted - (found | self._unrolled_found), _DEFERRED).reading(
-                        stored_after(self._rolled_pos, self._unrolled_filtered or filtered))
+                        stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
                 elif roll:
                     rollups = self._statements(wanted - found, "_in" if direct else "_counted")
                 if roll:
@@ -835,7 +836,7 @@ class SpanStore:
                     held, oldest = 0, None
                     released = rows if replays is None else rows.filter(_invert(replays))
                     unattributed = rows.column("agent_id").null_count
-                sql.add(f"UPDATE spool_state SET stored_pos = {pos}" + (f", rolled_pos = {pos}" if roll else "")
+                sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}" + (f", rolled_ns = {now_ns}" if roll else "")
                         + (f", applied_seq = {int(seq)}" if seq is not None else ""))
                 sql.add("COMMIT")
                 sql.flush()
@@ -848,9 +849,9 @@ class SpanStore:
             finally:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
-            self._stored_pos = pos
+            self._stored_ns = now_ns
             if roll:
-                self._rolled_pos, self._rolled_at, self._unrolled_rows = pos, time.monotonic(), 0
+                self._rolled_ns, self._rolled_at, self._unrolled_rows = now_ns, time.monotonic(), 0
                 self._unrolled_found, self._unrolled_filtered = frozenset(), False
             else:
                 self._unrolled_rows += rows.num_rows
@@ -985,7 +986,7 @@ class SpanStore:
         self._lookups = lookups([*self._rollup_sqls, COST_ROLLUP_SQL, CHARGES_SPLIT_SQL, CHARGES_SQL])
         self._finalize = finalize_tasks_sql(slis, self._track_tasks)
         self._finalized_at = time.monotonic()
-        if self._rolled_pos < self._stored_pos:  # spans left to a rollup, not known to lack the keys looked up now
+        if self._rolled_ns < self._stored_ns:  # spans left to a rollup, not known to lack the keys looked up now
             self._unrolled_found = self._lookups
 
     def _statements(self, absent: frozenset[Lookup], source: str) -> _Rollups:
@@ -1115,7 +1116,7 @@ class SpanStore:
 
     def _due(self) -> bool:
         if not self._pending:
-            if self._rolled_pos < self._stored_pos and self._failures == 0:
+            if self._rolled_ns < self._stored_ns and self._failures == 0:
                 return True  # spans left to a rollup and no insert to come (not expected: kept robust)
             expiry = self._held_expiry()
             return expiry is not None and expiry <= 0 and not self._closing

@@ -214,8 +214,8 @@ def test_held_spans_of_a_trace_that_gets_nothing_new_stay_held_and_resolve_when_
 
 
 def test_spans_released_because_too_many_are_held_keep_their_receipt_and_survive_retention(tmp_path):
-    """Beyond max_held_spans the oldest held spans are released at once: with their own receipt time,
-    so retention (by receipt) keeps them as long as any other span."""
+    """Beyond max_held_spans the oldest held spans are released at once, stored with the time of the insert
+    that releases them (never 1970), so retention (by that time) keeps them as long as any other span."""
     store = open_store(tmp_path, max_held_spans=2)
     orphans = [span(f"00000000000000c{i}", "00000000000000ff", "tool", trace=f"{i:032x}") for i in range(1, 5)]
     before = time.time_ns()

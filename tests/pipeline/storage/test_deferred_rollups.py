@@ -9,11 +9,13 @@ import threading
 import time
 from collections import defaultdict
 
+import duckdb
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_sre.pipeline.pdata.schema import SPAN_SCHEMA
+from agent_sre.pipeline.storage import store as store_module
 from agent_sre.pipeline.storage.rollups import EVALUATION_EVENT, REPLAY_KEY
 from agent_sre.pipeline.storage.store import SpanStore, SpoolSettings
 from agent_sre.processors.sli.factory import SliConfig, builtin_slis
@@ -216,4 +218,37 @@ def test_the_periodic_task_count_reads_what_is_committed_without_waiting_for_the
     release.set()
     store.sync()
     assert store.read("SELECT count(*) FROM span_rows")[0][0] == 2
+    store.close()
+
+
+def test_a_store_from_before_the_rollups_position_is_not_rolled_up_again(tmp_path):
+    batches = [_batch([("llm", "ok", None, None, None, False), ("tool", "error", None, None, None, False)] * 3,
+                      6 * k) for k in range(2)]
+    expected = _reference(tmp_path, batches)[0]
+    store, _ = _open(tmp_path / "s.duckdb")
+    store.append(batches[0])
+    store.close()
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))  # as an older version left it: no position
+    for column in ("stored_ns", "rolled_ns"):
+        con.execute(f"ALTER TABLE spool_state DROP COLUMN {column}")
+    con.close()
+    store, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    store._insert([batches[1]], None, behind=False)
+    assert _tables(store) == expected  # the first batch counted once, the second once
+    store.close()
+
+
+def test_inserts_keep_their_order_when_the_wall_clock_goes_back(tmp_path, monkeypatch):
+    batches = [_batch([("llm", "ok", None, None, None, False)] * 4, 4 * k) for k in range(3)]
+    expected = _reference(tmp_path, batches)[0]
+    store, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    store._insert([batches[0]], None, behind=False)
+    monkeypatch.setattr(store_module.time, "time_ns", lambda: 10**18)  # decades back
+    for batch in batches[1:]:
+        store._insert([batch], None, behind=True)
+    store._insert([], None, behind=False)
+    received = [r[0] for r in store.read("SELECT DISTINCT received_ns FROM span_rows ORDER BY 1")]
+    assert len(received) == 3 and received[1:] == [received[0] + 1, received[0] + 2]
+    monkeypatch.undo()
+    assert _tables(store) == expected
     store.close()
