@@ -1,12 +1,12 @@
-"""The SRE loop's rollups in every insert against once every few inserts: what the design lever of issue #10
-would save, measured before it is built.
+"""The SRE loop's rollups in every insert against once every few inserts: what deferring them saves (measured
+before the store did it; it now does while its loader is behind: docs/architecture.md).
 
-Today the store's insert transaction runs, besides the INSERT, the SLI rollup, the trace rollup, the
+An insert transaction that rolls up runs, besides the INSERT, the SLI rollup, the trace rollup, the
 per-minute agent and cost rollups and the charges query over the batch (``_in``, the Arrow table being
-inserted): five statements per transaction, each with a fixed cost of planning in DuckDB (docs/benchmarks.md,
+inserted): five statements, each with a fixed cost of planning in DuckDB (docs/benchmarks.md,
 twenty-seventh stop) and each scanning Arrow.  The alternative: the same statements once every ``--every``
-inserts, over the rows those inserts stored (``span_rows`` read by rowid, DuckDB's own storage), in a
-transaction that would commit the rollups' position with them.
+inserts, over the rows those inserts stored (``span_rows`` read by rowid here, DuckDB's own storage; the
+store reads them by ``received_ns``), in the transaction that commits the rollups' position with them.
 
 Both forms run in one DuckDB file each of the store's kind (1 thread; ``trace_rollups`` prefilled with
 ``--prefill`` traces, its steady size at ~40k spans/s), on the same 16,384-span inserts of agent spans
