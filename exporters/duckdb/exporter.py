@@ -68,6 +68,7 @@ class DuckDBExporter(Exporter):
             lambda: self.store.unattributed_spans if self.store else 0)
         t.store_resent_spans.labels(str(self.id)).set_function(lambda: self.store.recent.dropped if self.store else 0)
         t.store_reattached.labels(str(self.id)).set_function(lambda: self.store.reattached if self.store else 0)
+        t.store_unrolled_spans.labels(str(self.id)).set_function(lambda: self.store.unrolled_spans if self.store else 0)
         t.exporter_queue_capacity.labels(str(self.id)).set(self.config.spool.max_pending_spans
                                                            if self.config.spool.enabled else 0)
         self._timer.start()

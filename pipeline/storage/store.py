@@ -1273,6 +1273,11 @@ class SpanStore:
         return self._held
 
     @property
+    def unrolled_spans(self) -> int:
+        """Spans stored since the last rollup, left to a later one while the loader is behind."""
+        return self._unrolled_rows
+
+    @property
     def pending_spans(self) -> int:
         return self._pending_rows if self._spool is not None else 0
 

@@ -131,10 +131,11 @@ def test_inserts_that_leave_their_rollups_to_a_later_one_end_with_the_rollups_of
     for batch in batches[:-1]:
         store._insert([batch], None, behind=True)  # behind: left to the last insert
     assert store.read("SELECT count(*) FROM sli_minutes")[0][0] == 0  # nothing rolled up yet
+    assert store.unrolled_spans == sum(b.num_rows for b in batches[:-1])  # a self-metric
     # the commit callbacks do not wait for the rollups (replays' spans are not handed to them)
     assert seen.committed == sum(not x[-1] for batch in specs[:-1] for x in batch)
     store._insert([batches[-1]], None, behind=False)
-    assert (_tables(store), seen.summary()) == expected
+    assert (_tables(store), seen.summary()) == expected and store.unrolled_spans == 0
     store.close()
 
 
@@ -252,3 +253,16 @@ def test_inserts_keep_their_order_when_the_wall_clock_goes_back(tmp_path, monkey
     monkeypatch.undo()
     assert _tables(store) == expected
     store.close()
+
+
+def test_the_spans_left_to_a_rollup_are_a_self_metric(pipeline):
+    import urllib.request
+
+    def metric() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{pipeline.ports.metrics}/metrics", timeout=10) as r:
+            return next((line for line in r.read().decode().splitlines()
+                         if line.startswith('agent_sre_store_unrolled_spans{exporter="duckdb"}')), "")
+
+    pipeline.store._unrolled_rows = 7  # what the gauge reads (set by the inserts above)
+    assert metric().endswith(" 7.0")
+    pipeline.store._unrolled_rows = 0
