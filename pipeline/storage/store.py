@@ -242,15 +242,16 @@ class _Rollups:
     charges: str
 
     def reading(self, source: str) -> _Rollups:
-        """The same statements reading ``source`` where they read ``_DEFERRED``."""
+        """The same statements reading ``source`` (the batch ``_in``, or rollups.stored_after) where they
+        read the ``_counted`` view."""
         def read(sql: str) -> str:
-            return sql.replace(f"FROM {_DEFERRED}", f"FROM {source}")
+            sql = sql.replace("FROM _counted", f"FROM {source}")
+            if re.search(r"\b_counted\b", sql):  # a view only the attribution and replay paths create
+                raise AssertionError(f"a rollup statement reads _counted other than 'FROM _counted': {sql}")
+            return sql
 
         return _Rollups([read(x) for x in self.span], None if self.trace is None else read(self.trace),
                         read(self.agent), read(self.cost), read(self.charges))
-
-
-_DEFERRED = "_deferred"  # what the rollups of earlier inserts' spans read: rollups.stored_after, in its place
 
 
 def to_storage(batch: pa.Table) -> pa.Table:
@@ -827,7 +828,7 @@ class SpanStore:
                 charges: list[tuple] = []
                 task_spend: list[tuple] = []
                 if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
-                    rollups = self._statements(wanted - (found | self._unrolled_found), _DEFERRED).reading(
+                    rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
                         stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
                 elif roll:
                     rollups = self._statements(wanted - found, "_in" if direct else "_counted")
@@ -1007,18 +1008,12 @@ class SpanStore:
         (rollups.without), reading ``source`` (a few variants, kept)."""
         key = (absent, self._charges_by_task, source)
         if (found := self._variants.get(key)) is None:
-            def read(sql: str) -> str:
-                if source == "_counted":
-                    return sql
-                sql = sql.replace("FROM _counted", f"FROM {source}")
-                if re.search(r"\b_counted\b", sql):  # a view the direct path does not create
-                    raise AssertionError(f"a rollup statement reads _counted other than 'FROM _counted': {sql}")
-                return sql
-
-            span = [read(without(sql, absent)) for sql in self._rollup_sqls if sql is not SPAN_ROLLUP_SQL]
-            trace = read(SPAN_ROLLUP_SQL) if any(sql is SPAN_ROLLUP_SQL for sql in self._rollup_sqls) else None
-            found = _Rollups(span, trace, read(AGENT_ROLLUP_SQL), read(without(COST_ROLLUP_SQL, absent)),
-                             read(without(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL, absent)))
+            span = [without(sql, absent) for sql in self._rollup_sqls if sql is not SPAN_ROLLUP_SQL]
+            trace = SPAN_ROLLUP_SQL if any(sql is SPAN_ROLLUP_SQL for sql in self._rollup_sqls) else None
+            found = _Rollups(span, trace, AGENT_ROLLUP_SQL, without(COST_ROLLUP_SQL, absent),
+                             without(CHARGES_SPLIT_SQL if self._charges_by_task else CHARGES_SQL, absent))
+            if source != "_counted":
+                found = found.reading(source)
             self._variants[key] = found
         return found
 
@@ -1129,8 +1124,6 @@ class SpanStore:
 
     def _due(self) -> bool:
         if not self._pending:
-            if self._rolled_ns < self._stored_ns and self._failures == 0:
-                return True  # spans left to a rollup and no insert to come (not expected: kept robust)
             expiry = self._held_expiry()
             return expiry is not None and expiry <= 0 and not self._closing
         return (self._closing or self._sync_wanted > self._applied_seq
