@@ -12,8 +12,8 @@ span of the whole process and of each thread (named through ``prctl``, as bench/
 ``main (flusher)`` is the flusher's work here: the processors and the exporters), then each thread's
 min – median – max over the rounds, and the loop's cost (default − store-only, medians).
 
-With ``--statements``, also the loader's CPU per SQL statement of its insert transaction, the CPU of
-each commit callback, and of each processor's ``process`` and exporter's ``export`` on the flusher (thread
+With ``--statements``, also the CPU per SQL statement of the loader's insert transactions and of the
+rollup thread's transactions, the CPU of each commit callback, and of each processor's ``process`` and exporter's ``export`` on the flusher (thread
 CPU around each, summed over the round, µs per span): one round of the whole pipeline moves by more than
 most single changes to a statement, the statement itself does not.
 
@@ -78,13 +78,15 @@ def _key(sql: str) -> str:
 
 
 class Statements:
-    """Thread CPU of each SQL statement of the store's insert transaction and of each commit callback
-    (``--statements``): the store's connection is wrapped for the insert, its callbacks for the call."""
+    """Thread CPU of each SQL statement of the store's insert and rollup transactions and of each commit
+    callback (``--statements``): the store's connection is wrapped for the insert, its cursor for the
+    rollup, its callbacks for the call."""
 
     def __init__(self):
         self.cpu: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
         insert, callbacks, timed = SpanStore._insert, SpanStore._run_callbacks, self._timed
+        roll, cursor = SpanStore._roll_stored, SpanStore._cursor
 
         class Connection:
             def __init__(self, con):
@@ -116,14 +118,24 @@ class Statements:
             def __getattr__(self, name):
                 return getattr(self._result, name)
 
-        def wrapped_insert(store, tables, seq=None, behind=False):
+        def wrapped_insert(store, tables, seq=None, roll=None):
             con, started = store._con, time.thread_time()
             store._con = Connection(con)
             try:
-                return insert(store, tables, seq, behind)
+                return insert(store, tables, seq, roll)
             finally:
                 store._con = con
                 timed("the whole insert (loader)", started)
+
+        def wrapped_roll(store):
+            # the rollup thread's transaction runs on a cursor of its own (SpanStore._reading)
+            started = time.thread_time()
+            store._cursor = lambda: Connection(cursor(store))
+            try:
+                return roll(store)
+            finally:
+                del store._cursor
+                timed("the whole rollup (rollup thread)", started)
 
         def wrapped_callbacks(store, charges, task_spend, rows):
             def wrap(callback):
@@ -143,6 +155,7 @@ class Statements:
                 store._on_charges, store._on_task_spend, store._on_commit = on_charges, on_task_spend, on_commit
 
         SpanStore._insert, SpanStore._run_callbacks = wrapped_insert, wrapped_callbacks  # type: ignore[method-assign]
+        SpanStore._roll_stored = wrapped_roll  # type: ignore[method-assign]
 
     def stages(self, service: Service) -> None:
         """Also the thread CPU of each processor's ``process`` and each exporter's ``export`` (on the

@@ -29,8 +29,8 @@ class SpoolConfig(ConfigModel):
     flush_spans: int = Field(default=_P.flush_spans, gt=0)
     flush_interval: Duration = Field(default=_P.flush_interval, gt=0)
     max_pending_spans: int = Field(default=_P.max_pending_spans, gt=0)  # on disk, about 1 KB each
-    # While the loader is behind, its inserts leave the SRE rollups to a later one, at most this long
-    # (SpoolSettings.rollup_interval); 0: every insert rolls up its spans.
+    # While the loader is behind, the rollup thread rolls up what it stored at most this long apart
+    # (SpoolSettings.rollup_interval); 0: after every insert, as when it keeps up.
     rollup_interval: Duration = Field(default=_P.rollup_interval, ge=0)
 
 

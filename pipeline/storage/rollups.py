@@ -73,18 +73,19 @@ COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FRO
 # --- deferred rollups -------------------------------------------------------------------------------
 # Every stored span carries the time of the insert transaction that stored it (``received_ns``: the
 # store's clock, strictly increasing from one insert to the next, and a held span's is that of the insert
-# that releases it); the store's rollups have run over every span up to ``spool_state.rolled_ns``,
-# committed in the same transaction as what they added.  While the loader is behind, an insert stores its
-# spans without rolling them up, and a later insert rolls up everything stored since (``stored_after``):
-# every rollup statement has a fixed cost of planning per run (~31 ms for the five of them,
-# bench/deferred_rollups.py), which is then paid once for several inserts.
+# that releases it); the store's rollups have run over every span up to ``rollup_state.rolled_ns``,
+# committed in the same transaction as what they added.  The loader's inserts store spans without rolling
+# them up; the store's rollup thread rolls up everything stored since (``stored_after``), after each insert
+# or, while the loader is behind, once for several: every rollup statement has a fixed cost of planning
+# per run (~31 ms for the five of them, bench/deferred_rollups.py).
 
 
-def stored_after(rolled_ns: int, without_replays: bool) -> str:
+def stored_after(rolled_ns: int, without_replays: bool, until_ns: int | None = None) -> str:
     """The source the rollups read for the spans stored after ``rolled_ns`` (this transaction's
-    included), without those of replays' re-runs when ``without_replays``."""
+    included), up to ``until_ns`` when given, without those of replays' re-runs when ``without_replays``."""
     replays = f" AND NOT {_HAS_REPLAY_KEY}" if without_replays else ""
-    return f"(SELECT * FROM span_rows WHERE received_ns > {int(rolled_ns)}{replays})"
+    until = f" AND received_ns <= {int(until_ns)}" if until_ns is not None else ""
+    return f"(SELECT * FROM span_rows WHERE received_ns > {int(rolled_ns)}{until}{replays})"
 
 
 # A GenAI evaluation result (OpenTelemetry's gen_ai.evaluation.result event): its evaluator's name and score.

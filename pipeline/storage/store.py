@@ -163,10 +163,10 @@ class SpoolSettings:
     # 16 MiB budget still ended transactions at ~16k spans).
     max_insert_bytes: int = 0
     segment_bytes: int = 64 << 20
-    # While the loader is behind (a whole ``flush_spans`` insert already waits after the one it takes), its
-    # inserts leave the SRE rollups (SLIs, traces, agent and cost minutes, charges) to a later insert, at most
-    # this long (seconds) and ``4 * flush_spans`` spans after the first one left: each rollup statement has a
-    # fixed cost per run (pipeline/storage/rollups.py, "deferred rollups").  Keeping up, every insert rolls up.
+    # The rollup thread (SpanStore._roll) rolls up what the loader stored after every insert while it keeps up;
+    # while it is behind (a whole ``flush_spans`` insert pending), at most this long (seconds) or
+    # ``4 * flush_spans`` spans apart: each rollup statement has a fixed cost per run (pipeline/storage/rollups.py,
+    # "deferred rollups").  0: after every insert.
     rollup_interval: float = 1.0
 
     def __post_init__(self) -> None:
@@ -388,6 +388,7 @@ class SpanStore:
         self._on_commit: list = []  # callbacks(rows) with every committed batch (storage layout)
         # callbacks([(agent, trace, added usd, added calls, trace's usd, trace's calls)]) after each insert
         self._on_task_spend: list = []
+        self._on_rollup: list = []  # callbacks() after each rollup transaction (the SLO stage's evaluation)
         self._charges_by_task = False
         self._dispatch: queue.Queue | None = None  # commit callbacks off the loader thread (with a spool)
         self._loader = None
@@ -403,7 +404,12 @@ class SpanStore:
         # Inserts' times (rollups.stored_after): the last stored, the last rolled up, and what the spans
         # stored since (not rolled up yet) hold: how many, which looked-up keys, whether some are replays.
         self._stored_ns, self._rolled_ns = self._con.execute(
-            "SELECT stored_ns, rolled_ns FROM spool_state").fetchall()[0]
+            "SELECT stored_ns, (SELECT rolled_ns FROM rollup_state) FROM spool_state").fetchall()[0]
+        self._roll_lock = threading.RLock()  # a rollup transaction, and what must not run beside one (_roll_stored)
+        self._cond = threading.Condition()  # the spool's state, and what the rollup thread waits for
+        self._roller: threading.Thread | None = None
+        # Rolled up with its callbacks run (what sync() waits for), and what a sync() waits to see rolled up.
+        self._rolled_done_ns, self._roll_wanted = self._rolled_ns, 0
         self._rolled_at = time.monotonic()
         self._unrolled_rows = 0
         # after a crash, whether those spans hold replays is not known: filtered, as every replay is by default
@@ -743,6 +749,11 @@ class SpanStore:
             newest = con.execute("SELECT coalesce(max(received_ns), 0) FROM span_rows").fetchall()[0][0]
             for column in ("stored_ns", "rolled_ns"):
                 con.execute(f"ALTER TABLE spool_state ADD COLUMN {column} BIGINT DEFAULT {int(newest)}")
+        # The time of the last rolled up, committed with the rollups by the rollup thread: a table of its own, as
+        # two transactions updating one row conflict (a store from before it kept it in spool_state).
+        con.execute("CREATE TABLE IF NOT EXISTS rollup_state (rolled_ns BIGINT NOT NULL)")
+        if con.execute("SELECT count(*) FROM rollup_state").fetchall()[0][0] == 0:
+            con.execute("INSERT INTO rollup_state SELECT rolled_ns FROM spool_state")
 
     # --- writing ----------------------------------------------------------------
 
@@ -773,15 +784,16 @@ class SpanStore:
                      recent.stats(now_ns / 1e9)["remembered_spans"], recent.settings.window)
 
     def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None,
-                behind: bool = False) -> None:
+                roll: bool | None = None) -> None:
         """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
 
         Spans without an agent are attributed through their trace first (pipeline/attribution.py):
         what is released is ``_batch``, which every rollup and callback of the transaction sees (the
-        batch itself, ``_in``, when there is nothing to attribute or leave out).  The rollups run in the
-        same transaction, over the batch, or over every span stored since the last rollup when earlier
-        inserts left theirs (``behind``: the loader has a whole insert waiting after this one, and the
-        rollups are not due yet; rollups.stored_after)."""
+        batch itself, ``_in``, when there is nothing to attribute or leave out).  The loader's inserts
+        leave the rollups to the rollup thread (``_roll_stored``); any other insert (without a spool, the
+        spool's replay at start) runs them in the same transaction, over the batch, or over every span
+        stored since the last rollup when earlier inserts left theirs (rollups.stored_after).  ``roll``
+        overrides that choice (tests)."""
         rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
@@ -797,8 +809,9 @@ class SpanStore:
         wanted = self._lookups
         found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
-        roll = not behind or self._rollup_due(rows.num_rows)
-        with self._lock:
+        if roll is None:
+            roll = self._roller is None or threading.current_thread() is not self._loader
+        with self._roll_lock if roll else contextlib.nullcontext(), self._lock:
             con = self._con
             con.register("_in", rows)
             sql = _Statements(con)
@@ -825,8 +838,8 @@ class SpanStore:
                 filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
                 if not direct:
                     sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
-                charges: list[tuple] = []
-                task_spend: list[tuple] = []
+                charges: list[tuple] | None = None
+                task_spend: list[tuple] | None = None
                 if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
                     rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
                         stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
@@ -850,8 +863,10 @@ class SpanStore:
                     held, oldest = 0, None
                     released = rows if replays is None else rows.filter(_invert(replays))
                     unattributed = rows.column("agent_id").null_count
-                sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}" + (f", rolled_ns = {now_ns}" if roll else "")
+                sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}"
                         + (f", applied_seq = {int(seq)}" if seq is not None else ""))
+                if roll:
+                    sql.add(f"UPDATE rollup_state SET rolled_ns = {now_ns}")
                 sql.add("COMMIT")
                 sql.flush()
             except BaseException:
@@ -863,14 +878,18 @@ class SpanStore:
             finally:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
-            self._stored_ns = now_ns
-            if roll:
-                self._rolled_ns, self._rolled_at, self._unrolled_rows = now_ns, time.monotonic(), 0
-                self._unrolled_found, self._unrolled_filtered = frozenset(), False
-            else:
-                self._unrolled_rows += rows.num_rows
-                self._unrolled_found |= found
-                self._unrolled_filtered = self._unrolled_filtered or filtered
+            with self._cond:  # what the rollup thread reads
+                self._stored_ns = now_ns
+                if roll:
+                    self._rolled_ns = self._rolled_done_ns = now_ns
+                    self._unrolled_rows = 0
+                    self._rolled_at = time.monotonic()
+                    self._unrolled_found, self._unrolled_filtered = frozenset(), False
+                else:
+                    self._unrolled_rows += rows.num_rows
+                    self._unrolled_found |= found
+                    self._unrolled_filtered = self._unrolled_filtered or filtered
+                    self._cond.notify_all()
             self._rows_attached += rows.num_rows
             self.unattributed_spans += unattributed
             if taken is not None:
@@ -884,14 +903,9 @@ class SpanStore:
             self._run_callbacks(charges, task_spend, released)
         self._reattach_if_due()
 
-    def _rollup_due(self, rows: int) -> bool:
-        """Whether an insert made while the loader is behind rolls up (what earlier ones left, its own)."""
-        settings = self._spool_settings
-        return (time.monotonic() - self._rolled_at >= settings.rollup_interval
-                or self._unrolled_rows + rows >= 4 * settings.flush_spans)
-
     def _roll_up(self, sql: _Statements, rollups: _Rollups, now_ns: int) -> tuple[list[tuple], list[tuple]]:
-        """Run the rollups in the insert's transaction: (charges, task spend) for the callbacks."""
+        """Run the rollups in the transaction of ``sql`` (an insert's or the rollup thread's), ``now_ns`` the
+        time of the last insert they take: (charges, task spend) for the callbacks."""
         task_spend: list[tuple] = []
         for statement in rollups.span:
             sql.add(statement)
@@ -901,17 +915,94 @@ class SpanStore:
             sql.run(rollups.trace, [now_ns])
         if self._finalize and time.monotonic() - self._finalized_at >= _FINALIZE_EVERY_S:
             sql.flush()
-            self._finalize_due(now_ns)
+            self._finalize_due(now_ns, sql.con)
         sql.add(rollups.agent)
         sql.add(rollups.cost)
         return (sql.run(rollups.charges) if self._on_charges else []), task_spend
 
-    def _run_callbacks(self, charges: list[tuple], task_spend: list[tuple], rows: pa.Table) -> None:
-        """A failing callback must not make a committed insert retry: logged, the spans are stored."""
-        for callback, arg in [*((c, charges) for c in self._on_charges),
-                              *((c, task_spend) for c in self._on_task_spend), *((c, rows) for c in self._on_commit)]:
+    def _roll(self) -> None:
+        """Rollup thread (with a spool): the rollups of what the loader stored, in transactions of their own
+        beside the loader's (DESIGN: a stage after the durable point that falls behind does not slow ingest).
+        Keeping up (less than a whole insert pending), it rolls up after every insert, as soon as it is
+        committed; while the loader is behind, every ``rollup_interval`` or ``4 x flush_spans`` spans; at
+        once for a ``sync()``; at close, what is left, after the loader's last insert."""
+        while True:
+            with self._cond:
+                while not self._roll_due():
+                    if self._roller_done:
+                        return
+                    self._cond.wait(self._roll_wait())
             try:
-                callback(arg)
+                self._roll_stored()
+                self._roll_failures = 0
+            except Exception:  # noqa: BLE001 - rolled back: the next rollup takes the same spans
+                self._roll_failures += 1
+                log.exception("span store: rolling up what was stored failed (attempt %d; retried)", self._roll_failures)
+                with self._cond:
+                    if self._roller_done:
+                        return
+                    self._cond.wait(min(0.1 * 2 ** min(self._roll_failures, 6), 5.0))
+
+    def _roll_due(self) -> bool:
+        """Whether the rollup thread rolls up now (under ``_cond``)."""
+        if self._rolled_ns >= self._stored_ns:
+            return False
+        settings = self._spool_settings
+        return (self._roller_done or self._roll_wanted > self._rolled_ns
+                or self._pending_rows < settings.flush_spans
+                or time.monotonic() - self._rolled_at >= settings.rollup_interval
+                or self._unrolled_rows >= 4 * settings.flush_spans)
+
+    def _roll_wait(self) -> float | None:
+        if self._rolled_ns >= self._stored_ns:
+            return None
+        return max(0.01, self._rolled_at + self._spool_settings.rollup_interval - time.monotonic())
+
+    def _roll_stored(self) -> None:
+        """One rollup transaction over every span stored since the last (rollups.stored_after), on a cursor
+        of its own: the position (``rollup_state``) commits with the rollups, so exactly once."""
+        with self._roll_lock:
+            with self._cond:
+                rolled, until = self._rolled_ns, self._stored_ns
+                rows, found, filtered = self._unrolled_rows, self._unrolled_found, self._unrolled_filtered
+            if rolled >= until:
+                return
+            rollups = self._statements(self._lookups - found, "_counted").reading(stored_after(rolled, filtered, until))
+            with self._reading() as cursor:
+                sql = _Statements(cursor)
+                try:
+                    sql.add("BEGIN TRANSACTION")
+                    charges, task_spend = self._roll_up(sql, rollups, until)
+                    sql.add(f"UPDATE rollup_state SET rolled_ns = {until}")
+                    sql.add("COMMIT")
+                    sql.flush()
+                except BaseException:
+                    try:
+                        cursor.execute("ROLLBACK").fetchall()
+                    except duckdb.Error:
+                        pass
+                    raise
+            with self._cond:
+                self._rolled_ns, self._rolled_at = until, time.monotonic()
+                self._unrolled_rows -= rows
+                if self._stored_ns == until:  # else what was found since stays (more keys looked up: as right)
+                    self._unrolled_found, self._unrolled_filtered = frozenset(), False
+        self._run_callbacks(charges, task_spend, None)
+        with self._cond:
+            self._rolled_done_ns = until
+            self._cond.notify_all()
+
+    def _run_callbacks(self, charges: list[tuple] | None, task_spend: list[tuple] | None,
+                       rows: pa.Table | None) -> None:
+        """A failing callback must not make a committed insert retry: logged, the spans are stored.
+        None: not this kind (an insert that left its rollups has no charges; a rollup no rows)."""
+        rolled = charges is not None
+        for callback, args in [*((c, (charges,)) for c in (self._on_charges if rolled else ())),
+                               *((c, (task_spend,)) for c in (self._on_task_spend if task_spend is not None else ())),
+                               *((c, (rows,)) for c in (self._on_commit if rows is not None else ())),
+                               *((c, ()) for c in (self._on_rollup if rolled else ()))]:
+            try:
+                callback(*args)
             except Exception:  # noqa: BLE001 - logged; the spans are stored either way
                 log.exception("span store: commit callback %r failed", callback)
 
@@ -922,7 +1013,7 @@ class SpanStore:
         while self._dispatched(dispatch.get()):
             pass
 
-    def _dispatched(self, item: tuple[int | None, list[tuple], list[tuple], pa.Table] | None) -> bool:
+    def _dispatched(self, item: tuple[int | None, list[tuple] | None, list[tuple] | None, pa.Table] | None) -> bool:
         if item is None:
             return False
         seq, charges, task_spend, rows = item
@@ -950,6 +1041,12 @@ class SpanStore:
         self.track_tasks()
         self._on_task_spend.append(callback)
 
+    def on_rollup(self, callback) -> None:
+        """``callback()`` after every rollup transaction (what was stored since the last one is in the rollup
+        tables), in the thread that rolled up: the loader's inserts leave their rollups to the rollup thread, so
+        what reads the rollups waits for this rather than for ``on_commit``."""
+        self._on_rollup.append(callback)
+
     def on_commit(self, callback) -> None:
         """``callback(rows)`` with every committed batch (storage layout: attribute maps are lists of
         key/value structs), after the commit, in the thread that inserted."""
@@ -959,11 +1056,12 @@ class SpanStore:
         self._on_charges = [c for c in self._on_charges if c != callback]
         self._on_commit = [c for c in self._on_commit if c != callback]
         self._on_task_spend = [c for c in self._on_task_spend if c != callback]
+        self._on_rollup = [c for c in self._on_rollup if c != callback]
 
     def track_tasks(self) -> None:
         """Keep per-trace rollups so finished tasks (count and cost) land in ``agent_minutes``,
         also without task-scope SLIs (remembered in the store for spool replays)."""
-        with self._lock:
+        with self._roll_lock, self._lock:
             if self._track_tasks:
                 return
             self._con.execute("DELETE FROM rollup_options").fetchall()
@@ -975,7 +1073,7 @@ class SpanStore:
         """Roll these SLIs up per minute, agent and version into ``sli_minutes``, in the same
         transaction as the spans (so exactly once, also on spool replay); see pipeline/storage/rollups.py.
         A predicate that does not bind raises ``ValueError`` naming the SLI."""
-        with self._lock:
+        with self._roll_lock, self._lock:
             con = self._con
             for sli in slis:  # bind each on an empty batch: a bad column name is named here, not at insert
                 con.register("_counted", STORAGE_SCHEMA.empty_table())
@@ -1017,14 +1115,14 @@ class SpanStore:
             self._variants[key] = found
         return found
 
-    def _finalize_due(self, now_ns: int) -> None:
-        """Count the tasks that are due (inside the caller's transaction, under the lock)."""
+    def _finalize_due(self, now_ns: int, con: duckdb.DuckDBPyConnection) -> None:
+        """Count the tasks that are due (inside the transaction of ``con``, under the rollup lock)."""
         assert self._finalize is not None
         cutoff = now_ns - TASK_GRACE_NS
         counts, forget = self._finalize
         for count in counts:
-            self._con.execute(count, [cutoff]).fetchall()
-        self._con.execute(forget, [cutoff, orphan_cutoff(cutoff)]).fetchall()
+            con.execute(count, [cutoff]).fetchall()
+        con.execute(forget, [cutoff, orphan_cutoff(cutoff)]).fetchall()
         self._finalized_at = time.monotonic()
 
     def finalize_tasks(self, now_ns: int | None = None) -> None:
@@ -1041,11 +1139,11 @@ class SpanStore:
             return
         if now_ns is not None:
             self.sync()
-        with self._lock:
+        with self._roll_lock, self._lock:  # beside a rollup transaction, the two would conflict
             con = self._con
             con.execute("BEGIN TRANSACTION").fetchall()
             try:
-                self._finalize_due(now_ns if now_ns is not None else time.time_ns())
+                self._finalize_due(now_ns if now_ns is not None else time.time_ns(), con)
                 con.execute("COMMIT").fetchall()
             except BaseException:
                 con.execute("ROLLBACK").fetchall()
@@ -1103,11 +1201,14 @@ class SpanStore:
         self._appended_seq, self._applied_seq = last, applied
         self._sync_wanted = 0
         self._closing = self._closed = False
-        self._cond = threading.Condition()
         self._dispatched_seq = applied
         self._replay(recovery.batches, spool)
         spool.release(self._applied_seq)
         self._dispatched_seq = self._applied_seq
+        self._roller_done = False
+        self._roll_failures = 0
+        self._roller = threading.Thread(target=self._roll, name="span-store-rollup", daemon=True)
+        self._roller.start()
         self._dispatch = queue.Queue(maxsize=8)
         self._dispatcher = threading.Thread(target=self._dispatch_committed, args=(self._dispatch,),
                                             name="span-store-callbacks", daemon=True)
@@ -1174,13 +1275,8 @@ class SpanStore:
         last = items[-1].seq if items else None
         started = time.monotonic()
         rows = sum(i.rows for i in items)
-        # Behind: a whole insert waits after this one (and no sync() waits for this one's rollups: one
-        # waiting for a later batch has them rolled up by the insert that takes that batch).
-        behind = (threading.current_thread() is self._loader and not self._closing
-                  and not (last is not None and self._applied_seq < self._sync_wanted <= last)
-                  and self._pending_rows - rows >= self._spool_settings.flush_spans)
         try:
-            self._insert(load(items) if items else [], last, behind)
+            self._insert(load(items) if items else [], last)
         except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
             self._insert_failed(exc, items)
             return False
@@ -1238,7 +1334,7 @@ class SpanStore:
         return items
 
     def sync(self, timeout: float = 60.0) -> None:
-        """Wait until every batch appended so far is in DuckDB and its commit callbacks have run."""
+        """Wait until every batch appended so far is in DuckDB, rolled up, and its commit callbacks have run."""
         if self._spool is None:
             return
         deadline = time.monotonic() + timeout
@@ -1250,6 +1346,17 @@ class SpanStore:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise StoreBehind(f"span store did not catch up within {timeout:g}s")
+                self._cond.wait(left)
+            if self._roller is None:
+                return
+            # and everything stored by then rolled up (held spans released since included), charges handed on
+            stored = self._stored_ns
+            self._roll_wanted = max(self._roll_wanted, stored)
+            self._cond.notify_all()
+            while self._rolled_done_ns < stored:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreBehind(f"span store did not roll up within {timeout:g}s")
                 self._cond.wait(left)
 
     def health(self) -> str | None:
@@ -1267,7 +1374,7 @@ class SpanStore:
 
     @property
     def unrolled_spans(self) -> int:
-        """Spans stored since the last rollup, left to a later one while the loader is behind."""
+        """Spans stored since the last rollup (the rollup thread's next)."""
         return self._unrolled_rows
 
     @property
@@ -1408,7 +1515,7 @@ class SpanStore:
 
     def checkpoint(self) -> None:
         self.sync()
-        with self._lock:
+        with self._roll_lock, self._lock:  # DuckDB refuses a CHECKPOINT beside another writing transaction
             self._con.execute("CHECKPOINT")
 
     def _stop_verifier(self) -> None:
@@ -1425,6 +1532,11 @@ class SpanStore:
                 self._cond.notify_all()
             if self._loader is not None:
                 self._loader.join(timeout=120)
+            if self._roller is not None:  # what the loader's last inserts left, then it ends
+                with self._cond:
+                    self._roller_done = True
+                    self._cond.notify_all()
+                self._roller.join(timeout=120)
             if self._dispatch is not None:
                 self._dispatch.put(None)
                 self._dispatcher.join(timeout=60)

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from agent_sre.pipeline.component import Factory, Kind, Stage
@@ -208,7 +207,7 @@ class SloProcessor(Stage):
         self.clock: Callable[[], float] = time.time  # tests replay scenarios with their own clock
         self._trackers: dict[tuple[str, str, str], AlertTracker] = {}
         self._lock = threading.Lock()
-        # After every commit of new spans (at most once per min_interval), at least every interval.
+        # After every rollup of new spans (at most once per min_interval), at least every interval.
         self._worker = PeriodicWorker(f"{self.id}-evaluate", config.interval, self._evaluate, log,
                                       min_interval=config.min_interval, run_first=True)
         self._store = None
@@ -223,15 +222,15 @@ class SloProcessor(Stage):
         self._store = host.get(SpanStore, self.config.storage, str(self.id))
         self._bus = host.events
         self._restore_firing()
-        self._store.on_commit(self._on_commit)
+        self._store.on_rollup(self._rolled_up)
         host.decisions.register(str(self.id), self)
         host.provide(SloReports, self.id, self)
         self._host = host
         self._worker.start()
 
-    def _on_commit(self, rows: pa.Table) -> None:
-        if rows.num_rows:
-            self._worker.wake()
+    def _rolled_up(self) -> None:
+        """New SLI events are in the rollups: evaluate (at most once per ``min_interval``)."""
+        self._worker.wake()
 
     def _restore_firing(self) -> None:
         """Alerts still firing when the pipeline stopped (the ``alerts`` table) stay firing: a restart
@@ -343,7 +342,7 @@ class SloProcessor(Stage):
             self._host.withdraw(SloReports, self.id)
         self._worker.stop()
         if self._store is not None:
-            self._store.remove_callback(self._on_commit)
+            self._store.remove_callback(self._rolled_up)
 
 
 factory = Factory(

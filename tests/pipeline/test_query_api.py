@@ -108,9 +108,9 @@ def test_under_ingest_ahead_of_the_store_a_query_answers_after_its_wait_with_wha
     release = threading.Event()
     insert = p.store._insert
 
-    def slow_insert(tables, seq=None, behind=False):
+    def slow_insert(tables, seq=None, roll=None):
         release.wait(30)
-        insert(tables, seq, behind)
+        insert(tables, seq, roll)
 
     p.store._insert = slow_insert
     try:

@@ -1,7 +1,8 @@
-"""Rollups left by inserts made while the loader is behind (rollups.stored_after): a later insert rolls up
-everything stored since the last rollup, in its transaction, so the rollup tables, the charges and the
-task spend are those of a rollup in every insert — exactly once, through the loader, and across a crash
-that left spans stored but not rolled up."""
+"""The rollups after the durable point: the loader's inserts store spans and leave their rollups to the
+rollup thread, which rolls up everything stored since the last rollup in a transaction of its own
+(rollups.stored_after), with its position; the rollup tables, the charges and the task spend are those of
+a rollup in every insert — exactly once, through the loader and the rollup thread, after a failed rollup,
+and across a crash that left spans stored but not rolled up; and ingest does not wait for the rollups."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class _Seen:
         self.added: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         self.spend: dict[str, tuple] = {}
         self.committed = 0
+        self.rollups: list[str] = []  # the thread of each on_rollup call
+        store.on_rollup(lambda: self.rollups.append(threading.current_thread().name))
         store.on_charges(self._charged)
         store.on_task_spend(self._task_spend)
         store.on_commit(self._commit)
@@ -111,15 +114,10 @@ def _reference(tmp_path, batches: list[pa.Table]) -> tuple[dict, tuple]:
     return tables, seen.summary()
 
 
-def _idle_spool(tmp_path) -> SpoolSettings:
-    # The loader never inserts on its own here: the test makes the inserts, as the loader would.
-    return SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10**6, flush_interval=3600,
-                         rollup_interval=3600)
-
-
 @settings(max_examples=25, deadline=None)
-@given(_batches)
-def test_inserts_that_leave_their_rollups_to_a_later_one_end_with_the_rollups_of_every_insert(tmp_path_factory, specs):
+@given(_batches, st.booleans())
+def test_inserts_that_leave_their_rollups_to_a_later_one_end_with_the_rollups_of_every_insert(tmp_path_factory, specs,
+                                                                                              by_rollup):
     tmp_path = tmp_path_factory.mktemp("deferred")
     batches, first = [], 0
     for s in specs:
@@ -127,15 +125,20 @@ def test_inserts_that_leave_their_rollups_to_a_later_one_end_with_the_rollups_of
         first += len(s)
     expected = _reference(tmp_path, batches)
 
-    store, seen = _open(tmp_path / "deferred.duckdb", _idle_spool(tmp_path))
+    store, seen = _open(tmp_path / "deferred.duckdb")
     for batch in batches[:-1]:
-        store._insert([batch], None, behind=True)  # behind: left to the last insert
+        store._insert([batch], None, roll=False)  # as the loader inserts: the rollups left
     assert store.read("SELECT count(*) FROM sli_minutes")[0][0] == 0  # nothing rolled up yet
     assert store.unrolled_spans == sum(b.num_rows for b in batches[:-1])  # a self-metric
     # the commit callbacks do not wait for the rollups (replays' spans are not handed to them)
-    assert seen.committed == sum(not x[-1] for batch in specs[:-1] for x in batch)
-    store._insert([batches[-1]], None, behind=False)
+    assert seen.committed == sum(not x[-1] for batch in specs[:-1] for x in batch) and not seen.rollups
+    if by_rollup:  # the rollup thread's transaction
+        store._insert([batches[-1]], None, roll=False)
+        store._roll_stored()
+    else:  # an insert that rolls up (without a spool; the spool's replay at start)
+        store._insert([batches[-1]], None, roll=True)
     assert (_tables(store), seen.summary()) == expected and store.unrolled_spans == 0
+    assert len(seen.rollups) == 1  # what reads the rollups (the SLO evaluation) hears of it once
     store.close()
 
 
@@ -144,25 +147,42 @@ def test_a_crash_with_spans_left_to_a_rollup_rolls_them_up_once_when_the_store_o
                        ("tool", "error", "0.1", "acme", None, False)] * 3, 9 * k) for k in range(3)]
     expected_tables, (charges, *_rest) = _reference(tmp_path, batches)
 
-    store, seen = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
-    store._insert([batches[0]], None, behind=False)
+    store, seen = _open(tmp_path / "s.duckdb")
+    store._insert([batches[0]], None, roll=True)
     for batch in batches[1:]:
-        store._insert([batch], None, behind=True)
+        store._insert([batch], None, roll=False)
     store._stop_verifier()
     store._con.close()  # kill -9: the spans of two inserts are stored, their rollups are not
 
-    again, seen_again = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    spool = SpoolSettings(directory=str(tmp_path / "spool"))
+    again, seen_again = _open(tmp_path / "s.duckdb", spool)
     assert _tables(again) == expected_tables
     # the first run charged the first insert; the second charges what the crash left, rolled up at open
     # (before any callback is registered: the budgets rebuild it from cost_minutes, as after any restart)
     assert seen.summary()[0] != charges and seen_again.summary()[0] == {}
     again.close()
-    third, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
+    third, _ = _open(tmp_path / "s.duckdb", spool)
     assert _tables(third) == expected_tables  # rolled up once, not at every start
     third.close()
 
 
-def test_the_loader_behind_rolls_up_fewer_times_than_it_inserts_and_ends_with_the_same_rollups(tmp_path):
+def _counting(store: SpanStore) -> tuple[list[bool], list[str]]:
+    """Each insert's (whether it rolled up) and the thread of each rollup."""
+    insert, roll_up, inserts, rolled = store._insert, store._roll_up, [], []
+
+    def counted_insert(tables, seq=None, roll=None):
+        inserts.append(threading.current_thread() is store._loader)
+        insert(tables, seq, roll)
+
+    def counted_roll_up(*args):
+        rolled.append(threading.current_thread().name)
+        return roll_up(*args)
+
+    store._insert, store._roll_up = counted_insert, counted_roll_up  # type: ignore[method-assign]
+    return inserts, rolled
+
+
+def test_the_rollup_thread_rolls_up_what_the_loader_stored_fewer_times_than_it_inserts(tmp_path):
     batches = [_batch([("llm", "ok", None, None, None, False), ("tool", "error", None, None, None, False)] * 5,
                       10 * k) for k in range(6)]
     expected = _reference(tmp_path, batches)
@@ -170,28 +190,62 @@ def test_the_loader_behind_rolls_up_fewer_times_than_it_inserts_and_ends_with_th
     spool = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10, flush_interval=0.02,
                           rollup_interval=3600)
     store, seen = _open(tmp_path / "s.duckdb", spool)
-    insert, rolled, inserts = store._insert, [], []
-    roll_up = store._roll_up
-
-    def counted_insert(tables, seq=None, behind=False):
-        inserts.append(behind)
-        insert(tables, seq, behind)
-
-    def counted_roll_up(*args):
-        rolled.append(1)
-        return roll_up(*args)
-
-    store._insert, store._roll_up = counted_insert, counted_roll_up  # type: ignore[method-assign]
+    inserts, rolled = _counting(store)
     with store._cond:  # the loader takes nothing before all six batches are spooled
         for batch in batches:
             store.append(batch)
-    deadline = time.monotonic() + 30
-    while len(inserts) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
     store.sync()
-    # one 10-span batch per insert; while a whole one waits after it, an insert is behind
-    assert inserts == [True, True, True, True, True, False]
-    assert len(rolled) == 2  # the fourth (4 x flush_spans left to it) and the last
+    assert inserts == [True] * 6  # one 10-span batch per insert, all by the loader
+    # none in the loader's transactions; while a whole insert waited, the rollups waited for 4 x flush_spans
+    assert set(rolled) == {"span-store-rollup"} and 1 <= len(rolled) < 6
+    assert seen.rollups == ["span-store-rollup"] * len(rolled)
+    assert (_tables(store), seen.summary()) == expected
+    store.close()
+
+
+def test_a_failed_rollup_is_taken_again_by_the_next_exactly_once(tmp_path):
+    batches = [_batch([("llm", "ok", None, None, None, False), ("agent_task", "error", "0.1", "acme", None, False)] * 3,
+                      6 * k) for k in range(3)]
+    expected = _reference(tmp_path, batches)
+    store, seen = _open(tmp_path / "s.duckdb", SpoolSettings(directory=str(tmp_path / "spool"), flush_interval=0.02))
+    roll_up, failed = store._roll_up, []
+
+    def failing_once(sql, rollups, now_ns):
+        out = roll_up(sql, rollups, now_ns)  # the statements ran: the transaction is rolled back after them
+        if not failed:
+            failed.append(1)
+            raise duckdb.IOException("disk full (the test)")
+        return out
+
+    store._roll_up = failing_once  # type: ignore[method-assign]
+    for batch in batches:
+        store.append(batch)
+    store.sync()
+    assert failed and (_tables(store), seen.summary()) == expected
+    store.close()
+
+
+def test_ingest_does_not_wait_for_the_rollups(tmp_path):
+    # DESIGN: a stage after the durable point that falls behind catches up without slowing ingest.
+    batches = [_batch([("llm", "ok", None, None, None, False)] * 4, 4 * k) for k in range(4)]
+    expected = _reference(tmp_path, batches)
+    store, seen = _open(tmp_path / "s.duckdb", SpoolSettings(directory=str(tmp_path / "spool"), flush_interval=0.02))
+    release, roll_up = threading.Event(), store._roll_up
+
+    def stuck(*args):
+        release.wait(30)  # a rollup that takes its time
+        return roll_up(*args)
+
+    store._roll_up = stuck  # type: ignore[method-assign]
+    for batch in batches:
+        store.append(batch)
+        deadline = time.monotonic() + 10
+        while store.pending_spans and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.pending_spans == 0  # stored, while the first rollup still waits
+    assert store.read("SELECT count(*) FROM span_rows")[0][0] == 16 and seen.committed == 16
+    assert store.unrolled_spans > 0
+    release.set()
     assert (_tables(store), seen.summary()) == expected
     store.close()
 
@@ -206,9 +260,9 @@ def test_the_periodic_task_count_reads_what_is_committed_without_waiting_for_the
     release = threading.Event()
     insert = store._insert
 
-    def slow_insert(tables, seq=None, behind=False):
+    def slow_insert(tables, seq=None, roll=None):
         release.wait(30)  # the loader, busy
-        insert(tables, seq, behind)
+        insert(tables, seq, roll)
 
     store._insert = slow_insert  # type: ignore[method-assign]
     store.append(_batch([("agent_task", "ok", None, None, None, False)], 1))
@@ -224,30 +278,38 @@ def test_the_periodic_task_count_reads_what_is_committed_without_waiting_for_the
 
 def test_a_store_from_before_the_rollups_position_is_not_rolled_up_again(tmp_path):
     batches = [_batch([("llm", "ok", None, None, None, False), ("tool", "error", None, None, None, False)] * 3,
-                      6 * k) for k in range(2)]
+                      6 * k) for k in range(3)]
     expected = _reference(tmp_path, batches)[0]
     store, _ = _open(tmp_path / "s.duckdb")
     store.append(batches[0])
     store.close()
     con = duckdb.connect(str(tmp_path / "s.duckdb"))  # as an older version left it: no position
+    con.execute("DROP TABLE rollup_state")
     for column in ("stored_ns", "rolled_ns"):
         con.execute(f"ALTER TABLE spool_state DROP COLUMN {column}")
     con.close()
-    store, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
-    store._insert([batches[1]], None, behind=False)
-    assert _tables(store) == expected  # the first batch counted once, the second once
+    store, _ = _open(tmp_path / "s.duckdb")
+    store.append(batches[1])
+    store.close()
+    con = duckdb.connect(str(tmp_path / "s.duckdb"))  # as the version before the rollup thread left it
+    con.execute("UPDATE spool_state SET rolled_ns = (SELECT rolled_ns FROM rollup_state)")
+    con.execute("DROP TABLE rollup_state")
+    con.close()
+    store, _ = _open(tmp_path / "s.duckdb", SpoolSettings(directory=str(tmp_path / "spool")))
+    store.append(batches[2])
+    assert _tables(store) == expected  # each batch counted once
     store.close()
 
 
 def test_inserts_keep_their_order_when_the_wall_clock_goes_back(tmp_path, monkeypatch):
     batches = [_batch([("llm", "ok", None, None, None, False)] * 4, 4 * k) for k in range(3)]
     expected = _reference(tmp_path, batches)[0]
-    store, _ = _open(tmp_path / "s.duckdb", _idle_spool(tmp_path))
-    store._insert([batches[0]], None, behind=False)
+    store, _ = _open(tmp_path / "s.duckdb")
+    store._insert([batches[0]], None, roll=True)
     monkeypatch.setattr(store_module.time, "time_ns", lambda: 10**18)  # decades back
     for batch in batches[1:]:
-        store._insert([batch], None, behind=True)
-    store._insert([], None, behind=False)
+        store._insert([batch], None, roll=False)
+    store._roll_stored()
     received = [r[0] for r in store.read("SELECT DISTINCT received_ns FROM span_rows ORDER BY 1")]
     assert len(received) == 3 and received[1:] == [received[0] + 1, received[0] + 2]
     monkeypatch.undo()

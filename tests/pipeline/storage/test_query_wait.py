@@ -30,9 +30,9 @@ def behind(tmp_path):
     release = threading.Event()
     insert = store._insert
 
-    def slow_insert(tables, seq=None, behind=False):
+    def slow_insert(tables, seq=None, roll=None):
         release.wait(30)  # the loader, busy (at max rate it is the limit)
-        insert(tables, seq, behind)
+        insert(tables, seq, roll)
 
     store._insert = slow_insert  # type: ignore[method-assign]
     store.append(_spans(7))
@@ -95,9 +95,9 @@ def far_behind(tmp_path):
     release = threading.Event()
     insert = store._insert
 
-    def slow_insert(tables, seq=None, behind=False):
+    def slow_insert(tables, seq=None, roll=None):
         release.wait(0.0002 * sum(t.num_rows for t in tables))
-        insert(tables, seq, behind)
+        insert(tables, seq, roll)
 
     store._insert = slow_insert  # type: ignore[method-assign]
     try:
