@@ -30,7 +30,7 @@ class SpoolConfig(ConfigModel):
     flush_interval: Duration = Field(default=_P.flush_interval, gt=0)
     max_pending_spans: int = Field(default=_P.max_pending_spans, gt=0)  # on disk, about 1 KB each
     # While the loader is behind, the rollup thread rolls up what it stored at most this long apart
-    # (SpoolSettings.rollup_interval); 0: after every insert, as when it keeps up.
+    # (SpoolSettings.rollup_interval); keeping up, every insert rolls up its spans.
     rollup_interval: Duration = Field(default=_P.rollup_interval, ge=0)
 
 

@@ -111,8 +111,8 @@ class Telemetry:
             "the store already had (same trace and span ids, within the dedup window).", ["exporter"], registry=r)
         self.store_unrolled_spans = Gauge(
             "agent_sre_store_unrolled_spans", "Spans stored but not yet rolled up into the SRE loop's tables (SLIs, "
-            "budgets, anomaly series): the rollup thread takes them after each insert, or while the loader is "
-            "behind every spool.rollup_interval.", ["exporter"], registry=r)
+            "budgets, anomaly series): while the loader is behind, the rollup thread takes them every "
+            "spool.rollup_interval.", ["exporter"], registry=r)
         self.store_reattached = Gauge(
             "agent_sre_store_reattached", "Times since start the store detached and re-attached its file to free the "
             "row groups' metadata DuckDB keeps in memory while it is attached (every reattach_rows rows).",

@@ -163,10 +163,10 @@ class SpoolSettings:
     # 16 MiB budget still ended transactions at ~16k spans).
     max_insert_bytes: int = 0
     segment_bytes: int = 64 << 20
-    # The rollup thread (SpanStore._roll) rolls up what the loader stored after every insert while it keeps up;
-    # while it is behind (a whole ``flush_spans`` insert pending), at most this long (seconds) or
-    # ``4 * flush_spans`` spans apart: each rollup statement has a fixed cost per run (pipeline/storage/rollups.py,
-    # "deferred rollups").  0: after every insert.
+    # While the loader is behind (a whole ``flush_spans`` insert already waits after the one it takes), its
+    # inserts leave the SRE rollups to the rollup thread (SpanStore._roll), which rolls up what they stored at
+    # most this long (seconds) or ``4 * flush_spans`` spans apart: each rollup statement has a fixed cost per
+    # run (pipeline/storage/rollups.py, "deferred rollups").  Keeping up, every insert rolls up.
     rollup_interval: float = 1.0
 
     def __post_init__(self) -> None:
@@ -784,16 +784,15 @@ class SpanStore:
                      recent.stats(now_ns / 1e9)["remembered_spans"], recent.settings.window)
 
     def _insert(self, tables: list[pa.Table] | list[pa.RecordBatch], seq: int | None = None,
-                roll: bool | None = None) -> None:
+                roll: bool = True) -> None:
         """Insert in one transaction (with the spool position, when given); the only INSERT into spans.
 
         Spans without an agent are attributed through their trace first (pipeline/attribution.py):
         what is released is ``_batch``, which every rollup and callback of the transaction sees (the
-        batch itself, ``_in``, when there is nothing to attribute or leave out).  The loader's inserts
-        leave the rollups to the rollup thread (``_roll_stored``); any other insert (without a spool, the
-        spool's replay at start) runs them in the same transaction, over the batch, or over every span
-        stored since the last rollup when earlier inserts left theirs (rollups.stored_after).  ``roll``
-        overrides that choice (tests)."""
+        batch itself, ``_in``, when there is nothing to attribute or leave out).  With ``roll``, the
+        rollups run in the same transaction, over the batch, or over every span stored since the last
+        rollup when earlier inserts left theirs (rollups.stored_after); without, they are left to the
+        rollup thread (``_roll``: the loader's inserts while it is behind)."""
         rows = (to_storage(pa.Table.from_batches(tables) if isinstance(tables[0], pa.RecordBatch)
                            else pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 if tables else to_storage(SPAN_SCHEMA.empty_table()))
@@ -809,8 +808,6 @@ class SpanStore:
         wanted = self._lookups
         found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
-        if roll is None:
-            roll = self._roller is None or threading.current_thread() is not self._loader
         with self._roll_lock if roll else contextlib.nullcontext(), self._lock:
             con = self._con
             con.register("_in", rows)
@@ -921,11 +918,11 @@ class SpanStore:
         return (sql.run(rollups.charges) if self._on_charges else []), task_spend
 
     def _roll(self) -> None:
-        """Rollup thread (with a spool): the rollups of what the loader stored, in transactions of their own
-        beside the loader's (DESIGN: a stage after the durable point that falls behind does not slow ingest).
-        Keeping up (less than a whole insert pending), it rolls up after every insert, as soon as it is
-        committed; while the loader is behind, every ``rollup_interval`` or ``4 x flush_spans`` spans; at
-        once for a ``sync()``; at close, what is left, after the loader's last insert."""
+        """Rollup thread (with a spool): the rollups of what the loader stored while it was behind, in
+        transactions of their own beside the loader's (DESIGN: a stage after the durable point that falls
+        behind does not slow ingest): every ``rollup_interval`` or ``4 x flush_spans`` spans; at once for a
+        ``sync()``; at close, what is left.  The loader's first insert that is not behind rolls up what is
+        left in its own transaction (under the rollup lock, so never beside one of these)."""
         while True:
             with self._cond:
                 while not self._roll_due():
@@ -949,7 +946,6 @@ class SpanStore:
             return False
         settings = self._spool_settings
         return (self._roller_done or self._roll_wanted > self._rolled_ns
-                or self._pending_rows < settings.flush_spans
                 or time.monotonic() - self._rolled_at >= settings.rollup_interval
                 or self._unrolled_rows >= 4 * settings.flush_spans)
 
@@ -1275,8 +1271,15 @@ class SpanStore:
         last = items[-1].seq if items else None
         started = time.monotonic()
         rows = sum(i.rows for i in items)
+        # Behind: a whole insert waits after this one, and no sync() waits for this one's rollups (one waiting
+        # for a later batch has them rolled up by the insert that takes that batch, or by the rollup thread).
+        # Keeping up, an insert rolls up in its own transaction: a rollup transaction of its own after each
+        # insert cost the clients' p99 at half rate ~5 ms more (docs/benchmarks.md, twenty-ninth stop).
+        behind = (self._roller is not None and threading.current_thread() is self._loader and not self._closing
+                  and not (last is not None and self._applied_seq < self._sync_wanted <= last)
+                  and self._pending_rows - rows >= self._spool_settings.flush_spans)
         try:
-            self._insert(load(items) if items else [], last)
+            self._insert(load(items) if items else [], last, roll=not behind)
         except Exception as exc:  # noqa: BLE001 - still in the spool; retried (a bug must not end the loader)
             self._insert_failed(exc, items)
             return False

@@ -167,11 +167,11 @@ def test_a_crash_with_spans_left_to_a_rollup_rolls_them_up_once_when_the_store_o
 
 
 def _counting(store: SpanStore) -> tuple[list[bool], list[str]]:
-    """Each insert's (whether it rolled up) and the thread of each rollup."""
+    """Whether each insert rolled up, and the thread of each rollup."""
     insert, roll_up, inserts, rolled = store._insert, store._roll_up, [], []
 
-    def counted_insert(tables, seq=None, roll=None):
-        inserts.append(threading.current_thread() is store._loader)
+    def counted_insert(tables, seq=None, roll=True):
+        inserts.append(roll)
         insert(tables, seq, roll)
 
     def counted_roll_up(*args):
@@ -182,7 +182,13 @@ def _counting(store: SpanStore) -> tuple[list[bool], list[str]]:
     return inserts, rolled
 
 
-def test_the_rollup_thread_rolls_up_what_the_loader_stored_fewer_times_than_it_inserts(tmp_path):
+def _six_pending(store: SpanStore, batches: list[pa.Table]) -> None:
+    with store._cond:  # the loader takes nothing before all six batches are spooled
+        for batch in batches:
+            store.append(batch)
+
+
+def test_the_loader_behind_leaves_the_rollups_to_the_rollup_thread_and_ends_with_the_same_rollups(tmp_path):
     batches = [_batch([("llm", "ok", None, None, None, False), ("tool", "error", None, None, None, False)] * 5,
                       10 * k) for k in range(6)]
     expected = _reference(tmp_path, batches)
@@ -191,14 +197,13 @@ def test_the_rollup_thread_rolls_up_what_the_loader_stored_fewer_times_than_it_i
                           rollup_interval=3600)
     store, seen = _open(tmp_path / "s.duckdb", spool)
     inserts, rolled = _counting(store)
-    with store._cond:  # the loader takes nothing before all six batches are spooled
-        for batch in batches:
-            store.append(batch)
+    _six_pending(store, batches)
     store.sync()
-    assert inserts == [True] * 6  # one 10-span batch per insert, all by the loader
-    # none in the loader's transactions; while a whole insert waited, the rollups waited for 4 x flush_spans
-    assert set(rolled) == {"span-store-rollup"} and 1 <= len(rolled) < 6
-    assert seen.rollups == ["span-store-rollup"] * len(rolled)
+    # one 10-span batch per insert; while a whole one waits after it, an insert leaves its rollups; the last
+    # rolls up what is left, in its transaction (the rollup thread may have taken some: 4 x flush_spans)
+    assert inserts == [False] * 5 + [True]
+    assert rolled[-1] == "span-store-loader" and set(rolled) <= {"span-store-loader", "span-store-rollup"}
+    assert len(rolled) < 6 and len(seen.rollups) == len(rolled)
     assert (_tables(store), seen.summary()) == expected
     store.close()
 
@@ -207,7 +212,9 @@ def test_a_failed_rollup_is_taken_again_by_the_next_exactly_once(tmp_path):
     batches = [_batch([("llm", "ok", None, None, None, False), ("agent_task", "error", "0.1", "acme", None, False)] * 3,
                       6 * k) for k in range(3)]
     expected = _reference(tmp_path, batches)
-    store, seen = _open(tmp_path / "s.duckdb", SpoolSettings(directory=str(tmp_path / "spool"), flush_interval=0.02))
+    store, seen = _open(tmp_path / "s.duckdb")
+    for batch in batches[:2]:
+        store._insert([batch], None, roll=False)
     roll_up, failed = store._roll_up, []
 
     def failing_once(sql, rollups, now_ns):
@@ -218,33 +225,63 @@ def test_a_failed_rollup_is_taken_again_by_the_next_exactly_once(tmp_path):
         return out
 
     store._roll_up = failing_once  # type: ignore[method-assign]
-    for batch in batches:
-        store.append(batch)
-    store.sync()
-    assert failed and (_tables(store), seen.summary()) == expected
+    try:
+        store._roll_stored()
+    except duckdb.IOException:
+        pass
+    assert failed and store.read("SELECT count(*) FROM sli_minutes")[0][0] == 0 and store.unrolled_spans == 12
+    store._insert([batches[2]], None, roll=False)
+    store._roll_stored()
+    assert (_tables(store), seen.summary()) == expected and store.unrolled_spans == 0
     store.close()
 
 
-def test_ingest_does_not_wait_for_the_rollups(tmp_path):
-    # DESIGN: a stage after the durable point that falls behind catches up without slowing ingest.
-    batches = [_batch([("llm", "ok", None, None, None, False)] * 4, 4 * k) for k in range(4)]
+def test_a_failed_rollup_of_the_rollup_thread_loses_and_doubles_nothing(tmp_path, caplog):
+    batches = [_batch([("llm", "ok", None, None, None, False)] * 10, 10 * k) for k in range(6)]
     expected = _reference(tmp_path, batches)
-    store, seen = _open(tmp_path / "s.duckdb", SpoolSettings(directory=str(tmp_path / "spool"), flush_interval=0.02))
-    release, roll_up = threading.Event(), store._roll_up
+    spool = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10, flush_interval=0.02, rollup_interval=0)
+    store, seen = _open(tmp_path / "s.duckdb", spool)
+    roll_up, insert, failed = store._roll_up, store._insert, threading.Event()
 
-    def stuck(*args):
-        release.wait(30)  # a rollup that takes its time
+    def failing_once(*args):
+        if threading.current_thread().name == "span-store-rollup" and not failed.is_set():
+            failed.set()
+            raise duckdb.IOException("disk full (the test)")
         return roll_up(*args)
 
-    store._roll_up = stuck  # type: ignore[method-assign]
-    for batch in batches:
-        store.append(batch)
-        deadline = time.monotonic() + 10
-        while store.pending_spans and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert store.pending_spans == 0  # stored, while the first rollup still waits
-    assert store.read("SELECT count(*) FROM span_rows")[0][0] == 16 and seen.committed == 16
-    assert store.unrolled_spans > 0
+    def after_the_failure(tables, seq=None, roll=True):
+        insert(tables, seq, roll)
+        failed.wait(10)  # the rollup thread tries what the first insert left before the loader goes on
+
+    store._roll_up, store._insert = failing_once, after_the_failure  # type: ignore[method-assign]
+    _six_pending(store, batches)
+    store.sync()
+    assert failed.is_set() and "rolling up what was stored failed (attempt 1" in caplog.text
+    assert (_tables(store), seen.summary()) == expected
+    store.close()
+
+
+def test_the_loader_behind_does_not_wait_for_a_rollup(tmp_path):
+    # DESIGN: a stage after the durable point that falls behind catches up without slowing ingest.
+    batches = [_batch([("llm", "ok", None, None, None, False)] * 10, 10 * k) for k in range(6)]
+    expected = _reference(tmp_path, batches)
+    spool = SpoolSettings(directory=str(tmp_path / "spool"), flush_spans=10, flush_interval=0.02, rollup_interval=0)
+    store, seen = _open(tmp_path / "s.duckdb", spool)
+    release, roll_up, stuck = threading.Event(), store._roll_up, threading.Event()
+
+    def slow(*args):
+        if threading.current_thread().name == "span-store-rollup":
+            stuck.set()
+            release.wait(30)  # a rollup that takes its time
+        return roll_up(*args)
+
+    store._roll_up = slow  # type: ignore[method-assign]
+    _six_pending(store, batches)
+    assert stuck.wait(10)
+    deadline = time.monotonic() + 10
+    while store.pending_spans > 10 and time.monotonic() < deadline:  # the last one rolls up: it waits
+        time.sleep(0.01)
+    assert store.pending_spans == 10 and store.read("SELECT count(*) FROM span_rows")[0][0] == 50
     release.set()
     assert (_tables(store), seen.summary()) == expected
     store.close()
