@@ -208,6 +208,19 @@ def replay_mask(rows: pa.Table) -> pa.Array | None:
     return None if mask is None else pa.array(mask)
 
 
+@contextlib.contextmanager
+def _rolled_back_on_error(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """A transaction begun on ``con`` within the block is rolled back if the block raises."""
+    try:
+        yield
+    except BaseException:
+        try:
+            con.execute("ROLLBACK").fetchall()
+        except duckdb.Error:
+            pass  # nothing to roll back (BEGIN itself failed)
+        raise
+
+
 class _Statements:
     """An insert transaction's statements, those whose results are not read sent to DuckDB together: one
     call for several (a call releases the GIL and takes it back, and the loader shares it with the
@@ -813,65 +826,60 @@ class SpanStore:
             con.register("_in", rows)
             sql = _Statements(con)
             try:
-                # Each result is fetched: DuckDB refuses new work on a connection with one open.
-                sql.add("BEGIN TRANSACTION")
-                # Nothing to attribute or filter out (the common case): every statement reads the batch
-                # where it lies (``_in``), through no view (two statements fewer per transaction).
-                direct = not attribute and replays is None
-                if attribute:
-                    for statement in attribution.statements(self.attribution, now_ns):
-                        sql.add(statement)
-                elif not direct:
-                    sql.add(attribution.direct_statement(now_ns))
-                # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
-                if attribute and wanted - found:
-                    maybe = sorted(wanted - found, key=repr)
-                    found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
-                                                         strict=True) if yes}
-                sql.add(attribution.direct_insert(now_ns) if direct
-                        else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
-                sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
-                # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
-                filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
-                if not direct:
-                    sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
-                charges: list[tuple] | None = None
-                task_spend: list[tuple] | None = None
-                if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
-                    rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
-                        stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
-                elif roll:
-                    rollups = self._statements(wanted - found, "_in" if direct else "_counted")
-                if roll:
-                    charges, task_spend = self._roll_up(sql, rollups, now_ns)
-                if attribute:
-                    held, oldest, unattributed = sql.run(
-                        "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
-                        "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)")[0]
-                    if held > self.attribution.max_held_spans:
-                        sql.add(attribution.overflow_statement(self.attribution))
+                with _rolled_back_on_error(con):
+                    # Each result is fetched: DuckDB refuses new work on a connection with one open.
+                    sql.add("BEGIN TRANSACTION")
+                    # Nothing to attribute or filter out (the common case): every statement reads the batch
+                    # where it lies (``_in``), through no view (two statements fewer per transaction).
+                    direct = not attribute and replays is None
+                    if attribute:
+                        for statement in attribution.statements(self.attribution, now_ns):
+                            sql.add(statement)
+                    elif not direct:
+                        sql.add(attribution.direct_statement(now_ns))
+                    # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
+                    if attribute and wanted - found:
+                        maybe = sorted(wanted - found, key=repr)
+                        found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
+                                                             strict=True) if yes}
+                    sql.add(attribution.direct_insert(now_ns) if direct
+                            else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
+                    sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
+                    # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
+                    filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
+                    if not direct:
+                        sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
+                    charges: list[tuple] | None = None
+                    task_spend: list[tuple] | None = None
+                    if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
+                        rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
+                            stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
+                    elif roll:
+                        rollups = self._statements(wanted - found, "_in" if direct else "_counted")
+                    if roll:
+                        charges, task_spend = self._roll_up(sql, rollups, now_ns)
+                    if attribute:
+                        held, oldest, unattributed = sql.run(
+                            "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
+                            "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)")[0]
+                        if held > self.attribution.max_held_spans:
+                            sql.add(attribution.overflow_statement(self.attribution))
+                        sql.flush()
+                        released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
+                                    if self._on_commit else rows)
+                        sql.add("DROP VIEW IF EXISTS _counted")
+                        for statement in attribution.CLEANUP:
+                            sql.add(statement)
+                    else:
+                        held, oldest = 0, None
+                        released = rows if replays is None else rows.filter(_invert(replays))
+                        unattributed = rows.column("agent_id").null_count
+                    sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}"
+                            + (f", applied_seq = {int(seq)}" if seq is not None else ""))
+                    if roll:
+                        sql.add(f"UPDATE rollup_state SET rolled_ns = {now_ns}")
+                    sql.add("COMMIT")
                     sql.flush()
-                    released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
-                                if self._on_commit else rows)
-                    sql.add("DROP VIEW IF EXISTS _counted")
-                    for statement in attribution.CLEANUP:
-                        sql.add(statement)
-                else:
-                    held, oldest = 0, None
-                    released = rows if replays is None else rows.filter(_invert(replays))
-                    unattributed = rows.column("agent_id").null_count
-                sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}"
-                        + (f", applied_seq = {int(seq)}" if seq is not None else ""))
-                if roll:
-                    sql.add(f"UPDATE rollup_state SET rolled_ns = {now_ns}")
-                sql.add("COMMIT")
-                sql.flush()
-            except BaseException:
-                try:
-                    con.execute("ROLLBACK").fetchall()
-                except duckdb.Error:
-                    pass  # nothing to roll back (BEGIN itself failed)
-                raise
             finally:
                 con.unregister("_in")
             self._held, self._held_oldest_ns = held, oldest
@@ -964,20 +972,13 @@ class SpanStore:
             if rolled >= until:
                 return
             rollups = self._statements(self._lookups - found, "_counted").reading(stored_after(rolled, filtered, until))
-            with self._reading() as cursor:
+            with self._reading() as cursor, _rolled_back_on_error(cursor):
                 sql = _Statements(cursor)
-                try:
-                    sql.add("BEGIN TRANSACTION")
-                    charges, task_spend = self._roll_up(sql, rollups, until)
-                    sql.add(f"UPDATE rollup_state SET rolled_ns = {until}")
-                    sql.add("COMMIT")
-                    sql.flush()
-                except BaseException:
-                    try:
-                        cursor.execute("ROLLBACK").fetchall()
-                    except duckdb.Error:
-                        pass
-                    raise
+                sql.add("BEGIN TRANSACTION")
+                charges, task_spend = self._roll_up(sql, rollups, until)
+                sql.add(f"UPDATE rollup_state SET rolled_ns = {until}")
+                sql.add("COMMIT")
+                sql.flush()
             with self._cond:
                 self._rolled_ns, self._rolled_at = until, time.monotonic()
                 self._unrolled_rows -= rows
