@@ -421,6 +421,9 @@ class SpanStore:
         self._roll_lock = threading.RLock()  # a rollup transaction, and what must not run beside one (_roll_stored)
         self._cond = threading.Condition()  # the spool's state, and what the rollup thread waits for
         self._roller: threading.Thread | None = None
+        self._roller_done = False  # set at close: the rollup thread rolls up what is left, then ends
+        self._roll_failures = 0
+        self._dispatched_seq = 0  # the spool position whose callbacks have run (with a spool)
         # Rolled up with its callbacks run (what sync() waits for), and what a sync() waits to see rolled up.
         self._rolled_done_ns, self._roll_wanted = self._rolled_ns, 0
         self._rolled_at = time.monotonic()
@@ -821,91 +824,95 @@ class SpanStore:
         wanted = self._lookups
         found = present(rows, wanted) if wanted else frozenset()
         self._replays_seen = self._replays_seen or replays is not None
-        with self._roll_lock if roll else contextlib.nullcontext(), self._lock:
-            con = self._con
-            con.register("_in", rows)
-            sql = _Statements(con)
-            try:
-                with _rolled_back_on_error(con):
-                    # Each result is fetched: DuckDB refuses new work on a connection with one open.
-                    sql.add("BEGIN TRANSACTION")
-                    # Nothing to attribute or filter out (the common case): every statement reads the batch
-                    # where it lies (``_in``), through no view (two statements fewer per transaction).
-                    direct = not attribute and replays is None
-                    if attribute:
-                        for statement in attribution.statements(self.attribution, now_ns):
-                            sql.add(statement)
-                    elif not direct:
-                        sql.add(attribution.direct_statement(now_ns))
-                    # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
-                    if attribute and wanted - found:
-                        maybe = sorted(wanted - found, key=repr)
-                        found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
-                                                             strict=True) if yes}
-                    sql.add(attribution.direct_insert(now_ns) if direct
-                            else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
-                    sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
-                    # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
-                    filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
-                    if not direct:
-                        sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
-                    charges: list[tuple] | None = None
-                    task_spend: list[tuple] | None = None
-                    if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
-                        rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
-                            stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
-                    elif roll:
-                        rollups = self._statements(wanted - found, "_in" if direct else "_counted")
-                    if roll:
-                        charges, task_spend = self._roll_up(sql, rollups, now_ns)
-                    if attribute:
-                        held, oldest, unattributed = sql.run(
-                            "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
-                            "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)")[0]
-                        if held > self.attribution.max_held_spans:
-                            sql.add(attribution.overflow_statement(self.attribution))
+        # The rollup lock (when it rolls up) until its callbacks are handed on: a rollup thread's charges
+        # come after them (budgets count a task's spend so far: out of order, twice).
+        with self._roll_lock if roll else contextlib.nullcontext():
+            with self._lock:
+                con = self._con
+                con.register("_in", rows)
+                sql = _Statements(con)
+                try:
+                    with _rolled_back_on_error(con):
+                        # Each result is fetched: DuckDB refuses new work on a connection with one open.
+                        sql.add("BEGIN TRANSACTION")
+                        # Nothing to attribute or filter out (the common case): every statement reads the batch
+                        # where it lies (``_in``), through no view (two statements fewer per transaction).
+                        direct = not attribute and replays is None
+                        if attribute:
+                            for statement in attribution.statements(self.attribution, now_ns):
+                                sql.add(statement)
+                        elif not direct:
+                            sql.add(attribution.direct_statement(now_ns))
+                        # Keys the rollups look up that no span released now has (held ones released too, read in SQL).
+                        if attribute and wanted - found:
+                            maybe = sorted(wanted - found, key=repr)
+                            found = found | {k for k, yes in zip(maybe, sql.run(held_presence_sql(maybe, "_held"))[0],
+                                                                 strict=True) if yes}
+                        sql.add(attribution.direct_insert(now_ns) if direct
+                                else "INSERT INTO span_rows BY NAME SELECT * FROM _batch")
+                        sql.add(locate_sql("_in", str(now_ns)))  # every span as it arrives, held ones too
+                        # Released held spans may be replays seen in an earlier batch: filtered in SQL then too.
+                        filtered = replays is not None or (attribute and self._replays_seen and not self.count_replays)
+                        if not direct:
+                            sql.add(COUNTED_WITHOUT_REPLAYS if filtered else COUNTED_ALL)
+                        charges: list[tuple] | None = None
+                        task_spend: list[tuple] | None = None
+                        if roll and self._rolled_ns < self._stored_ns:  # with what earlier inserts left
+                            rollups = self._statements(wanted - (found | self._unrolled_found), "_counted").reading(
+                                stored_after(self._rolled_ns, self._unrolled_filtered or filtered))
+                        elif roll:
+                            rollups = self._statements(wanted - found, "_in" if direct else "_counted")
+                        if roll:
+                            charges, task_spend = self._roll_up(sql, rollups, now_ns)
+                        if attribute:
+                            held, oldest, unattributed = sql.run(
+                                "SELECT (SELECT count(*) FROM held_spans), (SELECT min(received_ns) FROM held_spans), "
+                                "(SELECT count(*) FILTER (WHERE agent_id IS NULL) FROM _batch)")[0]
+                            if held > self.attribution.max_held_spans:
+                                sql.add(attribution.overflow_statement(self.attribution))
+                            sql.flush()
+                            released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
+                                        if self._on_commit else rows)
+                            sql.add("DROP VIEW IF EXISTS _counted")
+                            for statement in attribution.CLEANUP:
+                                sql.add(statement)
+                        else:
+                            held, oldest = 0, None
+                            released = rows if replays is None else rows.filter(_invert(replays))
+                            unattributed = rows.column("agent_id").null_count
+                        sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}"
+                                + (f", applied_seq = {int(seq)}" if seq is not None else ""))
+                        if roll:
+                            sql.add(f"UPDATE rollup_state SET rolled_ns = {now_ns}")
+                        sql.add("COMMIT")
                         sql.flush()
-                        released = (con.sql("SELECT * EXCLUDE (received_ns) FROM _counted").to_arrow_table()
-                                    if self._on_commit else rows)
-                        sql.add("DROP VIEW IF EXISTS _counted")
-                        for statement in attribution.CLEANUP:
-                            sql.add(statement)
-                    else:
-                        held, oldest = 0, None
-                        released = rows if replays is None else rows.filter(_invert(replays))
-                        unattributed = rows.column("agent_id").null_count
-                    sql.add(f"UPDATE spool_state SET stored_ns = {now_ns}"
-                            + (f", applied_seq = {int(seq)}" if seq is not None else ""))
+                finally:
+                    con.unregister("_in")
+                self._held, self._held_oldest_ns = held, oldest
+                with self._cond:  # what the rollup thread reads
+                    self._stored_ns = now_ns
                     if roll:
-                        sql.add(f"UPDATE rollup_state SET rolled_ns = {now_ns}")
-                    sql.add("COMMIT")
-                    sql.flush()
-            finally:
-                con.unregister("_in")
-            self._held, self._held_oldest_ns = held, oldest
-            with self._cond:  # what the rollup thread reads
-                self._stored_ns = now_ns
-                if roll:
-                    self._rolled_ns = self._rolled_done_ns = now_ns
-                    self._unrolled_rows = 0
-                    self._rolled_at = time.monotonic()
-                    self._unrolled_found, self._unrolled_filtered = frozenset(), False
-                else:
-                    self._unrolled_rows += rows.num_rows
-                    self._unrolled_found |= found
-                    self._unrolled_filtered = self._unrolled_filtered or filtered
-                    self._cond.notify_all()
-            self._rows_attached += rows.num_rows
-            self.unattributed_spans += unattributed
-            if taken is not None:
-                self.recent.add_sorted(taken, now_ns / 1e9)
-        # After the commit (what is charged is stored) and outside the lock: callbacks may publish
-        # events, which the store records.  From the loader, they run on the dispatcher thread, so
-        # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.
-        if self._dispatch is not None and threading.current_thread() is self._loader:
-            self._dispatch.put((seq, charges, task_spend, released))  # bounded: the loader waits rather than piling up
-        else:
-            self._run_callbacks(charges, task_spend, released)
+                        self._rolled_ns = now_ns
+                        self._unrolled_rows = 0
+                        self._rolled_at = time.monotonic()
+                        self._unrolled_found, self._unrolled_filtered = frozenset(), False
+                    else:
+                        self._unrolled_rows += rows.num_rows
+                        self._unrolled_found |= found
+                        self._unrolled_filtered = self._unrolled_filtered or filtered
+                        self._cond.notify_all()
+                self._rows_attached += rows.num_rows
+                self.unattributed_spans += unattributed
+                if taken is not None:
+                    self.recent.add_sorted(taken, now_ns / 1e9)
+            # After the commit (what is charged is stored) and outside the lock: callbacks may publish
+            # events, which the store records.  From the loader, they run on the dispatcher thread, so
+            # the next insert (DuckDB, without the GIL) overlaps them; sync() waits for both.
+            if self._dispatch is not None and threading.current_thread() is self._loader:
+                # bounded: the loader waits rather than piling up
+                self._dispatch.put((seq, charges, task_spend, released, now_ns if roll else None))
+            else:
+                self._dispatched((None, charges, task_spend, released, now_ns if roll else None))
         self._reattach_if_due()
 
     def _roll_up(self, sql: _Statements, rollups: _Rollups, now_ns: int) -> tuple[list[tuple], list[tuple]]:
@@ -939,6 +946,8 @@ class SpanStore:
                     self._cond.wait(self._roll_wait())
             try:
                 self._roll_stored()
+                if self._roll_failures:
+                    log.warning("span store: rolling up works again after %d failed attempts", self._roll_failures)
                 self._roll_failures = 0
             except Exception:  # noqa: BLE001 - rolled back: the next rollup takes the same spans
                 self._roll_failures += 1
@@ -984,10 +993,12 @@ class SpanStore:
                 self._unrolled_rows -= rows
                 if self._stored_ns == until:  # else what was found since stays (more keys looked up: as right)
                     self._unrolled_found, self._unrolled_filtered = frozenset(), False
-        self._run_callbacks(charges, task_spend, None)
-        with self._cond:
-            self._rolled_done_ns = until
-            self._cond.notify_all()
+            # Charges and task spend in rollup order: on the callback thread, after those of the inserts before.
+            item = (None, charges, task_spend, None, until)
+            if self._dispatch is not None and self._dispatcher.is_alive():
+                self._dispatch.put(item)
+            else:
+                self._dispatched(item)
 
     def _run_callbacks(self, charges: list[tuple] | None, task_spend: list[tuple] | None,
                        rows: pa.Table | None) -> None:
@@ -1010,14 +1021,18 @@ class SpanStore:
         while self._dispatched(dispatch.get()):
             pass
 
-    def _dispatched(self, item: tuple[int | None, list[tuple] | None, list[tuple] | None, pa.Table] | None) -> bool:
+    def _dispatched(self, item: tuple[int | None, list[tuple] | None, list[tuple] | None, pa.Table | None,
+                                      int | None] | None) -> bool:
+        """(spool position, charges, task spend, committed rows, rolled up to): an insert's callbacks, or a
+        rollup's (no rows); then what sync() waits for is marked done."""
         if item is None:
             return False
-        seq, charges, task_spend, rows = item
+        seq, charges, task_spend, rows, rolled = item
         self._run_callbacks(charges, task_spend, rows)
-        if seq is not None:
+        if seq is not None or rolled is not None:
             with self._cond:
-                self._dispatched_seq = seq
+                self._dispatched_seq = seq if seq is not None else self._dispatched_seq
+                self._rolled_done_ns = max(self._rolled_done_ns, rolled or 0)
                 self._cond.notify_all()
         return True
 
@@ -1202,8 +1217,6 @@ class SpanStore:
         self._replay(recovery.batches, spool)
         spool.release(self._applied_seq)
         self._dispatched_seq = self._applied_seq
-        self._roller_done = False
-        self._roll_failures = 0
         self._roller = threading.Thread(target=self._roll, name="span-store-rollup", daemon=True)
         self._roller.start()
         self._dispatch = queue.Queue(maxsize=8)

@@ -204,6 +204,8 @@ def test_the_loader_behind_leaves_the_rollups_to_the_rollup_thread_and_ends_with
     assert inserts == [False] * 5 + [True]
     assert rolled[-1] == "span-store-loader" and set(rolled) <= {"span-store-loader", "span-store-rollup"}
     assert len(rolled) < 6 and len(seen.rollups) == len(rolled)
+    # every rollup's charges on the callback thread, in commit order (a task's spend so far must not go back)
+    assert set(seen.rollups) == {"span-store-callbacks"}
     assert (_tables(store), seen.summary()) == expected
     store.close()
 
@@ -257,6 +259,7 @@ def test_a_failed_rollup_of_the_rollup_thread_loses_and_doubles_nothing(tmp_path
     _six_pending(store, batches)
     store.sync()
     assert failed.is_set() and "rolling up what was stored failed (attempt 1" in caplog.text
+    assert "rolling up works again after 1 failed attempts" in caplog.text
     assert (_tables(store), seen.summary()) == expected
     store.close()
 
