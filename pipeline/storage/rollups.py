@@ -74,10 +74,10 @@ COUNTED_WITHOUT_REPLAYS = f"CREATE OR REPLACE TEMP VIEW _counted AS SELECT * FRO
 # Every stored span carries the time of the insert transaction that stored it (``received_ns``: the
 # store's clock, strictly increasing from one insert to the next, and a held span's is that of the insert
 # that releases it); the store's rollups have run over every span up to ``rollup_state.rolled_ns``,
-# committed in the same transaction as what they added.  The loader's inserts store spans without rolling
-# them up; the store's rollup thread rolls up everything stored since (``stored_after``), after each insert
-# or, while the loader is behind, once for several: every rollup statement has a fixed cost of planning
-# per run (~31 ms for the five of them, bench/deferred_rollups.py).
+# committed in the same transaction as what they added.  While the loader is behind, its inserts store
+# spans without rolling them up, and the store's rollup thread (or the first insert that is not behind)
+# rolls up everything stored since (``stored_after``), once for several inserts: every rollup statement has
+# a fixed cost of planning per run (~31 ms for the five of them, bench/deferred_rollups.py).
 
 
 def stored_after(rolled_ns: int, without_replays: bool, until_ns: int | None = None) -> str:

@@ -1004,9 +1004,9 @@ class SpanStore:
                        rows: pa.Table | None) -> None:
         """A failing callback must not make a committed insert retry: logged, the spans are stored.
         None: not this kind (an insert that left its rollups has no charges; a rollup no rows)."""
-        rolled = charges is not None
+        rolled = charges is not None  # (task_spend too: both come from the rollup)
         for callback, args in [*((c, (charges,)) for c in (self._on_charges if rolled else ())),
-                               *((c, (task_spend,)) for c in (self._on_task_spend if task_spend is not None else ())),
+                               *((c, (task_spend,)) for c in (self._on_task_spend if rolled else ())),
                                *((c, (rows,)) for c in (self._on_commit if rows is not None else ())),
                                *((c, ()) for c in (self._on_rollup if rolled else ()))]:
             try:
@@ -1037,8 +1037,9 @@ class SpanStore:
         return True
 
     def on_charges(self, callback, by_task: bool = False) -> None:
-        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every insert that
-        stored costs (after the commit, in the thread that inserted): per agent, model, tenant and minute
+        """``callback([(agent_id, trace_id, model, tenant, cost_usd, spans, minute), ...])`` after every rollup
+        (an insert's own, or the rollup thread's of what inserts left: after its commit, on the callback thread
+        with a spool, else in the thread that inserted, in commit order): per agent, model, tenant and minute
         (``trace_id`` None); and when some callback asked for charges ``by_task``, also one row per agent
         and trace with ``model``, ``tenant`` and ``minute`` None (rollups.CHARGES_SPLIT_SQL)."""
         self._on_charges.append(callback)
@@ -1046,17 +1047,17 @@ class SpanStore:
 
     def on_task_spend(self, callback) -> None:
         """``callback([(agent, trace_id, added_usd, added_calls, trace_usd, trace_calls), ...])`` after every
-        insert that charged some task: per trace the insert priced spans of (cost > 0), what they added and
-        the trace's spend so far (``trace_rollups``, in the insert's transaction: exactly once across spool
-        replays and restarts), in the thread that inserted.  The agent is the task's (its agent_task span's),
+        rollup (as ``on_charges``): per trace the rollup priced spans of (cost > 0), what they added and the
+        trace's spend so far (``trace_rollups``, in the rollup's transaction: exactly once across spool
+        replays and restarts).  The agent is the task's (its agent_task span's),
         else that of the trace's last priced span.  Keeps per-trace rollups (``track_tasks``)."""
         self.track_tasks()
         self._on_task_spend.append(callback)
 
     def on_rollup(self, callback) -> None:
-        """``callback()`` after every rollup transaction (what was stored since the last one is in the rollup
-        tables), in the thread that rolled up: the loader's inserts leave their rollups to the rollup thread, so
-        what reads the rollups waits for this rather than for ``on_commit``."""
+        """``callback()`` after every rollup (what was stored since the last one is in the rollup tables), as
+        ``on_charges``: the inserts of a loader that is behind leave their rollups to the rollup thread, so what
+        reads the rollups waits for this rather than for ``on_commit``."""
         self._on_rollup.append(callback)
 
     def on_commit(self, callback) -> None:
